@@ -1,0 +1,197 @@
+"""Model configuration: one dataclass covers a family; presets name the published layouts.
+
+A config selects components (position, norm, MLP, bias, tying) — it never carries behaviour of
+its own. It serialises to ``config.json`` beside the weights and rejects unknown keys and bad
+values with a message naming the field and what is allowed (litgpt's "one config per family").
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FAMILIES = ("decoder", "encoder", "seq2seq")
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
+NORM_PLACEMENTS = ("pre", "post")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or a value is not allowed; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    """Every architectural choice of a transformer, as data.
+
+    Shapes: ``d_model`` = hidden width, ``n_heads * head_dim`` = attention width (defaults to
+    ``d_model``), ``n_kv_heads`` key/value heads (GQA when < n_heads, MQA when 1).
+    """
+
+    family: str = "decoder"
+    vocab_size: int = 32000
+    d_model: int = 512
+    n_layers: int = 6
+    n_heads: int = 8
+    n_kv_heads: int | None = None  # None → n_heads (multi-head attention)
+    head_dim: int | None = None  # None → d_model // n_heads
+    d_ff: int = 2048
+    max_seq_len: int = 2048
+    # positions
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rotary_fraction: float = 1.0
+    # normalisation
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = True  # LayerNorm only
+    norm_placement: str = "pre"
+    # feed-forward
+    mlp: str = "swiglu"
+    mlp_bias: bool = False
+    # attention
+    attn_bias: bool = False  # bias on q/k/v projections
+    attn_out_bias: bool | None = None  # None → same as attn_bias
+    attn_scale: float | None = None  # None → 1/sqrt(head_dim); T5 uses 1.0
+    sliding_window: int | None = None
+    # relative position buckets (T5)
+    rel_buckets: int = 32
+    rel_max_distance: int = 128
+    # embeddings / head
+    tie_embeddings: bool = False
+    type_vocab_size: int = 0  # BERT token types; 0 = none
+    embedding_norm: bool = False  # LayerNorm after the embedding sum (BERT)
+    final_norm: bool = True  # norm before the head (pre-norm models)
+    output_scale: float | None = None  # multiply final hidden by this before a tied head (T5)
+    n_decoder_layers: int | None = None  # seq2seq: decoder depth (None → n_layers)
+    dropout: float = 0.0
+    # special tokens
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    decoder_start_token_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source arch)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def dim_head(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
+
+    @property
+    def out_bias(self) -> bool:
+        return self.attn_bias if self.attn_out_bias is None else self.attn_out_bias
+
+    # ---- validation ----------------------------------------------------------------------
+    def validate(self) -> None:
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            v = getattr(self, name)
+            if v not in allowed:
+                raise ConfigError(f"model.{name}={v!r} is not allowed; choose one of {', '.join(allowed)}")
+
+        def positive(name: str, allow_none: bool = False) -> None:
+            v = getattr(self, name)
+            if v is None and allow_none:
+                return
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"model.{name}={v!r} must be a positive integer")
+
+        choice("family", FAMILIES)
+        choice("position", POSITIONS)
+        choice("norm", NORMS)
+        choice("mlp", MLPS)
+        choice("norm_placement", NORM_PLACEMENTS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
+                     "rel_buckets", "rel_max_distance"):
+            positive(name)
+        for name in ("n_kv_heads", "head_dim", "sliding_window", "n_decoder_layers"):
+            positive(name, allow_none=True)
+        if self.n_heads % self.kv_heads:
+            raise ConfigError(f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
+        if self.head_dim is None and self.d_model % self.n_heads:
+            raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads} "
+                              "(or set model.head_dim)")
+        if not 0.0 < self.rotary_fraction <= 1.0:
+            raise ConfigError(f"model.rotary_fraction={self.rotary_fraction} must be in (0, 1]")
+        if self.position == "rope" and int(self.dim_head * self.rotary_fraction) % 2:
+            raise ConfigError("model.rotary_fraction * head_dim must be even")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.norm_eps <= 0:
+            raise ConfigError(f"model.norm_eps={self.norm_eps} must be > 0")
+        if self.type_vocab_size < 0:
+            raise ConfigError("model.type_vocab_size must be >= 0")
+
+    # ---- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; "
+                              f"allowed keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def replace(self, **kw: Any) -> "ModelConfig":
+        return ModelConfig.from_dict({**self.to_dict(), **kw})
+
+
+# ---- presets ------------------------------------------------------------------------------
+def gpt2(**kw: Any) -> ModelConfig:
+    """GPT-2: learned positions, pre-LayerNorm (eps 1e-5), tanh-GELU MLP, biases, tied head."""
+    base = dict(family="decoder", vocab_size=50257, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                max_seq_len=1024, position="learned", norm="layernorm", norm_eps=1e-5, mlp="gelu_tanh",
+                mlp_bias=True, attn_bias=True, tie_embeddings=True, bos_token_id=50256, eos_token_id=50256)
+    return ModelConfig.from_dict({**base, **kw})
+
+
+def llama2(**kw: Any) -> ModelConfig:
+    """Llama 2: RoPE (half-split, theta 1e4), RMSNorm (eps 1e-5), SwiGLU, no biases, GQA, untied."""
+    base = dict(family="decoder", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
+                d_ff=11008, max_seq_len=4096, position="rope", rope_theta=10000.0, norm="rmsnorm",
+                norm_eps=1e-5, mlp="swiglu", tie_embeddings=False, bos_token_id=1, eos_token_id=2)
+    return ModelConfig.from_dict({**base, **kw})
+
+
+def mistral(**kw: Any) -> ModelConfig:
+    """Mistral 7B: Llama with GQA (8 KV heads), theta 1e4 and a 4096-token sliding window."""
+    base = llama2().to_dict()
+    base.update(n_kv_heads=8, d_ff=14336, max_seq_len=32768, sliding_window=4096)
+    return ModelConfig.from_dict({**base, **kw})
+
+
+PRESETS = {
+    "gpt2": gpt2,
+    "gpt2-tiny": lambda **kw: gpt2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
+                                             max_seq_len=512, bos_token_id=0, eos_token_id=0), **kw}),
+    "llama2-7b": llama2,
+    "llama-tiny": lambda **kw: llama2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4,
+                                                n_kv_heads=2, d_ff=688, max_seq_len=512, bos_token_id=0,
+                                                eos_token_id=0), **kw}),
+    "mistral-7b": mistral,
+}
+
+
+def preset(name: str, **kw: Any) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
+    return PRESETS[name](**kw)

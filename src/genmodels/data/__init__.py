@@ -1,0 +1,67 @@
+"""Data pipeline for causal-LM pre-training.
+
+Corpora (:mod:`.corpus`), byte-level BPE tokenizers (:mod:`.tokenizer`) and
+token caching, packing and batch sampling (:mod:`.packing`).
+"""
+
+from .corpus import (
+    CORPUS_KINDS,
+    CorpusSpec,
+    corpus_fingerprint,
+    folder_documents,
+    folder_files,
+    jsonl_documents,
+    load_documents,
+    split_train_val,
+    stdlib_files,
+    stdlib_root,
+    text_file_documents,
+)
+from .packing import (
+    BatchSampler,
+    PackedDataset,
+    TokenCache,
+    default_cache_root,
+    load_token_file,
+    token_dtype,
+    tokenize_to_cache,
+)
+from .tokenizer import (
+    EOS_TOKEN,
+    PAD_TOKEN,
+    TOKENIZER_FILENAME,
+    eos_id,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+)
+
+__all__ = [
+    "BatchSampler",
+    "CORPUS_KINDS",
+    "CorpusSpec",
+    "EOS_TOKEN",
+    "PAD_TOKEN",
+    "PackedDataset",
+    "TOKENIZER_FILENAME",
+    "TokenCache",
+    "corpus_fingerprint",
+    "default_cache_root",
+    "eos_id",
+    "folder_documents",
+    "folder_files",
+    "jsonl_documents",
+    "load_documents",
+    "load_token_file",
+    "load_tokenizer",
+    "save_tokenizer",
+    "split_train_val",
+    "stdlib_files",
+    "stdlib_root",
+    "text_file_documents",
+    "token_dtype",
+    "tokenize_to_cache",
+    "tokenizer_fingerprint",
+    "train_bpe_tokenizer",
+]

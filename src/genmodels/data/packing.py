@@ -1,0 +1,374 @@
+"""Token caches, fixed-length packing and a resumable, shardable batch sampler.
+
+Pipeline: documents -> :func:`tokenize_to_cache` (one flat on-disk token
+stream, documents separated by EOS) -> :class:`PackedDataset` (non-overlapping
+windows of ``seq_len + 1`` tokens) -> :class:`BatchSampler` (deterministic
+shuffled batches of window indices, resumable and split across ranks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+
+from .tokenizer import eos_id as tokenizer_eos_id
+from .tokenizer import tokenizer_fingerprint
+
+__all__ = [
+    "BatchSampler",
+    "PackedDataset",
+    "TokenCache",
+    "default_cache_root",
+    "load_token_file",
+    "token_dtype",
+    "tokenize_to_cache",
+]
+
+_CACHE_FORMAT = 1
+_ENCODE_BATCH_DOCS = 256
+
+
+# --------------------------------------------------------------------------- #
+# Flat token files
+# --------------------------------------------------------------------------- #
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest unsigned dtype holding ids ``0 .. vocab_size - 1``."""
+    return np.dtype(np.uint16 if vocab_size <= 2**16 else np.uint32)
+
+
+def _sidecar(cache_path: Path) -> Path:
+    """Path of the JSON metadata file next to a token file."""
+    return cache_path.with_name(cache_path.name + ".json")
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Call ``write(fh)`` on a temp file in ``path``'s directory, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def tokenize_to_cache(
+    docs: Iterable[str],
+    tokenizer: Tokenizer,
+    cache_path: Path | str,
+    eos_id: int | None,
+    batch_docs: int = _ENCODE_BATCH_DOCS,
+    extra_meta: dict[str, Any] | None = None,
+) -> np.memmap:
+    """Tokenise ``docs`` into one flat token file and return it memory-mapped.
+
+    Each non-empty document is encoded (``encode_batch`` in batches of
+    ``batch_docs`` documents, which runs in parallel) and followed by
+    ``eos_id`` unless it is ``None``.  Tokens are stored as ``uint16`` (or
+    ``uint32`` for vocabularies above 65536) in ``cache_path``; a sidecar
+    ``<cache_path>.json`` records dtype, length and vocab size.  Both files
+    are written to temporary names and renamed into place, the sidecar last,
+    so a reader never sees a partial cache.
+
+    Raises ``ValueError`` if the documents produce no tokens.
+    """
+    cache_path = Path(cache_path)
+    cache_path.parent.mkdir(parents=True, exist_ok=True)
+    vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+    dtype = token_dtype(vocab_size)
+    sep = [] if eos_id is None else [int(eos_id)]
+    length = 0
+    num_docs = 0
+
+    def write(fh: Any) -> None:
+        nonlocal length, num_docs
+        batch: list[str] = []
+
+        def flush() -> None:
+            nonlocal length, num_docs
+            encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
+            count = sum(len(e.ids) for e in encodings) + len(sep) * len(encodings)
+            ids = chain.from_iterable(chain(e.ids, sep) for e in encodings)
+            np.fromiter(ids, dtype=dtype, count=count).tofile(fh)
+            length += count
+            num_docs += len(batch)
+            batch.clear()
+
+        for doc in docs:
+            if doc:
+                batch.append(doc)
+                if len(batch) >= batch_docs:
+                    flush()
+        if batch:
+            flush()
+
+    _atomic_write_bytes(cache_path, write)
+    if length == 0:
+        cache_path.unlink(missing_ok=True)
+        raise ValueError(f"no tokens to write to {cache_path}: all documents are empty")
+    meta = {
+        "format": _CACHE_FORMAT,
+        "dtype": dtype.name,
+        "length": length,
+        "vocab_size": vocab_size,
+        "num_docs": num_docs,
+        "eos_id": eos_id,
+        **(extra_meta or {}),
+    }
+    blob = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
+    _atomic_write_bytes(_sidecar(cache_path), lambda fh: fh.write(blob))
+    return np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
+
+
+def load_token_file(cache_path: Path | str) -> np.memmap | None:
+    """Memory-map a token file written by :func:`tokenize_to_cache`.
+
+    Returns ``None`` when the file or its sidecar is missing, unreadable or
+    inconsistent (wrong size), i.e. when the cache must be (re)built.
+    """
+    cache_path = Path(cache_path)
+    try:
+        meta = json.loads(_sidecar(cache_path).read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        length = int(meta["length"])
+        if meta.get("format") != _CACHE_FORMAT or length <= 0:
+            return None
+        if cache_path.stat().st_size != length * dtype.itemsize:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
+
+
+# --------------------------------------------------------------------------- #
+# Cache keyed by corpus + tokenizer + split
+# --------------------------------------------------------------------------- #
+def default_cache_root() -> Path:
+    """``$GENMODELS_CACHE`` if set, else ``~/.cache/genmodels`` (read at call time)."""
+    env = os.environ.get("GENMODELS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "genmodels"
+
+
+class TokenCache:
+    """On-disk cache of tokenised corpus splits.
+
+    An entry is identified by (corpus fingerprint, tokenizer fingerprint,
+    split name, EOS id) and lives in ``<root>/tokens/<key>/tokens.bin`` (plus
+    ``tokens.bin.json``).  A hit is memory-mapped at once; a miss calls the
+    document factory, tokenises and stores the result.
+    """
+
+    def __init__(self, corpus_fingerprint: str, root: Path | str | None = None) -> None:
+        self.corpus_fingerprint = corpus_fingerprint
+        self.root = Path(root) if root is not None else default_cache_root()
+
+    def key(self, tokenizer: Tokenizer, split: str, eos_id: int | None = None) -> str:
+        """Hex cache key for ``split`` tokenised with ``tokenizer``."""
+        payload = {
+            "format": _CACHE_FORMAT,
+            "corpus": self.corpus_fingerprint,
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "split": split,
+            "eos_id": eos_id,
+        }
+        blob = json.dumps(payload, sort_keys=True).encode("utf-8")
+        return hashlib.sha256(blob).hexdigest()[:32]
+
+    def path(self, tokenizer: Tokenizer, split: str, eos_id: int | None = None) -> Path:
+        """Token file path for an entry (it may not exist yet)."""
+        return self.root / "tokens" / self.key(tokenizer, split, eos_id) / "tokens.bin"
+
+    def get(self, tokenizer: Tokenizer, split: str, eos_id: int | None = None) -> np.memmap | None:
+        """The cached tokens, or ``None`` on a miss."""
+        return load_token_file(self.path(tokenizer, split, eos_id))
+
+    def get_or_build(
+        self,
+        docs_fn: Callable[[], Iterable[str]],
+        tokenizer: Tokenizer,
+        split: str,
+        eos_id: int | None = None,
+    ) -> np.memmap:
+        """Return cached tokens for ``split``, building them on a miss.
+
+        ``docs_fn`` is called only on a miss.  ``eos_id`` defaults to the
+        tokenizer's ``<|endoftext|>`` id.
+        """
+        if eos_id is None:
+            eos_id = tokenizer_eos_id(tokenizer)
+        path = self.path(tokenizer, split, eos_id)
+        cached = load_token_file(path)
+        if cached is not None:
+            return cached
+        meta = {
+            "corpus_fingerprint": self.corpus_fingerprint,
+            "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),
+            "split": split,
+        }
+        return tokenize_to_cache(docs_fn(), tokenizer, path, eos_id, extra_meta=meta)
+
+
+# --------------------------------------------------------------------------- #
+# Packing
+# --------------------------------------------------------------------------- #
+class PackedDataset(torch.utils.data.Dataset):
+    """Non-overlapping windows of ``seq_len + 1`` tokens over a flat stream.
+
+    Window ``i`` covers ``tokens[i*(seq_len+1) : (i+1)*(seq_len+1)]``; its
+    input is the first ``seq_len`` tokens and its target the last ``seq_len``.
+    The trailing partial window is dropped.  Documents run across window
+    boundaries, separated by EOS tokens.
+    """
+
+    def __init__(self, tokens: np.ndarray, seq_len: int) -> None:
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
+        n = len(tokens) // (seq_len + 1)
+        if n == 0:
+            raise ValueError(
+                f"token stream of length {len(tokens)} is shorter than one "
+                f"window of seq_len + 1 = {seq_len + 1} tokens"
+            )
+        self.seq_len = seq_len
+        self.tokens = tokens
+        self._windows = tokens[: n * (seq_len + 1)].reshape(n, seq_len + 1)
+
+    def __len__(self) -> int:
+        return self._windows.shape[0]
+
+    def num_tokens(self) -> int:
+        """Tokens covered by the windows (inputs + final target of each)."""
+        return self._windows.size
+
+    def get_batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(inputs, targets)`` LongTensors of shape ``(len(indices), seq_len)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
+            raise IndexError(f"window indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+        rows = torch.from_numpy(self._windows[idx].astype(np.int64))
+        return rows[:, :-1], rows[:, 1:]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.get_batch([index])
+        return x[0], y[0]
+
+
+# --------------------------------------------------------------------------- #
+# Sampling
+# --------------------------------------------------------------------------- #
+class BatchSampler:
+    """Deterministic shuffled batches of sample indices, resumable and sharded.
+
+    Each epoch uses ``np.random.Generator(PCG64(seed + epoch)).permutation``
+    of ``range(num_samples)``.  A step takes the next ``batch_size *
+    world_size`` indices (the global batch; an incomplete final global batch
+    is dropped) and rank ``r`` receives the contiguous slice ``[r*batch_size,
+    (r+1)*batch_size)`` of it, so the ranks' batches of one step together form
+    exactly the single-process global batch.
+
+    Iteration is endless: after the last step of an epoch the next epoch
+    begins.  ``state_dict()`` records ``(epoch, position)`` where position is
+    the number of global batches already yielded in the epoch, so a restored
+    sampler continues at exactly the same data.  ``len()`` is the number of
+    steps per epoch.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        epoch: int = 0,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size; got rank={rank}, world_size={world_size}")
+        if num_samples < batch_size * world_size:
+            raise ValueError(
+                f"num_samples ({num_samples}) is smaller than one global batch "
+                f"(batch_size {batch_size} x world_size {world_size})"
+            )
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = epoch
+        self.position = 0
+        self._perm: np.ndarray | None = None
+        self._perm_epoch: int | None = None
+
+    @property
+    def global_batch_size(self) -> int:
+        """Samples per step across all ranks."""
+        return self.batch_size * self.world_size
+
+    def __len__(self) -> int:
+        return self.num_samples // self.global_batch_size
+
+    def _permutation(self) -> np.ndarray:
+        if self._perm_epoch != self.epoch:
+            rng = np.random.Generator(np.random.PCG64(self.seed + self.epoch))
+            self._perm = rng.permutation(self.num_samples)
+            self._perm_epoch = self.epoch
+        assert self._perm is not None
+        return self._perm
+
+    def global_batch(self, epoch: int, step: int) -> np.ndarray:
+        """All ranks' indices for ``step`` of ``epoch`` (no state change)."""
+        saved = self.epoch
+        self.epoch = epoch
+        try:
+            start = step * self.global_batch_size
+            return self._permutation()[start : start + self.global_batch_size].copy()
+        finally:
+            self.epoch = saved
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.position >= len(self):
+            self.epoch += 1
+            self.position = 0
+        start = self.position * self.global_batch_size + self.rank * self.batch_size
+        batch = self._permutation()[start : start + self.batch_size].copy()
+        self.position += 1
+        return batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Resumable state; ``position`` counts global batches in ``epoch``."""
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_samples": self.num_samples,
+            "global_batch_size": self.global_batch_size,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Restore :meth:`state_dict` output.
+
+        The dataset size and global batch size must match (the per-rank batch
+        size and world size may differ as long as their product is the same).
+        """
+        for name, mine in (("num_samples", self.num_samples), ("global_batch_size", self.global_batch_size)):
+            if name in state and int(state[name]) != mine:
+                raise ValueError(f"cannot resume sampler: saved {name}={state[name]}, current {name}={mine}")
+        self.seed = int(state.get("seed", self.seed))
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+        self._perm_epoch = None

@@ -1,0 +1,46 @@
+"""Transformer blocks: a residual wrapping of attention and feed-forward, with the norm placed
+before (pre-norm: GPT-2, Llama, T5) or after (post-norm: the original Transformer, BERT).
+
+Pre-norm:   x ← x + Attn(N₁(x));   x ← x + FFN(N₂(x))
+Post-norm:  x ← N₁(x + Attn(x));   x ← N₂(x + FFN(x))
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..nn import AttentionInputs, LayerKVCache, SelfAttention, make_mlp, make_norm
+
+
+class PreNormBlock(nn.Module):
+    def __init__(self, attn: nn.Module, mlp: nn.Module, norm1: nn.Module, norm2: nn.Module, dropout: float = 0.0):
+        super().__init__()
+        self.norm1, self.attn, self.norm2, self.mlp = norm1, attn, norm2, mlp
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), ctx, cache))  # (B, T, D)
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class PostNormBlock(PreNormBlock):
+    def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, ctx, cache)))
+        return self.norm2(x + self.drop(self.mlp(x)))
+
+
+def norm_of(c: ModelConfig) -> nn.Module:
+    return make_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
+
+
+def self_attention_of(c: ModelConfig) -> SelfAttention:
+    return SelfAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias,
+                         out_bias=c.out_bias, scale=c.attn_scale)
+
+
+def block_of(c: ModelConfig) -> nn.Module:
+    """One self-attention block as the config describes it."""
+    cls = PreNormBlock if c.norm_placement == "pre" else PostNormBlock
+    return cls(self_attention_of(c), make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias), norm_of(c), norm_of(c),
+               c.dropout)

@@ -1,0 +1,121 @@
+"""Scaled dot-product attention (Vaswani et al., 2017) with grouped-query heads (Ainslie et al., 2023).
+
+    Attention(Q, K, V) = softmax(Q Kᵀ · s + M) V,   s = 1/√d by default (T5: s = 1)
+
+Q has H heads, K and V have H_kv heads (H_kv = H: multi-head; 1 < H_kv < H: grouped-query;
+H_kv = 1: multi-query); key/value head j serves query heads j·g … j·g+g−1 with g = H / H_kv.
+M is the additive mask of :mod:`genmodels.nn.masks`.
+
+Two interchangeable kernels compute it: :func:`sdpa_attention` (PyTorch's fused
+``scaled_dot_product_attention``, the default) and :func:`reference_attention` (plain matmuls,
+softmax in fp32 — the readable definition). Tests hold them equal.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .kv_cache import LayerKVCache
+from .position import apply_rotary
+
+
+def reference_attention(q, k, v, mask=None, scale=None, is_causal=False):
+    """q ``(B, H, Tq, D)``, k/v ``(B, H_kv, Tk, D)``, mask additive ``(B|1, H|1, Tq, Tk)`` -> ``(B, H, Tq, D)``."""
+    h, h_kv = q.shape[1], k.shape[1]
+    if h != h_kv:
+        k = k.repeat_interleave(h // h_kv, dim=1)
+        v = v.repeat_interleave(h // h_kv, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (B, H, Tq, Tk)
+    if is_causal:
+        tq, tk = scores.shape[-2:]
+        future = torch.ones(tq, tk, dtype=torch.bool, device=q.device).triu(1)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
+    if mask is not None:
+        scores = scores + mask
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def sdpa_attention(q, k, v, mask=None, scale=None, is_causal=False):
+    """The same through ``F.scaled_dot_product_attention`` (fused kernels; GQA without copies)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention}
+
+
+@dataclass
+class AttentionInputs:
+    """What every attention layer of one forward shares: computed once by the model."""
+
+    mask: torch.Tensor | None = None  # additive (B|1, H|1, Tq, Tk)
+    is_causal: bool = False  # let SDPA apply its (top-left) causal mask: square, unpadded only
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), each (B, 1, T, d_rot)
+    start: int = 0  # cache position of the first query
+
+
+class SelfAttention(nn.Module):
+    """Multi-/grouped-/multi-query self-attention with fused QKV projection.
+
+    ``qkv``: D -> (H + 2·H_kv)·d, rows ordered [q heads | k heads | v heads]; ``out``: H·d -> D.
+    Causality, windows and padding arrive in the mask; RoPE, when the model uses it, in ``ctx.rope``.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
+                 out_bias: bool = False, scale: float | None = None, kernel: str = "sdpa"):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = scale
+        self.kernel = kernel
+        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.out = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+
+    def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        qkv = self.qkv(x).view(b, t, h + 2 * hkv, d).transpose(1, 2)  # (B, H+2Hkv, T, D)
+        q, k, v = qkv.split((h, hkv, hkv), dim=1)
+        if ctx.rope is not None:
+            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+        if cache is not None:
+            k, v = cache.update(k, v, ctx.start)  # (B, Hkv, start+T, D)
+        y = KERNELS[self.kernel](q, k, v, ctx.mask, self.scale, ctx.is_causal)  # (B, H, T, D)
+        return self.out(y.transpose(1, 2).reshape(b, t, h * d))
+
+
+class CrossAttention(nn.Module):
+    """Queries from one sequence, keys/values from another (the encoder's output).
+
+    ``q``: D -> H·d; ``kv``: D_kv -> 2·H_kv·d (rows [k heads | v heads]); ``out``: H·d -> D. The
+    memory's keys/values are computed once per sequence and may be cached by the caller.
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
+                 out_bias: bool = False, scale: float | None = None, d_memory: int | None = None,
+                 kernel: str = "sdpa"):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.scale = scale
+        self.kernel = kernel
+        self.q = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.kv = nn.Linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias=bias)
+        self.out = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+
+    def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project the memory ``(B, S, D_kv)`` to k, v ``(B, H_kv, S, d)``: cacheable across steps."""
+        b, s, _ = memory.shape
+        kv = self.kv(memory).view(b, s, 2 * self.n_kv_heads, self.head_dim).transpose(1, 2)
+        k, v = kv.split(self.n_kv_heads, dim=1)
+        return k, v
+
+    def forward(self, x: torch.Tensor, memory_kv: tuple[torch.Tensor, torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, d)
+        y = KERNELS[self.kernel](q, *memory_kv, mask, self.scale, False)
+        return self.out(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
