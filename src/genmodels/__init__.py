@@ -1,6 +1,17 @@
-"""genmodels: generative-AI architectures from small, named components."""
+"""genmodels: generative-AI architectures from small, named components.
+
+Public API (stable):
+    load(path) -> model            genmodels directory or local Hugging Face directory
+    save(model, path)              genmodels directory (config.json + model.safetensors [+ tokenizer.json])
+    export_hf(model, path)         Hugging Face directory
+    generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
+    model(input_ids, attention_mask=None) -> logits (B, T, V)
+"""
 from .config import ConfigError, ModelConfig, preset
+from .generation import generate
+from .io import export_hf, load, load_tokenizer, save
 from .models import build_model
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "build_model", "preset"]
+__all__ = ["ConfigError", "ModelConfig", "build_model", "export_hf", "generate", "load", "load_tokenizer",
+           "preset", "save"]

@@ -38,13 +38,13 @@ from .tokenizer import (
 )
 
 __all__ = [
-    "BatchSampler",
     "CORPUS_KINDS",
-    "CorpusSpec",
     "EOS_TOKEN",
     "PAD_TOKEN",
-    "PackedDataset",
     "TOKENIZER_FILENAME",
+    "BatchSampler",
+    "CorpusSpec",
+    "PackedDataset",
     "TokenCache",
     "corpus_fingerprint",
     "default_cache_root",

@@ -16,9 +16,10 @@ import json
 import os
 import sys
 import sysconfig
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence, TypeVar
+from typing import Any, TypeVar
 
 __all__ = [
     "CORPUS_KINDS",
@@ -212,22 +213,25 @@ def jsonl_documents(path: Path | str, text_field: str = "text") -> list[str]:
                     f"{where}: invalid JSON ({exc.msg}); expected an object "
                     f"with a string field {text_field!r}"
                 ) from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise ValueError(f"{where}: missing field {text_field!r}")
-            text = record[text_field]
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"{where}: field {text_field!r} must be a string, "
-                    f"got {type(text).__name__}"
-                )
+            text = _record_text(record, text_field)
+            if text is None:
+                raise ValueError(f"{where}: missing string field {text_field!r}")
             docs.append(text)
     return docs
+
+
+def _record_text(record: Any, text_field: str) -> str | None:
+    """The string under ``text_field`` of a JSON object, else ``None``."""
+    text = record.get(text_field) if isinstance(record, dict) else None
+    return text if isinstance(text, str) else None
 
 
 def _line_blocks(text: str, block_lines: int = TEXT_BLOCK_LINES) -> list[str]:
     """Split ``text`` into consecutive blocks of ``block_lines`` lines."""
     lines = text.splitlines(keepends=True)
-    return ["".join(lines[i : i + block_lines]) for i in range(0, len(lines), block_lines)]
+    return [
+        "".join(lines[i : i + block_lines]) for i in range(0, len(lines), block_lines)
+    ]
 
 
 # --------------------------------------------------------------------------- #
@@ -255,49 +259,70 @@ class CorpusSpec:
     exclude_tests: bool = True
     val_fraction: float = 0.05
 
-    def validate(self) -> "CorpusSpec":
+    def validate(self) -> CorpusSpec:
         """Check the fields; raise ``ValueError`` naming the bad one. Returns self."""
         if self.kind not in CORPUS_KINDS:
-            raise ValueError(
-                f"corpus.kind must be one of {', '.join(CORPUS_KINDS)}; got {self.kind!r}"
-            )
+            allowed = ", ".join(CORPUS_KINDS)
+            raise ValueError(f"corpus.kind must be one of {allowed}; got {self.kind!r}")
         if self.kind != "stdlib":
-            if not self.path:
-                raise ValueError(f"corpus.path is required when corpus.kind is {self.kind!r}")
-            p = Path(self.path)
-            if not p.exists():
-                raise ValueError(f"corpus.path {self.path!r} does not exist")
-            if self.kind == "folder" and not p.is_dir():
-                raise ValueError(f"corpus.path {self.path!r} must be a directory for kind 'folder'")
-            if self.kind in ("text", "jsonl") and not p.is_file():
-                raise ValueError(f"corpus.path {self.path!r} must be a file for kind {self.kind!r}")
-        if self.kind == "folder":
-            if not self.extensions or not all(isinstance(e, str) and e for e in self.extensions):
-                raise ValueError(
-                    "corpus.extensions must be a non-empty list of non-empty strings "
-                    f"such as ['.txt', '.md']; got {self.extensions!r}"
-                )
-        if self.kind == "jsonl" and (not isinstance(self.text_field, str) or not self.text_field):
-            raise ValueError(f"corpus.text_field must be a non-empty string; got {self.text_field!r}")
-        if isinstance(self.val_fraction, bool) or not isinstance(self.val_fraction, (int, float)) \
-                or not 0.0 < float(self.val_fraction) < 1.0:
+            self._validate_path()
+        exts = self.extensions
+        if self.kind == "folder" and not (
+            exts and all(isinstance(e, str) and e for e in exts)
+        ):
             raise ValueError(
-                f"corpus.val_fraction must be a number in (0, 1); got {self.val_fraction!r}"
+                "corpus.extensions must be a non-empty list of non-empty strings "
+                f"such as ['.txt', '.md']; got {exts!r}"
+            )
+        if self.kind == "jsonl" and not (
+            isinstance(self.text_field, str) and self.text_field
+        ):
+            raise ValueError(
+                f"corpus.text_field must be a non-empty string; got {self.text_field!r}"
+            )
+        frac = self.val_fraction
+        if (
+            isinstance(frac, bool)
+            or not isinstance(frac, (int, float))
+            or not 0.0 < float(frac) < 1.0
+        ):
+            raise ValueError(
+                f"corpus.val_fraction must be a number in (0, 1); got {frac!r}"
             )
         return self
+
+    def _validate_path(self) -> None:
+        """Check ``path`` for the file- and folder-based kinds."""
+        if not self.path:
+            raise ValueError(
+                f"corpus.path is required when corpus.kind is {self.kind!r}"
+            )
+        p = Path(self.path)
+        if not p.exists():
+            raise ValueError(f"corpus.path {self.path!r} does not exist")
+        want_dir = self.kind == "folder"
+        if want_dir and not p.is_dir():
+            raise ValueError(
+                f"corpus.path {self.path!r} must be a directory for kind 'folder'"
+            )
+        if not want_dir and not p.is_file():
+            raise ValueError(
+                f"corpus.path {self.path!r} must be a file for kind {self.kind!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (JSON/YAML friendly)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "CorpusSpec":
+    def from_dict(cls, data: dict[str, Any]) -> CorpusSpec:
         """Build from a dict, rejecting unknown keys; does not validate."""
         allowed = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - allowed)
         if unknown:
             raise ValueError(
-                f"unknown corpus field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+                f"unknown corpus field(s) {', '.join(unknown)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
             )
         values = dict(data)
         if "extensions" in values and values["extensions"] is not None:

@@ -12,9 +12,10 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -188,7 +189,9 @@ class TokenCache:
         """Token file path for an entry (it may not exist yet)."""
         return self.root / "tokens" / self.key(tokenizer, split, eos_id) / "tokens.bin"
 
-    def get(self, tokenizer: Tokenizer, split: str, eos_id: int | None = None) -> np.memmap | None:
+    def get(
+        self, tokenizer: Tokenizer, split: str, eos_id: int | None = None
+    ) -> np.memmap | None:
         """The cached tokens, or ``None`` on a miss."""
         return load_token_file(self.path(tokenizer, split, eos_id))
 
@@ -250,11 +253,16 @@ class PackedDataset(torch.utils.data.Dataset):
         """Tokens covered by the windows (inputs + final target of each)."""
         return self._windows.size
 
-    def get_batch(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_batch(
+        self, indices: Sequence[int] | np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(inputs, targets)`` LongTensors of shape ``(len(indices), seq_len)``."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= len(self)):
-            raise IndexError(f"window indices must be in [0, {len(self)}), got {idx.min()}..{idx.max()}")
+            raise IndexError(
+                f"window indices must be in [0, {len(self)}); "
+                f"got {idx.min()}..{idx.max()}"
+            )
         rows = torch.from_numpy(self._windows[idx].astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
@@ -295,7 +303,10 @@ class BatchSampler:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
-            raise ValueError(f"need world_size >= 1 and 0 <= rank < world_size; got rank={rank}, world_size={world_size}")
+            raise ValueError(
+                "need world_size >= 1 and 0 <= rank < world_size; "
+                f"got rank={rank}, world_size={world_size}"
+            )
         if num_samples < batch_size * world_size:
             raise ValueError(
                 f"num_samples ({num_samples}) is smaller than one global batch "
@@ -365,9 +376,15 @@ class BatchSampler:
         The dataset size and global batch size must match (the per-rank batch
         size and world size may differ as long as their product is the same).
         """
-        for name, mine in (("num_samples", self.num_samples), ("global_batch_size", self.global_batch_size)):
+        for name, mine in (
+            ("num_samples", self.num_samples),
+            ("global_batch_size", self.global_batch_size),
+        ):
             if name in state and int(state[name]) != mine:
-                raise ValueError(f"cannot resume sampler: saved {name}={state[name]}, current {name}={mine}")
+                raise ValueError(
+                    f"cannot resume sampler: saved {name}={state[name]}, "
+                    f"current {name}={mine}"
+                )
         self.seed = int(state.get("seed", self.seed))
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

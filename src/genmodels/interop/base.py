@@ -1,0 +1,72 @@
+"""The contract every foreign-checkpoint converter follows, and the strict key check.
+
+A converter maps one Hugging Face architecture both ways:
+``config_from_hf(dict) -> ModelConfig``, ``config_to_hf(ModelConfig) -> dict``,
+``state_from_hf(sd, cfg) -> our state dict``, ``state_to_hf(sd, cfg) -> HF state dict``.
+``state_from_hf`` *pops* what it consumes, so anything left is an unexpected key.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from ..config import ModelConfig
+
+
+class ConversionError(ValueError):
+    """A checkpoint does not match the model: the message names the keys or shapes at fault."""
+
+
+class Converter:
+    architectures: tuple[str, ...] = ()  # HF class names, first is the one we export
+    model_type: str = ""
+    ignored: tuple[str, ...] = ()  # HF key suffixes that carry no weights (buffers)
+
+    def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
+        raise NotImplementedError
+
+    def config_to_hf(self, cfg: ModelConfig) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def state_from_hf(self, sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_to_hf(self, sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def take(sd: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """Pop ``key`` from a foreign state dict, or fail naming it."""
+    if key not in sd:
+        raise ConversionError(f"missing key in checkpoint: {key}")
+    return sd.pop(key)
+
+
+def rename_layers(n: int, mapping: dict[str, str], src: dict[str, torch.Tensor], out: dict[str, torch.Tensor],
+                  transform: Callable[[str, torch.Tensor], torch.Tensor] = lambda k, t: t, optional=()) -> None:
+    """For each layer i, move ``src[theirs.format(i)]`` to ``out[ours.format(i)]`` (``mapping`` is
+    ours → theirs); keys in ``optional`` (ours) may be absent (e.g. biases)."""
+    for i in range(n):
+        for ours, theirs in mapping.items():
+            k = theirs.format(i=i)
+            if ours in optional and k not in src:
+                continue
+            out[ours.format(i=i)] = transform(ours, take(src, k))
+
+
+def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], leftovers: dict[str, Any],
+                where: str) -> None:
+    """Fail with one message listing missing/unexpected keys and wrong shapes; never load partially."""
+    problems = []
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected)) + sorted(leftovers)
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:12])}{' …' if len(missing) > 12 else ''}")
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:12])}{' …' if len(unexpected) > 12 else ''}")
+    for k in sorted(set(expected) & set(got)):
+        if tuple(expected[k].shape) != tuple(got[k].shape):
+            problems.append(f"wrong shape for {k}: checkpoint {tuple(got[k].shape)}, model {tuple(expected[k].shape)}")
+    if problems:
+        raise ConversionError(f"{where} does not match the model: " + "; ".join(problems))

@@ -1,0 +1,100 @@
+"""Read and write Hugging Face model directories (config.json + safetensors / legacy .bin), offline.
+
+This module and its converters are the only places that know another library's key names.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import ModelConfig
+from .base import ConversionError, Converter, check_state
+from .decoder_hf import GPT2Converter, LlamaConverter, MistralConverter
+
+CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter()]
+
+
+def register(converter: Converter) -> None:
+    """Add a converter (encoder and seq2seq families register theirs here)."""
+    CONVERTERS.append(converter)
+
+
+def converter_for_hf(hf_config: dict[str, Any]) -> Converter:
+    archs = hf_config.get("architectures") or []
+    for conv in CONVERTERS:
+        if any(a in conv.architectures for a in archs):
+            return conv
+    for conv in CONVERTERS:
+        if hf_config.get("model_type") == conv.model_type:
+            return conv
+    supported = sorted(a for c in CONVERTERS for a in c.architectures)
+    raise ConversionError(f"unsupported architecture {archs or hf_config.get('model_type')!r}; "
+                          f"supported: {', '.join(supported)}")
+
+
+def converter_for_config(cfg: ModelConfig) -> Converter:
+    """The converter we export a config through (decided by its components)."""
+    arch = cfg.extra.get("hf_architecture")
+    for conv in CONVERTERS:
+        if arch in conv.architectures:
+            return conv
+    by_shape = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "mistral" if cfg.sliding_window else "llama"}
+    mt = by_shape.get((cfg.family, cfg.position))
+    for conv in CONVERTERS:
+        if conv.model_type == mt:
+            return conv
+    raise ConversionError(f"no Hugging Face architecture for family={cfg.family!r}, position={cfg.position!r}")
+
+
+def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a HF directory: ``*.safetensors`` (sharded or not), else ``pytorch_model.bin``
+    through ``torch.load(weights_only=True)`` — never an unrestricted unpickle."""
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        sd: dict[str, torch.Tensor] = {}
+        for f in files:
+            sd.update(load_file(str(f)))
+        return sd
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if bins:
+        sd = {}
+        for f in bins:
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+        return sd
+    raise FileNotFoundError(f"{path}: no *.safetensors or pytorch_model.bin weights found")
+
+
+def load_hf(path: str | Path, build) -> torch.nn.Module:
+    """Build our model from a local HF directory; fail naming any key or shape that does not fit."""
+    path = Path(path)
+    hf_config = json.loads((path / "config.json").read_text())
+    conv = converter_for_hf(hf_config)
+    cfg = conv.config_from_hf(hf_config)
+    cfg.extra = {**cfg.extra, "hf_architecture": (hf_config.get("architectures") or [conv.architectures[0]])[0]}
+    model = build(cfg)
+    sd = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(conv.ignored)}
+    ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
+    expected = model.state_dict()
+    check_state(expected, ours, sd, f"{path}")
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()})
+    return model
+
+
+def export_hf(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` that ``transformers`` loads with equal outputs."""
+    path = Path(path)
+    cfg: ModelConfig = model.config
+    conv = converter_for_config(cfg)
+    hf_config = conv.config_to_hf(cfg)
+    sd = conv.state_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
+    if hf_config.get("tie_word_embeddings"):
+        sd.pop("lm_head.weight", None)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path / "model.safetensors"),
+              metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return path
