@@ -1,0 +1,104 @@
+"""Autoregressive decoding for decoder-only models through the preallocated KV cache.
+
+Prefill runs the whole (left-padded) prompt once; every later step feeds one token per row.
+Rows that emit an end token are finished: they keep receiving ``pad_token_id`` and stop counting.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+
+from .sampling import choose_next
+
+
+def _check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k={top_k} must be a positive integer or None")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+    if repetition_penalty is not None and repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0")
+
+
+@torch.inference_mode()
+def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
+             temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+             repetition_penalty: float | None = None, eos_token_id: int | Iterable[int] | None = None,
+             stop_tokens: Iterable[int] | None = None, pad_token_id: int | None = None, seed: int | None = None,
+             attention_mask: torch.Tensor | None = None,
+             streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` after each prompt; returns ``(B, T + n)`` token ids.
+
+    ``input_ids (B, T)`` may be left-padded, with ``attention_mask`` 0 on the pads. ``temperature=0``
+    is greedy; otherwise temperature / ``top_k`` / ``top_p`` sampling, reproducible with ``seed``.
+    ``eos_token_id`` defaults to the config's; ``stop_tokens`` adds more ids that end a row.
+    ``streamer`` receives each step's new tokens ``(B,)``.
+    """
+    _check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, length>0) token ids, got shape {tuple(input_ids.shape)}")
+    cfg = model.config
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    b, t = input_ids.shape
+    if t + max_new_tokens > cfg.max_seq_len and cfg.position == "learned":
+        raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"{cfg.max_seq_len} learned positions")
+    if eos_token_id is None:
+        eos_token_id = cfg.eos_token_id
+    ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
+    ends |= set(stop_tokens or ())
+    end_ids = torch.tensor(sorted(ends), dtype=torch.long, device=device)
+    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
+                                                         (min(ends) if ends else 0))
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    if max_new_tokens == 0:
+        return input_ids
+
+    padded = attention_mask is not None and not bool(attention_mask.all())
+    mask = attention_mask.to(device).long() if padded else None
+    if padded:
+        full_mask = torch.ones(b, t + max_new_tokens, dtype=torch.long, device=device)
+        full_mask[:, :t] = mask
+        positions = mask.cumsum(-1)[:, -1:] - 1  # (B, 1): position of each row's last prompt token
+    else:
+        full_mask = None
+        positions = torch.full((b, 1), t - 1, dtype=torch.long, device=device)
+
+    was_training = model.training
+    model.eval()
+    cache = model.new_cache(b, t + max_new_tokens)
+    h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
+    logits = model.head(h[:, -1])  # (B, V): only the last position is needed
+    out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=device)
+    out[:, :t] = input_ids
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    n = 0
+    for step in range(max_new_tokens):
+        seen = out[:, : t + step] if repetition_penalty else None
+        nxt = choose_next(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
+                          rep_penalty=repetition_penalty, generator=generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out[:, t + step] = nxt
+        n = step + 1
+        if streamer is not None:
+            streamer(nxt)
+        if len(end_ids):
+            done = done | torch.isin(nxt, end_ids)
+            if bool(done.all()):
+                break
+        if step == max_new_tokens - 1:
+            break
+        positions = positions + 1
+        step_mask = full_mask[:, : t + step + 1] if full_mask is not None else None
+        h = model.hidden_states(nxt[:, None], attention_mask=step_mask, position_ids=positions, cache=cache)
+        logits = model.head(h[:, -1])
+    model.train(was_training)
+    return out[:, : t + n]
