@@ -1,0 +1,50 @@
+"""``genmodels train CONFIG.yaml [--set key.sub=value ...] [--resume]`` — a few lines over
+:func:`genmodels.training.train`.
+
+The lead's ``cli.py`` calls :func:`add_train_parser` and dispatches to :func:`run_train`;
+``python -m genmodels.cli_train CONFIG ...`` runs the same without it (and under torchrun:
+``torchrun --nproc_per_node 2 -m genmodels.cli_train CONFIG --set train.distributed=fsdp``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train a model from a YAML recipe (configs/*.yaml)",
+                              description="Train a causal LM from a YAML recipe. See docs/training.md.")
+    _add_arguments(p)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML recipe, e.g. configs/llama-tiny.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 --set run_dir=runs/x (repeatable)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest checkpoint in run_dir (exactly: same losses as an unbroken run)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .training import load_config, train
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    train(cfg, resume=args.resume, progress=not args.no_progress)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="genmodels train")
+    _add_arguments(p)
+    return run_train(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

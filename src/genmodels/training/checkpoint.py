@@ -1,0 +1,115 @@
+"""Training checkpoints: safetensors tensors + JSON metadata, written atomically, last K kept.
+
+    RUN_DIR/checkpoints/step-000200/
+        model.safetensors      full model state (genmodels key names)
+        optimizer.safetensors  AdamW state, keys "state/<param fqn>/<exp_avg|exp_avg_sq|step>"
+        rng.safetensors        torch RNG state of every rank ("cpu/rank<r>", "cuda/rank<r>")
+        state.json             step, tokens, data-sampler position, optimizer param groups,
+                               world size, elapsed time, the resolved config
+
+A checkpoint is written into ``.tmp-step-…`` and renamed into place, so a process killed at any
+moment (kill -9 included) leaves either the previous set or the new complete one. Nothing is ever
+unpickled: tensors come from safetensors, everything else from JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = _STEP_DIR.match(p.name)
+        if m and (p / "state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = list_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
+def _flatten_optimizer(osd: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, extra = {}, {}
+    for fqn, st in osd["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"state/{fqn}/{name}"] = v.detach().cpu().contiguous()
+            else:
+                extra.setdefault(fqn, {})[name] = v
+    groups = []
+    for g in osd["param_groups"]:
+        groups.append({k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()})
+    return tensors, {"param_groups": groups, "non_tensor_state": extra}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[str, dict[str, Any]] = {}
+    for key, t in tensors.items():
+        _, rest = key.split("/", 1)
+        fqn, name = rest.rsplit("/", 1)
+        state.setdefault(fqn, {})[name] = t
+    for fqn, extra in meta.get("non_tensor_state", {}).items():
+        state.setdefault(fqn, {}).update(extra)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor], optim_sd: dict,
+                    rng: dict[str, torch.Tensor], state: dict[str, Any], keep_last: int) -> Path:
+    """Write a checkpoint atomically (call on the main rank only) and prune to the last ``keep_last``."""
+    root = checkpoint_dir(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+        otensors, ometa = _flatten_optimizer(optim_sd)
+        save_file(otensors, str(tmp / "optimizer.safetensors"))
+        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({**state, "optimizer": ometa}, indent=1))
+        for f in tmp.iterdir():  # data on disk before the rename makes it visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in root.glob(".tmp-step-*"):  # left by a killed process
+        if stale != tmp:
+            shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor], dict[str, Any]]:
+    """``(model_sd, optim_sd, rng, state)`` of a checkpoint folder."""
+    path = Path(path)
+    state = json.loads((path / "state.json").read_text())
+    model_sd = load_file(str(path / "model.safetensors"))
+    optim_sd = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
+    rng = load_file(str(path / "rng.safetensors"))
+    return model_sd, optim_sd, rng, state

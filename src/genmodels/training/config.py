@@ -1,0 +1,315 @@
+"""Training configuration: a YAML recipe validated into dataclasses before any work starts.
+
+    model:  {preset: llama-tiny, <any ModelConfig field as an override>}
+    data:   {corpus, path, extensions, text_field, exclude_tests, val_fraction,
+             vocab_size, tokenizer, tokenizer_max_mb, seq_len}
+    train:  {batch_size, grad_accum, lr, min_lr, warmup_steps, max_steps, max_minutes, ...}
+    sample: {prompts, max_new_tokens, temperature, top_k, top_p}
+    run_dir: runs/llama-tiny
+
+``train.batch_size`` is the *global* batch (sequences per optimizer step, over all processes
+and accumulation micro-steps), so one recipe means the same optimisation on 1 or N processes.
+Unknown keys and bad values raise :class:`~genmodels.config.ConfigError` naming the key and
+what is allowed. ``--set section.key=value`` overrides are parsed with ``yaml.safe_load``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import PRESETS, ConfigError, ModelConfig, preset
+from ..data.corpus import CORPUS_KINDS
+
+DISTRIBUTED = ("none", "ddp", "fsdp")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "stdlib"  # stdlib | text | folder | jsonl
+    path: str | None = None
+    extensions: list[str] = field(default_factory=lambda: [".txt", ".md", ".py"])
+    text_field: str = "text"
+    exclude_tests: bool = True
+    val_fraction: float = 0.05
+    vocab_size: int = 8192  # BPE vocabulary trained when `tokenizer` is null
+    tokenizer: str | None = None  # an existing tokenizer.json (or a folder holding one)
+    tokenizer_max_mb: float | None = None  # cap on the text used to train the BPE (None: all)
+    seq_len: int = 256
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8  # global sequences per optimizer step
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 20
+    max_steps: int = 200
+    max_minutes: float | None = None  # wall-clock budget; stops early (and saves) when reached
+    weight_decay: float = 0.1
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    compile: bool = False
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    device: str = "auto"
+    eval_every: int = 50
+    eval_batches: int = 4
+    ckpt_every: int = 100
+    keep_last: int = 2
+    log_every: int = 1
+    distributed: str = "none"  # none | ddp | fsdp (run under torchrun for ddp/fsdp)
+    mfu_peak_tflops: float | None = None  # None: measure a short fp32 matmul at start
+    loss_chunk: int = 1024  # rows per chunk of the fused head + cross-entropy
+    threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+
+
+@dataclass
+class SampleConfig:
+    prompts: list[str] = field(default_factory=lambda: ["def ", "import "])
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+
+
+@dataclass
+class RunConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "llama-tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    run_dir: str = "runs/default"
+
+    # ---- construction ---------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a training config must be a mapping with keys {_allowed(cls)}; got {type(d).__name__}")
+        _reject_unknown(d, cls, "")
+        kw: dict[str, Any] = {}
+        for name, sub in (("data", DataConfig), ("train", TrainConfig), ("sample", SampleConfig)):
+            if name in d:
+                sec = d[name] or {}
+                if not isinstance(sec, dict):
+                    raise ConfigError(f"{name} must be a mapping with keys {_allowed(sub)}")
+                _reject_unknown(sec, sub, name + ".")
+                kw[name] = sub(**sec)
+        if "model" in d:
+            m = d["model"] or {}
+            if not isinstance(m, dict):
+                raise ConfigError("model must be a mapping: {preset: NAME, <ModelConfig overrides>}")
+            kw["model"] = dict(m)
+        if "run_dir" in d:
+            kw["run_dir"] = d["run_dir"]
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    # ---- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        d, t, s = self.data, self.train, self.sample
+        if d.corpus not in CORPUS_KINDS:
+            raise ConfigError(f"data.corpus={d.corpus!r} is not allowed; choose one of {', '.join(CORPUS_KINDS)}")
+        if d.corpus != "stdlib":
+            if not d.path:
+                raise ConfigError(f"data.path is required when data.corpus is {d.corpus!r}")
+            p = Path(d.path)
+            if not p.exists():
+                raise ConfigError(f"data.path={d.path!r} does not exist")
+            if (d.corpus == "folder") != p.is_dir():
+                raise ConfigError(f"data.path={d.path!r} must be a {'folder' if d.corpus == 'folder' else 'file'} "
+                                  f"for data.corpus={d.corpus!r}")
+        if not isinstance(d.extensions, list) or not all(isinstance(e, str) and e for e in d.extensions):
+            raise ConfigError(f"data.extensions={d.extensions!r} must be a list of file endings like ['.txt', '.py']")
+        _number("data.val_fraction", d.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _integer("data.seq_len", d.seq_len, 1)
+        _integer("data.vocab_size", d.vocab_size, 258)
+        if d.tokenizer is not None:
+            tp = Path(d.tokenizer)
+            if not (tp.is_file() or (tp / "tokenizer.json").is_file()):
+                raise ConfigError(f"data.tokenizer={d.tokenizer!r}: no tokenizer.json there "
+                                  "(give a tokenizer.json file, a folder holding one, or null to train a BPE)")
+        if d.tokenizer_max_mb is not None:
+            _number("data.tokenizer_max_mb", d.tokenizer_max_mb, lo=0.0, lo_open=True)
+
+        for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
+                     "keep_last", "log_every", "loss_chunk"):
+            _integer(f"train.{name}", getattr(t, name), 1)
+        _integer("train.warmup_steps", t.warmup_steps, 0)
+        _integer("train.seed", t.seed, 0)
+        if t.threads is not None:
+            _integer("train.threads", t.threads, 1)
+        _number("train.lr", t.lr, lo=0.0, lo_open=True)
+        _number("train.min_lr", t.min_lr, lo=0.0)
+        if t.min_lr > t.lr:
+            raise ConfigError(f"train.min_lr={t.min_lr} must be <= train.lr={t.lr}")
+        _number("train.weight_decay", t.weight_decay, lo=0.0)
+        _number("train.eps", t.eps, lo=0.0, lo_open=True)
+        if (not isinstance(t.betas, (list, tuple)) or len(t.betas) != 2
+                or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in t.betas)):
+            raise ConfigError(f"train.betas={t.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
+        if t.grad_clip is not None:
+            _number("train.grad_clip", t.grad_clip, lo=0.0, lo_open=True)
+        if t.max_minutes is not None:
+            _number("train.max_minutes", t.max_minutes, lo=0.0, lo_open=True)
+        if t.mfu_peak_tflops is not None:
+            _number("train.mfu_peak_tflops", t.mfu_peak_tflops, lo=0.0, lo_open=True)
+        for name, allowed in (("distributed", DISTRIBUTED), ("precision", PRECISIONS), ("device", DEVICES)):
+            if getattr(t, name) not in allowed:
+                raise ConfigError(f"train.{name}={getattr(t, name)!r} is not allowed; choose one of {', '.join(allowed)}")
+        if not isinstance(t.compile, bool):
+            raise ConfigError(f"train.compile={t.compile!r} must be true or false")
+        if t.batch_size % t.grad_accum:
+            raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
+
+        if not isinstance(s.prompts, list) or not all(isinstance(p, str) for p in s.prompts):
+            raise ConfigError(f"sample.prompts={s.prompts!r} must be a list of strings")
+        _integer("sample.max_new_tokens", s.max_new_tokens, 0)
+        _number("sample.temperature", s.temperature, lo=0.0)
+        if s.top_k is not None:
+            _integer("sample.top_k", s.top_k, 1)
+        if s.top_p is not None:
+            _number("sample.top_p", s.top_p, lo=0.0, hi=1.0, lo_open=True)
+
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
+        self.model_config()  # model keys and values are checked by ModelConfig itself
+
+    def model_config(self, vocab_size: int | None = None, eos_id: int | None = None) -> ModelConfig:
+        """The ModelConfig this recipe selects; vocab/eos come from the tokenizer unless set."""
+        m = dict(self.model)
+        name = m.pop("preset", None)
+        if name is not None and name not in PRESETS:
+            raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {', '.join(sorted(PRESETS))}")
+        m.setdefault("vocab_size", vocab_size if vocab_size is not None else self.data.vocab_size)
+        m.setdefault("max_seq_len", max(self.data.seq_len, 16))
+        if eos_id is not None:
+            m.setdefault("eos_token_id", eos_id)
+            m.setdefault("bos_token_id", eos_id)
+        try:
+            cfg = preset(name, **m) if name else ModelConfig.from_dict(m)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
+        except TypeError as e:
+            raise ConfigError(f"model: {e}") from None
+        if cfg.max_seq_len < self.data.seq_len:
+            raise ConfigError(f"model.max_seq_len={cfg.max_seq_len} must be >= data.seq_len={self.data.seq_len}")
+        if cfg.family != "decoder":
+            raise ConfigError(f"model.family={cfg.family!r}: the trainer trains causal LMs; use 'decoder'")
+        return cfg
+
+
+def _allowed(cls) -> str:
+    return ", ".join(f.name for f in fields(cls))
+
+
+def _reject_unknown(d: dict, cls, prefix: str) -> None:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"allowed under {prefix.rstrip('.') or 'the top level'}: {_allowed(cls)}")
+
+
+def _integer(name: str, v: Any, lo: int) -> None:
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
+
+
+def _number(name: str, v: Any, lo: float | None = None, hi: float | None = None,
+            lo_open: bool = False, hi_open: bool = False) -> None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if ok and lo is not None:
+        ok = v > lo if lo_open else v >= lo
+    if ok and hi is not None:
+        ok = v < hi if hi_open else v <= hi
+    if not ok:
+        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
+        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
+        raise ConfigError(f"{name}={v!r} must be a number {' and '.join(x for x in (lo_s, hi_s) if x)}")
+
+
+# ---- loading with overrides ---------------------------------------------------------------
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` → (["train", "lr"], 0.001); the value is parsed with yaml.safe_load."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {item!r}: bad key {key!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    # YAML 1.1 reads "1e-3" as a string; accept it as the float a person means.
+    if isinstance(parsed, str):
+        try:
+            parsed = float(parsed) if any(c in parsed.lower() for c in "e.") else parsed
+        except ValueError:
+            pass
+    return parts, parsed
+
+
+def _fix_floats(d: Any) -> Any:
+    """YAML 1.1 loads 3e-4 (no dot) as a string: convert number-looking strings back to floats."""
+    if isinstance(d, dict):
+        return {k: _fix_floats(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_fix_floats(v) for v in d]
+    if isinstance(d, str):
+        try:
+            f = float(d)
+            return f if ("e" in d.lower() and d.strip()[0] in "0123456789+-.") else d
+        except ValueError:
+            return d
+    return d
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides or []:
+        parts, value = parse_override(item)
+        node = d
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {p} is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML recipe (or start from the defaults), apply ``--set`` overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} not found")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: a training config must be a mapping")
+    d = _fix_floats(d)
+    d = apply_overrides(d, overrides or [])
+    return RunConfig.from_dict(d)
+
+
+def dump_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,102 @@
+"""Causal-LM objective: next-token cross-entropy, fused with the unembedding and chunked.
+
+    L = 1/N Σ_n [ logsumexp(h_n Wᵀ + b) − (h_n Wᵀ + b)_{y_n} ]
+
+The plain path materialises logits ``(N, V)`` in fp32, then autograd keeps them (and the
+softmax) for the backward — for batch 8×256 and V = 8192 that is 64 MiB per copy.
+:class:`FusedLinearCrossEntropy` instead walks the rows in chunks of ``chunk``: for each chunk
+it computes the logits, the loss and, at once, the gradients
+
+    p = softmax(z) − onehot(y);   ∂L/∂h = p W / N;   ∂L/∂W += pᵀ h / N;   ∂L/∂b += Σ p / N
+
+so at most one ``(chunk, V)`` block ever exists, and the backward pass only scales the stored
+gradients by the incoming scalar. The FLOPs equal the unfused forward + backward.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FusedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        n = h.shape[0]  # h (N, D), weight (V, D), targets (N,)
+        need = ctx.needs_input_grad
+        grad_h = torch.empty_like(h) if need[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        inv_n = 1.0 / n
+        for s in range(0, n, chunk):
+            hc, yc = h[s:s + chunk], targets[s:s + chunk]
+            z = F.linear(hc, weight, bias).float()  # (c, V)
+            lse = torch.logsumexp(z, dim=-1)  # (c,)
+            total += (lse - z.gather(1, yc[:, None]).squeeze(1)).sum()
+            if grad_h is None and grad_w is None and grad_b is None:
+                continue
+            p = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            p[torch.arange(p.shape[0], device=p.device), yc] -= 1.0
+            p.mul_(inv_n)
+            pc = p.to(h.dtype)
+            if grad_h is not None:
+                torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
+            if grad_w is not None:
+                grad_w.addmm_(pc.t().float(), hc.float())
+            if grad_b is not None:
+                grad_b += p.sum(0)
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.weight_dtype = weight.dtype
+        return total * inv_n
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        out_h = grad_h * g if grad_h is not None else None
+        out_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
+        out_b = (grad_b * g).to(ctx.weight_dtype) if grad_b is not None else None
+        return out_h, out_w, out_b, None, None
+
+
+def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Mean next-token loss of hidden states ``h (..., D)`` through the head ``weight (V, D)``."""
+    h2 = h.reshape(-1, h.shape[-1])
+    y = targets.reshape(-1)
+    if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
+        with torch.no_grad():
+            return FusedLinearCrossEntropy.forward(_NoGradCtx(), h2, weight, bias, y, chunk)
+    return FusedLinearCrossEntropy.apply(h2, weight, bias, y, chunk)
+
+
+class _NoGradCtx:
+    needs_input_grad = (False, False, False, False, False)
+
+    def save_for_backward(self, *a):
+        pass
+
+
+def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The readable definition (tests hold the fused path equal to it)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+class CausalLMLoss(nn.Module):
+    """Wraps a decoder LM so that ``forward(inputs, targets)`` returns the mean next-token loss.
+
+    DDP and FSDP2 wrap *this* module: its forward is the one entry point, so their hooks fire
+    (FSDP2 unshards the root's embedding/norm/head in this module's pre-forward), and the head
+    weight is read directly by the fused loss without materialising full logits.
+    """
+
+    def __init__(self, model: nn.Module, chunk: int = 1024):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        h = self.model.hidden_states(input_ids)  # (B, T, D)
+        head = self.model.head
+        return fused_linear_cross_entropy(h, head.get_weight(), head.bias, targets, self.chunk)

@@ -1,0 +1,113 @@
+"""What a person reads during a run: metrics.jsonl, loss.png, FLOP accounting and MFU.
+
+FLOPs per trained token (forward + backward, the PaLM appendix-B count):
+
+    6 · N_matmul + 12 · L · d_attn · T
+
+N_matmul counts the weights used in matrix products — every parameter with dim ≥ 2 except the
+input embedding table (a lookup), with the head counted once even when tied. For Llama config
+A (7.10M params) that is 30.0M·6 + 3.1M ≈ 33 MFLOP/token, as in reference/machine.md.
+MFU = achieved FLOP/s ÷ peak FLOP/s; the peak is measured once at start with an fp32 matmul.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def flops_per_token(model: nn.Module, seq_len: int) -> float:
+    c = model.config
+    n = 0
+    embed_ids = {id(model.embed.weight)}
+    if getattr(model, "pos_embed", None) is not None:
+        embed_ids |= {id(p) for p in model.pos_embed.parameters()}
+    for p in model.parameters():
+        if p.dim() >= 2 and id(p) not in embed_ids:
+            n += p.numel()
+    if model.head.tied:
+        n += model.head.get_weight().numel()
+    d_attn = c.n_heads * c.dim_head
+    return 6.0 * n + 12.0 * c.n_layers * d_attn * seq_len
+
+
+def measure_matmul_peak(size: int = 1024, seconds: float = 0.5, device: torch.device | str = "cpu") -> float:
+    """Sustained fp32 matmul FLOP/s (best of repeated ``size``² products for about ``seconds``)."""
+    dev = torch.device(device)
+    a = torch.randn(size, size, device=dev)
+    b = torch.randn(size, size, device=dev)
+    c = torch.empty(size, size, device=dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
+    torch.mm(a, b, out=c)  # warm-up
+    sync()
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        for _ in range(3):
+            torch.mm(a, b, out=c)
+        sync()
+        dt = time.perf_counter() - t0
+        best = max(best, 3 * 2 * size ** 3 / dt)
+    return best
+
+
+class MetricsLog:
+    """Append-only ``metrics.jsonl``; one JSON object per line (train or eval records)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        out = []
+        for line in self.path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+        return out
+
+    def truncate_after(self, step: int) -> None:
+        """Keep records up to ``step`` (on resume: what follows is recomputed)."""
+        keep = [r for r in self.read() if r.get("step", 0) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
+        os.replace(tmp, self.path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
+    """Train and validation loss against tokens seen; written atomically (Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = Path(path).with_name(".loss.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,358 @@
+"""The training loop: data → model → AdamW steps with accumulation and clipping → eval, checkpoints,
+metrics, samples. One function, :func:`train`, used by ``genmodels train`` and by tests.
+
+Determinism: the model is initialised from ``torch.manual_seed(seed)`` (identically on every
+rank), batches come from a seeded sampler whose position is checkpointed, the schedule is a
+function of the step, and RNG states are saved — so on CPU a resumed run reproduces, step for
+step, the losses of a run never interrupted.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import BatchSampler
+from ..io import attach_tokenizer, save
+from ..models import build_model
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import RunConfig, dump_config
+from .data import prepare_data
+from .distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state,
+                          no_sync, wrap)
+from .loss import CausalLMLoss
+from .metrics import MetricsLog, flops_per_token, measure_matmul_peak, plot_losses
+from .optim import build_optimizer, lr_at, set_lr
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    final_dir: Path | None
+    steps: int
+    tokens: int
+    train_losses: dict[int, float] = field(default_factory=dict)  # step → loss (this invocation)
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    seconds: float = 0.0
+    samples: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def _autocast(cfg_precision: str, device: torch.device):
+    if device.type != "cuda":
+        if cfg_precision in ("bf16", "fp16"):
+            raise RuntimeError(f"train.precision={cfg_precision} needs a GPU; on CPU training computes in fp32 "
+                               "(use precision: auto or fp32)")
+        return None
+    if cfg_precision == "fp32":
+        return None
+    if cfg_precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg_precision == "bf16" else torch.float16
+
+
+def _rng_state(info: DistInfo) -> dict[str, torch.Tensor]:
+    mine = {"cpu": torch.get_rng_state()}
+    if info.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(info.device)
+    out = {}
+    for r, st in enumerate(info.all_gather_object(mine)):
+        for k, v in st.items():
+            out[f"{k}/rank{r}"] = v
+    return out
+
+
+def _restore_rng(rng: dict[str, torch.Tensor], info: DistInfo, seed: int) -> None:
+    key = f"cpu/rank{info.rank}"
+    if key in rng:
+        torch.set_rng_state(rng[key])
+    else:  # different world size: a deterministic fresh stream per rank
+        torch.manual_seed(seed + 1000 + info.rank)
+    if info.device.type == "cuda" and f"cuda/rank{info.rank}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda/rank{info.rank}"], info.device)
+
+
+@torch.no_grad()
+def evaluate(loss_mod, val, micro_bs: int, n_batches: int, info: DistInfo, amp_dtype) -> float:
+    """Mean loss over the first ``n_batches`` global batches of the (unshuffled) validation windows."""
+    was_training = loss_mod.training
+    loss_mod.eval()
+    global_bs = micro_bs * info.world_size
+    n = min(n_batches, max(1, len(val) // global_bs))
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(n):
+        start = i * global_bs + info.rank * micro_bs
+        idx = [j % len(val) for j in range(start, start + micro_bs)]
+        x, y = val.get_batch(idx)
+        with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            loss = loss_mod(x.to(info.device), y.to(info.device))
+        total += loss.double().cpu()
+    total = info.all_reduce_sum(total) / (n * info.world_size)
+    loss_mod.train(was_training)
+    return float(total)
+
+
+def _generate_samples(model, tokenizer, sample_cfg, eos: int | None, seed: int, device) -> list[str]:
+    from .. import generate
+    out = []
+    model.eval()
+    for i, prompt in enumerate(sample_cfg.prompts):
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or ([eos] if eos is not None else [0])
+        x = torch.tensor([ids], device=device)
+        max_new = min(sample_cfg.max_new_tokens, model.config.max_seq_len - len(ids))
+        try:
+            y = generate(model, x, max_new_tokens=max_new, temperature=sample_cfg.temperature,
+                         top_k=sample_cfg.top_k, top_p=sample_cfg.top_p, seed=seed + i, eos_token_id=eos)
+        except NotImplementedError:
+            y = _simple_sample(model, x, max_new, sample_cfg.temperature, sample_cfg.top_k, seed + i, eos)
+        out.append(tokenizer.decode(y[0].tolist(), skip_special_tokens=True))
+    return out
+
+
+@torch.no_grad()
+def _simple_sample(model, x, max_new, temperature, top_k, seed, eos):
+    """Fallback while ``genmodels.generate`` is not available: no cache, top-k sampling."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    for _ in range(max_new):
+        logits = model(x)[:, -1].float()
+        if temperature <= 0:
+            nxt = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k:
+                kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(logits.softmax(-1), 1, generator=g)
+        x = torch.cat([x, nxt], dim=1)
+        if eos is not None and int(nxt) == eos:
+            break
+    return x
+
+
+def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True) -> TrainResult:
+    """Run (or resume) the training recipe ``cfg``; returns what was done. See docs/training.md."""
+    t_start = time.time()
+    tc, dc = cfg.train, cfg.data
+    info = init_distributed(tc.distributed, tc.device)
+    try:
+        return _train(cfg, resume, info, log, progress, t_start)
+    finally:
+        info.close()
+
+
+def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_start: float) -> TrainResult:
+    tc, dc = cfg.train, cfg.data
+    main = info.is_main
+    say = (log or (lambda s: print(s, flush=True))) if main else (lambda s: None)
+    if tc.threads is not None:
+        torch.set_num_threads(tc.threads)
+    amp_dtype = _autocast(tc.precision, info.device)
+    per_step = tc.grad_accum * info.world_size
+    if tc.batch_size % per_step:
+        raise RuntimeError(f"train.batch_size={tc.batch_size} must be divisible by grad_accum × processes "
+                           f"= {tc.grad_accum} × {info.world_size}")
+    micro_bs = tc.batch_size // per_step
+    run_dir = Path(cfg.run_dir)
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if main:
+        if not resume and latest_checkpoint(run_dir) is not None:
+            raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
+                              "or choose another run_dir (--set run_dir=...)")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    info.barrier()
+
+    # ---- data (the main rank builds caches first; the others then read them) --------------------
+    if main:
+        data = prepare_data(dc, log=say)
+    info.barrier()
+    if not main:
+        data = prepare_data(dc, log=lambda s: None)
+    tok = data.tokenizer
+    tok_vocab = tok.get_vocab_size()
+    vocab = tok_vocab if dc.tokenizer is not None else max(dc.vocab_size, tok_vocab)
+    mcfg = cfg.model_config(vocab_size=vocab, eos_id=data.eos_id)
+    if mcfg.vocab_size < tok_vocab:
+        raise RuntimeError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {tok_vocab}")
+    if main:
+        tok.save(str(run_dir / "tokenizer.json"))
+
+    # ---- model, optimizer ---------------------------------------------------------------------
+    torch.manual_seed(tc.seed)
+    model = build_model(mcfg).to(info.device)
+    loss_mod = CausalLMLoss(model, chunk=tc.loss_chunk).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    fpt = flops_per_token(model, dc.seq_len)
+    wrapped = wrap(loss_mod, info)
+    optimizer = build_optimizer(loss_mod, tc.lr, tc.weight_decay, tc.betas, tc.eps,
+                                distributed=info.kind == "fsdp" and info.active)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    step_fn = torch.compile(wrapped) if tc.compile else wrapped
+    sampler = BatchSampler(len(data.train), micro_bs, seed=tc.seed, rank=info.rank, world_size=info.world_size)
+    metrics = MetricsLog(run_dir / "metrics.jsonl")
+
+    step, tokens, prev_elapsed = 0, 0, 0.0
+    if ckpt is not None:
+        model_sd, optim_sd, rng, state = load_checkpoint(ckpt)
+        load_full_state(loss_mod, optimizer, model_sd, optim_sd)
+        sampler.load_state_dict(state["sampler"])
+        _restore_rng(rng, info, tc.seed)
+        step, tokens, prev_elapsed = int(state["step"]), int(state["tokens"]), float(state.get("elapsed_s", 0.0))
+        if main:
+            metrics.truncate_after(step)
+        say(f"resumed from {ckpt} (step {step}, {tokens:,} tokens)")
+    elif resume:
+        say(f"no checkpoint in {run_dir}; starting from step 0")
+    elif main and metrics.path.exists():
+        metrics.path.unlink()
+    info.barrier()
+
+    peak = tc.mfu_peak_tflops * 1e12 if tc.mfu_peak_tflops else None
+    if peak is None and main:
+        peak = measure_matmul_peak(device=info.device)
+        say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024² for 0.5 s; "
+            f"set train.mfu_peak_tflops to fix it)")
+    say(f"model: {mcfg.family} {n_params / 1e6:.2f}M params ({fpt / 1e6:.1f} MFLOP/token), "
+        f"{info.world_size} process(es) [{info.kind if info.active else 'single'}], device {info.device}, "
+        f"micro-batch {micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences")
+
+    # ---- loop ---------------------------------------------------------------------------------
+    tokens_per_step = tc.batch_size * dc.seq_len
+    result = TrainResult(run_dir=run_dir, final_dir=None, steps=step, tokens=tokens)
+    bar = None
+    if main and progress:
+        from tqdm import tqdm
+        bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   file=sys.stderr, mininterval=0.5)
+    t_loop = time.time()
+    deadline = t_loop + tc.max_minutes * 60 if tc.max_minutes else None
+    last_val_step = -1
+    last_ckpt_step = step if ckpt is not None else -1
+    train_time = 0.0
+
+    def do_eval() -> None:
+        nonlocal last_val_step
+        vl = evaluate(step_fn, data.val, micro_bs, tc.eval_batches, info, amp_dtype)
+        result.val_loss, result.val_ppl = vl, math.exp(min(vl, 50.0))
+        last_val_step = step
+        if main:
+            metrics.append({"step": step, "tokens": tokens, "val_loss": vl, "val_ppl": result.val_ppl,
+                            "time_s": round(prev_elapsed + time.time() - t_loop, 3)})
+            plot_losses(metrics.read(), run_dir / "loss.png", title=f"{run_dir.name}: {n_params / 1e6:.2f}M params")
+            msg = f"step {step}: val loss {vl:.4f}, perplexity {result.val_ppl:.2f}"
+            (bar.write(msg) if bar is not None else say(msg))
+
+    def do_ckpt() -> None:
+        nonlocal last_ckpt_step
+        msd = full_model_state(loss_mod)
+        osd = full_optimizer_state(loss_mod, optimizer)
+        rng = _rng_state(info)
+        if main:
+            state = {"step": step, "tokens": tokens, "sampler": sampler.state_dict(), "world_size": info.world_size,
+                     "layout": info.kind if info.active else "single", "elapsed_s": prev_elapsed + time.time() - t_loop,
+                     "config": cfg.to_dict()}
+            result.checkpoint = save_checkpoint(run_dir, step, msd, osd, rng, state, tc.keep_last)
+        last_ckpt_step = step
+        info.barrier()
+
+    stop = False
+    while step < tc.max_steps and not stop:
+        t0 = time.time()
+        set_lr(optimizer, lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps))
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for micro in range(tc.grad_accum):
+            x, y = data.train.get_batch(next(sampler))
+            x, y = x.to(info.device, non_blocking=True), y.to(info.device, non_blocking=True)
+            with no_sync(wrapped, micro == tc.grad_accum - 1):
+                with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    loss = step_fn(x, y) / tc.grad_accum
+                (scaler.scale(loss) if scaler else loss).backward()
+            loss_sum += loss.detach().double().cpu()
+        if scaler:
+            scaler.unscale_(optimizer)
+        gnorm = None
+        if tc.grad_clip is not None:
+            gnorm = torch.nn.utils.clip_grad_norm_(loss_mod.parameters(), tc.grad_clip)
+            if hasattr(gnorm, "full_tensor"):
+                gnorm = gnorm.full_tensor()
+            gnorm = float(gnorm)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        tokens += tokens_per_step
+        # one all-reduce: the global mean loss, and whether any rank hit the time budget
+        flag = 1.0 if deadline is not None and time.time() > deadline else 0.0
+        red = info.all_reduce_sum(torch.tensor([float(loss_sum), flag], dtype=torch.float64))
+        loss_val = float(red[0]) / info.world_size
+        stop = bool(red[1] > 0)
+        dt = time.time() - t0
+        train_time += dt
+        result.train_losses[step] = loss_val
+        if not math.isfinite(loss_val):
+            raise FloatingPointError(f"loss became {loss_val} at step {step}; lower train.lr or check the data")
+        if main:
+            tok_s = tokens_per_step / dt
+            mfu = tok_s * fpt / peak if peak else None
+            if step % tc.log_every == 0 or step == tc.max_steps or stop:
+                metrics.append({"step": step, "tokens": tokens, "loss": loss_val,
+                                "lr": optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
+                                "tok_s": round(tok_s, 1), "mfu": None if mfu is None else round(mfu, 4),
+                                "time_s": round(prev_elapsed + time.time() - t_loop, 3)})
+            if bar is not None:
+                bar.set_postfix_str(f"loss {loss_val:.3f} | {tok_s:,.0f} tok/s"
+                                    + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
+                bar.update(1)
+        if step % tc.eval_every == 0 and step < tc.max_steps and not stop:
+            do_eval()
+        if step % tc.ckpt_every == 0 and step < tc.max_steps and not stop:
+            do_ckpt()
+    if bar is not None:
+        bar.close()
+    if stop:
+        say(f"time budget train.max_minutes={tc.max_minutes} reached at step {step}/{tc.max_steps}")
+
+    # ---- the end: validation, last checkpoint, final model, samples, summary ----------------------
+    if last_val_step != step:
+        do_eval()
+    if last_ckpt_step != step:
+        do_ckpt()
+    msd = full_model_state(loss_mod)
+    result.steps, result.tokens = step, tokens
+    result.seconds = time.time() - t_start
+    if main:
+        final = build_model(mcfg)
+        final.load_state_dict(msd)
+        attach_tokenizer(final, tok)
+        result.final_dir = save(final, run_dir / "final", tok)
+        if cfg.sample.prompts and cfg.sample.max_new_tokens > 0:
+            result.samples = _generate_samples(final, tok, cfg.sample, data.eos_id, tc.seed, "cpu")
+            say("samples:")
+            for prompt, text in zip(cfg.sample.prompts, result.samples):
+                say(f"--- {prompt!r}\n{text}")
+        tps = len(result.train_losses) * tokens_per_step / max(train_time, 1e-9)
+        ppl = f"{result.val_ppl:.2f}" if result.val_ppl is not None else "n/a"
+        say("\n".join([
+            "summary:",
+            f"  trained {step} steps, {tokens:,} tokens ({len(result.train_losses)} steps this run, "
+            f"{tps:,.0f} tok/s while training), {result.seconds:.0f}s in all",
+            f"  final validation loss {result.val_loss:.4f}, perplexity {ppl}",
+            f"  checkpoint: {result.checkpoint or latest_checkpoint(run_dir)}",
+            f"  model:      {result.final_dir}  (genmodels.load('{result.final_dir}'))",
+            f"  metrics:    {run_dir / 'metrics.jsonl'}, plot {run_dir / 'loss.png'}",
+            f"  sample:     genmodels generate {run_dir}",
+        ]))
+    info.barrier()
+    return result
