@@ -30,10 +30,10 @@ class DecoderLM(nn.Module):
         self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
                           "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
                           }.get(c.position, lambda: None)()
-        self.rotary = (RotaryEmbedding(c.dim_head, c.rope_theta, c.rotary_fraction)
+        self.rotary = (RotaryEmbedding(c.dim_head, c.rope_theta, c.rotary_fraction, c.max_seq_len)
                        if c.position == "rope" else None)
         self.score_bias = ALiBi(c.n_heads) if c.position == "alibi" else None
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)

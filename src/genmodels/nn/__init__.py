@@ -1,7 +1,7 @@
 """Components: each concept in its own small module; none of them knows about Hugging Face."""
 from .attention import AttentionInputs, CrossAttention, SelfAttention, reference_attention, sdpa_attention
 from .embedding import TokenEmbedding
-from .head import LMHead
+from .head import LMHead, MLMHead, Pooler
 from .kv_cache import KVCache, LayerKVCache
 from .masks import build_mask, padding_position_ids
 from .mlp import MLP, GatedMLP, make_mlp

@@ -79,9 +79,10 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
         qkv = self.qkv(x).view(b, t, h + 2 * hkv, d).transpose(1, 2)  # (B, H+2Hkv, T, D)
-        q, k, v = qkv.split((h, hkv, hkv), dim=1)
+        qk, v = qkv.split((h + hkv, hkv), dim=1)
         if ctx.rope is not None:
-            q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
+            qk = apply_rotary(qk, *ctx.rope)  # q and k heads rotated in one pass
+        q, k = qk.split((h, hkv), dim=1)
         if cache is not None:
             k, v = cache.update(k, v, ctx.start)  # (B, Hkv, start+T, D)
         y = KERNELS[self.kernel](q, k, v, ctx.mask, self.scale, ctx.is_causal)  # (B, H, T, D)

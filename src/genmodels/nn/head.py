@@ -33,3 +33,33 @@ class LMHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.get_weight(), self.bias)
+
+
+class Pooler(nn.Module):
+    """BERT's sentence output: ``tanh(W · h[:, 0] + b)`` over the first ([CLS]) position.
+    ``(B, T, D) -> (B, D)``."""
+
+    def __init__(self, d_model: int):
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))
+
+
+class MLMHead(nn.Module):
+    """Masked-LM head (Devlin et al., 2019): ``logits = Norm(act(W h + b)) · Eᵀ + b_out``.
+
+    A transform (dense, activation, norm) followed by an :class:`LMHead` with an output bias,
+    usually tied to the token embedding. ``(B, T, D) -> (B, T, V)``.
+    """
+
+    def __init__(self, d_model: int, vocab_size: int, act, norm: nn.Module, tie_to: nn.Embedding | None = None):
+        super().__init__()
+        self.dense = nn.Linear(d_model, d_model)
+        self.act = act
+        self.norm = norm
+        self.head = LMHead(d_model, vocab_size, tie_to=tie_to, bias=True)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.act(self.dense(h))))

@@ -49,20 +49,31 @@ class SinusoidalPositionalEmbedding(nn.Module):
 class RotaryEmbedding(nn.Module):
     """Computes the RoPE tables for given positions; :func:`apply_rotary` applies them.
 
-    ``forward(position_ids (B, T))`` -> ``(cos, sin)`` each ``(B, 1, T, d_rot)`` in the model dtype,
-    computed in fp32. Computed once per forward and shared by every layer.
+    ``forward(position_ids (B, T))`` -> ``(cos, sin)`` each ``(B, 1, T, d_rot)`` in the model dtype.
+    Angles are computed in fp32 exactly as HF does (``pos · inv_freq``), once per model for
+    ``max_len`` positions and looked up afterwards; positions beyond the table are computed directly.
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0):
+    def __init__(self, head_dim: int, theta: float = 10000.0, fraction: float = 1.0, max_len: int = 4096):
         super().__init__()
         self.rot_dim = int(head_dim * fraction)
         inv_freq = 1.0 / (theta ** (torch.arange(0, self.rot_dim, 2, dtype=torch.int64).float() / self.rot_dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        cos, sin = self._angles(torch.arange(max_len)[None])
+        self.register_buffer("cos_table", cos[0], persistent=False)  # (max_len, d_rot)
+        self.register_buffer("sin_table", sin[0], persistent=False)
 
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32):
+    def _angles(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :].float()  # (B, T, d_rot/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (B, T, d_rot)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # (B, 1, T, d_rot)
+        return emb.cos(), emb.sin()
+
+    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype = torch.float32):
+        if int(position_ids.max()) < self.cos_table.shape[0]:
+            cos, sin = self.cos_table[position_ids], self.sin_table[position_ids]
+        else:
+            cos, sin = self._angles(position_ids)
+        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]  # (B, 1, T, d_rot)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

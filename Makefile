@@ -1,0 +1,31 @@
+# Two entry points of the quick start: `make train` (the main job) and `make test`.
+# Both create the virtual environment on first use (torch pinned to the CPU wheel 2.13.0).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= configs/llama-tiny.yaml
+
+.PHONY: setup train test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+train: $(STAMP)
+	$(VENV)/bin/genmodels train $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_encoder.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

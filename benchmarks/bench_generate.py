@@ -1,0 +1,100 @@
+"""Greedy generation and prefill throughput: genmodels vs transformers on the same weights.
+
+    .venv/bin/python benchmarks/bench_generate.py [--configs A B] [--new-tokens 256] [--repeats 3]
+
+Llama configs A and B of shared/reference/machine.md, random weights, fp32, CPU. Both sides run in
+this one process, alternating, and the ratio of medians is printed. Also reports how close each
+decode figure is to the memory-bandwidth limit (weight bytes / bandwidth per token).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import torch
+
+CONFIGS = {
+    "A": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=688, vocab_size=8192),
+    "B": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
+              intermediate_size=1376, vocab_size=8192),
+}
+
+
+def bandwidth_gbs() -> float:
+    x = torch.empty(64 * 2**20 // 4)
+    x.fill_(1.0)
+    best = float("inf")
+    for _ in range(5):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--configs", nargs="+", default=["A", "B"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--prompt", type=int, default=16)
+    ap.add_argument("--prefill", type=int, default=512)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    import genmodels
+    torch.manual_seed(0)
+    bw = bandwidth_gbs()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, measured read bandwidth {bw:.1f} GB/s")
+    print(f"{'config':6} {'work':22} {'HF':>11} {'ours':>11} {'ratio':>6}  note")
+    for name in args.configs:
+        hf = LlamaForCausalLM(LlamaConfig(**CONFIGS[name], max_position_embeddings=2048, rms_norm_eps=1e-5,
+                                          attn_implementation="sdpa", bos_token_id=0, eos_token_id=None,
+                                          pad_token_id=None)).eval()
+        with tempfile.TemporaryDirectory() as d:
+            hf.save_pretrained(d)
+            ours = genmodels.load(d)
+        weight_bytes = sum(p.numel() * 4 for p in ours.parameters())
+        for b in args.batches:
+            x = torch.randint(0, 8192, (b, args.prompt))
+            kw = dict(max_new_tokens=args.new_tokens)
+
+            def run_hf():
+                with torch.inference_mode():
+                    return hf.generate(x, do_sample=False, min_new_tokens=args.new_tokens,
+                                       attention_mask=torch.ones_like(x), pad_token_id=0, **kw)
+
+            def run_ours():
+                return genmodels.generate(ours, x, eos_token_id=[], **kw)
+
+            assert torch.equal(run_hf(), run_ours()), "greedy outputs differ"
+            t_hf, t_ours = timed(run_hf, args.repeats), timed(run_ours, args.repeats)
+            n = b * args.new_tokens
+            limit = bw * 1e9 / weight_bytes  # steps/s if every step only streamed the weights once
+            note = (f"bandwidth limit ≈ {limit * b:,.0f} tok/s ({weight_bytes / 1e6:.0f} MB weights); "
+                    f"ours at {n / t_ours / (limit * b):.0%} of it")
+            print(f"{name:6} {'decode b=' + str(b):22} {n / t_hf:9,.0f}/s {n / t_ours:9,.0f}/s "
+                  f"{t_hf / t_ours:5.2f}x  {note}")
+        x = torch.randint(0, 8192, (1, args.prefill))
+        with torch.inference_mode():
+            t_hf = timed(lambda: hf(x), args.repeats)
+            t_ours = timed(lambda: ours(x), args.repeats)
+        print(f"{name:6} {'prefill 1x' + str(args.prefill):22} {args.prefill / t_hf:9,.0f}/s "
+              f"{args.prefill / t_ours:9,.0f}/s {t_hf / t_ours:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()
