@@ -66,6 +66,9 @@ class ModelConfig:
     embedding_norm: bool = False  # LayerNorm after the embedding sum (BERT)
     final_norm: bool = True  # norm before the head (pre-norm models)
     output_scale: float | None = None  # multiply final hidden by this before a tied head (T5)
+    embed_scale: float = 1.0  # multiply token embeddings (original Transformer: sqrt(d_model))
+    pooler: bool = False  # encoder: tanh(dense(h[:, 0])) sentence output (BertModel)
+    mlm_head: bool = True  # encoder: masked-LM head (dense, act, norm, tied unembedding) (BertForMaskedLM)
     n_decoder_layers: int | None = None  # seq2seq: decoder depth (None → n_layers)
     dropout: float = 0.0
     # special tokens
@@ -130,6 +133,16 @@ class ModelConfig:
             raise ConfigError(f"model.norm_eps={self.norm_eps} must be > 0")
         if self.type_vocab_size < 0:
             raise ConfigError("model.type_vocab_size must be >= 0")
+        if self.embed_scale <= 0:
+            raise ConfigError(f"model.embed_scale={self.embed_scale} must be > 0")
+        if self.family == "encoder" and self.position not in ("learned", "sinusoidal", "none"):
+            raise ConfigError(f"model.position={self.position!r} is not available for family='encoder'; "
+                              "choose one of learned, sinusoidal, none")
+        if self.family == "seq2seq" and self.position not in ("relative", "learned", "sinusoidal"):
+            raise ConfigError(f"model.position={self.position!r} is not available for family='seq2seq'; "
+                              "choose one of relative, learned, sinusoidal")
+        if self.position == "relative" and self.family == "decoder":
+            raise ConfigError("model.position='relative' (T5 buckets) is only available for family='seq2seq'")
 
     # ---- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -179,6 +192,52 @@ def mistral(**kw: Any) -> ModelConfig:
     return ModelConfig.from_dict({**base, **kw})
 
 
+def bert(**kw: Any) -> ModelConfig:
+    """BERT-base (Devlin et al., 2019): learned positions + token types, embedding LayerNorm, post-LN
+    blocks (eps 1e-12), exact GELU, biases everywhere, masked-LM head tied to the word embedding."""
+    base = dict(family="encoder", vocab_size=30522, d_model=768, n_layers=12, n_heads=12, d_ff=3072,
+                max_seq_len=512, position="learned", norm="layernorm", norm_eps=1e-12, norm_placement="post",
+                mlp="gelu", mlp_bias=True, attn_bias=True, tie_embeddings=True, type_vocab_size=2,
+                embedding_norm=True, final_norm=False, pooler=False, mlm_head=True, pad_token_id=0)
+    return ModelConfig.from_dict({**base, **kw})
+
+
+def minilm_l6(**kw: Any) -> ModelConfig:
+    """all-MiniLM-L6-v2 layout: BERT with hidden 384, 6 layers, 12 heads, FFN 1536; BertModel heads
+    (pooler, no MLM head) — sentence embeddings come from mean pooling (see genmodels.embed)."""
+    return bert(**{**dict(d_model=384, n_layers=6, n_heads=12, d_ff=1536, pooler=True, mlm_head=False), **kw})
+
+
+def t5(**kw: Any) -> ModelConfig:
+    """T5 v1.0 small (Raffel et al., 2020): relative position buckets, unscaled attention, no biases,
+    RMS norm (eps 1e-6) pre-norm, ReLU FFN, tied embedding with the decoder output scaled by d^-1/2."""
+    base = dict(family="seq2seq", vocab_size=32128, d_model=512, n_layers=6, n_heads=8, head_dim=64, d_ff=2048,
+                max_seq_len=512, position="relative", rel_buckets=32, rel_max_distance=128, norm="rmsnorm",
+                norm_eps=1e-6, mlp="relu", attn_scale=1.0, tie_embeddings=True, output_scale=512 ** -0.5,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    base.update(kw)
+    if "d_model" in kw and "output_scale" not in kw and base["tie_embeddings"]:
+        base["output_scale"] = kw["d_model"] ** -0.5
+    return ModelConfig.from_dict(base)
+
+
+def t5_v1_1(**kw: Any) -> ModelConfig:
+    """T5 v1.1: gated-GELU (tanh) FFN, untied output head, no output scaling."""
+    return t5(**{**dict(mlp="geglu_tanh", d_ff=1024, tie_embeddings=False, output_scale=None), **kw})
+
+
+def transformer(**kw: Any) -> ModelConfig:
+    """The original Transformer (Vaswani et al., 2017, base): sinusoidal positions, embeddings
+    scaled by sqrt(d), post-LayerNorm, 1/sqrt(d) attention with biases, ReLU FFN, shared embeddings."""
+    base = dict(family="seq2seq", vocab_size=37000, d_model=512, n_layers=6, n_heads=8, d_ff=2048,
+                max_seq_len=1024, position="sinusoidal", norm="layernorm", norm_eps=1e-5, norm_placement="post",
+                mlp="relu", mlp_bias=True, attn_bias=True, tie_embeddings=True, final_norm=False,
+                pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    base.update(kw)
+    base.setdefault("embed_scale", base["d_model"] ** 0.5)
+    return ModelConfig.from_dict(base)
+
+
 PRESETS = {
     "gpt2": gpt2,
     "gpt2-tiny": lambda **kw: gpt2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
@@ -188,6 +247,17 @@ PRESETS = {
                                                 n_kv_heads=2, d_ff=688, max_seq_len=512, bos_token_id=0,
                                                 eos_token_id=0), **kw}),
     "mistral-7b": mistral,
+    "bert-base": bert,
+    "bert-tiny": lambda **kw: bert(**{**dict(vocab_size=8192, d_model=128, n_layers=2, n_heads=2, d_ff=512,
+                                             max_seq_len=512), **kw}),
+    "minilm-l6": minilm_l6,
+    "t5-small": t5,
+    "t5-v1_1-small": t5_v1_1,
+    "t5-tiny": lambda **kw: t5(**{**dict(vocab_size=8192, d_model=128, n_layers=2, n_heads=4, head_dim=32,
+                                         d_ff=512), **kw}),
+    "transformer-base": transformer,
+    "transformer-tiny": lambda **kw: transformer(**{**dict(vocab_size=8192, d_model=128, n_layers=2, n_heads=4,
+                                                           d_ff=512, max_seq_len=512), **kw}),
 }
 
 

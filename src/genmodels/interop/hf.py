@@ -13,9 +13,11 @@ from safetensors.torch import load_file, save_file
 
 from ..config import ModelConfig
 from .base import ConversionError, Converter, check_state
+from .bert_hf import BertConverter
 from .decoder_hf import GPT2Converter, LlamaConverter, MistralConverter
+from .t5_hf import T5Converter
 
-CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter()]
+CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter(), BertConverter(), T5Converter()]
 
 
 def register(converter: Converter) -> None:
@@ -42,7 +44,8 @@ def converter_for_config(cfg: ModelConfig) -> Converter:
     for conv in CONVERTERS:
         if arch in conv.architectures:
             return conv
-    by_shape = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "mistral" if cfg.sliding_window else "llama"}
+    by_shape = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "mistral" if cfg.sliding_window else "llama",
+                ("encoder", "learned"): "bert", ("seq2seq", "relative"): "t5"}
     mt = by_shape.get((cfg.family, cfg.position))
     for conv in CONVERTERS:
         if conv.model_type == mt:
@@ -75,8 +78,11 @@ def load_hf(path: str | Path, build) -> torch.nn.Module:
     conv = converter_for_hf(hf_config)
     cfg = conv.config_from_hf(hf_config)
     cfg.extra = {**cfg.extra, "hf_architecture": (hf_config.get("architectures") or [conv.architectures[0]])[0]}
-    model = build(cfg)
     sd = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(conv.ignored)}
+    refine = getattr(conv, "refine_config", None)  # heads / tying that only the weights reveal
+    if refine is not None:
+        cfg = refine(cfg, sd)
+    model = build(cfg)
     ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
     expected = model.state_dict()
     check_state(expected, ours, sd, f"{path}")

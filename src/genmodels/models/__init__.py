@@ -5,8 +5,10 @@ from torch import nn
 
 from ..config import ModelConfig
 from .decoder import DecoderLM
+from .encoder import EncoderModel
+from .seq2seq import Seq2SeqCache, Seq2SeqLM
 
-MODEL_CLASSES: dict[str, type[nn.Module]] = {"decoder": DecoderLM}
+MODEL_CLASSES: dict[str, type[nn.Module]] = {"decoder": DecoderLM, "encoder": EncoderModel, "seq2seq": Seq2SeqLM}
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -16,4 +18,4 @@ def build_model(config: ModelConfig) -> nn.Module:
     return MODEL_CLASSES[config.family](config)
 
 
-__all__ = ["DecoderLM", "MODEL_CLASSES", "build_model"]
+__all__ = ["DecoderLM", "EncoderModel", "Seq2SeqCache", "Seq2SeqLM", "MODEL_CLASSES", "build_model"]

@@ -1,0 +1,86 @@
+"""Encoder-only transformer (BERT — Devlin et al., 2019; MiniLM sentence encoders), assembled from
+components chosen by a :class:`ModelConfig`.
+
+    ids (B, T) ─ TokenEmbedding ─(+ token types)─(+ learned positions)─ LayerNorm ─▶ x (B, T, D)
+      └─ N × Block[ x = Norm(x + Attn(x))  (bidirectional; padded keys masked)
+                    x = Norm(x + FFN(x)) ]                       (post-norm, as BERT)
+      ├─ Pooler: tanh(W x[:, 0] + b) ─▶ (B, D)                    (config.pooler)
+      └─ MLMHead: Norm(GELU(W x + b)) · Eᵀ + b ─▶ logits (B, T, V) (config.mlm_head, tied to E)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..nn import (AttentionInputs, LearnedPositionalEmbedding, MLMHead, Pooler, SinusoidalPositionalEmbedding,
+                  TokenEmbedding, build_mask)
+from ..nn.mlp import ACTIVATIONS
+from .blocks import block_of, norm_of
+from .decoder import DecoderLM
+
+
+class EncoderModel(nn.Module):
+    """Bidirectional encoder. ``forward`` returns MLM logits ``(B, T, V)`` when the config has an
+    MLM head, else the final hidden states ``(B, T, D)``; :meth:`encode` and :meth:`pool` give the
+    hidden states and the pooled ``(B, D)`` output explicitly."""
+
+    family = "encoder"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        self.embed = TokenEmbedding(c.vocab_size, c.d_model, scale=c.embed_scale)
+        self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None
+        self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
+                          "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
+                          }.get(c.position, lambda: None)()
+        self.embed_norm = norm_of(c) if c.embedding_norm else nn.Identity()
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
+        self.norm = norm_of(c) if c.final_norm else nn.Identity()
+        self.pooler = Pooler(c.d_model) if c.pooler else None
+        self.mlm = (MLMHead(c.d_model, c.vocab_size, ACTIVATIONS[c.mlp.replace("geglu", "gelu").replace("swiglu", "silu")],
+                            norm_of(c), tie_to=self.embed if c.tie_embeddings else None) if c.mlm_head else None)
+        self.init_weights()
+
+    init_weights = DecoderLM.init_weights
+    set_attention_kernel = DecoderLM.set_attention_kernel
+
+    # ---- forward --------------------------------------------------------------------------
+    def embed_tokens(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+                     position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """word + token type + position, then the embedding norm: ``(B, T) -> (B, T, D)``."""
+        t = input_ids.shape[1]
+        x = self.embed(input_ids)
+        if self.type_embed is not None:  # no type ids: every token is type 0
+            x = x + (self.type_embed(token_type_ids) if token_type_ids is not None else self.type_embed.weight[0])
+        if self.pos_embed is not None:
+            if position_ids is None:
+                position_ids = torch.arange(t, device=input_ids.device)[None]
+            x = x + self.pos_embed(position_ids)
+        return self.drop(self.embed_norm(x))
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Final hidden states ``(B, T, D)``. ``attention_mask (B, T)``: 1 = token, 0 = padding."""
+        t = input_ids.shape[1]
+        x = self.embed_tokens(input_ids, token_type_ids, position_ids)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None  # nothing padded: mask-free kernels
+        mask, _ = build_mask(t, t, causal=False, key_padding=attention_mask, dtype=x.dtype, device=x.device)
+        ctx = AttentionInputs(mask=mask)
+        for block in self.blocks:
+            x = block(x, ctx)
+        return self.norm(x)
+
+    def pool(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The pooler output ``(B, D)`` of hidden states ``(B, T, D)``."""
+        if self.pooler is None:
+            raise ValueError("this encoder has no pooler (config.pooler=False)")
+        return self.pooler(hidden)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.encode(input_ids, attention_mask, token_type_ids, position_ids)
+        return self.mlm(h) if self.mlm is not None else h

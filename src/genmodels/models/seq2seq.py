@@ -1,0 +1,171 @@
+"""Encoder–decoder transformer (the original Transformer — Vaswani et al., 2017; T5 — Raffel et al.,
+2020), assembled from components chosen by a :class:`ModelConfig`.
+
+    src (B, S) ─ Embed ─▶ N × Block[self-attn (bidirectional), FFN] ─ Norm ─▶ memory m (B, S, D)
+    tgt (B, T) ─ Embed ─▶ M × CrossBlock[self-attn (causal), cross-attn over m, FFN] ─ Norm
+               ─(× output_scale)─ LMHead ─▶ logits (B, T, V)
+
+Positions: T5 adds a learned relative bias (buckets of key − query; bidirectional in the encoder,
+causal in the decoder) to the attention scores, computed once per forward and shared by all
+layers; the original Transformer adds sinusoidal positions to the (√D-scaled) embeddings. The
+embedding is shared by encoder, decoder and (when tied) the output head.
+
+Incremental decoding keeps a :class:`Seq2SeqCache`: the decoder's self-attention keys/values in a
+preallocated :class:`KVCache`, and each layer's cross-attention keys/values of the memory,
+projected once.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import ModelConfig
+from ..nn import (AttentionInputs, KVCache, LearnedPositionalEmbedding, LMHead, RelativePositionBias,
+                  SinusoidalPositionalEmbedding, TokenEmbedding, build_mask)
+from .blocks import block_of, cross_block_of, norm_of
+from .decoder import DecoderLM
+
+
+class Seq2SeqCache:
+    """Decoder state between steps: self-attention KV cache + per-layer memory k/v + memory mask."""
+
+    def __init__(self, self_kv: KVCache, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
+                 memory_mask: torch.Tensor | None):
+        self.self_kv, self.memory_kv, self.memory_mask = self_kv, memory_kv, memory_mask
+
+    @property
+    def pos(self) -> int:
+        return self.self_kv.pos
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep rows ``index`` of the self-attention cache (beam search); memory rows are per-beam
+        copies of the same source, so they are reordered too only when index crosses sources."""
+        for layer in self.self_kv.layers:
+            layer.k = layer.k.index_select(0, index)
+            layer.v = layer.v.index_select(0, index)
+
+
+class Seq2SeqLM(nn.Module):
+    family = "seq2seq"
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        n_dec = c.n_decoder_layers or c.n_layers
+        self.embed = TokenEmbedding(c.vocab_size, c.d_model, scale=c.embed_scale)
+        self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
+                          "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
+                          }.get(c.position, lambda: None)()
+        rel = c.position == "relative"
+        self.enc_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, True) if rel else None
+        self.dec_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, False) if rel else None
+        self.drop = nn.Dropout(c.dropout)
+        self.enc_blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
+        self.enc_norm = norm_of(c) if c.final_norm else nn.Identity()
+        self.dec_blocks = nn.ModuleList(cross_block_of(c) for _ in range(n_dec))
+        self.dec_norm = norm_of(c) if c.final_norm else nn.Identity()
+        self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
+        self.init_weights()
+
+    init_weights = DecoderLM.init_weights
+    set_attention_kernel = DecoderLM.set_attention_kernel
+
+    def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        x = self.embed(ids)  # (B, T, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(torch.arange(start, start + ids.shape[1], device=ids.device)[None])
+        return self.drop(x)
+
+    # ---- encoder --------------------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output (memory) ``(B, S, D)``; ``attention_mask (B, S)``: 1 = token, 0 = pad."""
+        s = input_ids.shape[1]
+        x = self._embed(input_ids)
+        if attention_mask is not None and bool(attention_mask.all()):
+            attention_mask = None
+        bias = None
+        if self.enc_rel_bias is not None:
+            pos = torch.arange(s, device=x.device)
+            bias = self.enc_rel_bias(pos, pos)  # (1, H, S, S), shared by every layer
+        mask, _ = build_mask(s, s, causal=False, key_padding=attention_mask, score_bias=bias, dtype=x.dtype,
+                             device=x.device)
+        ctx = AttentionInputs(mask=mask)
+        for block in self.enc_blocks:
+            x = block(x, ctx)
+        return self.enc_norm(x)
+
+    # ---- decoder --------------------------------------------------------------------------
+    def memory_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder layer's cross-attention keys/values of ``memory``: computed once per source."""
+        return [block.cross.memory_kv(memory) for block in self.dec_blocks]
+
+    def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
+                  max_len: int | None = None) -> Seq2SeqCache:
+        """A decoding cache for ``memory (B, S, D)``: preallocated self-attention k/v for ``max_len``
+        target positions and the memory's cross-attention k/v."""
+        c = self.config
+        self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len or c.max_seq_len, c.dim_head,
+                          memory.dtype, memory.device)
+        return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype))
+
+    @staticmethod
+    def _memory_mask(memory_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        if memory_mask is None or bool(memory_mask.all()):
+            return None
+        mask, _ = build_mask(1, memory_mask.shape[1], causal=False, key_padding=memory_mask, dtype=dtype,
+                             device=memory_mask.device)
+        return mask  # (B, 1, 1, S): the same for every query
+
+    def decode_hidden(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor | None = None,
+                      memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+                      cache: Seq2SeqCache | None = None) -> torch.Tensor:
+        """Decoder hidden states ``(B, T, D)`` (after the final norm). With a ``cache`` the memory
+        and its mask come from the cache and ``decoder_input_ids`` continue at ``cache.pos``."""
+        b, t = decoder_input_ids.shape
+        start = cache.pos if cache is not None else 0
+        x = self._embed(decoder_input_ids, start)
+        k_len = start + t
+        bias = None
+        if self.dec_rel_bias is not None:
+            bias = self.dec_rel_bias(torch.arange(start, k_len, device=x.device), torch.arange(k_len, device=x.device))
+        if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
+            decoder_attention_mask = None
+        mask, is_causal = build_mask(t, k_len, start=start, causal=True, key_padding=decoder_attention_mask,
+                                     score_bias=bias, dtype=x.dtype, device=x.device)
+        ctx = AttentionInputs(mask=mask, is_causal=is_causal, start=start)
+        if cache is not None:
+            mem_kv, mem_mask = cache.memory_kv, cache.memory_mask
+        else:
+            mem_kv, mem_mask = self.memory_kv(memory), self._memory_mask(memory_mask, x.dtype)
+        for i, block in enumerate(self.dec_blocks):
+            x = block(x, ctx, mem_kv[i], mem_mask, cache.self_kv[i] if cache is not None else None)
+        if cache is not None:
+            cache.self_kv.pos = k_len
+        return self.dec_norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Decoder hidden ``(B, T, D)`` -> logits ``(B, T, V)`` (T5 v1.0 scales by d^-1/2 first)."""
+        if self.config.output_scale is not None:
+            hidden = hidden * self.config.output_scale
+        return self.head(hidden)
+
+    def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor | None = None,
+               memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
+               cache: Seq2SeqCache | None = None) -> torch.Tensor:
+        """Logits ``(B, T, V)`` of the decoder over ``memory`` (or the memory held by ``cache``)."""
+        return self.logits(self.decode_hidden(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
+
+    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
+                attention_mask: torch.Tensor | None = None,
+                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits ``(B, T, V)`` of ``decoder_input_ids`` given ``input_ids``."""
+        memory = self.encode(input_ids, attention_mask)
+        return self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+
+    def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for teacher forcing: ``[start, y₀, …, y_{T−2}]`` (ignored −100 → pad)."""
+        c = self.config
+        start = c.decoder_start_token_id if c.decoder_start_token_id is not None else (c.pad_token_id or 0)
+        out = labels.new_full(labels.shape, start)
+        out[:, 1:] = labels[:, :-1]
+        return out.masked_fill(out == -100, c.pad_token_id or 0)
