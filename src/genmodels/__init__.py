@@ -6,12 +6,14 @@ Public API (stable):
     export_hf(model, path)         Hugging Face directory
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
+    embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
 """
 from .config import ConfigError, ModelConfig, preset
+from .embed import embed
 from .generation import generate
 from .io import export_hf, load, load_tokenizer, save
 from .models import build_model
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "build_model", "export_hf", "generate", "load", "load_tokenizer",
+__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_hf", "generate", "load", "load_tokenizer",
            "preset", "save"]

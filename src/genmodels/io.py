@@ -66,6 +66,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     else:
         from .interop.hf import load_hf
         model = load_hf(path, build_model)
+    from .embed import KEY, read_sentence_config
+    recipe = read_sentence_config(path)  # a sentence-transformers folder: pooling, normalisation, length
+    if recipe is not None:
+        model.config.extra = {**model.config.extra, KEY: recipe}
     attach_tokenizer(model, load_tokenizer(path))
     return model.to(device).eval()
 

@@ -1,0 +1,122 @@
+"""Sentence embeddings from an encoder (Reimers & Gurevych, 2019, Sentence-BERT).
+
+    e = pool(Encoder(tokens)),   pool ∈ {mean over real tokens, [CLS], max, mean·√n},
+    e ← e / ‖e‖₂ when the model normalises (all-MiniLM-L6-v2 does).
+
+A sentence-transformers folder says how (``modules.json``: Transformer → Pooling → Normalize;
+``1_Pooling/config.json``: the pooling mode; ``sentence_bert_config.json``: ``max_seq_length`` and
+``do_lower_case``). :func:`read_sentence_config` turns that into a small dict which
+:func:`genmodels.load` keeps in ``model.config.extra["sentence_transformers"]`` (so a genmodels
+save keeps it too). Texts are sorted by length and batched so padding stays small; every text
+gets the same vector whether it is embedded alone or in a padded batch.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
+KEY = "sentence_transformers"
+
+
+def read_sentence_config(path: str | Path) -> dict[str, Any] | None:
+    """The embedding recipe of a sentence-transformers folder, or ``None`` if it is not one."""
+    path = Path(path)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = json.loads(modules_file.read_text())
+    out: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": None, "do_lower_case": False}
+    for m in modules:
+        kind = m.get("type", "").rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            pc = json.loads((path / m.get("path", "") / "config.json").read_text())
+            modes = [mode for mode in POOLING_MODES if pc.get(f"pooling_mode_{mode}_tokens" if mode != "cls"
+                                                              else "pooling_mode_cls_token")]
+            if len(modes) != 1:
+                raise ValueError(f"{path}: pooling modes {modes or 'none'} — exactly one of {POOLING_MODES} "
+                                 "is supported")
+            out["pooling"] = modes[0]
+        elif kind == "Normalize":
+            out["normalize"] = True
+        elif kind not in ("Transformer",):
+            raise ValueError(f"{path}: sentence-transformers module {m.get('type')!r} is not supported "
+                             "(have Transformer, Pooling, Normalize)")
+    sb = path / "sentence_bert_config.json"
+    if sb.is_file():
+        sbc = json.loads(sb.read_text())
+        out["max_seq_length"] = sbc.get("max_seq_length")
+        out["do_lower_case"] = bool(sbc.get("do_lower_case", False))
+    return out
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    """Pool hidden states ``(B, T, D)`` over real tokens (``mask (B, T)``, 1 = token) -> ``(B, D)``."""
+    if mode == "cls":
+        return hidden[:, 0]
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    if mode == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
+    total = (hidden * m).sum(dim=1)
+    n = m.sum(dim=1).clamp(min=1e-9)
+    if mode == "mean":
+        return total / n
+    if mode == "mean_sqrt_len":
+        return total / n.sqrt()
+    raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
+
+
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()
+def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None, batch_size: int = 64,
+          max_length: int | None = None, pooling: str | None = None, normalize: bool | None = None) -> torch.Tensor:
+    """Sentence embeddings ``(N, D)`` (float32, on the model's device) of ``texts``.
+
+    Defaults come from the model's sentence-transformers recipe (``model.config.extra``), else mean
+    pooling without normalisation, as sentence-transformers does. ``max_length`` caps the tokens
+    per text (default: the recipe's ``max_seq_length``, else the model's positions).
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    if tokenizer is None:
+        raise ValueError("embed needs a tokenizer: load the model from a folder with tokenizer.json "
+                         "or pass tokenizer=")
+    if not hasattr(model, "encode") or getattr(model, "family", None) != "encoder":
+        raise ValueError(f"embed needs an encoder model (family 'encoder'), got {getattr(model, 'family', None)!r}")
+    recipe = model.config.extra.get(KEY) or {}
+    pooling = pooling or recipe.get("pooling", "mean")
+    normalize = recipe.get("normalize", False) if normalize is None else normalize
+    limit = min(max_length or recipe.get("max_seq_length") or model.config.max_seq_len, model.config.max_seq_len)
+    texts = [t.strip() for t in texts]
+    if recipe.get("do_lower_case"):
+        texts = [t.lower() for t in texts]
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(limit)
+    encodings = tokenizer.encode_batch(texts)
+    device = next(model.parameters()).device
+    out = torch.empty(len(texts), model.config.d_model)
+    for idx in _batches([len(e.ids) for e in encodings], batch_size):
+        width = len(encodings[idx[0]].ids)
+        ids = torch.zeros(len(idx), width, dtype=torch.long)
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(encodings[i].ids)
+            ids[row, :n] = torch.tensor(encodings[i].ids)
+            mask[row, :n] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        hidden = model.encode(ids, mask)  # (b, T, D)
+        vec = pool(hidden.float(), mask, pooling)
+        if normalize:
+            vec = F.normalize(vec, p=2, dim=1)
+        out[idx] = vec.cpu()
+    return out.to(device)
