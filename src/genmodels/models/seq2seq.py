@@ -38,8 +38,8 @@ class Seq2SeqCache:
         return self.self_kv.pos
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep rows ``index`` of the self-attention cache (beam search); memory rows are per-beam
-        copies of the same source, so they are reordered too only when index crosses sources."""
+        """Keep rows ``index (B·K,)`` of the self-attention cache (beam search). Beams only move
+        within their source, whose memory k/v every beam row shares, so those stay as they are."""
         for layer in self.self_kv.layers:
             layer.k = layer.k.index_select(0, index)
             layer.v = layer.v.index_select(0, index)

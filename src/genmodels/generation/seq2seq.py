@@ -1,0 +1,173 @@
+"""Decoding for encoder–decoder models (T5, the original Transformer).
+
+The source is encoded once; each decoder layer's cross-attention keys/values of that memory are
+projected once and kept in the :class:`~genmodels.models.Seq2SeqCache`, beside the preallocated
+self-attention KV cache. The decoder starts from ``decoder_start_token_id`` and feeds one token
+per step.
+
+* Greedy / sampling (:func:`generate_seq2seq` with ``num_beams=1``): the decoder-only logits
+  processors of :mod:`genmodels.generation.sampling` (repetition penalty, temperature, top-k,
+  top-p). Rows that emit EOS are finished and receive ``pad_token_id``.
+* Beam search (``num_beams > 1``): at every step the 2·K best continuations (accumulated
+  log-probabilities) of each source's K running beams are kept; those ending in EOS (or reaching
+  the length limit) become finished hypotheses scored ``Σ log p / n^length_penalty`` (n = tokens
+  generated), the K best unfinished ones keep running. The search stops when no running beam
+  can beat the worst of K finished ones (the running score divided by the current length; with
+  ``early_stopping=True`` as soon as K hypotheses are finished). This follows transformers'
+  vectorised beam search, so beams match ``generate(num_beams=K)`` on the same weights.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from .sampling import choose_next, process_logits
+
+
+def _ends(model, eos_token_id) -> list[int]:
+    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+    return [eos] if isinstance(eos, int) else list(eos or ())
+
+
+@torch.inference_mode()
+def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
+                     attention_mask: torch.Tensor | None = None, temperature: float = 0.0, top_k: int | None = None,
+                     top_p: float | None = None, repetition_penalty: float | None = None, num_beams: int = 1,
+                     length_penalty: float = 1.0, early_stopping: bool | str = False,
+                     eos_token_id: int | Iterable[int] | None = None, pad_token_id: int | None = None,
+                     decoder_start_token_id: int | None = None, seed: int | None = None) -> torch.Tensor:
+    """Target ids ``(B, 1 + n)`` — the start token, then up to ``max_new_tokens`` generated ones —
+    for the sources ``input_ids (B, S)`` (right-padded, ``attention_mask`` 0 on pads).
+
+    ``temperature=0`` and ``num_beams=1`` is greedy (equal to transformers'
+    ``generate(do_sample=False)``); ``temperature > 0`` samples (reproducible with ``seed``);
+    ``num_beams > 1`` is beam search (``length_penalty``, ``early_stopping`` as in transformers).
+    """
+    if getattr(model, "family", None) != "seq2seq":
+        raise ValueError(f"generate_seq2seq needs an encoder–decoder model, got family {getattr(model, 'family', None)!r}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if num_beams < 1:
+        raise ValueError(f"num_beams={num_beams} must be >= 1")
+    if num_beams > 1 and temperature > 0:
+        raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
+    cfg = model.config
+    device = next(model.parameters()).device
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    input_ids = input_ids.to(device)
+    mask = attention_mask.to(device) if attention_mask is not None else None
+    start = cfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
+    if start is None:
+        start = cfg.pad_token_id or 0
+    ends = _ends(model, eos_token_id)
+    pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
+                                                         (ends[0] if ends else 0))
+    was_training = model.training
+    model.eval()
+    try:
+        memory = model.encode(input_ids, mask)  # (B, S, D)
+        if num_beams == 1:
+            return _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p,
+                           repetition_penalty, seed)
+        return _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, num_beams, length_penalty,
+                            early_stopping, repetition_penalty)
+    finally:
+        model.train(was_training)
+
+
+def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p, rep, seed):
+    b, device = memory.shape[0], memory.device
+    out = torch.full((b, 1 + max_new_tokens), pad, dtype=torch.long, device=device)
+    out[:, 0] = start
+    if max_new_tokens == 0:
+        return out
+    cache = model.new_cache(memory, mask, max_len=max_new_tokens)
+    generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
+    end_ids = torch.tensor(ends, dtype=torch.long, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    n = 0
+    for step in range(max_new_tokens):
+        logits = model.decode(out[:, step:step + 1], cache=cache)[:, -1]  # (B, V)
+        nxt = choose_next(logits, out[:, :step + 1] if rep else None, temperature=temperature, top_k=top_k,
+                          top_p=top_p, rep_penalty=rep, generator=generator)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        out[:, step + 1] = nxt
+        n = step + 1
+        if len(end_ids):
+            done = done | torch.isin(nxt, end_ids)
+            if bool(done.all()):
+                break
+    return out[:, :1 + n]
+
+
+def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, length_penalty, early_stopping, rep):
+    b, device = memory.shape[0], memory.device
+    length = 1 + max_new_tokens  # the start token + generated
+    fill = (pad or ends[0]) if ends else -1  # transformers' fill value for unused positions
+    keep = max(2, 1 + len(ends)) * k  # candidates per source each step
+    top_k_mask = torch.zeros(keep, dtype=torch.bool, device=device)
+    top_k_mask[:k] = True
+    end_ids = torch.tensor(ends, dtype=torch.long, device=device)
+
+    memory = memory.repeat_interleave(k, dim=0)  # (B·K, S, D): one copy per beam
+    mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
+    cache = model.new_cache(memory, mask, max_len=max(max_new_tokens, 1))
+
+    running = torch.full((b, k, length), fill, dtype=torch.long, device=device)
+    running[:, :, 0] = start
+    finished = running.clone()
+    running_scores = torch.zeros(b, k, device=device)
+    running_scores[:, 1:] = -1e9  # all beams start equal: only the first is live
+    finished_scores = torch.full((b, k), -1e9, device=device)
+    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
+    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
+    finished_len = torch.zeros(b, k, dtype=torch.long, device=device)  # generated tokens of each hypothesis
+    offset = torch.arange(b, device=device)[:, None] * k
+    cur = 1
+    while cur < length:
+        last = running[:, :, cur - 1].reshape(b * k, 1)
+        logits = model.decode(last, cache=cache)[:, -1].float()  # (B·K, V)
+        logp = torch.log_softmax(logits, dim=-1)
+        if rep:
+            logp = process_logits(logp, running[:, :, :cur].reshape(b * k, cur), rep_penalty=rep)
+        v = logp.shape[-1]
+        acc = (logp.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
+        top_scores, top_idx = torch.topk(acc, keep)  # (B, 2K)
+        beam, tok = top_idx // v, top_idx % v
+        cand = running.gather(1, beam[:, :, None].expand(b, keep, length)).clone()
+        cand[:, :, cur] = tok
+        hits = torch.isin(tok, end_ids) if len(ends) else torch.zeros_like(tok, dtype=torch.bool)
+        if cur + 1 >= length:
+            hits = torch.ones_like(hits)
+        # running beams for the next step: the K best that did not finish
+        live_scores = top_scores + hits.float() * -1e9
+        nxt = torch.topk(live_scores, k)[1]  # (B, K)
+        running = cand.gather(1, nxt[:, :, None].expand(b, k, length))
+        running_scores = live_scores.gather(1, nxt)
+        source_beam = beam.gather(1, nxt) + offset  # rows of the flat cache to continue from
+        # finished hypotheses: merge the new ones (top K candidates only) with the old
+        new_fin = hits & top_k_mask[None]
+        fin_scores = top_scores / (cur ** length_penalty)  # cur tokens generated
+        full = is_finished.all(dim=-1, keepdim=True) & (early_stopping is True)
+        fin_scores = fin_scores + full.float() * -1e9 + (~improvable).float() * -1e9 + (~new_fin).float() * -1e9
+        merged = torch.cat([finished_scores, fin_scores], dim=1)
+        best = torch.topk(merged, k)[1]
+        finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(b, k, length))
+        finished_scores = merged.gather(1, best)
+        is_finished = torch.cat([is_finished, new_fin], dim=1).gather(1, best)
+        finished_len = torch.cat([finished_len, torch.full_like(tok, cur)], dim=1).gather(1, best)
+        cache.reorder(source_beam.reshape(-1))
+        cur += 1
+        # can a running beam still beat the worst finished one?
+        hyp_len = length - 1 if early_stopping == "never" and length_penalty > 0.0 else cur - 1
+        best_possible = running_scores[:, :1] / (hyp_len ** length_penalty)
+        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], torch.full_like(finished_scores, -1e9))
+        improvable = improvable & (best_possible > worst).any(dim=-1, keepdim=True)
+        if not bool(improvable.any()) or (bool(is_finished.all()) and early_stopping is True) or bool(hits.all()):
+            break
+    out_len = 1 + int(finished_len[:, 0].max())
+    return finished[:, 0, :out_len]
