@@ -70,10 +70,18 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
 
 
-def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``."""
+def _batches(lengths: list[int], batch_size: int, min_rows: int = 8) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``; a
+    batch is cut again where the length falls below 3/4 of its longest (once it has ``min_rows``),
+    so padding stays under a quarter of the work while the matrices stay tall."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    out: list[list[int]] = []
+    for i in order:
+        if not out or len(out[-1]) >= batch_size or (
+                len(out[-1]) >= min_rows and lengths[i] < 0.75 * lengths[out[-1][0]]):
+            out.append([])
+        out[-1].append(i)
+    return out
 
 
 @torch.inference_mode()
@@ -100,21 +108,28 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     texts = [t.strip() for t in texts]
     if recipe.get("do_lower_case"):
         texts = [t.lower() for t in texts]
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(limit)
-    encodings = tokenizer.encode_batch(texts)
+    if tokenizer.padding is not None:
+        tokenizer.no_padding()
+    if (tokenizer.truncation or {}).get("max_length") != limit:
+        tokenizer.enable_truncation(limit)
+    encodings = tokenizer.encode_batch(texts) if len(texts) > 1 else [tokenizer.encode(texts[0])]
     device = next(model.parameters()).device
     out = torch.empty(len(texts), model.config.d_model)
     for idx in _batches([len(e.ids) for e in encodings], batch_size):
         width = len(encodings[idx[0]].ids)
-        ids = torch.zeros(len(idx), width, dtype=torch.long)
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(encodings[i].ids)
-            ids[row, :n] = torch.tensor(encodings[i].ids)
-            mask[row, :n] = 1
-        ids, mask = ids.to(device), mask.to(device)
-        hidden = model.encode(ids, mask)  # (b, T, D)
+        if len(idx) == 1:  # one text: no padding, no mask
+            ids = torch.tensor([encodings[idx[0]].ids], device=device)
+            mask = torch.ones_like(ids)
+            hidden = model.encode(ids)
+        else:
+            ids = torch.zeros(len(idx), width, dtype=torch.long)
+            mask = torch.zeros(len(idx), width, dtype=torch.long)
+            for row, i in enumerate(idx):
+                n = len(encodings[i].ids)
+                ids[row, :n] = torch.tensor(encodings[i].ids)
+                mask[row, :n] = 1
+            ids, mask = ids.to(device), mask.to(device)
+            hidden = model.encode(ids, mask)  # (b, T, D)
         vec = pool(hidden.float(), mask, pooling)
         if normalize:
             vec = F.normalize(vec, p=2, dim=1)

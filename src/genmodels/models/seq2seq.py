@@ -30,8 +30,9 @@ class Seq2SeqCache:
     """Decoder state between steps: self-attention KV cache + per-layer memory k/v + memory mask."""
 
     def __init__(self, self_kv: KVCache, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                 memory_mask: torch.Tensor | None):
+                 memory_mask: torch.Tensor | None, self_mask: torch.Tensor | None = None):
         self.self_kv, self.memory_kv, self.memory_mask = self_kv, memory_kv, memory_mask
+        self.self_mask = self_mask  # (1, H, L, L) causal mask + relative bias of every position pair
 
     @property
     def pos(self) -> int:
@@ -104,9 +105,15 @@ class Seq2SeqLM(nn.Module):
         """A decoding cache for ``memory (B, S, D)``: preallocated self-attention k/v for ``max_len``
         target positions and the memory's cross-attention k/v."""
         c = self.config
-        self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len or c.max_seq_len, c.dim_head,
+        max_len = max_len or c.max_seq_len
+        self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len, c.dim_head,
                           memory.dtype, memory.device)
-        return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype))
+        self_mask = None
+        if self.dec_rel_bias is not None:  # once per sequence; each step slices its rows
+            pos = torch.arange(max_len, device=memory.device)
+            self_mask, _ = build_mask(max_len, max_len, causal=True, score_bias=self.dec_rel_bias(pos, pos),
+                                      dtype=memory.dtype, device=memory.device)
+        return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype), self_mask)
 
     @staticmethod
     def _memory_mask(memory_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -125,13 +132,17 @@ class Seq2SeqLM(nn.Module):
         start = cache.pos if cache is not None else 0
         x = self._embed(decoder_input_ids, start)
         k_len = start + t
-        bias = None
-        if self.dec_rel_bias is not None:
-            bias = self.dec_rel_bias(torch.arange(start, k_len, device=x.device), torch.arange(k_len, device=x.device))
         if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
             decoder_attention_mask = None
-        mask, is_causal = build_mask(t, k_len, start=start, causal=True, key_padding=decoder_attention_mask,
-                                     score_bias=bias, dtype=x.dtype, device=x.device)
+        if cache is not None and cache.self_mask is not None and decoder_attention_mask is None:
+            mask, is_causal = cache.self_mask[:, :, start:k_len, :k_len], False
+        else:
+            bias = None
+            if self.dec_rel_bias is not None:
+                bias = self.dec_rel_bias(torch.arange(start, k_len, device=x.device),
+                                         torch.arange(k_len, device=x.device))
+            mask, is_causal = build_mask(t, k_len, start=start, causal=True, key_padding=decoder_attention_mask,
+                                         score_bias=bias, dtype=x.dtype, device=x.device)
         ctx = AttentionInputs(mask=mask, is_causal=is_causal, start=start)
         if cache is not None:
             mem_kv, mem_mask = cache.memory_kv, cache.memory_mask

