@@ -1,0 +1,148 @@
+"""Training throughput and memory: genmodels vs transformers' LlamaForCausalLM (sdpa), Llama config A.
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 8] [--rounds 2] [--batch 8] [--seq 256]
+
+Work: one AdamW step (forward, backward, optimizer) on a batch of 8 × 256 random tokens, fp32,
+CPU, the model of reference/machine.md "Llama config A" (hidden 256, 4 layers, 4 heads / 2 KV
+heads, intermediate 688, vocab 8192, untied head).
+
+* ours: ``build_model(preset("llama-tiny"))`` trained through ``CausalLMLoss`` (fused, chunked
+  head + cross-entropy: full (B, T, V) logits never exist) and fused AdamW — what
+  ``genmodels train`` runs.
+* reference: ``LlamaForCausalLM(config, attn_implementation="sdpa")`` with
+  ``model(input_ids, labels=input_ids).loss`` and ``torch.optim.AdamW`` (defaults).
+
+Each side runs in its own subprocess (so neither sees the other's allocations), sides alternate
+for ``--rounds`` rounds and the best (highest) tokens/s of each is kept. Time per side = median
+of ``--steps`` timed steps after 2 warm-up steps.
+
+Memory: peak RSS (``resource.getrusage(RUSAGE_SELF).ru_maxrss``, the kernel's high-water mark)
+minus the RSS just before the model is built (after imports), i.e. what the model, optimizer and
+training step add. Absolute peaks are printed too (the reference side has transformers imported).
+
+MFU: tokens/s × FLOPs/token ÷ the fp32 matmul peak measured in this run (2 threads, 1024² and
+2048²), FLOPs/token = 6·N_matmul + 12·L·d·T (see genmodels.training.metrics).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+
+def _rss_now_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None) -> dict:
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    if side == "hf":
+        import transformers  # noqa: F401  (imported before the baseline RSS)
+        from transformers import LlamaConfig, LlamaForCausalLM
+    else:
+        from genmodels import build_model, preset
+        from genmodels.training import CausalLMLoss, build_optimizer
+    torch.manual_seed(0)
+    x = torch.randint(0, 8192, (batch, seq + 1))
+    inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    base = _rss_now_mb()
+    if side == "hf":
+        cfg = LlamaConfig(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                          tie_word_embeddings=False)
+        model = LlamaForCausalLM._from_config(cfg, attn_implementation="sdpa").train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step():
+            loss = model(input_ids=inputs, labels=inputs).loss  # HF shifts labels internally
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+        n_params = sum(p.numel() for p in model.parameters())
+    else:
+        model = build_model(preset("llama-tiny"))
+        loss_mod = CausalLMLoss(model).train()
+        opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
+
+        def step():
+            loss = loss_mod(inputs, targets)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return loss
+        n_params = sum(p.numel() for p in model.parameters())
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    dt = statistics.median(times)
+    return {"side": side, "params": n_params, "s_per_step": dt, "tok_s": batch * seq / dt,
+            "peak_rss_mb": _peak_rss_mb(), "base_rss_mb": base, "train_rss_mb": _peak_rss_mb() - base}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--side", choices=["ours", "hf"], help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.side:
+        print(json.dumps(run_side(a.side, a.steps, a.batch, a.seq, a.threads)))
+        return
+
+    import torch
+    from genmodels import build_model, preset
+    from genmodels.training.metrics import flops_per_token, measure_matmul_peak
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    peak = max(measure_matmul_peak(1024, 1.0), measure_matmul_peak(2048, 2.0))
+    fpt = flops_per_token(build_model(preset("llama-tiny")), a.seq)
+
+    best: dict[str, dict] = {}
+    for r in range(a.rounds):
+        for side in ("ours", "hf"):
+            cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch", str(a.batch),
+                   "--seq", str(a.seq)] + (["--threads", str(a.threads)] if a.threads else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            res = json.loads(out)
+            print(f"round {r + 1} {side:4s}: {res['tok_s']:8.0f} tok/s ({1000 * res['s_per_step']:.0f} ms/step), "
+                  f"peak RSS {res['peak_rss_mb']:.0f} MB (+{res['train_rss_mb']:.0f} MB over imports)", flush=True)
+            if side not in best or res["tok_s"] > best[side]["tok_s"]:
+                mem = min(res["train_rss_mb"], best[side]["train_rss_mb"]) if side in best else res["train_rss_mb"]
+                best[side] = {**res, "train_rss_mb": mem}
+            else:
+                best[side]["train_rss_mb"] = min(best[side]["train_rss_mb"], res["train_rss_mb"])
+    o, h = best["ours"], best["hf"]
+    print()
+    print(f"Llama config A ({o['params'] / 1e6:.2f}M params), batch {a.batch}×{a.seq}, AdamW, fp32, "
+          f"{torch.get_num_threads()} threads")
+    print(f"matmul peak (measured): {peak / 1e9:.1f} GFLOP/s; FLOPs/token {fpt / 1e6:.1f} M")
+    print(f"{'':10s} {'tok/s':>8s} {'GFLOP/s':>8s} {'MFU':>5s} {'train RSS MB':>13s}")
+    for name, r in (("genmodels", o), ("HF sdpa", h)):
+        print(f"{name:10s} {r['tok_s']:8.0f} {r['tok_s'] * fpt / 1e9:8.1f} {100 * r['tok_s'] * fpt / peak:4.0f}% "
+              f"{r['train_rss_mb']:13.0f}")
+    print(f"ratio ours/HF: tokens/s {o['tok_s'] / h['tok_s']:.2f}x, "
+          f"training memory {o['train_rss_mb'] / h['train_rss_mb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Recipes fail before any work, naming the key and what is allowed; --set overrides parse as YAML."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from genmodels.cli_train import main as train_main
+from genmodels.config import ConfigError
+from genmodels.training import load_config
+from genmodels.training.config import RunConfig
+
+from .conftest import tiny_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
+def test_shipped_recipes_validate(name):
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    m = cfg.model_config()
+    assert m.vocab_size == cfg.data.vocab_size == 8192 and m.d_model == 256 and cfg.data.seq_len == 256
+    assert cfg.train.max_minutes and cfg.data.corpus == "stdlib"
+
+
+@pytest.mark.parametrize("patch, words", [
+    ({"trian": {}}, ["trian", "train"]),
+    ({"train": {"learning_rate": 1}}, ["train.learning_rate", "lr"]),
+    ({"data": {"vocab": 5}}, ["data.vocab", "vocab_size"]),
+    ({"model": {"hidden": 5}}, ["hidden", "d_model"]),
+    ({"train": {"distributed": "horovod"}}, ["train.distributed", "ddp", "fsdp"]),
+    ({"train": {"lr": -1.0}}, ["train.lr", "> 0"]),
+    ({"train": {"batch_size": 6, "grad_accum": 4}}, ["train.batch_size", "grad_accum"]),
+    ({"train": {"betas": [0.9]}}, ["train.betas"]),
+    ({"data": {"corpus": "web"}}, ["data.corpus", "stdlib", "folder", "jsonl"]),
+    ({"data": {"seq_len": 0}}, ["data.seq_len"]),
+    ({"model": {"preset": "gpt5"}}, ["model.preset", "llama-tiny"]),
+    ({"model": {"mlp": "swish"}}, ["model.mlp", "swiglu"]),
+    ({"model": {"max_seq_len": 16}}, ["model.max_seq_len", "data.seq_len"]),
+    ({"train": {"precision": "fp8"}}, ["train.precision", "bf16"]),
+])
+def test_bad_keys_and_values_are_named(corpus_dir, tmp_path, patch, words):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict(tiny_config(corpus_dir, tmp_path / "run", **patch))
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_missing_corpus_path_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="data.path"):
+        RunConfig.from_dict({"data": {"corpus": "folder", "path": str(tmp_path / "nope")}})
+
+
+def test_set_overrides_parse_yaml_values(corpus_dir, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
+    cfg = load_config(f, ["train.lr=1e-3", "train.compile=false", "train.betas=[0.8, 0.9]",
+                          "model.n_layers=3", "run_dir=/tmp/elsewhere", "train.max_minutes=0.5"])
+    assert cfg.train.lr == 1e-3 and cfg.train.compile is False and cfg.train.betas == [0.8, 0.9]
+    assert cfg.model_config().n_layers == 3 and cfg.run_dir == "/tmp/elsewhere" and cfg.train.max_minutes == 0.5
+    with pytest.raises(ConfigError, match="train.warmup"):
+        load_config(f, ["train.warmup=3"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        load_config(f, ["train.lr"])
+
+
+def test_cli_config_error_exits_before_any_work(corpus_dir, tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
+    assert train_main([str(f), "--set", "train.optimizer=sgd"]) == 2
+    err = capsys.readouterr().err
+    assert "train.optimizer" in err and "allowed" in err
+    assert not (tmp_path / "run").exists()

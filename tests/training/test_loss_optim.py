@@ -1,0 +1,67 @@
+"""The fused, chunked head + cross-entropy equals the plain one (value and gradients); AdamW groups
+and the schedule."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genmodels import build_model, preset
+from genmodels.training import CausalLMLoss, build_optimizer, fused_linear_cross_entropy, lr_at, param_groups
+from genmodels.training.loss import reference_cross_entropy
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("chunk", [5, 7, 64])
+def test_fused_cross_entropy_matches_reference(bias, chunk):
+    torch.manual_seed(0)
+    h = torch.randn(3, 7, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    b = torch.randn(50, requires_grad=True) if bias else None
+    y = torch.randint(0, 50, (3, 7))
+    ref = reference_cross_entropy(torch.nn.functional.linear(h, w, b), y)
+    ref_grads = torch.autograd.grad(ref * 2.5, [h, w] + ([b] if bias else []))
+    got = fused_linear_cross_entropy(h, w, b, y, chunk=chunk)
+    grads = torch.autograd.grad(got * 2.5, [h, w] + ([b] if bias else []))
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_linear_cross_entropy(h, w, b, y, chunk=chunk), ref, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
+def test_causal_lm_loss_matches_logits_path(name):
+    """Tied (GPT-2) and untied (Llama) heads: same loss and parameter gradients as model(x) + CE."""
+    torch.manual_seed(0)
+    model = build_model(preset(name, vocab_size=97, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                               **({"n_kv_heads": 1} if name == "llama-tiny" else {})))
+    x = torch.randint(0, 97, (2, 12))
+    y = torch.randint(0, 97, (2, 12))
+    ref = reference_cross_entropy(model(x), y)
+    ref_g = torch.autograd.grad(ref, list(model.parameters()))
+    got = CausalLMLoss(model, chunk=5)(x, y)
+    got_g = torch.autograd.grad(got, list(model.parameters()))
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    for g, r in zip(got_g, ref_g):
+        torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-5)
+
+
+def test_weight_decay_only_on_matrices():
+    model = build_model(preset("gpt2-tiny", vocab_size=97, d_model=32, n_layers=1, n_heads=2, d_ff=64))
+    decay, no_decay = param_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    opt = build_optimizer(model, 1e-3, 0.1)
+    assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_warmup_then_cosine():
+    lrs = [lr_at(s, 1.0, 0.1, 10, 110) for s in range(120)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(lrs[:9], lrs[1:10]))  # rising
+    assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # falling
+    assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
+    assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
