@@ -162,3 +162,35 @@ class SpanCorruptionLoss(nn.Module):
                                 noise_density=self.noise_density, mean_span_length=self.mean_span_length, rng=rng)
         return span_loss(self.model, {"input_ids": torch.from_numpy(inp).to(x.device),
                                       "targets": torch.from_numpy(tgt).to(x.device)})
+
+
+# ---- choosing an objective ----------------------------------------------------------------------
+OBJECTIVES = ("causal", "mlm", "span")
+_FAMILY_OBJECTIVE = {"decoder": "causal", "encoder": "mlm", "seq2seq": "span"}
+
+
+def objective_for(family: str, objective: str = "auto") -> str:
+    """The objective a model family trains with (``auto``), or a check that ``objective`` fits it."""
+    from ..config import ConfigError
+    want = _FAMILY_OBJECTIVE.get(family)
+    if objective == "auto":
+        return want
+    if objective != want:
+        raise ConfigError(f"train.objective={objective!r} does not fit model.family={family!r}; "
+                          f"use {want!r} (or auto)")
+    return objective
+
+
+def extra_tokens(objective: str) -> int:
+    """Ids the objective adds after the tokenizer's vocabulary ([MASK]; T5's 100 sentinels)."""
+    return {"mlm": MLMLoss.extra_tokens, "span": SpanCorruptionLoss.extra_tokens}.get(objective, 0)
+
+
+def objective_module(objective: str, model: nn.Module, *, n_tokens: int, eos_id: int | None, mlm_prob: float = 0.15,
+                     noise_density: float = 0.15, mean_span_length: float = 3.0) -> nn.Module:
+    """The trainer's loss module (``forward(x, y) -> loss``) for a non-causal objective."""
+    if objective == "mlm":
+        return MLMLoss(model, n_tokens, mlm_prob)
+    if objective == "span":
+        return SpanCorruptionLoss(model, n_tokens, eos_id, noise_density, mean_span_length)
+    raise ValueError(f"unknown objective {objective!r}; have mlm, span")

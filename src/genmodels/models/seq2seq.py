@@ -68,8 +68,27 @@ class Seq2SeqLM(nn.Module):
         self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
         self.init_weights()
 
-    init_weights = DecoderLM.init_weights
     set_attention_kernel = DecoderLM.set_attention_kernel
+
+    def init_weights(self, std: float = 0.02) -> None:
+        """GPT-2 init; T5 (relative positions) uses Mesh TensorFlow's instead: unit-variance
+        embedding, every projection N(0, 1/fan_in), queries a further 1/√d (the attention scale
+        T5 folds into the init), relative-bias tables N(0, 1/D)."""
+        DecoderLM.init_weights(self, std)
+        if self.config.position != "relative":
+            return
+        c = self.config
+        with torch.no_grad():
+            nn.init.normal_(self.embed.weight, std=1.0)
+            for name, p in self.named_parameters():
+                if p.dim() != 2 or name == "embed.weight":
+                    continue
+                if name.endswith("rel_bias.embedding.weight"):
+                    nn.init.normal_(p, std=c.d_model ** -0.5)
+                    continue
+                nn.init.normal_(p, std=p.shape[1] ** -0.5)
+                if name.endswith(("attn.qkv.weight", "cross.q.weight")):
+                    p[: c.n_heads * c.dim_head].mul_(c.dim_head ** -0.5)
 
     def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
         x = self.embed(ids)  # (B, T, D)

@@ -70,6 +70,11 @@ class TrainConfig:
     mfu_peak_tflops: float | None = None  # None: measure a short fp32 matmul at start
     loss_chunk: int = 1024  # rows per chunk of the fused head + cross-entropy
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
+    # objective: auto = by model family (decoder: causal, encoder: mlm, seq2seq: span)
+    objective: str = "auto"
+    mlm_prob: float = 0.15  # mlm: share of tokens to predict (80% [MASK], 10% random, 10% kept)
+    span_noise_density: float = 0.15  # span: share of tokens corrupted
+    span_mean_length: float = 3.0  # span: mean corrupted-span length
 
 
 @dataclass
@@ -206,8 +211,17 @@ class RunConfig:
             raise ConfigError(f"model: {e}") from None
         if cfg.max_seq_len < self.data.seq_len:
             raise ConfigError(f"model.max_seq_len={cfg.max_seq_len} must be >= data.seq_len={self.data.seq_len}")
-        if cfg.family != "decoder":
-            raise ConfigError(f"model.family={cfg.family!r}: the trainer trains causal LMs; use 'decoder'")
+        from ..data.objectives import OBJECTIVES, objective_for
+        if self.train.objective not in ("auto", *OBJECTIVES):
+            raise ConfigError(f"train.objective={self.train.objective!r} is not allowed; "
+                              f"choose one of auto, {', '.join(OBJECTIVES)}")
+        objective_for(cfg.family, self.train.objective)  # raises ConfigError when they do not fit
+        if not 0.0 < self.train.mlm_prob < 1.0:
+            raise ConfigError(f"train.mlm_prob={self.train.mlm_prob} must be in (0, 1)")
+        if not 0.0 < self.train.span_noise_density < 1.0:
+            raise ConfigError(f"train.span_noise_density={self.train.span_noise_density} must be in (0, 1)")
+        if self.train.span_mean_length < 1.0:
+            raise ConfigError(f"train.span_mean_length={self.train.span_mean_length} must be >= 1")
         return cfg
 
 

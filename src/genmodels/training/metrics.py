@@ -29,8 +29,9 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
     for p in model.parameters():
         if p.dim() >= 2 and id(p) not in embed_ids:
             n += p.numel()
-    if model.head.tied:
-        n += model.head.get_weight().numel()
+    head = getattr(model, "head", None) or getattr(getattr(model, "mlm", None), "head", None)
+    if head is not None and head.tied:
+        n += head.get_weight().numel()
     d_attn = c.n_heads * c.dim_head
     return 6.0 * n + 12.0 * c.n_layers * d_attn * seq_len
 

@@ -24,6 +24,7 @@ from .config import RunConfig, dump_config
 from .data import prepare_data
 from .distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state,
                           no_sync, wrap)
+from ..data.objectives import extra_tokens, objective_for, objective_module
 from .loss import CausalLMLoss
 from .metrics import MetricsLog, flops_per_token, measure_matmul_peak, plot_losses
 from .optim import build_optimizer, lr_at, set_lr
@@ -180,6 +181,8 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     tok = data.tokenizer
     tok_vocab = tok.get_vocab_size()
     vocab = tok_vocab if dc.tokenizer is not None else max(dc.vocab_size, tok_vocab)
+    objective = objective_for(cfg.model_config().family, tc.objective)
+    vocab += extra_tokens(objective)  # [MASK] / sentinel ids after the tokenizer's
     mcfg = cfg.model_config(vocab_size=vocab, eos_id=data.eos_id)
     if mcfg.vocab_size < tok_vocab:
         raise RuntimeError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {tok_vocab}")
@@ -189,7 +192,12 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     # ---- model, optimizer ---------------------------------------------------------------------
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(info.device)
-    loss_mod = CausalLMLoss(model, chunk=tc.loss_chunk).train()
+    if objective == "causal":
+        loss_mod = CausalLMLoss(model, chunk=tc.loss_chunk).train()
+    else:
+        loss_mod = objective_module(objective, model, n_tokens=vocab - extra_tokens(objective), eos_id=data.eos_id,
+                                    mlm_prob=tc.mlm_prob, noise_density=tc.span_noise_density,
+                                    mean_span_length=tc.span_mean_length).train()
     n_params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, dc.seq_len)
     wrapped = wrap(loss_mod, info)
@@ -337,7 +345,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
         final.load_state_dict(msd)
         attach_tokenizer(final, tok)
         result.final_dir = save(final, run_dir / "final", tok)
-        if cfg.sample.prompts and cfg.sample.max_new_tokens > 0:
+        if cfg.sample.prompts and cfg.sample.max_new_tokens > 0 and mcfg.family == "decoder":
             result.samples = _generate_samples(final, tok, cfg.sample, data.eos_id, tc.seed, "cpu")
             say("samples:")
             for prompt, text in zip(cfg.sample.prompts, result.samples):
