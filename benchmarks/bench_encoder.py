@@ -33,15 +33,17 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))).capitalize() + "." for _ in range(n)]
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls (after one warm-up)."""
-    fn()
-    times = []
+def compare(ours, ref, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``ours`` and ``ref`` over ``repeats`` alternating calls (after a warm-up
+    of each), so a change in machine load hits both alike."""
+    ours(), ref()
+    t_ours, t_ref = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, times in ((ours, t_ours), (ref, t_ref)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(t_ours), statistics.median(t_ref)
 
 
 def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
@@ -56,12 +58,12 @@ def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
     # same vectors (the benchmark compares equal work)
     diff = (genmodels.embed(ours, texts64[:64]) - ref.encode(texts64[:64], convert_to_tensor=True)).abs().max()
     assert diff < 1e-5, diff
-    reps = 3 if quick else 5
-    t_ours = timed(lambda: [genmodels.embed(ours, [t]) for t in texts1], reps)
-    t_ref = timed(lambda: [ref.encode([t], batch_size=1, convert_to_tensor=True) for t in texts1], reps)
+    reps = 3 if quick else 7
+    t_ours, t_ref = compare(lambda: [genmodels.embed(ours, [t]) for t in texts1],
+                            lambda: [ref.encode([t], batch_size=1, convert_to_tensor=True) for t in texts1], reps)
     rows.append(("MiniLM embed, batch 1 (sentences/s)", len(texts1) / t_ours, len(texts1) / t_ref))
-    t_ours = timed(lambda: genmodels.embed(ours, texts64, batch_size=64), reps)
-    t_ref = timed(lambda: ref.encode(texts64, batch_size=64, convert_to_tensor=True), reps)
+    t_ours, t_ref = compare(lambda: genmodels.embed(ours, texts64, batch_size=64),
+                            lambda: ref.encode(texts64, batch_size=64, convert_to_tensor=True), reps)
     rows.append(("MiniLM embed, batch 64 (sentences/s)", len(texts64) / t_ours, len(texts64) / t_ref))
     return rows
 
@@ -84,10 +86,9 @@ def bench_t5(quick: bool) -> list[tuple[str, float, float]]:
     a = hf.generate(input_ids=src, max_new_tokens=new, do_sample=False)
     b = generate_seq2seq(ours, src, new, eos_token_id=[])
     assert torch.equal(a, b), "greedy outputs differ"
-    reps = 3 if quick else 5
-    t_ours = timed(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]), reps)
-    with torch.inference_mode():
-        t_ref = timed(lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
+    reps = 3 if quick else 7
+    t_ours, t_ref = compare(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]),
+                            lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
     return [(f"T5 greedy generate, batch 1, {new} tokens (tokens/s)", new / t_ours, new / t_ref)]
 
 

@@ -30,13 +30,17 @@ def build_mask(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
-    """Return ``(additive_mask or None, use_sdpa_is_causal)``; mask shape ``(B|1, H|1, Tq, Tk)``."""
+    """Return ``(additive_mask or None, use_sdpa_is_causal)``; mask shape ``(B|1, H|1, Tq, Tk)``, or
+    ``(B, 1, 1, Tk)`` (broadcast over queries) when only key padding applies."""
     needs_window = window is not None and start + q_len > window
     if score_bias is None and key_padding is None and not needs_window:
         if not causal or q_len == 1:
             return None, False  # every key visible (one decode token sees the whole past)
         if start == 0 and q_len == k_len:
             return None, True  # square causal: SDPA's top-left alignment is right here
+    if not causal and window is None and score_bias is None:  # padding only: one row serves every query
+        allowed = key_padding.bool()[:, None, None, :k_len]  # (B, 1, 1, Tk)
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min), False
     allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
