@@ -108,6 +108,18 @@ class ModelConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"model.{name}={v!r} must be a positive integer")
 
+        for f in fields(self):  # types first, so later comparisons cannot raise a bare TypeError
+            v, kind = getattr(self, f.name), str(f.type)
+            if kind == "bool" and not isinstance(v, bool):
+                raise ConfigError(f"model.{f.name}={v!r} must be true or false")
+            if kind.startswith("float") and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
+                if not (v is None and "None" in kind):
+                    raise ConfigError(f"model.{f.name}={v!r} must be a number")
+            if kind.startswith("int") and not (isinstance(v, int) and not isinstance(v, bool)):
+                if not (v is None and "None" in kind):
+                    raise ConfigError(f"model.{f.name}={v!r} must be an integer")
+            if kind == "bool | None" and v is not None and not isinstance(v, bool):
+                raise ConfigError(f"model.{f.name}={v!r} must be true, false or null")
         choice("family", FAMILIES)
         choice("position", POSITIONS)
         choice("norm", NORMS)
@@ -123,6 +135,8 @@ class ModelConfig:
         if self.head_dim is None and self.d_model % self.n_heads:
             raise ConfigError(f"model.d_model={self.d_model} must be divisible by model.n_heads={self.n_heads} "
                               "(or set model.head_dim)")
+        if self.rope_theta <= 0:
+            raise ConfigError(f"model.rope_theta={self.rope_theta} must be > 0")
         if not 0.0 < self.rotary_fraction <= 1.0:
             raise ConfigError(f"model.rotary_fraction={self.rotary_fraction} must be in (0, 1]")
         if self.position == "rope" and int(self.dim_head * self.rotary_fraction) % 2:

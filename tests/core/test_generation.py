@@ -47,9 +47,6 @@ def test_learned_positions_overflow_is_reported():
         genmodels.generate(m, random_ids(1, 10), max_new_tokens=8)
 
 
-@pytest.mark.xfail(reason="BUG: generation/decode.py checks prompt + max_new_tokens against max_seq_len only for "
-                          "position='learned'; a sinusoidal model's fixed table (max_seq_len rows) overflows with a "
-                          "bare IndexError mid-generation", strict=True)
 def test_sinusoidal_positions_overflow_is_reported_or_works():
     m = tiny_model("gpt2", position="sinusoidal", max_seq_len=16)
     try:

@@ -48,9 +48,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     b, t = input_ids.shape
-    if t + max_new_tokens > cfg.max_seq_len and cfg.position == "learned":
+    if t + max_new_tokens > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
         raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"{cfg.max_seq_len} learned positions")
+                         f"{cfg.max_seq_len} {cfg.position} positions (max_seq_len)")
     if eos_token_id is None:
         eos_token_id = cfg.eos_token_id
     ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())

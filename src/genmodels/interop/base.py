@@ -23,6 +23,9 @@ class Converter:
     model_type: str = ""
     ignored: tuple[str, ...] = ()  # HF key suffixes that carry no weights (buffers)
 
+    def normalize_keys(self, sd: dict[str, torch.Tensor]) -> None:
+        """Rename, in place, keys of variant checkpoints to the canonical HF names (default: none)."""
+
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         raise NotImplementedError
 
@@ -34,6 +37,22 @@ class Converter:
 
     def state_to_hf(self, sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+# Settings every HF decoder we export shares: pre-norm, 1/sqrt(d) scaling, a final norm, no dropout.
+COMMON_EXPORT = dict(norm_placement=("pre",), attn_scale=(None,), final_norm=(True,), output_scale=(None,),
+                     embed_scale=(1.0,), family=("decoder",))
+
+
+def require_exportable(cfg: ModelConfig, arch: str, **allowed: tuple) -> None:
+    """Refuse, naming the field, a config that ``arch`` cannot express (never export a different model)."""
+    for name, ok in {**COMMON_EXPORT, **allowed}.items():
+        if not hasattr(cfg, name):
+            continue
+        v = getattr(cfg, name)
+        if v not in ok:
+            raise ConversionError(f"cannot export as {arch}: model.{name}={v!r} has no equivalent there "
+                                  f"(it needs {' or '.join(repr(x) for x in ok)})")
 
 
 def take(sd: dict[str, torch.Tensor], key: str) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import ConversionError, Converter, rename_layers, take
+from .base import ConversionError, Converter, rename_layers, require_exportable, take
 
 GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
@@ -60,8 +60,9 @@ class GPT2Converter(Converter):
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
         inv = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-        if c.position != "learned" or c.norm != "layernorm" or c.mlp not in inv or c.kv_heads != c.n_heads:
-            raise ConversionError("only GPT-2-shaped configs (learned positions, LayerNorm, MLP, MHA) export as GPT2")
+        require_exportable(c, "GPT2LMHeadModel", position=("learned",), norm=("layernorm",), mlp=tuple(inv),
+                           n_kv_heads=(None, c.n_heads), sliding_window=(None,), attn_bias=(True,),
+                           attn_out_bias=(None, True), mlp_bias=(True,), norm_bias=(True,))
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
                 "n_embd": c.d_model, "n_layer": c.n_layers, "n_head": c.n_heads, "n_inner": c.d_ff,
                 "n_positions": c.max_seq_len, "layer_norm_epsilon": c.norm_eps, "activation_function": inv[c.mlp],
@@ -73,10 +74,12 @@ class GPT2Converter(Converter):
     def _t(ours: str, t: torch.Tensor) -> torch.Tensor:  # Conv1D [in, out] <-> Linear [out, in]
         return t.t().contiguous() if ours.endswith("weight") and t.dim() == 2 else t
 
-    def state_from_hf(self, sd, cfg):
-        for k in list(sd):  # bare GPT2Model checkpoints have no "transformer." prefix (renamed in place)
+    def normalize_keys(self, sd):
+        for k in list(sd):  # bare GPT2Model checkpoints have no "transformer." prefix
             if not k.startswith(("transformer.", "lm_head.")):
                 sd["transformer." + k] = sd.pop(k)
+
+    def state_from_hf(self, sd, cfg):
         out: dict[str, torch.Tensor] = {}
         rename_layers(cfg.n_layers, self.LAYER, sd, out, self._t)
         for ours, theirs in self.TOP.items():
@@ -129,7 +132,7 @@ class LlamaConverter(Converter):
                            n_kv_heads=hf.get("num_key_value_heads") or n_heads, head_dim=hf.get("head_dim"),
                            d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
                            position="rope", rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
-                           rotary_fraction=float(rope.get("partial_rotary_factor", 1.0)), norm="rmsnorm",
+                           norm="rmsnorm",  # HF's Llama/Mistral RoPE ignores partial_rotary_factor
                            norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", mlp_bias=hf.get("mlp_bias", False),
                            attn_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
                            tie_embeddings=hf.get("tie_word_embeddings", False),
@@ -138,13 +141,10 @@ class LlamaConverter(Converter):
                            pad_token_id=hf.get("pad_token_id"))
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
-        if c.position != "rope" or c.norm != "rmsnorm" or c.mlp != "swiglu":
-            raise ConversionError(f"only Llama-shaped configs (RoPE, RMSNorm, SwiGLU) export as {self.architectures[0]}")
-        if c.sliding_window is not None and self.model_type != "mistral":
-            raise ConversionError("a sliding window exports as MistralForCausalLM, not Llama")
+        require_exportable(c, self.architectures[0], position=("rope",), norm=("rmsnorm",), mlp=("swiglu",),
+                           rotary_fraction=(1.0,), attn_out_bias=(None, c.attn_bias),
+                           **({} if self.model_type == "mistral" else {"sliding_window": (None,)}))
         rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
-        if c.rotary_fraction != 1.0:
-            rope["partial_rotary_factor"] = c.rotary_fraction
         d = {"architectures": [self.architectures[0]], "model_type": self.model_type, "vocab_size": c.vocab_size,
              "hidden_size": c.d_model, "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
              "num_key_value_heads": c.kv_heads, "head_dim": c.dim_head, "intermediate_size": c.d_ff,

@@ -79,12 +79,18 @@ def load_hf(path: str | Path, build) -> torch.nn.Module:
     cfg = conv.config_from_hf(hf_config)
     cfg.extra = {**cfg.extra, "hf_architecture": (hf_config.get("architectures") or [conv.architectures[0]])[0]}
     sd = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(conv.ignored)}
+    conv.normalize_keys(sd)
     refine = getattr(conv, "refine_config", None)  # heads / tying that only the weights reveal
     if refine is not None:
         cfg = refine(cfg, sd)
     model = build(cfg)
-    ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
     expected = model.state_dict()
+    # Check the file against the keys and shapes it should have, in its own names, before converting.
+    expected_hf = conv.state_to_hf(expected, cfg)
+    if cfg.tie_embeddings and "lm_head.weight" not in sd:
+        expected_hf.pop("lm_head.weight", None)
+    check_state(expected_hf, {k: v for k, v in sd.items() if k in expected_hf}, {}, f"{path}")
+    ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
     check_state(expected, ours, sd, f"{path}")
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()})
     return model

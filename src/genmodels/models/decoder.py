@@ -81,6 +81,9 @@ class DecoderLM(nn.Module):
                 position_ids = torch.arange(start, start + t, device=input_ids.device)[None].expand(b, t)
         x = self.embed(input_ids)  # (B, T, D)
         if self.pos_embed is not None:
+            if start + t > self.config.max_seq_len:
+                raise ValueError(f"sequence of {start + t} positions exceeds the model's {self.config.max_seq_len} "
+                                 f"{self.config.position} positions (max_seq_len)")
             x = x + self.pos_embed(position_ids)
         x = self.drop(x)
         ctx = self._attention_inputs(t, start, attention_mask, position_ids, x.dtype)
