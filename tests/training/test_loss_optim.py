@@ -65,3 +65,20 @@ def test_warmup_then_cosine():
     assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # falling
     assert lrs[60] == pytest.approx(0.1 + 0.45 * (1 + math.cos(math.pi * 0.5)))
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("mode", ["selective", "full"])
+def test_activation_checkpointing_gives_identical_gradients(mode):
+    from genmodels.training.memory import apply_activation_checkpointing
+    cfg = preset("llama-tiny", vocab_size=97, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
+    torch.manual_seed(0)
+    ref = build_model(cfg)
+    ckpt = build_model(cfg)
+    ckpt.load_state_dict(ref.state_dict())
+    apply_activation_checkpointing(ckpt.blocks, mode)
+    x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
+    a, b = CausalLMLoss(ref)(x, y), CausalLMLoss(ckpt)(x, y)
+    ga = torch.autograd.grad(a, list(ref.parameters()))
+    gb = torch.autograd.grad(b, list(ckpt.parameters()))
+    assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(ga, gb))
+    assert list(ckpt.state_dict()) == list(ref.state_dict())

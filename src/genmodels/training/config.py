@@ -28,6 +28,7 @@ from ..data.corpus import CORPUS_KINDS
 DISTRIBUTED = ("none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+CHECKPOINTING = ("none", "selective", "full")
 
 
 @dataclass
@@ -68,7 +69,8 @@ class TrainConfig:
     log_every: int = 1
     distributed: str = "none"  # none | ddp | fsdp (run under torchrun for ddp/fsdp)
     mfu_peak_tflops: float | None = None  # None: measure a short fp32 matmul at start
-    loss_chunk: int = 1024  # rows per chunk of the fused head + cross-entropy
+    loss_chunk: int = 256  # rows per chunk of the fused head + cross-entropy
+    activation_checkpointing: str = "none"  # none | selective (recompute element-wise ops) | full
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     # objective: auto = by model family (decoder: causal, encoder: mlm, seq2seq: span)
     objective: str = "auto"
@@ -171,7 +173,8 @@ class RunConfig:
             _number("train.max_minutes", t.max_minutes, lo=0.0, lo_open=True)
         if t.mfu_peak_tflops is not None:
             _number("train.mfu_peak_tflops", t.mfu_peak_tflops, lo=0.0, lo_open=True)
-        for name, allowed in (("distributed", DISTRIBUTED), ("precision", PRECISIONS), ("device", DEVICES)):
+        for name, allowed in (("distributed", DISTRIBUTED), ("precision", PRECISIONS), ("device", DEVICES),
+                              ("activation_checkpointing", CHECKPOINTING)):
             if getattr(t, name) not in allowed:
                 raise ConfigError(f"train.{name}={getattr(t, name)!r} is not allowed; choose one of {', '.join(allowed)}")
         if not isinstance(t.compile, bool):

@@ -26,6 +26,7 @@ from .distributed import (DistInfo, full_model_state, full_optimizer_state, init
                           no_sync, wrap)
 from ..data.objectives import extra_tokens, objective_for, objective_module
 from .loss import CausalLMLoss
+from .memory import apply_activation_checkpointing, keep_freed_memory
 from .metrics import MetricsLog, flops_per_token, measure_matmul_peak, plot_losses
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -192,6 +193,9 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     # ---- model, optimizer ---------------------------------------------------------------------
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(info.device)
+    apply_activation_checkpointing(model.blocks, tc.activation_checkpointing)
+    if info.device.type == "cpu":
+        keep_freed_memory()
     if objective == "causal":
         loss_mod = CausalLMLoss(model, chunk=tc.loss_chunk).train()
     else:
