@@ -55,7 +55,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                            repetition_penalty=args.repetition_penalty, seed=args.seed,
                            stop_tokens=[s for s in stops if s is not None], streamer=stream)
-        sys.stdout.write("\n")
+        sys.stdout.write(tok.decode(emitted)[len(shown):] + "\n")  # whatever was held back
     return 0
 
 

@@ -1,0 +1,66 @@
+"""The CLI end to end on a tiny model with a real BPE tokenizer: generate (streamed), info, convert."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+import genmodels
+from genmodels.cli import main
+
+from ._tiny import randomise
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["def foo(x):\n    return x + 1\n", "import os\nprint(os.getcwd())\n"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    cfg = genmodels.preset("llama-tiny", vocab_size=tok.get_vocab_size(), d_model=64, n_layers=2, n_heads=4,
+                           n_kv_heads=2, d_ff=128, max_seq_len=256)
+    d = tmp_path_factory.mktemp("m") / "model"
+    genmodels.save(randomise(genmodels.build_model(cfg)), d, tokenizer=tok)
+    return d
+
+
+def test_generate_streams_the_same_text_as_the_api(model_dir, capsys):
+    assert main(["generate", str(model_dir), "--prompt", "def foo", "--max-new-tokens", "12",
+                 "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    model = genmodels.load(model_dir)
+    ids = torch.tensor([model.tokenizer.encode("def foo").ids])
+    out = genmodels.generate(model, ids, max_new_tokens=12)
+    assert printed == model.tokenizer.decode(out[0].tolist()) + "\n"
+
+
+def test_info_reports_family_parameters_and_flops(model_dir, capsys):
+    assert main(["info", str(model_dir), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    model = genmodels.load(model_dir)
+    assert info["family"] == "decoder"
+    assert info["parameters"] == sum(p.numel() for p in model.parameters())
+    assert info["config"]["d_model"] == 64
+    assert info["forward_flops_per_token"]["context 1"] > 2 * 64 * 64
+
+
+def test_convert_to_hf_and_back(model_dir, tmp_path):
+    assert main(["convert", str(model_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "back"), "--to", "genmodels"]) == 0
+    a, b = genmodels.load(model_dir), genmodels.load(tmp_path / "back")
+    ids = torch.randint(0, 200, (2, 10))
+    torch.testing.assert_close(a(ids), b(ids), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_path_is_one_clear_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "genmodels.cli", "info", str(tmp_path / "nope")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
