@@ -120,3 +120,15 @@ def test_cli_end_to_end(corpus_dir, tmp_path):
     assert sorted(losses(run)) == list(range(1, 13))
     assert (run / "final" / "model.safetensors").is_file()
     assert yaml.safe_load((run / "config.yaml").read_text())["run_dir"] == str(run)
+
+
+def test_time_budget_fits_the_schedule(corpus_dir, tmp_path):
+    """With max_minutes, the cosine schedule is fitted to the steps that fit (and checkpointed)."""
+    run = tmp_path / "budget"
+    over = dict(train={"max_steps": 100000, "max_minutes": 0.1, "eval_every": 1000, "ckpt_every": 1000})
+    res = train(RunConfig.from_dict(tiny_config(corpus_dir, run, **over)), progress=False, log=lambda s: None)
+    assert 4 < res.steps < 100000
+    state = json.loads((latest_checkpoint(run) / "state.json").read_text())
+    assert state["calibrated"] and state["max_steps"] < 100000
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines() if "lr" in line]
+    assert lrs[-1] < 0.6 * max(lrs)  # the cosine decayed inside the budget

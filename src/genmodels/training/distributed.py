@@ -101,7 +101,8 @@ def wrap(module: nn.Module, info: DistInfo) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    for block in module.model.blocks:
+    from .memory import transformer_blocks
+    for block in transformer_blocks(module.model):
         fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
     return module

@@ -41,7 +41,16 @@ def _context():
     return create_selective_checkpoint_contexts(_policy)
 
 
-def apply_activation_checkpointing(blocks: nn.ModuleList, mode: str) -> None:
+BLOCK_LISTS = ("blocks", "enc_blocks", "dec_blocks")
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every transformer block of a model (decoder/encoder ``blocks``, seq2seq ``enc_/dec_blocks``)."""
+    return [b for name in BLOCK_LISTS for b in getattr(model, name, [])]
+
+
+def apply_activation_checkpointing(blocks, mode: str) -> None:
+    """Checkpoint each module in ``blocks`` (e.g. ``transformer_blocks(model)``) per ``mode``."""
     if mode not in MODES:
         raise ValueError(f"activation checkpointing mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "none":

@@ -9,6 +9,7 @@ step, the losses of a run never interrupted.
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from .distributed import (DistInfo, full_model_state, full_optimizer_state, init
                           no_sync, wrap)
 from ..data.objectives import extra_tokens, objective_for, objective_module
 from .loss import CausalLMLoss
-from .memory import apply_activation_checkpointing, keep_freed_memory
+from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token, measure_matmul_peak, plot_losses
 from .optim import build_optimizer, lr_at, set_lr
 
@@ -140,6 +141,26 @@ def _simple_sample(model, x, max_new, temperature, top_k, seed, eos):
     return x
 
 
+_CALIBRATION_STEPS = 4
+
+
+def _fit_steps_to_budget(step: int, max_steps: int, deadline: float, step_times: list[float], tc, micro_bs: int,
+                         info: DistInfo) -> int:
+    """The number of steps that fit before ``deadline`` (agreed by all ranks), at most ``max_steps``.
+
+    Step time = the median of the timed steps after the first (which pays one-off warm-up
+    costs), with a 5% margin; each evaluation costs about ``eval_batches`` forward passes of a
+    micro-batch (⅓ of a training micro-step each).
+    """
+    t = statistics.median(step_times[1:]) * 1.05
+    eval_cost = t / tc.grad_accum / 3 * tc.eval_batches
+    per_step = t + eval_cost / tc.eval_every
+    fit = int((deadline - time.time()) / per_step) if per_step > 0 else max_steps
+    value = torch.tensor([float(step + max(fit, 1)) if info.is_main else 0.0], dtype=torch.float64)
+    fitted = int(info.all_reduce_sum(value)[0])  # rank 0's estimate, for everyone
+    return min(max_steps, max(fitted, step + 1))
+
+
 def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training recipe ``cfg``; returns what was done. See docs/training.md."""
     t_start = time.time()
@@ -193,7 +214,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     # ---- model, optimizer ---------------------------------------------------------------------
     torch.manual_seed(tc.seed)
     model = build_model(mcfg).to(info.device)
-    apply_activation_checkpointing(model.blocks, tc.activation_checkpointing)
+    apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
     if info.device.type == "cpu":
         keep_freed_memory()
     if objective == "causal":
@@ -213,12 +234,15 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     metrics = MetricsLog(run_dir / "metrics.jsonl")
 
     step, tokens, prev_elapsed = 0, 0, 0.0
+    max_steps, calibrated = tc.max_steps, False  # with max_minutes, fitted to the budget after a few steps
     if ckpt is not None:
         model_sd, optim_sd, rng, state = load_checkpoint(ckpt)
         load_full_state(loss_mod, optimizer, model_sd, optim_sd)
         sampler.load_state_dict(state["sampler"])
         _restore_rng(rng, info, tc.seed)
         step, tokens, prev_elapsed = int(state["step"]), int(state["tokens"]), float(state.get("elapsed_s", 0.0))
+        if state.get("calibrated"):
+            max_steps, calibrated = int(state["max_steps"]), True
         if main:
             metrics.truncate_after(step)
         say(f"resumed from {ckpt} (step {step}, {tokens:,} tokens)")
@@ -243,11 +267,12 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     bar = None
     if main and progress:
         from tqdm import tqdm
-        bar = tqdm(total=tc.max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+        bar = tqdm(total=max_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                    file=sys.stderr, mininterval=0.5)
     t_loop = time.time()
     deadline = t_loop + tc.max_minutes * 60 if tc.max_minutes else None
     last_val_step = -1
+    step_times: list[float] = []
     last_ckpt_step = step if ckpt is not None else -1
     train_time = 0.0
 
@@ -270,6 +295,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
         rng = _rng_state(info)
         if main:
             state = {"step": step, "tokens": tokens, "sampler": sampler.state_dict(), "world_size": info.world_size,
+                     "max_steps": max_steps, "calibrated": calibrated,
                      "layout": info.kind if info.active else "single", "elapsed_s": prev_elapsed + time.time() - t_loop,
                      "config": cfg.to_dict()}
             result.checkpoint = save_checkpoint(run_dir, step, msd, osd, rng, state, tc.keep_last)
@@ -277,9 +303,9 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
         info.barrier()
 
     stop = False
-    while step < tc.max_steps and not stop:
+    while step < max_steps and not stop:
         t0 = time.time()
-        set_lr(optimizer, lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.max_steps))
+        set_lr(optimizer, lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, max_steps))
         loss_sum = torch.zeros((), dtype=torch.float64)
         for micro in range(tc.grad_accum):
             x, y = data.train.get_batch(next(sampler))
@@ -318,7 +344,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
         if main:
             tok_s = tokens_per_step / dt
             mfu = tok_s * fpt / peak if peak else None
-            if step % tc.log_every == 0 or step == tc.max_steps or stop:
+            if step % tc.log_every == 0 or step == max_steps or stop:
                 metrics.append({"step": step, "tokens": tokens, "loss": loss_val,
                                 "lr": optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
                                 "tok_s": round(tok_s, 1), "mfu": None if mfu is None else round(mfu, 4),
@@ -327,14 +353,26 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
                 bar.set_postfix_str(f"loss {loss_val:.3f} | {tok_s:,.0f} tok/s"
                                     + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
                 bar.update(1)
-        if step % tc.eval_every == 0 and step < tc.max_steps and not stop:
+        if deadline is not None and not calibrated:
+            step_times.append(dt)
+            if len(step_times) == _CALIBRATION_STEPS:
+                max_steps = _fit_steps_to_budget(step, max_steps, deadline, step_times, tc, micro_bs, info)
+                calibrated = True
+                if bar is not None:
+                    bar.total = max_steps
+                    bar.refresh()
+                if max_steps < tc.max_steps:
+                    msg = (f"train.max_minutes={tc.max_minutes}: {tc.max_steps} steps do not fit at "
+                           f"{1000 * statistics.median(step_times[1:]):.0f} ms/step; schedule fitted to {max_steps} steps")
+                    (bar.write(msg) if bar is not None else say(msg))
+        if step % tc.eval_every == 0 and step < max_steps and not stop:
             do_eval()
-        if step % tc.ckpt_every == 0 and step < tc.max_steps and not stop:
+        if step % tc.ckpt_every == 0 and step < max_steps and not stop:
             do_ckpt()
     if bar is not None:
         bar.close()
     if stop:
-        say(f"time budget train.max_minutes={tc.max_minutes} reached at step {step}/{tc.max_steps}")
+        say(f"time budget train.max_minutes={tc.max_minutes} reached at step {step}/{max_steps}")
 
     # ---- the end: validation, last checkpoint, final model, samples, summary ----------------------
     if last_val_step != step:
