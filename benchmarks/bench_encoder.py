@@ -68,34 +68,47 @@ def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
     return rows
 
 
+T5_SIZES = {  # name: (d_model, layers, heads, d_ff, vocab)
+    "t5-tiny (d128, 2+2 layers)": (128, 2, 4, 512, 8192),
+    "T5 d256, 4+4 layers": (256, 4, 4, 1024, 8192),
+}
+
+
 def bench_t5(quick: bool) -> list[tuple[str, float, float]]:
     import transformers
-    cfg = transformers.T5Config(d_model=256, d_kv=64, d_ff=1024, num_layers=4, num_heads=4, vocab_size=8192,
-                                decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, feed_forward_proj="relu")
-    torch.manual_seed(0)
-    hf = transformers.T5ForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0, 0.2)
-    d = tempfile.mkdtemp()
-    hf.save_pretrained(d)
-    ours = genmodels.load(d)
-    new = 32 if quick else 64
-    src = torch.randint(2, 8192, (1, 48), generator=torch.Generator().manual_seed(0))
-    hf.generation_config.eos_token_id = None  # run the full length in both
-    a = hf.generate(input_ids=src, max_new_tokens=new, do_sample=False)
-    b = generate_seq2seq(ours, src, new, eos_token_id=[])
-    assert torch.equal(a, b), "greedy outputs differ"
-    reps = 3 if quick else 7
-    t_ours, t_ref = compare(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]),
-                            lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
-    return [(f"T5 greedy generate, batch 1, {new} tokens (tokens/s)", new / t_ours, new / t_ref)]
+    rows = []
+    for name, (d, layers, heads, ff, vocab) in T5_SIZES.items():
+        cfg = transformers.T5Config(d_model=d, d_kv=d // heads, d_ff=ff, num_layers=layers, num_heads=heads,
+                                    vocab_size=vocab, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+                                    feed_forward_proj="relu")
+        torch.manual_seed(0)
+        hf = transformers.T5ForConditionalGeneration(cfg).eval()
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.normal_(0, 0.2)
+        d_ = tempfile.mkdtemp()
+        hf.save_pretrained(d_)
+        ours = genmodels.load(d_)
+        new = 32 if quick else 64
+        src = torch.randint(2, vocab, (1, 48), generator=torch.Generator().manual_seed(0))
+        hf.generation_config.eos_token_id = None  # run the full length in both
+        a = hf.generate(input_ids=src, max_new_tokens=new, do_sample=False)
+        b = generate_seq2seq(ours, src, new, eos_token_id=[])
+        assert torch.equal(a, b), "greedy outputs differ"
+        reps = 3 if quick else 7
+        t_ours, t_ref = compare(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]),
+                                lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
+        rows.append((f"{name} greedy, batch 1, {new} tok (tok/s)", new / t_ours, new / t_ref))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     rows = bench_embeddings(args.quick) + bench_t5(args.quick)
     print(f"{'work':52s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}")

@@ -7,8 +7,10 @@ A sentence-transformers folder says how (``modules.json``: Transformer → Pooli
 ``1_Pooling/config.json``: the pooling mode; ``sentence_bert_config.json``: ``max_seq_length`` and
 ``do_lower_case``). :func:`read_sentence_config` turns that into a small dict which
 :func:`genmodels.load` keeps in ``model.config.extra["sentence_transformers"]`` (so a genmodels
-save keeps it too). Texts are sorted by length and batched so padding stays small; every text
-gets the same vector whether it is embedded alone or in a padded batch.
+save keeps it too). Texts are sorted by length and batched, as sentence-transformers does; every text
+gets the same vector whether it is embedded alone or in a padded batch. Inside a batch, every
+token-wise layer runs on the real tokens only (``EncoderModel.encode(skip_padding=True)``), so
+padding costs only attention work.
 """
 from __future__ import annotations
 
@@ -70,18 +72,10 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.
     raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLING_MODES)}")
 
 
-def _batches(lengths: list[int], batch_size: int, min_rows: int = 8) -> list[list[int]]:
-    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``; a
-    batch is cut again where the length falls below 3/4 of its longest (once it has ``min_rows``),
-    so padding stays under a quarter of the work while the matrices stay tall."""
+def _batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices sorted by length (longest first), cut into batches of at most ``batch_size``."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    out: list[list[int]] = []
-    for i in order:
-        if not out or len(out[-1]) >= batch_size or (
-                len(out[-1]) >= min_rows and lengths[i] < 0.75 * lengths[out[-1][0]]):
-            out.append([])
-        out[-1].append(i)
-    return out
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
 @torch.inference_mode()
@@ -129,7 +123,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
                 ids[row, :n] = torch.tensor(encodings[i].ids)
                 mask[row, :n] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = model.encode(ids, mask)  # (b, T, D)
+            hidden = model.encode(ids, mask, skip_padding=True)  # (b, T, D)
         vec = pool(hidden.float(), mask, pooling)
         if normalize:
             vec = F.normalize(vec, p=2, dim=1)

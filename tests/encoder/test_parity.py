@@ -85,6 +85,9 @@ def test_bert_padding_independent_of_batch():
     ids, types, mask = bert_inputs()
     with torch.no_grad():
         full = model.encode(ids, mask, types)
+        packed = model.encode(ids, mask, types, skip_padding=True)  # token-wise layers on real tokens only
+        close(packed[mask.bool()], full[mask.bool()])
+        assert bool((packed[~mask.bool()] == 0).all())
         for b in range(3):
             n = int(mask[b].sum())
             close(model.encode(ids[b:b + 1, :n], None, types[b:b + 1, :n])[0], full[b, :n])

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import (AttentionInputs, LearnedPositionalEmbedding, MLMHead, Pooler, SinusoidalPositionalEmbedding,
-                  TokenEmbedding, build_mask)
+from ..nn import (AttentionInputs, LearnedPositionalEmbedding, MLMHead, PackedRows, Pooler,
+                  SinusoidalPositionalEmbedding, TokenEmbedding, build_mask)
 from ..nn.mlp import ACTIVATIONS
 from .blocks import block_of, norm_of
 from .decoder import DecoderLM
@@ -62,17 +62,27 @@ class EncoderModel(nn.Module):
         return self.drop(self.embed_norm(x))
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Final hidden states ``(B, T, D)``. ``attention_mask (B, T)``: 1 = token, 0 = padding."""
+               token_type_ids: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
+               skip_padding: bool = False) -> torch.Tensor:
+        """Final hidden states ``(B, T, D)``. ``attention_mask (B, T)``: 1 = token, 0 = padding.
+
+        ``skip_padding=True`` runs every token-wise layer on the real tokens only (packed rows;
+        attention still sees the padded layout): less work for ragged batches, and the hidden
+        states at padded positions are then zeros instead of computed values.
+        """
         t = input_ids.shape[1]
         x = self.embed_tokens(input_ids, token_type_ids, position_ids)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: mask-free kernels
         mask, _ = build_mask(t, t, causal=False, key_padding=attention_mask, dtype=x.dtype, device=x.device)
-        ctx = AttentionInputs(mask=mask)
+        packed = PackedRows.from_mask(attention_mask) if skip_padding and attention_mask is not None else None
+        ctx = AttentionInputs(mask=mask, packed=packed)
+        if packed is not None:
+            x = packed.pack(x)  # (1, N, D)
         for block in self.blocks:
             x = block(x, ctx)
-        return self.norm(x)
+        x = self.norm(x)
+        return packed.pad(x) if packed is not None else x
 
     def pool(self, hidden: torch.Tensor) -> torch.Tensor:
         """The pooler output ``(B, D)`` of hidden states ``(B, T, D)``."""

@@ -1,5 +1,5 @@
 """Components: each concept in its own small module; none of them knows about Hugging Face."""
-from .attention import AttentionInputs, CrossAttention, SelfAttention, reference_attention, sdpa_attention
+from .attention import AttentionInputs, CrossAttention, PackedRows, SelfAttention, reference_attention, sdpa_attention
 from .embedding import TokenEmbedding
 from .head import LMHead, MLMHead, Pooler
 from .kv_cache import KVCache, LayerKVCache

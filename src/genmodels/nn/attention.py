@@ -50,6 +50,32 @@ KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention}
 
 
 @dataclass
+class PackedRows:
+    """The real tokens of a padded batch ``(B, T)`` packed into one row ``(1, N, ·)``.
+
+    Layers that treat tokens independently (projections, FFN, norms, residuals) then skip the
+    padding; attention scatters its q/k/v rows back to ``(B, T)`` (zeros at pads, which the key
+    mask hides) and packs its output again. ``index``: flat positions ``b·T + t`` of real tokens.
+    """
+
+    index: torch.Tensor  # (N,)
+    batch: int
+    length: int
+
+    @classmethod
+    def from_mask(cls, attention_mask: torch.Tensor) -> "PackedRows":
+        b, t = attention_mask.shape
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), b, t)
+
+    def pack(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, F) -> (1, N, F)
+        return x.reshape(-1, x.shape[-1]).index_select(0, self.index)[None]
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:  # (1, N, F) -> (B, T, F), zeros at pads
+        out = x.new_zeros(self.batch * self.length, x.shape[-1])
+        return out.index_copy_(0, self.index, x[0]).view(self.batch, self.length, -1)
+
+
+@dataclass
 class AttentionInputs:
     """What every attention layer of one forward shares: computed once by the model."""
 
@@ -57,6 +83,7 @@ class AttentionInputs:
     is_causal: bool = False  # let SDPA apply its (top-left) causal mask: square, unpadded only
     rope: tuple[torch.Tensor, torch.Tensor] | None = None  # (cos, sin), each (B, 1, T, d_rot)
     start: int = 0  # cache position of the first query
+    packed: PackedRows | None = None  # hidden states arrive packed (1, N, D) (encoders, no cache)
 
 
 class SelfAttention(nn.Module):
@@ -76,9 +103,12 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
-        b, t, _ = x.shape
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
-        qkv = self.qkv(x).view(b, t, h + 2 * hkv, d).transpose(1, 2)  # (B, H+2Hkv, T, D)
+        qkv = self.qkv(x)
+        if ctx.packed is not None:
+            qkv = ctx.packed.pad(qkv)  # (1, N, ·) -> (B, T, ·)
+        b, t, _ = qkv.shape
+        qkv = qkv.view(b, t, h + 2 * hkv, d).transpose(1, 2)  # (B, H+2Hkv, T, D)
         qk, v = qkv.split((h + hkv, hkv), dim=1)
         if ctx.rope is not None:
             qk = apply_rotary(qk, *ctx.rope)  # q and k heads rotated in one pass
@@ -86,7 +116,10 @@ class SelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(k, v, ctx.start)  # (B, Hkv, start+T, D)
         y = KERNELS[self.kernel](q, k, v, ctx.mask, self.scale, ctx.is_causal)  # (B, H, T, D)
-        return self.out(y.transpose(1, 2).reshape(b, t, h * d))
+        y = y.transpose(1, 2).reshape(b, t, h * d)
+        if ctx.packed is not None:
+            y = ctx.packed.pack(y)
+        return self.out(y)
 
 
 class CrossAttention(nn.Module):
