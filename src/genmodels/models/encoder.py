@@ -36,7 +36,7 @@ class EncoderModel(nn.Module):
                           "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
                           }.get(c.position, lambda: None)()
         self.embed_norm = norm_of(c) if c.embedding_norm else nn.Identity()
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.pooler = Pooler(c.d_model) if c.pooler else None

@@ -60,7 +60,7 @@ class Seq2SeqLM(nn.Module):
         rel = c.position == "relative"
         self.enc_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, True) if rel else None
         self.dec_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, False) if rel else None
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.enc_blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
         self.enc_norm = norm_of(c) if c.final_norm else nn.Identity()
         self.dec_blocks = nn.ModuleList(cross_block_of(c) for _ in range(n_dec))
