@@ -141,18 +141,18 @@ def _simple_sample(model, x, max_new, temperature, top_k, seed, eos):
     return x
 
 
-_CALIBRATION_STEPS = 4
+_SKIP_STEPS = 3  # the first steps fault their memory in and warm kernels up: not timed for the fit
 
 
 def _fit_steps_to_budget(step: int, max_steps: int, deadline: float, step_times: list[float], tc, micro_bs: int,
                          info: DistInfo) -> int:
     """The number of steps that fit before ``deadline`` (agreed by all ranks), at most ``max_steps``.
 
-    Step time = the median of the timed steps after the first (which pays one-off warm-up
-    costs), with a 5% margin; each evaluation costs about ``eval_batches`` forward passes of a
+    Step time = the median of the timed steps after the first few (which pay one-off costs),
+    with a 5% margin; each evaluation costs about ``eval_batches`` forward passes of a
     micro-batch (⅓ of a training micro-step each).
     """
-    t = statistics.median(step_times[1:]) * 1.05
+    t = statistics.median(step_times[_SKIP_STEPS:]) * 1.05
     eval_cost = t / tc.grad_accum / 3 * tc.eval_batches
     per_step = t + eval_cost / tc.eval_every
     fit = int((deadline - time.time()) / per_step) if per_step > 0 else max_steps
@@ -355,7 +355,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
                 bar.update(1)
         if deadline is not None and not calibrated:
             step_times.append(dt)
-            if len(step_times) == _CALIBRATION_STEPS:
+            if len(step_times) == max(tc.warmup_steps, _SKIP_STEPS + 5):  # fit at the end of warm-up
                 max_steps = _fit_steps_to_budget(step, max_steps, deadline, step_times, tc, micro_bs, info)
                 calibrated = True
                 if bar is not None:
@@ -363,7 +363,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
                     bar.refresh()
                 if max_steps < tc.max_steps:
                     msg = (f"train.max_minutes={tc.max_minutes}: {tc.max_steps} steps do not fit at "
-                           f"{1000 * statistics.median(step_times[1:]):.0f} ms/step; schedule fitted to {max_steps} steps")
+                           f"{1000 * statistics.median(step_times[_SKIP_STEPS:]):.0f} ms/step; schedule fitted to {max_steps} steps")
                     (bar.write(msg) if bar is not None else say(msg))
         if step % tc.eval_every == 0 and step < max_steps and not stop:
             do_eval()
