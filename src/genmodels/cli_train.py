@@ -36,7 +36,12 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
-    train(cfg, resume=args.resume, progress=not args.no_progress)
+    from .training.trainer import RunDirError
+    try:
+        train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (ConfigError, RunDirError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -72,3 +72,10 @@ def test_cli_config_error_exits_before_any_work(corpus_dir, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.optimizer" in err and "allowed" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_refuses_bf16_on_cpu(corpus_dir, tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run", train={"precision": "bf16"})))
+    assert train_main([str(f), "--set", "train.device=cpu"]) == 2
+    assert "train.precision=bf16" in capsys.readouterr().err

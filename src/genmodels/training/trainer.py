@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import ConfigError
 from ..data import BatchSampler
 from ..io import attach_tokenizer, save
 from ..models import build_model
@@ -53,7 +54,7 @@ class TrainResult:
 def _autocast(cfg_precision: str, device: torch.device):
     if device.type != "cuda":
         if cfg_precision in ("bf16", "fp16"):
-            raise RuntimeError(f"train.precision={cfg_precision} needs a GPU; on CPU training computes in fp32 "
+            raise ConfigError(f"train.precision={cfg_precision} needs a GPU; on CPU training computes in fp32 "
                                "(use precision: auto or fp32)")
         return None
     if cfg_precision == "fp32":
@@ -181,7 +182,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     amp_dtype = _autocast(tc.precision, info.device)
     per_step = tc.grad_accum * info.world_size
     if tc.batch_size % per_step:
-        raise RuntimeError(f"train.batch_size={tc.batch_size} must be divisible by grad_accum × processes "
+        raise ConfigError(f"train.batch_size={tc.batch_size} must be divisible by grad_accum × processes "
                            f"= {tc.grad_accum} × {info.world_size}")
     micro_bs = tc.batch_size // per_step
     run_dir = Path(cfg.run_dir)
