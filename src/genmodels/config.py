@@ -149,6 +149,9 @@ class ModelConfig:
             raise ConfigError("model.type_vocab_size must be >= 0")
         if self.embed_scale <= 0:
             raise ConfigError(f"model.embed_scale={self.embed_scale} must be > 0")
+        if self.family == "decoder" and self.embed_scale != 1.0:
+            raise ConfigError("model.embed_scale is available for family='encoder' or 'seq2seq' only; "
+                              "leave it at 1.0 for decoders")
         if self.family == "encoder" and self.position not in ("learned", "sinusoidal", "none"):
             raise ConfigError(f"model.position={self.position!r} is not available for family='encoder'; "
                               "choose one of learned, sinusoidal, none")
@@ -230,8 +233,8 @@ def t5(**kw: Any) -> ModelConfig:
                 norm_eps=1e-6, mlp="relu", attn_scale=1.0, tie_embeddings=True, output_scale=512 ** -0.5,
                 pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     base.update(kw)
-    if "d_model" in kw and "output_scale" not in kw and base["tie_embeddings"]:
-        base["output_scale"] = kw["d_model"] ** -0.5
+    if "output_scale" not in kw:  # v1.0 scales only a tied head, by the actual width
+        base["output_scale"] = base["d_model"] ** -0.5 if base["tie_embeddings"] else None
     return ModelConfig.from_dict(base)
 
 

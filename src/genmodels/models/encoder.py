@@ -40,8 +40,10 @@ class EncoderModel(nn.Module):
         self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.pooler = Pooler(c.d_model) if c.pooler else None
-        self.mlm = (MLMHead(c.d_model, c.vocab_size, ACTIVATIONS[c.mlp.replace("geglu", "gelu").replace("swiglu", "silu")],
-                            norm_of(c), tie_to=self.embed if c.tie_embeddings else None) if c.mlm_head else None)
+        # the MLM transform uses the FFN's activation (BERT: exact GELU; a gated FFN's gate activation)
+        act = ACTIVATIONS[{"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}.get(c.mlp, c.mlp)]
+        self.mlm = (MLMHead(c.d_model, c.vocab_size, act, norm_of(c), tie_to=self.embed if c.tie_embeddings else None)
+                    if c.mlm_head else None)
         self.init_weights()
 
     init_weights = DecoderLM.init_weights
