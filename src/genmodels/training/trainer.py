@@ -254,6 +254,23 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     info.barrier()
 
     peak = tc.mfu_peak_tflops * 1e12 if tc.mfu_peak_tflops else None
+    if info.device.type == "cpu" and tc.threads is None and not info.active and torch.get_num_threads() > 1:
+        # On a shared machine a busy core makes every multi-threaded kernel wait for it (6-8x
+        # slower); one thread is then faster. Decide once, from a short matmul at each setting.
+        n = torch.get_num_threads()
+        p_n = measure_matmul_peak(seconds=0.3)
+        torch.set_num_threads(1)
+        p_1 = measure_matmul_peak(seconds=0.3)
+        if p_1 > p_n:
+            say(f"threads: 1 (another process is busy: {n} threads reach {p_n / 1e9:.0f} GFLOP/s, 1 thread "
+                f"{p_1 / 1e9:.0f}; set train.threads to choose)")
+            peak = peak or p_1
+        else:
+            torch.set_num_threads(n)
+            peak = peak or p_n
+        if tc.mfu_peak_tflops is None:
+            say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024², {torch.get_num_threads()} "
+                f"thread(s); set train.mfu_peak_tflops to fix it)")
     if peak is None and main:
         peak = measure_matmul_peak(device=info.device)
         say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024² for 0.5 s; "
