@@ -30,7 +30,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     tok = model.__dict__.get("tokenizer")
     if tok is None:
         raise SystemExit(f"error: {args.path} has no tokenizer.json, so a text prompt cannot be encoded")
-    torch.set_grad_enabled(False)
     prompts = args.prompt or ["def "]
     for prompt in prompts:
         ids = tok.encode(prompt).ids

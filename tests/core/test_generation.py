@@ -218,3 +218,15 @@ def test_process_logits_order():
     got = process_logits(scores, seen, temperature=0.7, top_k=20, top_p=0.9, rep_penalty=1.3)
     want = top_p_filter(top_k_filter(repetition_penalty(scores, seen, 1.3) / 0.7, 20), 0.9)
     assert torch.equal(got, want)
+
+
+def test_generate_dispatches_seq2seq_and_rejects_encoders():
+    import genmodels
+    from genmodels.generation.seq2seq import generate_seq2seq
+    t5 = genmodels.build_model(genmodels.preset("t5-tiny", vocab_size=64, d_model=32, n_heads=2, head_dim=16,
+                                                d_ff=64)).eval()
+    src = torch.randint(2, 64, (2, 7))
+    assert torch.equal(genmodels.generate(t5, src, max_new_tokens=5), generate_seq2seq(t5, src, 5))
+    bert = genmodels.build_model(genmodels.preset("bert-tiny", vocab_size=64, d_model=32, n_heads=2, d_ff=64))
+    with pytest.raises(ValueError, match="encoder"):
+        genmodels.generate(bert, src, max_new_tokens=3)

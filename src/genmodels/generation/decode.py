@@ -40,6 +40,18 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     ``streamer`` receives each step's new tokens ``(B,)``.
     """
     _check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    family = getattr(model, "family", None)
+    if family == "seq2seq":  # encoder–decoder: the prompt is the source; returns the target ids
+        from .seq2seq import generate_seq2seq
+        return generate_seq2seq(model, input_ids, max_new_tokens, attention_mask=attention_mask,
+                                temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, pad_token_id=pad_token_id, seed=seed,
+                                eos_token_id=eos_token_id if stop_tokens is None else
+                                [*([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id or []),
+                                 *stop_tokens])
+    if family != "decoder":
+        raise ValueError(f"generate needs a decoder or seq2seq model; this one is family={family!r} "
+                         "(use genmodels.embed for encoders)")
     if input_ids.dim() == 1:
         input_ids = input_ids[None]
     if input_ids.dim() != 2 or input_ids.shape[1] == 0:
