@@ -304,3 +304,17 @@ def test_is_causal_fast_path_equals_explicit_mask():
     for kernel in (reference_attention, sdpa_attention):
         torch.testing.assert_close(kernel(q, k, v, None, None, True), kernel(q, k, v, explicit, None, False),
                                    **MODULE_TOL)
+
+
+def test_decode_layout_keeps_values_and_restores_the_layout():
+    from genmodels.nn.layout import decode_layout
+    from ._tiny import tiny_model
+    m = tiny_model("llama")
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    ids = torch.randint(0, 128, (2, 12))
+    ref = m(ids)
+    with decode_layout(m):
+        assert not m.blocks[0].attn.qkv.weight.is_contiguous()  # column-major inside
+        torch.testing.assert_close(m(ids), ref, atol=1e-5, rtol=1e-5)
+    assert all(p.is_contiguous() for p in m.parameters())
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())

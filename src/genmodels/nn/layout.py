@@ -1,0 +1,47 @@
+"""Weight memory layout for memory-bound inference on CPU.
+
+A batch-1 decode step is a chain of matrix–vector products whose weights no longer fit in cache,
+so its speed is the speed at which the GEMV streams weights from DRAM. For ``y = x Wᵀ`` with ``W``
+stored row-major ``(out, in)`` (PyTorch's ``nn.Linear``), MKL's transposed GEMV reads ~10 GB/s on
+this class of machine; with ``W`` stored column-major — the same ``(out, in)`` tensor, strides
+``(1, out)``, so ``Wᵀ`` is contiguous — the kernel reads ~22 GB/s (benchmarks/bench_generate.py).
+
+:func:`decode_layout` switches every matrix of the model's linear layers to column-major for the
+duration of a ``with`` block and back afterwards. Values, shapes, parameter objects and the state
+dict are unchanged; only the summation order inside each dot product may differ (≤ 1 ulp-scale).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def _linear_weights(model: nn.Module) -> list[nn.Parameter]:
+    seen: dict[int, nn.Parameter] = {}
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if isinstance(m, nn.Linear) or (type(m).__name__ == "LMHead" and isinstance(w, nn.Parameter)):
+            if isinstance(w, nn.Parameter) and w.dim() == 2 and w.device.type == "cpu":
+                seen[id(w)] = w
+    return list(seen.values())
+
+
+@contextlib.contextmanager
+def decode_layout(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Column-major linear weights inside the block (CPU only); the original layout after."""
+    params = _linear_weights(model) if enabled else []
+    swapped = []
+    try:
+        with torch.no_grad():
+            for p in params:
+                if p.is_contiguous():
+                    p.data = p.data.t().contiguous().t()  # same values, (out, in) with strides (1, out)
+                    swapped.append(p)
+        yield
+    finally:
+        with torch.no_grad():
+            for p in swapped:
+                p.data = p.data.contiguous()
