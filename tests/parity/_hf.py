@@ -11,6 +11,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import genmodels
+from tests.core._tiny import randomise  # noqa: F401  (one randomiser for every test)
 
 VOCAB = 128
 MODULE_TOL = dict(atol=1e-6, rtol=1e-5)
@@ -18,19 +19,6 @@ MODEL_TOL = dict(atol=1e-5, rtol=1e-4)
 
 
 
-def randomise(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
-    """Every parameter random: default inits (norm weights 1, biases 0) hide bugs.
-
-    Matrices, embeddings and biases ~ N(0, std); 1-D weights (the norm scales) ~ 1 + N(0, std). Centring
-    the scales on 1 keeps the signal alive through the layers: with scales ~ N(0, 0.2) a tiny GPT-2
-    greedily repeats one token, and generation tests could not tell a position bug from a correct run.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g) * std
-            p.copy_(r + 1.0 if p.dim() == 1 and name.endswith("weight") else r)
-    return model
 
 
 def gpt2_config(**kw):

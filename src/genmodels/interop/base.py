@@ -62,6 +62,18 @@ def take(sd: dict[str, torch.Tensor], key: str) -> torch.Tensor:
     return sd.pop(key)
 
 
+def take_top_and_head(sd: dict[str, torch.Tensor], top: dict[str, str], tied: bool,
+                      out: dict[str, torch.Tensor]) -> None:
+    """Move the non-layer tensors (``top``: ours → theirs) and, when untied, ``lm_head.weight``."""
+    for ours, theirs in top.items():
+        out[ours] = take(sd, theirs)
+    head = sd.pop("lm_head.weight", None)
+    if not tied:
+        if head is None:
+            raise ConversionError("missing key in checkpoint: lm_head.weight (tie_word_embeddings is false)")
+        out["head.weight"] = head
+
+
 def rename_layers(n: int, mapping: dict[str, str], src: dict[str, torch.Tensor], out: dict[str, torch.Tensor],
                   transform: Callable[[str, torch.Tensor], torch.Tensor] = lambda k, t: t, optional=()) -> None:
     """For each layer i, move ``src[theirs.format(i)]`` to ``out[ours.format(i)]`` (``mapping`` is

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import ConversionError, Converter, rename_layers, require_exportable, take
+from .base import ConversionError, Converter, rename_layers, require_exportable, take, take_top_and_head
 
 GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
@@ -82,13 +82,7 @@ class GPT2Converter(Converter):
     def state_from_hf(self, sd, cfg):
         out: dict[str, torch.Tensor] = {}
         rename_layers(cfg.n_layers, self.LAYER, sd, out, self._t)
-        for ours, theirs in self.TOP.items():
-            out[ours] = take(sd, theirs)
-        head = sd.pop("lm_head.weight", None)
-        if not cfg.tie_embeddings:
-            if head is None:
-                raise ConversionError("missing key in checkpoint: lm_head.weight (tie_word_embeddings is false)")
-            out["head.weight"] = head
+        take_top_and_head(sd, self.TOP, cfg.tie_embeddings, out)
         return out
 
     def state_to_hf(self, sd, cfg):
@@ -167,13 +161,7 @@ class LlamaConverter(Converter):
                     if p == "bias" and not all(k in sd for k in keys):
                         continue
                     out[ours.format(i=i, p=p)] = torch.cat([take(sd, k) for k in keys], dim=0)
-        for ours, theirs in self.TOP.items():
-            out[ours] = take(sd, theirs)
-        head = sd.pop("lm_head.weight", None)
-        if not cfg.tie_embeddings:
-            if head is None:
-                raise ConversionError("missing key in checkpoint: lm_head.weight (tie_word_embeddings is false)")
-            out["head.weight"] = head
+        take_top_and_head(sd, self.TOP, cfg.tie_embeddings, out)
         return out
 
     def state_to_hf(self, sd, cfg):
