@@ -35,6 +35,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         ids = tok.encode(prompt).ids
         if not ids:
             raise SystemExit("error: the prompt encodes to no tokens")
+        stops = [tok.token_to_id(s) for s in args.stop or []]
+        kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                  stop_tokens=[s for s in stops if s is not None])
+        if model.family == "seq2seq":  # the prompt is the source; print the target
+            out = genmodels.generate(model, torch.tensor([ids]), **kw)
+            print(tok.decode(out[0].tolist(), skip_special_tokens=True))
+            continue
         sys.stdout.write(prompt)
         sys.stdout.flush()
         emitted: list[int] = []
@@ -49,11 +57,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
                 shown = text
 
-        stops = [tok.token_to_id(s) for s in args.stop or []]
-        genmodels.generate(model, torch.tensor([ids]), max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                           repetition_penalty=args.repetition_penalty, seed=args.seed,
-                           stop_tokens=[s for s in stops if s is not None], streamer=stream)
+        genmodels.generate(model, torch.tensor([ids]), streamer=stream, **kw)
         sys.stdout.write(tok.decode(emitted)[len(shown):] + "\n")  # whatever was held back
     return 0
 

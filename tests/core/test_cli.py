@@ -64,3 +64,19 @@ def test_bad_path_is_one_clear_line(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
+
+
+def test_generate_cli_on_a_seq2seq_model_prints_the_target(tmp_path, capsys):
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["translate this text please"] * 10,
+                            trainers.BpeTrainer(vocab_size=280, special_tokens=["<pad>", "</s>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    cfg = genmodels.preset("t5-tiny", vocab_size=tok.get_vocab_size(), d_model=32, n_heads=2, head_dim=16, d_ff=64)
+    model = randomise(genmodels.build_model(cfg)).eval()
+    genmodels.save(model, tmp_path / "t5", tokenizer=tok)
+    assert main(["generate", str(tmp_path / "t5"), "--prompt", "translate this", "--max-new-tokens", "6",
+                 "--temperature", "0"]) == 0
+    out = genmodels.generate(model, torch.tensor([tok.encode("translate this").ids]), max_new_tokens=6)
+    assert capsys.readouterr().out == tok.decode(out[0].tolist(), skip_special_tokens=True) + "\n"

@@ -9,4 +9,10 @@ from .norm import LayerNorm, RMSNorm, make_norm
 from .position import (ALiBi, LearnedPositionalEmbedding, RelativePositionBias, RotaryEmbedding,
                        SinusoidalPositionalEmbedding, alibi_slopes, apply_rotary, relative_position_bucket)
 
-__all__ = [n for n in dir() if not n.startswith("_")]
+__all__ = [
+    "ALiBi", "AttentionInputs", "CrossAttention", "GatedMLP", "KVCache", "LMHead", "LayerKVCache", "LayerNorm",
+    "LearnedPositionalEmbedding", "MLMHead", "MLP", "PackedRows", "Pooler", "RMSNorm", "RelativePositionBias",
+    "RotaryEmbedding", "SelfAttention", "SinusoidalPositionalEmbedding", "TokenEmbedding", "alibi_slopes",
+    "apply_rotary", "build_mask", "make_mlp", "make_norm", "padding_position_ids", "reference_attention",
+    "relative_position_bucket", "sdpa_attention",
+]

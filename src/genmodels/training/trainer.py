@@ -165,7 +165,7 @@ def _fit_steps_to_budget(step: int, max_steps: int, deadline: float, step_times:
 def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training recipe ``cfg``; returns what was done. See docs/training.md."""
     t_start = time.time()
-    tc, dc = cfg.train, cfg.data
+    tc = cfg.train
     info = init_distributed(tc.distributed, tc.device)
     try:
         return _train(cfg, resume, info, log, progress, t_start)
