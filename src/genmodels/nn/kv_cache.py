@@ -25,9 +25,9 @@ class LayerKVCache:
         if end > self.max_len:
             raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}; "
                              "allocate a larger cache (max_len)")
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        self.k.narrow(2, start, k.shape[2]).copy_(k)
+        self.v.narrow(2, start, v.shape[2]).copy_(v)
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
 
 class KVCache:

@@ -86,9 +86,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate the first ``cos.shape[-1]`` channels of ``x (B, H, T, D)``; the rest pass through."""
     d = cos.shape[-1]
     if d == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
+        return torch.addcmul(x * cos, rotate_half(x), sin)  # x·cos + rotate_half(x)·sin
     rot, rest = x[..., :d], x[..., d:]
-    return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)
+    return torch.cat((torch.addcmul(rot * cos, rotate_half(rot), sin), rest), dim=-1)
 
 
 def alibi_slopes(n_heads: int) -> torch.Tensor:
