@@ -7,8 +7,9 @@
         state.json             step, tokens, data-sampler position, optimizer param groups,
                                world size, elapsed time, the resolved config
 
-A checkpoint is written into ``.tmp-step-…`` and renamed into place, so a process killed at any
-moment (kill -9 included) leaves either the previous set or the new complete one. Nothing is ever
+A checkpoint is written into ``.tmp-step-…`` and renamed into place (a step written again is
+first renamed aside to ``.old-step-…``, deleted only once the new one is in), so a process killed
+at any moment (kill -9 included) leaves either the previous set or the new complete one. Nothing is ever
 unpickled: tensors come from safetensors, everything else from JSON.
 """
 from __future__ import annotations
@@ -30,11 +31,26 @@ def checkpoint_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
 
+def _recover_aside(root: Path) -> None:
+    """A process killed between moving a step aside and renaming its rewrite in leaves
+    ``.old-step-N-…`` and no ``step-N``: put the old set back; otherwise it is stale."""
+    for old in sorted(root.glob(".old-step-*")):
+        m = re.match(r"^\.old-(step-\d+)-\d+$", old.name)
+        if m is None:
+            continue
+        final = root / m.group(1)
+        if not final.exists() and (old / "state.json").is_file():
+            os.replace(old, final)
+        else:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""
     root = checkpoint_dir(run_dir)
     if not root.is_dir():
         return []
+    _recover_aside(root)
     found = []
     for p in root.iterdir():
         m = _STEP_DIR.match(p.name)
@@ -91,17 +107,20 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
         for f in tmp.iterdir():  # data on disk before the rename makes it visible
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        if final.exists():
-            shutil.rmtree(final)
+        aside = root / f".old-step-{step:06d}-{os.getpid()}"
+        if final.exists():  # rewriting a step: move the old set aside, put the new one in, then delete
+            os.replace(final, aside)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in root.glob(".tmp-step-*"):  # left by a killed process
         if stale != tmp:
             shutil.rmtree(stale, ignore_errors=True)
+    _recover_aside(root)
     return final
 
 
