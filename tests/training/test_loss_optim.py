@@ -82,3 +82,9 @@ def test_activation_checkpointing_gives_identical_gradients(mode):
     gb = torch.autograd.grad(b, list(ckpt.parameters()))
     assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(ga, gb))
     assert list(ckpt.state_dict()) == list(ref.state_dict())
+
+
+def test_one_list_of_checkpointing_modes_and_no_sampling_fallback():
+    from genmodels.training import config, memory, trainer
+    assert memory.MODES is config.CHECKPOINTING
+    assert not hasattr(trainer, "_simple_sample")  # genmodels.generate does the sampling

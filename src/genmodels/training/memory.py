@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-MODES = ("none", "selective", "full")
+from .config import CHECKPOINTING as MODES  # none | selective | full
 
 _aten = torch.ops.aten
 _SAVE = {

@@ -113,33 +113,10 @@ def _generate_samples(model, tokenizer, sample_cfg, eos: int | None, seed: int, 
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids or ([eos] if eos is not None else [0])
         x = torch.tensor([ids], device=device)
         max_new = min(sample_cfg.max_new_tokens, model.config.max_seq_len - len(ids))
-        try:
-            y = generate(model, x, max_new_tokens=max_new, temperature=sample_cfg.temperature,
-                         top_k=sample_cfg.top_k, top_p=sample_cfg.top_p, seed=seed + i, eos_token_id=eos)
-        except NotImplementedError:
-            y = _simple_sample(model, x, max_new, sample_cfg.temperature, sample_cfg.top_k, seed + i, eos)
+        y = generate(model, x, max_new_tokens=max_new, temperature=sample_cfg.temperature,
+                     top_k=sample_cfg.top_k, top_p=sample_cfg.top_p, seed=seed + i, eos_token_id=eos)
         out.append(tokenizer.decode(y[0].tolist(), skip_special_tokens=True))
     return out
-
-
-@torch.no_grad()
-def _simple_sample(model, x, max_new, temperature, top_k, seed, eos):
-    """Fallback while ``genmodels.generate`` is not available: no cache, top-k sampling."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    for _ in range(max_new):
-        logits = model(x)[:, -1].float()
-        if temperature <= 0:
-            nxt = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k:
-                kth = logits.topk(min(top_k, logits.shape[-1])).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=g)
-        x = torch.cat([x, nxt], dim=1)
-        if eos is not None and int(nxt) == eos:
-            break
-    return x
 
 
 _SKIP_STEPS = 3  # the first steps fault their memory in and warm kernels up: not timed for the fit
