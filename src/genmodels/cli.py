@@ -36,6 +36,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not ids:
             raise SystemExit("error: the prompt encodes to no tokens")
         stops = [tok.token_to_id(s) for s in args.stop or []]
+        unknown = [s for s, i in zip(args.stop or [], stops) if i is None]
+        if unknown:
+            raise ValueError(f"--stop {unknown[0]!r} is not a single token of this tokenizer; "
+                             "give a token string (e.g. the EOS token)")
         kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                   stop_tokens=[s for s in stops if s is not None])
@@ -92,7 +96,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import genmodels
-    model = genmodels.load(args.path)
+    model = genmodels.load(model_dir(args.path))
     vecs = genmodels.embed(model, args.texts)
     for text, v in zip(args.texts, vecs.tolist()):
         print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v]}))

@@ -74,8 +74,23 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     return model.to(device).eval()
 
 
+MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
+               "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
+
+
 def _atomic_dir_write(path: Path, write) -> Path:
-    """Write into a temp folder beside ``path``, then rename: a reader never sees half a model."""
+    """Write into a temp folder beside ``path``, then rename: a reader never sees half a model.
+
+    An existing ``path`` is replaced only when it holds nothing but model files (a model folder
+    being overwritten); a folder with anything else in it is refused, never emptied."""
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{path} exists and is not a folder")
+        others = sorted(p.name for p in path.iterdir()
+                        if p.name not in MODEL_FILES and not p.name.startswith("model-"))
+        if others:
+            raise FileExistsError(f"{path} already holds other files ({', '.join(others[:5])}); "
+                                  "save the model into a new or empty folder")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:

@@ -44,12 +44,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     family = getattr(model, "family", None)
     if family == "seq2seq":  # encoder–decoder: the prompt is the source; returns the target ids
         from .seq2seq import generate_seq2seq
+        if stop_tokens:  # stop tokens end a row as EOS does: pass both (the config's EOS included)
+            eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
+            eos_token_id = [*([eos] if isinstance(eos, int) else eos or []), *stop_tokens]
         return generate_seq2seq(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                 temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty, pad_token_id=pad_token_id, seed=seed,
-                                eos_token_id=eos_token_id if stop_tokens is None else
-                                [*([eos_token_id] if isinstance(eos_token_id, int) else eos_token_id or []),
-                                 *stop_tokens])
+                                eos_token_id=eos_token_id)
     if family != "decoder":
         raise ValueError(f"generate needs a decoder or seq2seq model; this one is family={family!r} "
                          "(use genmodels.embed for encoders)")
@@ -75,6 +76,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     if max_new_tokens == 0:
         return input_ids
 
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
+                             f"{tuple(input_ids.shape)}")
+        if not bool(attention_mask[:, -1].all()):
+            raise ValueError("attention_mask must be left-padded for generation (the last column all 1): "
+                             "pad prompts on the left")
     padded = attention_mask is not None and not bool(attention_mask.all())
     mask = attention_mask.to(device).long() if padded else None
     if padded:
@@ -88,10 +96,12 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     was_training = model.training
     model.eval()
     # Column-major weights make CPU GEMVs stream ~2x faster; the swap costs about two decode steps.
-    with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16):
-        out, n = _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad, temperature,
-                         top_k, top_p, repetition_penalty, generator, streamer)
-    model.train(was_training)
+    try:
+        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16):
+            out, n = _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad,
+                             temperature, top_k, top_p, repetition_penalty, generator, streamer)
+    finally:
+        model.train(was_training)
     return out[:, : t + n]
 
 

@@ -91,7 +91,8 @@ class BertConverter(Converter):
         ok = (c.family == "encoder" and c.position == "learned" and c.norm == "layernorm" and c.norm_bias
               and c.norm_placement == "post" and c.embedding_norm and not c.final_norm and c.attn_bias and c.out_bias
               and c.mlp in inv and c.mlp_bias and c.kv_heads == c.n_heads and c.dim_head * c.n_heads == c.d_model
-              and c.type_vocab_size > 0 and c.embed_scale == 1.0)
+              and c.type_vocab_size > 0 and c.embed_scale == 1.0 and c.attn_scale is None
+              and c.sliding_window is None)
         if not ok:
             raise ConversionError("only BERT-shaped encoders (learned positions + token types, post-LayerNorm with "
                                   "biases, GELU/ReLU MLP, multi-head, head_dim·heads = d_model) export as BERT")

@@ -21,7 +21,7 @@ CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConvert
 
 
 def register(converter: Converter) -> None:
-    """Add a converter (encoder and seq2seq families register theirs here)."""
+    """Add a converter for another architecture (a plug-in point for code outside genmodels)."""
     CONVERTERS.append(converter)
 
 
@@ -56,7 +56,11 @@ def converter_for_config(cfg: ModelConfig) -> Converter:
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF directory: ``*.safetensors`` (sharded or not), else ``pytorch_model.bin``
     through ``torch.load(weights_only=True)`` — never an unrestricted unpickle."""
-    files = sorted(path.glob("*.safetensors"))
+    index = path / "model.safetensors.index.json"
+    if index.is_file():  # sharded: exactly the shards the index names
+        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+    else:  # model.safetensors or model-0000x-of-0000y.safetensors; never a stray consolidated copy
+        files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
     if files:
         sd: dict[str, torch.Tensor] = {}
         for f in files:

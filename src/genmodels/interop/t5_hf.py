@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
+from ..nn.mlp import GATED
 from .base import ConversionError, Converter, rename_layers, take
 
 T5_ACT = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gated-gelu": "geglu_tanh",
@@ -44,7 +45,7 @@ class T5Converter(Converter):
 
     def _layout(self, cfg: ModelConfig) -> dict[str, Any]:
         """ours -> theirs (a str, or a tuple of HF keys whose rows are concatenated)."""
-        gated = cfg.mlp in ("geglu_tanh", "swiglu", "geglu")
+        gated = cfg.mlp in GATED
         m: dict[str, Any] = {}
         for s, ours, ffn_layer in (("encoder", "enc_blocks", 1), ("decoder", "dec_blocks", 2)):
             m[f"{ours}.{{i}}.attn.qkv.weight"] = tuple(ATTN.format(s=s, i="{i}", w=w) for w in "qkv")

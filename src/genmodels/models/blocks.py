@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import AttentionInputs, CrossAttention, LayerKVCache, SelfAttention, make_mlp, make_norm
+from ..nn import (AttentionInputs, CrossAttention, LayerKVCache, LearnedPositionalEmbedding, SelfAttention,
+                  SinusoidalPositionalEmbedding, make_mlp, make_norm)
 
 
 class PreNormBlock(nn.Module):
@@ -59,6 +60,23 @@ class PostNormCrossBlock(PreNormCrossBlock):
         x = self.norm1(x + self.drop(self.attn(x, ctx, cache)))
         x = self.norm_cross(x + self.drop(self.cross(x, memory_kv, memory_mask)))
         return self.norm2(x + self.drop(self.mlp(x)))
+
+
+def position_embedding_of(c: ModelConfig) -> nn.Module | None:
+    """The input-side position embedding a config names (learned / sinusoidal), else ``None``
+    (RoPE, ALiBi and T5 buckets act inside attention instead)."""
+    if c.position == "learned":
+        return LearnedPositionalEmbedding(c.max_seq_len, c.d_model)
+    if c.position == "sinusoidal":
+        return SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
+    return None
+
+
+def check_length(c: ModelConfig, n: int) -> None:
+    """Absolute-position tables hold ``max_seq_len`` rows: name the limit instead of an IndexError."""
+    if n > c.max_seq_len and c.position in ("learned", "sinusoidal"):
+        raise ValueError(f"sequence of {n} positions exceeds the model's {c.max_seq_len} {c.position} "
+                         "positions (max_seq_len)")
 
 
 def norm_of(c: ModelConfig) -> nn.Module:

@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import (ALiBi, AttentionInputs, KVCache, LearnedPositionalEmbedding, LMHead, RotaryEmbedding,
-                  SinusoidalPositionalEmbedding, TokenEmbedding, build_mask, padding_position_ids)
-from .blocks import block_of, norm_of
+from ..nn import (ALiBi, AttentionInputs, KVCache, LMHead, RotaryEmbedding,
+                  TokenEmbedding, build_mask, padding_position_ids)
+from .blocks import block_of, check_length, norm_of, position_embedding_of
 
 
 class DecoderLM(nn.Module):
@@ -27,9 +27,7 @@ class DecoderLM(nn.Module):
         c = self.config = config
         self.embed = TokenEmbedding(c.vocab_size, c.d_model)
         # Exactly one of these carries position information (chosen by config.position).
-        self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
-                          "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
-                          }.get(c.position, lambda: None)()
+        self.pos_embed = position_embedding_of(c)
         self.rotary = (RotaryEmbedding(c.dim_head, c.rope_theta, c.rotary_fraction, c.max_seq_len)
                        if c.position == "rope" else None)
         self.score_bias = ALiBi(c.n_heads) if c.position == "alibi" else None
@@ -80,10 +78,8 @@ class DecoderLM(nn.Module):
             else:
                 position_ids = torch.arange(start, start + t, device=input_ids.device)[None].expand(b, t)
         x = self.embed(input_ids)  # (B, T, D)
+        check_length(self.config, start + t)
         if self.pos_embed is not None:
-            if start + t > self.config.max_seq_len:
-                raise ValueError(f"sequence of {start + t} positions exceeds the model's {self.config.max_seq_len} "
-                                 f"{self.config.position} positions (max_seq_len)")
             x = x + self.pos_embed(position_ids)
         x = self.drop(x)
         ctx = self._attention_inputs(t, start, attention_mask, position_ids, x.dtype)

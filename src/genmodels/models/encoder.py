@@ -13,10 +13,10 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import (AttentionInputs, LearnedPositionalEmbedding, MLMHead, PackedRows, Pooler,
-                  SinusoidalPositionalEmbedding, TokenEmbedding, build_mask)
-from ..nn.mlp import ACTIVATIONS
-from .blocks import block_of, norm_of
+from ..nn import (AttentionInputs, MLMHead, PackedRows, Pooler,
+                  TokenEmbedding, build_mask)
+from ..nn.mlp import ACTIVATIONS, GATED
+from .blocks import block_of, check_length, norm_of, position_embedding_of
 from .decoder import DecoderLM
 
 
@@ -32,16 +32,14 @@ class EncoderModel(nn.Module):
         c = self.config = config
         self.embed = TokenEmbedding(c.vocab_size, c.d_model, scale=c.embed_scale)
         self.type_embed = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size else None
-        self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
-                          "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
-                          }.get(c.position, lambda: None)()
+        self.pos_embed = position_embedding_of(c)
         self.embed_norm = norm_of(c) if c.embedding_norm else nn.Identity()
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
         self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.pooler = Pooler(c.d_model) if c.pooler else None
         # the MLM transform uses the FFN's activation (BERT: exact GELU; a gated FFN's gate activation)
-        act = ACTIVATIONS[{"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}.get(c.mlp, c.mlp)]
+        act = ACTIVATIONS[GATED.get(c.mlp, c.mlp)]
         self.mlm = (MLMHead(c.d_model, c.vocab_size, act, norm_of(c), tie_to=self.embed if c.tie_embeddings else None)
                     if c.mlm_head else None)
         self.init_weights()
@@ -54,6 +52,7 @@ class EncoderModel(nn.Module):
                      position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """word + token type + position, then the embedding norm: ``(B, T) -> (B, T, D)``."""
         t = input_ids.shape[1]
+        check_length(self.config, t)
         x = self.embed(input_ids)
         if self.type_embed is not None:  # no type ids: every token is type 0
             x = x + (self.type_embed(token_type_ids) if token_type_ids is not None else self.type_embed.weight[0])

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import (AttentionInputs, KVCache, LearnedPositionalEmbedding, LMHead, RelativePositionBias,
-                  SinusoidalPositionalEmbedding, TokenEmbedding, build_mask)
-from .blocks import block_of, cross_block_of, norm_of
+from ..nn import (AttentionInputs, KVCache, LMHead, RelativePositionBias,
+                  TokenEmbedding, build_mask)
+from .blocks import block_of, cross_block_of, check_length, norm_of, position_embedding_of
 from .decoder import DecoderLM
 
 
@@ -54,9 +54,7 @@ class Seq2SeqLM(nn.Module):
         c = self.config = config
         n_dec = c.n_decoder_layers or c.n_layers
         self.embed = TokenEmbedding(c.vocab_size, c.d_model, scale=c.embed_scale)
-        self.pos_embed = {"learned": lambda: LearnedPositionalEmbedding(c.max_seq_len, c.d_model),
-                          "sinusoidal": lambda: SinusoidalPositionalEmbedding(c.max_seq_len, c.d_model)
-                          }.get(c.position, lambda: None)()
+        self.pos_embed = position_embedding_of(c)
         rel = c.position == "relative"
         self.enc_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, True) if rel else None
         self.dec_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, False) if rel else None
@@ -91,6 +89,7 @@ class Seq2SeqLM(nn.Module):
                     p[: c.n_heads * c.dim_head].mul_(c.dim_head ** -0.5)
 
     def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        check_length(self.config, start + ids.shape[1])
         x = self.embed(ids)  # (B, T, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed(torch.arange(start, start + ids.shape[1], device=ids.device)[None])

@@ -18,12 +18,14 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from .head import LMHead
+
 
 def _linear_weights(model: nn.Module) -> list[nn.Parameter]:
     seen: dict[int, nn.Parameter] = {}
     for m in model.modules():
         w = getattr(m, "weight", None)
-        if isinstance(m, nn.Linear) or (type(m).__name__ == "LMHead" and isinstance(w, nn.Parameter)):
+        if isinstance(m, (nn.Linear, LMHead)):
             if isinstance(w, nn.Parameter) and w.dim() == 2 and w.device.type == "cpu":
                 seen[id(w)] = w
     return list(seen.values())
@@ -35,13 +37,14 @@ def decode_layout(model: nn.Module, enabled: bool = True) -> Iterator[None]:
     params = _linear_weights(model) if enabled else []
     swapped = []
     try:
-        with torch.no_grad():
+        # Outside inference mode even when called from it: the new storage must stay trainable.
+        with torch.inference_mode(False), torch.no_grad():
             for p in params:
                 if p.is_contiguous():
                     p.data = p.data.t().contiguous().t()  # same values, (out, in) with strides (1, out)
                     swapped.append(p)
         yield
     finally:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for p in swapped:
                 p.data = p.data.contiguous()

@@ -50,11 +50,13 @@ class GatedMLP(nn.Module):
         return self.down(self.act(gate) * up)
 
 
+GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}  # gated kind -> gate activation
+
+
 def make_mlp(kind: str, d_model: int, d_ff: int, bias: bool) -> nn.Module:
     """Build the feed-forward a config names: gelu | gelu_tanh | relu | swiglu | geglu | geglu_tanh."""
-    gated = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
-    if kind in gated:
-        return GatedMLP(d_model, d_ff, gated[kind], bias)
+    if kind in GATED:
+        return GatedMLP(d_model, d_ff, GATED[kind], bias)
     if kind in ("gelu", "gelu_tanh", "relu"):
         return MLP(d_model, d_ff, kind, bias)
     raise ValueError(f"unknown mlp {kind!r}")
