@@ -29,17 +29,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    """Load, validate and run the recipe; a bad recipe or run dir prints ``error: ...`` and returns 2."""
     from .config import ConfigError
     from .training import load_config, train
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
     from .training.trainer import RunDirError
     try:
+        cfg = load_config(args.config, args.overrides)
         train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, RunDirError) as e:
+    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

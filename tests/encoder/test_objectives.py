@@ -87,3 +87,13 @@ def test_losses_train_tiny_models():
             opt.step()
             losses.append(loss.item())
         assert np.mean(losses[-5:]) < 0.75 * np.mean(losses[:5]), (preset, losses[:5], losses[-5:])
+
+
+def test_span_corrupt_refuses_more_spans_than_sentinels():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="128 spans.*100 sentinel"):
+        span_corrupt(rng.integers(2, V, size=(2, 256)), sentinel_start=V + 99, eos_id=1, noise_density=0.5,
+                     mean_span_length=1.0, rng=rng)
+    inp, _ = span_corrupt(rng.integers(2, V, size=(2, 256)), sentinel_start=V + 199, eos_id=1, noise_density=0.5,
+                          mean_span_length=1.0, rng=rng, n_sentinels=200)
+    assert int(inp[inp >= V].min()) == V + 199 - 127  # 128 sentinels, all above the ordinary ids

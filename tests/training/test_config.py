@@ -79,3 +79,74 @@ def test_cli_refuses_bf16_on_cpu(corpus_dir, tmp_path, capsys):
     f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run", train={"precision": "bf16"})))
     assert train_main([str(f), "--set", "train.device=cpu"]) == 2
     assert "train.precision=bf16" in capsys.readouterr().err
+
+
+def test_span_corruption_needs_no_more_spans_than_sentinels():
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"model": {"preset": "t5-tiny"}, "data": {"seq_len": 256},
+                             "train": {"span_noise_density": 0.5, "span_mean_length": 1.0}})
+    for w in ("data.seq_len=256", "train.span_noise_density", "train.span_mean_length", "128 spans", "100 sentinel"):
+        assert w in str(e.value), (w, str(e.value))
+    with pytest.raises(ConfigError, match="102 spans"):  # the defaults (15%, mean 3) at 2048 tokens
+        RunConfig.from_dict({"model": {"preset": "t5-tiny"}, "data": {"seq_len": 2048}})
+    RunConfig.from_dict({"model": {"preset": "t5-tiny"}, "data": {"seq_len": 1024}})  # 51 spans: fine
+
+
+@pytest.mark.parametrize("model, data, objective, words", [
+    ({"preset": "bert-tiny", "vocab_size": 300}, {"vocab_size": 300}, "mlm", ["model.vocab_size=300", "301"]),
+    ({"preset": "t5-tiny", "vocab_size": 350}, {"vocab_size": 300}, "span", ["model.vocab_size=350", "400"]),
+    ({"preset": "llama-tiny", "vocab_size": 299}, {"vocab_size": 300}, "auto", ["model.vocab_size=299", "300"]),
+])
+def test_model_vocab_must_hold_the_objective_ids(model, data, objective, words):
+    with pytest.raises(ConfigError) as e:
+        RunConfig.from_dict({"model": model, "data": data, "train": {"objective": objective}})
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+    RunConfig.from_dict({"model": {**model, "vocab_size": 400}, "data": data, "train": {"objective": objective}})
+
+
+@pytest.mark.parametrize("objective", ["mlm", "auto"])
+def test_mlm_needs_an_mlm_head(objective):
+    with pytest.raises(ConfigError, match="model.mlm_head"):
+        RunConfig.from_dict({"model": {"preset": "minilm-l6"}, "train": {"objective": objective}})
+    RunConfig.from_dict({"model": {"preset": "minilm-l6", "mlm_head": True}, "train": {"objective": objective}})
+
+
+@pytest.mark.parametrize("item, words", [
+    ("train.mlm_prob=abc", ["train.mlm_prob", "number"]),
+    ("train.span_mean_length=[3]", ["train.span_mean_length", "number"]),
+    ("model.preset=[1]", ["model.preset", "string"]),
+    ("train.device=[cpu]", ["train.device", "string"]),
+    ("train.objective={a: 1}", ["train.objective"]),
+    ("data.path=5", ["data.path", "string"]),
+])
+def test_override_types_are_checked(corpus_dir, tmp_path, item, words):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
+    with pytest.raises(ConfigError) as e:
+        load_config(f, [item])
+    for w in words:
+        assert w in str(e.value), (w, str(e.value))
+
+
+def test_cuda_without_a_gpu_and_torchrun_without_distributed_are_config_errors(corpus_dir, tmp_path, monkeypatch,
+                                                                                capsys):
+    import torch
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train_main([str(f), "--set", "train.device=cuda"]) == 2
+    assert "error: train.device=cuda but no CUDA device is available" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert train_main([str(f)]) == 2
+    assert "train.distributed=none" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_bad_value_type_prints_error_and_exits_2(corpus_dir, tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
+    assert train_main([str(f), "--set", "train.mlm_prob=abc"]) == 2
+    assert "error: train.mlm_prob='abc' must be a number" in capsys.readouterr().err
+    assert train_main([str(tmp_path / "missing.yaml")]) == 2
+    assert "error:" in capsys.readouterr().err

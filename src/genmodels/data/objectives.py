@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 IGNORE = -100
+N_SENTINELS = 100  # T5's <extra_id_0> … <extra_id_99>
 
 
 # ---- masked LM ------------------------------------------------------------------------------------
@@ -88,12 +89,17 @@ def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_span_
 
 
 def span_corrupt(ids: np.ndarray | torch.Tensor, *, sentinel_start: int, eos_id: int | None, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0, rng: np.random.Generator | None = None
-                 ) -> tuple[np.ndarray, np.ndarray]:
+                 mean_span_length: float = 3.0, rng: np.random.Generator | None = None,
+                 n_sentinels: int = N_SENTINELS) -> tuple[np.ndarray, np.ndarray]:
     """Span corruption of each row of ``ids (B, L)`` -> ``(inputs (B, L−noise+spans[+1]),
     targets (B, noise+spans[+1]))``; ``+1`` is the EOS appended when ``eos_id`` is given.
-    Every row has the same noise and span counts, so the outputs stack."""
+    Every row has the same noise and span counts, so the outputs stack. ValueError when the
+    rows need more spans than the ``n_sentinels`` sentinel ids (``sentinel_start`` downwards)."""
     ids = ids.cpu().numpy() if isinstance(ids, torch.Tensor) else np.asarray(ids)
+    n_spans = span_counts(ids.shape[-1], noise_density, mean_span_length)[1]
+    if n_spans > n_sentinels:
+        raise ValueError(f"span corruption of length {ids.shape[-1]} (noise density {noise_density}, mean span "
+                         f"{mean_span_length}) makes {n_spans} spans but there are only {n_sentinels} sentinel ids")
     rng = rng or np.random.default_rng()
     inputs, targets = [], []
     for row in ids:
@@ -148,7 +154,7 @@ class SpanCorruptionLoss(nn.Module):
     ids after the tokenizer's ``n_tokens`` (highest first, as T5), EOS is ``eos_id``. The noise
     pattern draws from a numpy generator seeded from the global torch RNG."""
 
-    extra_tokens = 100
+    extra_tokens = N_SENTINELS
 
     def __init__(self, model: nn.Module, n_tokens: int, eos_id: int | None, noise_density: float = 0.15,
                  mean_span_length: float = 3.0):
@@ -159,7 +165,8 @@ class SpanCorruptionLoss(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,))))
         inp, tgt = span_corrupt(x, sentinel_start=self.n_tokens + self.extra_tokens - 1, eos_id=self.eos_id,
-                                noise_density=self.noise_density, mean_span_length=self.mean_span_length, rng=rng)
+                                noise_density=self.noise_density, mean_span_length=self.mean_span_length, rng=rng,
+                                n_sentinels=self.extra_tokens)
         return span_loss(self.model, {"input_ids": torch.from_numpy(inp).to(x.device),
                                       "targets": torch.from_numpy(tgt).to(x.device)})
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..config import PRESETS, ConfigError, ModelConfig, preset
@@ -127,6 +129,14 @@ class RunConfig:
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> None:
         d, t, s = self.data, self.train, self.sample
+        for name, sec, keys in (("data", d, ("corpus", "text_field")), ("train", t, _STRING_KEYS)):
+            for k in keys:
+                _string(f"{name}.{k}", getattr(sec, k))
+        for k in ("path", "tokenizer"):
+            if getattr(d, k) is not None:
+                _string(f"data.{k}", getattr(d, k))
+        if not isinstance(d.exclude_tests, bool):
+            raise ConfigError(f"data.exclude_tests={d.exclude_tests!r} must be true or false")
         if d.corpus not in CORPUS_KINDS:
             raise ConfigError(f"data.corpus={d.corpus!r} is not allowed; choose one of {', '.join(CORPUS_KINDS)}")
         if d.corpus != "stdlib":
@@ -177,6 +187,12 @@ class RunConfig:
                               ("activation_checkpointing", CHECKPOINTING)):
             if getattr(t, name) not in allowed:
                 raise ConfigError(f"train.{name}={getattr(t, name)!r} is not allowed; choose one of {', '.join(allowed)}")
+        if t.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device=cuda but no CUDA device is available; use cpu or auto")
+        world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+        if t.distributed == "none" and world > 1:
+            raise ConfigError(f"launched by torchrun with WORLD_SIZE={world} but train.distributed=none; "
+                              "set train.distributed=ddp or fsdp (--set train.distributed=fsdp)")
         if not isinstance(t.compile, bool):
             raise ConfigError(f"train.compile={t.compile!r} must be true or false")
         if t.batch_size % t.grad_accum:
@@ -194,11 +210,14 @@ class RunConfig:
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
         self.model_config()  # model keys and values are checked by ModelConfig itself
+        self._check_explicit_model_vocab()
 
     def model_config(self, vocab_size: int | None = None, eos_id: int | None = None) -> ModelConfig:
         """The ModelConfig this recipe selects; vocab/eos come from the tokenizer unless set."""
         m = dict(self.model)
         name = m.pop("preset", None)
+        if name is not None and not isinstance(name, str):
+            raise ConfigError(f"model.preset={name!r} must be a string; choose one of {', '.join(sorted(PRESETS))}")
         if name is not None and name not in PRESETS:
             raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {', '.join(sorted(PRESETS))}")
         m.setdefault("vocab_size", vocab_size if vocab_size is not None else self.data.vocab_size)
@@ -214,18 +233,65 @@ class RunConfig:
             raise ConfigError(f"model: {e}") from None
         if cfg.max_seq_len < self.data.seq_len:
             raise ConfigError(f"model.max_seq_len={cfg.max_seq_len} must be >= data.seq_len={self.data.seq_len}")
-        from ..data.objectives import OBJECTIVES, objective_for
-        if self.train.objective not in ("auto", *OBJECTIVES):
-            raise ConfigError(f"train.objective={self.train.objective!r} is not allowed; "
+        from ..data.objectives import N_SENTINELS, OBJECTIVES, objective_for, span_counts
+        t = self.train
+        if not isinstance(t.objective, str) or t.objective not in ("auto", *OBJECTIVES):
+            raise ConfigError(f"train.objective={t.objective!r} is not allowed; "
                               f"choose one of auto, {', '.join(OBJECTIVES)}")
-        objective_for(cfg.family, self.train.objective)  # raises ConfigError when they do not fit
-        if not 0.0 < self.train.mlm_prob < 1.0:
-            raise ConfigError(f"train.mlm_prob={self.train.mlm_prob} must be in (0, 1)")
-        if not 0.0 < self.train.span_noise_density < 1.0:
-            raise ConfigError(f"train.span_noise_density={self.train.span_noise_density} must be in (0, 1)")
-        if self.train.span_mean_length < 1.0:
-            raise ConfigError(f"train.span_mean_length={self.train.span_mean_length} must be >= 1")
+        objective = objective_for(cfg.family, t.objective)  # raises ConfigError when they do not fit
+        _number("train.mlm_prob", t.mlm_prob, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _number("train.span_noise_density", t.span_noise_density, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        _number("train.span_mean_length", t.span_mean_length, lo=1.0)
+        if objective == "mlm" and not cfg.mlm_head:
+            raise ConfigError(f"train.objective=mlm needs a masked-LM head, but model.mlm_head=false"
+                              f"{f' (preset {name})' if name else ''}; set model.mlm_head: true")
+        if objective == "span":
+            if self.data.seq_len < 2:
+                raise ConfigError(f"data.seq_len={self.data.seq_len} must be >= 2 for train.objective=span")
+            n_spans = span_counts(self.data.seq_len, t.span_noise_density, t.span_mean_length)[1]
+            if n_spans > N_SENTINELS:
+                raise ConfigError(
+                    f"span corruption of data.seq_len={self.data.seq_len} with train.span_noise_density="
+                    f"{t.span_noise_density} and train.span_mean_length={t.span_mean_length} makes {n_spans} spans, "
+                    f"more than the {N_SENTINELS} sentinel ids; lower data.seq_len or "
+                    f"train.span_noise_density, or raise train.span_mean_length")
         return cfg
+
+    def objective(self) -> str:
+        """The resolved pre-training objective (``train.objective``, or the model family's for auto)."""
+        from ..data.objectives import objective_for
+        return objective_for(self.model_config().family, self.train.objective)
+
+    def min_model_vocab(self, tokenizer_vocab: int) -> tuple[int, int]:
+        """``(n_tokens, minimum model.vocab_size)`` for a tokenizer of ``tokenizer_vocab`` ids: the
+        objective's extra ids ([MASK], sentinels) follow the ``n_tokens`` ordinary ones."""
+        from ..data.objectives import extra_tokens
+        n_tokens = tokenizer_vocab if self.data.tokenizer is not None else max(self.data.vocab_size, tokenizer_vocab)
+        extra = extra_tokens(self.objective())
+        return n_tokens, (n_tokens + extra if extra else tokenizer_vocab)
+
+    def check_model_vocab(self, model_vocab: int, tokenizer_vocab: int) -> None:
+        """ConfigError when ``model.vocab_size`` cannot hold the tokenizer's ids plus the objective's."""
+        n_tokens, need = self.min_model_vocab(tokenizer_vocab)
+        if model_vocab < need:
+            extra = need - n_tokens if need > tokenizer_vocab else 0
+            why = (f"{n_tokens} token ids + {extra} for train.objective={self.objective()} ([MASK] / sentinels)"
+                   if extra else f"the tokenizer's {tokenizer_vocab} ids")
+            raise ConfigError(f"model.vocab_size={model_vocab} is too small: it must be at least {need} ({why}); "
+                              f"raise model.vocab_size or leave it out (then it follows the tokenizer)")
+
+    def _check_explicit_model_vocab(self) -> None:
+        if "vocab_size" not in self.model:
+            return
+        if self.data.tokenizer is not None:
+            from ..data import load_tokenizer
+            try:
+                tok_vocab = load_tokenizer(self.data.tokenizer).get_vocab_size()
+            except Exception as e:  # noqa: BLE001 - a broken tokenizer file is a config error
+                raise ConfigError(f"data.tokenizer={self.data.tokenizer!r}: cannot be read ({e})") from None
+        else:
+            tok_vocab = self.data.vocab_size  # a trained BPE has at most data.vocab_size ids
+        self.check_model_vocab(self.model_config().vocab_size, tok_vocab)
 
 
 def _allowed(cls) -> str:
@@ -238,6 +304,14 @@ def _reject_unknown(d: dict, cls, prefix: str) -> None:
     if unknown:
         raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
                           f"allowed under {prefix.rstrip('.') or 'the top level'}: {_allowed(cls)}")
+
+
+_STRING_KEYS = ("precision", "device", "distributed", "activation_checkpointing", "objective")
+
+
+def _string(name: str, v: Any) -> None:
+    if not isinstance(v, str):
+        raise ConfigError(f"{name}={v!r} must be a string")
 
 
 def _integer(name: str, v: Any, lo: int) -> None:

@@ -19,6 +19,8 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      get_optimizer_state_dict, set_model_state_dict,
                                                      set_optimizer_state_dict)
 
+from ..config import ConfigError
+
 PREFIX = "model."  # CausalLMLoss holds the LM as .model
 
 
@@ -64,7 +66,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but no CUDA device is available; use cpu or auto")
+        raise ConfigError("train.device=cuda but no CUDA device is available; use cpu or auto")
     return torch.device(name)
 
 
@@ -77,8 +79,8 @@ def init_distributed(kind: str, device: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if kind == "none" or "WORLD_SIZE" not in os.environ:
         if world > 1:
-            raise RuntimeError(f"launched by torchrun with WORLD_SIZE={world} but train.distributed=none; "
-                               "set train.distributed=ddp or fsdp")
+            raise ConfigError(f"launched by torchrun with WORLD_SIZE={world} but train.distributed=none; "
+                              "set train.distributed=ddp or fsdp (--set train.distributed=fsdp)")
         return DistInfo(kind="none", device=dev)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if dev.type == "cuda":

@@ -8,6 +8,8 @@ step, the losses of a run never interrupted.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import statistics
 import sys
@@ -23,10 +25,11 @@ from ..io import attach_tokenizer, save
 from ..models import build_model
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import RunConfig, dump_config
-from .data import prepare_data
+from .data import corpus_spec, prepare_data
 from .distributed import (DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state,
                           no_sync, wrap)
-from ..data.objectives import extra_tokens, objective_for, objective_module
+from ..data import corpus_fingerprint, eos_id, load_tokenizer
+from ..data.objectives import extra_tokens, objective_module
 from .loss import CausalLMLoss
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token, measure_matmul_peak, plot_losses
@@ -139,6 +142,30 @@ def _fit_steps_to_budget(step: int, max_steps: int, deadline: float, step_times:
     return min(max_steps, max(fitted, step + 1))
 
 
+def _model_config(cfg: RunConfig, tok, eos: int | None):
+    """``(ModelConfig, n_tokens)`` for the tokenizer ``tok``: the vocabulary is the tokenizer's
+    (at least ``data.vocab_size`` for a trained BPE) plus the objective's [MASK] / sentinel ids,
+    unless the recipe sets ``model.vocab_size`` (which must hold them: ConfigError otherwise)."""
+    tok_vocab = tok.get_vocab_size()
+    n_tokens, _ = cfg.min_model_vocab(tok_vocab)
+    mcfg = cfg.model_config(vocab_size=n_tokens + extra_tokens(cfg.objective()), eos_id=eos)
+    cfg.check_model_vocab(mcfg.vocab_size, tok_vocab)
+    return mcfg, n_tokens
+
+
+def _check_resumed_model(saved: dict, mcfg, run_dir: Path) -> None:
+    """RunDirError naming the model keys where ``mcfg`` differs from the checkpoint's."""
+    old = saved.get("model_config")
+    if old is None:  # a checkpoint from before model configs were stored
+        return
+    new = json.loads(json.dumps(mcfg.to_dict()))  # as stored: tuples become lists
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise RunDirError("--resume: the model differs from the checkpoint's in "
+                          + ", ".join(f"model.{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in differ)
+                          + f"; resume with the recipe in {run_dir / 'config.yaml'}, or start a new run_dir")
+
+
 def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True) -> TrainResult:
     """Run (or resume) the training recipe ``cfg``; returns what was done. See docs/training.md."""
     t_start = time.time()
@@ -164,29 +191,37 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     micro_bs = tc.batch_size // per_step
     run_dir = Path(cfg.run_dir)
     ckpt = latest_checkpoint(run_dir) if resume else None
+    fingerprint = corpus_fingerprint(corpus_spec(dc))
+    data_cfg = dc
+    if ckpt is not None:  # resume: the run's own tokenizer, and the same corpus and model
+        saved = json.loads((ckpt / "state.json").read_text())
+        if saved.get("corpus_fingerprint") not in (None, fingerprint):
+            raise RunDirError(f"--resume: the corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...) differs "
+                              f"from the one {ckpt} was trained on; resume with the same data, or start a new run_dir")
+        tok_file = run_dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints were trained with")
+        data_cfg = dataclasses.replace(dc, tokenizer=str(tok_file))
+        tok = load_tokenizer(tok_file)
+        _check_resumed_model(saved, _model_config(cfg, tok, eos_id(tok))[0], run_dir)
     if main:
         if not resume and latest_checkpoint(run_dir) is not None:
             raise RunDirError(f"{run_dir} already holds checkpoints; pass --resume to continue it, "
                               "or choose another run_dir (--set run_dir=...)")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
     info.barrier()
 
     # ---- data (the main rank builds caches first; the others then read them) --------------------
     if main:
-        data = prepare_data(dc, log=say)
+        data = prepare_data(data_cfg, log=say)
     info.barrier()
     if not main:
-        data = prepare_data(dc, log=lambda s: None)
+        data = prepare_data(data_cfg, log=lambda s: None)
     tok = data.tokenizer
-    tok_vocab = tok.get_vocab_size()
-    vocab = tok_vocab if dc.tokenizer is not None else max(dc.vocab_size, tok_vocab)
-    objective = objective_for(cfg.model_config().family, tc.objective)
-    vocab += extra_tokens(objective)  # [MASK] / sentinel ids after the tokenizer's
-    mcfg = cfg.model_config(vocab_size=vocab, eos_id=data.eos_id)
-    if mcfg.vocab_size < tok_vocab:
-        raise RuntimeError(f"model.vocab_size={mcfg.vocab_size} is smaller than the tokenizer's {tok_vocab}")
+    objective = cfg.objective()
+    mcfg, n_tokens = _model_config(cfg, tok, data.eos_id)
     if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
         tok.save(str(run_dir / "tokenizer.json"))
 
     # ---- model, optimizer ---------------------------------------------------------------------
@@ -198,7 +233,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
     if objective == "causal":
         loss_mod = CausalLMLoss(model, chunk=tc.loss_chunk).train()
     else:
-        loss_mod = objective_module(objective, model, n_tokens=vocab - extra_tokens(objective), eos_id=data.eos_id,
+        loss_mod = objective_module(objective, model, n_tokens=n_tokens, eos_id=data.eos_id,
                                     mlm_prob=tc.mlm_prob, noise_density=tc.span_noise_density,
                                     mean_span_length=tc.span_mean_length).train()
     n_params = sum(p.numel() for p in model.parameters())
@@ -292,7 +327,7 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
             state = {"step": step, "tokens": tokens, "sampler": sampler.state_dict(), "world_size": info.world_size,
                      "max_steps": max_steps, "calibrated": calibrated,
                      "layout": info.kind if info.active else "single", "elapsed_s": prev_elapsed + time.time() - t_loop,
-                     "config": cfg.to_dict()}
+                     "config": cfg.to_dict(), "model_config": mcfg.to_dict(), "corpus_fingerprint": fingerprint}
             result.checkpoint = save_checkpoint(run_dir, step, msd, osd, rng, state, tc.keep_last)
         last_ckpt_step = step
         info.barrier()
