@@ -59,12 +59,19 @@ def test_existing_run_dir_needs_resume(finished_run, corpus_dir):
         train(RunConfig.from_dict(tiny_config(corpus_dir, run)), progress=False, log=lambda s: None)
 
 
-def test_resume_reproduces_the_uninterrupted_losses(finished_run, corpus_dir, tmp_path):
+def test_resume_reproduces_the_uninterrupted_losses(finished_run, corpus_dir, tmp_path, monkeypatch):
     run, _ = finished_run
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     shutil.rmtree(copy / "checkpoints" / "step-000030")
     shutil.rmtree(copy / "final")
+    # the run's own tokenizer.json is used: nothing is retrained (an empty cache, no BPE training)
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path / "empty-cache"))
+
+    def no_training(*a, **kw):
+        raise AssertionError("--resume retrained the tokenizer instead of loading run_dir/tokenizer.json")
+
+    monkeypatch.setattr("genmodels.training.data.train_bpe_tokenizer", no_training)
     res = train(RunConfig.from_dict(tiny_config(corpus_dir, copy)), resume=True, progress=False, log=lambda s: None)
     assert sorted(res.train_losses) == list(range(21, 31))
     assert losses(copy) == losses(run)  # bit-for-bit, steps 1..30 (21..30 recomputed)
@@ -72,6 +79,30 @@ def test_resume_reproduces_the_uninterrupted_losses(finished_run, corpus_dir, tm
     a = genmodels.load(copy / "final").state_dict()
     b = genmodels.load(run / "final").state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_another_model_or_corpus(finished_run, corpus_dir, tmp_path, monkeypatch):
+    run, _ = finished_run
+    state = json.loads((run / "checkpoints" / "step-000030" / "state.json").read_text())
+    assert state["model_config"]["d_model"] == 32 and state["corpus_fingerprint"]
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("final", "step-000020"))
+    config_before = (copy / "config.yaml").read_text()
+
+    def no_work(*a, **kw):
+        raise AssertionError("data prepared before the resume checks")
+
+    monkeypatch.setattr("genmodels.training.trainer.prepare_data", no_work)
+    with pytest.raises(RunDirError) as e:
+        train(RunConfig.from_dict(tiny_config(corpus_dir, copy, model={"d_model": 48, "d_ff": 96})),
+              resume=True, progress=False, log=lambda s: None)
+    assert "model.d_model (32 there, 48 now)" in str(e.value) and "model.d_ff (64 there, 96 now)" in str(e.value)
+    other = tmp_path / "other-corpus"
+    other.mkdir()
+    (other / "a.txt").write_text("something else entirely. " * 200)
+    with pytest.raises(RunDirError, match="corpus"):
+        train(RunConfig.from_dict(tiny_config(other, copy)), resume=True, progress=False, log=lambda s: None)
+    assert (copy / "config.yaml").read_text() == config_before
 
 
 def test_resume_after_kill_9(corpus_dir, tmp_path):
