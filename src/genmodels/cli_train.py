@@ -13,7 +13,8 @@ import sys
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("train", help="train a model from a YAML recipe (configs/*.yaml)",
-                              description="Train a causal LM from a YAML recipe. See docs/training.md.")
+                              description="Train a model (causal LM, masked LM or span corruption) from a YAML recipe. "
+                                          "See docs/training.md.")
     _add_arguments(p)
     p.set_defaults(func=run_train)
     return p
