@@ -10,20 +10,7 @@ from typing import Callable, Iterable
 import torch
 
 from ..nn.layout import decode_layout
-from .sampling import choose_next
-
-
-def _check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens) -> None:
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k={top_k} must be a positive integer or None")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0")
+from .sampling import check_generation_args, choose_next
 
 
 @torch.inference_mode()
@@ -40,7 +27,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     ``eos_token_id`` defaults to the config's; ``stop_tokens`` adds more ids that end a row.
     ``streamer`` receives each step's new tokens ``(B,)``.
     """
-    _check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
+    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     family = getattr(model, "family", None)
     if family == "seq2seq":  # encoder–decoder: the prompt is the source; returns the target ids
         from .seq2seq import generate_seq2seq

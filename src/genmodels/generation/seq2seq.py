@@ -22,7 +22,8 @@ from typing import Iterable
 
 import torch
 
-from .sampling import choose_next, process_logits
+from ..nn.layout import decode_layout
+from .sampling import check_generation_args, choose_next, process_logits
 
 
 def _ends(model, eos_token_id) -> list[int]:
@@ -46,10 +47,7 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     """
     if getattr(model, "family", None) != "seq2seq":
         raise ValueError(f"generate_seq2seq needs an encoder–decoder model, got family {getattr(model, 'family', None)!r}")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     if num_beams < 1:
         raise ValueError(f"num_beams={num_beams} must be >= 1")
     if num_beams > 1 and temperature > 0:
@@ -68,13 +66,14 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
                                                          (ends[0] if ends else 0))
     was_training = model.training
     model.eval()
-    try:
-        memory = model.encode(input_ids, mask)  # (B, S, D)
-        if num_beams == 1:
-            return _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p,
-                           repetition_penalty, seed)
-        return _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, num_beams, length_penalty,
-                            early_stopping, repetition_penalty)
+    try:  # column-major weights: faster CPU GEMVs (see nn/layout.py)
+        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16):
+            memory = model.encode(input_ids, mask)  # (B, S, D)
+            if num_beams == 1:
+                return _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p,
+                               repetition_penalty, seed)
+            return _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, num_beams, length_penalty,
+                                early_stopping, repetition_penalty)
     finally:
         model.train(was_training)
 
