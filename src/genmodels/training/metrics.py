@@ -19,21 +19,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..models.flops import flops_per_token as _flops_per_token
+
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
-    c = model.config
-    n = 0
-    embed_ids = {id(model.embed.weight)}
-    if getattr(model, "pos_embed", None) is not None:
-        embed_ids |= {id(p) for p in model.pos_embed.parameters()}
-    for p in model.parameters():
-        if p.dim() >= 2 and id(p) not in embed_ids:
-            n += p.numel()
-    head = getattr(model, "head", None) or getattr(getattr(model, "mlm", None), "head", None)
-    if head is not None and head.tied:
-        n += head.get_weight().numel()
-    d_attn = c.n_heads * c.dim_head
-    return 6.0 * n + 12.0 * c.n_layers * d_attn * seq_len
+    """Training FLOPs per token (forward + backward) at context ``seq_len``: see models/flops.py."""
+    return _flops_per_token(model.config, seq_len, training=True)
 
 
 def measure_matmul_peak(size: int = 1024, seconds: float = 0.5, device: torch.device | str = "cpu") -> float:
