@@ -92,7 +92,8 @@ def main() -> None:
             t_hf, t_ours = timed(run_hf, args.repeats), timed(run_ours, args.repeats)
             n = b * args.new_tokens
             limit = bw * 1e9 / weight_bytes  # steps/s if every step only streamed the weights once
-            note = (f"tokens equal to HF {agree:.0%}; bandwidth limit ≈ {limit * b:,.0f} tok/s ({weight_bytes / 1e6:.0f} MB weights); "
+            note = (f"tokens equal to HF {agree:.0%}; bandwidth limit ≈ {limit * b:,.0f} tok/s "
+                    f"({weight_bytes / 1e6:.0f} MB weights); "
                     f"ours at {n / t_ours / (limit * b):.0%} of it")
             print(f"{name:6} {'decode b=' + str(b):22} {n / t_hf:9,.0f}/s {n / t_ours:9,.0f}/s "
                   f"{t_hf / t_ours:5.2f}x  {note}")

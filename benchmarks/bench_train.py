@@ -22,7 +22,8 @@ minus the RSS just before the model is built (after imports), i.e. what the mode
 training step add. Absolute peaks are printed too (the reference side has transformers imported).
 
 MFU: tokens/s × FLOPs/token ÷ the fp32 matmul peak measured in this run (best of 1024² and
-2048² products, measured before each round, highest kept), FLOPs/token = 6·N_matmul + 12·L·d·T (see genmodels.training.metrics).
+2048² products, measured before each round, highest kept), FLOPs/token = 6·N_matmul + 12·L·d·T
+(see genmodels.models.flops).
 """
 from __future__ import annotations
 

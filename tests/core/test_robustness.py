@@ -65,7 +65,8 @@ def test_a_stray_consolidated_safetensors_is_ignored(tmp_path):
     m = tiny_model("llama")
     genmodels.export_hf(m, tmp_path / "hf")
     sd = load_file(str(tmp_path / "hf" / "model.safetensors"))
-    save_file({"tok_embeddings.weight": sd["model.embed_tokens.weight"]}, str(tmp_path / "hf" / "consolidated.safetensors"))
+    save_file({"tok_embeddings.weight": sd["model.embed_tokens.weight"]},
+              str(tmp_path / "hf" / "consolidated.safetensors"))
     ids = random_ids(1, 6)
     torch.testing.assert_close(genmodels.load(tmp_path / "hf")(ids), m(ids), atol=1e-5, rtol=1e-4)
 

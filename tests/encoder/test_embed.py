@@ -36,7 +36,8 @@ def reference(path):
 
 def test_minilm_config_and_recipe(model):
     c = model.config
-    assert (c.family, c.d_model, c.n_layers, c.n_heads, c.vocab_size, c.norm_eps) == ("encoder", 384, 6, 12, 30522, 1e-12)
+    got = (c.family, c.d_model, c.n_layers, c.n_heads, c.vocab_size, c.norm_eps)
+    assert got == ("encoder", 384, 6, 12, 30522, 1e-12)
     assert c.pooler and not c.mlm_head
     assert c.extra["sentence_transformers"] == {"pooling": "mean", "normalize": True, "max_seq_length": 256,
                                                 "do_lower_case": False}

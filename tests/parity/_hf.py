@@ -10,8 +10,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-import genmodels
-from tests.core._tiny import randomise  # noqa: F401  (one randomiser for every test)
+import genmodels  # noqa: E402
+from tests.core._tiny import randomise  # noqa: E402, F401  (one randomiser for every test)
 
 VOCAB = 128
 MODULE_TOL = dict(atol=1e-6, rtol=1e-5)

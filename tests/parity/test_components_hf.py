@@ -77,7 +77,8 @@ def test_alibi_vs_bloom(n_heads):
     torch.testing.assert_close(ours + slopes[:, None, None] * i, bloom.expand(n_heads, t, t), **MODULE_TOL)
 
 
-@pytest.mark.parametrize("ours,theirs", [("gelu", "gelu"), ("gelu_tanh", "gelu_new"), ("gelu_tanh", "gelu_pytorch_tanh"),
+@pytest.mark.parametrize("ours,theirs", [("gelu", "gelu"), ("gelu_tanh", "gelu_new"),
+                                         ("gelu_tanh", "gelu_pytorch_tanh"),
                                          ("relu", "relu")])
 def test_mlp_activations_vs_hf(ours, theirs):
     mlp = randomise(make_mlp(ours, 64, 128, True))

@@ -88,7 +88,8 @@ def random_spans_noise_mask(length: int, noise_density: float = 0.15, mean_span_
     return np.repeat(np.arange(len(runs)) % 2 == 1, runs)
 
 
-def span_corrupt(ids: np.ndarray | torch.Tensor, *, sentinel_start: int, eos_id: int | None, noise_density: float = 0.15,
+def span_corrupt(ids: np.ndarray | torch.Tensor, *, sentinel_start: int, eos_id: int | None,
+                 noise_density: float = 0.15,
                  mean_span_length: float = 3.0, rng: np.random.Generator | None = None,
                  n_sentinels: int = N_SENTINELS) -> tuple[np.ndarray, np.ndarray]:
     """Span corruption of each row of ``ids (B, L)`` -> ``(inputs (B, L−noise+spans[+1]),

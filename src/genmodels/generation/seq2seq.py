@@ -46,7 +46,8 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     ``num_beams > 1`` is beam search (``length_penalty``, ``early_stopping`` as in transformers).
     """
     if getattr(model, "family", None) != "seq2seq":
-        raise ValueError(f"generate_seq2seq needs an encoder–decoder model, got family {getattr(model, 'family', None)!r}")
+        raise ValueError("generate_seq2seq needs an encoder–decoder model, "
+                         f"got family {getattr(model, 'family', None)!r}")
     check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     if num_beams < 1:
         raise ValueError(f"num_beams={num_beams} must be >= 1")
@@ -164,7 +165,8 @@ def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, lengt
         # can a running beam still beat the worst finished one?
         hyp_len = length - 1 if early_stopping == "never" and length_penalty > 0.0 else cur - 1
         best_possible = running_scores[:, :1] / (hyp_len ** length_penalty)
-        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0], torch.full_like(finished_scores, -1e9))
+        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0],
+                            torch.full_like(finished_scores, -1e9))
         improvable = improvable & (best_possible > worst).any(dim=-1, keepdim=True)
         if not bool(improvable.any()) or (bool(is_finished.all()) and early_stopping is True) or bool(hits.all()):
             break

@@ -34,7 +34,8 @@ CROSS = "decoder.block.{i}.layer.1.EncDecAttention.{w}.weight"
 def _ffn_keys(stack: str, layer: int, gated: bool) -> dict[str, Any]:
     ffn = f"{stack}.block.{{i}}.layer.{layer}.DenseReluDense"
     if gated:
-        return {"mlp.gate_up.weight": (f"{ffn}.wi_0.weight", f"{ffn}.wi_1.weight"), "mlp.down.weight": f"{ffn}.wo.weight"}
+        return {"mlp.gate_up.weight": (f"{ffn}.wi_0.weight", f"{ffn}.wi_1.weight"),
+                "mlp.down.weight": f"{ffn}.wo.weight"}
     return {"mlp.fc1.weight": f"{ffn}.wi.weight", "mlp.fc2.weight": f"{ffn}.wo.weight"}
 
 

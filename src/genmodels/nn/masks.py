@@ -40,7 +40,8 @@ def build_mask(
             return None, True  # square causal: SDPA's top-left alignment is right here
     if not causal and window is None and score_bias is None:  # padding only: one row serves every query
         allowed = key_padding.bool()[:, None, None, :k_len]  # (B, 1, 1, Tk)
-        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, torch.finfo(dtype).min), False
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+        return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
     allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]

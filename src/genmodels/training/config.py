@@ -186,7 +186,8 @@ class RunConfig:
         for name, allowed in (("distributed", DISTRIBUTED), ("precision", PRECISIONS), ("device", DEVICES),
                               ("activation_checkpointing", CHECKPOINTING)):
             if getattr(t, name) not in allowed:
-                raise ConfigError(f"train.{name}={getattr(t, name)!r} is not allowed; choose one of {', '.join(allowed)}")
+                raise ConfigError(f"train.{name}={getattr(t, name)!r} is not allowed; "
+                                  f"choose one of {', '.join(allowed)}")
         if t.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device=cuda but no CUDA device is available; use cpu or auto")
         world = int(os.environ.get("WORLD_SIZE", "1") or 1)

@@ -200,7 +200,8 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
                               f"from the one {ckpt} was trained on; resume with the same data, or start a new run_dir")
         tok_file = run_dir / "tokenizer.json"
         if not tok_file.is_file():
-            raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints were trained with")
+            raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints "
+                              "were trained with")
         data_cfg = dataclasses.replace(dc, tokenizer=str(tok_file))
         tok = load_tokenizer(tok_file)
         _check_resumed_model(saved, _model_config(cfg, tok, eos_id(tok))[0], run_dir)
@@ -393,7 +394,8 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
                     bar.refresh()
                 if max_steps < tc.max_steps:
                     msg = (f"train.max_minutes={tc.max_minutes}: {tc.max_steps} steps do not fit at "
-                           f"{1000 * statistics.median(step_times[_SKIP_STEPS:]):.0f} ms/step; schedule fitted to {max_steps} steps")
+                           f"{1000 * statistics.median(step_times[_SKIP_STEPS:]):.0f} ms/step; "
+                           f"schedule fitted to {max_steps} steps")
                     (bar.write(msg) if bar is not None else say(msg))
         if step % tc.eval_every == 0 and step < max_steps and not stop:
             do_eval()
