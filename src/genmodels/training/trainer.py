@@ -434,7 +434,8 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
             f"  checkpoint: {result.checkpoint or latest_checkpoint(run_dir)}",
             f"  model:      {result.final_dir}  (genmodels.load('{result.final_dir}'))",
             f"  metrics:    {run_dir / 'metrics.jsonl'}, plot {run_dir / 'loss.png'}",
-            f"  sample:     genmodels generate {run_dir}",
+            (f"  sample:     genmodels generate {run_dir}" if mcfg.family != "encoder" else
+             f"  embed:      genmodels embed {run_dir} \"some text\""),
         ]))
     info.barrier()
     return result
