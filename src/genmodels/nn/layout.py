@@ -6,9 +6,10 @@ stored row-major ``(out, in)`` (PyTorch's ``nn.Linear``), MKL's transposed GEMV 
 this class of machine; with ``W`` stored column-major — the same ``(out, in)`` tensor, strides
 ``(1, out)``, so ``Wᵀ`` is contiguous — the kernel reads ~22 GB/s (benchmarks/bench_generate.py).
 
-:func:`decode_layout` switches every matrix of the model's linear layers to column-major for the
-duration of a ``with`` block and back afterwards. Values, shapes, parameter objects and the state
-dict are unchanged; only the summation order inside each dot product may differ (≤ 1 ulp-scale).
+:func:`decode_layout` switches every matrix of the model's linear layers (and a tied head's
+embedding) to column-major for the duration of a ``with`` block and back afterwards. Values,
+shapes, parameter objects and the state dict are unchanged; only the summation order inside each
+dot product may differ (≤ 1 ulp-scale).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .head import LMHead
 def _linear_weights(model: nn.Module) -> list[nn.Parameter]:
     seen: dict[int, nn.Parameter] = {}
     for m in model.modules():
-        w = getattr(m, "weight", None)
+        w = m.get_weight() if isinstance(m, LMHead) else getattr(m, "weight", None)  # tied: the embedding's
         if isinstance(m, (nn.Linear, LMHead)):
             if isinstance(w, nn.Parameter) and w.dim() == 2 and w.device.type == "cpu":
                 seen[id(w)] = w
