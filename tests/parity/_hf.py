@@ -11,9 +11,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import genmodels  # noqa: E402
-from tests.core._tiny import randomise  # noqa: E402, F401  (one randomiser for every test)
+from tests.core._tiny import left_pad_mask, random_ids, randomise  # noqa: E402, F401  (shared helpers)
 
-VOCAB = 128
+from tests.core._tiny import VOCAB  # noqa: E402
 MODULE_TOL = dict(atol=1e-6, rtol=1e-5)
 MODEL_TOL = dict(atol=1e-5, rtol=1e-4)
 
@@ -67,15 +67,6 @@ def hf_from_dir(path):
                                                              dtype=torch.float32).eval()
 
 
-def random_ids(batch: int, length: int, seed: int = 1) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def left_pad_mask(lengths: list[int], total: int) -> torch.Tensor:
-    mask = torch.zeros(len(lengths), total, dtype=torch.long)
-    for i, n in enumerate(lengths):
-        mask[i, total - n:] = 1
-    return mask
 
 
 def hf_position_ids(mask: torch.Tensor) -> torch.Tensor:
