@@ -9,6 +9,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from ..native.decoder import FusedDecodeStep, unsupported
 from ..nn.layout import decode_layout
 from .sampling import check_generation_args, choose_next
 
@@ -82,24 +83,31 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
 
     was_training = model.training
     model.eval()
-    # Column-major weights make CPU GEMVs stream ~2x faster; the swap costs about two decode steps.
+    # On CPU each decode step is one native call when the kernels are available (genmodels.native);
+    # otherwise column-major weights make PyTorch's GEMVs stream ~2x faster (the swap costs about
+    # two decode steps).
+    fused = device.type == "cpu" and max_new_tokens > 1 and unsupported(model) is None
+    if fused and not 0 <= pad < model.head.get_weight().shape[0]:
+        raise ValueError(f"pad_token_id={pad} is not a token id of this model's vocabulary")
     try:
-        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16):
+        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16 and not fused):
             out, n = _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad,
-                             temperature, top_k, top_p, repetition_penalty, generator, streamer)
+                             temperature, top_k, top_p, repetition_penalty, generator, streamer, fused)
     finally:
         model.train(was_training)
     return out[:, : t + n]
 
 
 def _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad, temperature, top_k, top_p,
-            repetition_penalty, generator, streamer):
+            repetition_penalty, generator, streamer, fused=False):
     """Prefill, then one token per step; returns the id buffer and the number of new tokens."""
     b, t = input_ids.shape
     device = input_ids.device
     cache = model.new_cache(b, t + max_new_tokens)
     h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
     logits = model.head(h[:, -1])  # (B, V): only the last position is needed
+    step_fn = FusedDecodeStep(model, cache, b) if fused else None
+    positions = positions[:, 0].clone()  # (B,)
     out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=device)
     out[:, :t] = input_ids
     done = torch.zeros(b, dtype=torch.bool, device=device)
@@ -119,8 +127,11 @@ def _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_id
                 break
         if step == max_new_tokens - 1:
             break
-        positions = positions + 1
+        positions += 1
+        if step_fn is not None:
+            logits = step_fn(nxt, positions, full_mask)
+            continue
         step_mask = full_mask[:, : t + step + 1] if full_mask is not None else None
-        h = model.hidden_states(nxt[:, None], attention_mask=step_mask, position_ids=positions, cache=cache)
+        h = model.hidden_states(nxt[:, None], attention_mask=step_mask, position_ids=positions[:, None], cache=cache)
         logits = model.head(h[:, -1])
     return out, n

@@ -1,0 +1,128 @@
+"""Native CPU kernels (``decode.c``): compiled on first use with the system C compiler, loaded
+with ctypes, and optional — when no compiler is available (or ``GENMODELS_NATIVE=0``) everything
+runs on the PyTorch path, which is also the reference the tests hold the kernels equal to.
+
+The shared library is cached under ``$GENMODELS_CACHE`` (default ``~/.cache/genmodels``), keyed by
+the source, the compiler and the CPU (it is built with ``-march=native``); it is written to a
+temporary name and renamed, so concurrent first uses (parallel tests) are safe.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import subprocess
+import threading
+from pathlib import Path
+
+import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share its OpenMP thread pool)
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("decode.c")
+_FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def enabled() -> bool:
+    """False when ``GENMODELS_NATIVE`` is 0/false/off."""
+    return os.environ.get("GENMODELS_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("GENMODELS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "genmodels")
+    return Path(root) / "native"
+
+
+def _cpu_id() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str) -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + compiler.encode() + _cpu_id().encode() +
+                         platform.machine().encode()).hexdigest()[:16]
+    out = cache_dir() / f"genmodels_native_{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for flags in _FLAG_SETS:
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        cmd = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp), "-lm"]
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            errors.append(f"{' '.join(cmd)}: {e}")
+            break  # no compiler at all: other flags will not help
+        if r.returncode == 0:
+            os.replace(tmp, out)
+            return out
+        tmp.unlink(missing_ok=True)
+        errors.append(f"{' '.join(cmd)}:\n{r.stderr.strip()[-2000:]}")
+    raise RuntimeError("could not build genmodels' native kernels:\n" + "\n".join(errors))
+
+
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
+    vp, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.gm_version.restype = c_int
+    lib.gm_simd.restype = c_int
+    lib.gm_max_threads.restype = c_int
+    lib.gm_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, c_int]
+    lib.gm_linear.restype = None
+    lib.gm_scratch_floats.argtypes = [vp]
+    lib.gm_scratch_floats.restype = i64
+    lib.gm_decoder_step.argtypes = [vp, vp, vp, vp, i64, vp]
+    lib.gm_decoder_step.restype = c_int
+    return lib
+
+
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, building them on first call; ``None`` if disabled or unavailable (the
+    reason is logged once and kept in :func:`unavailable_reason`)."""
+    if not enabled():
+        return None
+    with _lock:
+        if "lib" not in _state:
+            try:
+                _state["lib"] = _bind(ctypes.CDLL(str(_build(os.environ.get("CC", "cc")))))
+            except (OSError, RuntimeError) as e:
+                _state["lib"] = None
+                _state["error"] = str(e)
+                log.warning("genmodels: native CPU kernels unavailable, using the PyTorch path (%s)",
+                            str(e).splitlines()[0])
+        return _state["lib"]
+
+
+def unavailable_reason() -> str | None:
+    if not enabled():
+        return "disabled by GENMODELS_NATIVE=0"
+    return None if library() is not None else _state.get("error")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x (M, K) · weight (N, K)ᵀ + bias`` with the native small-M kernel (fp32, CPU, contiguous).
+
+    For tests and benchmarks of the kernel itself; callers check :func:`library` first.
+    """
+    lib = library()
+    if lib is None:
+        raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
+    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2 or weight.dim() != 2:
+        raise ValueError("native.linear takes fp32 x (M, K) and weight (N, K)")
+    if x.shape[1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features, weight expects {weight.shape[1]}")
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = bias.contiguous() if bias is not None else None
+    y = x.new_empty(x.shape[0], weight.shape[0])
+    lib.gm_linear(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), bias.data_ptr() if bias is not None
+                  else None, y.data_ptr(), weight.shape[0], torch.get_num_threads())
+    return y

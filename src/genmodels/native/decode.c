@@ -1,0 +1,327 @@
+/* genmodels native CPU kernels: small-M linear layers and a fused decoder-only decode step.
+ *
+ * Compiled on first use by genmodels/native/__init__.py (cc -O3 -march=native -fopenmp) and
+ * called through ctypes; no Python or PyTorch headers. All tensors are fp32, contiguous,
+ * row-major, PyTorch's layouts: a linear weight is W (N, K) and y = x Wᵀ + b.
+ *
+ * Why: a batch-1..16 decode step is a chain of matrix-vector products whose weights stream from
+ * DRAM, plus ~150 tiny tensor ops. Here each weight row is read once, straight from DRAM, by a
+ * dot-product kernel (several rows and up to four inputs per tile), and a whole step — embedding,
+ * every block, the final norm and the head — runs in one OpenMP region with no per-op dispatch.
+ * The arithmetic is the model's, in fp32; only the summation order inside dot products differs
+ * from PyTorch's kernels (≈1e-6 relative). The PyTorch path stays the reference (tests hold them
+ * equal); genmodels falls back to it whenever this library cannot be built.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define GM_AVX2 1
+#endif
+
+#define INLINE static inline __attribute__((always_inline))
+
+int gm_version(void) { return 1; }
+
+int gm_simd(void) {
+#ifdef GM_AVX2
+    return 8;
+#else
+    return 1;
+#endif
+}
+
+int gm_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Dot-product tiles: out[i, j] = Σ_k x[i, k] · w[j, k] for i < MR inputs and j < NR weight rows.
+ * MR and NR are compile-time constants at every call site, so the accumulators live in registers.
+ */
+#ifdef GM_AVX2
+INLINE float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
+INLINE void tile_dot(const float *x, int64_t ldx, const float *w, int64_t ldw, int64_t K, const int MR,
+                     const int NR, float out[4][4]) {
+    int64_t k = 0;
+#ifdef GM_AVX2
+    __m256 acc[4][4];
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
+    for (; k + 8 <= K; k += 8) {
+        __m256 wv[4];
+        for (int j = 0; j < NR; j++) wv[j] = _mm256_loadu_ps(w + j * ldw + k);
+        for (int i = 0; i < MR; i++) {
+            __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
+            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
+        }
+    }
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i][j] = hsum8(acc[i][j]);
+#else
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) out[i][j] = 0.0f;
+#endif
+    for (; k < K; k++)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) out[i][j] += x[i * ldx + k] * w[j * ldw + k];
+}
+
+/* Write a finished tile: y = (accumulate ? y : 0) + dot + bias. */
+INLINE void tile_store(float *y, int64_t ldy, const float *bias, int accumulate, const int MR, const int NR,
+                       float out[4][4]) {
+    for (int i = 0; i < MR; i++)
+        for (int j = 0; j < NR; j++) {
+            float v = out[i][j] + (bias ? bias[j] : 0.0f);
+            y[i * ldy + j] = accumulate ? y[i * ldy + j] + v : v;
+        }
+}
+
+#define TILE(MR, NR)                                                                        \
+    do {                                                                                    \
+        float o[4][4];                                                                      \
+        tile_dot(x + m * K, K, W + n * K, K, K, MR, NR, o);                                 \
+        tile_store(y + m * N + n, N, bias ? bias + n : 0, accumulate, MR, NR, o);           \
+    } while (0)
+
+/* Rows [n0, n1) of y (M, N) = x (M, K) · W (N, K)ᵀ + bias. Each block of weight rows is read from
+ * memory once and used for every input row while it is in L1. */
+static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
+                        int64_t N, int64_t n0, int64_t n1, int accumulate) {
+    int64_t n = n0;
+    if (M == 1) {
+        const int64_t m = 0;
+        for (; n + 4 <= n1; n += 4) TILE(1, 4);
+        for (; n < n1; n++) TILE(1, 1);
+        return;
+    }
+    for (; n + 2 <= n1; n += 2) {
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) TILE(4, 2);
+        for (; m < M; m++) TILE(1, 2);
+    }
+    for (; n < n1; n++)
+        for (int64_t m = 0; m < M; m++) TILE(1, 1);
+}
+
+/* Inside a parallel region: split the N output rows over the team in blocks of 8 (static, so each
+ * thread streams one contiguous slab of W). Ends with the team's barrier. */
+static void linear_team(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
+                        int64_t N, int accumulate) {
+    const int64_t nb = (N + 7) / 8;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t n0 = b * 8, n1 = n0 + 8 < N ? n0 + 8 : N;
+        linear_rows(x, M, K, W, bias, y, N, n0, n1, accumulate);
+    }
+}
+
+/* y (M, N) = x (M, K) · W (N, K)ᵀ + bias, on n_threads threads. */
+void gm_linear(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
+               int n_threads) {
+    if (n_threads <= 1 || (int64_t)N * K < 32768) {
+        linear_rows(x, M, K, W, bias, y, N, 0, N, 0);
+        return;
+    }
+#pragma omp parallel num_threads(n_threads)
+    linear_team(x, M, K, W, bias, y, N, 0);
+}
+
+/* ---------------------------------------------------------------------------------------------
+ * Fused decode step of a pre-norm decoder-only model (GPT-2 / Llama / Mistral layouts).
+ * The field order of these structs is mirrored by ctypes in genmodels/native/decoder.py.
+ */
+typedef struct {
+    const float *norm1_w, *norm1_b, *qkv_w, *qkv_b, *out_w, *out_b;
+    const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
+    float *k_cache, *v_cache; /* (B, H_kv, L_max, dh) */
+} gm_layer;
+
+enum { NORM_LAYER = 0, NORM_RMS = 1 };
+enum { ACT_GELU = 0, ACT_GELU_TANH = 1, ACT_RELU = 2, ACT_SILU = 3 };
+enum { POS_NONE = 0, POS_TABLE = 1, POS_ROPE = 2, POS_ALIBI = 3 };
+
+typedef struct {
+    int64_t n_layers, batch, d, n_heads, n_kv, dh, d_ff, vocab, max_len;
+    int64_t norm, final_norm, gated, act, pos_kind, rot_dim, rope_len, window, mask_stride, n_threads;
+    double norm_eps, attn_scale, emb_scale;
+    const float *embed, *pos_table, *rope_cos, *rope_sin, *inv_freq, *alibi, *final_w, *final_b, *head_w, *head_b;
+    gm_layer *layers;
+    float *scratch; /* gm_scratch_floats() floats */
+} gm_model;
+
+int64_t gm_scratch_floats(const gm_model *m) {
+    int64_t B = m->batch, qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
+    return B * (2 * m->d + qkv + m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * m->max_len;
+}
+
+static void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b) {
+    if (kind == NORM_RMS) { /* y = x · rsqrt(mean(x²) + ε) · γ */
+        double ss = 0.0;
+        for (int64_t i = 0; i < d; i++) ss += (double)x[i] * x[i];
+        float r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+        for (int64_t i = 0; i < d; i++) y[i] = x[i] * r * w[i];
+        return;
+    }
+    double sum = 0.0, var = 0.0; /* y = (x − μ) / √(σ² + ε) · γ + β */
+    for (int64_t i = 0; i < d; i++) sum += x[i];
+    const float mu = (float)(sum / (double)d);
+    for (int64_t i = 0; i < d; i++) var += (double)(x[i] - mu) * (x[i] - mu);
+    float r = 1.0f / sqrtf((float)(var / (double)d) + eps);
+    for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i] + (b ? b[i] : 0.0f);
+}
+
+static float activation(float v, int act) {
+    switch (act) {
+    case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    case ACT_GELU_TANH: return 0.5f * v * (1.0f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
+    case ACT_RELU: return v > 0.0f ? v : 0.0f;
+    default: return v / (1.0f + expf(-v));
+    }
+}
+
+/* HF half-split RoPE on the first rot_dim channels of one head vector: channel i pairs with
+ * i + rot_dim/2; v ← v·cos + rotate_half(v)·sin. */
+static void rope_head(float *v, const gm_model *m, int64_t pos) {
+    const int64_t half = m->rot_dim / 2;
+    float cbuf[512], sbuf[512];
+    const float *c, *s;
+    if (pos < m->rope_len) {
+        c = m->rope_cos + pos * m->rot_dim;
+        s = m->rope_sin + pos * m->rot_dim;
+    } else { /* beyond the table: the same fp32 angle pos · inv_freq */
+        for (int64_t i = 0; i < half; i++) {
+            float a = (float)pos * m->inv_freq[i];
+            cbuf[i] = cbuf[i + half] = cosf(a);
+            sbuf[i] = sbuf[i + half] = sinf(a);
+        }
+        c = cbuf, s = sbuf;
+    }
+    for (int64_t i = 0; i < half; i++) {
+        float x1 = v[i], x2 = v[i + half];
+        v[i] = x1 * c[i] - x2 * s[i];
+        v[i + half] = x2 * c[i + half] + x1 * s[i + half];
+    }
+}
+
+/* softmax(q·Kᵀ·scale + bias) V for one query head over keys [0, n_keys) of its KV head. */
+static void attend(const float *q, const float *K, const float *V, int64_t n_keys, int64_t dh, float scale,
+                   const int64_t *key_ok, int64_t lo, float slope, float *scores, float *out) {
+    float mx = -INFINITY;
+    for (int64_t j = lo; j < n_keys; j++) {
+        if (key_ok && !key_ok[j]) continue;
+        const float *k = K + j * dh;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < dh; i++) s += q[i] * k[i];
+        s = s * scale + slope * (float)(j - (n_keys - 1));
+        scores[j] = s;
+        if (s > mx) mx = s;
+    }
+    float total = 0.0f;
+    for (int64_t i = 0; i < dh; i++) out[i] = 0.0f;
+    for (int64_t j = lo; j < n_keys; j++) {
+        if (key_ok && !key_ok[j]) continue;
+        float p = expf(scores[j] - mx);
+        total += p;
+        const float *v = V + j * dh;
+        for (int64_t i = 0; i < dh; i++) out[i] += p * v[i];
+    }
+    float inv = 1.0f / total;
+    for (int64_t i = 0; i < dh; i++) out[i] *= inv;
+}
+
+/* One decode step: token ids (B,), position ids (B,) and cache position `start` -> logits (B, V).
+ * Writes this step's keys/values into the caches at `start`. key_mask (B, mask_stride) int64,
+ * 1 = real token, may be NULL. Returns 0. */
+int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positions, const int64_t *key_mask,
+                    int64_t start, float *logits) {
+    const int64_t B = m->batch, D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
+    const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, L = m->max_len;
+    float *x = m->scratch, *xn = x + B * D, *qkv = xn + B * D, *att = qkv + B * QKV, *ff = att + B * H * DH;
+    float *hid = ff + B * FF, *scores_all = hid + B * F;
+    const float eps = (float)m->norm_eps, scale = (float)m->attn_scale;
+    const int64_t n_keys = start + 1, group = H / HKV;
+
+#pragma omp parallel num_threads(m->n_threads)
+    {
+        float *scores = scores_all + thread_id() * L;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            const float *e = m->embed + ids[b] * D;
+            for (int64_t i = 0; i < D; i++) x[b * D + i] = e[i] * (float)m->emb_scale;
+            if (m->pos_kind == POS_TABLE) {
+                const float *p = m->pos_table + positions[b] * D;
+                for (int64_t i = 0; i < D; i++) x[b * D + i] += p[i];
+            }
+        }
+        for (int64_t l = 0; l < m->n_layers; l++) {
+            const gm_layer *ly = &m->layers[l];
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+            linear_team(xn, B, D, ly->qkv_w, ly->qkv_b, qkv, QKV, 0);
+            /* rotate q and k heads, append k and v to the cache */
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                float *row = qkv + b * QKV;
+                if (m->pos_kind == POS_ROPE)
+                    for (int64_t h = 0; h < H + HKV; h++) rope_head(row + h * DH, m, positions[b]);
+                for (int64_t h = 0; h < HKV; h++) {
+                    int64_t at = ((b * HKV + h) * L + start) * DH;
+                    memcpy(ly->k_cache + at, row + (H + h) * DH, DH * sizeof(float));
+                    memcpy(ly->v_cache + at, row + (H + HKV + h) * DH, DH * sizeof(float));
+                }
+            }
+#pragma omp for schedule(static)
+            for (int64_t bh = 0; bh < B * H; bh++) {
+                int64_t b = bh / H, h = bh % H, kv = ((b * HKV + h / group) * L) * DH;
+                int64_t lo = m->window > 0 && n_keys > m->window ? n_keys - m->window : 0;
+                float slope = m->pos_kind == POS_ALIBI ? m->alibi[h] : 0.0f;
+                attend(qkv + b * QKV + h * DH, ly->k_cache + kv, ly->v_cache + kv, n_keys, DH, scale,
+                       key_mask ? key_mask + b * m->mask_stride : 0, lo, slope, scores, att + (b * H + h) * DH);
+            }
+            linear_team(att, B, H * DH, ly->out_w, ly->out_b, x, D, 1); /* x += out(att) */
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+            linear_team(xn, B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < B; b++) {
+                const float *g = ff + b * FF;
+                for (int64_t i = 0; i < F; i++)
+                    hid[b * F + i] = m->gated ? activation(g[i], (int)m->act) * g[F + i] : activation(g[i], (int)m->act);
+            }
+            linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) {
+            if (m->final_norm) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, m->final_w, m->final_b);
+            else memcpy(xn + b * D, x + b * D, D * sizeof(float));
+        }
+        linear_team(xn, B, D, m->head_w, m->head_b, logits, m->vocab, 0);
+    }
+    return 0;
+}

@@ -1,0 +1,170 @@
+"""A whole decode step of a decoder-only model in one native call (``gm_decoder_step`` in decode.c).
+
+    ids (B,) ─ embed (+ position table) ─ N × [x += Attn(Norm x) via the KV cache; x += FFN(Norm x)]
+             ─ Norm ─ head ─▶ logits (B, V)
+
+It reads the model's own parameters and KV cache in place (no copies; the state dict and the
+PyTorch forward are untouched) and covers what the decoder presets build: pre-norm blocks,
+LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl. partial) / ALiBi positions, multi-,
+grouped- and multi-query heads, sliding windows, left-padding masks, plain and gated MLPs, tied
+or separate heads with optional biases. Anything else (post-norm, another dtype or device) is
+reported by :func:`unsupported` and generation keeps the PyTorch path.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from ..nn import (ALiBi, GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RMSNorm, SelfAttention,
+                  SinusoidalPositionalEmbedding)
+from . import library, unavailable_reason
+
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_ACT = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
+_LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm2_w", "norm2_b", "fc1_w",
+                 "fc1_b", "fc2_w", "fc2_b", "k_cache", "v_cache")
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(n, _P) for n in _LAYER_FIELDS]
+
+
+class _Model(ctypes.Structure):  # field order mirrors gm_model in decode.c
+    _fields_ = ([(n, _I) for n in ("n_layers", "batch", "d", "n_heads", "n_kv", "dh", "d_ff", "vocab", "max_len",
+                                   "norm", "final_norm", "gated", "act", "pos_kind", "rot_dim", "rope_len", "window",
+                                   "mask_stride", "n_threads")]
+                + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale")]
+                + [(n, _P) for n in ("embed", "pos_table", "rope_cos", "rope_sin", "inv_freq", "alibi", "final_w",
+                                     "final_b", "head_w", "head_b")]
+                + [("layers", ctypes.POINTER(_Layer)), ("scratch", _P)])
+
+
+def _norm_kind(m: nn.Module) -> int | None:
+    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why ``model`` cannot use the fused step (``None``: it can)."""
+    from ..models.blocks import PreNormBlock
+    if getattr(model, "family", None) != "decoder":
+        return "not a decoder-only model"
+    if library() is None:
+        return f"native kernels unavailable ({unavailable_reason()})"
+    params = list(model.parameters()) + list(model.buffers())
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in params):
+        return "needs contiguous fp32 CPU weights"
+    eps = set()
+    for blk in model.blocks:
+        if type(blk) is not PreNormBlock or type(blk.attn) is not SelfAttention:
+            return f"block {type(blk).__name__} is not a pre-norm self-attention block"
+        if type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
+            return f"feed-forward {type(blk.mlp).__name__} not supported"
+        for n in (blk.norm1, blk.norm2):
+            if _norm_kind(n) != _norm_kind(model.blocks[0].norm1) or _norm_kind(n) is None:
+                return "norms must all be LayerNorm or all RMSNorm"
+            eps.add(n.eps)
+        if blk.attn.head_dim > 512:
+            return "head_dim > 512"
+    if not isinstance(model.norm, nn.Identity):
+        if _norm_kind(model.norm) != _norm_kind(model.blocks[0].norm1):
+            return "final norm differs from the block norms"
+        eps.add(model.norm.eps)
+    if len(eps) > 1:
+        return "norm eps differs between layers"
+    pos = model.pos_embed
+    if pos is not None and type(pos) not in (LearnedPositionalEmbedding, SinusoidalPositionalEmbedding):
+        return f"position embedding {type(pos).__name__} not supported"
+    if model.score_bias is not None and type(model.score_bias) is not ALiBi:
+        return "score bias other than ALiBi"
+    return None
+
+
+class FusedDecodeStep:
+    """``step(ids (B,), positions (B,), key_mask (B, S) | None) -> logits (B, V)``, advancing ``cache``.
+
+    ``positions``: each row's position id (left padding shifts them); ``key_mask``: 1 for real tokens
+    over the cache's positions (the row stride may exceed the filled length). The returned logits
+    tensor is reused by the next call.
+    """
+
+    def __init__(self, model: nn.Module, cache, batch: int):
+        reason = unsupported(model)
+        if reason is not None:
+            raise ValueError(f"fused decode step unavailable: {reason}")
+        self.lib, self.cache, c = library(), cache, model.config
+        blocks = list(model.blocks)
+        a0 = blocks[0].attn
+        keep = []  # tensors whose pointers the struct holds
+
+        def ptr(t):
+            if t is None:
+                return None
+            keep.append(t)
+            return t.data_ptr()
+
+        layers = (_Layer * len(blocks))()
+        for i, (blk, lc) in enumerate(zip(blocks, cache.layers)):
+            fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
+            vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv.weight, blk.attn.qkv.bias,
+                    blk.attn.out.weight, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
+                    fc1.weight, fc1.bias, fc2.weight, fc2.bias, lc.k, lc.v)
+            for name, t in zip(_LAYER_FIELDS, vals):
+                setattr(layers[i], name, ptr(t))
+        m = _Model()
+        m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
+                                                              a0.head_dim)
+        m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
+        m.vocab, m.max_len = model.head.get_weight().shape[0], cache.max_len
+        m.norm = _norm_kind(blocks[0].norm1)
+        m.final_norm = int(not isinstance(model.norm, nn.Identity))
+        m.gated = int(type(blocks[0].mlp) is GatedMLP)
+        m.act = _ACT[blocks[0].mlp.activation]
+        m.window = c.sliding_window or 0
+        m.n_threads = torch.get_num_threads()
+        m.norm_eps = blocks[0].norm1.eps
+        m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
+        m.emb_scale = getattr(model.embed, "scale", 1.0)
+        m.embed = ptr(model.embed.weight)
+        m.pos_kind, self.pos_len = 0, 1 << 62
+        if model.pos_embed is not None:
+            table = model.pos_embed.weight if isinstance(model.pos_embed, nn.Embedding) else model.pos_embed.table
+            m.pos_kind, m.pos_table, self.pos_len = 1, ptr(table), table.shape[0]
+        elif model.rotary is not None:
+            r = model.rotary
+            m.pos_kind, m.rot_dim, m.rope_len = 2, r.rot_dim, r.cos_table.shape[0]
+            m.rope_cos, m.rope_sin, m.inv_freq = ptr(r.cos_table), ptr(r.sin_table), ptr(r.inv_freq)
+        elif model.score_bias is not None:
+            m.pos_kind, m.alibi = 3, ptr(model.score_bias.slopes)
+        if m.final_norm:
+            m.final_w, m.final_b = ptr(model.norm.weight), ptr(getattr(model.norm, "bias", None))
+        m.head_w, m.head_b = ptr(model.head.get_weight()), ptr(model.head.bias)
+        m.layers = layers
+        self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)))
+        m.scratch = self.scratch.data_ptr()
+        self.logits = torch.empty(batch, m.vocab)
+        self.model_struct, self.layers, self.keep = m, layers, keep
+
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        m, start = self.model_struct, self.cache.pos
+        if start >= m.max_len:
+            raise ValueError(f"KV cache overflow: {start + 1} positions > capacity {m.max_len}")
+        ids = ids.contiguous().long()
+        positions = positions.contiguous().long()
+        if ids.shape != (m.batch,) or positions.shape != (m.batch,):
+            raise ValueError(f"ids and positions must be ({m.batch},), got {tuple(ids.shape)}, {tuple(positions.shape)}")
+        if int(ids.min()) < 0 or int(ids.max()) >= m.vocab:
+            raise ValueError(f"token ids must be in [0, {m.vocab})")
+        if int(positions.min()) < 0 or (m.pos_kind == 1 and int(positions.max()) >= self.pos_len):
+            raise ValueError(f"position ids must be in [0, {self.pos_len})")
+        if key_mask is not None:
+            key_mask = key_mask.contiguous().long()
+            if key_mask.shape[0] != m.batch or key_mask.shape[1] <= start:
+                raise ValueError(f"key_mask must be ({m.batch}, >{start}), got {tuple(key_mask.shape)}")
+            m.mask_stride = key_mask.shape[1]
+        self.lib.gm_decoder_step(ctypes.byref(m), ids.data_ptr(), positions.data_ptr(),
+                                 key_mask.data_ptr() if key_mask is not None else None, start,
+                                 self.logits.data_ptr())
+        self.cache.pos = start + 1
+        return self.logits
