@@ -22,6 +22,7 @@ from typing import Iterable
 
 import torch
 
+from ..native.decoder import FusedDecodeStep, unsupported
 from ..nn.layout import decode_layout
 from .sampling import check_generation_args, choose_next, process_logits
 
@@ -67,31 +68,43 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
                                                          (ends[0] if ends else 0))
     was_training = model.training
     model.eval()
-    try:  # column-major weights: faster CPU GEMVs (see nn/layout.py)
-        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16):
+    # CPU: one native call per decoder step (genmodels.native) when available, else column-major
+    # weights for faster GEMVs (see nn/layout.py)
+    fused = device.type == "cpu" and max_new_tokens > 1 and unsupported(model) is None
+    try:
+        with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16 and not fused):
             memory = model.encode(input_ids, mask)  # (B, S, D)
             if num_beams == 1:
                 return _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p,
-                               repetition_penalty, seed)
+                               repetition_penalty, seed, fused)
             return _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, num_beams, length_penalty,
-                                early_stopping, repetition_penalty)
+                                early_stopping, repetition_penalty, fused)
     finally:
         model.train(was_training)
 
 
-def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p, rep, seed):
+def _decoder_step(model, cache, batch, mask, fused):
+    """``step(last tokens (B,)) -> logits (B, V)``: the fused native step, or the PyTorch decoder."""
+    if fused:
+        fn = FusedDecodeStep(model, cache, batch, mask)
+        return lambda ids: fn(ids, torch.full_like(ids, cache.pos))
+    return lambda ids: model.decode(ids[:, None], cache=cache)[:, -1]
+
+
+def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p, rep, seed, fused):
     b, device = memory.shape[0], memory.device
     out = torch.full((b, 1 + max_new_tokens), pad, dtype=torch.long, device=device)
     out[:, 0] = start
     if max_new_tokens == 0:
         return out
     cache = model.new_cache(memory, mask, max_len=max_new_tokens)
+    step_fn = _decoder_step(model, cache, b, mask, fused)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     end_ids = torch.tensor(ends, dtype=torch.long, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n = 0
     for step in range(max_new_tokens):
-        logits = model.decode(out[:, step:step + 1], cache=cache)[:, -1]  # (B, V)
+        logits = step_fn(out[:, step])  # (B, V)
         nxt = choose_next(logits, out[:, :step + 1] if rep else None, temperature=temperature, top_k=top_k,
                           top_p=top_p, rep_penalty=rep, generator=generator)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
@@ -104,7 +117,8 @@ def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, 
     return out[:, :1 + n]
 
 
-def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, length_penalty, early_stopping, rep):
+def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, length_penalty, early_stopping, rep,
+                 fused):
     b, device = memory.shape[0], memory.device
     length = 1 + max_new_tokens  # the start token + generated
     fill = (pad or ends[0]) if ends else -1  # transformers' fill value for unused positions
@@ -116,6 +130,7 @@ def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, lengt
     memory = memory.repeat_interleave(k, dim=0)  # (B·K, S, D): one copy per beam
     mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
     cache = model.new_cache(memory, mask, max_len=max(max_new_tokens, 1))
+    step_fn = _decoder_step(model, cache, b * k, mask, fused)
 
     running = torch.full((b, k, length), fill, dtype=torch.long, device=device)
     running[:, :, 0] = start
@@ -129,8 +144,7 @@ def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, lengt
     offset = torch.arange(b, device=device)[:, None] * k
     cur = 1
     while cur < length:
-        last = running[:, :, cur - 1].reshape(b * k, 1)
-        logits = model.decode(last, cache=cache)[:, -1].float()  # (B·K, V)
+        logits = step_fn(running[:, :, cur - 1].reshape(b * k)).float()  # (B·K, V)
         logp = torch.log_softmax(logits, dim=-1)
         if rep:
             logp = process_logits(logp, running[:, :, :cur].reshape(b * k, cur), rep_penalty=rep)

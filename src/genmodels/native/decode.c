@@ -152,13 +152,16 @@ void gm_linear(const float *x, int64_t M, int64_t K, const float *W, const float
 }
 
 /* ---------------------------------------------------------------------------------------------
- * Fused decode step of a pre-norm decoder-only model (GPT-2 / Llama / Mistral layouts).
+ * Fused decode step of a pre-norm decoder: decoder-only (GPT-2 / Llama / Mistral) or the decoder
+ * of an encoder–decoder (T5), whose blocks add cross-attention over the encoder's memory.
  * The field order of these structs is mirrored by ctypes in genmodels/native/decoder.py.
  */
 typedef struct {
     const float *norm1_w, *norm1_b, *qkv_w, *qkv_b, *out_w, *out_b;
     const float *norm2_w, *norm2_b, *fc1_w, *fc1_b, *fc2_w, *fc2_b;
     float *k_cache, *v_cache; /* (B, H_kv, L_max, dh) */
+    /* cross-attention (NULL cross_q_w: none): q from Norm_x(x), k/v of the memory (B, H_kv, S, dh) */
+    const float *normx_w, *normx_b, *cross_q_w, *cross_q_b, *cross_out_w, *cross_out_b, *mem_k, *mem_v;
 } gm_layer;
 
 enum { NORM_LAYER = 0, NORM_RMS = 1 };
@@ -167,16 +170,19 @@ enum { POS_NONE = 0, POS_TABLE = 1, POS_ROPE = 2, POS_ALIBI = 3 };
 
 typedef struct {
     int64_t n_layers, batch, d, n_heads, n_kv, dh, d_ff, vocab, max_len;
-    int64_t norm, final_norm, gated, act, pos_kind, rot_dim, rope_len, window, mask_stride, n_threads;
-    double norm_eps, attn_scale, emb_scale;
+    int64_t norm, final_norm, gated, act, pos_kind, rot_dim, rope_len, window, mask_stride, n_threads, mem_len;
+    double norm_eps, attn_scale, emb_scale, out_scale;
     const float *embed, *pos_table, *rope_cos, *rope_sin, *inv_freq, *alibi, *final_w, *final_b, *head_w, *head_b;
+    const float *dist_bias;  /* (H, L_max): self-attention score bias by distance query − key (T5), or NULL */
+    const int64_t *mem_mask; /* (B, mem_len), 1 = real memory token, or NULL */
     gm_layer *layers;
     float *scratch; /* gm_scratch_floats() floats */
 } gm_model;
 
 int64_t gm_scratch_floats(const gm_model *m) {
     int64_t B = m->batch, qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
-    return B * (2 * m->d + qkv + m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * m->max_len;
+    int64_t keys = m->max_len > m->mem_len ? m->max_len : m->mem_len;
+    return B * (2 * m->d + qkv + 2 * m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * keys;
 }
 
 static void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b) {
@@ -228,9 +234,11 @@ static void rope_head(float *v, const gm_model *m, int64_t pos) {
     }
 }
 
-/* softmax(q·Kᵀ·scale + bias) V for one query head over keys [0, n_keys) of its KV head. */
+/* softmax(q·Kᵀ·scale + bias) V for one query head over keys [lo, n_keys) of its KV head; the query
+ * sits at n_keys − 1 and bias(j) = slope·(j − q) + dist_bias[q − j] (ALiBi, T5). */
 static void attend(const float *q, const float *K, const float *V, int64_t n_keys, int64_t dh, float scale,
-                   const int64_t *key_ok, int64_t lo, float slope, float *scores, float *out) {
+                   const int64_t *key_ok, int64_t lo, float slope, const float *dist_bias, float *scores,
+                   float *out) {
     float mx = -INFINITY;
     for (int64_t j = lo; j < n_keys; j++) {
         if (key_ok && !key_ok[j]) continue;
@@ -239,6 +247,7 @@ static void attend(const float *q, const float *K, const float *V, int64_t n_key
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < dh; i++) s += q[i] * k[i];
         s = s * scale + slope * (float)(j - (n_keys - 1));
+        if (dist_bias) s += dist_bias[n_keys - 1 - j];
         scores[j] = s;
         if (s > mx) mx = s;
     }
@@ -263,13 +272,14 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
     const int64_t B = m->batch, D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
     const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, L = m->max_len;
     float *x = m->scratch, *xn = x + B * D, *qkv = xn + B * D, *att = qkv + B * QKV, *ff = att + B * H * DH;
-    float *hid = ff + B * FF, *scores_all = hid + B * F;
+    float *hid = ff + B * FF, *q2 = hid + B * F, *scores_all = q2 + B * H * DH;
+    const int64_t n_scores = L > m->mem_len ? L : m->mem_len;
     const float eps = (float)m->norm_eps, scale = (float)m->attn_scale;
     const int64_t n_keys = start + 1, group = H / HKV;
 
 #pragma omp parallel num_threads(m->n_threads)
     {
-        float *scores = scores_all + thread_id() * L;
+        float *scores = scores_all + thread_id() * n_scores;
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             const float *e = m->embed + ids[b] * D;
@@ -302,9 +312,23 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
                 int64_t lo = m->window > 0 && n_keys > m->window ? n_keys - m->window : 0;
                 float slope = m->pos_kind == POS_ALIBI ? m->alibi[h] : 0.0f;
                 attend(qkv + b * QKV + h * DH, ly->k_cache + kv, ly->v_cache + kv, n_keys, DH, scale,
-                       key_mask ? key_mask + b * m->mask_stride : 0, lo, slope, scores, att + (b * H + h) * DH);
+                       key_mask ? key_mask + b * m->mask_stride : 0, lo, slope, m->dist_bias ? m->dist_bias + h * L : 0,
+                       scores, att + (b * H + h) * DH);
             }
             linear_team(att, B, H * DH, ly->out_w, ly->out_b, x, D, 1); /* x += out(att) */
+            if (ly->cross_q_w) { /* x += Cross(Norm_x(x), memory) */
+                const int64_t S = m->mem_len;
+#pragma omp for schedule(static)
+                for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->normx_w, ly->normx_b);
+                linear_team(xn, B, D, ly->cross_q_w, ly->cross_q_b, q2, H * DH, 0);
+#pragma omp for schedule(static)
+                for (int64_t bh = 0; bh < B * H; bh++) {
+                    int64_t b = bh / H, h = bh % H, kv = ((b * HKV + h / group) * S) * DH;
+                    attend(q2 + (b * H + h) * DH, ly->mem_k + kv, ly->mem_v + kv, S, DH, scale,
+                           m->mem_mask ? m->mem_mask + b * S : 0, 0, 0.0f, 0, scores, att + (b * H + h) * DH);
+                }
+                linear_team(att, B, H * DH, ly->cross_out_w, ly->cross_out_b, x, D, 1);
+            }
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
             linear_team(xn, B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
@@ -320,6 +344,8 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
         for (int64_t b = 0; b < B; b++) {
             if (m->final_norm) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, m->final_w, m->final_b);
             else memcpy(xn + b * D, x + b * D, D * sizeof(float));
+            if (m->out_scale != 1.0)
+                for (int64_t i = 0; i < D; i++) xn[b * D + i] *= (float)m->out_scale;
         }
         linear_team(xn, B, D, m->head_w, m->head_b, logits, m->vocab, 0);
     }

@@ -1,14 +1,16 @@
-"""A whole decode step of a decoder-only model in one native call (``gm_decoder_step`` in decode.c).
+"""A whole decode step of a decoder in one native call (``gm_decoder_step`` in decode.c).
 
-    ids (B,) ─ embed (+ position table) ─ N × [x += Attn(Norm x) via the KV cache; x += FFN(Norm x)]
-             ─ Norm ─ head ─▶ logits (B, V)
+    ids (B,) ─ embed (+ position table) ─ N × [x += Attn(Norm x) via the KV cache;
+                                               (x += Cross(Norm x, memory));  x += FFN(Norm x)]
+             ─ Norm (× output scale) ─ head ─▶ logits (B, V)
 
 It reads the model's own parameters and KV cache in place (no copies; the state dict and the
-PyTorch forward are untouched) and covers what the decoder presets build: pre-norm blocks,
-LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl. partial) / ALiBi positions, multi-,
-grouped- and multi-query heads, sliding windows, left-padding masks, plain and gated MLPs, tied
-or separate heads with optional biases. Anything else (post-norm, another dtype or device) is
-reported by :func:`unsupported` and generation keeps the PyTorch path.
+PyTorch forward are untouched) and covers what the decoder-only and T5 presets build: pre-norm
+blocks, LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl. partial) / ALiBi / T5 relative
+positions, multi-, grouped- and multi-query heads, sliding windows, padding masks, plain and
+gated MLPs, tied or separate heads with optional biases, cross-attention over a cached memory.
+Anything else (post-norm blocks, another dtype or device) is reported by :func:`unsupported`
+and generation keeps the PyTorch path.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ import ctypes
 import torch
 from torch import nn
 
-from ..nn import (ALiBi, GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RMSNorm, SelfAttention,
-                  SinusoidalPositionalEmbedding)
+from ..nn import (ALiBi, GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RelativePositionBias, RMSNorm,
+                  SelfAttention, SinusoidalPositionalEmbedding)
 from . import library, unavailable_reason
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -27,17 +29,20 @@ _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm
                  "fc1_b", "fc2_w", "fc2_b", "k_cache", "v_cache")
 
 
+_CROSS_FIELDS = ("normx_w", "normx_b", "cross_q_w", "cross_q_b", "cross_out_w", "cross_out_b", "mem_k", "mem_v")
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(n, _P) for n in _LAYER_FIELDS]
+    _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS]
 
 
 class _Model(ctypes.Structure):  # field order mirrors gm_model in decode.c
     _fields_ = ([(n, _I) for n in ("n_layers", "batch", "d", "n_heads", "n_kv", "dh", "d_ff", "vocab", "max_len",
                                    "norm", "final_norm", "gated", "act", "pos_kind", "rot_dim", "rope_len", "window",
-                                   "mask_stride", "n_threads")]
-                + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale")]
+                                   "mask_stride", "n_threads", "mem_len")]
+                + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale", "out_scale")]
                 + [(n, _P) for n in ("embed", "pos_table", "rope_cos", "rope_sin", "inv_freq", "alibi", "final_w",
-                                     "final_b", "head_w", "head_b")]
+                                     "final_b", "head_w", "head_b", "dist_bias", "mem_mask")]
                 + [("layers", ctypes.POINTER(_Layer)), ("scratch", _P)])
 
 
@@ -45,56 +50,78 @@ def _norm_kind(m: nn.Module) -> int | None:
     return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
 
 
+def _decoder_parts(model: nn.Module):
+    """(blocks, final norm, position embedding, rotary, score bias) of the model's decoder."""
+    if model.family == "seq2seq":
+        return model.dec_blocks, model.dec_norm, model.pos_embed, None, model.dec_rel_bias
+    return model.blocks, model.norm, model.pos_embed, model.rotary, model.score_bias
+
+
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the fused step (``None``: it can)."""
-    from ..models.blocks import PreNormBlock
-    if getattr(model, "family", None) != "decoder":
-        return "not a decoder-only model"
+    from ..models.blocks import PreNormBlock, PreNormCrossBlock
+    family = getattr(model, "family", None)
+    if family not in ("decoder", "seq2seq"):
+        return "not a decoder"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
     params = list(model.parameters()) + list(model.buffers())
     if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in params):
         return "needs contiguous fp32 CPU weights"
+    blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)
+    kind = _norm_kind(blocks[0].norm1)
     eps = set()
-    for blk in model.blocks:
-        if type(blk) is not PreNormBlock or type(blk.attn) is not SelfAttention:
-            return f"block {type(blk).__name__} is not a pre-norm self-attention block"
+    for blk in blocks:
+        if type(blk) is not (PreNormCrossBlock if family == "seq2seq" else PreNormBlock):
+            return f"block {type(blk).__name__} is not a pre-norm block"
+        if type(blk.attn) is not SelfAttention:
+            return f"attention {type(blk.attn).__name__} not supported"
         if type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
             return f"feed-forward {type(blk.mlp).__name__} not supported"
-        for n in (blk.norm1, blk.norm2):
-            if _norm_kind(n) != _norm_kind(model.blocks[0].norm1) or _norm_kind(n) is None:
+        norms = (blk.norm1, blk.norm2) + ((blk.norm_cross,) if family == "seq2seq" else ())
+        for n in norms:
+            if kind is None or _norm_kind(n) != kind:
                 return "norms must all be LayerNorm or all RMSNorm"
             eps.add(n.eps)
         if blk.attn.head_dim > 512:
             return "head_dim > 512"
-    if not isinstance(model.norm, nn.Identity):
-        if _norm_kind(model.norm) != _norm_kind(model.blocks[0].norm1):
+        if family == "seq2seq" and blk.cross.scale != blk.attn.scale:
+            return "cross-attention scale differs from self-attention's"
+    if not isinstance(final_norm, nn.Identity):
+        if _norm_kind(final_norm) != kind:
             return "final norm differs from the block norms"
-        eps.add(model.norm.eps)
+        eps.add(final_norm.eps)
     if len(eps) > 1:
         return "norm eps differs between layers"
-    pos = model.pos_embed
     if pos is not None and type(pos) not in (LearnedPositionalEmbedding, SinusoidalPositionalEmbedding):
         return f"position embedding {type(pos).__name__} not supported"
-    if model.score_bias is not None and type(model.score_bias) is not ALiBi:
-        return "score bias other than ALiBi"
+    if score_bias is not None and type(score_bias) not in (ALiBi, RelativePositionBias):
+        return f"score bias {type(score_bias).__name__} not supported"
+    if rotary is not None and rotary.rot_dim > 512:
+        return "rotary dimension > 512"
     return None
 
 
 class FusedDecodeStep:
     """``step(ids (B,), positions (B,), key_mask (B, S) | None) -> logits (B, V)``, advancing ``cache``.
 
+    ``cache``: the model's :class:`KVCache` (decoder-only) or :class:`Seq2SeqCache` (encoder–decoder,
+    whose memory k/v and the source mask ``memory_mask (B, S)`` are read once here).
     ``positions``: each row's position id (left padding shifts them); ``key_mask``: 1 for real tokens
     over the cache's positions (the row stride may exceed the filled length). The returned logits
-    tensor is reused by the next call.
+    tensor is reused by the next call. The cache's tensors must stay in place (beam search
+    reorders them with in-place copies).
     """
 
-    def __init__(self, model: nn.Module, cache, batch: int):
+    def __init__(self, model: nn.Module, cache, batch: int, memory_mask: torch.Tensor | None = None):
         reason = unsupported(model)
         if reason is not None:
             raise ValueError(f"fused decode step unavailable: {reason}")
-        self.lib, self.cache, c = library(), cache, model.config
-        blocks = list(model.blocks)
+        seq2seq = model.family == "seq2seq"
+        self.lib, c = library(), model.config
+        self.cache = cache.self_kv if seq2seq else cache
+        blocks, final_norm, pos_embed, rotary, score_bias = _decoder_parts(model)
+        blocks = list(blocks)
         a0 = blocks[0].attn
         keep = []  # tensors whose pointers the struct holds
 
@@ -105,20 +132,25 @@ class FusedDecodeStep:
             return t.data_ptr()
 
         layers = (_Layer * len(blocks))()
-        for i, (blk, lc) in enumerate(zip(blocks, cache.layers)):
+        for i, (blk, lc) in enumerate(zip(blocks, self.cache.layers)):
             fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
             vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv.weight, blk.attn.qkv.bias,
                     blk.attn.out.weight, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
                     fc1.weight, fc1.bias, fc2.weight, fc2.bias, lc.k, lc.v)
-            for name, t in zip(_LAYER_FIELDS, vals):
+            if seq2seq:
+                mem_k, mem_v = cache.memory_kv[i]
+                vals += (blk.norm_cross.weight, getattr(blk.norm_cross, "bias", None), blk.cross.q.weight,
+                         blk.cross.q.bias, blk.cross.out.weight, blk.cross.out.bias, mem_k.contiguous(),
+                         mem_v.contiguous())
+            for name, t in zip(_LAYER_FIELDS + _CROSS_FIELDS, vals):
                 setattr(layers[i], name, ptr(t))
         m = _Model()
         m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
                                                               a0.head_dim)
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
-        m.vocab, m.max_len = model.head.get_weight().shape[0], cache.max_len
+        m.vocab, m.max_len = model.head.get_weight().shape[0], self.cache.max_len
         m.norm = _norm_kind(blocks[0].norm1)
-        m.final_norm = int(not isinstance(model.norm, nn.Identity))
+        m.final_norm = int(not isinstance(final_norm, nn.Identity))
         m.gated = int(type(blocks[0].mlp) is GatedMLP)
         m.act = _ACT[blocks[0].mlp.activation]
         m.window = c.sliding_window or 0
@@ -126,30 +158,40 @@ class FusedDecodeStep:
         m.norm_eps = blocks[0].norm1.eps
         m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
         m.emb_scale = getattr(model.embed, "scale", 1.0)
+        m.out_scale = (c.output_scale if seq2seq else None) or 1.0
         m.embed = ptr(model.embed.weight)
         m.pos_kind, self.pos_len = 0, 1 << 62
-        if model.pos_embed is not None:
-            table = model.pos_embed.weight if isinstance(model.pos_embed, nn.Embedding) else model.pos_embed.table
+        if pos_embed is not None:
+            table = pos_embed.weight if isinstance(pos_embed, nn.Embedding) else pos_embed.table
             m.pos_kind, m.pos_table, self.pos_len = 1, ptr(table), table.shape[0]
-        elif model.rotary is not None:
-            r = model.rotary
-            m.pos_kind, m.rot_dim, m.rope_len = 2, r.rot_dim, r.cos_table.shape[0]
-            m.rope_cos, m.rope_sin, m.inv_freq = ptr(r.cos_table), ptr(r.sin_table), ptr(r.inv_freq)
-        elif model.score_bias is not None:
-            m.pos_kind, m.alibi = 3, ptr(model.score_bias.slopes)
+        elif rotary is not None:
+            m.pos_kind, m.rot_dim, m.rope_len = 2, rotary.rot_dim, rotary.cos_table.shape[0]
+            m.rope_cos, m.rope_sin, m.inv_freq = ptr(rotary.cos_table), ptr(rotary.sin_table), ptr(rotary.inv_freq)
+        elif type(score_bias) is ALiBi:
+            m.pos_kind, m.alibi = 3, ptr(score_bias.slopes)
+        elif score_bias is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
+            dist = torch.arange(m.max_len)
+            m.dist_bias = ptr(score_bias(torch.zeros(1, dtype=torch.long), -dist)[0, :, 0].contiguous())  # (H, L)
+        if seq2seq:
+            m.mem_len = cache.memory_kv[0][0].shape[2]
+            if memory_mask is not None and not bool(memory_mask.all()):
+                m.mem_mask = ptr(memory_mask.contiguous().long())
         if m.final_norm:
-            m.final_w, m.final_b = ptr(model.norm.weight), ptr(getattr(model.norm, "bias", None))
+            m.final_w, m.final_b = ptr(final_norm.weight), ptr(getattr(final_norm, "bias", None))
         m.head_w, m.head_b = ptr(model.head.get_weight()), ptr(model.head.bias)
         m.layers = layers
         self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)))
         m.scratch = self.scratch.data_ptr()
         self.logits = torch.empty(batch, m.vocab)
         self.model_struct, self.layers, self.keep = m, layers, keep
+        self.k_ptrs = [lc.k.data_ptr() for lc in self.cache.layers]
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         m, start = self.model_struct, self.cache.pos
         if start >= m.max_len:
             raise ValueError(f"KV cache overflow: {start + 1} positions > capacity {m.max_len}")
+        if self.cache.layers[0].k.data_ptr() != self.k_ptrs[0]:
+            raise RuntimeError("the KV cache was reallocated under the fused decode step")
         ids = ids.contiguous().long()
         positions = positions.contiguous().long()
         if ids.shape != (m.batch,) or positions.shape != (m.batch,):
