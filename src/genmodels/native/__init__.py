@@ -1,4 +1,4 @@
-"""Native CPU kernels (``decode.c``): compiled on first use with the system C compiler, loaded
+"""Native CPU kernels (``kernels.c``): compiled on first use with the system C compiler, loaded
 with ctypes, and optional — when no compiler is available (or ``GENMODELS_NATIVE=0``) everything
 runs on the PyTorch path, which is also the reference the tests hold the kernels equal to.
 
@@ -21,7 +21,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("decode.c")
+SOURCE = Path(__file__).with_name("kernels.c")
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _lock = threading.Lock()
 _state: dict = {}
@@ -97,8 +97,9 @@ def library() -> ctypes.CDLL | None:
             except (OSError, RuntimeError) as e:
                 _state["lib"] = None
                 _state["error"] = str(e)
+                lines = str(e).splitlines()
                 log.warning("genmodels: native CPU kernels unavailable, using the PyTorch path (%s)",
-                            str(e).splitlines()[0])
+                            " ".join(lines[1:3]) or lines[0])
         return _state["lib"]
 
 

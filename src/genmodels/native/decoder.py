@@ -1,4 +1,4 @@
-"""A whole decode step of a decoder in one native call (``gm_decoder_step`` in decode.c).
+"""A whole decode step of a decoder in one native call (``gm_decoder_step`` in kernels.c).
 
     ids (B,) ─ embed (+ position table) ─ N × [x += Attn(Norm x) via the KV cache;
                                                (x += Cross(Norm x, memory));  x += FFN(Norm x)]
@@ -36,7 +36,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS]
 
 
-class _Model(ctypes.Structure):  # field order mirrors gm_model in decode.c
+class _Model(ctypes.Structure):  # field order mirrors gm_model in kernels.c
     _fields_ = ([(n, _I) for n in ("n_layers", "batch", "d", "n_heads", "n_kv", "dh", "d_ff", "vocab", "max_len",
                                    "norm", "final_norm", "gated", "act", "pos_kind", "rot_dim", "rope_len", "window",
                                    "mask_stride", "n_threads", "mem_len")]
@@ -186,7 +186,8 @@ class FusedDecodeStep:
         self.model_struct, self.layers, self.keep = m, layers, keep
         self.k_ptrs = [lc.k.data_ptr() for lc in self.cache.layers]
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor,
+                 key_mask: torch.Tensor | None = None) -> torch.Tensor:
         m, start = self.model_struct, self.cache.pos
         if start >= m.max_len:
             raise ValueError(f"KV cache overflow: {start + 1} positions > capacity {m.max_len}")
@@ -195,7 +196,8 @@ class FusedDecodeStep:
         ids = ids.contiguous().long()
         positions = positions.contiguous().long()
         if ids.shape != (m.batch,) or positions.shape != (m.batch,):
-            raise ValueError(f"ids and positions must be ({m.batch},), got {tuple(ids.shape)}, {tuple(positions.shape)}")
+            raise ValueError(f"ids and positions must be ({m.batch},), got {tuple(ids.shape)}, "
+                             f"{tuple(positions.shape)}")
         if int(ids.min()) < 0 or int(ids.max()) >= m.vocab:
             raise ValueError(f"token ids must be in [0, {m.vocab})")
         if int(positions.min()) < 0 or (m.pos_kind == 1 and int(positions.max()) >= self.pos_len):

@@ -69,17 +69,26 @@ INLINE void tile_dot(const float *x, int64_t ldx, const float *w, int64_t ldw, i
                      const int NR, float out[4][4]) {
     int64_t k = 0;
 #ifdef GM_AVX2
-    __m256 acc[4][4];
-    for (int i = 0; i < MR; i++)
-        for (int j = 0; j < NR; j++) acc[i][j] = _mm256_setzero_ps();
-    for (; k + 8 <= K; k += 8) {
-        __m256 wv[4];
-        for (int j = 0; j < NR; j++) wv[j] = _mm256_loadu_ps(w + j * ldw + k);
-        for (int i = 0; i < MR; i++) {
-            __m256 xv = _mm256_loadu_ps(x + i * ldx + k);
-            for (int j = 0; j < NR; j++) acc[i][j] = _mm256_fmadd_ps(xv, wv[j], acc[i][j]);
-        }
+    /* named accumulators, not an array: GCC keeps them in registers (an array spills every step) */
+    __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00,
+           a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+#define GM_ROW(i)                                                                                   \
+    if (MR > i) {                                                                                   \
+        __m256 xv = _mm256_loadu_ps(x + i * ldx + k);                                               \
+        a##i##0 = _mm256_fmadd_ps(xv, w0, a##i##0);                                                 \
+        if (NR > 1) a##i##1 = _mm256_fmadd_ps(xv, w1, a##i##1);                                     \
+        if (NR > 2) a##i##2 = _mm256_fmadd_ps(xv, w2, a##i##2);                                     \
+        if (NR > 3) a##i##3 = _mm256_fmadd_ps(xv, w3, a##i##3);                                     \
     }
+    for (; k + 8 <= K; k += 8) {
+        __m256 w0 = _mm256_loadu_ps(w + k), w1 = w0, w2 = w0, w3 = w0;
+        if (NR > 1) w1 = _mm256_loadu_ps(w + ldw + k);
+        if (NR > 2) w2 = _mm256_loadu_ps(w + 2 * ldw + k);
+        if (NR > 3) w3 = _mm256_loadu_ps(w + 3 * ldw + k);
+        GM_ROW(0) GM_ROW(1) GM_ROW(2) GM_ROW(3)
+    }
+#undef GM_ROW
+    const __m256 acc[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) out[i][j] = hsum8(acc[i][j]);
 #else
@@ -119,10 +128,10 @@ static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, co
         for (; n < n1; n++) TILE(1, 1);
         return;
     }
-    for (; n + 2 <= n1; n += 2) {
+    for (; n + 3 <= n1; n += 3) {
         int64_t m = 0;
-        for (; m + 4 <= M; m += 4) TILE(4, 2);
-        for (; m < M; m++) TILE(1, 2);
+        for (; m + 4 <= M; m += 4) TILE(4, 3);
+        for (; m < M; m++) TILE(1, 3);
     }
     for (; n < n1; n++)
         for (int64_t m = 0; m < M; m++) TILE(1, 1);
@@ -201,6 +210,59 @@ static void norm_row(const float *x, float *y, int64_t d, int kind, float eps, c
     for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i] + (b ? b[i] : 0.0f);
 }
 
+/* ---------------------------------------------------------------------------------------------
+ * Vector math (AVX2): exp as Cephes' expf (range reduction by ln 2, degree-6 polynomial, ≈1 ulp);
+ * erf as Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula PyTorch's vectorised erf uses.
+ */
+#ifdef GM_AVX2
+INLINE __m256 exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.3762626647949f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+INLINE __m256 erf8(__m256 x) {
+    const __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f)), ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
+    __m256 t = _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_fmadd_ps(_mm256_set1_ps(0.3275911f), ax, _mm256_set1_ps(1.0f)));
+    __m256 p = _mm256_set1_ps(1.061405429f);
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-1.453152027f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(1.421413741f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(-0.284496736f));
+    p = _mm256_fmadd_ps(p, t, _mm256_set1_ps(0.254829592f));
+    p = _mm256_mul_ps(p, t);
+    __m256 y = _mm256_fnmadd_ps(p, exp8(_mm256_mul_ps(_mm256_sub_ps(_mm256_setzero_ps(), ax), ax)), _mm256_set1_ps(1.0f));
+    return _mm256_or_ps(y, sign);
+}
+
+INLINE __m256 activation8(__m256 v, int act) {
+    const __m256 half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    switch (act) {
+    case 0: /* ACT_GELU: x/2 · (1 + erf(x/√2)) */
+        return _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, erf8(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752f)))));
+    case 1: { /* ACT_GELU_TANH: x/2 · (1 + tanh(u)), tanh(u) = 1 − 2 / (e^{2u} + 1) */
+        __m256 u = _mm256_mul_ps(_mm256_set1_ps(0.79788456080286536f),
+                                 _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(0.044715f), v), _mm256_mul_ps(v, v), v));
+        __m256 th = _mm256_sub_ps(one, _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(exp8(_mm256_add_ps(u, u)), one)));
+        return _mm256_mul_ps(_mm256_mul_ps(half, v), _mm256_add_ps(one, th));
+    }
+    case 2: return _mm256_max_ps(v, _mm256_setzero_ps());
+    default: /* SiLU: x / (1 + e^{−x}) */
+        return _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
+    }
+}
+#endif
+
 static float activation(float v, int act) {
     switch (act) {
     case ACT_GELU: return 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
@@ -208,6 +270,19 @@ static float activation(float v, int act) {
     case ACT_RELU: return v > 0.0f ? v : 0.0f;
     default: return v / (1.0f + expf(-v));
     }
+}
+
+/* h[i] = act(g[i]) (· g[up + i] when gated, up ≠ NULL) for i < n. */
+static void activate(float *h, const float *g, const float *up, int64_t n, int act) {
+    int64_t i = 0;
+#ifdef GM_AVX2
+    for (; i + 8 <= n; i += 8) {
+        __m256 a = activation8(_mm256_loadu_ps(g + i), act);
+        if (up) a = _mm256_mul_ps(a, _mm256_loadu_ps(up + i));
+        _mm256_storeu_ps(h + i, a);
+    }
+#endif
+    for (; i < n; i++) h[i] = up ? activation(g[i], act) * up[i] : activation(g[i], act);
 }
 
 /* HF half-split RoPE on the first rot_dim channels of one head vector: channel i pairs with
@@ -236,13 +311,13 @@ static void rope_head(float *v, const gm_model *m, int64_t pos) {
 
 /* softmax(q·Kᵀ·scale + bias) V for one query head over keys [lo, n_keys) of its KV head; the query
  * sits at n_keys − 1 and bias(j) = slope·(j − q) + dist_bias[q − j] (ALiBi, T5). */
-static void attend(const float *q, const float *K, const float *V, int64_t n_keys, int64_t dh, float scale,
-                   const int64_t *key_ok, int64_t lo, float slope, const float *dist_bias, float *scores,
-                   float *out) {
+static void attend(const float *q, const float *K, const float *V, int64_t ldk, int64_t n_keys, int64_t dh,
+                   float scale, const int64_t *key_ok, int64_t lo, float slope, const float *dist_bias,
+                   float *scores, float *out) {
     float mx = -INFINITY;
     for (int64_t j = lo; j < n_keys; j++) {
         if (key_ok && !key_ok[j]) continue;
-        const float *k = K + j * dh;
+        const float *k = K + j * ldk;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < dh; i++) s += q[i] * k[i];
@@ -257,7 +332,7 @@ static void attend(const float *q, const float *K, const float *V, int64_t n_key
         if (key_ok && !key_ok[j]) continue;
         float p = expf(scores[j] - mx);
         total += p;
-        const float *v = V + j * dh;
+        const float *v = V + j * ldk;
         for (int64_t i = 0; i < dh; i++) out[i] += p * v[i];
     }
     float inv = 1.0f / total;
@@ -311,7 +386,7 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
                 int64_t b = bh / H, h = bh % H, kv = ((b * HKV + h / group) * L) * DH;
                 int64_t lo = m->window > 0 && n_keys > m->window ? n_keys - m->window : 0;
                 float slope = m->pos_kind == POS_ALIBI ? m->alibi[h] : 0.0f;
-                attend(qkv + b * QKV + h * DH, ly->k_cache + kv, ly->v_cache + kv, n_keys, DH, scale,
+                attend(qkv + b * QKV + h * DH, ly->k_cache + kv, ly->v_cache + kv, DH, n_keys, DH, scale,
                        key_mask ? key_mask + b * m->mask_stride : 0, lo, slope, m->dist_bias ? m->dist_bias + h * L : 0,
                        scores, att + (b * H + h) * DH);
             }
@@ -324,7 +399,7 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
 #pragma omp for schedule(static)
                 for (int64_t bh = 0; bh < B * H; bh++) {
                     int64_t b = bh / H, h = bh % H, kv = ((b * HKV + h / group) * S) * DH;
-                    attend(q2 + (b * H + h) * DH, ly->mem_k + kv, ly->mem_v + kv, S, DH, scale,
+                    attend(q2 + (b * H + h) * DH, ly->mem_k + kv, ly->mem_v + kv, DH, S, DH, scale,
                            m->mem_mask ? m->mem_mask + b * S : 0, 0, 0.0f, 0, scores, att + (b * H + h) * DH);
                 }
                 linear_team(att, B, H * DH, ly->cross_out_w, ly->cross_out_b, x, D, 1);
@@ -335,8 +410,7 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
                 const float *g = ff + b * FF;
-                for (int64_t i = 0; i < F; i++)
-                    hid[b * F + i] = m->gated ? activation(g[i], (int)m->act) * g[F + i] : activation(g[i], (int)m->act);
+                activate(hid + b * F, g, m->gated ? g + F : 0, F, (int)m->act);
             }
             linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
         }

@@ -1,0 +1,198 @@
+"""genmodels.native: the C kernels and the fused decode step, held equal to the PyTorch path."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genmodels
+from genmodels import native
+from genmodels.generation import decode as decode_mod
+from genmodels.generation.seq2seq import generate_seq2seq
+from genmodels.native.decoder import FusedDecodeStep, unsupported
+
+from ._tiny import VOCAB, left_pad_mask, randomise, random_ids, tiny_model
+
+torch.set_num_threads(1)
+
+if native.library() is None:
+    pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}", allow_module_level=True)
+
+ROOT = Path(__file__).parents[2]
+TOL = dict(atol=1e-5, rtol=1e-4)
+
+
+def t5_tiny(seed: int = 0, **kw) -> torch.nn.Module:
+    cfg = genmodels.preset("t5-tiny", **{**dict(vocab_size=VOCAB, d_model=64, n_heads=4, head_dim=16, d_ff=128), **kw})
+    return randomise(genmodels.build_model(cfg), seed=seed).eval()
+
+
+def t5_sources() -> tuple[torch.Tensor, torch.Tensor]:
+    src = random_ids(3, 9, seed=5)  # (B, S), right-padded
+    mask = torch.ones_like(src)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    return src, mask
+
+
+# ---- the linear kernel ------------------------------------------------------------------------
+@pytest.mark.parametrize("k", [37, 64])
+@pytest.mark.parametrize("n", [1, 5, 24, 67])
+def test_linear_equals_torch(k, n):
+    g = torch.Generator().manual_seed(k * 100 + n)
+    w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)  # (N, K), (N,)
+    for m in (1, 2, 3, 4, 5, 7, 8, 13):
+        x = torch.randn(m, k, generator=g)  # (M, K)
+        torch.testing.assert_close(native.linear(x, w, b), F.linear(x, w, b), **TOL)
+        torch.testing.assert_close(native.linear(x, w), F.linear(x, w), **TOL)
+
+
+def test_linear_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="features"):
+        native.linear(torch.randn(2, 37), torch.randn(5, 36))
+
+
+# ---- one fused decode step == the PyTorch forward with the KV cache -------------------------
+@pytest.mark.parametrize("kind,kw", [
+    ("llama", {}), ("gpt2", {}), ("llama", dict(n_kv_heads=1)), ("llama", dict(sliding_window=5)),
+    ("llama", dict(rotary_fraction=0.5)), ("gpt2", dict(position="alibi")),
+    ("gpt2", dict(mlp="gelu", tie_embeddings=False)), ("llama", dict(mlp="geglu_tanh")),
+    ("gpt2", dict(position="sinusoidal", norm_bias=False)),
+], ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default")
+def test_fused_step_equals_torch(kind, kw):
+    model, t, steps = tiny_model(kind, **kw), 9, 4
+    assert unsupported(model) is None
+    ids, mask = random_ids(3, t), left_pad_mask([9, 6, 3], t)  # (B, T)
+    full_mask = torch.ones(3, t + steps, dtype=torch.long)
+    full_mask[:, :t] = mask
+    with torch.inference_mode():
+        cache, cache2 = model.new_cache(3, t + steps), model.new_cache(3, t + steps)
+        h = model.hidden_states(ids, attention_mask=mask, cache=cache)
+        model.hidden_states(ids, attention_mask=mask, cache=cache2)
+        nxt = model.head(h[:, -1]).argmax(-1)  # (B,)
+        step = FusedDecodeStep(model, cache, 3)
+        pos = mask.cumsum(-1)[:, -1] - 1  # (B,)
+        for s in range(steps):
+            pos = pos + 1
+            want = model(nxt[:, None], attention_mask=full_mask[:, :t + s + 1], position_ids=pos[:, None],
+                         cache=cache2)[:, -1]  # (B, V)
+            got = step(nxt, pos, full_mask)
+            torch.testing.assert_close(got, want, **TOL)
+            assert cache.pos == cache2.pos == t + s + 1
+            nxt = want.argmax(-1)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(mlp="geglu_tanh", tie_embeddings=False)], ids=["t5", "t5-v1_1"])
+def test_fused_step_equals_torch_t5(kw):
+    model = t5_tiny(**kw)
+    src, mask = t5_sources()
+    with torch.inference_mode():
+        memory = model.encode(src, mask)  # (B, S, D)
+        cache, cache2 = model.new_cache(memory, mask, max_len=5), model.new_cache(memory, mask, max_len=5)
+        step = FusedDecodeStep(model, cache, 3, mask)
+        ids = torch.zeros(3, dtype=torch.long)
+        for s in range(5):
+            want = model.decode(ids[:, None], cache=cache2)[:, -1]  # (B, V)
+            torch.testing.assert_close(step(ids, torch.full_like(ids, s)), want, **TOL)
+            assert cache.self_kv.pos == cache2.self_kv.pos == s + 1
+            ids = want.argmax(-1)
+
+
+# ---- generation: native on == native off -------------------------------------------------------
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_generate_native_equals_torch(kind, monkeypatch):
+    model = tiny_model(kind, eos_token_id=None)
+    ids, mask = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
+    calls = []
+    fused_cls = decode_mod.FusedDecodeStep
+    monkeypatch.setattr(decode_mod, "FusedDecodeStep", lambda *a, **k: calls.append(1) or fused_cls(*a, **k))
+    runs = [dict(), dict(temperature=0.8, top_k=20, seed=0)]  # greedy, sampled
+    fast = [genmodels.generate(model, ids, 24, attention_mask=mask, **kw) for kw in runs]
+    assert len(calls) == 2  # the native path ran
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    slow = [genmodels.generate(model, ids, 24, attention_mask=mask, **kw) for kw in runs]
+    assert len(calls) == 2 and fast[0].shape == (3, 32)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_generate_seq2seq_native_equals_torch(monkeypatch):
+    model = t5_tiny()
+    src, mask = t5_sources()
+    runs = [dict(eos_token_id=[]), dict(num_beams=3)]  # greedy (full length), beam search
+    fast = [generate_seq2seq(model, src, 12, attention_mask=mask, **kw) for kw in runs]
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    slow = [generate_seq2seq(model, src, 12, attention_mask=mask, **kw) for kw in runs]
+    assert fast[0].shape == (3, 13)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
+
+
+def test_post_norm_transformer_keeps_torch_path():
+    cfg = genmodels.preset("transformer-tiny", vocab_size=VOCAB, d_model=64, n_heads=4, d_ff=128)
+    model = randomise(genmodels.build_model(cfg)).eval()
+    assert "pre-norm" in unsupported(model)
+    src, mask = t5_sources()
+    out = generate_seq2seq(model, src, 6, attention_mask=mask, eos_token_id=[])
+    assert out.shape == (3, 7)
+
+
+# ---- what is and is not supported; bad inputs ----------------------------------------------------
+def test_unsupported_reasons():
+    bert = genmodels.build_model(genmodels.preset("bert-tiny", vocab_size=VOCAB, d_model=64, d_ff=128))
+    assert isinstance(unsupported(bert), str)
+    assert "fp32" in unsupported(tiny_model("llama").double())
+    for model in (tiny_model("llama"), tiny_model("gpt2"), t5_tiny()):
+        assert unsupported(model) is None
+
+
+def test_bad_step_inputs_raise():
+    model = tiny_model("gpt2", max_seq_len=16)
+    ids = random_ids(2, 4)
+    with torch.inference_mode():
+        cache = model.new_cache(2, 6)
+        model.hidden_states(ids, cache=cache)
+        step = FusedDecodeStep(model, cache, 2)
+        pos = torch.tensor([4, 4])
+        for bad in ([0, VOCAB], [-1, 3]):
+            with pytest.raises(ValueError, match="token ids"):
+                step(torch.tensor(bad), pos)
+        with pytest.raises(ValueError, match="position"):
+            step(torch.tensor([1, 2]), torch.tensor([4, 16]))
+        with pytest.raises(ValueError, match=r"\(2,\)"):
+            step(torch.tensor([1, 2, 3]), pos)
+        assert cache.pos == 4  # nothing ran
+        step(ids[:, 0], pos)
+        step(ids[:, 0], pos + 1)
+        with pytest.raises(ValueError, match="overflow"):
+            step(ids[:, 0], pos + 2)
+
+
+def test_disabled_by_env(monkeypatch):
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    model = tiny_model("llama")
+    assert "disabled" in unsupported(model)
+    assert native.library() is None
+    assert genmodels.generate(model, random_ids(2, 5), 6).shape[0] == 2
+
+
+def test_build_failure_falls_back(tmp_path):
+    code = ("import torch, genmodels, genmodels.native as n\n"
+            "torch.set_num_threads(1)\n"
+            "assert n.library() is None and n.unavailable_reason()\n"
+            "m = genmodels.build_model(genmodels.preset('llama-tiny', vocab_size=64, d_model=32, n_layers=1,"
+            " n_heads=2, d_ff=64))\n"
+            "out = genmodels.generate(m, torch.tensor([[1, 2, 3]]), 4, eos_token_id=[])\n"
+            "assert out.shape == (1, 7), out.shape\n"
+            "print('fallback ok:', n.unavailable_reason())\n")
+    env = {k: v for k, v in os.environ.items() if k != "GENMODELS_NATIVE"}
+    env.update(GENMODELS_CACHE=str(tmp_path), CC="/nonexistent/cc", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "fallback ok" in r.stdout and "/nonexistent/cc" in r.stdout
+    assert not list(tmp_path.rglob("*.so"))
