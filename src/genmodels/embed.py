@@ -21,6 +21,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
+from .native.encoder import native_encoder
+
 POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
 KEY = "sentence_transformers"
 
@@ -108,13 +110,14 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
         tokenizer.enable_truncation(limit)
     encodings = tokenizer.encode_batch(texts) if len(texts) > 1 else [tokenizer.encode(texts[0])]
     device = next(model.parameters()).device
+    fast = native_encoder(model) if device.type == "cpu" else None  # one native call per batch, else PyTorch
     out = torch.empty(len(texts), model.config.d_model)
     for idx in _batches([len(e.ids) for e in encodings], batch_size):
         width = len(encodings[idx[0]].ids)
         if len(idx) == 1:  # one text: no padding, no mask
             ids = torch.tensor([encodings[idx[0]].ids], device=device)
             mask = torch.ones_like(ids)
-            hidden = model.encode(ids)
+            hidden = fast(ids) if fast is not None else model.encode(ids)
         else:
             ids = torch.zeros(len(idx), width, dtype=torch.long)
             mask = torch.zeros(len(idx), width, dtype=torch.long)
@@ -123,7 +126,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
                 ids[row, :n] = torch.tensor(encodings[i].ids)
                 mask[row, :n] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = model.encode(ids, mask, skip_padding=True)  # (b, T, D)
+            hidden = fast(ids, mask) if fast is not None else model.encode(ids, mask, skip_padding=True)  # (b, T, D)
         vec = pool(hidden.float(), mask, pooling)
         if normalize:
             vec = F.normalize(vec, p=2, dim=1)

@@ -14,6 +14,7 @@ import logging
 import os
 import platform
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -53,7 +54,11 @@ def _build(compiler: str) -> Path:
     out = cache_dir() / f"genmodels_native_{key}.so"
     if out.exists():
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # read-only home: a per-user temporary folder
+        out = Path(tempfile.gettempdir()) / f"genmodels-native-{os.getuid() if hasattr(os, 'getuid') else 0}" / out.name
+        out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in _FLAG_SETS:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -82,6 +87,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_scratch_floats.restype = i64
     lib.gm_decoder_step.argtypes = [vp, vp, vp, vp, i64, vp]
     lib.gm_decoder_step.restype = c_int
+    lib.gm_gemm_packed.argtypes = [vp, i64, i64, vp, vp, vp, i64, c_int]
+    lib.gm_gemm_packed.restype = None
+    lib.gm_encoder_scratch_floats.argtypes = [vp, i64, i64]
+    lib.gm_encoder_scratch_floats.restype = i64
+    lib.gm_encoder_forward.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, vp, vp]
+    lib.gm_encoder_forward.restype = c_int
     return lib
 
 

@@ -425,3 +425,184 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------------------------------
+ * Encoder forward (BERT / MiniLM layouts) over packed rows: the real tokens of a batch, each
+ * attending to the keys of its own sequence only, so padding costs nothing.
+ *
+ * Its matrices multiply many rows at once (GEMM), so weights are repacked once, as a BLAS does
+ * internally: W (N, K) becomes panels Wp (⌈N/16⌉, K, 16), the 16 outputs of a panel contiguous
+ * for each k. The micro-kernel keeps a 6 × 16 block of outputs in twelve AVX registers and, for
+ * each k, broadcasts six inputs against the panel's two vectors.
+ */
+void gm_pack(const float *W, int64_t N, int64_t K, float *Wp) {
+    const int64_t P = (N + 15) / 16;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < 16; j++) {
+                int64_t n = p * 16 + j;
+                Wp[(p * K + k) * 16 + j] = n < N ? W[n * K + k] : 0.0f;
+            }
+}
+
+/* y[i, 0:nvalid] (+)= x[i, :] · panel + bias for i < MR. */
+INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp, float *y, int64_t ldy,
+                         int64_t nvalid, const float *bias, int accumulate, const int MR) {
+    float acc[6][16];
+#ifdef GM_AVX2
+    __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+           c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#define GM_PROW(i)                                                                                  \
+    if (MR > i) {                                                                                   \
+        __m256 xb = _mm256_broadcast_ss(x + i * ldx + k);                                           \
+        c##i##0 = _mm256_fmadd_ps(xb, w0, c##i##0);                                                 \
+        c##i##1 = _mm256_fmadd_ps(xb, w1, c##i##1);                                                 \
+    }
+    for (int64_t k = 0; k < K; k++) {
+        __m256 w0 = _mm256_loadu_ps(wp + k * 16), w1 = _mm256_loadu_ps(wp + k * 16 + 8);
+        GM_PROW(0) GM_PROW(1) GM_PROW(2) GM_PROW(3) GM_PROW(4) GM_PROW(5)
+    }
+#undef GM_PROW
+    const __m256 c[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_ps(acc[i], c[i][0]);
+        _mm256_storeu_ps(acc[i] + 8, c[i][1]);
+    }
+#else
+    for (int i = 0; i < MR; i++) {
+        for (int j = 0; j < 16; j++) acc[i][j] = 0.0f;
+        for (int64_t k = 0; k < K; k++)
+            for (int j = 0; j < 16; j++) acc[i][j] += x[i * ldx + k] * wp[k * 16 + j];
+    }
+#endif
+    for (int i = 0; i < MR; i++)
+        for (int64_t j = 0; j < nvalid; j++) {
+            float v = acc[i][j] + (bias ? bias[j] : 0.0f);
+            y[i * ldy + j] = accumulate ? y[i * ldy + j] + v : v;
+        }
+}
+
+/* Inside a parallel region: y (M, N) (+)= x (M, K) · Wᵀ + bias with W packed. Rows go in chunks
+ * that stay in L2 while every panel passes over them; (chunk, panel) pairs are split statically. */
+static void gemm_team(const float *x, int64_t M, int64_t K, const float *Wp, const float *bias, float *y, int64_t N,
+                      int accumulate) {
+    const int64_t P = (N + 15) / 16;
+    int64_t mc = (49152 / (K > 0 ? K : 1)) / 6 * 6;
+    if (mc < 6) mc = 6;
+    const int64_t C = (M + mc - 1) / mc;
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t p = 0; p < P; p++) {
+            const int64_t m1 = (c + 1) * mc < M ? (c + 1) * mc : M, nv = N - p * 16 < 16 ? N - p * 16 : 16;
+            const float *wp = Wp + p * K * 16, *b = bias ? bias + p * 16 : 0;
+            int64_t m = c * mc;
+            for (; m + 6 <= m1; m += 6) panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 6);
+            switch (m1 - m) {
+            case 5: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 5); break;
+            case 4: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 4); break;
+            case 3: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 3); break;
+            case 2: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 2); break;
+            case 1: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 1); break;
+            }
+        }
+}
+
+void gm_gemm_packed(const float *x, int64_t M, int64_t K, const float *Wp, const float *bias, float *y, int64_t N,
+                    int n_threads) {
+#pragma omp parallel num_threads(n_threads)
+    gemm_team(x, M, K, Wp, bias, y, N, 0);
+}
+
+/* Field order mirrored by ctypes in genmodels/native/encoder.py. Matrices are packed (gm_pack). */
+typedef struct {
+    const float *norm1_w, *norm1_b, *qkv_wp, *qkv_b, *out_wp, *out_b;
+    const float *norm2_w, *norm2_b, *fc1_wp, *fc1_b, *fc2_wp, *fc2_b;
+} gm_enc_layer;
+
+typedef struct {
+    int64_t n_layers, d, n_heads, n_kv, dh, d_ff, norm, gated, act, post_norm, n_threads;
+    double norm_eps, attn_scale, emb_scale;
+    const float *embed, *type_table, *pos_table, *emb_norm_w, *emb_norm_b, *final_w, *final_b;
+    gm_enc_layer *layers;
+} gm_encoder;
+
+int64_t gm_encoder_scratch_floats(const gm_encoder *m, int64_t n_tokens, int64_t max_keys) {
+    const int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
+    return n_tokens * (qkv + m->n_heads * m->dh + 2 * m->d + ff + m->d_ff) + m->n_threads * max_keys;
+}
+
+/* Hidden states out (N, D) of N packed tokens: ids, token types (or NULL: type 0), positions, and
+ * for each token the key range [key_lo, key_hi) of its sequence. */
+int gm_encoder_forward(const gm_encoder *m, const int64_t *ids, const int64_t *types, const int64_t *positions,
+                       const int64_t *key_lo, const int64_t *key_hi, int64_t N, int64_t max_keys, float *scratch,
+                       float *out) {
+    const int64_t D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
+    const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, group = H / HKV;
+    const float eps = (float)m->norm_eps, scale = (float)m->attn_scale;
+    float *x = out, *qkv = scratch, *att = qkv + N * QKV, *tmp = att + N * H * DH, *xn = tmp + N * D;
+    float *ff = xn + N * D, *hid = ff + N * FF, *scores_all = hid + N * F;
+#pragma omp parallel num_threads(m->n_threads)
+    {
+        float *scores = scores_all + thread_id() * max_keys;
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < N; t++) {
+            const float *e = m->embed + ids[t] * D;
+            const float *ty = m->type_table ? m->type_table + (types ? types[t] : 0) * D : 0;
+            const float *p = m->pos_table ? m->pos_table + positions[t] * D : 0;
+            float *xt = x + t * D;
+            for (int64_t i = 0; i < D; i++) {
+                float v = e[i] * (float)m->emb_scale;
+                if (ty) v += ty[i];
+                if (p) v += p[i];
+                xt[i] = v;
+            }
+            if (m->emb_norm_w) norm_row(xt, xt, D, (int)m->norm, eps, m->emb_norm_w, m->emb_norm_b);
+        }
+        for (int64_t l = 0; l < m->n_layers; l++) {
+            const gm_enc_layer *ly = &m->layers[l];
+            const float *a_in = x;
+            if (!m->post_norm) {
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < N; t++) norm_row(x + t * D, xn + t * D, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+                a_in = xn;
+            }
+            gemm_team(a_in, N, D, ly->qkv_wp, ly->qkv_b, qkv, QKV, 0);
+#pragma omp for schedule(static)
+            for (int64_t th = 0; th < N * H; th++) {
+                const int64_t t = th / H, h = th % H, lo = key_lo[t], kvo = (h / group) * DH;
+                attend(qkv + t * QKV + h * DH, qkv + lo * QKV + H * DH + kvo, qkv + lo * QKV + (H + HKV) * DH + kvo,
+                       QKV, key_hi[t] - lo, DH, scale, 0, 0, 0.0f, 0, scores, att + (t * H + h) * DH);
+            }
+            if (m->post_norm) { /* x = Norm1(x + Attn(x)) */
+                gemm_team(att, N, H * DH, ly->out_wp, ly->out_b, tmp, D, 0);
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < N; t++) {
+                    for (int64_t i = 0; i < D; i++) tmp[t * D + i] += x[t * D + i];
+                    norm_row(tmp + t * D, x + t * D, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+                }
+            } else { /* x += Attn(Norm1 x); FFN input Norm2(x) */
+                gemm_team(att, N, H * DH, ly->out_wp, ly->out_b, x, D, 1);
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < N; t++) norm_row(x + t * D, xn + t * D, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+            }
+            gemm_team(m->post_norm ? x : xn, N, D, ly->fc1_wp, ly->fc1_b, ff, FF, 0);
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < N; t++) activate(hid + t * F, ff + t * FF, m->gated ? ff + t * FF + F : 0, F, (int)m->act);
+            if (m->post_norm) { /* x = Norm2(x + FFN(x)) */
+                gemm_team(hid, N, F, ly->fc2_wp, ly->fc2_b, tmp, D, 0);
+#pragma omp for schedule(static)
+                for (int64_t t = 0; t < N; t++) {
+                    for (int64_t i = 0; i < D; i++) tmp[t * D + i] += x[t * D + i];
+                    norm_row(tmp + t * D, x + t * D, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+                }
+            } else {
+                gemm_team(hid, N, F, ly->fc2_wp, ly->fc2_b, x, D, 1);
+            }
+        }
+        if (m->final_w) {
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < N; t++) norm_row(x + t * D, x + t * D, D, (int)m->norm, eps, m->final_w, m->final_b);
+        }
+    }
+    return 0;
+}

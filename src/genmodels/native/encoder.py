@@ -1,0 +1,185 @@
+"""An encoder forward in one native call (``gm_encoder_forward`` in kernels.c), for inference.
+
+    ids ─ embed + token type + position ─ Norm ─ N × Block (post- or pre-norm) ─▶ hidden (B, T, D)
+
+The real tokens of a (padded) batch are packed into rows and each attends to its own sequence's
+keys, so padding costs nothing; the matrices are multiplied by a register-blocked GEMM over
+weights repacked once into 16-column panels (:func:`packed`), which on small batches — one
+sentence is ~20–40 rows — runs well above PyTorch's BLAS here (benchmarks/bench_encoder.py).
+
+The packed copies cost the size of the encoder's linear weights once more; they are rebuilt
+when a parameter changes (tracked by its version counter), so training between calls is safe.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from torch import nn
+
+from ..nn import GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RMSNorm, SelfAttention
+from . import library, unavailable_reason
+
+_P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+_ACT = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
+_LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_wp", "qkv_b", "out_wp", "out_b", "norm2_w", "norm2_b", "fc1_wp",
+                 "fc1_b", "fc2_wp", "fc2_b")
+
+
+class _Layer(ctypes.Structure):
+    _fields_ = [(n, _P) for n in _LAYER_FIELDS]
+
+
+class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in kernels.c
+    _fields_ = ([(n, _I) for n in ("n_layers", "d", "n_heads", "n_kv", "dh", "d_ff", "norm", "gated", "act",
+                                   "post_norm", "n_threads")]
+                + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale")]
+                + [(n, _P) for n in ("embed", "type_table", "pos_table", "emb_norm_w", "emb_norm_b", "final_w",
+                                     "final_b")]
+                + [("layers", ctypes.POINTER(_Layer))])
+
+
+def _norm_kind(m: nn.Module) -> int | None:
+    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why ``model`` cannot use the native encoder (``None``: it can)."""
+    from ..models.blocks import PostNormBlock, PreNormBlock
+    if getattr(model, "family", None) != "encoder":
+        return "not an encoder model"
+    if library() is None:
+        return f"native kernels unavailable ({unavailable_reason()})"
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in model.parameters()):
+        return "needs contiguous fp32 CPU weights"
+    kinds = {type(b) for b in model.blocks}
+    if len(kinds) != 1 or kinds.pop() not in (PostNormBlock, PreNormBlock):
+        return "blocks must be all post-norm or all pre-norm self-attention blocks"
+    norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
+    norms += [n for n in (model.embed_norm, model.norm) if not isinstance(n, nn.Identity)]
+    if len({_norm_kind(n) for n in norms}) != 1 or _norm_kind(norms[0]) is None or len({n.eps for n in norms}) != 1:
+        return "norms must be all LayerNorm or all RMSNorm with one eps"
+    for b in model.blocks:
+        if type(b.attn) is not SelfAttention or type(b.mlp) not in (MLP, GatedMLP) or b.mlp.activation not in _ACT:
+            return "attention or feed-forward layout not supported"
+    if model.pos_embed is not None and type(model.pos_embed) is not LearnedPositionalEmbedding:
+        return f"position embedding {type(model.pos_embed).__name__} not supported"
+    return None
+
+
+def packed(weight: torch.Tensor) -> torch.Tensor:
+    """``W (N, K)`` -> panels ``(⌈N/16⌉, K, 16)``: output columns 16p…16p+15 contiguous per k (zero-padded)."""
+    n, k = weight.shape
+    w = torch.zeros((n + 15) // 16 * 16, k, dtype=weight.dtype)
+    w[:n] = weight
+    return w.view(-1, 16, k).transpose(1, 2).contiguous()
+
+
+class NativeEncoder:
+    """``encoder(input_ids (B, T), attention_mask (B, T) | None, token_type_ids | None) -> (B, T, D)``,
+    equal to ``model.encode(..., skip_padding=True)`` (zeros at padded positions)."""
+
+    def __init__(self, model: nn.Module):
+        reason = unsupported(model)
+        if reason is not None:
+            raise ValueError(f"native encoder unavailable: {reason}")
+        self.model, self.lib = model, library()
+        self._build()
+
+    def _versions(self) -> list[tuple[int, int]]:
+        return [(p.data_ptr(), p._version) for p in self.model.parameters()]
+
+    def _build(self) -> None:
+        model, c = self.model, self.model.config
+        blocks = list(model.blocks)
+        a0 = blocks[0].attn
+        keep = []
+
+        def ptr(t):
+            if t is None:
+                return None
+            keep.append(t)
+            return t.data_ptr()
+
+        with torch.no_grad():
+            layers = (_Layer * len(blocks))()
+            for i, b in enumerate(blocks):
+                fc1, fc2 = (b.mlp.gate_up, b.mlp.down) if type(b.mlp) is GatedMLP else (b.mlp.fc1, b.mlp.fc2)
+                vals = (b.norm1.weight, getattr(b.norm1, "bias", None), packed(b.attn.qkv.weight), b.attn.qkv.bias,
+                        packed(b.attn.out.weight), b.attn.out.bias, b.norm2.weight, getattr(b.norm2, "bias", None),
+                        packed(fc1.weight), fc1.bias, packed(fc2.weight), fc2.bias)
+                for name, t in zip(_LAYER_FIELDS, vals):
+                    setattr(layers[i], name, ptr(t.detach() if t is not None else None))
+        from ..models.blocks import PostNormBlock
+        m = _Encoder()
+        m.n_layers, m.d, m.n_heads, m.n_kv, m.dh = len(blocks), c.d_model, a0.n_heads, a0.n_kv_heads, a0.head_dim
+        m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
+        m.norm, m.gated = _norm_kind(blocks[0].norm1), int(type(blocks[0].mlp) is GatedMLP)
+        m.act, m.post_norm = _ACT[blocks[0].mlp.activation], int(type(blocks[0]) is PostNormBlock)
+        m.norm_eps = blocks[0].norm1.eps
+        m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
+        m.emb_scale = model.embed.scale
+        m.embed = ptr(model.embed.weight.detach())
+        if model.type_embed is not None:
+            m.type_table = ptr(model.type_embed.weight.detach())
+        if model.pos_embed is not None:
+            m.pos_table = ptr(model.pos_embed.weight.detach())
+        if not isinstance(model.embed_norm, nn.Identity):
+            m.emb_norm_w, m.emb_norm_b = ptr(model.embed_norm.weight), ptr(getattr(model.embed_norm, "bias", None))
+        if not isinstance(model.norm, nn.Identity):
+            m.final_w, m.final_b = ptr(model.norm.weight), ptr(getattr(model.norm, "bias", None))
+        m.layers = layers
+        self.struct, self.layers, self.keep, self.versions = m, layers, keep, self._versions()
+
+    @torch.inference_mode()
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self._versions() != self.versions:  # trained or reloaded since packing
+            self._build()
+        m, c = self.struct, self.model.config
+        b, t = input_ids.shape
+        if t > c.max_seq_len:
+            raise ValueError(f"sequence of {t} positions exceeds the model's {c.max_seq_len} learned positions "
+                             "(max_seq_len)")
+        ids = input_ids.reshape(-1).long()
+        if int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size:
+            raise ValueError(f"token ids must be in [0, {c.vocab_size})")
+        m.n_threads = torch.get_num_threads()
+        cols = torch.arange(t).expand(b, t).reshape(-1)
+        rows = torch.arange(b).repeat_interleave(t)
+        if attention_mask is not None and not bool(attention_mask.all()):
+            index = attention_mask.reshape(-1).nonzero().squeeze(1)  # real tokens, row-major
+            lengths = attention_mask.long().sum(1)
+        else:
+            index, lengths = None, torch.full((b,), t, dtype=torch.long)
+        starts = lengths.cumsum(0) - lengths  # each row's first packed token
+        sel = (lambda v: v[index]) if index is not None else (lambda v: v)
+        tok_ids, pos, row = sel(ids).contiguous(), sel(cols).contiguous(), sel(rows)
+        key_lo = starts[row].contiguous()
+        key_hi = (key_lo + lengths[row]).contiguous()
+        types = None
+        if token_type_ids is not None and self.model.type_embed is not None:
+            types = sel(token_type_ids.reshape(-1).long()).contiguous()
+            if int(types.min()) < 0 or int(types.max()) >= self.model.type_embed.num_embeddings:
+                raise ValueError(f"token_type_ids must be in [0, {self.model.type_embed.num_embeddings})")
+        n = tok_ids.shape[0]
+        hidden = torch.empty(n, c.d_model)
+        scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, t))
+        self.lib.gm_encoder_forward(ctypes.byref(m), tok_ids.data_ptr(), types.data_ptr() if types is not None
+                                    else None, pos.data_ptr(), key_lo.data_ptr(), key_hi.data_ptr(), n, t,
+                                    scratch.data_ptr(), hidden.data_ptr())
+        if index is None:
+            return hidden.view(b, t, -1)
+        out = hidden.new_zeros(b * t, c.d_model)
+        return out.index_copy_(0, index, hidden).view(b, t, -1)
+
+
+def native_encoder(model: nn.Module) -> NativeEncoder | None:
+    """The model's :class:`NativeEncoder` (built once and kept on the model), or ``None`` when the
+    model or this machine cannot run it."""
+    if unsupported(model) is not None:  # checked each time: the model may have moved or changed dtype
+        return None
+    enc = model.__dict__.get("_native_encoder")
+    if enc is None:
+        enc = model.__dict__["_native_encoder"] = NativeEncoder(model)
+    return enc
