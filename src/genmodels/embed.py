@@ -109,9 +109,18 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     if (tokenizer.truncation or {}).get("max_length") != limit:
         tokenizer.enable_truncation(limit)
     encodings = tokenizer.encode_batch(texts) if len(texts) > 1 else [tokenizer.encode(texts[0])]
+    was_training = model.training
+    model.eval()  # as sentence-transformers' encode: no dropout
+    try:
+        return _embed_batches(model, encodings, batch_size, pooling, normalize)
+    finally:
+        model.train(was_training)
+
+
+def _embed_batches(model, encodings, batch_size: int, pooling: str, normalize: bool) -> torch.Tensor:
     device = next(model.parameters()).device
     fast = native_encoder(model) if device.type == "cpu" else None  # one native call per batch, else PyTorch
-    out = torch.empty(len(texts), model.config.d_model)
+    out = torch.empty(len(encodings), model.config.d_model)
     for idx in _batches([len(e.ids) for e in encodings], batch_size):
         width = len(encodings[idx[0]].ids)
         if len(idx) == 1:  # one text: no padding, no mask
@@ -126,7 +135,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
                 ids[row, :n] = torch.tensor(encodings[i].ids)
                 mask[row, :n] = 1
             ids, mask = ids.to(device), mask.to(device)
-            hidden = fast(ids, mask) if fast is not None else model.encode(ids, mask, skip_padding=True)  # (b, T, D)
+            hidden = fast(ids, mask) if fast is not None else model.encode(ids, mask, skip_padding=True)
         vec = pool(hidden.float(), mask, pooling)
         if normalize:
             vec = F.normalize(vec, p=2, dim=1)

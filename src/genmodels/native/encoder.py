@@ -13,6 +13,7 @@ when a parameter changes (tracked by its version counter), so training between c
 from __future__ import annotations
 
 import ctypes
+import weakref
 
 import torch
 from torch import nn
@@ -83,8 +84,12 @@ class NativeEncoder:
         reason = unsupported(model)
         if reason is not None:
             raise ValueError(f"native encoder unavailable: {reason}")
-        self.model, self.lib = model, library()
+        self.model_ref, self.lib = weakref.ref(model), library()
         self._build()
+
+    @property
+    def model(self) -> nn.Module:
+        return self.model_ref()
 
     def _versions(self) -> list[tuple[int, int]]:
         return [(p.data_ptr(), p._version) for p in self.model.parameters()]
@@ -138,6 +143,8 @@ class NativeEncoder:
             self._build()
         m, c = self.struct, self.model.config
         b, t = input_ids.shape
+        if b == 0 or t == 0:
+            raise ValueError(f"input_ids must hold at least one token, got shape {tuple(input_ids.shape)}")
         if t > c.max_seq_len:
             raise ValueError(f"sequence of {t} positions exceeds the model's {c.max_seq_len} learned positions "
                              "(max_seq_len)")
@@ -174,12 +181,16 @@ class NativeEncoder:
         return out.index_copy_(0, index, hidden).view(b, t, -1)
 
 
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> NativeEncoder (not on the model:
+# it holds ctypes pointers, which would break copy.deepcopy(model))
+
+
 def native_encoder(model: nn.Module) -> NativeEncoder | None:
-    """The model's :class:`NativeEncoder` (built once and kept on the model), or ``None`` when the
-    model or this machine cannot run it."""
+    """The model's :class:`NativeEncoder` (built once per model and kept while the model lives), or
+    ``None`` when the model or this machine cannot run it."""
     if unsupported(model) is not None:  # checked each time: the model may have moved or changed dtype
         return None
-    enc = model.__dict__.get("_native_encoder")
+    enc = _CACHE.get(model)
     if enc is None:
-        enc = model.__dict__["_native_encoder"] = NativeEncoder(model)
+        enc = _CACHE[model] = NativeEncoder(model)
     return enc
