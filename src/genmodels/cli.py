@@ -81,7 +81,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     c = model.config
     info = {"family": c.family, "parameters": count_parameters(model),
             "forward_flops_per_token": {f"context {t}": flops_per_token(c, t) for t in (1, c.max_seq_len)},
-            "tokenizer": model.__dict__.get("tokenizer") is not None, "config": c.to_dict()}
+            "tokenizer": model.__dict__.get("tokenizer") is not None, "cpu_inference": _cpu_path(model),
+            "config": c.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -91,7 +92,18 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"FLOPs/token {v / 1e6:,.1f} M  (forward, {k})")
     print(f"layers {c.n_layers}  d_model {c.d_model}  heads {c.n_heads}/{c.kv_heads} kv  d_ff {c.d_ff}  "
           f"vocab {c.vocab_size}  positions {c.position}  norm {c.norm}  mlp {c.mlp}  tied {c.tie_embeddings}")
+    print(f"CPU inference  {info['cpu_inference']}")
     return 0
+
+
+def _cpu_path(model) -> str:
+    """Which path CPU generation / embedding takes for this model (genmodels.native or PyTorch)."""
+    from genmodels.native import decoder, encoder
+    if model.family == "encoder":
+        reason, what = encoder.unsupported(model), "native encoder (embed)"
+    else:
+        reason, what = decoder.unsupported(model), "native decode step (generate)"
+    return what if reason is None else f"PyTorch ({reason})"
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
