@@ -196,3 +196,51 @@ def test_build_failure_falls_back(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "fallback ok" in r.stdout and "/nonexistent/cc" in r.stdout
     assert not list(tmp_path.rglob("*.so"))
+
+
+# ---- inputs the PyTorch path accepts must not read out of bounds (review findings) -----------
+@pytest.mark.parametrize("case", ["broadcast", "empty-row", "window", "fractional"])
+def test_t5_step_masks_like_torch(case):
+    """Source masks that broadcast, a row with no visible source token (PyTorch: uniform weights,
+    not NaN), a config window the seq2seq decoder ignores, non-0/1 mask values."""
+    model = t5_tiny(**(dict(sliding_window=1) if case == "window" else {}))
+    src, mask = t5_sources()
+    if case == "broadcast":
+        mask = mask[:1, :].clone()  # (1, S) for a batch of 3
+        mask[0, 7:] = 0
+    elif case == "empty-row":
+        mask[2] = 0
+    elif case == "fractional":
+        mask = mask.float() * 0.5  # nonzero = token
+    with torch.inference_mode():
+        memory = model.encode(src, mask if case != "broadcast" else mask.expand(3, -1))
+        cache, cache2 = model.new_cache(memory, mask, max_len=4), model.new_cache(memory, mask, max_len=4)
+        step = FusedDecodeStep(model, cache, 3, mask)
+        ids = torch.zeros(3, dtype=torch.long)
+        for s in range(4):
+            want = model.decode(ids[:, None], cache=cache2)[:, -1]
+            got = step(ids, torch.full_like(ids, s))
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want, **TOL)
+            ids = want.argmax(-1)
+
+
+def test_step_refuses_a_cache_of_another_shape():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="KV cache"):
+        FusedDecodeStep(model, model.new_cache(1, 8), 4)
+    with pytest.raises(ValueError, match="bias shape"):
+        native.linear(torch.randn(2, 8), torch.randn(5, 8), torch.randn(3))
+
+
+def test_buffers_ignore_the_default_dtype():
+    model = tiny_model("llama")
+    ids = random_ids(2, 6)
+    want = genmodels.generate(model, ids, 8)
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        got = genmodels.generate(model, ids, 8)
+    finally:
+        torch.set_default_dtype(old)
+    assert torch.equal(got, want)

@@ -155,3 +155,20 @@ def test_cache_keeps_model_copyable():
     with torch.inference_mode():
         assert torch.equal(native_encoder(twin)(ids), enc(ids))
     assert native_encoder(twin) is not enc
+
+
+def test_inputs_the_torch_path_accepts():
+    """Mask values other than 0/1, broadcast token types, a model made under inference_mode."""
+    model = bert()
+    ids, mask = batch(2, 10, model.config.vocab_size)
+    enc = NativeEncoder(model)
+    with torch.inference_mode():
+        want = model.encode(ids, mask.bool().long(), token_type_ids=torch.ones(2, 10, dtype=torch.long),
+                            skip_padding=True)
+        got = enc(ids, mask * 2, torch.ones(1, 1, dtype=torch.long))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+        frozen = bert()  # parameters created as inference tensors: no version counter
+        torch.testing.assert_close(NativeEncoder(frozen)(ids, mask), frozen.encode(ids, mask, skip_padding=True),
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="attention_mask shape"):
+        enc(ids, mask[:, :5])

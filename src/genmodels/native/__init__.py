@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import subprocess
 import tempfile
 import threading
@@ -40,34 +41,56 @@ def cache_dir() -> Path:
 
 
 def _cpu_id() -> str:
+    """What ``-march=native`` depends on: the CPU's model and feature lines (x86 and Arm names)."""
     try:
         with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features", "CPU implementer",
+                                                      "CPU part"))]
         return "".join(sorted(set(lines)))
     except OSError:
         return platform.processor()
 
 
-def _build(compiler: str) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + compiler.encode() + _cpu_id().encode() +
-                         platform.machine().encode()).hexdigest()[:16]
-    out = cache_dir() / f"genmodels_native_{key}.so"
+def _compiler_id(compiler: list[str]) -> str:
+    try:
+        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _private_dir(path: Path) -> Path | None:
+    """``path`` created if needed, if it is a writable folder owned by this user and writable by
+    nobody else (a library loaded from a folder others can write to could be planted)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        st = path.stat()
+    except OSError:
+        return None
+    if not os.access(path, os.W_OK) or (hasattr(os, "getuid") and st.st_uid != os.getuid()) or st.st_mode & 0o022:
+        return None
+    return path
+
+
+def _build(compiler: list[str]) -> Path:
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(compiler).encode() + _compiler_id(compiler).encode() +
+                         _cpu_id().encode() + platform.machine().encode()).hexdigest()[:16]
+    name = f"genmodels_native_{key}.so"
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    folder = (_private_dir(cache_dir()) or _private_dir(Path(tempfile.gettempdir()) / f"genmodels-native-{uid}")
+              or Path(tempfile.mkdtemp(prefix="genmodels-native-")))  # last resort: this process only
+    out = folder / name
     if out.exists():
         return out
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # read-only home: a per-user temporary folder
-        out = Path(tempfile.gettempdir()) / f"genmodels-native-{os.getuid() if hasattr(os, 'getuid') else 0}" / out.name
-        out.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for flags in _FLAG_SETS:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        cmd = [compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp), "-lm"]
+        cmd = [*compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp), "-lm"]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:
+            tmp.unlink(missing_ok=True)
             errors.append(f"{' '.join(cmd)}: {e}")
-            break  # no compiler at all: other flags will not help
+            break  # no compiler, or one too slow to wait for: other flags will not help
         if r.returncode == 0:
             os.replace(tmp, out)
             return out
@@ -104,7 +127,7 @@ def library() -> ctypes.CDLL | None:
     with _lock:
         if "lib" not in _state:
             try:
-                _state["lib"] = _bind(ctypes.CDLL(str(_build(os.environ.get("CC", "cc")))))
+                _state["lib"] = _bind(ctypes.CDLL(str(_build(shlex.split(os.environ.get("CC") or "cc")))))
             except (OSError, RuntimeError) as e:
                 _state["lib"] = None
                 _state["error"] = str(e)
@@ -128,10 +151,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     lib = library()
     if lib is None:
         raise RuntimeError(f"native kernels unavailable: {unavailable_reason()}")
-    if x.dtype != torch.float32 or weight.dtype != torch.float32 or x.dim() != 2 or weight.dim() != 2:
-        raise ValueError("native.linear takes fp32 x (M, K) and weight (N, K)")
+    tensors = (x, weight) + ((bias,) if bias is not None else ())
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors) or x.dim() != 2 or weight.dim() != 2:
+        raise ValueError("native.linear takes fp32 CPU x (M, K), weight (N, K) and bias (N,)")
     if x.shape[1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features, weight expects {weight.shape[1]}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias shape {tuple(bias.shape)} must be ({weight.shape[0]},)")
     x, weight = x.contiguous(), weight.contiguous()
     bias = bias.contiguous() if bias is not None else None
     y = x.new_empty(x.shape[0], weight.shape[0])

@@ -123,13 +123,15 @@ class FusedDecodeStep:
         blocks, final_norm, pos_embed, rotary, score_bias = _decoder_parts(model)
         blocks = list(blocks)
         a0 = blocks[0].attn
-        keep = []  # tensors whose pointers the struct holds
+        keep = []  # tensors whose storage the struct points into (detached: kept even if p.data is replaced)
 
         def ptr(t):
             if t is None:
                 return None
-            keep.append(t)
+            keep.append(t.detach())
             return t.data_ptr()
+
+        self._check_cache(model, blocks, batch, seq2seq, cache)
 
         layers = (_Layer * len(blocks))()
         for i, (blk, lc) in enumerate(zip(blocks, self.cache.layers)):
@@ -153,7 +155,7 @@ class FusedDecodeStep:
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
         m.gated = int(type(blocks[0].mlp) is GatedMLP)
         m.act = _ACT[blocks[0].mlp.activation]
-        m.window = c.sliding_window or 0
+        m.window = 0 if seq2seq else c.sliding_window or 0  # the PyTorch seq2seq decoder has no window
         m.n_threads = torch.get_num_threads()
         m.norm_eps = blocks[0].norm1.eps
         m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
@@ -170,21 +172,53 @@ class FusedDecodeStep:
         elif type(score_bias) is ALiBi:
             m.pos_kind, m.alibi = 3, ptr(score_bias.slopes)
         elif score_bias is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
-            dist = torch.arange(m.max_len)
-            m.dist_bias = ptr(score_bias(torch.zeros(1, dtype=torch.long), -dist)[0, :, 0].contiguous())  # (H, L)
+            dist = torch.arange(m.max_len, device="cpu")
+            bias = score_bias(torch.zeros(1, dtype=torch.long, device="cpu"), -dist)[0, :, 0]  # (H, L)
+            m.dist_bias = ptr(bias.to(torch.float32).contiguous())
         if seq2seq:
             m.mem_len = cache.memory_kv[0][0].shape[2]
-            if memory_mask is not None and not bool(memory_mask.all()):
-                m.mem_mask = ptr(memory_mask.contiguous().long())
+            if memory_mask is not None and not bool(memory_mask.ne(0).all()):
+                try:  # 1 = real token, as PyTorch's key_padding.bool(); broadcast like the PyTorch path
+                    mm = memory_mask.ne(0).expand(batch, m.mem_len)
+                except RuntimeError as e:
+                    raise ValueError(f"memory_mask {tuple(memory_mask.shape)} does not fit the batch "
+                                     f"({batch}, {m.mem_len})") from e
+                m.mem_mask = ptr(mm.to("cpu", torch.long).contiguous())
         if m.final_norm:
             m.final_w, m.final_b = ptr(final_norm.weight), ptr(getattr(final_norm, "bias", None))
         m.head_w, m.head_b = ptr(model.head.get_weight()), ptr(model.head.bias)
         m.layers = layers
-        self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)))
+        self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)), dtype=torch.float32, device="cpu")
         m.scratch = self.scratch.data_ptr()
-        self.logits = torch.empty(batch, m.vocab)
+        self.logits = torch.empty(batch, m.vocab, dtype=torch.float32, device="cpu")
+        self.n_embed = model.embed.weight.shape[0]
         self.model_struct, self.layers, self.keep = m, layers, keep
         self.k_ptrs = [lc.k.data_ptr() for lc in self.cache.layers]
+
+    @staticmethod
+    def _check_cache(model, blocks, batch: int, seq2seq: bool, cache) -> None:
+        """The C code trusts these shapes: check them here (a mismatch would read out of bounds)."""
+        kv = cache.self_kv if seq2seq else cache
+        a = blocks[0].attn
+        if batch < 1 or len(kv.layers) != len(blocks):
+            raise ValueError(f"cache has {len(kv.layers)} layers for a {len(blocks)}-layer decoder, batch {batch}")
+        want = (batch, a.n_kv_heads, kv.max_len, a.head_dim)
+        for lc in kv.layers:
+            for t in (lc.k, lc.v):
+                if (tuple(t.shape) != want or t.dtype != torch.float32 or t.device.type != "cpu"
+                        or not t.is_contiguous()):
+                    raise ValueError(f"KV cache tensors must be contiguous fp32 CPU {want}, got {tuple(t.shape)}")
+        if seq2seq:
+            mem = cache.memory_kv
+            s = mem[0][0].shape[2]
+            for k, v in mem:
+                for t in (k, v):
+                    if (t.shape[0], t.shape[1], t.shape[3]) != (batch, a.n_kv_heads, a.head_dim) or t.shape[2] != s \
+                            or t.dtype != torch.float32 or t.device.type != "cpu":
+                        raise ValueError(f"memory keys/values must be fp32 CPU ({batch}, {a.n_kv_heads}, S, "
+                                         f"{a.head_dim}), got {tuple(t.shape)}")
+            if len(mem) != len(blocks):
+                raise ValueError(f"cache holds memory k/v for {len(mem)} layers, the decoder has {len(blocks)}")
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor,
                  key_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -198,12 +232,12 @@ class FusedDecodeStep:
         if ids.shape != (m.batch,) or positions.shape != (m.batch,):
             raise ValueError(f"ids and positions must be ({m.batch},), got {tuple(ids.shape)}, "
                              f"{tuple(positions.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= m.vocab:
-            raise ValueError(f"token ids must be in [0, {m.vocab})")
+        if int(ids.min()) < 0 or int(ids.max()) >= self.n_embed:
+            raise ValueError(f"token ids must be in [0, {self.n_embed})")
         if int(positions.min()) < 0 or (m.pos_kind == 1 and int(positions.max()) >= self.pos_len):
             raise ValueError(f"position ids must be in [0, {self.pos_len})")
         if key_mask is not None:
-            key_mask = key_mask.contiguous().long()
+            key_mask = key_mask.ne(0).long().contiguous()
             if key_mask.shape[0] != m.batch or key_mask.shape[1] <= start:
                 raise ValueError(f"key_mask must be ({m.batch}, >{start}), got {tuple(key_mask.shape)}")
             m.mask_stride = key_mask.shape[1]

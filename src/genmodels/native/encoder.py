@@ -71,7 +71,7 @@ def unsupported(model: nn.Module) -> str | None:
 def packed(weight: torch.Tensor) -> torch.Tensor:
     """``W (N, K)`` -> panels ``(⌈N/16⌉, K, 16)``: output columns 16p…16p+15 contiguous per k (zero-padded)."""
     n, k = weight.shape
-    w = torch.zeros((n + 15) // 16 * 16, k, dtype=weight.dtype)
+    w = torch.zeros((n + 15) // 16 * 16, k, dtype=torch.float32, device="cpu")
     w[:n] = weight
     return w.view(-1, 16, k).transpose(1, 2).contiguous()
 
@@ -92,18 +92,19 @@ class NativeEncoder:
         return self.model_ref()
 
     def _versions(self) -> list[tuple[int, int]]:
-        return [(p.data_ptr(), p._version) for p in self.model.parameters()]
+        # inference tensors (made under torch.inference_mode) have no version counter and cannot change
+        return [(p.data_ptr(), 0 if p.is_inference() else p._version) for p in self.model.parameters()]
 
     def _build(self) -> None:
         model, c = self.model, self.model.config
         blocks = list(model.blocks)
         a0 = blocks[0].attn
-        keep = []
+        keep = []  # tensors whose storage the struct points into
 
         def ptr(t):
             if t is None:
                 return None
-            keep.append(t)
+            keep.append(t.detach())
             return t.data_ptr()
 
         with torch.no_grad():
@@ -142,23 +143,27 @@ class NativeEncoder:
         if self._versions() != self.versions:  # trained or reloaded since packing
             self._build()
         m, c = self.struct, self.model.config
+        if input_ids.dim() != 2 or input_ids.numel() == 0:
+            raise ValueError(f"input_ids must be (batch, length) with at least one token, got {tuple(input_ids.shape)}")
         b, t = input_ids.shape
-        if b == 0 or t == 0:
-            raise ValueError(f"input_ids must hold at least one token, got shape {tuple(input_ids.shape)}")
-        if t > c.max_seq_len:
-            raise ValueError(f"sequence of {t} positions exceeds the model's {c.max_seq_len} learned positions "
+        pos_rows = self.model.pos_embed.num_embeddings if self.model.pos_embed is not None else None
+        if pos_rows is not None and t > pos_rows:
+            raise ValueError(f"sequence of {t} positions exceeds the model's {pos_rows} learned positions "
                              "(max_seq_len)")
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, t):
+            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape {(b, t)}")
         ids = input_ids.reshape(-1).long()
         if int(ids.min()) < 0 or int(ids.max()) >= c.vocab_size:
             raise ValueError(f"token ids must be in [0, {c.vocab_size})")
         m.n_threads = torch.get_num_threads()
-        cols = torch.arange(t).expand(b, t).reshape(-1)
-        rows = torch.arange(b).repeat_interleave(t)
-        if attention_mask is not None and not bool(attention_mask.all()):
-            index = attention_mask.reshape(-1).nonzero().squeeze(1)  # real tokens, row-major
-            lengths = attention_mask.long().sum(1)
+        cols = torch.arange(t, device="cpu").expand(b, t).reshape(-1)
+        rows = torch.arange(b, device="cpu").repeat_interleave(t)
+        real = attention_mask.ne(0) if attention_mask is not None else None  # any nonzero = token, as PyTorch
+        if real is not None and not bool(real.all()):
+            index = real.reshape(-1).nonzero().squeeze(1)  # real tokens, row-major
+            lengths = real.long().sum(1)
         else:
-            index, lengths = None, torch.full((b,), t, dtype=torch.long)
+            index, lengths = None, torch.full((b,), t, dtype=torch.long, device="cpu")
         starts = lengths.cumsum(0) - lengths  # each row's first packed token
         sel = (lambda v: v[index]) if index is not None else (lambda v: v)
         tok_ids, pos, row = sel(ids).contiguous(), sel(cols).contiguous(), sel(rows)
@@ -166,12 +171,17 @@ class NativeEncoder:
         key_hi = (key_lo + lengths[row]).contiguous()
         types = None
         if token_type_ids is not None and self.model.type_embed is not None:
+            try:  # PyTorch broadcasts the type ids against the tokens: do the same
+                token_type_ids = token_type_ids.expand(b, t)
+            except RuntimeError as e:
+                raise ValueError(f"token_type_ids {tuple(token_type_ids.shape)} do not fit input_ids {(b, t)}") from e
             types = sel(token_type_ids.reshape(-1).long()).contiguous()
             if int(types.min()) < 0 or int(types.max()) >= self.model.type_embed.num_embeddings:
                 raise ValueError(f"token_type_ids must be in [0, {self.model.type_embed.num_embeddings})")
         n = tok_ids.shape[0]
-        hidden = torch.empty(n, c.d_model)
-        scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, t))
+        hidden = torch.empty(n, c.d_model, dtype=torch.float32, device="cpu")
+        scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, t), dtype=torch.float32,
+                              device="cpu")
         self.lib.gm_encoder_forward(ctypes.byref(m), tok_ids.data_ptr(), types.data_ptr() if types is not None
                                     else None, pos.data_ptr(), key_lo.data_ptr(), key_hi.data_ptr(), n, t,
                                     scratch.data_ptr(), hidden.data_ptr())

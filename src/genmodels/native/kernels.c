@@ -328,6 +328,12 @@ static void attend(const float *q, const float *K, const float *V, int64_t ldk, 
     }
     float total = 0.0f;
     for (int64_t i = 0; i < dh; i++) out[i] = 0.0f;
+    if (mx == -INFINITY) { /* no visible key: PyTorch's finfo.min mask makes the row uniform over all keys */
+        for (int64_t j = 0; j < n_keys; j++)
+            for (int64_t i = 0; i < dh; i++) out[i] += V[j * ldk + i];
+        for (int64_t i = 0; i < dh; i++) out[i] /= (float)(n_keys > 0 ? n_keys : 1);
+        return;
+    }
     for (int64_t j = lo; j < n_keys; j++) {
         if (key_ok && !key_ok[j]) continue;
         float p = expf(scores[j] - mx);
