@@ -194,20 +194,36 @@ int64_t gm_scratch_floats(const gm_model *m) {
     return B * (2 * m->d + qkv + 2 * m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * keys;
 }
 
+/* Σ (x[i] − c)^p for p = 1 or 2, in eight interleaved fp32 partial sums (more accurate than one
+ * running sum, and vectorised). */
+static float centred_sum(const float *x, int64_t d, float c, int p) {
+    int64_t i = 0;
+    float total = 0.0f;
+#ifdef GM_AVX2
+    __m256 acc = _mm256_setzero_ps(), vc = _mm256_set1_ps(c);
+    for (; i + 8 <= d; i += 8) {
+        __m256 v = _mm256_sub_ps(_mm256_loadu_ps(x + i), vc);
+        acc = p == 2 ? _mm256_fmadd_ps(v, v, acc) : _mm256_add_ps(acc, v);
+    }
+    total = hsum8(acc);
+#endif
+    for (; i < d; i++) total += p == 2 ? (x[i] - c) * (x[i] - c) : x[i] - c;
+    return total;
+}
+
 static void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b) {
     if (kind == NORM_RMS) { /* y = x · rsqrt(mean(x²) + ε) · γ */
-        double ss = 0.0;
-        for (int64_t i = 0; i < d; i++) ss += (double)x[i] * x[i];
-        float r = 1.0f / sqrtf((float)(ss / (double)d) + eps);
+        const float r = 1.0f / sqrtf(centred_sum(x, d, 0.0f, 2) / (float)d + eps);
         for (int64_t i = 0; i < d; i++) y[i] = x[i] * r * w[i];
         return;
     }
-    double sum = 0.0, var = 0.0; /* y = (x − μ) / √(σ² + ε) · γ + β */
-    for (int64_t i = 0; i < d; i++) sum += x[i];
-    const float mu = (float)(sum / (double)d);
-    for (int64_t i = 0; i < d; i++) var += (double)(x[i] - mu) * (x[i] - mu);
-    float r = 1.0f / sqrtf((float)(var / (double)d) + eps);
-    for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i] + (b ? b[i] : 0.0f);
+    /* y = (x − μ) / √(σ² + ε) · γ + β */
+    const float mu = centred_sum(x, d, 0.0f, 1) / (float)d;
+    const float r = 1.0f / sqrtf(centred_sum(x, d, mu, 2) / (float)d + eps);
+    if (b)
+        for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i] + b[i];
+    else
+        for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i];
 }
 
 /* ---------------------------------------------------------------------------------------------
@@ -316,7 +332,10 @@ static void attend(const float *q, const float *K, const float *V, int64_t ldk, 
                    float *scores, float *out) {
     float mx = -INFINITY;
     for (int64_t j = lo; j < n_keys; j++) {
-        if (key_ok && !key_ok[j]) continue;
+        if (key_ok && !key_ok[j]) {
+            scores[j] = -INFINITY;
+            continue;
+        }
         const float *k = K + j * ldk;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
@@ -334,10 +353,26 @@ static void attend(const float *q, const float *K, const float *V, int64_t ldk, 
         for (int64_t i = 0; i < dh; i++) out[i] /= (float)(n_keys > 0 ? n_keys : 1);
         return;
     }
-    for (int64_t j = lo; j < n_keys; j++) {
-        if (key_ok && !key_ok[j]) continue;
-        float p = expf(scores[j] - mx);
+    int64_t j = lo; /* scores[j] <- exp(scores[j] − max), masked keys (−inf) <- 0 */
+#ifdef GM_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= n_keys; j += 8) {
+        __m256 s = _mm256_loadu_ps(scores + j);
+        __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(s, vmx)), _mm256_cmp_ps(s, ninf, _CMP_GT_OQ));
+        _mm256_storeu_ps(scores + j, p);
+        acc = _mm256_add_ps(acc, p);
+    }
+    total = hsum8(acc);
+#endif
+    for (; j < n_keys; j++) {
+        float p = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - mx);
+        scores[j] = p;
         total += p;
+    }
+    for (j = lo; j < n_keys; j++) {
+        const float p = scores[j];
+        if (p == 0.0f) continue;
         const float *v = V + j * ldk;
         for (int64_t i = 0; i < dh; i++) out[i] += p * v[i];
     }
