@@ -114,7 +114,7 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_gemm_packed.restype = None
     lib.gm_encoder_scratch_floats.argtypes = [vp, i64, i64]
     lib.gm_encoder_scratch_floats.restype = i64
-    lib.gm_encoder_forward.argtypes = [vp, vp, vp, vp, vp, vp, i64, i64, vp, vp]
+    lib.gm_encoder_forward.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, vp, vp]
     lib.gm_encoder_forward.restype = c_int
     return lib
 

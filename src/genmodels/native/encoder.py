@@ -178,12 +178,15 @@ class NativeEncoder:
             types = sel(token_type_ids.reshape(-1).long()).contiguous()
             if int(types.min()) < 0 or int(types.max()) >= self.model.type_embed.num_embeddings:
                 raise ValueError(f"token_type_ids must be in [0, {self.model.type_embed.num_embeddings})")
+        nonempty = lengths > 0
+        seq_lo, seq_len = starts[nonempty].contiguous(), lengths[nonempty].contiguous()
         n = tok_ids.shape[0]
         hidden = torch.empty(n, c.d_model, dtype=torch.float32, device="cpu")
         scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, t), dtype=torch.float32,
                               device="cpu")
         self.lib.gm_encoder_forward(ctypes.byref(m), tok_ids.data_ptr(), types.data_ptr() if types is not None
-                                    else None, pos.data_ptr(), key_lo.data_ptr(), key_hi.data_ptr(), n, t,
+                                    else None, pos.data_ptr(), key_lo.data_ptr(), key_hi.data_ptr(),
+                                    seq_lo.data_ptr(), seq_len.data_ptr(), seq_len.shape[0], n, t,
                                     scratch.data_ptr(), hidden.data_ptr())
         if index is None:
             return hidden.view(b, t, -1)

@@ -113,14 +113,14 @@ INLINE void tile_store(float *y, int64_t ldy, const float *bias, int accumulate,
 #define TILE(MR, NR)                                                                        \
     do {                                                                                    \
         float o[4][4];                                                                      \
-        tile_dot(x + m * K, K, W + n * K, K, K, MR, NR, o);                                 \
-        tile_store(y + m * N + n, N, bias ? bias + n : 0, accumulate, MR, NR, o);           \
+        tile_dot(x + m * ldx, ldx, W + n * ldw, ldw, K, MR, NR, o);                         \
+        tile_store(y + m * ldy + n, ldy, bias ? bias + n : 0, accumulate, MR, NR, o);       \
     } while (0)
 
-/* Rows [n0, n1) of y (M, N) = x (M, K) · W (N, K)ᵀ + bias. Each block of weight rows is read from
- * memory once and used for every input row while it is in L1. */
-static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
-                        int64_t N, int64_t n0, int64_t n1, int accumulate) {
+/* Columns [n0, n1) of y (M, N) = x (M, K) · W (N, K)ᵀ + bias, rows of x, W, y ldx, ldw, ldy apart.
+ * Each block of weight rows is read from memory once and used for every input row while in L1. */
+static void linear_rows_ld(const float *x, int64_t ldx, int64_t M, int64_t K, const float *W, int64_t ldw,
+                           const float *bias, float *y, int64_t ldy, int64_t n0, int64_t n1, int accumulate) {
     int64_t n = n0;
     if (M == 1) {
         const int64_t m = 0;
@@ -135,6 +135,11 @@ static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, co
     }
     for (; n < n1; n++)
         for (int64_t m = 0; m < M; m++) TILE(1, 1);
+}
+
+static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
+                        int64_t N, int64_t n0, int64_t n1, int accumulate) {
+    linear_rows_ld(x, K, M, K, W, K, bias, y, N, n0, n1, accumulate);
 }
 
 /* Inside a parallel region: split the N output rows over the team in blocks of 8 (static, so each
@@ -487,8 +492,8 @@ void gm_pack(const float *W, int64_t N, int64_t K, float *Wp) {
 }
 
 /* y[i, 0:nvalid] (+)= x[i, :] · panel + bias for i < MR. */
-INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp, float *y, int64_t ldy,
-                         int64_t nvalid, const float *bias, int accumulate, const int MR) {
+INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp, int64_t ldw, float *y,
+                         int64_t ldy, int64_t nvalid, const float *bias, int accumulate, const int MR) {
     float acc[6][16];
 #ifdef GM_AVX2
     __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
@@ -500,7 +505,7 @@ INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp
         c##i##1 = _mm256_fmadd_ps(xb, w1, c##i##1);                                                 \
     }
     for (int64_t k = 0; k < K; k++) {
-        __m256 w0 = _mm256_loadu_ps(wp + k * 16), w1 = _mm256_loadu_ps(wp + k * 16 + 8);
+        __m256 w0 = _mm256_loadu_ps(wp + k * ldw), w1 = _mm256_loadu_ps(wp + k * ldw + 8);
         GM_PROW(0) GM_PROW(1) GM_PROW(2) GM_PROW(3) GM_PROW(4) GM_PROW(5)
     }
 #undef GM_PROW
@@ -513,7 +518,7 @@ INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp
     for (int i = 0; i < MR; i++) {
         for (int j = 0; j < 16; j++) acc[i][j] = 0.0f;
         for (int64_t k = 0; k < K; k++)
-            for (int j = 0; j < 16; j++) acc[i][j] += x[i * ldx + k] * wp[k * 16 + j];
+            for (int j = 0; j < 16; j++) acc[i][j] += x[i * ldx + k] * wp[k * ldw + j];
     }
 #endif
     for (int i = 0; i < MR; i++)
@@ -521,6 +526,55 @@ INLINE void panel_kernel(const float *x, int64_t ldx, int64_t K, const float *wp
             float v = acc[i][j] + (bias ? bias[j] : 0.0f);
             y[i * ldy + j] = accumulate ? y[i * ldy + j] + v : v;
         }
+}
+
+/* Rows [0, M) of one 16-wide output panel, six at a time. */
+static void panel_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *wp, int64_t ldw, float *y,
+                       int64_t ldy, int64_t nv, const float *b, int accumulate) {
+    int64_t m = 0;
+    for (; m + 6 <= M; m += 6) panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 6);
+    switch (M - m) {
+    case 5: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 5); break;
+    case 4: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 4); break;
+    case 3: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 3); break;
+    case 2: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 2); break;
+    case 1: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 1); break;
+    }
+}
+
+/* softmax(s · scale) of one row, in place. */
+static void softmax_row(float *s, int64_t n, float scale) {
+    float mx = -INFINITY, total = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        s[j] *= scale;
+        mx = s[j] > mx ? s[j] : mx;
+    }
+    int64_t j = 0;
+#ifdef GM_AVX2
+    __m256 acc = _mm256_setzero_ps(), vmx = _mm256_set1_ps(mx);
+    for (; j + 8 <= n; j += 8) {
+        __m256 p = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + j), vmx));
+        _mm256_storeu_ps(s + j, p);
+        acc = _mm256_add_ps(acc, p);
+    }
+    total = hsum8(acc);
+#endif
+    for (; j < n; j++) {
+        s[j] = expf(s[j] - mx);
+        total += s[j];
+    }
+    const float inv = 1.0f / total;
+    for (j = 0; j < n; j++) s[j] *= inv;
+}
+
+/* Bidirectional attention of one head over one sequence of T tokens as small matrix products:
+ * S = Q Kᵀ (T × T, register tiles), softmax(S · scale) by rows, O = S V (16-wide panels of V read
+ * in place). Q/K/V rows are ld floats apart, O rows ldo; dh must be a multiple of 16. */
+static void attend_block(const float *Q, const float *K, const float *V, int64_t ld, int64_t T, int64_t dh,
+                         float scale, float *S, float *O, int64_t ldo) {
+    linear_rows_ld(Q, ld, T, dh, K, ld, 0, S, T, 0, T, 0);
+    for (int64_t i = 0; i < T; i++) softmax_row(S + i * T, T, scale);
+    for (int64_t p = 0; p < dh; p += 16) panel_rows(S, T, T, T, V + p, ld, O + p, ldo, 16, 0, 0);
 }
 
 /* Inside a parallel region: y (M, N) (+)= x (M, K) · Wᵀ + bias with W packed. Rows go in chunks
@@ -537,14 +591,7 @@ static void gemm_team(const float *x, int64_t M, int64_t K, const float *Wp, con
             const int64_t m1 = (c + 1) * mc < M ? (c + 1) * mc : M, nv = N - p * 16 < 16 ? N - p * 16 : 16;
             const float *wp = Wp + p * K * 16, *b = bias ? bias + p * 16 : 0;
             int64_t m = c * mc;
-            for (; m + 6 <= m1; m += 6) panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 6);
-            switch (m1 - m) {
-            case 5: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 5); break;
-            case 4: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 4); break;
-            case 3: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 3); break;
-            case 2: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 2); break;
-            case 1: panel_kernel(x + m * K, K, K, wp, y + m * N + p * 16, N, nv, b, accumulate, 1); break;
-            }
+            panel_rows(x + m * K, K, m1 - m, K, wp, 16, y + m * N + p * 16, N, nv, b, accumulate);
         }
 }
 
@@ -569,14 +616,15 @@ typedef struct {
 
 int64_t gm_encoder_scratch_floats(const gm_encoder *m, int64_t n_tokens, int64_t max_keys) {
     const int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
-    return n_tokens * (qkv + m->n_heads * m->dh + 2 * m->d + ff + m->d_ff) + m->n_threads * max_keys;
+    return n_tokens * (qkv + m->n_heads * m->dh + 2 * m->d + ff + m->d_ff) + m->n_threads * max_keys * max_keys;
 }
 
 /* Hidden states out (N, D) of N packed tokens: ids, token types (or NULL: type 0), positions, and
- * for each token the key range [key_lo, key_hi) of its sequence. */
+ * for each token the key range [key_lo, key_hi) of its sequence; the n_seqs sequences themselves
+ * start at seq_lo and hold seq_len tokens (at most max_keys). */
 int gm_encoder_forward(const gm_encoder *m, const int64_t *ids, const int64_t *types, const int64_t *positions,
-                       const int64_t *key_lo, const int64_t *key_hi, int64_t N, int64_t max_keys, float *scratch,
-                       float *out) {
+                       const int64_t *key_lo, const int64_t *key_hi, const int64_t *seq_lo, const int64_t *seq_len,
+                       int64_t n_seqs, int64_t N, int64_t max_keys, float *scratch, float *out) {
     const int64_t D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
     const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, group = H / HKV;
     const float eps = (float)m->norm_eps, scale = (float)m->attn_scale;
@@ -584,7 +632,7 @@ int gm_encoder_forward(const gm_encoder *m, const int64_t *ids, const int64_t *t
     float *ff = xn + N * D, *hid = ff + N * FF, *scores_all = hid + N * F;
 #pragma omp parallel num_threads(m->n_threads)
     {
-        float *scores = scores_all + thread_id() * max_keys;
+        float *scores = scores_all + thread_id() * max_keys * max_keys;
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < N; t++) {
             const float *e = m->embed + ids[t] * D;
@@ -608,11 +656,21 @@ int gm_encoder_forward(const gm_encoder *m, const int64_t *ids, const int64_t *t
                 a_in = xn;
             }
             gemm_team(a_in, N, D, ly->qkv_wp, ly->qkv_b, qkv, QKV, 0);
+            if (DH % 16 == 0) { /* per (sequence, head): small matrix products */
+#pragma omp for schedule(dynamic, 1)
+                for (int64_t sh = 0; sh < n_seqs * H; sh++) {
+                    const int64_t s = sh / H, h = sh % H, lo = seq_lo[s], kvo = (h / group) * DH;
+                    attend_block(qkv + lo * QKV + h * DH, qkv + lo * QKV + H * DH + kvo,
+                                 qkv + lo * QKV + (H + HKV) * DH + kvo, QKV, seq_len[s], DH, scale, scores,
+                                 att + lo * H * DH + h * DH, H * DH);
+                }
+            } else { /* per (token, head) */
 #pragma omp for schedule(static)
-            for (int64_t th = 0; th < N * H; th++) {
-                const int64_t t = th / H, h = th % H, lo = key_lo[t], kvo = (h / group) * DH;
-                attend(qkv + t * QKV + h * DH, qkv + lo * QKV + H * DH + kvo, qkv + lo * QKV + (H + HKV) * DH + kvo,
-                       QKV, key_hi[t] - lo, DH, scale, 0, 0, 0.0f, 0, scores, att + (t * H + h) * DH);
+                for (int64_t th = 0; th < N * H; th++) {
+                    const int64_t t = th / H, h = th % H, lo = key_lo[t], kvo = (h / group) * DH;
+                    attend(qkv + t * QKV + h * DH, qkv + lo * QKV + H * DH + kvo, qkv + lo * QKV + (H + HKV) * DH + kvo,
+                           QKV, key_hi[t] - lo, DH, scale, 0, 0, 0.0f, 0, scores, att + (t * H + h) * DH);
+                }
             }
             if (m->post_norm) { /* x = Norm1(x + Attn(x)) */
                 gemm_team(att, N, H * DH, ly->out_wp, ly->out_b, tmp, D, 0);
