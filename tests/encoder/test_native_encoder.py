@@ -9,6 +9,7 @@ import torch
 import genmodels
 from genmodels import native
 from genmodels.native.encoder import NativeEncoder, native_encoder, unsupported
+from tests.core._tiny import randomise  # shared randomiser (run from the repo root: python -m pytest)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
@@ -19,16 +20,6 @@ if native.library() is None:
 TOL = dict(atol=1e-5, rtol=1e-4)
 # pre-norm, RMSNorm, SwiGLU, final norm, grouped-query attention (4 query heads share 2 kv heads)
 PRE = dict(norm_placement="pre", final_norm=True, mlp="swiglu", norm="rmsnorm", n_heads=4, n_kv_heads=2)
-
-
-def randomise(model: torch.nn.Module, std: float = 0.2, seed: int = 0) -> torch.nn.Module:
-    """As tests/core/_tiny.py (not importable from here): all parameters ~ N(0, std), norm scales ~ 1 + N(0, std)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g) * std
-            p.copy_(r + 1.0 if p.dim() == 1 and name.endswith("weight") else r)
-    return model
 
 
 def bert(seed: int = 0, **kw) -> torch.nn.Module:
