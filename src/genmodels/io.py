@@ -78,6 +78,28 @@ MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "generation
                "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
 
 
+def fsync_files(folder: Path) -> None:
+    """Flush every file directly in ``folder`` to disk."""
+    for f in folder.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _atomic_dir_write(path: Path, write) -> Path:
     """Write into a temp folder beside ``path``, then rename: a reader never sees half a model.
 
@@ -95,6 +117,7 @@ def _atomic_dir_write(path: Path, write) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         write(tmp)
+        fsync_files(tmp)  # contents on disk before the rename makes them visible
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -103,6 +126,7 @@ def _atomic_dir_write(path: Path, write) -> Path:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

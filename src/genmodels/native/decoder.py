@@ -66,6 +66,8 @@ def unsupported(model: nn.Module) -> str | None:
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
     params = list(model.parameters()) + list(model.buffers())
+    if any(type(p.data) is not torch.Tensor for p in params):  # e.g. FSDP's DTensor shards
+        return "parameters are not plain tensors (sharded?)"
     if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in params):
         return "needs contiguous fp32 CPU weights"
     blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)

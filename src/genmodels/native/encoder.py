@@ -51,6 +51,8 @@ def unsupported(model: nn.Module) -> str | None:
         return "not an encoder model"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
+    if any(type(p.data) is not torch.Tensor for p in model.parameters()):  # e.g. FSDP's DTensor shards
+        return "parameters are not plain tensors (sharded?)"
     if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in model.parameters()):
         return "needs contiguous fp32 CPU weights"
     kinds = {type(b) for b in model.blocks}

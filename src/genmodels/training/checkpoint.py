@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import fsync_dir, fsync_files
+
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -104,13 +106,12 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
         save_file(otensors, str(tmp / "optimizer.safetensors"))
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": ometa}, indent=1))
-        for f in tmp.iterdir():  # data on disk before the rename makes it visible
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+        fsync_files(tmp)  # data on disk before the rename makes it visible
         aside = root / f".old-step-{step:06d}-{os.getpid()}"
         if final.exists():  # rewriting a step: move the old set aside, put the new one in, then delete
             os.replace(final, aside)
         os.replace(tmp, final)
+        fsync_dir(root)  # the rename itself survives a power loss
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
