@@ -62,7 +62,7 @@ def test_linear_rejects_mismatched_features():
     ("llama", {}), ("gpt2", {}), ("llama", dict(n_kv_heads=1)), ("llama", dict(sliding_window=5)),
     ("llama", dict(rotary_fraction=0.5)), ("gpt2", dict(position="alibi")),
     ("gpt2", dict(mlp="gelu", tie_embeddings=False)), ("llama", dict(mlp="geglu_tanh")),
-    ("gpt2", dict(position="sinusoidal", norm_bias=False)),
+    ("gpt2", dict(position="sinusoidal", norm_bias=False)), ("gpt2", dict(norm_placement="post", final_norm=False)),
 ], ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default")
 def test_fused_step_equals_torch(kind, kw):
     model, t, steps = tiny_model(kind, **kw), 9, 4
@@ -87,9 +87,14 @@ def test_fused_step_equals_torch(kind, kw):
             nxt = want.argmax(-1)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(mlp="geglu_tanh", tie_embeddings=False)], ids=["t5", "t5-v1_1"])
+@pytest.mark.parametrize("kw", [{}, dict(mlp="geglu_tanh", tie_embeddings=False), "transformer"],
+                         ids=["t5", "t5-v1_1", "transformer"])
 def test_fused_step_equals_torch_t5(kw):
-    model = t5_tiny(**kw)
+    if kw == "transformer":  # post-norm, sinusoidal positions, √D-scaled embedding
+        cfg = genmodels.preset("transformer-tiny", vocab_size=VOCAB, d_model=64, n_heads=4, d_ff=128)
+        model = randomise(genmodels.build_model(cfg)).eval()
+    else:
+        model = t5_tiny(**kw)
     src, mask = t5_sources()
     with torch.inference_mode():
         memory = model.encode(src, mask)  # (B, S, D)
@@ -133,13 +138,24 @@ def test_generate_seq2seq_native_equals_torch(monkeypatch):
         assert torch.equal(a, b)
 
 
-def test_post_norm_transformer_keeps_torch_path():
+def test_post_norm_decoders_equal_torch(monkeypatch):
+    """Post-norm blocks (the original Transformer; a post-norm decoder-only config): x = Norm(x + f(x))."""
     cfg = genmodels.preset("transformer-tiny", vocab_size=VOCAB, d_model=64, n_heads=4, d_ff=128)
     model = randomise(genmodels.build_model(cfg)).eval()
-    assert "pre-norm" in unsupported(model)
+    assert unsupported(model) is None
     src, mask = t5_sources()
-    out = generate_seq2seq(model, src, 6, attention_mask=mask, eos_token_id=[])
-    assert out.shape == (3, 7)
+    runs = [dict(eos_token_id=[]), dict(num_beams=3)]
+    fast = [generate_seq2seq(model, src, 8, attention_mask=mask, **kw) for kw in runs]
+    post = tiny_model("gpt2", norm_placement="post", final_norm=False, eos_token_id=None)
+    assert unsupported(post) is None
+    ids, pad = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
+    fast.append(genmodels.generate(post, ids, 16, attention_mask=pad))
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    slow = [generate_seq2seq(model, src, 8, attention_mask=mask, **kw) for kw in runs]
+    slow.append(genmodels.generate(post, ids, 16, attention_mask=pad))
+    assert fast[0].shape == (3, 9)
+    for a, b in zip(fast, slow):
+        assert torch.equal(a, b)
 
 
 # ---- what is and is not supported; bad inputs ----------------------------------------------------

@@ -4,13 +4,15 @@
                                                (x += Cross(Norm x, memory));  x += FFN(Norm x)]
              ─ Norm (× output scale) ─ head ─▶ logits (B, V)
 
+(post-norm blocks: x = Norm(x + Attn(x)), and likewise for the other sub-layers)
+
 It reads the model's own parameters and KV cache in place (no copies; the state dict and the
-PyTorch forward are untouched) and covers what the decoder-only and T5 presets build: pre-norm
-blocks, LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl. partial) / ALiBi / T5 relative
-positions, multi-, grouped- and multi-query heads, sliding windows, padding masks, plain and
-gated MLPs, tied or separate heads with optional biases, cross-attention over a cached memory.
-Anything else (post-norm blocks, another dtype or device) is reported by :func:`unsupported`
-and generation keeps the PyTorch path.
+PyTorch forward are untouched) and covers what the decoder-only, T5 and original-Transformer
+presets build: pre- and post-norm blocks, LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl.
+partial) / ALiBi / T5 relative positions, multi-, grouped- and multi-query heads, sliding windows,
+padding masks, plain and gated MLPs, tied or separate heads with optional biases, cross-attention
+over a cached memory. Anything else (another dtype or device, sharded parameters, unknown
+components) is reported by :func:`unsupported` and generation keeps the PyTorch path.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ class _Layer(ctypes.Structure):
 class _Model(ctypes.Structure):  # field order mirrors gm_model in kernels.c
     _fields_ = ([(n, _I) for n in ("n_layers", "batch", "d", "n_heads", "n_kv", "dh", "d_ff", "vocab", "max_len",
                                    "norm", "final_norm", "gated", "act", "pos_kind", "rot_dim", "rope_len", "window",
-                                   "mask_stride", "n_threads", "mem_len")]
+                                   "mask_stride", "n_threads", "mem_len", "post_norm")]
                 + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale", "out_scale")]
                 + [(n, _P) for n in ("embed", "pos_table", "rope_cos", "rope_sin", "inv_freq", "alibi", "final_w",
                                      "final_b", "head_w", "head_b", "dist_bias", "mem_mask")]
@@ -59,7 +61,7 @@ def _decoder_parts(model: nn.Module):
 
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the fused step (``None``: it can)."""
-    from ..models.blocks import PreNormBlock, PreNormCrossBlock
+    from ..models.blocks import PostNormBlock, PostNormCrossBlock, PreNormBlock, PreNormCrossBlock
     family = getattr(model, "family", None)
     if family not in ("decoder", "seq2seq"):
         return "not a decoder"
@@ -73,9 +75,12 @@ def unsupported(model: nn.Module) -> str | None:
     blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)
     kind = _norm_kind(blocks[0].norm1)
     eps = set()
+    allowed = (PreNormCrossBlock, PostNormCrossBlock) if family == "seq2seq" else (PreNormBlock, PostNormBlock)
+    if len({type(b) for b in blocks}) != 1:
+        return "blocks of different kinds"
     for blk in blocks:
-        if type(blk) is not (PreNormCrossBlock if family == "seq2seq" else PreNormBlock):
-            return f"block {type(blk).__name__} is not a pre-norm block"
+        if type(blk) not in allowed:
+            return f"block {type(blk).__name__} not supported"
         if type(blk.attn) is not SelfAttention:
             return f"attention {type(blk.attn).__name__} not supported"
         if type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
@@ -154,6 +159,7 @@ class FusedDecodeStep:
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
         m.vocab, m.max_len = model.head.get_weight().shape[0], self.cache.max_len
         m.norm = _norm_kind(blocks[0].norm1)
+        m.post_norm = int(type(blocks[0]).__name__.startswith("PostNorm"))
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
         m.gated = int(type(blocks[0].mlp) is GatedMLP)
         m.act = _ACT[blocks[0].mlp.activation]

@@ -1,4 +1,5 @@
-/* genmodels native CPU kernels: small-M linear layers and a fused decoder-only decode step.
+/* genmodels native CPU kernels: small-M linear layers, a fused decoder decode step (decoder-only
+ * and encoder–decoder), and an encoder forward over packed rows.
  *
  * Compiled on first use by genmodels/native/__init__.py (cc -O3 -march=native -fopenmp) and
  * called through ctypes; no Python or PyTorch headers. All tensors are fp32, contiguous,
@@ -185,6 +186,7 @@ enum { POS_NONE = 0, POS_TABLE = 1, POS_ROPE = 2, POS_ALIBI = 3 };
 typedef struct {
     int64_t n_layers, batch, d, n_heads, n_kv, dh, d_ff, vocab, max_len;
     int64_t norm, final_norm, gated, act, pos_kind, rot_dim, rope_len, window, mask_stride, n_threads, mem_len;
+    int64_t post_norm; /* 0: x += f(Norm x) (GPT-2, Llama, T5); 1: x = Norm(x + f(x)) (the original Transformer) */
     double norm_eps, attn_scale, emb_scale, out_scale;
     const float *embed, *pos_table, *rope_cos, *rope_sin, *inv_freq, *alibi, *final_w, *final_b, *head_w, *head_b;
     const float *dist_bias;  /* (H, L_max): self-attention score bias by distance query − key (T5), or NULL */
@@ -283,6 +285,13 @@ INLINE __m256 activation8(__m256 v, int act) {
     }
 }
 #endif
+
+/* Inside a parallel region: y[b] = Norm(x[b]) for b < B rows of d (in place when y == x). */
+static void norm_rows(const float *x, float *y, int64_t B, int64_t d, int kind, float eps, const float *w,
+                      const float *bias) {
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < B; b++) norm_row(x + b * d, y + b * d, d, kind, eps, w, bias);
+}
 
 static float activation(float v, int act) {
     switch (act) {
@@ -410,11 +419,16 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
                 for (int64_t i = 0; i < D; i++) x[b * D + i] += p[i];
             }
         }
+        const int post = (int)m->post_norm;
+/* a sub-layer's input: Norm(x) (pre-norm) or x (post-norm) */
+#define GM_SUBLAYER_IN(w, bias)                                                                          \
+    (post ? x : (norm_rows(x, xn, B, D, (int)m->norm, eps, w, bias), xn))
+/* after x += f(·): post-norm normalises x in place */
+#define GM_SUBLAYER_OUT(w, bias)                                                                         \
+    if (post) norm_rows(x, x, B, D, (int)m->norm, eps, w, bias)
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
-            linear_team(xn, B, D, ly->qkv_w, ly->qkv_b, qkv, QKV, 0);
+            linear_team(GM_SUBLAYER_IN(ly->norm1_w, ly->norm1_b), B, D, ly->qkv_w, ly->qkv_b, qkv, QKV, 0);
             /* rotate q and k heads, append k and v to the cache */
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
@@ -437,11 +451,10 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
                        scores, att + (b * H + h) * DH);
             }
             linear_team(att, B, H * DH, ly->out_w, ly->out_b, x, D, 1); /* x += out(att) */
+            GM_SUBLAYER_OUT(ly->norm1_w, ly->norm1_b);
             if (ly->cross_q_w) { /* x += Cross(Norm_x(x), memory) */
                 const int64_t S = m->mem_len;
-#pragma omp for schedule(static)
-                for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->normx_w, ly->normx_b);
-                linear_team(xn, B, D, ly->cross_q_w, ly->cross_q_b, q2, H * DH, 0);
+                linear_team(GM_SUBLAYER_IN(ly->normx_w, ly->normx_b), B, D, ly->cross_q_w, ly->cross_q_b, q2, H * DH, 0);
 #pragma omp for schedule(static)
                 for (int64_t bh = 0; bh < B * H; bh++) {
                     int64_t b = bh / H, h = bh % H, kv = ((b * HKV + h / group) * S) * DH;
@@ -449,17 +462,19 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
                            m->mem_mask ? m->mem_mask + b * S : 0, 0, 0.0f, 0, scores, att + (b * H + h) * DH);
                 }
                 linear_team(att, B, H * DH, ly->cross_out_w, ly->cross_out_b, x, D, 1);
+                GM_SUBLAYER_OUT(ly->normx_w, ly->normx_b);
             }
-#pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            linear_team(xn, B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
+            linear_team(GM_SUBLAYER_IN(ly->norm2_w, ly->norm2_b), B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
                 const float *g = ff + b * FF;
                 activate(hid + b * F, g, m->gated ? g + F : 0, F, (int)m->act);
             }
             linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
+            GM_SUBLAYER_OUT(ly->norm2_w, ly->norm2_b);
         }
+#undef GM_SUBLAYER_IN
+#undef GM_SUBLAYER_OUT
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) {
             if (m->final_norm) norm_row(x + b * D, xn + b * D, D, (int)m->norm, eps, m->final_w, m->final_b);
