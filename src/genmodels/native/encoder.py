@@ -144,7 +144,10 @@ class NativeEncoder:
                  token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         if self._versions() != self.versions:  # trained or reloaded since packing
             self._build()
-        m, c = self.struct, self.model.config
+        c = self.model.config
+        # this call's own copy of the struct (threads may share this encoder), and references that keep
+        # what it points to alive until the call returns, even if another thread rebuilds meanwhile
+        m, alive = _Encoder.from_buffer_copy(self.struct), (self.keep, self.layers)
         if input_ids.dim() != 2 or input_ids.numel() == 0:
             raise ValueError(f"input_ids must be (batch, length) with at least one token, got {tuple(input_ids.shape)}")
         b, t = input_ids.shape
@@ -184,12 +187,14 @@ class NativeEncoder:
         seq_lo, seq_len = starts[nonempty].contiguous(), lengths[nonempty].contiguous()
         n = tok_ids.shape[0]
         hidden = torch.empty(n, c.d_model, dtype=torch.float32, device="cpu")
-        scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, t), dtype=torch.float32,
+        longest = int(seq_len.max())  # the attention scratch is n_threads × longest² floats
+        scratch = torch.empty(self.lib.gm_encoder_scratch_floats(ctypes.byref(m), n, longest), dtype=torch.float32,
                               device="cpu")
         self.lib.gm_encoder_forward(ctypes.byref(m), tok_ids.data_ptr(), types.data_ptr() if types is not None
                                     else None, pos.data_ptr(), key_lo.data_ptr(), key_hi.data_ptr(),
-                                    seq_lo.data_ptr(), seq_len.data_ptr(), seq_len.shape[0], n, t,
+                                    seq_lo.data_ptr(), seq_len.data_ptr(), seq_len.shape[0], n, longest,
                                     scratch.data_ptr(), hidden.data_ptr())
+        del alive  # (held until the call returned)
         if index is None:
             return hidden.view(b, t, -1)
         out = hidden.new_zeros(b * t, c.d_model)

@@ -239,7 +239,8 @@ static void norm_row(const float *x, float *y, int64_t d, int kind, float eps, c
  */
 #ifdef GM_AVX2
 INLINE __m256 exp8(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.3762626647949f));
+    /* clamp; operand order lets a NaN through (max/min return their second operand on NaN) */
+    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -425,7 +426,9 @@ int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t *positi
     (post ? x : (norm_rows(x, xn, B, D, (int)m->norm, eps, w, bias), xn))
 /* after x += f(·): post-norm normalises x in place */
 #define GM_SUBLAYER_OUT(w, bias)                                                                         \
-    if (post) norm_rows(x, x, B, D, (int)m->norm, eps, w, bias)
+    do {                                                                                                 \
+        if (post) norm_rows(x, x, B, D, (int)m->norm, eps, w, bias);                                     \
+    } while (0)
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
             linear_team(GM_SUBLAYER_IN(ly->norm1_w, ly->norm1_b), B, D, ly->qkv_w, ly->qkv_b, qkv, QKV, 0);
