@@ -1,4 +1,4 @@
-"""Native CPU kernels (``kernels.c``): compiled on first use with the system C compiler, loaded
+"""Native CPU kernels (``csrc/``: C, one shared library): compiled on first use with the system C compiler, loaded
 with ctypes, and optional — when no compiler is available (or ``GENMODELS_NATIVE=0``) everything
 runs on the PyTorch path, which is also the reference the tests hold the kernels equal to.
 
@@ -23,8 +23,13 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.c")
+SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c, encoder.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
+_COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
+
+
+def _sources() -> list[Path]:
+    return sorted(p for p in SOURCE.iterdir() if p.suffix in (".c", ".h"))
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -72,8 +77,9 @@ def _private_dir(path: Path) -> Path | None:
 
 
 def _build(compiler: list[str]) -> Path:
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(compiler).encode() + _compiler_id(compiler).encode() +
-                         _cpu_id().encode() + platform.machine().encode()).hexdigest()[:16]
+    key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _sources()) + " ".join(compiler).encode()
+                         + _compiler_id(compiler).encode() + _cpu_id().encode() + platform.machine().encode()
+                         ).hexdigest()[:16]
     name = f"genmodels_native_{key}.so"
     uid = os.getuid() if hasattr(os, "getuid") else 0
     folder = (_private_dir(cache_dir()) or _private_dir(Path(tempfile.gettempdir()) / f"genmodels-native-{uid}")
@@ -84,7 +90,8 @@ def _build(compiler: list[str]) -> Path:
     errors = []
     for flags in _FLAG_SETS:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        cmd = [*compiler, *flags, "-shared", "-fPIC", str(SOURCE), "-o", str(tmp), "-lm"]
+        cmd = [*compiler, *flags, *_COMMON_FLAGS, *(str(p) for p in _sources() if p.suffix == ".c"), "-o", str(tmp),
+               "-lm"]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.TimeoutExpired) as e:

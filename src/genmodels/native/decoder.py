@@ -1,4 +1,4 @@
-"""A whole decode step of a decoder in one native call (``gm_decoder_step`` in kernels.c).
+"""A whole decode step of a decoder in one native call (``gm_decoder_step`` in csrc/decoder.c).
 
     ids (B,) ─ embed (+ position table) ─ N × [x += Attn(Norm x) via the KV cache;
                                                (x += Cross(Norm x, memory));  x += FFN(Norm x)]
@@ -38,7 +38,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS]
 
 
-class _Model(ctypes.Structure):  # field order mirrors gm_model in kernels.c
+class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.c
     _fields_ = ([(n, _I) for n in ("n_layers", "batch", "d", "n_heads", "n_kv", "dh", "d_ff", "vocab", "max_len",
                                    "norm", "final_norm", "gated", "act", "pos_kind", "rot_dim", "rope_len", "window",
                                    "mask_stride", "n_threads", "mem_len", "post_norm")]

@@ -1,4 +1,4 @@
-"""An encoder forward in one native call (``gm_encoder_forward`` in kernels.c), for inference.
+"""An encoder forward in one native call (``gm_encoder_forward`` in csrc/encoder.c), for inference.
 
     ids ─ embed + token type + position ─ Norm ─ N × Block (post- or pre-norm) ─▶ hidden (B, T, D)
 
@@ -31,7 +31,7 @@ class _Layer(ctypes.Structure):
     _fields_ = [(n, _P) for n in _LAYER_FIELDS]
 
 
-class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in kernels.c
+class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in csrc/encoder.c
     _fields_ = ([(n, _I) for n in ("n_layers", "d", "n_heads", "n_kv", "dh", "d_ff", "norm", "gated", "act",
                                    "post_norm", "n_threads")]
                 + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale")]

@@ -1,0 +1,127 @@
+/* Matrix products: small-M dot tiles on PyTorch's own row-major weights (decode), and the
+ * packed-panel GEMM (encoder). */
+#include "common.h"
+
+GM_API int gm_version(void) { return 1; }
+
+GM_API int gm_simd(void) {
+#ifdef GM_AVX2
+    return 8;
+#else
+    return 1;
+#endif
+}
+
+GM_API int gm_max_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+/* Columns [n0, n1) of y (M, N) = x (M, K) · W (N, K)ᵀ + bias, rows of x, W, y ldx, ldw, ldy apart.
+ * Each block of weight rows is read from memory once and used for every input row while in L1. */
+void linear_rows_ld(const float *x, int64_t ldx, int64_t M, int64_t K, const float *W, int64_t ldw,
+                           const float *bias, float *y, int64_t ldy, int64_t n0, int64_t n1, int accumulate) {
+    int64_t n = n0;
+    if (M == 1) {
+        const int64_t m = 0;
+        for (; n + 4 <= n1; n += 4) TILE(1, 4);
+        for (; n < n1; n++) TILE(1, 1);
+        return;
+    }
+    for (; n + 3 <= n1; n += 3) {
+        int64_t m = 0;
+        for (; m + 4 <= M; m += 4) TILE(4, 3);
+        for (; m < M; m++) TILE(1, 3);
+    }
+    for (; n < n1; n++)
+        for (int64_t m = 0; m < M; m++) TILE(1, 1);
+}
+
+static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
+                        int64_t N, int64_t n0, int64_t n1, int accumulate) {
+    linear_rows_ld(x, K, M, K, W, K, bias, y, N, n0, n1, accumulate);
+}
+
+/* Inside a parallel region: split the N output rows over the team in blocks of 8 (static, so each
+ * thread streams one contiguous slab of W). Ends with the team's barrier. */
+void linear_team(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
+                        int64_t N, int accumulate) {
+    const int64_t nb = (N + 7) / 8;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t n0 = b * 8, n1 = n0 + 8 < N ? n0 + 8 : N;
+        linear_rows(x, M, K, W, bias, y, N, n0, n1, accumulate);
+    }
+}
+
+/* y (M, N) = x (M, K) · W (N, K)ᵀ + bias, on n_threads threads. */
+GM_API void gm_linear(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
+               int n_threads) {
+    if (n_threads <= 1 || (int64_t)N * K < 32768) {
+        linear_rows(x, M, K, W, bias, y, N, 0, N, 0);
+        return;
+    }
+#pragma omp parallel num_threads(n_threads)
+    linear_team(x, M, K, W, bias, y, N, 0);
+}
+
+/* W (N, K) -> panels Wp (⌈N/16⌉, K, 16), zero-padded (genmodels.native.encoder.packed does the same in PyTorch). */
+GM_API void gm_pack(const float *W, int64_t N, int64_t K, float *Wp) {
+    const int64_t P = (N + 15) / 16;
+    for (int64_t p = 0; p < P; p++)
+        for (int64_t k = 0; k < K; k++)
+            for (int64_t j = 0; j < 16; j++) {
+                int64_t n = p * 16 + j;
+                Wp[(p * K + k) * 16 + j] = n < N ? W[n * K + k] : 0.0f;
+            }
+}
+
+/* Rows [0, M) of one 16-wide output panel, six at a time. */
+void panel_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *wp, int64_t ldw, float *y,
+                       int64_t ldy, int64_t nv, const float *b, int accumulate) {
+    int64_t m = 0;
+    for (; m + 6 <= M; m += 6) panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 6);
+    switch (M - m) {
+    case 5: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 5); break;
+    case 4: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 4); break;
+    case 3: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 3); break;
+    case 2: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 2); break;
+    case 1: panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 1); break;
+    }
+}
+
+
+/* Inside a parallel region: y (M, N) (+)= x (M, K) · Wᵀ + bias with W packed. Rows go in chunks
+ * that stay in L2 while every panel passes over them; (chunk, panel) pairs are split statically. */
+void gemm_team(const float *x, int64_t M, int64_t K, const float *Wp, const float *bias, float *y, int64_t N,
+                      int accumulate) {
+    const int64_t P = (N + 15) / 16;
+    int64_t mc = (49152 / (K > 0 ? K : 1)) / 6 * 6;
+    if (mc < 6) mc = 6;
+    const int64_t C = (M + mc - 1) / mc;
+#pragma omp for schedule(static) collapse(2)
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t p = 0; p < P; p++) {
+            const int64_t m1 = (c + 1) * mc < M ? (c + 1) * mc : M, nv = N - p * 16 < 16 ? N - p * 16 : 16;
+            const float *wp = Wp + p * K * 16, *b = bias ? bias + p * 16 : 0;
+            int64_t m = c * mc;
+            panel_rows(x + m * K, K, m1 - m, K, wp, 16, y + m * N + p * 16, N, nv, b, accumulate);
+        }
+}
+
+GM_API void gm_gemm_packed(const float *x, int64_t M, int64_t K, const float *Wp, const float *bias, float *y, int64_t N,
+                    int n_threads) {
+#pragma omp parallel num_threads(n_threads)
+    gemm_team(x, M, K, Wp, bias, y, N, 0);
+}
