@@ -108,9 +108,6 @@ def _build(compiler: list[str]) -> Path:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    lib.gm_version.restype = c_int
-    lib.gm_simd.restype = c_int
-    lib.gm_max_threads.restype = c_int
     lib.gm_linear.argtypes = [vp, i64, i64, vp, vp, vp, i64, c_int]
     lib.gm_linear.restype = None
     lib.gm_scratch_floats.argtypes = [vp]
@@ -148,6 +145,40 @@ def unavailable_reason() -> str | None:
     if not enabled():
         return "disabled by GENMODELS_NATIVE=0"
     return None if library() is not None else _state.get("error")
+
+
+# ---- shared by decoder.py and encoder.py: how a model's modules map onto the C structs ------------
+ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}  # the ACT_* codes of csrc/common.h
+
+
+def norm_kind(m: torch.nn.Module) -> int | None:
+    """NORM_LAYER (0) / NORM_RMS (1) of csrc/common.h, or None for another module."""
+    from ..nn import LayerNorm, RMSNorm
+    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
+
+
+def unsupported_tensors(tensors) -> str | None:
+    """Why the kernels cannot read these parameters/buffers in place (None: they can)."""
+    tensors = list(tensors)
+    if any(type(t.data) is not torch.Tensor for t in tensors):  # e.g. FSDP's DTensor shards
+        return "parameters are not plain tensors (sharded?)"
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
+        return "needs contiguous fp32 CPU weights"
+    return None
+
+
+class Pinned:
+    """Pointers for a C struct, with the tensors they point into kept alive (detached: kept even if
+    a parameter's ``.data`` is replaced while the struct lives)."""
+
+    def __init__(self):
+        self.tensors: list[torch.Tensor] = []
+
+    def __call__(self, t: torch.Tensor | None) -> int | None:
+        if t is None:
+            return None
+        self.tensors.append(t.detach())
+        return t.data_ptr()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,12 +21,12 @@ import ctypes
 import torch
 from torch import nn
 
-from ..nn import (ALiBi, GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RelativePositionBias, RMSNorm,
-                  SelfAttention, SinusoidalPositionalEmbedding)
-from . import library, unavailable_reason
+from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, MLP, RelativePositionBias, SelfAttention,
+                  SinusoidalPositionalEmbedding)
+from . import ACTIVATIONS as _ACT
+from . import Pinned, library, norm_kind, unavailable_reason, unsupported_tensors
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-_ACT = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm2_w", "norm2_b", "fc1_w",
                  "fc1_b", "fc2_w", "fc2_b", "k_cache", "v_cache")
 
@@ -48,10 +48,6 @@ class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.
                 + [("layers", ctypes.POINTER(_Layer)), ("scratch", _P)])
 
 
-def _norm_kind(m: nn.Module) -> int | None:
-    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
-
-
 def _decoder_parts(model: nn.Module):
     """(blocks, final norm, position embedding, rotary, score bias) of the model's decoder."""
     if model.family == "seq2seq":
@@ -68,12 +64,10 @@ def unsupported(model: nn.Module) -> str | None:
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
     params = list(model.parameters()) + list(model.buffers())
-    if any(type(p.data) is not torch.Tensor for p in params):  # e.g. FSDP's DTensor shards
-        return "parameters are not plain tensors (sharded?)"
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in params):
-        return "needs contiguous fp32 CPU weights"
+    if (reason := unsupported_tensors(params)) is not None:
+        return reason
     blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)
-    kind = _norm_kind(blocks[0].norm1)
+    kind = norm_kind(blocks[0].norm1)
     eps = set()
     allowed = (PreNormCrossBlock, PostNormCrossBlock) if family == "seq2seq" else (PreNormBlock, PostNormBlock)
     if len({type(b) for b in blocks}) != 1:
@@ -87,7 +81,7 @@ def unsupported(model: nn.Module) -> str | None:
             return f"feed-forward {type(blk.mlp).__name__} not supported"
         norms = (blk.norm1, blk.norm2) + ((blk.norm_cross,) if family == "seq2seq" else ())
         for n in norms:
-            if kind is None or _norm_kind(n) != kind:
+            if kind is None or norm_kind(n) != kind:
                 return "norms must all be LayerNorm or all RMSNorm"
             eps.add(n.eps)
         if blk.attn.head_dim > 512:
@@ -95,7 +89,7 @@ def unsupported(model: nn.Module) -> str | None:
         if family == "seq2seq" and blk.cross.scale != blk.attn.scale:
             return "cross-attention scale differs from self-attention's"
     if not isinstance(final_norm, nn.Identity):
-        if _norm_kind(final_norm) != kind:
+        if norm_kind(final_norm) != kind:
             return "final norm differs from the block norms"
         eps.add(final_norm.eps)
     if len(eps) > 1:
@@ -130,13 +124,7 @@ class FusedDecodeStep:
         blocks, final_norm, pos_embed, rotary, score_bias = _decoder_parts(model)
         blocks = list(blocks)
         a0 = blocks[0].attn
-        keep = []  # tensors whose storage the struct points into (detached: kept even if p.data is replaced)
-
-        def ptr(t):
-            if t is None:
-                return None
-            keep.append(t.detach())
-            return t.data_ptr()
+        ptr = Pinned()
 
         self._check_cache(model, blocks, batch, seq2seq, cache)
 
@@ -158,7 +146,7 @@ class FusedDecodeStep:
                                                               a0.head_dim)
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
         m.vocab, m.max_len = model.head.get_weight().shape[0], self.cache.max_len
-        m.norm = _norm_kind(blocks[0].norm1)
+        m.norm = norm_kind(blocks[0].norm1)
         m.post_norm = int(type(blocks[0]).__name__.startswith("PostNorm"))
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
         m.gated = int(type(blocks[0].mlp) is GatedMLP)
@@ -200,8 +188,8 @@ class FusedDecodeStep:
         m.scratch = self.scratch.data_ptr()
         self.logits = torch.empty(batch, m.vocab, dtype=torch.float32, device="cpu")
         self.n_embed = model.embed.weight.shape[0]
-        self.model_struct, self.layers, self.keep = m, layers, keep
-        self.k_ptrs = [lc.k.data_ptr() for lc in self.cache.layers]
+        self.model_struct, self.layers, self.keep = m, layers, ptr
+        self.k_ptr = self.cache.layers[0].k.data_ptr()
 
     @staticmethod
     def _check_cache(model, blocks, batch: int, seq2seq: bool, cache) -> None:
@@ -233,7 +221,7 @@ class FusedDecodeStep:
         m, start = self.model_struct, self.cache.pos
         if start >= m.max_len:
             raise ValueError(f"KV cache overflow: {start + 1} positions > capacity {m.max_len}")
-        if self.cache.layers[0].k.data_ptr() != self.k_ptrs[0]:
+        if self.cache.layers[0].k.data_ptr() != self.k_ptr:
             raise RuntimeError("the KV cache was reallocated under the fused decode step")
         ids = ids.contiguous().long()
         positions = positions.contiguous().long()

@@ -18,11 +18,11 @@ import weakref
 import torch
 from torch import nn
 
-from ..nn import GatedMLP, LayerNorm, LearnedPositionalEmbedding, MLP, RMSNorm, SelfAttention
-from . import library, unavailable_reason
+from ..nn import GatedMLP, LearnedPositionalEmbedding, MLP, SelfAttention
+from . import ACTIVATIONS as _ACT
+from . import Pinned, library, norm_kind, unavailable_reason, unsupported_tensors
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
-_ACT = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_wp", "qkv_b", "out_wp", "out_b", "norm2_w", "norm2_b", "fc1_wp",
                  "fc1_b", "fc2_wp", "fc2_b")
 
@@ -40,10 +40,6 @@ class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in csrc/enco
                 + [("layers", ctypes.POINTER(_Layer))])
 
 
-def _norm_kind(m: nn.Module) -> int | None:
-    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
-
-
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the native encoder (``None``: it can)."""
     from ..models.blocks import PostNormBlock, PreNormBlock
@@ -51,16 +47,14 @@ def unsupported(model: nn.Module) -> str | None:
         return "not an encoder model"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
-    if any(type(p.data) is not torch.Tensor for p in model.parameters()):  # e.g. FSDP's DTensor shards
-        return "parameters are not plain tensors (sharded?)"
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" or not p.is_contiguous() for p in model.parameters()):
-        return "needs contiguous fp32 CPU weights"
+    if (reason := unsupported_tensors(model.parameters())) is not None:
+        return reason
     kinds = {type(b) for b in model.blocks}
     if len(kinds) != 1 or kinds.pop() not in (PostNormBlock, PreNormBlock):
         return "blocks must be all post-norm or all pre-norm self-attention blocks"
     norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
     norms += [n for n in (model.embed_norm, model.norm) if not isinstance(n, nn.Identity)]
-    if len({_norm_kind(n) for n in norms}) != 1 or _norm_kind(norms[0]) is None or len({n.eps for n in norms}) != 1:
+    if len({norm_kind(n) for n in norms}) != 1 or norm_kind(norms[0]) is None or len({n.eps for n in norms}) != 1:
         return "norms must be all LayerNorm or all RMSNorm with one eps"
     for b in model.blocks:
         if type(b.attn) is not SelfAttention or type(b.mlp) not in (MLP, GatedMLP) or b.mlp.activation not in _ACT:
@@ -101,13 +95,7 @@ class NativeEncoder:
         model, c = self.model, self.model.config
         blocks = list(model.blocks)
         a0 = blocks[0].attn
-        keep = []  # tensors whose storage the struct points into
-
-        def ptr(t):
-            if t is None:
-                return None
-            keep.append(t.detach())
-            return t.data_ptr()
+        ptr = Pinned()
 
         with torch.no_grad():
             layers = (_Layer * len(blocks))()
@@ -117,27 +105,27 @@ class NativeEncoder:
                         packed(b.attn.out.weight), b.attn.out.bias, b.norm2.weight, getattr(b.norm2, "bias", None),
                         packed(fc1.weight), fc1.bias, packed(fc2.weight), fc2.bias)
                 for name, t in zip(_LAYER_FIELDS, vals):
-                    setattr(layers[i], name, ptr(t.detach() if t is not None else None))
+                    setattr(layers[i], name, ptr(t))
         from ..models.blocks import PostNormBlock
         m = _Encoder()
         m.n_layers, m.d, m.n_heads, m.n_kv, m.dh = len(blocks), c.d_model, a0.n_heads, a0.n_kv_heads, a0.head_dim
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
-        m.norm, m.gated = _norm_kind(blocks[0].norm1), int(type(blocks[0].mlp) is GatedMLP)
+        m.norm, m.gated = norm_kind(blocks[0].norm1), int(type(blocks[0].mlp) is GatedMLP)
         m.act, m.post_norm = _ACT[blocks[0].mlp.activation], int(type(blocks[0]) is PostNormBlock)
         m.norm_eps = blocks[0].norm1.eps
         m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
         m.emb_scale = model.embed.scale
-        m.embed = ptr(model.embed.weight.detach())
+        m.embed = ptr(model.embed.weight)
         if model.type_embed is not None:
-            m.type_table = ptr(model.type_embed.weight.detach())
+            m.type_table = ptr(model.type_embed.weight)
         if model.pos_embed is not None:
-            m.pos_table = ptr(model.pos_embed.weight.detach())
+            m.pos_table = ptr(model.pos_embed.weight)
         if not isinstance(model.embed_norm, nn.Identity):
             m.emb_norm_w, m.emb_norm_b = ptr(model.embed_norm.weight), ptr(getattr(model.embed_norm, "bias", None))
         if not isinstance(model.norm, nn.Identity):
             m.final_w, m.final_b = ptr(model.norm.weight), ptr(getattr(model.norm, "bias", None))
         m.layers = layers
-        self.struct, self.layers, self.keep, self.versions = m, layers, keep, self._versions()
+        self.struct, self.layers, self.keep, self.versions = m, layers, ptr, self._versions()
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

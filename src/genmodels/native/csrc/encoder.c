@@ -3,7 +3,7 @@
  * multiplied by the packed-panel GEMM (linear.c), attention per (sequence, head) by attend_block. */
 #include "common.h"
 
-/* Field order mirrored by ctypes in genmodels/native/encoder.py. Matrices are packed (gm_pack). */
+/* Field order mirrored by ctypes in genmodels/native/encoder.py. Matrices are packed (genmodels.native.encoder.packed). */
 typedef struct {
     const float *norm1_w, *norm1_b, *qkv_wp, *qkv_b, *out_wp, *out_b;
     const float *norm2_w, *norm2_b, *fc1_wp, *fc1_b, *fc2_wp, *fc2_b;

@@ -2,24 +2,6 @@
  * packed-panel GEMM (encoder). */
 #include "common.h"
 
-GM_API int gm_version(void) { return 1; }
-
-GM_API int gm_simd(void) {
-#ifdef GM_AVX2
-    return 8;
-#else
-    return 1;
-#endif
-}
-
-GM_API int gm_max_threads(void) {
-#ifdef _OPENMP
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
-}
-
 int thread_id(void) {
 #ifdef _OPENMP
     return omp_get_thread_num();
@@ -76,20 +58,9 @@ GM_API void gm_linear(const float *x, int64_t M, int64_t K, const float *W, cons
     linear_team(x, M, K, W, bias, y, N, 0);
 }
 
-/* W (N, K) -> panels Wp (⌈N/16⌉, K, 16), zero-padded (genmodels.native.encoder.packed does the same in PyTorch). */
-GM_API void gm_pack(const float *W, int64_t N, int64_t K, float *Wp) {
-    const int64_t P = (N + 15) / 16;
-    for (int64_t p = 0; p < P; p++)
-        for (int64_t k = 0; k < K; k++)
-            for (int64_t j = 0; j < 16; j++) {
-                int64_t n = p * 16 + j;
-                Wp[(p * K + k) * 16 + j] = n < N ? W[n * K + k] : 0.0f;
-            }
-}
-
 /* Rows [0, M) of one 16-wide output panel, six at a time. */
 void panel_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *wp, int64_t ldw, float *y,
-                       int64_t ldy, int64_t nv, const float *b, int accumulate) {
+                int64_t ldy, int64_t nv, const float *b, int accumulate) {
     int64_t m = 0;
     for (; m + 6 <= M; m += 6) panel_kernel(x + m * ldx, ldx, K, wp, ldw, y + m * ldy, ldy, nv, b, accumulate, 6);
     switch (M - m) {
