@@ -45,3 +45,62 @@ def flops_per_token(cfg: ModelConfig, context: int, training: bool = False) -> f
     """FLOPs for one token at context length ``context`` (forward, or forward+backward)."""
     fwd = 2 * matmul_parameters(cfg) + 4 * attention_layers(cfg) * cfg.n_heads * cfg.dim_head * context
     return 3 * fwd if training else fwd
+
+
+# ---- parameters from a config alone (no tensor is built) ---------------------------------------
+# Each helper mirrors the module that models/blocks.py builds for the config; tests check
+# parameter_count(cfg) == count_parameters(build_model(cfg)) for every family, tied and untied.
+def _norm(cfg: ModelConfig) -> int:
+    """LayerNorm: scale (+ bias); RMSNorm: scale."""
+    return cfg.d_model * (2 if cfg.norm == "layernorm" and cfg.norm_bias else 1)
+
+
+def _linear(d_in: int, d_out: int, bias: bool) -> int:
+    return d_in * d_out + (d_out if bias else 0)
+
+
+def _self_attention(cfg: ModelConfig) -> int:
+    """Fused q|k|v and the output projection."""
+    d, width, kv = cfg.d_model, cfg.n_heads * cfg.dim_head, cfg.kv_heads * cfg.dim_head
+    return _linear(d, width + 2 * kv, cfg.attn_bias) + _linear(width, d, cfg.out_bias)
+
+
+def _cross_attention(cfg: ModelConfig) -> int:
+    """q over the decoder, fused k|v over the memory, the output projection."""
+    d, width, kv = cfg.d_model, cfg.n_heads * cfg.dim_head, cfg.kv_heads * cfg.dim_head
+    return _linear(d, width, cfg.attn_bias) + _linear(d, 2 * kv, cfg.attn_bias) + _linear(width, d, cfg.out_bias)
+
+
+def _mlp(cfg: ModelConfig) -> int:
+    """Fused gate|up + down (gated), or fc1 + fc2."""
+    up = 2 * cfg.d_ff if cfg.mlp in GATED else cfg.d_ff
+    return _linear(cfg.d_model, up, cfg.mlp_bias) + _linear(cfg.d_ff, cfg.d_model, cfg.mlp_bias)
+
+
+def parameter_count(cfg: ModelConfig) -> int:
+    """The number of distinct parameters ``build_model(cfg)`` would hold (``count_parameters`` of
+    the built model), computed from the config alone: plain integer arithmetic, so a config too
+    large for this machine can be refused before anything is allocated."""
+    d, v = cfg.d_model, cfg.vocab_size
+    block = _self_attention(cfg) + _mlp(cfg) + 2 * _norm(cfg)
+    n = v * d  # token embedding
+    n += cfg.max_seq_len * d if cfg.position == "learned" else 0
+    head = 0 if cfg.tie_embeddings else v * d
+    if cfg.family == "encoder":
+        n += cfg.type_vocab_size * d + (_norm(cfg) if cfg.embedding_norm else 0)
+        n += cfg.n_layers * block + (_norm(cfg) if cfg.final_norm else 0)
+        n += _linear(d, d, True) if cfg.pooler else 0
+        n += (_linear(d, d, True) + _norm(cfg) + v + head) if cfg.mlm_head else 0  # dense, norm, bias, matrix
+        return n
+    if cfg.family == "seq2seq":
+        n_dec = cfg.n_decoder_layers or cfg.n_layers
+        cross_block = block + _cross_attention(cfg) + _norm(cfg)
+        n += 2 * cfg.rel_buckets * cfg.n_heads if cfg.position == "relative" else 0
+        n += cfg.n_layers * block + n_dec * cross_block + (2 * _norm(cfg) if cfg.final_norm else 0)
+        return n + head
+    return n + cfg.n_layers * block + (_norm(cfg) if cfg.final_norm else 0) + head
+
+
+def weight_bytes(cfg: ModelConfig, bytes_per_parameter: int = 4) -> int:
+    """Bytes the weights of ``cfg`` take (fp32 by default)."""
+    return parameter_count(cfg) * bytes_per_parameter
