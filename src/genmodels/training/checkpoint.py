@@ -11,6 +11,12 @@ A checkpoint is written into ``.tmp-step-…`` and renamed into place (a step wr
 first renamed aside to ``.old-step-…``, deleted only once the new one is in), so a process killed
 at any moment (kill -9 included) leaves either the previous set or the new complete one. Nothing is ever
 unpickled: tensors come from safetensors, everything else from JSON.
+
+``--resume`` uses the newest *readable* checkpoint (:func:`read_checkpoint` raises
+:class:`CheckpointUnreadable` with the reason for a missing or corrupt state.json, a truncated
+safetensors file or a tensor of the wrong shape). For tests, ``GENMODELS_TEST_KILL_IN_CHECKPOINT=NAME``
+(or ``NAME@STEP``) SIGKILLs the process right after ``NAME`` is written into the temporary folder of
+a checkpoint (of step ``STEP``): a kill that lands inside a checkpoint write, deterministically.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,16 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
         m = _STEP_DIR.match(p.name)
         if m and (p / "state.json").is_file():
             found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def step_dirs(run_dir: Path) -> list[Path]:
+    """Every ``step-N`` folder, complete or not, oldest first (what ``--resume`` looks through)."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    _recover_aside(root)
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
@@ -102,10 +119,14 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
     tmp.mkdir()
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+        _test_kill_point(tmp, "model.safetensors", step)
         otensors, ometa = _flatten_optimizer(optim_sd)
         save_file(otensors, str(tmp / "optimizer.safetensors"))
+        _test_kill_point(tmp, "optimizer.safetensors", step)
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        _test_kill_point(tmp, "rng.safetensors", step)
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": ometa}, indent=1))
+        _test_kill_point(tmp, "state.json", step)
         fsync_files(tmp)  # data on disk before the rename makes it visible
         aside = root / f".old-step-{step:06d}-{os.getpid()}"
         if final.exists():  # rewriting a step: move the old set aside, put the new one in, then delete
@@ -125,6 +146,17 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
     return final
 
 
+def _test_kill_point(tmp: Path, name: str, step: int) -> None:
+    """Test hook: SIGKILL this process once ``name`` is written, if GENMODELS_TEST_KILL_IN_CHECKPOINT asks."""
+    want = os.environ.get("GENMODELS_TEST_KILL_IN_CHECKPOINT")
+    if not want:
+        return
+    file, _, at = want.partition("@")
+    if file == name and (not at or int(at) == step):
+        fsync_files(tmp)  # what was written is on disk, as after a real kill some time later
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str, torch.Tensor], dict[str, Any]]:
     """``(model_sd, optim_sd, rng, state)`` of a checkpoint folder."""
     path = Path(path)
@@ -133,3 +165,61 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict[str
     optim_sd = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state.pop("optimizer"))
     rng = load_file(str(path / "rng.safetensors"))
     return model_sd, optim_sd, rng, state
+
+
+class CheckpointUnreadable(Exception):
+    """A checkpoint folder ``--resume`` cannot use; ``str()`` says why, in a few words."""
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A checkpoint's state.json; CheckpointUnreadable if it is missing, not JSON or lacks its fields."""
+    path = Path(path)
+    if not (path / "state.json").is_file():
+        raise CheckpointUnreadable("no state.json (an unfinished write)")
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict):
+            raise ValueError("not a JSON object")
+        missing = {"step", "tokens", "sampler", "optimizer"} - set(state)
+        if missing:
+            raise ValueError("no " + ", ".join(sorted(missing)))
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CheckpointUnreadable(f"state.json is corrupt ({_one_line(e)})") from None
+    return state
+
+
+def read_checkpoint(path: Path, param_shapes: dict[str, tuple[int, ...]] | None = None):
+    """:func:`load_checkpoint`, checked: CheckpointUnreadable (with the reason) for a missing or corrupt
+    state.json, an unreadable or truncated safetensors file, or — given the model's ``param_shapes``
+    (genmodels key → shape) — a model or optimizer tensor missing or of another shape."""
+    path = Path(path)
+    state = read_state(path)
+    loaded = {}
+    for name in ("model", "optimizer", "rng"):
+        try:
+            loaded[name] = load_file(str(path / f"{name}.safetensors"))
+        except Exception as e:  # missing, truncated, garbled: safetensors raises its own error types
+            raise CheckpointUnreadable(f"{name}.safetensors is unreadable ({_one_line(e)})") from None
+    if param_shapes is not None:
+        _check_shapes(loaded["model"], loaded["optimizer"], param_shapes)
+    optim_sd = _unflatten_optimizer(loaded["optimizer"], state.pop("optimizer"))
+    return loaded["model"], optim_sd, loaded["rng"], state
+
+
+def _check_shapes(model_sd: dict, otensors: dict, shapes: dict[str, tuple[int, ...]]) -> None:
+    for key, shape in shapes.items():
+        if key not in model_sd:
+            raise CheckpointUnreadable(f"model.safetensors lacks {key}")
+        if tuple(model_sd[key].shape) != tuple(shape):
+            raise CheckpointUnreadable(f"model.safetensors: {key} has shape {tuple(model_sd[key].shape)}, "
+                                       f"the model {tuple(shape)}")
+    for key, t in otensors.items():  # "state/<fqn>/<exp_avg|exp_avg_sq|step>"
+        fqn, name = key.split("/", 1)[1].rsplit("/", 1)
+        want = shapes.get(fqn.removeprefix("model."))
+        if name != "step" and want is not None and tuple(t.shape) != tuple(want):
+            raise CheckpointUnreadable(f"optimizer.safetensors: {key} has shape {tuple(t.shape)}, the model {tuple(want)}")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
