@@ -152,13 +152,43 @@ def test_cli_end_to_end(corpus_dir, tmp_path):
     assert yaml.safe_load((run / "config.yaml").read_text())["run_dir"] == str(run)
 
 
-def test_time_budget_fits_the_schedule(corpus_dir, tmp_path):
-    """With max_minutes, the cosine schedule is fitted to the steps that fit (and checkpointed)."""
+class StepClock:
+    """A fake clock that moves only when the optimizer steps: ``dt`` seconds per step, whatever the machine."""
+
+    def __init__(self, dt: float):
+        self.t, self.dt = 0.0, dt
+
+    def __call__(self) -> float:
+        return self.t
+
+    def install(self, monkeypatch):
+        """Advance on every optimizer step of the runs that follow."""
+        from genmodels.training import trainer
+        real = trainer.build_optimizer
+
+        def build(*a, **kw):
+            opt = real(*a, **kw)
+            opt.register_step_post_hook(lambda *_: setattr(self, "t", self.t + self.dt))
+            return opt
+
+        monkeypatch.setattr(trainer, "build_optimizer", build)
+        return self
+
+
+def test_time_budget_fits_the_schedule(corpus_dir, tmp_path, monkeypatch):
+    """With max_minutes, the cosine schedule is fitted to the steps that fit (and checkpointed), exactly."""
+    from genmodels.training import lr_at
     run = tmp_path / "budget"
     over = dict(train={"max_steps": 100000, "max_minutes": 0.1, "eval_every": 1000, "ckpt_every": 1000})
-    res = train(RunConfig.from_dict(tiny_config(corpus_dir, run, **over)), progress=False, log=lambda s: None)
-    assert 4 < res.steps < 100000
+    clock = StepClock(0.125).install(monkeypatch)
+    res = train(RunConfig.from_dict(tiny_config(corpus_dir, run, **over)), progress=False, log=lambda s: None,
+                clock=clock)
+    # fitted after 8 steps (clock 1.0 s): 0.125 s × 1.05 per step + an evaluation (2 batches at ⅓ of a
+    # step) every 1000 steps = 0.1313375 s; int((6 - 1.0) / 0.1313375) = 38 more steps → 46
+    assert res.steps == 46
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
-    assert state["calibrated"] and state["max_steps"] < 100000
+    assert state["calibrated"] and state["max_steps"] == 46 and state["step"] == 46
     lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines() if "lr" in line]
-    assert lrs[-1] < 0.6 * max(lrs)  # the cosine decayed inside the budget
+    # warm-up steps 1-8 on the 100000-step schedule, then the cosine of 46 steps to its end
+    assert lrs == [lr_at(s, 3e-3, 3e-4, 3, 100000) for s in range(8)] + [lr_at(s, 3e-3, 3e-4, 3, 46)
+                                                                         for s in range(8, 46)]

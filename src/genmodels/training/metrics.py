@@ -81,7 +81,8 @@ class MetricsLog:
 
 
 def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
-    """Train and validation loss against tokens seen; written atomically (Agg backend)."""
+    """Train and validation loss against tokens seen; written atomically (Agg backend). Raises on
+    failure, leaving no temporary file (the trainer turns a failure into one warning line)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -89,17 +90,20 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    if train:
-        ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
-    ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
     tmp = Path(path).with_name(".loss.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        if train:
+            ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
+        if val:
+            ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("loss (nats/token)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
