@@ -2,6 +2,7 @@
 
 A genmodels directory holds ``config.json`` (``{"format": "genmodels", "model": {...}}``),
 ``model.safetensors`` and, when the model has one, ``tokenizer.json``. Weights are never unpickled.
+Every error while reading a folder names the file at fault, in one line.
 """
 from __future__ import annotations
 
@@ -10,20 +11,67 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig
+from .config import ConfigError, ModelConfig
 from .interop.base import check_state
 from .models import build_model
+from .models.flops import parameter_count, weight_bytes
 
 FORMAT = "genmodels"
 
 
+# ---- reading files: every failure names the file ------------------------------------------------
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, shortened: a refusal is one line."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit - 1] + "…"
+
+
+def read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from ``file``; a broken file is a ValueError naming it and what is wrong."""
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file}: expected a JSON object, found {type(data).__name__}")
+    return data
+
+
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or garbage file is a ValueError naming it."""
+    try:
+        return load_file(str(file))
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # safetensors' own errors name neither the file nor the remedy
+        raise ValueError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
+
+
+def read_torch_bin(file: Path) -> dict[str, torch.Tensor]:
+    """A legacy ``pytorch_model.bin`` through ``torch.load(weights_only=True)`` (never an unrestricted
+    unpickle); a corrupt file is a ValueError naming it."""
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, …
+        raise ValueError(f"{file}: not a readable PyTorch checkpoint ({one_line(e)})") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{file}: expected a state dict (names -> tensors), found {type(sd).__name__}")
+    return sd
+
+
 def is_genmodels_dir(path: Path) -> bool:
     cfg = path / "config.json"
-    return cfg.is_file() and json.loads(cfg.read_text()).get("format") == FORMAT
+    return cfg.is_file() and read_json(cfg).get("format") == FORMAT
 
 
 def load_tokenizer(path: str | Path):
@@ -33,7 +81,10 @@ def load_tokenizer(path: str | Path):
     if not f.is_file():
         return None
     from tokenizers import Tokenizer
-    return Tokenizer.from_file(str(f))
+    try:
+        return Tokenizer.from_file(str(f))
+    except Exception as e:  # tokenizers raises a bare Exception with serde's message
+        raise ValueError(f"{f}: not a readable tokenizer file ({one_line(e)})") from None
 
 
 def attach_tokenizer(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
@@ -42,30 +93,60 @@ def attach_tokenizer(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
     return model
 
 
+# ---- resource limits: refuse before allocating ---------------------------------------------------
+def machine_memory() -> int | None:
+    """This machine's physical memory in bytes, or ``None`` where the OS does not say (tests
+    monkeypatch this)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_fits_memory(cfg: ModelConfig, where: str | Path) -> None:
+    """Refuse (ConfigError naming ``where``) a config whose fp32 weights alone exceed this machine's
+    memory — estimated from the config, before any tensor is built."""
+    have = machine_memory()
+    need = weight_bytes(cfg)
+    if have is not None and need > have:
+        raise ConfigError(f"{where}: this model needs ~{_gb(need)} for its weights ({parameter_count(cfg):,} "
+                          f"parameters in fp32), more than this machine's {_gb(have)} of memory")
+
+
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected).
 
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
-    is at ``model.tokenizer``.
+    is at ``model.tokenizer``. A config whose weights would not fit in this machine's memory is
+    refused before anything is allocated.
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder)")
-    if not (path / "config.json").is_file():
+    config_file = path / "config.json"
+    if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json — not a genmodels or Hugging Face model folder")
     if is_genmodels_dir(path):
-        cfg = ModelConfig.from_dict(json.loads((path / "config.json").read_text())["model"])
-        model = build_model(cfg)
+        section = read_json(config_file).get("model")
+        if not isinstance(section, dict):
+            raise ValueError(f"{config_file}: \"model\" must be an object holding the model config")
+        cfg = ModelConfig.from_dict(section)
+        check_fits_memory(cfg, config_file)
         weights = path / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{weights}: missing")
-        sd = load_file(str(weights))
+        model = build_model(cfg)
+        sd = read_safetensors(weights)
         expected = model.state_dict()
         check_state(expected, sd, {}, str(weights))
         model.load_state_dict(sd)
     else:
         from .interop.hf import load_hf
-        model = load_hf(path, build_model)
+        model = load_hf(path, build_model, check=lambda cfg: check_fits_memory(cfg, config_file))
     from .embed import KEY, read_sentence_config
     recipe = read_sentence_config(path)  # a sentence-transformers folder: pooling, normalisation, length
     if recipe is not None:
@@ -74,8 +155,20 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     return model.to(device).eval()
 
 
-MODEL_FILES = {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json",
-               "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"}
+# ---- writing folders: fill in place, never destroy what genmodels did not write -------------------
+# Every path (relative to the model folder) that a genmodels writer produces. A re-save recognises
+# a previous genmodels / HF-export set by these exact names — the folder formats are fixed, so a file
+# with one of these names in a model folder is a file of that format. (A manifest was the other
+# choice; it would be one more file to lose, go stale, or be missing from folders written before it
+# existed, while an exact name cannot.) Nothing else is ever replaced or removed: a folder holding
+# any other file is refused.
+WRITTEN_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json",
+                           # sentence-transformers export (interop/sentence_transformers.py)
+                           "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
+                           "tokenizer_config.json"})
+WRITTEN_DIRS = frozenset(str(Path(f).parent) for f in WRITTEN_FILES if "/" in f)
+# The staging folder a write uses inside the target; one left by a killed write is genmodels' own.
+PARTIAL = ".genmodels-partial-"
 
 
 def fsync_files(folder: Path) -> None:
@@ -100,41 +193,115 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _atomic_dir_write(path: Path, write) -> Path:
-    """Write into a temp folder beside ``path``, then rename: a reader never sees half a model.
+def _files_under(folder: Path) -> list[str]:
+    """Relative paths of the regular files (and links) under ``folder``, as ``a/b`` strings."""
+    return sorted(str(p.relative_to(folder)).replace(os.sep, "/")
+                  for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
-    An existing ``path`` is replaced only when it holds nothing but model files (a model folder
-    being overwritten); a folder with anything else in it is refused, never emptied."""
-    if path.exists():
-        if not path.is_dir():
-            raise FileExistsError(f"{path} exists and is not a folder")
-        others = sorted(p.name for p in path.iterdir()
-                        if p.name not in MODEL_FILES and not p.name.startswith("model-"))
-        if others:
-            raise FileExistsError(f"{path} already holds other files ({', '.join(others[:5])}); "
-                                  "save the model into a new or empty folder")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write(tmp)
-        fsync_files(tmp)  # contents on disk before the rename makes them visible
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+
+def _previous_model_files(path: Path) -> tuple[set[str], list[Path]]:
+    """What a write into ``path`` may replace: (genmodels file names present, leftover staging
+    folders). Refuses a non-folder, and a folder holding anything genmodels does not write."""
+    if not path.exists():
+        if path.is_symlink():
+            raise FileExistsError(f"{path} is a broken symbolic link; point it at a folder or remove it")
+        return set(), []
+    if not path.is_dir():
+        raise FileExistsError(f"{path} exists and is not a folder")
+    ours: set[str] = set()
+    partial: list[Path] = []
+    others: list[str] = []
+    for p in sorted(path.iterdir()):
+        if p.name.startswith(PARTIAL) and p.is_dir() and not p.is_symlink():
+            partial.append(p)
+        elif p.name in WRITTEN_DIRS and p.is_dir() and not p.is_symlink():
+            inside = [f"{p.name}/{q.name}" for q in sorted(p.iterdir())]
+            bad = [f for f in inside if f not in WRITTEN_FILES or (path / f).is_dir()]
+            others += bad
+            ours |= set(inside) - set(bad)
+        elif p.name in WRITTEN_FILES and not p.is_dir():
+            ours.add(p.name)
         else:
-            os.replace(tmp, path)
-        fsync_dir(path.parent)
+            others.append(p.name + ("/" if p.is_dir() else ""))
+    if others:
+        raise FileExistsError(f"{path} already holds other files ({', '.join(others[:5])}"
+                              f"{', …' if len(others) > 5 else ''}); save the model into a new or empty folder")
+    return ours, partial
+
+
+def _new_file_mode(folder: Path) -> int:
+    """The mode a new file gets here (0o666 & ~umask), read from a probe file: the umask cannot be
+    read without setting it, which would race with other threads."""
+    probe = folder / ".mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o666))
+    try:
+        return os.stat(probe).st_mode & 0o777
+    finally:
+        probe.unlink()
+
+
+def _publish_order(names: list[str]) -> list[str]:
+    """Weights first, ``config.json`` last: a reader that sees the new config sees the new weights."""
+    return sorted(names, key=lambda n: (0 if n.endswith(".safetensors") else 2 if n == "config.json" else 1, n))
+
+
+def _atomic_dir_write(path: Path, write) -> Path:
+    """Fill ``path`` with the files ``write(folder)`` produces, each appearing whole.
+
+    ``path`` may be new, an empty folder, a previous genmodels / HF-export folder, a mount point or
+    a symbolic link to a folder: it is always filled in place (never renamed or replaced), so the
+    folder itself, its mode, owner and link stay. ``write`` writes into a staging folder inside
+    ``path``; each file is fsynced, then moved to its name with ``os.replace`` (weights before
+    ``config.json``), so a reader never sees half a file. Files of a previous save that this write
+    does not produce are removed — only names in ``WRITTEN_FILES``. A new folder's mode follows the
+    umask. On failure nothing already in ``path`` is touched."""
+    path = Path(path)
+    previous, partial = _previous_model_files(path)
+    created = not path.exists()
+    if created:
+        path.mkdir(parents=True)  # 0o777 & ~umask, as any folder the user makes
+    stage = Path(tempfile.mkdtemp(prefix=PARTIAL, dir=path))
+    try:
+        write(stage)
+        written = _files_under(stage)
+        stray = [n for n in written if n not in WRITTEN_FILES]
+        if stray:  # a writer outside the list would leave files a re-save then refuses
+            raise RuntimeError(f"genmodels wrote unexpected files {', '.join(stray)}; add them to io.WRITTEN_FILES")
+        mode = _new_file_mode(stage)
+        for name in written:
+            os.chmod(stage / name, mode)  # some writers (safetensors) create 0600 files
+            with open(stage / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        order = _publish_order(written)
+        for name in order[:-1] if order[-1] == "config.json" else order:
+            (path / name).parent.mkdir(exist_ok=True)
+            os.replace(stage / name, path / name)
+        for name in sorted(previous - set(written)):  # a stale file of the previous save
+            (path / name).unlink()
+        for d in WRITTEN_DIRS:
+            if (path / d).is_dir() and not any((path / d).iterdir()):
+                (path / d).rmdir()
+        if "config.json" in written:
+            os.replace(stage / "config.json", path / "config.json")
+        for d in {str(Path(n).parent) for n in written} - {"."}:
+            fsync_dir(path / d)
+        fsync_dir(path)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
+        if created and not any(path.iterdir()):
+            path.rmdir()
         raise
+    shutil.rmtree(stage, ignore_errors=True)
+    for p in partial:  # staging folders of an earlier, killed write
+        shutil.rmtree(p, ignore_errors=True)
+    if created:
+        fsync_dir(path.parent)
     return path
 
 
 def save(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
-    """Save ``model`` (and its tokenizer) as a genmodels directory, atomically."""
+    """Save ``model`` (and its tokenizer) as a genmodels directory, each file atomically (see
+    :func:`_atomic_dir_write`: files genmodels did not write are never replaced or removed)."""
     tokenizer = tokenizer or model.__dict__.get("tokenizer")
 
     def write(d: Path) -> None:
@@ -148,13 +315,24 @@ def save(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
 
 
 def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
-    """Export to a Hugging Face directory (``AutoModelForCausalLM.from_pretrained`` loads it)."""
+    """Export to a Hugging Face directory (``AutoModelForCausalLM.from_pretrained`` loads it).
+
+    A model with a sentence-transformers recipe (``config.extra["sentence_transformers"]``) is
+    exported as a sentence-transformers folder, so ``SentenceTransformer(path).encode`` gives what
+    :func:`genmodels.embed` gives."""
+    from .embed import KEY
     from .interop.hf import export_hf as _export
+    from .interop.sentence_transformers import check_sentence_export, write_sentence_files
     tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    recipe = model.config.extra.get(KEY)
+    if recipe is not None:
+        check_sentence_export(model.config, recipe, tokenizer)  # refuse before touching the folder
 
     def write(d: Path) -> None:
         _export(model, d)
         if tokenizer is not None:
             tokenizer.save(str(d / "tokenizer.json"))
+        if recipe is not None:
+            write_sentence_files(d, model.config, recipe, tokenizer)
 
     return _atomic_dir_write(Path(path), write)

@@ -7,6 +7,7 @@ A converter maps one Hugging Face architecture both ways:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -37,6 +38,26 @@ class Converter:
 
     def state_to_hf(self, sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+
+
+def special_token_ids(hf: dict[str, Any], vocab_size: int, defaults: dict[str, Any] | None = None,
+                      fields: tuple[str, ...] = SPECIAL_IDS) -> dict[str, Any]:
+    """The special token ids of a HF config (``defaults`` where absent), as transformers loads them:
+    an integer id outside ``[0, vocab_size)`` (GPT2Config's default 50256 with a small vocabulary)
+    names no token, so it becomes ``None``, with ONE warning naming every such field. Every
+    converter's ``config_from_hf`` takes its ids from here."""
+    defaults = defaults or {}
+    out = {f: hf.get(f, defaults.get(f)) for f in fields}
+    bad = {f: v for f, v in out.items()
+           if isinstance(v, int) and not isinstance(v, bool) and not 0 <= v < vocab_size}
+    if bad:
+        warnings.warn("config.json: " + ", ".join(f"{f}={v}" for f, v in bad.items())
+                      + f" outside the vocabulary (vocab_size={vocab_size}); loaded as None", stacklevel=3)
+        out.update({f: None for f in bad})
+    return out
 
 
 # Settings every HF decoder we export shares: pre-norm, 1/sqrt(d) scaling, a final norm, no dropout.

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import ConversionError, Converter, rename_layers, take
+from .base import ConversionError, Converter, rename_layers, special_token_ids, take
 
 BERT_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
 
@@ -71,7 +71,9 @@ class BertConverter(Converter):
                            norm_placement="post", mlp=BERT_ACT[act], mlp_bias=True, attn_bias=True,
                            tie_embeddings=hf.get("tie_word_embeddings", True),
                            type_vocab_size=hf.get("type_vocab_size", 2), embedding_norm=True, final_norm=False,
-                           pooler=not mlm, mlm_head=mlm, pad_token_id=hf.get("pad_token_id", 0))
+                           pooler=not mlm, mlm_head=mlm,
+                           **special_token_ids(hf, hf.get("vocab_size", 30522), {"pad_token_id": 0},
+                                               fields=("pad_token_id",)))
 
     def refine_config(self, cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelConfig:
         """Which heads the checkpoint actually holds (a BertModel may lack its pooler; a

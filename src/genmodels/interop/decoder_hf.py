@@ -13,8 +13,10 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import ConversionError, Converter, rename_layers, require_exportable, take, take_top_and_head
+from .base import (ConversionError, Converter, rename_layers, require_exportable, special_token_ids, take,
+                   take_top_and_head)
 
+IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # a decoder-only model has no decoder_start
 GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
 
@@ -55,8 +57,7 @@ class GPT2Converter(Converter):
                            position="learned", norm="layernorm", norm_eps=hf.get("layer_norm_epsilon", 1e-5),
                            mlp=GPT2_ACT[act], mlp_bias=True, attn_bias=True,
                            tie_embeddings=hf.get("tie_word_embeddings", True),
-                           bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
-                           pad_token_id=hf.get("pad_token_id"))
+                           **special_token_ids(hf, hf.get("vocab_size", 50257), fields=IDS))
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
         inv = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
@@ -131,8 +132,7 @@ class LlamaConverter(Converter):
                            attn_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
                            tie_embeddings=hf.get("tie_word_embeddings", False),
                            sliding_window=hf.get("sliding_window") if self.model_type == "mistral" else None,
-                           bos_token_id=hf.get("bos_token_id"), eos_token_id=hf.get("eos_token_id"),
-                           pad_token_id=hf.get("pad_token_id"))
+                           **special_token_ids(hf, hf["vocab_size"], fields=IDS))
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
         require_exportable(c, self.architectures[0], position=("rope",), norm=("rmsnorm",), mlp=("swiglu",),

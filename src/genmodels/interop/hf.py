@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..config import ModelConfig
 from .base import ConversionError, Converter, check_state
@@ -55,32 +55,43 @@ def converter_for_config(cfg: ModelConfig) -> Converter:
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF directory: ``*.safetensors`` (sharded or not), else ``pytorch_model.bin``
-    through ``torch.load(weights_only=True)`` — never an unrestricted unpickle."""
+    through ``torch.load(weights_only=True)`` — never an unrestricted unpickle. A broken file is a
+    one-line ValueError naming it."""
+    from ..io import read_json, read_safetensors, read_torch_bin
     index = path / "model.safetensors.index.json"
     if index.is_file():  # sharded: exactly the shards the index names
-        files = sorted({path / f for f in json.loads(index.read_text())["weight_map"].values()})
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: no \"weight_map\" object (tensor name -> shard file)")
+        files = sorted({path / f for f in weight_map.values()})
     else:  # model.safetensors or model-0000x-of-0000y.safetensors; never a stray consolidated copy
         files = sorted(path.glob("model*.safetensors")) or sorted(path.glob("*.safetensors"))
     if files:
         sd: dict[str, torch.Tensor] = {}
         for f in files:
-            sd.update(load_file(str(f)))
+            sd.update(read_safetensors(f))
         return sd
     bins = sorted(path.glob("pytorch_model*.bin"))
     if bins:
         sd = {}
         for f in bins:
-            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+            sd.update(read_torch_bin(f))
         return sd
     raise FileNotFoundError(f"{path}: no *.safetensors or pytorch_model.bin weights found")
 
 
-def load_hf(path: str | Path, build) -> torch.nn.Module:
-    """Build our model from a local HF directory; fail naming any key or shape that does not fit."""
+def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
+    """Build our model from a local HF directory; fail naming any key or shape that does not fit.
+
+    ``check(cfg)``, when given, vets the config before any weight is read or tensor built (the
+    memory estimate of :func:`genmodels.load`)."""
+    from ..io import read_json
     path = Path(path)
-    hf_config = json.loads((path / "config.json").read_text())
+    hf_config = read_json(path / "config.json")
     conv = converter_for_hf(hf_config)
     cfg = conv.config_from_hf(hf_config)
+    if check is not None:
+        check(cfg)
     cfg.extra = {**cfg.extra, "hf_architecture": (hf_config.get("architectures") or [conv.architectures[0]])[0]}
     sd = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(conv.ignored)}
     conv.normalize_keys(sd)

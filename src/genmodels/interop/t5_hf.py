@@ -20,7 +20,7 @@ import torch
 
 from ..config import ModelConfig
 from ..nn.mlp import GATED
-from .base import ConversionError, Converter, rename_layers, take
+from .base import ConversionError, Converter, rename_layers, special_token_ids, take
 
 T5_ACT = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gated-gelu": "geglu_tanh",
           "gated-gelu_new": "geglu_tanh", "gated-silu": "swiglu"}
@@ -75,8 +75,9 @@ class T5Converter(Converter):
         tie = hf.get("tie_word_embeddings", True)
         scale = hf.get("scale_decoder_outputs", tie)
         n_layers = hf.get("num_layers", 6)
-        pad = hf.get("pad_token_id", 0)
-        start = hf.get("decoder_start_token_id")
+        ids = special_token_ids(hf, hf.get("vocab_size", 32128), {"pad_token_id": 0, "eos_token_id": 1},
+                                fields=("pad_token_id", "eos_token_id", "decoder_start_token_id"))
+        pad, start = ids["pad_token_id"], ids["decoder_start_token_id"]
         return ModelConfig(family="seq2seq", vocab_size=hf.get("vocab_size", 32128), d_model=d, n_layers=n_layers,
                            n_decoder_layers=hf.get("num_decoder_layers") or n_layers, n_heads=hf.get("num_heads", 8),
                            head_dim=hf.get("d_kv", 64), d_ff=hf.get("d_ff", 2048),
@@ -85,7 +86,7 @@ class T5Converter(Converter):
                            rel_max_distance=hf.get("relative_attention_max_distance", 128), norm="rmsnorm",
                            norm_eps=hf.get("layer_norm_epsilon", 1e-6), norm_placement="pre", mlp=T5_ACT[proj],
                            attn_scale=1.0, tie_embeddings=True, output_scale=d ** -0.5 if scale else None,
-                           dropout=0.0, pad_token_id=pad, eos_token_id=hf.get("eos_token_id", 1),
+                           dropout=0.0, pad_token_id=pad, eos_token_id=ids["eos_token_id"],
                            decoder_start_token_id=pad if start is None else start)
 
     def refine_config(self, cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> ModelConfig:

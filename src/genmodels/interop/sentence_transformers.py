@@ -1,0 +1,87 @@
+"""genmodels → sentence-transformers folders: the inverse of :func:`genmodels.embed.read_sentence_config`.
+
+A model loaded from a sentence-transformers folder keeps its recipe in
+``config.extra["sentence_transformers"]`` (pooling, normalize, max_seq_length, do_lower_case). A bare
+``BertModel`` export would lose it (sentence-transformers would mean-pool and not normalise), so the
+export also writes what ``SentenceTransformer(path)`` reads:
+
+* ``modules.json``: Transformer (the folder itself) → Pooling (``1_Pooling``) → Normalize (``2_Normalize``,
+  listed only when the recipe normalises; the module has no files);
+* ``1_Pooling/config.json``: one ``pooling_mode_*`` flag set (the layout ``read_sentence_config`` reads);
+* ``sentence_bert_config.json``: ``max_seq_length`` (capped at the model's positions, as
+  :func:`genmodels.embed` caps it) and ``do_lower_case``;
+* ``tokenizer_config.json``: the generic fast tokenizer over ``tokenizer.json`` (so transformers does not
+  rebuild a BERT tokenizer from its own defaults) with a padding token for batches.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..config import ModelConfig
+from .base import ConversionError
+
+POOLING_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
+                 "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+RECIPE_KEYS = ("pooling", "normalize", "max_seq_length", "do_lower_case")
+MODULE = "sentence_transformers.models."
+
+
+def check_sentence_export(cfg: ModelConfig, recipe: Any, tokenizer) -> None:
+    """Refuse, in one line naming the field, a recipe a sentence-transformers folder cannot express."""
+    where = "model.config.extra['sentence_transformers']"
+    if cfg.family != "encoder":
+        raise ConversionError(f"cannot export {where} for family={cfg.family!r}: sentence-transformers "
+                              "folders are written for encoders only")
+    if not isinstance(recipe, dict):
+        raise ConversionError(f"{where} must be a dict with keys {', '.join(RECIPE_KEYS)}")
+    unknown = sorted(set(recipe) - set(RECIPE_KEYS))
+    if unknown:
+        raise ConversionError(f"{where} has unknown key(s) {', '.join(unknown)}; sentence-transformers "
+                              f"folders express {', '.join(RECIPE_KEYS)}")
+    pooling = recipe.get("pooling", "mean")
+    if pooling not in POOLING_FLAGS:
+        raise ConversionError(f"{where}['pooling']={pooling!r} has no sentence-transformers equivalent; "
+                              f"choose one of {', '.join(POOLING_FLAGS)}")
+    length = recipe.get("max_seq_length")
+    if length is not None and (not isinstance(length, int) or isinstance(length, bool) or length <= 0):
+        raise ConversionError(f"{where}['max_seq_length']={length!r} must be a positive integer or null")
+    if tokenizer is None:
+        raise ConversionError("cannot export a sentence-transformers model without its tokenizer: "
+                              "SentenceTransformer needs tokenizer.json; pass tokenizer=")
+
+
+def pad_token(cfg: ModelConfig, tokenizer) -> str:
+    """The padding token for batches: the tokenizer's own, else the model's ``pad_token_id``, else
+    ``[PAD]``, else token 0 (pooling masks padding, so any token pads correctly)."""
+    padding = getattr(tokenizer, "padding", None) or {}
+    if padding.get("pad_token"):
+        return padding["pad_token"]
+    for tok in (tokenizer.id_to_token(cfg.pad_token_id) if cfg.pad_token_id is not None else None,
+                "[PAD]" if tokenizer.token_to_id("[PAD]") is not None else None, tokenizer.id_to_token(0)):
+        if tok is not None:
+            return tok
+    raise ConversionError("the tokenizer has no token to pad with (no pad_token_id, no [PAD], no token 0)")
+
+
+def write_sentence_files(path: Path, cfg: ModelConfig, recipe: dict[str, Any], tokenizer) -> None:
+    """Write the sentence-transformers files beside an exported BERT folder (``config.json``,
+    ``model.safetensors`` and ``tokenizer.json`` are the exporter's)."""
+    path = Path(path)
+    pooling = recipe.get("pooling", "mean")
+    modules = [{"idx": 0, "name": "0", "path": "", "type": MODULE + "Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": MODULE + "Pooling"}]
+    if recipe.get("normalize"):
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": MODULE + "Normalize"})
+    (path / "modules.json").write_text(json.dumps(modules, indent=2) + "\n")
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    flags = {flag: mode == pooling for mode, flag in POOLING_FLAGS.items()}
+    (path / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": cfg.d_model, **flags}, indent=2) + "\n")
+    length = min(recipe.get("max_seq_length") or cfg.max_seq_len, cfg.max_seq_len)
+    (path / "sentence_bert_config.json").write_text(
+        json.dumps({"max_seq_length": length, "do_lower_case": bool(recipe.get("do_lower_case"))}, indent=2) + "\n")
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": pad_token(cfg, tokenizer),
+         "model_max_length": cfg.max_seq_len}, indent=2) + "\n")
