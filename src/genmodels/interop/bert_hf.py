@@ -26,6 +26,7 @@ class BertConverter(Converter):
     architectures = ("BertForMaskedLM", "BertModel")
     model_type = "bert"
     ignored = ("position_ids", "cls.seq_relationship.weight", "cls.seq_relationship.bias")
+    optional = ("cls.predictions.decoder.bias",)  # a copy of cls.predictions.bias that checkpoints may omit
 
     LAYER = {  # ours -> theirs (without the "bert." prefix)
         "blocks.{i}.attn.out.weight": "encoder.layer.{i}.attention.output.dense.weight",
@@ -151,6 +152,7 @@ class BertConverter(Converter):
             out.update({prefix + theirs: sd[ours] for ours, theirs in self.POOLER.items()})
         if cfg.mlm_head:
             out.update({theirs: sd[ours] for ours, theirs in self.MLM.items()})
-            if not cfg.tie_embeddings:
+            if not cfg.tie_embeddings:  # untied, transformers ties neither: the bias is written twice
                 out["cls.predictions.decoder.weight"] = sd["mlm.head.weight"]
+                out["cls.predictions.decoder.bias"] = sd["mlm.head.bias"].clone()
         return out

@@ -104,6 +104,9 @@ def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
     expected_hf = conv.state_to_hf(expected, cfg)
     if cfg.tie_embeddings and "lm_head.weight" not in sd:
         expected_hf.pop("lm_head.weight", None)
+    for k in getattr(conv, "optional", ()):  # copies a checkpoint may leave out (the converter checks them)
+        if k not in sd:
+            expected_hf.pop(k, None)
     check_state(expected_hf, {k: v for k, v in sd.items() if k in expected_hf}, {}, f"{path}")
     ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
     check_state(expected, ours, sd, f"{path}")
