@@ -1,17 +1,28 @@
-"""Autoregressive decoding for decoder-only models through the preallocated KV cache.
+"""Autoregressive decoding for decoder-only models through the KV cache.
 
 Prefill runs the whole (left-padded) prompt once; every later step feeds one token per row.
 Rows that emit an end token are finished: they keep receiving ``pad_token_id`` and stop counting.
+
+The cache starts at the prompt plus :data:`genmodels.nn.kv_cache.CHUNK` slots and grows as tokens
+come (:meth:`KVCache.reserve`), so ``max_new_tokens`` is a limit, not an allocation. The context:
+
+* learned / sinusoidal positions: prompt + ``max_new_tokens`` beyond ``max_seq_len`` is refused;
+* other models without a sliding window (RoPE, ALiBi): generation stops once the sequence fills
+  ``max_seq_len`` (with a warning), so the cache never grows beyond the model's context;
+* sliding-window models (Mistral) go on past ``max_seq_len`` with a cache bounded by the window.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Iterable
 
 import torch
 
 from ..native.decoder import FusedDecodeStep, unsupported
+from ..nn import kv_cache
 from ..nn.layout import decode_layout
-from .sampling import check_generation_args, choose_next
+from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
+from .sampling import choose_next
 
 
 @torch.inference_mode()
@@ -28,13 +39,14 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     ``eos_token_id`` defaults to the config's; ``stop_tokens`` adds more ids that end a row.
     ``streamer`` receives each step's new tokens ``(B,)``.
     """
-    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
     family = getattr(model, "family", None)
     if family == "seq2seq":  # encoder–decoder: the prompt is the source; returns the target ids
         from .seq2seq import generate_seq2seq
-        if stop_tokens:  # stop tokens end a row as EOS does: pass both (the config's EOS included)
+        if stop_tokens is not None:  # stop tokens end a row as EOS does: pass both (the config's EOS included)
+            check_token_ids("stop_tokens", stop_tokens, vocab_size(model))
             eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
-            eos_token_id = [*([eos] if isinstance(eos, int) else eos or []), *stop_tokens]
+            stops = [stop_tokens] if isinstance(stop_tokens, int) else list(stop_tokens)
+            eos_token_id = [*([eos] if isinstance(eos, int) else eos or []), *stops]
         return generate_seq2seq(model, input_ids, max_new_tokens, attention_mask=attention_mask,
                                 temperature=temperature, top_k=top_k, top_p=top_p,
                                 repetition_penalty=repetition_penalty, pad_token_id=pad_token_id, seed=seed,
@@ -42,43 +54,44 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     if family != "decoder":
         raise ValueError(f"generate needs a decoder or seq2seq model; this one is family={family!r} "
                          "(use genmodels.embed for encoders)")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be (batch, length>0) token ids, got shape {tuple(input_ids.shape)}")
     cfg = model.config
+    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed)
+    vocab = vocab_size(model)
+    input_ids = check_ids("input_ids", input_ids, vocab)
+    attention_mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
+    ends = set(check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab))
+    ends |= set(check_token_ids("stop_tokens", stop_tokens, vocab))
+    check_token_id("pad_token_id", pad_token_id, vocab)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     b, t = input_ids.shape
     if t + max_new_tokens > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
         raise ValueError(f"prompt ({t}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{cfg.max_seq_len} {cfg.position} positions (max_seq_len)")
-    if eos_token_id is None:
-        eos_token_id = cfg.eos_token_id
-    ends = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    ends |= set(stop_tokens or ())
+    if t + max_new_tokens > cfg.max_seq_len and cfg.sliding_window is None and max_new_tokens > 0:
+        if t >= cfg.max_seq_len:
+            raise ValueError(f"input_ids: the prompt ({t} tokens) fills the model's context (max_seq_len="
+                             f"{cfg.max_seq_len}); nothing can be generated")
+        warnings.warn(f"generate: prompt ({t}) + max_new_tokens ({max_new_tokens}) exceeds the model's context "
+                      f"(max_seq_len={cfg.max_seq_len}); generation stops at {cfg.max_seq_len} tokens",
+                      stacklevel=3)
+        max_new_tokens = cfg.max_seq_len - t
     end_ids = torch.tensor(sorted(ends), dtype=torch.long, device=device)
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
                                                          (min(ends) if ends else 0))
+    check_token_id("pad_token_id", pad, vocab)  # the config's, when none is passed
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     if max_new_tokens == 0:
         return input_ids
 
-    if attention_mask is not None:
-        if attention_mask.shape != input_ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
-                             f"{tuple(input_ids.shape)}")
-        if not bool(attention_mask[:, -1].all()):
-            raise ValueError("attention_mask must be left-padded for generation (the last column all 1): "
-                             "pad prompts on the left")
+    if attention_mask is not None and not bool(attention_mask[:, -1].all()):
+        raise ValueError("attention_mask must be left-padded for generation (the last column all 1): "
+                         "pad prompts on the left")
     padded = attention_mask is not None and not bool(attention_mask.all())
     mask = attention_mask.to(device).long() if padded else None
     if padded:
-        full_mask = torch.ones(b, t + max_new_tokens, dtype=torch.long, device=device)
-        full_mask[:, :t] = mask
         positions = mask.cumsum(-1)[:, -1:] - 1  # (B, 1): position of each row's last prompt token
     else:
-        full_mask = None
         positions = torch.full((b, 1), t - 1, dtype=torch.long, device=device)
 
     was_training = model.training
@@ -87,28 +100,28 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     # otherwise column-major weights make PyTorch's GEMVs stream ~2x faster (the swap costs about
     # two decode steps).
     fused = device.type == "cpu" and max_new_tokens > 1 and unsupported(model) is None
-    if fused and not 0 <= pad < model.head.get_weight().shape[0]:
-        raise ValueError(f"pad_token_id={pad} is not a token id of this model's vocabulary")
     try:
         with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16 and not fused):
-            out, n = _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad,
-                             temperature, top_k, top_p, repetition_penalty, generator, streamer, fused)
+            return _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, temperature, top_k,
+                           top_p, repetition_penalty, generator, streamer, fused)
     finally:
         model.train(was_training)
-    return out[:, : t + n]
 
 
-def _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_ids, pad, temperature, top_k, top_p,
+def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, temperature, top_k, top_p,
             repetition_penalty, generator, streamer, fused=False):
-    """Prefill, then one token per step; returns the id buffer and the number of new tokens."""
+    """Prefill, then one token per step; returns the ids ``(B, T + n)``."""
     b, t = input_ids.shape
     device = input_ids.device
-    cache = model.new_cache(b, t + max_new_tokens)
+    # the last new token is never fed back: t + max_new_tokens − 1 positions at most
+    cache = model.new_cache(b, t + min(max_new_tokens - 1, kv_cache.CHUNK), grow=True)
     h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
+    if mask is not None:
+        cache.set_key_mask(mask)  # the padding, in slot coordinates from here on
     logits = model.head(h[:, -1])  # (B, V): only the last position is needed
     step_fn = FusedDecodeStep(model, cache, b) if fused else None
     positions = positions[:, 0].clone()  # (B,)
-    out = torch.empty(b, t + max_new_tokens, dtype=torch.long, device=device)
+    out = input_ids.new_empty(b, t + min(max_new_tokens, kv_cache.CHUNK))  # grown geometrically as tokens come
     out[:, :t] = input_ids
     done = torch.zeros(b, dtype=torch.bool, device=device)
     n = 0
@@ -117,6 +130,8 @@ def _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_id
         nxt = choose_next(logits, seen, temperature=temperature, top_k=top_k, top_p=top_p,
                           rep_penalty=repetition_penalty, generator=generator)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        if t + step == out.shape[1]:
+            out = torch.cat([out, out.new_empty(b, min(out.shape[1], max_new_tokens - step))], dim=1)
         out[:, t + step] = nxt
         n = step + 1
         if streamer is not None:
@@ -128,10 +143,11 @@ def _decode(model, input_ids, max_new_tokens, mask, full_mask, positions, end_id
         if step == max_new_tokens - 1:
             break
         positions += 1
+        cache.reserve(1)  # grow, or compact a sliding window
         if step_fn is not None:
-            logits = step_fn(nxt, positions, full_mask)
+            logits = step_fn(nxt, positions, cache.key_mask)
             continue
-        step_mask = full_mask[:, : t + step + 1] if full_mask is not None else None
+        step_mask = cache.key_mask[:, : cache.pos + 1] if cache.key_mask is not None else None
         h = model.hidden_states(nxt[:, None], attention_mask=step_mask, position_ids=positions[:, None], cache=cache)
         logits = model.head(h[:, -1])
-    return out, n
+    return out[:, : t + n]

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from .checks import check_generation_args  # noqa: F401  (re-exported: its old home)
+
 
 def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
     """``seen (B, S)``: token ids already in each sequence."""
@@ -62,16 +64,3 @@ def choose_next(scores: torch.Tensor, seen: torch.Tensor | None, *, temperature:
                             rep_penalty=rep_penalty)
     probs = scores.softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens) -> None:
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k={top_k} must be a positive integer or None")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p={top_p} must be in (0, 1]")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty={repetition_penalty} must be > 0")

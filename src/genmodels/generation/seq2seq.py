@@ -1,9 +1,11 @@
 """Decoding for encoder–decoder models (T5, the original Transformer).
 
 The source is encoded once; each decoder layer's cross-attention keys/values of that memory are
-projected once and kept in the :class:`~genmodels.models.Seq2SeqCache`, beside the preallocated
-self-attention KV cache. The decoder starts from ``decoder_start_token_id`` and feeds one token
-per step.
+projected once and kept in the :class:`~genmodels.models.Seq2SeqCache`, beside the self-attention
+KV cache, which starts at :data:`~genmodels.nn.kv_cache.CHUNK` positions and grows as tokens come
+(beam search reorders it in place). The decoder starts from ``decoder_start_token_id`` and feeds
+one token per step; it is fed at most ``max_seq_len`` tokens: beyond that, sinusoidal positions
+refuse ``max_new_tokens`` and relative ones (T5) stop there with a warning.
 
 * Greedy / sampling (:func:`generate_seq2seq` with ``num_beams=1``): the decoder-only logits
   processors of :mod:`genmodels.generation.sampling` (repetition penalty, temperature, top-k,
@@ -18,18 +20,16 @@ per step.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Iterable
 
 import torch
 
 from ..native.decoder import FusedDecodeStep, unsupported
+from ..nn import kv_cache
 from ..nn.layout import decode_layout
-from .sampling import check_generation_args, choose_next, process_logits
-
-
-def _ends(model, eos_token_id) -> list[int]:
-    eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
-    return [eos] if isinstance(eos, int) else list(eos or ())
+from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
+from .sampling import choose_next, process_logits
 
 
 @torch.inference_mode()
@@ -49,23 +49,37 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     if getattr(model, "family", None) != "seq2seq":
         raise ValueError("generate_seq2seq needs an encoder–decoder model, "
                          f"got family {getattr(model, 'family', None)!r}")
-    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens)
-    if num_beams < 1:
-        raise ValueError(f"num_beams={num_beams} must be >= 1")
+    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed,
+                          num_beams=num_beams, length_penalty=length_penalty)
     if num_beams > 1 and temperature > 0:
         raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping={early_stopping!r} must be True, False or 'never'")
     cfg = model.config
+    vocab = vocab_size(model)
+    input_ids = check_ids("input_ids", input_ids, vocab)
+    attention_mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
+    ends = check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab)
+    check_token_id("pad_token_id", pad_token_id, vocab)
+    check_token_id("decoder_start_token_id", decoder_start_token_id, vocab)
+    if max_new_tokens > cfg.max_seq_len:  # the decoder is fed the start token + all but the last new one
+        if cfg.position in ("learned", "sinusoidal"):
+            raise ValueError(f"max_new_tokens ({max_new_tokens}) exceeds the decoder's {cfg.max_seq_len} "
+                             f"{cfg.position} positions (max_seq_len)")
+        warnings.warn(f"generate_seq2seq: max_new_tokens ({max_new_tokens}) exceeds the decoder's context "
+                      f"(max_seq_len={cfg.max_seq_len}); generation stops at {cfg.max_seq_len} new tokens",
+                      stacklevel=3)
+        max_new_tokens = cfg.max_seq_len
     device = next(model.parameters()).device
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
     input_ids = input_ids.to(device)
     mask = attention_mask.to(device) if attention_mask is not None else None
     start = cfg.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
     if start is None:
         start = cfg.pad_token_id or 0
-    ends = _ends(model, eos_token_id)
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
                                                          (ends[0] if ends else 0))
+    check_token_id("decoder_start_token_id", start, vocab)  # the config's, when none is passed
+    check_token_id("pad_token_id", pad, vocab)
     was_training = model.training
     model.eval()
     # CPU: one native call per decoder step (genmodels.native) when available, else column-major
@@ -87,8 +101,16 @@ def _decoder_step(model, cache, batch, mask, fused):
     """``step(last tokens (B,)) -> logits (B, V)``: the fused native step, or the PyTorch decoder."""
     if fused:
         fn = FusedDecodeStep(model, cache, batch, mask)
-        return lambda ids: fn(ids, torch.full_like(ids, cache.pos))
-    return lambda ids: model.decode(ids[:, None], cache=cache)[:, -1]
+
+        def native(ids):
+            cache.reserve(1)  # grows the cache; the native step re-points itself
+            return fn(ids, torch.full_like(ids, cache.pos))
+        return native
+
+    def torch_step(ids):
+        cache.reserve(1)
+        return model.decode(ids[:, None], cache=cache)[:, -1]
+    return torch_step
 
 
 def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p, rep, seed, fused):
@@ -97,7 +119,7 @@ def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, 
     out[:, 0] = start
     if max_new_tokens == 0:
         return out
-    cache = model.new_cache(memory, mask, max_len=max_new_tokens)
+    cache = model.new_cache(memory, mask, max_len=min(max_new_tokens, kv_cache.CHUNK), grow=True)
     step_fn = _decoder_step(model, cache, b, mask, fused)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     end_ids = torch.tensor(ends, dtype=torch.long, device=device)
@@ -129,7 +151,7 @@ def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, lengt
 
     memory = memory.repeat_interleave(k, dim=0)  # (B·K, S, D): one copy per beam
     mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
-    cache = model.new_cache(memory, mask, max_len=max(max_new_tokens, 1))
+    cache = model.new_cache(memory, mask, max_len=max(min(max_new_tokens, kv_cache.CHUNK), 1), grow=True)
     step_fn = _decoder_step(model, cache, b * k, mask, fused)
 
     running = torch.full((b, k, length), fill, dtype=torch.long, device=device)

@@ -50,11 +50,15 @@ class DecoderLM(nn.Module):
             else:
                 nn.init.ones_(p)
 
-    def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
-        """A preallocated KV cache for ``batch`` sequences of up to ``max_len`` positions."""
+    def new_cache(self, batch: int, max_len: int | None = None, *, grow: bool = False) -> KVCache:
+        """A KV cache for ``batch`` sequences of ``max_len`` slots (default ``max_seq_len``).
+
+        ``grow=True`` (generation): :meth:`KVCache.reserve` may grow it up to ``max_seq_len`` slots
+        or, with a sliding window, compact it (see :mod:`genmodels.nn.kv_cache`)."""
         c = self.config
         p = self.embed.weight
-        return KVCache(c.n_layers, batch, c.kv_heads, max_len or c.max_seq_len, c.dim_head, p.dtype, p.device)
+        return KVCache(c.n_layers, batch, c.kv_heads, max_len or c.max_seq_len, c.dim_head, p.dtype, p.device,
+                       limit=max(c.max_seq_len, max_len or 0) if grow else None, window=c.sliding_window)
 
     def set_attention_kernel(self, kernel: str) -> None:
         """``"sdpa"`` (fused, default) or ``"reference"`` (plain matmuls) in every layer."""
@@ -67,18 +71,21 @@ class DecoderLM(nn.Module):
                       position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
         """Final hidden states ``(B, T, D)`` (after the final norm).
 
-        ``attention_mask (B, start+T)``: 1 for tokens, 0 for (left) padding, covering the cached
-        positions too. ``position_ids`` default to the count of real tokens before each one.
+        ``attention_mask (B, start+T)``: 1 for tokens, 0 for (left) padding, covering the cache's
+        filled slots too (``cache.key_mask`` keeps it in slot coordinates across compactions).
+        ``position_ids`` default to the count of real tokens before each one.
         """
         b, t = input_ids.shape
-        start = cache.pos if cache is not None else 0
+        start = cache.pos if cache is not None else 0  # cache slot of the first new token
+        offset = cache.offset if cache is not None else 0  # absolute position of slot 0
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = padding_position_ids(attention_mask, start)
             else:
-                position_ids = torch.arange(start, start + t, device=input_ids.device)[None].expand(b, t)
+                position_ids = torch.arange(offset + start, offset + start + t, device=input_ids.device)[None]
+                position_ids = position_ids.expand(b, t)
         x = self.embed(input_ids)  # (B, T, D)
-        check_length(self.config, start + t)
+        check_length(self.config, offset + start + t)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         x = self.drop(x)

@@ -11,8 +11,8 @@ layers; the original Transformer adds sinusoidal positions to the (√D-scaled) 
 embedding is shared by encoder, decoder and (when tied) the output head.
 
 Incremental decoding keeps a :class:`Seq2SeqCache`: the decoder's self-attention keys/values in a
-preallocated :class:`KVCache`, and each layer's cross-attention keys/values of the memory,
-projected once.
+:class:`KVCache` (grown as tokens come during generation), and each layer's cross-attention
+keys/values of the memory, projected once.
 """
 from __future__ import annotations
 
@@ -30,13 +30,36 @@ class Seq2SeqCache:
     """Decoder state between steps: self-attention KV cache + per-layer memory k/v + memory mask."""
 
     def __init__(self, self_kv: KVCache, memory_kv: list[tuple[torch.Tensor, torch.Tensor]],
-                 memory_mask: torch.Tensor | None, self_mask: torch.Tensor | None = None):
+                 memory_mask: torch.Tensor | None, rel_bias: RelativePositionBias | None = None):
         self.self_kv, self.memory_kv, self.memory_mask = self_kv, memory_kv, memory_mask
-        self.self_mask = self_mask  # (1, H, L, L) causal mask + relative bias of every position pair
+        self.rel_bias = rel_bias  # the decoder's T5 relative bias, a function of the distance q − k only
+        self.dist_bias: torch.Tensor | None = None  # (H, L): bias by distance 0 … L−1, sized to the cache
+        self._size_bias()
 
     @property
     def pos(self) -> int:
         return self.self_kv.pos
+
+    def _size_bias(self) -> None:
+        n = self.self_kv.max_len
+        if self.rel_bias is not None and (self.dist_bias is None or self.dist_bias.shape[1] < n):
+            k = self.self_kv.layers[0].k
+            dist = torch.arange(n, device=k.device)
+            self.dist_bias = self.rel_bias(dist.new_zeros(1), -dist)[0, :, 0].to(k.dtype)  # (H, L)
+
+    def reserve(self, n: int) -> None:
+        """Room for ``n`` more target positions (:meth:`KVCache.reserve`: grows up to its limit)."""
+        self.self_kv.reserve(n)
+        self._size_bias()
+
+    def self_mask(self, start: int, k_len: int) -> torch.Tensor:
+        """Causal mask + relative bias ``(1, H, k_len − start, k_len)`` for queries at ``[start, k_len)``."""
+        d = torch.arange(start, k_len, device=self.dist_bias.device)[:, None] - torch.arange(k_len,
+                                                                                           device=self.dist_bias.device)
+        bias = self.dist_bias[:, d.clamp(min=0)][None]  # (1, H, Tq, Tk)
+        mask, _ = build_mask(k_len - start, k_len, start=start, causal=True, score_bias=bias,
+                             dtype=self.dist_bias.dtype, device=self.dist_bias.device)
+        return mask
 
     def reorder(self, index: torch.Tensor) -> None:
         """Keep rows ``index (B·K,)`` of the self-attention cache (beam search). Beams only move
@@ -121,19 +144,16 @@ class Seq2SeqLM(nn.Module):
         return [block.cross.memory_kv(memory) for block in self.dec_blocks]
 
     def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
-                  max_len: int | None = None) -> Seq2SeqCache:
-        """A decoding cache for ``memory (B, S, D)``: preallocated self-attention k/v for ``max_len``
-        target positions and the memory's cross-attention k/v."""
+                  max_len: int | None = None, *, grow: bool = False) -> Seq2SeqCache:
+        """A decoding cache for ``memory (B, S, D)``: self-attention k/v for ``max_len`` target
+        positions (``grow=True``: :meth:`Seq2SeqCache.reserve` may grow it up to ``max_seq_len``)
+        and the memory's cross-attention k/v."""
         c = self.config
         max_len = max_len or c.max_seq_len
         self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len, c.dim_head,
-                          memory.dtype, memory.device)
-        self_mask = None
-        if self.dec_rel_bias is not None:  # once per sequence; each step slices its rows
-            pos = torch.arange(max_len, device=memory.device)
-            self_mask, _ = build_mask(max_len, max_len, causal=True, score_bias=self.dec_rel_bias(pos, pos),
-                                      dtype=memory.dtype, device=memory.device)
-        return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype), self_mask)
+                          memory.dtype, memory.device, limit=max(c.max_seq_len, max_len) if grow else None)
+        return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype),
+                            self.dec_rel_bias)
 
     @staticmethod
     def _memory_mask(memory_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
@@ -154,8 +174,8 @@ class Seq2SeqLM(nn.Module):
         k_len = start + t
         if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
             decoder_attention_mask = None
-        if cache is not None and cache.self_mask is not None and decoder_attention_mask is None:
-            mask, is_causal = cache.self_mask[:, :, start:k_len, :k_len], False
+        if cache is not None and cache.dist_bias is not None and decoder_attention_mask is None:
+            mask, is_causal = cache.self_mask(start, k_len), False
         else:
             bias = None
             if self.dec_rel_bias is not None:

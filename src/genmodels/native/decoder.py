@@ -109,9 +109,9 @@ class FusedDecodeStep:
     ``cache``: the model's :class:`KVCache` (decoder-only) or :class:`Seq2SeqCache` (encoder–decoder,
     whose memory k/v and the source mask ``memory_mask (B, S)`` are read once here).
     ``positions``: each row's position id (left padding shifts them); ``key_mask``: 1 for real tokens
-    over the cache's positions (the row stride may exceed the filled length). The returned logits
-    tensor is reused by the next call. The cache's tensors must stay in place (beam search
-    reorders them with in-place copies).
+    over the cache's slots (the row stride may exceed the filled length). The returned logits
+    tensor is reused by the next call. Between calls the cache may grow (new buffers: the struct is
+    re-pointed) or compact in place (slots keep position order, so windows and distances hold).
     """
 
     def __init__(self, model: nn.Module, cache, batch: int, memory_mask: torch.Tensor | None = None):
@@ -126,14 +126,12 @@ class FusedDecodeStep:
         a0 = blocks[0].attn
         ptr = Pinned()
 
-        self._check_cache(model, blocks, batch, seq2seq, cache)
-
         layers = (_Layer * len(blocks))()
         for i, (blk, lc) in enumerate(zip(blocks, self.cache.layers)):
             fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
             vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv.weight, blk.attn.qkv.bias,
                     blk.attn.out.weight, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
-                    fc1.weight, fc1.bias, fc2.weight, fc2.bias, lc.k, lc.v)
+                    fc1.weight, fc1.bias, fc2.weight, fc2.bias, None, None)  # k/v cache: _bind_cache
             if seq2seq:
                 mem_k, mem_v = cache.memory_kv[i]
                 vals += (blk.norm_cross.weight, getattr(blk.norm_cross, "bias", None), blk.cross.q.weight,
@@ -145,7 +143,7 @@ class FusedDecodeStep:
         m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
                                                               a0.head_dim)
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
-        m.vocab, m.max_len = model.head.get_weight().shape[0], self.cache.max_len
+        m.vocab = model.head.get_weight().shape[0]
         m.norm = norm_kind(blocks[0].norm1)
         m.post_norm = int(type(blocks[0]).__name__.startswith("PostNorm"))
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
@@ -167,10 +165,9 @@ class FusedDecodeStep:
             m.rope_cos, m.rope_sin, m.inv_freq = ptr(rotary.cos_table), ptr(rotary.sin_table), ptr(rotary.inv_freq)
         elif type(score_bias) is ALiBi:
             m.pos_kind, m.alibi = 3, ptr(score_bias.slopes)
-        elif score_bias is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
-            dist = torch.arange(m.max_len, device="cpu")
-            bias = score_bias(torch.zeros(1, dtype=torch.long, device="cpu"), -dist)[0, :, 0]  # (H, L)
-            m.dist_bias = ptr(bias.to(torch.float32).contiguous())
+        # T5 relative bias (the last case of the chain above): a table by distance, sized in _bind_cache
+        relative = pos_embed is None and rotary is None and score_bias is not None and type(score_bias) is not ALiBi
+        self.dist_bias_of = score_bias if relative else None
         if seq2seq:
             m.mem_len = cache.memory_kv[0][0].shape[2]
             if memory_mask is not None and not bool(memory_mask.ne(0).all()):
@@ -184,12 +181,28 @@ class FusedDecodeStep:
             m.final_w, m.final_b = ptr(final_norm.weight), ptr(getattr(final_norm, "bias", None))
         m.head_w, m.head_b = ptr(model.head.get_weight()), ptr(model.head.bias)
         m.layers = layers
-        self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)), dtype=torch.float32, device="cpu")
-        m.scratch = self.scratch.data_ptr()
         self.logits = torch.empty(batch, m.vocab, dtype=torch.float32, device="cpu")
         self.n_embed = model.embed.weight.shape[0]
         self.model_struct, self.layers, self.keep = m, layers, ptr
-        self.k_ptr = self.cache.layers[0].k.data_ptr()
+        self._check = lambda: self._check_cache(model, blocks, batch, seq2seq, cache)
+        self._bind_cache()
+
+    def _bind_cache(self) -> None:
+        """Point the struct at the cache's current k/v buffers (again after the cache grew) and size
+        what depends on its capacity: the scratch, the T5 distance bias."""
+        self._check()
+        m, keep = self.model_struct, Pinned()
+        for layer, lc in zip(self.layers, self.cache.layers):
+            layer.k_cache, layer.v_cache = keep(lc.k), keep(lc.v)
+        m.max_len = self.cache.max_len
+        if self.dist_bias_of is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
+            dist = torch.arange(m.max_len, device="cpu")
+            bias = self.dist_bias_of(torch.zeros(1, dtype=torch.long, device="cpu"), -dist)[0, :, 0]  # (H, L)
+            m.dist_bias = keep(bias.to(torch.float32).contiguous())
+        self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)), dtype=torch.float32, device="cpu")
+        m.scratch = self.scratch.data_ptr()
+        self.keep_cache = keep
+        self.k_ptr, self.bound_len = self.cache.layers[0].k.data_ptr(), m.max_len
 
     @staticmethod
     def _check_cache(model, blocks, batch: int, seq2seq: bool, cache) -> None:
@@ -218,11 +231,11 @@ class FusedDecodeStep:
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor,
                  key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cache.layers[0].k.data_ptr() != self.k_ptr or self.cache.max_len != self.bound_len:
+            self._bind_cache()  # the cache grew (KVCache.reserve): new buffers
         m, start = self.model_struct, self.cache.pos
         if start >= m.max_len:
             raise ValueError(f"KV cache overflow: {start + 1} positions > capacity {m.max_len}")
-        if self.cache.layers[0].k.data_ptr() != self.k_ptr:
-            raise RuntimeError("the KV cache was reallocated under the fused decode step")
         ids = ids.contiguous().long()
         positions = positions.contiguous().long()
         if ids.shape != (m.batch,) or positions.shape != (m.batch,):

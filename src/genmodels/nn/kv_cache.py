@@ -1,12 +1,30 @@
-"""Preallocated key/value cache for incremental decoding.
+"""Key/value cache for incremental decoding.
 
-Each layer owns a ``(B, H_kv, L_max, D)`` buffer for keys and one for values. A forward over new
-tokens writes them at ``[start, start + T)`` and attends over ``[0, start + T)``, so a one-token
-decode step and a chunked prefill are the same code path. Nothing is reallocated while decoding.
+Each layer owns a ``(B, H_kv, L, D)`` buffer for keys and one for values. A forward over new
+tokens writes them at slots ``[start, start + T)`` and attends over ``[0, start + T)``, so a
+one-token decode step and a chunked prefill are the same code path.
+
+Generation does not preallocate prompt + ``max_new_tokens`` slots: it starts at about the prompt
+plus :data:`CHUNK` and calls :meth:`KVCache.reserve` before each forward, which
+
+* grows the buffers geometrically (copy into buffers twice as long: amortised O(1) per token),
+  never beyond ``limit`` (the model's context ``max_seq_len`` for models without a window);
+* for a sliding window W (Mistral), compacts instead once the buffer holds at least twice what
+  must be kept: the last W − 1 positions move to slots ``[0, W − 1)`` in place and ``offset``
+  (the absolute position of slot 0) advances. Slots stay in position order with no gaps, so every
+  mask rule (causal, window, ALiBi distances) reads the same in slot coordinates as in absolute
+  positions, and keys — cached after RoPE — stay valid. (A ring buffer would save the O(W) copy
+  every ~W steps but would put slots out of position order, which the masks, SDPA and the native
+  kernels' contiguous key ranges would all have to learn about.)
+
+``key_mask`` (optional, ``(B, L)`` int64, 1 = real token) is the padding mask in slot coordinates;
+it grows and compacts with the keys.
 """
 from __future__ import annotations
 
 import torch
+
+CHUNK = 64  # slots beyond the prompt that a generation cache starts with
 
 
 class LayerKVCache:
@@ -29,15 +47,37 @@ class LayerKVCache:
         self.v.narrow(2, start, v.shape[2]).copy_(v)
         return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
 
+    def resize(self, capacity: int, filled: int) -> None:
+        """New buffers of ``capacity`` slots holding the first ``filled`` slots of the old ones."""
+        k = self.k.new_zeros(*self.k.shape[:2], capacity, self.k.shape[3])
+        v = torch.zeros_like(k)
+        k[:, :, :filled] = self.k[:, :, :filled]
+        v[:, :, :filled] = self.v[:, :, :filled]
+        self.k, self.v = k, v
+
+    def drop_front(self, drop: int, keep: int) -> None:
+        """Move slots ``[drop, drop + keep)`` to ``[0, keep)`` in place (the storage stays put)."""
+        self.k[:, :, :keep] = self.k[:, :, drop:drop + keep].clone()
+        self.v[:, :, :keep] = self.v[:, :, drop:drop + keep].clone()
+
 
 class KVCache:
     """The cache of a whole model: one :class:`LayerKVCache` per attention layer, plus the number
-    of positions already filled (``pos``), which the model advances after each forward."""
+    of slots already filled (``pos``), which the model advances after each forward, and the
+    absolute position of slot 0 (``offset``, > 0 only after a sliding-window compaction).
+
+    ``limit``: the most slots :meth:`reserve` may grow to (None: it never grows; a fixed cache).
+    ``window``: the model's sliding window (positions a query sees, itself included), or None.
+    """
 
     def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, *,
+                 limit: int | None = None, window: int | None = None):
         self.layers = [LayerKVCache(batch, n_kv_heads, max_len, head_dim, dtype, device) for _ in range(n_layers)]
         self.pos = 0
+        self.offset = 0
+        self.limit, self.window = limit, window
+        self.key_mask: torch.Tensor | None = None
 
     @property
     def max_len(self) -> int:
@@ -48,3 +88,46 @@ class KVCache:
 
     def reset(self) -> None:
         self.pos = 0
+        self.offset = 0
+
+    def set_key_mask(self, mask: torch.Tensor) -> None:
+        """Padding mask of the filled slots ``(B, pos)`` (1 = token); later slots count as tokens."""
+        km = torch.ones(mask.shape[0], self.max_len, dtype=torch.long, device=mask.device)
+        km[:, :mask.shape[1]] = mask
+        self.key_mask = km
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more positions: compact (sliding window) or grow, as the module doc says.
+
+        Raises ValueError when ``n`` more positions would pass ``limit`` without a window."""
+        need = self.pos + n
+        if need <= self.max_len:
+            return
+        if self.window is not None:
+            keep = min(self.pos, self.window - 1)  # what the next query still sees
+            if 2 * (keep + n) <= self.max_len:
+                self._compact(self.pos - keep, keep)
+                return
+        cap = self.limit if self.limit is not None else self.max_len  # no limit: a fixed cache
+        if self.window is not None and self.limit is not None:  # the window bounds it (compaction above)
+            cap = max(cap, need, 2 * (self.window + n))
+        if need > cap:
+            raise ValueError(f"KV cache overflow: {need} positions > capacity {cap} (the model's context, "
+                             "max_seq_len)")
+        self._grow(min(max(need, 2 * self.max_len), cap))
+
+    def _grow(self, capacity: int) -> None:
+        for layer in self.layers:
+            layer.resize(capacity, self.pos)
+        if self.key_mask is not None:
+            km = self.key_mask.new_ones(self.key_mask.shape[0], capacity)
+            km[:, :self.pos] = self.key_mask[:, :self.pos]
+            self.key_mask = km
+
+    def _compact(self, drop: int, keep: int) -> None:
+        for layer in self.layers:
+            layer.drop_front(drop, keep)
+        if self.key_mask is not None:
+            self.key_mask[:, :keep] = self.key_mask[:, drop:drop + keep].clone()
+            self.key_mask[:, keep:] = 1
+        self.pos, self.offset = keep, self.offset + drop
