@@ -1,0 +1,148 @@
+"""Resume is exact and resilient (issue #8, 3 and 10): the RNG restore matters (masked LM, span
+corruption, dropout), an unreadable latest checkpoint is skipped for the previous complete one, and a
+kill -9 inside a checkpoint write resumes from the previous one with the uninterrupted losses."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from genmodels.training import RunConfig, latest_checkpoint, train
+from genmodels.training.rundir import RunDirError
+
+from .conftest import losses, tiny_config
+
+OVER = dict(train={"max_steps": 12, "ckpt_every": 4, "eval_every": 4, "keep_last": 3},
+            sample={"max_new_tokens": 0})
+
+
+def _cfg(corpus_dir, run, **over) -> dict:
+    cfg = tiny_config(corpus_dir, run, **OVER)
+    for k, v in over.items():
+        cfg[k] = v if k == "model" else {**cfg[k], **v}
+    return cfg
+
+
+def _run(cfg: dict, resume=False, log=None):
+    return train(RunConfig.from_dict(cfg), resume=resume, progress=False, log=log or (lambda s: None))
+
+
+def _interrupted_copy(run, dest, after: int):
+    """``run`` as if stopped right after its checkpoint at step ``after``."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("final"))
+    for ck in (dest / "checkpoints").glob("step-*"):
+        if int(ck.name.split("-")[1]) > after:
+            shutil.rmtree(ck)
+    return dest
+
+
+def _assert_same_run(a, b):
+    assert losses(a) == losses(b)  # bit for bit, every step
+    assert losses(a, "val_loss") == losses(b, "val_loss")
+
+
+@pytest.fixture(scope="module")
+def reference(corpus_dir, tmp_path_factory):
+    """One uninterrupted 12-step causal run, checkpoints at 4, 8, 12."""
+    run = tmp_path_factory.mktemp("resume") / "ref"
+    _run(_cfg(corpus_dir, run))
+    return run
+
+
+# ---- (i) the RNG restore is tested: objectives and dropout that draw random numbers ---------------
+BERT = {"preset": "bert-tiny", "d_model": 32, "n_heads": 2, "d_ff": 64}
+T5 = {"preset": "t5-tiny", "d_model": 32, "n_heads": 2, "head_dim": 16, "d_ff": 64}
+LLAMA_DROPOUT = {**tiny_config("", "")["model"], "dropout": 0.1}
+
+
+@pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal")],
+                         ids=["mlm", "span", "dropout"])
+def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objective, corpus_dir, tmp_path):
+    over = dict(model=model, train={"objective": objective, "max_steps": 8, "ckpt_every": 4, "keep_last": 2})
+    ref = tmp_path / "ref"
+    _run(_cfg(corpus_dir, ref, **over))
+    copy = _interrupted_copy(ref, tmp_path / "copy", after=4)
+    res = _run(_cfg(corpus_dir, copy, **over), resume=True)
+    assert sorted(res.train_losses) == list(range(5, 9))
+    _assert_same_run(copy, ref)
+
+
+# ---- an unreadable latest checkpoint is skipped ------------------------------------------------------
+def _missing_state(ck):
+    (ck / "state.json").unlink()
+
+
+def _corrupt_state(ck):
+    (ck / "state.json").write_text((ck / "state.json").read_text()[:100])
+
+
+def _truncated_tensors(ck):
+    f = ck / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+
+
+def _wrong_shape(ck):
+    sd = load_file(str(ck / "model.safetensors"))
+    key = sorted(sd)[0]
+    sd[key] = torch.zeros(3, 5)
+    save_file(sd, str(ck / "model.safetensors"))
+
+
+@pytest.mark.parametrize("damage,why", [(_missing_state, "no state.json"), (_corrupt_state, "state.json is corrupt"),
+                                        (_truncated_tensors, "model.safetensors is unreadable"),
+                                        (_wrong_shape, "has shape (3, 5)")],
+                         ids=["missing-state", "corrupt-state", "truncated-safetensors", "shape-mismatch"])
+def test_resume_skips_an_unreadable_latest_checkpoint(damage, why, reference, corpus_dir, tmp_path):
+    copy = _interrupted_copy(reference, tmp_path / "copy", after=8)
+    damage(copy / "checkpoints" / "step-000008")
+    said = []
+    res = _run(_cfg(corpus_dir, copy), resume=True, log=said.append)
+    skipped = [s for s in said if s.startswith("--resume: skipped")]
+    assert len(skipped) == 1 and str(copy / "checkpoints" / "step-000008") in skipped[0] and why in skipped[0]
+    assert min(res.train_losses) == 5  # from step 4, the previous complete checkpoint
+    _assert_same_run(copy, reference)
+
+
+def test_resume_with_no_readable_checkpoint_names_them(reference, corpus_dir, tmp_path, monkeypatch):
+    copy = _interrupted_copy(reference, tmp_path / "copy", after=8)
+    _truncated_tensors(copy / "checkpoints" / "step-000008")
+    _missing_state(copy / "checkpoints" / "step-000004")
+
+    def no_work(*a, **kw):
+        raise AssertionError("data prepared although no checkpoint is readable")
+
+    monkeypatch.setattr("genmodels.training.trainer.prepare_data", no_work)
+    with pytest.raises(RunDirError) as e:
+        _run(_cfg(corpus_dir, copy), resume=True)
+    msg = str(e.value)
+    assert "step-000008: model.safetensors is unreadable" in msg and "step-000004: no state.json" in msg
+    assert "\n" not in msg
+
+
+# ---- (ii) kill -9 inside a checkpoint write ----------------------------------------------------------
+def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(reference, corpus_dir, tmp_path):
+    run = tmp_path / "killed"
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump(_cfg(corpus_dir, run)))
+    env = {**os.environ, "GENMODELS_TEST_KILL_IN_CHECKPOINT": "optimizer.safetensors@8", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "genmodels.cli_train", str(cfg_file), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    partial = list((run / "checkpoints").glob(".tmp-step-000008-*"))
+    assert len(partial) == 1 and sorted(p.name for p in partial[0].iterdir()) == ["model.safetensors",
+                                                                                 "optimizer.safetensors"]
+    assert latest_checkpoint(run).name == "step-000004"
+    said = []
+    res = _run(_cfg(corpus_dir, run), resume=True, log=said.append)
+    assert min(res.train_losses) == 5 and any("taking over the stale lock" in s for s in said)
+    _assert_same_run(run, reference)
+    assert not list((run / "checkpoints").glob(".tmp-*"))
+    assert json.loads((latest_checkpoint(run) / "state.json").read_text())["step"] == 12
