@@ -46,8 +46,11 @@ TEXT_BLOCK_LINES = 100
 _PACKAGE_DIRS = frozenset({"site-packages", "dist-packages"})
 _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 # Bump when the way documents are produced or split changes, so that caches
-# keyed on the fingerprint are invalidated.
-_FORMAT_VERSION = 1
+# keyed on the fingerprint are invalidated.  2: the fingerprint hashes the
+# files' bytes (1 used size and mtime only, so a same-size edit that kept the
+# mtime was served from a stale cache).
+_FORMAT_VERSION = 2
+_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- #
@@ -361,21 +364,32 @@ def load_documents(spec: CorpusSpec) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- #
 # Fingerprint
 # --------------------------------------------------------------------------- #
+def _file_digest(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _manifest(files: Iterable[Path], root: Path) -> list[list[Any]]:
-    """``[relative path, size, mtime_ns]`` for each file."""
-    rows = []
-    for f in files:
-        st = f.stat()
-        rows.append([_relative_key(f, root), st.st_size, st.st_mtime_ns])
-    return rows
+    """``[relative path, size, sha256 of the bytes]`` for each file.
+
+    Content, not ``mtime``: an edit that keeps the size and the modification
+    time (``os.utime``, a copy with ``cp -p``, a coarse-clock file system)
+    must still change the fingerprint.  Hashing the default stdlib corpus
+    (~12 MB, ~730 files) takes ~15 ms warm and ~0.1 s from a cold page cache.
+    """
+    return [[_relative_key(f, root), f.stat().st_size, _file_digest(f)] for f in files]
 
 
 def corpus_fingerprint(spec: CorpusSpec) -> str:
     """Stable hex digest identifying a corpus' contents and split.
 
-    Uses file metadata (relative path, size, ``mtime_ns``) rather than content
-    so it is cheap even for large corpora; the stdlib fingerprint also includes
-    the Python version.  Any spec field that changes the produced documents or
+    Covers every file's relative path, size and content (SHA-256 of its
+    bytes, so an edit that keeps size and ``mtime`` is still seen); the stdlib
+    fingerprint also includes the Python version.  Any spec field that changes the produced documents or
     the split is included.
     """
     spec.validate()

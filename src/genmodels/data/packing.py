@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -28,14 +29,18 @@ __all__ = [
     "BatchSampler",
     "PackedDataset",
     "TokenCache",
+    "check_token_file",
     "default_cache_root",
     "load_token_file",
     "token_dtype",
     "tokenize_to_cache",
 ]
 
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2  # 2: the sidecar records the file's SHA-256, verified on load
 _ENCODE_BATCH_DOCS = 256
+_HASH_CHUNK = 1 << 22
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- #
@@ -52,11 +57,13 @@ def _sidecar(cache_path: Path) -> Path:
 
 
 def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(fh)`` on a temp file in ``path``'s directory, then rename."""
+    """Call ``write(fh)`` on a temp file in ``path``'s directory, fsync, then rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -91,6 +98,8 @@ def tokenize_to_cache(
     length = 0
     num_docs = 0
 
+    digest = hashlib.sha256()
+
     def write(fh: Any) -> None:
         nonlocal length, num_docs
         batch: list[str] = []
@@ -100,7 +109,9 @@ def tokenize_to_cache(
             encodings = tokenizer.encode_batch(batch, add_special_tokens=False)
             count = sum(len(e.ids) for e in encodings) + len(sep) * len(encodings)
             ids = chain.from_iterable(chain(e.ids, sep) for e in encodings)
-            np.fromiter(ids, dtype=dtype, count=count).tofile(fh)
+            chunk = np.fromiter(ids, dtype=dtype, count=count)
+            digest.update(chunk)
+            chunk.tofile(fh)
             length += count
             num_docs += len(batch)
             batch.clear()
@@ -124,6 +135,7 @@ def tokenize_to_cache(
         "vocab_size": vocab_size,
         "num_docs": num_docs,
         "eos_id": eos_id,
+        "sha256": digest.hexdigest(),
         **(extra_meta or {}),
     }
     blob = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
@@ -131,24 +143,63 @@ def tokenize_to_cache(
     return np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
 
 
+def _file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_token_file(
+    cache_path: Path | str, vocab_size: int | None = None
+) -> tuple[np.memmap | None, str | None]:
+    """``(tokens, None)`` for a sound token file, else ``(None, why)``.
+
+    ``why`` is ``"missing"`` when there is no complete cache (no file or no
+    sidecar: never written, or a write was interrupted), otherwise it says
+    what is wrong: an unreadable or old-format sidecar, a size that does not
+    match it, bytes whose SHA-256 differs from the recorded one, or ids at or
+    above the vocabulary (``vocab_size`` if given, else the recorded one).
+    Verifying the stdlib corpus' train split (~20 MB) costs ~10 ms for the
+    hash and ~5 ms for the id range.
+    """
+    cache_path = Path(cache_path)
+    sidecar = _sidecar(cache_path)
+    if not (cache_path.is_file() and sidecar.is_file()):
+        return None, "missing"
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+        dtype = np.dtype(meta["dtype"])
+        length = int(meta["length"])
+        recorded_vocab = int(meta["vocab_size"])
+        sha = meta["sha256"]
+        if meta.get("format") != _CACHE_FORMAT or length <= 0:
+            return None, f"{sidecar} has format {meta.get('format')!r}, expected {_CACHE_FORMAT}"
+        size = cache_path.stat().st_size
+        if size != length * dtype.itemsize:
+            return None, f"{cache_path} has {size} bytes, its sidecar says {length * dtype.itemsize}"
+        if _file_sha256(cache_path) != sha:
+            return None, f"{cache_path} does not match the SHA-256 in its sidecar (corrupted)"
+        tokens = np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return None, f"{sidecar} is unreadable ({e})"
+    limit = min(recorded_vocab, vocab_size) if vocab_size is not None else recorded_vocab
+    top = int(tokens.max())
+    if top >= limit:
+        return None, f"{cache_path} holds token id {top}, outside the vocabulary of {limit}"
+    return tokens, None
+
+
 def load_token_file(cache_path: Path | str) -> np.memmap | None:
     """Memory-map a token file written by :func:`tokenize_to_cache`.
 
     Returns ``None`` when the file or its sidecar is missing, unreadable or
-    inconsistent (wrong size), i.e. when the cache must be (re)built.
+    inconsistent (wrong size, wrong SHA-256, ids outside the vocabulary),
+    i.e. when the cache must be (re)built; :func:`check_token_file` says why.
     """
-    cache_path = Path(cache_path)
-    try:
-        meta = json.loads(_sidecar(cache_path).read_text(encoding="utf-8"))
-        dtype = np.dtype(meta["dtype"])
-        length = int(meta["length"])
-        if meta.get("format") != _CACHE_FORMAT or length <= 0:
-            return None
-        if cache_path.stat().st_size != length * dtype.itemsize:
-            return None
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
+    return check_token_file(cache_path)[0]
 
 
 # --------------------------------------------------------------------------- #
@@ -201,18 +252,24 @@ class TokenCache:
         tokenizer: Tokenizer,
         split: str,
         eos_id: int | None = None,
+        say: Callable[[str], Any] | None = None,
     ) -> np.memmap:
         """Return cached tokens for ``split``, building them on a miss.
 
         ``docs_fn`` is called only on a miss.  ``eos_id`` defaults to the
-        tokenizer's ``<|endoftext|>`` id.
+        tokenizer's ``<|endoftext|>`` id.  A cached entry that fails
+        :func:`check_token_file` is rebuilt, with one line to ``say``
+        (default: a logging warning) naming the file and the fault.
         """
         if eos_id is None:
             eos_id = tokenizer_eos_id(tokenizer)
         path = self.path(tokenizer, split, eos_id)
-        cached = load_token_file(path)
+        vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+        cached, why = check_token_file(path, vocab)
         if cached is not None:
             return cached
+        if why != "missing":
+            (say or log.warning)(f"token cache: {why}; rebuilding it")
         meta = {
             "corpus_fingerprint": self.corpus_fingerprint,
             "tokenizer_fingerprint": tokenizer_fingerprint(tokenizer),

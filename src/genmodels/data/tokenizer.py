@@ -90,7 +90,7 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
 
 
 def save_tokenizer(tok: Tokenizer, path: Path | str) -> Path:
-    """Save ``tok`` atomically and return the written file.
+    """Save ``tok`` atomically (temp name, fsync, rename) and return the written file.
 
     ``path`` ending in ``.json`` is the file itself; anything else is taken as
     a directory (created if needed) that receives ``tokenizer.json``.
@@ -102,6 +102,8 @@ def save_tokenizer(tok: Tokenizer, path: Path | str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(tok.to_str(pretty=True))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, file)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
