@@ -2,7 +2,6 @@
 than the context, or a failing sample is one line of output, never the end of a run or its summary."""
 from __future__ import annotations
 
-import pytest
 
 from genmodels.training import RunConfig, train
 from genmodels.training.rundir import MARKER
