@@ -4,19 +4,29 @@ runs on the PyTorch path, which is also the reference the tests hold the kernels
 
 The shared library is cached under ``$GENMODELS_CACHE`` (default ``~/.cache/genmodels``), keyed by
 the source, the compiler and the CPU (it is built with ``-march=native``); it is written to a
-temporary name and renamed, so concurrent first uses (parallel tests) are safe.
+temporary name and renamed, so concurrent first uses (parallel tests) are safe. A sidecar
+``<name>.so.json`` written after it records its size and SHA-256, checked before ctypes maps the
+file (a truncated library can kill the process with SIGBUS): a cached library that fails the check,
+or that the loader refuses, is rebuilt (once). The build runs under a timeout
+(``GENMODELS_NATIVE_BUILD_TIMEOUT`` seconds, default 120; past it: the PyTorch path, with the
+reason) and says on stderr that it is compiling when it takes more than a second.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import json
 import logging
+import math
 import os
 import platform
 import shlex
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share its OpenMP thread pool)
@@ -26,6 +36,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c, encoder.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
+BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
+NOTICE_AFTER_S = 1.0  # a build still running after this says so on stderr
+NOTICE = "genmodels: compiling native CPU kernels (first use, ~3 s)..."
 
 
 def _sources() -> list[Path]:
@@ -56,9 +69,40 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def build_timeout() -> float:
+    """Seconds a build may take (``GENMODELS_NATIVE_BUILD_TIMEOUT``, default 120)."""
+    raw = os.environ.get("GENMODELS_NATIVE_BUILD_TIMEOUT", "").strip()
+    if not raw:
+        return BUILD_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise RuntimeError(f"GENMODELS_NATIVE_BUILD_TIMEOUT={raw!r} must be a positive number of seconds")
+    return value
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """``cmd`` with output captured; on ``timeout`` its whole process group (the compiler's cc1, as,
+    ld too, which would otherwise hold the pipes open) is killed and ``TimeoutExpired`` raised."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=max(timeout, 0.0))
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _compiler_id(compiler: list[str]) -> str:
     try:
-        return subprocess.run([*compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+        return _run([*compiler, "--version"], min(30.0, build_timeout())).stdout
     except (OSError, subprocess.TimeoutExpired):
         return ""
 
@@ -76,30 +120,120 @@ def _private_dir(path: Path) -> Path | None:
     return path
 
 
-def _build(compiler: list[str]) -> Path:
+def _sidecar(lib: Path) -> Path:
+    return lib.with_name(lib.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_sidecar(lib: Path, size: int, sha256: str) -> None:
+    """``<lib>.json`` = {size, sha256}: temp name, fsync, rename."""
+    tmp = lib.with_name(f".{lib.name}.json.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"size": size, "sha256": sha256}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, _sidecar(lib))
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_cached(lib: Path) -> str | None:
+    """Why the cached library ``lib`` must not be loaded (``"missing"``: not built), or ``None``
+    when its size and SHA-256 match its sidecar. Reads the file; never maps it."""
+    if not lib.is_file():
+        return "missing"
+    try:
+        meta = json.loads(_sidecar(lib).read_text(encoding="utf-8"))
+        size, sha = int(meta["size"]), str(meta["sha256"])
+    except FileNotFoundError:
+        return "without its checksum sidecar (interrupted write or older genmodels)"
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"with an unreadable sidecar ({e})"
+    try:
+        have = lib.stat().st_size
+        if have != size:
+            return f"{have} bytes, not the {size} recorded (truncated?)"
+        if _sha256(lib) != sha:
+            return "not matching its recorded SHA-256 (corrupted)"
+    except OSError as e:
+        return f"unreadable ({e})"
+    return None
+
+
+def forget(lib: Path) -> None:
+    """Delete a cached library and its sidecar (files genmodels wrote)."""
+    lib.unlink(missing_ok=True)
+    _sidecar(lib).unlink(missing_ok=True)
+
+
+def _cache_path(compiler: list[str]) -> Path:
     key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _sources()) + " ".join(compiler).encode()
                          + _compiler_id(compiler).encode() + _cpu_id().encode() + platform.machine().encode()
                          ).hexdigest()[:16]
-    name = f"genmodels_native_{key}.so"
     uid = os.getuid() if hasattr(os, "getuid") else 0
     folder = (_private_dir(cache_dir()) or _private_dir(Path(tempfile.gettempdir()) / f"genmodels-native-{uid}")
               or Path(tempfile.mkdtemp(prefix="genmodels-native-")))  # last resort: this process only
-    out = folder / name
-    if out.exists():
+    return folder / f"genmodels_native_{key}.so"
+
+
+def _say_compiling() -> None:
+    print(NOTICE, file=sys.stderr, flush=True)
+
+
+def _build(compiler: list[str]) -> Path:
+    """The cached library for ``compiler`` (checked against its sidecar), compiled if missing or bad."""
+    timeout = build_timeout()
+    out = _cache_path(compiler)
+    why = check_cached(out)
+    if why is None:
         return out
+    if why != "missing":
+        log.warning("genmodels: cached native library %s is %s; rebuilding it", out, why)
+    notice = threading.Timer(NOTICE_AFTER_S, _say_compiling)
+    notice.daemon = True
+    notice.start()
+    try:
+        return _compile(compiler, out, time.monotonic() + timeout, timeout)
+    finally:
+        notice.cancel()
+
+
+def _compile(compiler: list[str], out: Path, deadline: float, timeout: float) -> Path:
     errors = []
     for flags in _FLAG_SETS:
         tmp = out.with_name(f".{out.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         cmd = [*compiler, *flags, *_COMMON_FLAGS, *(str(p) for p in _sources() if p.suffix == ".c"), "-o", str(tmp),
                "-lm"]
         try:
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-        except (OSError, subprocess.TimeoutExpired) as e:
+            r = _run(cmd, deadline - time.monotonic())
+        except subprocess.TimeoutExpired:
+            tmp.unlink(missing_ok=True)
+            errors.append(f"the build timed out after {timeout:g} s (GENMODELS_NATIVE_BUILD_TIMEOUT): {' '.join(cmd)}")
+            break  # other flags will not be faster enough to matter
+        except OSError as e:
             tmp.unlink(missing_ok=True)
             errors.append(f"{' '.join(cmd)}: {e}")
-            break  # no compiler, or one too slow to wait for: other flags will not help
-        if r.returncode == 0:
-            os.replace(tmp, out)
+            break  # no compiler: other flags will not help
+        if r.returncode == 0 and tmp.is_file():
+            try:
+                _fsync(tmp)
+                size, sha = tmp.stat().st_size, _sha256(tmp)
+                os.replace(tmp, out)
+                _write_sidecar(out, size, sha)  # after the library: a library without one is not trusted
+            finally:
+                tmp.unlink(missing_ok=True)
             return out
         tmp.unlink(missing_ok=True)
         errors.append(f"{' '.join(cmd)}:\n{r.stderr.strip()[-2000:]}")
@@ -123,6 +257,18 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
+def _load(compiler: list[str]) -> ctypes.CDLL:
+    """Build (or find) and load the library; one the loader refuses is deleted and rebuilt once."""
+    path = _build(compiler)
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        log.warning("genmodels: native library %s cannot be loaded (%s); deleting it and rebuilding once",
+                    path, str(e).splitlines()[0] if str(e) else e)
+        forget(path)
+    return ctypes.CDLL(str(_build(compiler)))
+
+
 def library() -> ctypes.CDLL | None:
     """The loaded kernels, building them on first call; ``None`` if disabled or unavailable (the
     reason is logged once and kept in :func:`unavailable_reason`)."""
@@ -131,8 +277,8 @@ def library() -> ctypes.CDLL | None:
     with _lock:
         if "lib" not in _state:
             try:
-                _state["lib"] = _bind(ctypes.CDLL(str(_build(shlex.split(os.environ.get("CC") or "cc")))))
-            except (OSError, RuntimeError) as e:
+                _state["lib"] = _bind(_load(shlex.split(os.environ.get("CC") or "cc")))
+            except (OSError, RuntimeError, AttributeError) as e:
                 _state["lib"] = None
                 _state["error"] = str(e)
                 lines = str(e).splitlines()
