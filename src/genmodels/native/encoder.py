@@ -7,12 +7,24 @@ keys, so padding costs nothing; the matrices are multiplied by a register-blocke
 weights repacked once into 16-column panels (:func:`packed`), which on small batches — one
 sentence is ~20–40 rows — runs well above PyTorch's BLAS here (benchmarks/bench_encoder.py).
 
-The packed copies cost the size of the encoder's linear weights once more; they are rebuilt
-when a parameter changes (tracked by its version counter), so training between calls is safe.
+The packed copies cost the size of the encoder's linear weights once more; they are rebuilt when a
+parameter changes, so training or editing the weights between calls is safe (:meth:`NativeEncoder.stale`):
+
+* an optimizer step, ``copy_`` / in-place ops under ``no_grad``: the parameter's version counter;
+* ``p.data = new``, a reload, ``.to()``: the parameter's data pointer;
+* in-place updates through ``p.data`` (EMA ``p.data.mul_(d).add_(...)``, weight averaging,
+  quantisation, ``p.data.copy_``), which bypass the version counter: a sample of every packed weight,
+  compared bit for bit — per row, one spread-out element and the smallest nonzero magnitude, which
+  magnitude pruning (``p.data[mask] = 0``) zeroes first. Norms, biases and embeddings are read in
+  place by the kernels, so their in-place edits need no repack.
+
+An arbitrary edit of single elements through ``.data`` away from the sample is not seen: call
+:func:`forget` after one. The check costs ~2 % of a MiniLM call at batch 1 (docs/reliability.md).
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import weakref
 
 import torch
@@ -72,6 +84,16 @@ def packed(weight: torch.Tensor) -> torch.Tensor:
     return w.view(-1, 16, k).transpose(1, 2).contiguous()
 
 
+def _watch_index(w: torch.Tensor) -> torch.Tensor:
+    """Flat indices into ``w (N, K)`` sampled by :meth:`NativeEncoder.stale`: per row, a column spread
+    over the rows, and the element of smallest nonzero magnitude (first to go under pruning)."""
+    n, k = w.shape
+    rows = torch.arange(n, device="cpu")
+    spread = (rows * 7919 + 13) % k  # a prime stride: the rows' samples fall in different columns
+    smallest = w.detach().abs().masked_fill(w.detach() == 0, math.inf).argmin(1)  # (N,)
+    return torch.cat([rows * k + spread, rows * k + smallest])  # (2N,)
+
+
 class NativeEncoder:
     """``encoder(input_ids (B, T), attention_mask (B, T) | None, token_type_ids | None) -> (B, T, D)``,
     equal to ``model.encode(..., skip_padding=True)`` (zeros at padded positions)."""
@@ -91,12 +113,20 @@ class NativeEncoder:
         # inference tensors (made under torch.inference_mode) have no version counter and cannot change
         return [(p.data_ptr(), 0 if p.is_inference() else p._version) for p in self.model.parameters()]
 
+    def stale(self) -> bool:
+        """Whether the packed weights may differ from the model's (see the module docstring)."""
+        if self._versions() != self.versions:
+            return True
+        return any(not torch.equal(torch.take(w.detach(), idx).view(torch.int32), bits)
+                   for w, idx, bits in self.watched)
+
     def _build(self) -> None:
         model, c = self.model, self.model.config
         blocks = list(model.blocks)
         a0 = blocks[0].attn
         ptr = Pinned()
 
+        watched = []
         with torch.no_grad():
             layers = (_Layer * len(blocks))()
             for i, b in enumerate(blocks):
@@ -106,6 +136,9 @@ class NativeEncoder:
                         packed(fc1.weight), fc1.bias, packed(fc2.weight), fc2.bias)
                 for name, t in zip(_LAYER_FIELDS, vals):
                     setattr(layers[i], name, ptr(t))
+                for w in (b.attn.qkv.weight, b.attn.out.weight, fc1.weight, fc2.weight):
+                    idx = _watch_index(w)
+                    watched.append((w, idx, torch.take(w.detach(), idx).view(torch.int32).clone()))
         from ..models.blocks import PostNormBlock
         m = _Encoder()
         m.n_layers, m.d, m.n_heads, m.n_kv, m.dh = len(blocks), c.d_model, a0.n_heads, a0.n_kv_heads, a0.head_dim
@@ -126,11 +159,12 @@ class NativeEncoder:
             m.final_w, m.final_b = ptr(model.norm.weight), ptr(getattr(model.norm, "bias", None))
         m.layers = layers
         self.struct, self.layers, self.keep, self.versions = m, layers, ptr, self._versions()
+        self.watched = watched
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        if self._versions() != self.versions:  # trained or reloaded since packing
+        if self.stale():  # trained, edited or reloaded since packing
             self._build()
         c = self.model.config
         # this call's own copy of the struct (threads may share this encoder), and references that keep
@@ -191,6 +225,12 @@ class NativeEncoder:
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> NativeEncoder (not on the model:
 # it holds ctypes pointers, which would break copy.deepcopy(model))
+
+
+def forget(model: nn.Module) -> None:
+    """Drop ``model``'s packed weights (the next call repacks): after editing single weight elements
+    through ``.data``, which :meth:`NativeEncoder.stale` may not see."""
+    _CACHE.pop(model, None)
 
 
 def native_encoder(model: nn.Module) -> NativeEncoder | None:
