@@ -114,7 +114,8 @@ def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, tem
     b, t = input_ids.shape
     device = input_ids.device
     # the last new token is never fed back: t + max_new_tokens − 1 positions at most
-    cache = model.new_cache(b, t + min(max_new_tokens - 1, kv_cache.CHUNK), grow=True)
+    n_fed = t + max_new_tokens - 1  # within max_seq_len unless a sliding window bounds the cache (generate)
+    cache = model.new_cache(b, min(t + kv_cache.CHUNK, n_fed), limit=n_fed)
     h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
     if mask is not None:
         cache.set_key_mask(mask)  # the padding, in slot coordinates from here on

@@ -119,7 +119,7 @@ def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, 
     out[:, 0] = start
     if max_new_tokens == 0:
         return out
-    cache = model.new_cache(memory, mask, max_len=min(max_new_tokens, kv_cache.CHUNK), grow=True)
+    cache = model.new_cache(memory, mask, max_len=min(max_new_tokens, kv_cache.CHUNK), limit=max_new_tokens)
     step_fn = _decoder_step(model, cache, b, mask, fused)
     generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
     end_ids = torch.tensor(ends, dtype=torch.long, device=device)
@@ -151,7 +151,8 @@ def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, lengt
 
     memory = memory.repeat_interleave(k, dim=0)  # (B·K, S, D): one copy per beam
     mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
-    cache = model.new_cache(memory, mask, max_len=max(min(max_new_tokens, kv_cache.CHUNK), 1), grow=True)
+    cache = model.new_cache(memory, mask, max_len=max(min(max_new_tokens, kv_cache.CHUNK), 1),
+                            limit=max(max_new_tokens, 1))
     step_fn = _decoder_step(model, cache, b * k, mask, fused)
 
     running = torch.full((b, k, length), fill, dtype=torch.long, device=device)

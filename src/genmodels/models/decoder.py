@@ -50,15 +50,15 @@ class DecoderLM(nn.Module):
             else:
                 nn.init.ones_(p)
 
-    def new_cache(self, batch: int, max_len: int | None = None, *, grow: bool = False) -> KVCache:
+    def new_cache(self, batch: int, max_len: int | None = None, *, limit: int | None = None) -> KVCache:
         """A KV cache for ``batch`` sequences of ``max_len`` slots (default ``max_seq_len``).
 
-        ``grow=True`` (generation): :meth:`KVCache.reserve` may grow it up to ``max_seq_len`` slots
-        or, with a sliding window, compact it (see :mod:`genmodels.nn.kv_cache`)."""
+        ``limit`` (generation): :meth:`KVCache.reserve` may grow it up to ``limit`` slots or, with a
+        sliding window, compact it (see :mod:`genmodels.nn.kv_cache`); None: a fixed cache."""
         c = self.config
         p = self.embed.weight
         return KVCache(c.n_layers, batch, c.kv_heads, max_len or c.max_seq_len, c.dim_head, p.dtype, p.device,
-                       limit=max(c.max_seq_len, max_len or 0) if grow else None, window=c.sliding_window)
+                       limit=limit, window=c.sliding_window)
 
     def set_attention_kernel(self, kernel: str) -> None:
         """``"sdpa"`` (fused, default) or ``"reference"`` (plain matmuls) in every layer."""

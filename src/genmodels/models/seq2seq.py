@@ -144,14 +144,14 @@ class Seq2SeqLM(nn.Module):
         return [block.cross.memory_kv(memory) for block in self.dec_blocks]
 
     def new_cache(self, memory: torch.Tensor, memory_mask: torch.Tensor | None = None,
-                  max_len: int | None = None, *, grow: bool = False) -> Seq2SeqCache:
+                  max_len: int | None = None, *, limit: int | None = None) -> Seq2SeqCache:
         """A decoding cache for ``memory (B, S, D)``: self-attention k/v for ``max_len`` target
-        positions (``grow=True``: :meth:`Seq2SeqCache.reserve` may grow it up to ``max_seq_len``)
-        and the memory's cross-attention k/v."""
+        positions (:meth:`Seq2SeqCache.reserve` may grow it up to ``limit``; None: fixed) and the
+        memory's cross-attention k/v."""
         c = self.config
         max_len = max_len or c.max_seq_len
         self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len, c.dim_head,
-                          memory.dtype, memory.device, limit=max(c.max_seq_len, max_len) if grow else None)
+                          memory.dtype, memory.device, limit=limit)
         return Seq2SeqCache(self_kv, self.memory_kv(memory), self._memory_mask(memory_mask, memory.dtype),
                             self.dec_rel_bias)
 
