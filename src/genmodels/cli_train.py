@@ -1,7 +1,7 @@
 """``genmodels train CONFIG.yaml [--set key.sub=value ...] [--resume]`` — a few lines over
 :func:`genmodels.training.train`.
 
-The lead's ``cli.py`` calls :func:`add_train_parser` and dispatches to :func:`run_train`;
+``cli.py`` calls :func:`add_train_parser` and runs :func:`train_command` through its shared error handler;
 ``python -m genmodels.cli_train CONFIG ...`` runs the same without it (and under torchrun:
 ``torchrun --nproc_per_node 2 -m genmodels.cli_train CONFIG --set train.distributed=fsdp``).
 """
@@ -16,7 +16,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                               description="Train a model (causal LM, masked LM or span corruption) from a YAML recipe. "
                                           "See docs/training.md.")
     _add_arguments(p)
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=train_command)
     return p
 
 
@@ -29,23 +29,26 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def run_train(args: argparse.Namespace) -> int:
-    """Load, validate and run the recipe; a bad recipe or run dir prints ``error: ...`` and returns 2."""
-    from .config import ConfigError
+def train_command(args: argparse.Namespace) -> int:
+    """Load, validate and run the recipe (failures propagate to the shared handler)."""
     from .training import load_config, train
-    from .training.trainer import RunDirError
-    try:
-        cfg = load_config(args.config, args.overrides)
-        train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ConfigError, RunDirError, ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, resume=args.resume, progress=not args.no_progress)
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    """Run the recipe; a bad recipe, run dir, file or a diverged run prints ONE ``error: ...`` line and
+    returns 2 (the handler of ``genmodels.cli``: one source of truth for both entry points)."""
+    from .cli import run_command
+    return run_command(train_command, args)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="genmodels train")
+    from .cli import ArgumentParser
+    p = ArgumentParser(prog="genmodels train")
     _add_arguments(p)
+    p.set_defaults(command="train")
     return run_train(p.parse_args(argv))
 
 
