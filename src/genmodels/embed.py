@@ -89,8 +89,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     pooling without normalisation, as sentence-transformers does. ``max_length`` caps the tokens
     per text (default: the recipe's ``max_seq_length``, else the model's positions).
     """
-    if isinstance(texts, str):
-        texts = [texts]
+    texts = _check_embed_args(texts, batch_size, max_length, pooling)
     tokenizer = tokenizer or model.__dict__.get("tokenizer")
     if tokenizer is None:
         raise ValueError("embed needs a tokenizer: load the model from a folder with tokenizer.json "
@@ -115,6 +114,27 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
         return _embed_batches(model, encodings, batch_size, pooling, normalize)
     finally:
         model.train(was_training)
+
+
+def _check_embed_args(texts, batch_size, max_length, pooling) -> list[str]:
+    """One-line refusals naming the argument (before any tokenising); returns the texts as a list."""
+    from .generation.checks import check_count
+    if isinstance(texts, str):
+        texts = [texts]
+    if isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise ValueError(f"texts must be a string or a list of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if len(texts) == 0:
+        raise ValueError("texts is empty: pass at least one string")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"texts[{i}] is a {type(t).__name__}, not a string")
+    check_count("batch_size", batch_size, 1)
+    if max_length is not None:
+        check_count("max_length", max_length, 1)
+    if pooling is not None and pooling not in POOLING_MODES:
+        raise ValueError(f"pooling={pooling!r} is unknown; choose one of {', '.join(POOLING_MODES)}")
+    return texts
 
 
 def _embed_batches(model, encodings, batch_size: int, pooling: str, normalize: bool) -> torch.Tensor:

@@ -59,7 +59,7 @@ def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new
 
 
 def check_ids(name: str, ids, vocab: int, *, allow_1d: bool = True) -> torch.Tensor:
-    """Token ids: an integer tensor ``(B, T)`` (or ``(T,)``) with B, T > 0, each in [0, vocab); returns 2-D."""
+    """Token ids: an integer tensor ``(B, T)`` (or ``(T,)``), B, T > 0, each in [0, vocab) -> ``(B, T)`` int64."""
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"{name} must be a torch integer tensor (batch, length), got {type(ids).__name__}")
     if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
@@ -72,7 +72,7 @@ def check_ids(name: str, ids, vocab: int, *, allow_1d: bool = True) -> torch.Ten
     if lo < 0 or hi >= vocab:
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} holds token id {bad}; allowed are 0 <= id < vocab_size={vocab}")
-    return ids
+    return ids.long()
 
 
 def check_mask(name: str, mask, shape: tuple[int, ...]) -> torch.Tensor | None:
