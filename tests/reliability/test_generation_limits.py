@@ -227,3 +227,10 @@ def test_seq2seq_cache_growth_native_equals_torch(monkeypatch):
     assert fast[0].shape == (3, 21)
     for a, b in zip(fast, slow):
         assert torch.equal(a, b)
+
+
+def test_prompt_filling_the_context_is_refused_in_one_line():
+    model = tiny_model("llama", eos_token_id=None, max_seq_len=16)  # RoPE, no window
+    with pytest.raises(ValueError, match=r"^input_ids: the prompt \(16 tokens\) fills the model's context "
+                                         r"\(max_seq_len=16\)"):
+        genmodels.generate(model, random_ids(1, 16), 4)

@@ -61,7 +61,6 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     attention_mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
     ends = set(check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab))
     ends |= set(check_token_ids("stop_tokens", stop_tokens, vocab))
-    check_token_id("pad_token_id", pad_token_id, vocab)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     b, t = input_ids.shape

@@ -60,8 +60,6 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     input_ids = check_ids("input_ids", input_ids, vocab)
     attention_mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
     ends = check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab)
-    check_token_id("pad_token_id", pad_token_id, vocab)
-    check_token_id("decoder_start_token_id", decoder_start_token_id, vocab)
     if max_new_tokens > cfg.max_seq_len:  # the decoder is fed the start token + all but the last new one
         if cfg.position in ("learned", "sinusoidal"):
             raise ValueError(f"max_new_tokens ({max_new_tokens}) exceeds the decoder's {cfg.max_seq_len} "
