@@ -41,6 +41,13 @@ def prune_all(model):  # the 2 % smallest of every matrix
         w.data[w.detach().abs() <= cut] = 0
 
 
+def prune_rows(model):  # structured pruning: 8 output rows of a weight zeroed through .data, rows holding
+    qkv = linear_weights(model)[0]  # none of the 16 smallest weights (magnitude alone would miss them)
+    small_rows = set((qkv.detach().abs().flatten().argsort()[:16] // qkv.shape[1]).tolist())
+    r = next(r for r in range(0, qkv.shape[0], 8) if not small_rows & set(range(r, r + 8)))
+    qkv.data[r:r + 8] = 0
+
+
 def quantise(model):  # round to a grid of 1/8, in place through .data
     for w in linear_weights(model):
         w.data.copy_(torch.round(w.data * 8) / 8)
@@ -58,7 +65,8 @@ def copy_no_grad(model):  # load other weights in place (bumps the version count
             p.copy_(q)
 
 
-@pytest.mark.parametrize("update", [ema, prune, prune_all, quantise, replace, copy_no_grad],
+@pytest.mark.parametrize("update", [ema, prune, prune_all, prune_rows, quantise, replace,
+                                    copy_no_grad],
                          ids=lambda f: f.__name__)
 def test_native_encoder_sees_weight_update(update):
     model = bert()
@@ -83,8 +91,11 @@ def test_forget_repacks_after_a_single_element_edit():
     ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4))
     native_encoder(model)(ids)
     w = linear_weights(model)[0]
-    watched = set(native_encoder(model).watched[0][1].tolist())
+    bits, index, _ = native_encoder(model).watched[0]
+    assert bits.data_ptr() == w.data_ptr()
+    watched = set(index.tolist())
     flat = next(i for i in range(w.numel()) if i not in watched)
     w.data.view(-1)[flat] += 5.0
+    assert not native_encoder(model).stale()  # unseen...
     forget(model)
     torch.testing.assert_close(native_encoder(model)(ids), model.encode(ids, skip_padding=True).detach(), **TOL)
