@@ -146,3 +146,29 @@ def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(referenc
     _assert_same_run(run, reference)
     assert not list((run / "checkpoints").glob(".tmp-*"))
     assert json.loads((latest_checkpoint(run) / "state.json").read_text())["step"] == 12
+
+
+def test_a_checkpoint_from_before_content_hashing_resumes_on_the_same_corpus(reference, corpus_dir, tmp_path):
+    """Checkpoints written before the corpus fingerprint hashed contents carry the old (size, mtime)
+    fingerprint: the same corpus still resumes exactly; a changed one is still refused."""
+    from genmodels.data import corpus_fingerprint
+    from genmodels.training.data import corpus_spec
+
+    copy = _interrupted_copy(reference, tmp_path / "old", after=8)
+    cfg = _cfg(corpus_dir, copy)
+    legacy = corpus_fingerprint(corpus_spec(RunConfig.from_dict(cfg).data), version=1)
+    for ck in (copy / "checkpoints").glob("step-*"):
+        state = json.loads((ck / "state.json").read_text())
+        assert state["corpus_fingerprint"] != legacy
+        state["corpus_fingerprint"] = legacy
+        (ck / "state.json").write_text(json.dumps(state))
+    res = _run(cfg, resume=True)
+    assert min(res.train_losses) == 9
+    _assert_same_run(copy, reference)
+    other = _interrupted_copy(reference, tmp_path / "other", after=8)
+    for ck in (other / "checkpoints").glob("step-*"):
+        state = json.loads((ck / "state.json").read_text())
+        state["corpus_fingerprint"] = "0" * 64
+        (ck / "state.json").write_text(json.dumps(state))
+    with pytest.raises(RunDirError, match="differs"):
+        _run(_cfg(corpus_dir, other), resume=True)

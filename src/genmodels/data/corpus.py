@@ -373,7 +373,7 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _manifest(files: Iterable[Path], root: Path) -> list[list[Any]]:
+def _manifest(files: Iterable[Path], root: Path, version: int = _FORMAT_VERSION) -> list[list[Any]]:
     """``[relative path, size, sha256 of the bytes]`` for each file.
 
     Content, not ``mtime``: an edit that keeps the size and the modification
@@ -381,20 +381,27 @@ def _manifest(files: Iterable[Path], root: Path) -> list[list[Any]]:
     must still change the fingerprint.  Hashing the default stdlib corpus
     (~12 MB, ~730 files) takes ~15 ms warm and ~0.1 s from a cold page cache.
     """
+    if version == 1:  # genmodels before content hashing: metadata only (kept to recognise old runs)
+        return [[_relative_key(f, root), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
     return [[_relative_key(f, root), f.stat().st_size, _file_digest(f)] for f in files]
 
 
-def corpus_fingerprint(spec: CorpusSpec) -> str:
+def corpus_fingerprint(spec: CorpusSpec, version: int = _FORMAT_VERSION) -> str:
     """Stable hex digest identifying a corpus' contents and split.
 
     Covers every file's relative path, size and content (SHA-256 of its
     bytes, so an edit that keeps size and ``mtime`` is still seen); the stdlib
     fingerprint also includes the Python version.  Any spec field that changes the produced documents or
     the split is included.
+
+    ``version=1`` gives the fingerprint genmodels wrote before content hashing (relative path, size
+    and ``mtime_ns``), so that a run checkpointed then can still be resumed on an unchanged corpus.
     """
     spec.validate()
+    if version not in (1, _FORMAT_VERSION):
+        raise ValueError(f"corpus fingerprint version must be 1 or {_FORMAT_VERSION}; got {version!r}")
     payload: dict[str, Any] = {
-        "format": _FORMAT_VERSION,
+        "format": version,
         "kind": spec.kind,
         "val_fraction": float(spec.val_fraction),
     }
@@ -402,14 +409,14 @@ def corpus_fingerprint(spec: CorpusSpec) -> str:
         root = stdlib_root()
         payload["python"] = sys.version
         payload["exclude_tests"] = bool(spec.exclude_tests)
-        payload["files"] = _manifest(stdlib_files(spec.exclude_tests), root)
+        payload["files"] = _manifest(stdlib_files(spec.exclude_tests), root, version)
     elif spec.kind == "folder":
         root = Path(spec.path)  # type: ignore[arg-type]
         payload["extensions"] = sorted(e.lower() for e in spec.extensions)
-        payload["files"] = _manifest(folder_files(root, spec.extensions), root)
+        payload["files"] = _manifest(folder_files(root, spec.extensions), root, version)
     else:
         file = Path(spec.path)  # type: ignore[arg-type]
-        payload["files"] = _manifest([file], file.parent)
+        payload["files"] = _manifest([file], file.parent, version)
         if spec.kind == "text":
             payload["block_lines"] = TEXT_BLOCK_LINES
         else:

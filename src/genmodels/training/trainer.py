@@ -202,6 +202,14 @@ def _param_shapes(mcfg) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
+def _same_corpus(saved: str | None, fingerprint: str, dc) -> bool:
+    """Whether a checkpoint's corpus fingerprint names this corpus: today's content hash, or — for a
+    checkpoint written before content hashing — the old one (paths, sizes, modification times)."""
+    if saved is None or saved == fingerprint:
+        return True
+    return saved == corpus_fingerprint(corpus_spec(dc), version=1)
+
+
 def _resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo, say):
     """``(checkpoint, (model_sd, optim_sd, rng, state), data config)`` to resume from — the newest
     readable checkpoint, chosen by the main rank, which says which it skipped and why — or
@@ -222,7 +230,7 @@ def _resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInf
             except CheckpointUnreadable as e:
                 skipped.append((path, str(e)))
                 continue
-            if saved.get("corpus_fingerprint") not in (None, fingerprint):
+            if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
                 raise RunDirError(f"--resume: the corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...) "
                                   f"differs from the one {path} was trained on; resume with the same data, "
                                   "or start a new run_dir")
