@@ -132,7 +132,8 @@ def test_a_raw_tokenizers_exception_names_the_command_argument(folders, tmp_path
 
 def test_a_raw_yaml_error_names_the_recipe(tmp_path, monkeypatch, capsys):
     (tmp_path / "r.yaml").write_text("model: [unclosed\n")
-    monkeypatch.setattr("genmodels.training.load_config", lambda path, overrides: yaml.safe_load(Path(path).read_text()))
+    monkeypatch.setattr("genmodels.training.load_config",
+                        lambda path, overrides: yaml.safe_load(Path(path).read_text()))
     refused(capsys, cli_train.main([str(tmp_path / "r.yaml")]), f"CONFIG {tmp_path / 'r.yaml'}", "YAML")
 
 
@@ -288,3 +289,12 @@ def test_a_broken_model_folder_exits_2_in_a_real_process(folders, tmp_path):
                        timeout=120)
     assert p.returncode == 2, p.stderr
     assert str(d / "config.json") in one_error_line(p.stderr)
+
+
+def test_a_bug_shows_its_traceback_in_a_real_process():
+    code = ("import sys, genmodels.cli as c\n"
+            "def broken(args): return 1 + 'x'\n"
+            "c.cmd_info = broken\n"
+            "sys.exit(c.main(['info', 'x']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode not in (0, 2) and "Traceback" in p.stderr and "TypeError" in p.stderr, p.stderr
