@@ -138,6 +138,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         check_fits_memory(cfg, config_file)
         weights = path / "model.safetensors"
         if not weights.is_file():
+            if weights.exists():
+                raise ValueError(f"{weights}: not a file (a genmodels folder keeps its weights in this file)")
             raise FileNotFoundError(f"{weights}: missing")
         model = build_model(cfg)
         sd = read_safetensors(weights)

@@ -96,7 +96,22 @@ def test_a_truncated_model_safetensors_names_the_file(folders, tmp_path, capsys)
 
 def test_a_folder_in_place_of_model_safetensors_is_one_line(folders, tmp_path, capsys):
     d = broken_copy(folders["llama"], tmp_path / "m", "model.safetensors", None)
-    refused(capsys, cli.main(["info", str(d)]), str(d / "model.safetensors"))
+    line = refused(capsys, cli.main(["info", str(d)]), str(d / "model.safetensors"))
+    assert "not a file" in line  # not "missing": it is there, as a folder
+
+
+def test_a_folder_given_as_the_recipe_says_so(tmp_path, capsys):
+    line = refused(capsys, cli_train.main([str(tmp_path)]), str(tmp_path))
+    assert "is a folder" in line
+
+
+def test_a_text_that_encodes_to_no_tokens_is_named(folders):
+    import genmodels
+    from genmodels.io import load_tokenizer
+    bpe = load_tokenizer(folders["llama"])  # adds no special tokens: a blank text encodes to nothing
+    bert = genmodels.load(folders["bert"])
+    with pytest.raises(ValueError, match=r"texts\[1\] \(''\) encodes to no tokens"):
+        genmodels.embed(bert, ["def foo", "   "], tokenizer=bpe)
 
 
 def test_a_garbage_tokenizer_json_names_the_file(folders, tmp_path, capsys):

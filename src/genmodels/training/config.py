@@ -390,6 +390,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"config file {str(p)!r} is a folder; give a YAML recipe such as configs/llama-tiny.yaml")
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
