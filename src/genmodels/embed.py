@@ -110,8 +110,9 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     encodings = tokenizer.encode_batch(texts) if len(texts) > 1 else [tokenizer.encode(texts[0])]
     empty = [i for i, e in enumerate(encodings) if not e.ids]
     if empty:
+        more = f" ({len(empty)} such texts)" if len(empty) > 1 else ""
         raise ValueError(f"texts[{empty[0]}] ({texts[empty[0]]!r}) encodes to no tokens with this tokenizer; "
-                         "give each text at least one token" + (f" ({len(empty)} such texts)" if len(empty) > 1 else ""))
+                         f"give each text at least one token{more}")
     was_training = model.training
     model.eval()  # as sentence-transformers' encode: no dropout
     try:

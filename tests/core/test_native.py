@@ -17,21 +17,11 @@ from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.native.decoder import FusedDecodeStep, unsupported
 
 from ._tiny import VOCAB, left_pad_mask, randomise, random_ids, tiny_model
+from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
 
 torch.set_num_threads(1)
 
-# skipped only when switched off on purpose; otherwise a build that fails (e.g. a C file that no longer
-# compiles) fails every test here with the compiler's error, rather than turning them into silent skips
-if not native.enabled():
-    pytest.skip("native kernels disabled on purpose (GENMODELS_NATIVE=0)", allow_module_level=True)
-NATIVE_ERROR = None if native.library() is not None else native.unavailable_reason()
-
-
-@pytest.fixture(autouse=True)
-def _native_built():
-    if NATIVE_ERROR is not None:
-        pytest.fail(f"native kernels did not build (set GENMODELS_NATIVE=0 to run without them): {NATIVE_ERROR}",
-                    pytrace=False)
+skip_if_disabled()  # otherwise a failed build fails every test here (tests/core/_native.py)
 
 
 ROOT = Path(__file__).parents[2]

@@ -7,25 +7,14 @@ import pytest
 import torch
 
 import genmodels
-from genmodels import native
 from genmodels.native.encoder import NativeEncoder, native_encoder, unsupported
 from tests.core._tiny import randomise  # shared randomiser (run from the repo root: python -m pytest)
+from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-# skipped only when switched off on purpose; otherwise a build that fails (e.g. a C file that no longer
-# compiles) fails every test here with the compiler's error, rather than turning them into silent skips
-if not native.enabled():
-    pytest.skip("native kernels disabled on purpose (GENMODELS_NATIVE=0)", allow_module_level=True)
-NATIVE_ERROR = None if native.library() is not None else native.unavailable_reason()
-
-
-@pytest.fixture(autouse=True)
-def _native_built():
-    if NATIVE_ERROR is not None:
-        pytest.fail(f"native kernels did not build (set GENMODELS_NATIVE=0 to run without them): {NATIVE_ERROR}",
-                    pytrace=False)
+skip_if_disabled()  # otherwise a failed build fails every test here (tests/core/_native.py)
 
 
 TOL = dict(atol=1e-5, rtol=1e-4)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genmodels.data.packing import _file_sha256
+from genmodels.files import file_sha256
 from genmodels.training.config import DataConfig
 from genmodels.training.data import prepare_data, tokenizer_cache_path
 
@@ -77,7 +77,7 @@ def test_corrupted_token_file_is_rebuilt(corpus_dir, tmp_path, damage):
         bad.tofile(path)
         side = path.with_name(path.name + ".json")
         meta = json.loads(side.read_text())
-        side.write_text(json.dumps({**meta, "sha256": _file_sha256(path)}))
+        side.write_text(json.dumps({**meta, "sha256": file_sha256(path)}))
     assert path.stat().st_size == size
     second, lines = prepare(d, root)
     said = [ln for ln in lines if ln.startswith("token cache:")]

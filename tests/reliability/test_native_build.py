@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from genmodels import native
+from genmodels.files import file_sha256
 from genmodels.native.decoder import FusedDecodeStep
 from tests.core._tiny import left_pad_mask, random_ids, tiny_model
 
@@ -72,7 +73,7 @@ def seed_cache(monkeypatch) -> Path:
     without loading it here: a path this process has mapped is never mapped again by dlopen."""
     lib = native._cache_path([os.environ["CC"]])
     shutil.copyfile(GOOD._name, lib)
-    native._write_sidecar(lib, lib.stat().st_size, native._sha256(lib))
+    native._write_sidecar(lib, lib.stat().st_size, file_sha256(lib))
     return lib
 
 
@@ -118,7 +119,7 @@ def test_unloadable_cached_library_is_deleted_and_rebuilt_once(fresh, monkeypatc
     good = lib.read_bytes()
     bad = b"not an ELF file" * 100  # a sidecar that agrees with it: only the loader can tell
     lib.write_bytes(bad)
-    native._write_sidecar(lib, len(bad), native._sha256(lib))
+    native._write_sidecar(lib, len(bad), file_sha256(lib))
     with caplog.at_level(logging.WARNING, logger="genmodels.native"):
         assert native.library() is not None
     assert builds(runs) == 1 and lib.read_bytes() == good

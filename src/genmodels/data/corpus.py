@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..files import file_sha256
+
 __all__ = [
     "CORPUS_KINDS",
     "CorpusSpec",
@@ -50,7 +52,6 @@ _TEST_DIRS = frozenset({"test", "tests", "idle_test"})
 # files' bytes (1 used size and mtime only, so a same-size edit that kept the
 # mtime was served from a stale cache).
 _FORMAT_VERSION = 2
-_HASH_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------- #
@@ -364,15 +365,6 @@ def load_documents(spec: CorpusSpec) -> tuple[list[str], list[str]]:
 # --------------------------------------------------------------------------- #
 # Fingerprint
 # --------------------------------------------------------------------------- #
-def _file_digest(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _manifest(files: Iterable[Path], root: Path, version: int = _FORMAT_VERSION) -> list[list[Any]]:
     """``[relative path, size, sha256 of the bytes]`` for each file.
 
@@ -383,7 +375,7 @@ def _manifest(files: Iterable[Path], root: Path, version: int = _FORMAT_VERSION)
     """
     if version == 1:  # genmodels before content hashing: metadata only (kept to recognise old runs)
         return [[_relative_key(f, root), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-    return [[_relative_key(f, root), f.stat().st_size, _file_digest(f)] for f in files]
+    return [[_relative_key(f, root), f.stat().st_size, file_sha256(f)] for f in files]
 
 
 def corpus_fingerprint(spec: CorpusSpec, version: int = _FORMAT_VERSION) -> str:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 
+from ..files import atomic_write, atomic_write_bytes, file_sha256
 from .tokenizer import eos_id as tokenizer_eos_id
 from .tokenizer import tokenizer_fingerprint
 
@@ -38,7 +38,6 @@ __all__ = [
 
 _CACHE_FORMAT = 2  # 2: the sidecar records the file's SHA-256, verified on load
 _ENCODE_BATCH_DOCS = 256
-_HASH_CHUNK = 1 << 22
 
 log = logging.getLogger(__name__)
 
@@ -54,20 +53,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 def _sidecar(cache_path: Path) -> Path:
     """Path of the JSON metadata file next to a token file."""
     return cache_path.with_name(cache_path.name + ".json")
-
-
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
-    """Call ``write(fh)`` on a temp file in ``path``'s directory, fsync, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tokenize_to_cache(
@@ -124,7 +109,7 @@ def tokenize_to_cache(
         if batch:
             flush()
 
-    _atomic_write_bytes(cache_path, write)
+    atomic_write(cache_path, write)
     if length == 0:
         cache_path.unlink(missing_ok=True)
         raise ValueError(f"no tokens to write to {cache_path}: all documents are empty")
@@ -139,17 +124,8 @@ def tokenize_to_cache(
         **(extra_meta or {}),
     }
     blob = json.dumps(meta, indent=2, sort_keys=True).encode("utf-8")
-    _atomic_write_bytes(_sidecar(cache_path), lambda fh: fh.write(blob))
+    atomic_write_bytes(_sidecar(cache_path), blob)
     return np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
-
-
-def _file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_token_file(
@@ -180,7 +156,7 @@ def check_token_file(
         size = cache_path.stat().st_size
         if size != length * dtype.itemsize:
             return None, f"{cache_path} has {size} bytes, its sidecar says {length * dtype.itemsize}"
-        if _file_sha256(cache_path) != sha:
+        if file_sha256(cache_path) != sha:
             return None, f"{cache_path} does not match the SHA-256 in its sidecar (corrupted)"
         tokens = np.memmap(cache_path, dtype=dtype, mode="r", shape=(length,))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:

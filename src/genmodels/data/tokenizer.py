@@ -8,12 +8,12 @@ gives back the original text exactly.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..files import atomic_write_bytes
 
 __all__ = [
     "EOS_TOKEN",
@@ -98,16 +98,7 @@ def save_tokenizer(tok: Tokenizer, path: Path | str) -> Path:
     p = Path(path)
     file = p if p.suffix == ".json" and not p.is_dir() else p / TOKENIZER_FILENAME
     file.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".tmp", dir=file.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(tok.to_str(pretty=True))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, file)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(file, tok.to_str(pretty=True).encode("utf-8"))
     return file
 
 

@@ -29,6 +29,8 @@ import threading
 import time
 from pathlib import Path
 
+from ..files import atomic_write_bytes, file_sha256, fsync_path
+
 import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share its OpenMP thread pool)
 
 log = logging.getLogger(__name__)
@@ -124,29 +126,9 @@ def _sidecar(lib: Path) -> Path:
     return lib.with_name(lib.name + ".json")
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_sidecar(lib: Path, size: int, sha256: str) -> None:
     """``<lib>.json`` = {size, sha256}: temp name, fsync, rename."""
-    tmp = lib.with_name(f".{lib.name}.json.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"size": size, "sha256": sha256}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, _sidecar(lib))
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(_sidecar(lib), json.dumps({"size": size, "sha256": sha256}).encode("utf-8"))
 
 
 def check_cached(lib: Path) -> str | None:
@@ -165,7 +147,7 @@ def check_cached(lib: Path) -> str | None:
         have = lib.stat().st_size
         if have != size:
             return f"{have} bytes, not the {size} recorded (truncated?)"
-        if _sha256(lib) != sha:
+        if file_sha256(lib) != sha:
             return "not matching its recorded SHA-256 (corrupted)"
     except OSError as e:
         return f"unreadable ({e})"
@@ -228,8 +210,8 @@ def _compile(compiler: list[str], out: Path, deadline: float, timeout: float) ->
             break  # no compiler: other flags will not help
         if r.returncode == 0 and tmp.is_file():
             try:
-                _fsync(tmp)
-                size, sha = tmp.stat().st_size, _sha256(tmp)
+                fsync_path(tmp)
+                size, sha = tmp.stat().st_size, file_sha256(tmp)
                 os.replace(tmp, out)
                 _write_sidecar(out, size, sha)  # after the library: a library without one is not trusted
             finally:

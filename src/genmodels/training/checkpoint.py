@@ -217,7 +217,8 @@ def _check_shapes(model_sd: dict, otensors: dict, shapes: dict[str, tuple[int, .
         fqn, name = key.split("/", 1)[1].rsplit("/", 1)
         want = shapes.get(fqn.removeprefix("model."))
         if name != "step" and want is not None and tuple(t.shape) != tuple(want):
-            raise CheckpointUnreadable(f"optimizer.safetensors: {key} has shape {tuple(t.shape)}, the model {tuple(want)}")
+            raise CheckpointUnreadable(f"optimizer.safetensors: {key} has shape {tuple(t.shape)}, "
+                                       f"the model {tuple(want)}")
 
 
 def _one_line(e: BaseException) -> str:

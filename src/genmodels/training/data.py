@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from tokenizers import Tokenizer
 from ..data import (CorpusSpec, PackedDataset, TokenCache, corpus_fingerprint, default_cache_root, eos_id,
                     load_documents, load_tokenizer, save_tokenizer, train_bpe_tokenizer)
 from ..data.corpus import TEXT_BLOCK_LINES
+from ..files import atomic_write_bytes, file_sha256
 from .config import DataConfig
 
 _TOKENIZER_CACHE_FORMAT = 2  # 2: a .sha256 sidecar, verified on load
@@ -66,17 +65,7 @@ def _digest_file(path: Path) -> Path:
 
 def _write_digest(path: Path) -> None:
     """Record ``path``'s SHA-256 in its sidecar (temp name, fsync, rename)."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(digest + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, _digest_file(path))
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(_digest_file(path), (file_sha256(path) + "\n").encode("ascii"))
 
 
 def cached_tokenizer(path: Path) -> tuple[Tokenizer | None, str | None]:

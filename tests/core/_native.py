@@ -1,0 +1,22 @@
+"""What every native-kernel test module shares: skipped only when the kernels are switched off on
+purpose (GENMODELS_NATIVE=0); otherwise a build that fails (e.g. a C file that no longer compiles)
+fails every test of the module with the compiler's error instead of turning them into silent skips.
+
+    from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+    skip_if_disabled()
+"""
+import pytest
+
+from genmodels import native
+
+
+def skip_if_disabled() -> None:
+    if not native.enabled():
+        pytest.skip("native kernels disabled on purpose (GENMODELS_NATIVE=0)", allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def native_built():
+    if native.library() is None:
+        pytest.fail("native kernels did not build (set GENMODELS_NATIVE=0 to run without them): "
+                    f"{native.unavailable_reason()}", pytrace=False)
