@@ -13,6 +13,7 @@ import json
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -187,10 +188,16 @@ ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of mem
 PATH_ARGUMENTS = {"path": "PATH", "src": "SRC", "dst": "DST", "config": "CONFIG"}
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings on the command line read like errors: ``warning: <message>``, one line, no source."""
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run one command: ``func(args)``'s status, or 2 with ONE ``error: <message>`` line on stderr for
     every expected failure (see :func:`expected_failure`), 130 on Ctrl-C. Anything else is a bug in
     genmodels and keeps its traceback. Both entry points (``genmodels``, ``genmodels.cli_train``) use it."""
+    warnings.formatwarning = _one_line_warning
     try:
         status = func(args) or 0
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit

@@ -313,3 +313,13 @@ def test_a_bug_shows_its_traceback_in_a_real_process():
             "sys.exit(c.main(['info', 'x']))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode not in (0, 2) and "Traceback" in p.stderr and "TypeError" in p.stderr, p.stderr
+
+
+def test_a_warning_on_the_command_line_is_one_line(folders):
+    """Generation past the context stops with a warning: on the command line, one `warning:` line."""
+    p = subprocess.run([sys.executable, "-m", "genmodels.cli", "generate", str(folders["llama"]), "--prompt", "def",
+                        "--max-new-tokens", "100000", "--temperature", "0"], capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if "max_seq_len" in ln or "warn" in ln.lower()]
+    assert len(lines) == 1 and lines[0].startswith("warning: generate: prompt"), p.stderr
