@@ -295,6 +295,42 @@ def unsupported_tensors(tensors) -> str | None:
     return None
 
 
+def _projections(block: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
+    """The matrix products of a block that the kernels read as plain weights, by name."""
+    attn, mlp, cross = block.attn, block.mlp, getattr(block, "cross", None)
+    out = {"attn.qkv": getattr(attn, "qkv", None), "attn.out": getattr(attn, "out", None)}
+    names = ("gate_up", "down") if hasattr(mlp, "gate_up") else ("fc1", "fc2")
+    out.update({f"mlp.{n}": getattr(mlp, n, None) for n in names})
+    if cross is not None:
+        out.update({f"cross.{n}": getattr(cross, n, None) for n in ("q", "kv", "out")})
+    return out
+
+
+def unplain_projection(blocks) -> str | None:
+    """Why the kernels must not read these blocks' projections in place: one that is not exactly an
+    ``nn.Linear`` (an adapter, a quantised or otherwise wrapped linear computes something its base
+    weight alone does not), or ``None``."""
+    for i, block in enumerate(blocks):
+        for name, mod in _projections(block).items():
+            if type(mod) is not torch.nn.Linear:
+                return f"block {i} {name} is a {type(mod).__name__}, not a plain nn.Linear"
+    return None
+
+
+def never_raises(check):
+    """Wrap an ``unsupported(model)`` check so that a model it does not know is a reason, never an
+    exception (the PyTorch path then runs it)."""
+    import functools
+
+    @functools.wraps(check)
+    def wrapped(model):
+        try:
+            return check(model)
+        except Exception as e:  # an unknown model class or part: not ours to read
+            return f"model layout not recognised ({type(e).__name__}: {e})"
+    return wrapped
+
+
 class Pinned:
     """Pointers for a C struct, with the tensors they point into kept alive (detached: kept even if
     a parameter's ``.data`` is replaced while the struct lives)."""

@@ -24,7 +24,7 @@ from torch import nn
 from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, MLP, RelativePositionBias, SelfAttention,
                   SinusoidalPositionalEmbedding)
 from . import ACTIVATIONS as _ACT
-from . import Pinned, library, norm_kind, unavailable_reason, unsupported_tensors
+from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm2_w", "norm2_b", "fc1_w",
@@ -55,6 +55,7 @@ def _decoder_parts(model: nn.Module):
     return model.blocks, model.norm, model.pos_embed, model.rotary, model.score_bias
 
 
+@never_raises
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the fused step (``None``: it can)."""
     from ..models.blocks import PostNormBlock, PostNormCrossBlock, PreNormBlock, PreNormCrossBlock
@@ -88,6 +89,8 @@ def unsupported(model: nn.Module) -> str | None:
             return "head_dim > 512"
         if family == "seq2seq" and blk.cross.scale != blk.attn.scale:
             return "cross-attention scale differs from self-attention's"
+    if (reason := unplain_projection(blocks)) is not None:
+        return reason
     if not isinstance(final_norm, nn.Identity):
         if norm_kind(final_norm) != kind:
             return "final norm differs from the block norms"

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..nn import GatedMLP, LearnedPositionalEmbedding, MLP, SelfAttention
 from . import ACTIVATIONS as _ACT
-from . import Pinned, library, norm_kind, unavailable_reason, unsupported_tensors
+from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_wp", "qkv_b", "out_wp", "out_b", "norm2_w", "norm2_b", "fc1_wp",
@@ -54,6 +54,7 @@ class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in csrc/enco
                 + [("layers", ctypes.POINTER(_Layer))])
 
 
+@never_raises
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the native encoder (``None``: it can)."""
     from ..models.blocks import PostNormBlock, PreNormBlock
@@ -73,6 +74,8 @@ def unsupported(model: nn.Module) -> str | None:
     for b in model.blocks:
         if type(b.attn) is not SelfAttention or type(b.mlp) not in (MLP, GatedMLP) or b.mlp.activation not in _ACT:
             return "attention or feed-forward layout not supported"
+    if (reason := unplain_projection(model.blocks)) is not None:
+        return reason
     if model.pos_embed is not None and type(model.pos_embed) is not LearnedPositionalEmbedding:
         return f"position embedding {type(model.pos_embed).__name__} not supported"
     return None
