@@ -174,11 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("texts", nargs="+")
     e.set_defaults(func=cmd_embed)
 
-    try:
-        from .cli_train import add_train_parser
-        add_train_parser(sub)
-    except ImportError:
-        pass
+    from .cli_train import add_train_parser  # a broken import is a bug to see, not a missing command
+    add_train_parser(sub)
     return p
 
 

@@ -5,8 +5,8 @@
 
 A sentence-transformers folder says how (``modules.json``: Transformer → Pooling → Normalize;
 ``1_Pooling/config.json``: the pooling mode; ``sentence_bert_config.json``: ``max_seq_length`` and
-``do_lower_case``). :func:`read_sentence_config` turns that into a small dict which
-:func:`genmodels.load` keeps in ``model.config.extra["sentence_transformers"]`` (so a genmodels
+``do_lower_case``). :func:`genmodels.interop.sentence_transformers.read_sentence_config` turns that
+into a small dict which :func:`genmodels.load` keeps in ``model.config.extra["sentence_transformers"]`` (so a genmodels
 save keeps it too). Texts are sorted by length and batched, as sentence-transformers does; every text
 gets the same vector whether it is embedded alone or in a padded batch. Inside a batch, every
 token-wise layer runs on the real tokens only (``EncoderModel.encode(skip_padding=True)``), so
@@ -14,48 +14,14 @@ padding costs only attention work.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .native.encoder import native_encoder
 
-POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")
-KEY = "sentence_transformers"
-
-
-def read_sentence_config(path: str | Path) -> dict[str, Any] | None:
-    """The embedding recipe of a sentence-transformers folder, or ``None`` if it is not one."""
-    path = Path(path)
-    modules_file = path / "modules.json"
-    if not modules_file.is_file():
-        return None
-    modules = json.loads(modules_file.read_text())
-    out: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": None, "do_lower_case": False}
-    for m in modules:
-        kind = m.get("type", "").rsplit(".", 1)[-1]
-        if kind == "Pooling":
-            pc = json.loads((path / m.get("path", "") / "config.json").read_text())
-            modes = [mode for mode in POOLING_MODES if pc.get(f"pooling_mode_{mode}_tokens" if mode != "cls"
-                                                              else "pooling_mode_cls_token")]
-            if len(modes) != 1:
-                raise ValueError(f"{path}: pooling modes {modes or 'none'} — exactly one of {POOLING_MODES} "
-                                 "is supported")
-            out["pooling"] = modes[0]
-        elif kind == "Normalize":
-            out["normalize"] = True
-        elif kind not in ("Transformer",):
-            raise ValueError(f"{path}: sentence-transformers module {m.get('type')!r} is not supported "
-                             "(have Transformer, Pooling, Normalize)")
-    sb = path / "sentence_bert_config.json"
-    if sb.is_file():
-        sbc = json.loads(sb.read_text())
-        out["max_seq_length"] = sbc.get("max_seq_length")
-        out["do_lower_case"] = bool(sbc.get("do_lower_case", False))
-    return out
+from .interop.sentence_transformers import KEY, POOLING_MODES, read_sentence_config  # noqa: F401  (re-exported)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:

@@ -32,16 +32,18 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return msg if len(msg) <= limit else msg[:limit - 1] + "…"
 
 
-def read_json(file: Path) -> dict[str, Any]:
-    """A JSON object from ``file``; a broken file is a ValueError naming it and what is wrong."""
+def read_json(file: Path, expect: type = dict) -> Any:
+    """A JSON object (or another ``expect`` type) from ``file``; a broken file is a ValueError naming
+    it and what is wrong."""
     try:
         data = json.loads(Path(file).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError:
         raise ValueError(f"{file}: not valid JSON (not UTF-8 text)") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a JSON object, found {type(data).__name__}")
+    if not isinstance(data, expect):
+        want = "a JSON object" if expect is dict else f"JSON {expect.__name__}"
+        raise ValueError(f"{file}: expected {want}, found {type(data).__name__}")
     return data
 
 
@@ -149,7 +151,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     else:
         from .interop.hf import load_hf
         model = load_hf(path, build_model, check=lambda cfg: check_fits_memory(cfg, config_file))
-    from .embed import KEY, read_sentence_config
+    from .interop.sentence_transformers import KEY, read_sentence_config
     recipe = read_sentence_config(path)  # a sentence-transformers folder: pooling, normalisation, length
     if recipe is not None:
         model.config.extra = {**model.config.extra, KEY: recipe}
@@ -322,7 +324,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     A model with a sentence-transformers recipe (``config.extra["sentence_transformers"]``) is
     exported as a sentence-transformers folder, so ``SentenceTransformer(path).encode`` gives what
     :func:`genmodels.embed` gives."""
-    from .embed import KEY
+    from .interop.sentence_transformers import KEY
     from .interop.hf import export_hf as _export
     from .interop.sentence_transformers import check_sentence_export, write_sentence_files
     tokenizer = tokenizer or model.__dict__.get("tokenizer")

@@ -160,3 +160,18 @@ def test_corrupt_pytorch_model_bin_is_named(tmp_path, damage):
     with pytest.raises(ValueError) as e:
         genmodels.load(tmp_path)
     _one_line_naming(e, f)
+
+
+@pytest.mark.parametrize("file,text", [("modules.json", "[{"), ("modules.json", '{"a": 1}'),
+                                       ("1_Pooling/config.json", "{oops")])
+def test_a_broken_sentence_transformers_file_is_named(saved, file, text):
+    """A folder with sentence-transformers files: a broken one is named (interop/sentence_transformers.py)."""
+    (saved / "1_Pooling").mkdir(exist_ok=True)
+    (saved / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (saved / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    (saved / file).write_text(text)
+    with pytest.raises(ValueError) as e:
+        genmodels.load(saved)
+    _one_line_naming(e, saved / file)

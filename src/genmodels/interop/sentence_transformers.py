@@ -1,4 +1,6 @@
-"""genmodels → sentence-transformers folders: the inverse of :func:`genmodels.embed.read_sentence_config`.
+"""sentence-transformers folders, both ways: :func:`read_sentence_config` reads the embedding recipe of
+one (what :func:`genmodels.load` keeps in ``config.extra["sentence_transformers"]`` and
+:func:`genmodels.embed` follows), and the export writes one back.
 
 A model loaded from a sentence-transformers folder keeps its recipe in
 ``config.extra["sentence_transformers"]`` (pooling, normalize, max_seq_length, do_lower_case). A bare
@@ -24,7 +26,43 @@ from .base import ConversionError
 
 POOLING_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",
                  "max": "pooling_mode_max_tokens", "mean_sqrt_len": "pooling_mode_mean_sqrt_len_tokens"}
+POOLING_MODES = ("mean", "cls", "max", "mean_sqrt_len")  # genmodels.embed's pooling names
 RECIPE_KEYS = ("pooling", "normalize", "max_seq_length", "do_lower_case")
+KEY = "sentence_transformers"  # where the recipe lives in ModelConfig.extra
+
+
+def read_sentence_config(path: str | Path) -> dict[str, Any] | None:
+    """The embedding recipe of a sentence-transformers folder, or ``None`` if it is not one: its
+    pooling (``1_Pooling/config.json``), whether it normalises (a Normalize module in ``modules.json``),
+    ``max_seq_length`` and ``do_lower_case`` (``sentence_bert_config.json``). A broken or unsupported
+    file is a ValueError naming it."""
+    from ..io import read_json
+    path = Path(path)
+    modules_file = path / "modules.json"
+    if not modules_file.is_file():
+        return None
+    out: dict[str, Any] = {"pooling": "mean", "normalize": False, "max_seq_length": None, "do_lower_case": False}
+    for m in read_json(modules_file, expect=list):
+        kind = (m.get("type") or "").rsplit(".", 1)[-1] if isinstance(m, dict) else None
+        if kind == "Pooling":
+            pooling_file = path / (m.get("path") or "") / "config.json"
+            pc = read_json(pooling_file)
+            modes = [mode for mode in POOLING_MODES if pc.get(POOLING_FLAGS[mode])]
+            if len(modes) != 1:
+                raise ValueError(f"{pooling_file}: pooling modes {modes or 'none'}; exactly one of "
+                                 f"{', '.join(POOLING_MODES)} is supported")
+            out["pooling"] = modes[0]
+        elif kind == "Normalize":
+            out["normalize"] = True
+        elif kind != "Transformer":
+            raise ValueError(f"{modules_file}: sentence-transformers module {m!r} is not supported "
+                             "(have Transformer, Pooling, Normalize)")
+    sb = path / "sentence_bert_config.json"
+    if sb.is_file():
+        sbc = read_json(sb)
+        out["max_seq_length"] = sbc.get("max_seq_length")
+        out["do_lower_case"] = bool(sbc.get("do_lower_case", False))
+    return out
 MODULE = "sentence_transformers.models."
 
 
