@@ -1,13 +1,12 @@
 """Data pipeline for causal-LM pre-training.
 
-Corpora (:mod:`.corpus`), byte-level BPE tokenizers (:mod:`.tokenizer`) and
-token caching, packing and batch sampling (:mod:`.packing`).
+Corpora (:mod:`.corpus`) and their fingerprint (:mod:`.fingerprint`), byte-level BPE tokenizers
+(:mod:`.tokenizer`), token caches (:mod:`.token_cache`), packing and batch sampling (:mod:`.packing`).
 """
 
 from .corpus import (
     CORPUS_KINDS,
     CorpusSpec,
-    corpus_fingerprint,
     folder_documents,
     folder_files,
     jsonl_documents,
@@ -17,9 +16,9 @@ from .corpus import (
     stdlib_root,
     text_file_documents,
 )
-from .packing import (
-    BatchSampler,
-    PackedDataset,
+from .fingerprint import corpus_fingerprint
+from .packing import BatchSampler, PackedDataset
+from .token_cache import (
     TokenCache,
     check_token_file,
     default_cache_root,
