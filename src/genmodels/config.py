@@ -1,18 +1,22 @@
-"""Model configuration: one dataclass covers a family; presets name the published layouts.
+"""Model configuration: a strict base every family's config uses, and the transformer config.
 
 A config selects components (position, norm, MLP, bias, tying) — it never carries behaviour of
 its own. It serialises to ``config.json`` beside the weights and rejects unknown keys and bad
-values with a message naming the field and what is allowed (litgpt's "one config per family").
+values with a message naming the field by its dotted path (``model.blocks[2].mixer``) and what is
+allowed (litgpt's "one config per family"). Families and presets live in
+:mod:`genmodels.registry`; the transformer presets stay here as data with their sources.
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-FAMILIES = ("decoder", "encoder", "seq2seq")
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
@@ -23,12 +27,130 @@ class ConfigError(ValueError):
     """A config key is unknown or a value is not allowed; the message names the field."""
 
 
+# ---- the strict base ------------------------------------------------------------------------
+_PATH: contextvars.ContextVar[str | None] = contextvars.ContextVar("genmodels_config_path", default=None)
+
+
+def _describe(kind: Any) -> str:
+    """What a value of annotation ``kind`` must be, in the words of the error messages."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    optional = _is_optional(kind)
+    base = args[0] if optional and len(args) == 1 else kind
+    origin = typing.get_origin(base) or base
+    word = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(origin, "a mapping" if _is_config(origin) else f"a {getattr(origin, '__name__', origin)}")
+    if optional:
+        return "true, false or null" if origin is bool else f"{word} or null"
+    return word
+
+
+def _is_optional(kind: Any) -> bool:
+    return typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind)
+
+
+def _is_config(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, StrictConfig)
+
+
+def _check_value(kind: Any, v: Any, path: str) -> Any:
+    """``v`` checked against annotation ``kind``; nested configs and lists of them are built from
+    their dicts. Raises ConfigError naming ``path``."""
+    if kind is Any:
+        return v
+    if _is_optional(kind):
+        if v is None:
+            return None
+        rest = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]
+    origin = typing.get_origin(kind) or kind
+    if _is_config(origin):
+        return v if isinstance(v, origin) else origin.from_dict(v, path)
+    if origin is list:
+        if not isinstance(v, list):
+            raise ConfigError(f"{path}={v!r} must be a list")
+        (item,) = typing.get_args(kind) or (Any,)
+        return [_check_value(item, x, f"{path}[{i}]") for i, x in enumerate(v)]
+    ok = {bool: lambda: isinstance(v, bool),
+          int: lambda: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda: isinstance(v, str),
+          dict: lambda: isinstance(v, dict)}.get(origin)
+    if ok is not None and not ok():
+        raise ConfigError(f"{path}={v!r} must be {_describe(kind)}")
+    return v
+
+
 @dataclass
-class ModelConfig:
-    """Every architectural choice of a transformer, as data.
+class StrictConfig:
+    """Base of every family's config: a dataclass whose fields are checked against their
+    annotations (bool, int, float, str, ``X | None``, ``list[...]``, ``dict``, nested configs),
+    built from dicts by :meth:`from_dict` and written back by :meth:`to_dict`.
+
+    Every error names the field by its dotted path from ``section`` (``model.blocks[2].mixer``);
+    :meth:`where` gives that path for a subclass's own :meth:`validate` messages."""
+
+    section: ClassVar[str] = "model"
+
+    def __post_init__(self) -> None:
+        self.__dict__["_path"] = _PATH.get() or self.section  # not a field: never serialised
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):  # types first, so validate's comparisons cannot raise a bare TypeError
+            setattr(self, f.name, _check_value(hints[f.name], getattr(self, f.name), self.where(f.name)))
+        self.validate()
+
+    def where(self, name: str) -> str:
+        """The dotted path of field ``name`` (``model.n_heads``, ``model.blocks[2].mixer``)."""
+        return f"{self.__dict__.get('_path', self.section)}.{name}"
+
+    def validate(self) -> None:
+        """Checks between fields (subclasses); raise ConfigError naming ``self.where(field)``."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], path: str | None = None):
+        """Build from a dict: unknown keys and bad values are named by their dotted path."""
+        path = path or cls.section
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}={d!r} must be a mapping of keys to values")
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(d) - known, key=str)
+        if unknown:
+            raise ConfigError(f"unknown {path} config key(s): {', '.join(map(str, unknown))}; "
+                              f"allowed keys: {', '.join(sorted(known))}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _check_value(hints[k], v, f"{path}.{k}") for k, v in d.items()}
+        token = _PATH.set(path)
+        try:
+            return cls(**values)
+        finally:
+            _PATH.reset(token)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **kw: Any):
+        """A copy with ``kw`` changed, validated as :meth:`from_dict` would."""
+        return type(self).from_dict({**self.to_dict(), **kw}, self.__dict__.get("_path"))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path):
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+@dataclass
+class ModelConfig(StrictConfig):
+    """Every architectural choice of a transformer (families decoder, encoder, seq2seq), as data.
 
     Shapes: ``d_model`` = hidden width, ``n_heads * head_dim`` = attention width (defaults to
     ``d_model``), ``n_kv_heads`` key/value heads (GQA when < n_heads, MQA when 1).
+
+    The three transformer families share this one flat class, so that ``config.json`` keeps the
+    layout every saved folder and checkpoint has; the fields only one family reads (token types,
+    pooler and MLM head for encoders; decoder depth, relative buckets and the start id for
+    seq2seq) are listed by each family's registry entry (``Family.unused``), which also holds the
+    family's own checks (``Family.check``). A new family brings its own StrictConfig subclass.
     """
 
     family: str = "decoder"
@@ -78,9 +200,6 @@ class ModelConfig:
     decoder_start_token_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. source arch)
 
-    def __post_init__(self) -> None:
-        self.validate()
-
     # ---- derived -------------------------------------------------------------------------
     @property
     def kv_heads(self) -> int:
@@ -108,19 +227,8 @@ class ModelConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"model.{name}={v!r} must be a positive integer")
 
-        for f in fields(self):  # types first, so later comparisons cannot raise a bare TypeError
-            v, kind = getattr(self, f.name), str(f.type)
-            if kind == "bool" and not isinstance(v, bool):
-                raise ConfigError(f"model.{f.name}={v!r} must be true or false")
-            if kind.startswith("float") and not (isinstance(v, (int, float)) and not isinstance(v, bool)):
-                if not (v is None and "None" in kind):
-                    raise ConfigError(f"model.{f.name}={v!r} must be a number")
-            if kind.startswith("int") and not (isinstance(v, int) and not isinstance(v, bool)):
-                if not (v is None and "None" in kind):
-                    raise ConfigError(f"model.{f.name}={v!r} must be an integer")
-            if kind == "bool | None" and v is not None and not isinstance(v, bool):
-                raise ConfigError(f"model.{f.name}={v!r} must be true, false or null")
-        choice("family", FAMILIES)
+        from .registry import get_family
+        family = get_family(self.family)  # unknown: a ConfigError naming the known ones
         choice("position", POSITIONS)
         choice("norm", NORMS)
         choice("mlp", MLPS)
@@ -149,40 +257,12 @@ class ModelConfig:
             raise ConfigError("model.type_vocab_size must be >= 0")
         if self.embed_scale <= 0:
             raise ConfigError(f"model.embed_scale={self.embed_scale} must be > 0")
-        if self.family == "decoder" and self.embed_scale != 1.0:
-            raise ConfigError("model.embed_scale is available for family='encoder' or 'seq2seq' only; "
-                              "leave it at 1.0 for decoders")
-        if self.family == "encoder" and self.position not in ("learned", "sinusoidal", "none"):
-            raise ConfigError(f"model.position={self.position!r} is not available for family='encoder'; "
-                              "choose one of learned, sinusoidal, none")
-        if self.family == "seq2seq" and self.position not in ("relative", "learned", "sinusoidal"):
-            raise ConfigError(f"model.position={self.position!r} is not available for family='seq2seq'; "
-                              "choose one of relative, learned, sinusoidal")
-        if self.position == "relative" and self.family == "decoder":
-            raise ConfigError("model.position='relative' (T5 buckets) is only available for family='seq2seq'")
+        family.check(self)  # what only this family allows (positions, embedding scale)
 
-    # ---- serialisation -------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
+    # ---- serialisation (StrictConfig: from_dict, to_dict, save, load, replace) -----------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config key(s): {', '.join(unknown)}; "
-                              f"allowed keys: {', '.join(sorted(known))}")
-        return cls(**d)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
-
-    def replace(self, **kw: Any) -> "ModelConfig":
-        return ModelConfig.from_dict({**self.to_dict(), **kw})
+    def from_dict(cls, d: dict[str, Any], path: str | None = None) -> "ModelConfig":
+        return super().from_dict(d, path)
 
 
 # ---- presets ------------------------------------------------------------------------------
@@ -255,6 +335,7 @@ def transformer(**kw: Any) -> ModelConfig:
     return ModelConfig.from_dict(base)
 
 
+# The transformer presets; each family's registry entry (genmodels.models) names its own.
 PRESETS = {
     "gpt2": gpt2,
     "gpt2-tiny": lambda **kw: gpt2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
@@ -279,6 +360,6 @@ PRESETS = {
 
 
 def preset(name: str, **kw: Any) -> ModelConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
-    return PRESETS[name](**kw)
+    """The config of preset ``name`` of any registered family (:func:`genmodels.registry.preset`)."""
+    from .registry import preset as registry_preset
+    return registry_preset(name, **kw)

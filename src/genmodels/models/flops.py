@@ -17,34 +17,40 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def _counts(cfg: ModelConfig):
+    """The counter of ``cfg``'s family (its registry entry's ``counts``)."""
+    from ..registry import get_family
+    counts = get_family(cfg.family).counts
+    if counts is None:
+        raise ValueError(f"model.family={cfg.family!r} declares no parameter/FLOP counts")
+    return counts
+
+
 def matmul_parameters(cfg: ModelConfig) -> int:
     """Weights that take part in a matmul per token: attention and MLP projections and the output
     head (the LM head, or BERT's MLM head). For seq2seq, the encoder and decoder stacks plus the
     decoder's cross-attention (its k/v projections run over source tokens, counted per token)."""
-    d, h, hkv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
-    attn = d * (h + 2 * hkv) * hd + h * hd * d
-    mlp = (3 if cfg.mlp in GATED else 2) * d * cfg.d_ff
-    head = cfg.vocab_size * d
-    if cfg.family == "encoder":
-        return cfg.n_layers * (attn + mlp) + ((head + d * d) if cfg.mlm_head else 0)
-    if cfg.family == "seq2seq":
-        n_dec = cfg.n_decoder_layers or cfg.n_layers
-        return cfg.n_layers * (attn + mlp) + n_dec * (2 * attn + mlp) + head
-    return cfg.n_layers * (attn + mlp) + head
+    return _counts(cfg).matmul_parameters(cfg)
 
 
 def attention_layers(cfg: ModelConfig) -> int:
     """Layers whose attention scores scale with the context: self-attention everywhere, plus the
     decoder's cross-attention for seq2seq."""
-    if cfg.family == "seq2seq":
-        return cfg.n_layers + 2 * (cfg.n_decoder_layers or cfg.n_layers)
-    return cfg.n_layers
+    return _counts(cfg).attention_layers(cfg)
 
 
 def flops_per_token(cfg: ModelConfig, context: int, training: bool = False) -> float:
     """FLOPs for one token at context length ``context`` (forward, or forward+backward)."""
     fwd = 2 * matmul_parameters(cfg) + 4 * attention_layers(cfg) * cfg.n_heads * cfg.dim_head * context
     return 3 * fwd if training else fwd
+
+
+def _attn_mlp(cfg: ModelConfig) -> tuple[int, int, int]:
+    """Matmul weights of one self-attention, one MLP and the vocabulary head."""
+    d, h, hkv, hd = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
+    attn = d * (h + 2 * hkv) * hd + h * hd * d
+    mlp = (3 if cfg.mlp in GATED else 2) * d * cfg.d_ff
+    return attn, mlp, cfg.vocab_size * d
 
 
 # ---- parameters from a config alone (no tensor is built) ---------------------------------------
@@ -81,24 +87,78 @@ def parameter_count(cfg: ModelConfig) -> int:
     """The number of distinct parameters ``build_model(cfg)`` would hold (``count_parameters`` of
     the built model), computed from the config alone: plain integer arithmetic, so a config too
     large for this machine can be refused before anything is allocated."""
-    d, v = cfg.d_model, cfg.vocab_size
-    block = _self_attention(cfg) + _mlp(cfg) + 2 * _norm(cfg)
-    n = v * d  # token embedding
-    n += cfg.max_seq_len * d if cfg.position == "learned" else 0
-    head = 0 if cfg.tie_embeddings else v * d
-    if cfg.family == "encoder":
-        n += cfg.type_vocab_size * d + (_norm(cfg) if cfg.embedding_norm else 0)
-        n += cfg.n_layers * block + (_norm(cfg) if cfg.final_norm else 0)
+    return _counts(cfg).parameter_count(cfg)
+
+
+def _embedding(cfg: ModelConfig) -> int:
+    """Token embedding (+ learned positions)."""
+    return cfg.vocab_size * cfg.d_model + (cfg.max_seq_len * cfg.d_model if cfg.position == "learned" else 0)
+
+
+def _block(cfg: ModelConfig) -> int:
+    return _self_attention(cfg) + _mlp(cfg) + 2 * _norm(cfg)
+
+
+def _head(cfg: ModelConfig) -> int:
+    return 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
+
+
+class DecoderCounts:
+    """DecoderLM: blocks, final norm, LM head."""
+
+    @staticmethod
+    def matmul_parameters(cfg: ModelConfig) -> int:
+        attn, mlp, head = _attn_mlp(cfg)
+        return cfg.n_layers * (attn + mlp) + head
+
+    @staticmethod
+    def attention_layers(cfg: ModelConfig) -> int:
+        return cfg.n_layers
+
+    @staticmethod
+    def parameter_count(cfg: ModelConfig) -> int:
+        return (_embedding(cfg) + cfg.n_layers * _block(cfg) + (_norm(cfg) if cfg.final_norm else 0)
+                + _head(cfg))
+
+
+class EncoderCounts(DecoderCounts):
+    """EncoderModel: token types, embedding norm, blocks, pooler, MLM head."""
+
+    @staticmethod
+    def matmul_parameters(cfg: ModelConfig) -> int:
+        attn, mlp, head = _attn_mlp(cfg)
+        return cfg.n_layers * (attn + mlp) + ((head + cfg.d_model ** 2) if cfg.mlm_head else 0)
+
+    @staticmethod
+    def parameter_count(cfg: ModelConfig) -> int:
+        d, v = cfg.d_model, cfg.vocab_size
+        n = _embedding(cfg) + cfg.type_vocab_size * d + (_norm(cfg) if cfg.embedding_norm else 0)
+        n += cfg.n_layers * _block(cfg) + (_norm(cfg) if cfg.final_norm else 0)
         n += _linear(d, d, True) if cfg.pooler else 0
-        n += (_linear(d, d, True) + _norm(cfg) + v + head) if cfg.mlm_head else 0  # dense, norm, bias, matrix
+        n += (_linear(d, d, True) + _norm(cfg) + v + _head(cfg)) if cfg.mlm_head else 0  # dense, norm, bias, matrix
         return n
-    if cfg.family == "seq2seq":
+
+
+class Seq2SeqCounts:
+    """Seq2SeqLM: encoder blocks, decoder blocks with cross-attention, relative buckets, head."""
+
+    @staticmethod
+    def matmul_parameters(cfg: ModelConfig) -> int:
+        attn, mlp, head = _attn_mlp(cfg)
         n_dec = cfg.n_decoder_layers or cfg.n_layers
-        cross_block = block + _cross_attention(cfg) + _norm(cfg)
-        n += 2 * cfg.rel_buckets * cfg.n_heads if cfg.position == "relative" else 0
-        n += cfg.n_layers * block + n_dec * cross_block + (2 * _norm(cfg) if cfg.final_norm else 0)
-        return n + head
-    return n + cfg.n_layers * block + (_norm(cfg) if cfg.final_norm else 0) + head
+        return cfg.n_layers * (attn + mlp) + n_dec * (2 * attn + mlp) + head
+
+    @staticmethod
+    def attention_layers(cfg: ModelConfig) -> int:
+        return cfg.n_layers + 2 * (cfg.n_decoder_layers or cfg.n_layers)
+
+    @staticmethod
+    def parameter_count(cfg: ModelConfig) -> int:
+        n_dec = cfg.n_decoder_layers or cfg.n_layers
+        cross_block = _block(cfg) + _cross_attention(cfg) + _norm(cfg)
+        n = _embedding(cfg) + (2 * cfg.rel_buckets * cfg.n_heads if cfg.position == "relative" else 0)
+        n += cfg.n_layers * _block(cfg) + n_dec * cross_block + (2 * _norm(cfg) if cfg.final_norm else 0)
+        return n + _head(cfg)
 
 
 def weight_bytes(cfg: ModelConfig, bytes_per_parameter: int = 4) -> int:

@@ -1,0 +1,138 @@
+"""The family registry: what a model family brings, and the one place that dispatches on it.
+
+A family (decoder, encoder, seq2seq today; RetNet, MoE, diffusion, GANs next) registers one
+:class:`Family` record naming its config class, model class, presets, default objective, the
+converters it exports through and what its models can do. ``build_model``, ``preset``,
+``config_from_dict``, ``genmodels.load`` / ``save``, the training recipe, ``genmodels info`` and
+``genmodels.generate`` ask this registry (or a model's capabilities) — never compare family names.
+
+    from genmodels.registry import Family, register
+    register(Family(name="retnet", config_class=RetNetConfig, model_class=RetNetLM,
+                    presets={"retnet-tiny": retnet_tiny}, objective="causal",
+                    capabilities=frozenset({GENERATES})))
+
+The transformer families are registered by :mod:`genmodels.models` on first use.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .config import ConfigError
+
+# What a family's models can do (``Family.capabilities``):
+GENERATES = "generates"  # token generation: ``genmodels.generate`` / ``genmodels generate``
+SEQ2SEQ = "seq2seq"  # generation reads the prompt as a source and returns the target (encoder–decoder)
+EMBEDS = "embeds"  # sentence vectors: ``genmodels.embed``
+CAPABILITIES = (GENERATES, SEQ2SEQ, EMBEDS)
+
+DEFAULT_FAMILY = "decoder"  # a config dict without "family" (as ModelConfig's default)
+
+
+def _no_check(config: Any) -> None:
+    """No rule beyond the config class's own."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: everything the code above ``models/`` needs to know about it."""
+
+    name: str
+    config_class: type  # a genmodels.config.StrictConfig subclass with a ``family`` field
+    model_class: type  # built as ``model_class(config)``
+    presets: Mapping[str, Callable[..., Any]] = field(default_factory=dict)  # name -> (**overrides) -> config
+    objective: str | None = None  # default training objective (train.objective: auto)
+    converters: tuple[str, ...] = ()  # interop model_types it exports through, in order of preference
+    capabilities: frozenset[str] = frozenset()  # subset of CAPABILITIES
+    unused: tuple[str, ...] = ()  # fields of a shared config class that mean nothing to this family
+    check: Callable[[Any], None] = _no_check  # family-only rules: ConfigError naming the field
+    counts: Any = None  # parameter / FLOP counter (genmodels.models.flops): matmul_parameters, ...
+
+    def can(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+
+_FAMILIES: dict[str, Family] = {}
+_loading = False
+
+
+def _builtins() -> None:
+    """Register the transformer families (genmodels.models) once, on first use."""
+    global _loading
+    if not _loading:
+        _loading = True
+        from . import models  # noqa: F401  (registers decoder, encoder, seq2seq)
+
+
+def register(family: Family, replace: bool = False) -> Family:
+    """Add ``family``; a second family of the same name, or a preset name another family already
+    uses, is refused unless ``replace``."""
+    bad = [c for c in family.capabilities if c not in CAPABILITIES]
+    if bad:
+        raise ValueError(f"family {family.name!r}: unknown capability {bad[0]!r}; have {', '.join(CAPABILITIES)}")
+    if not replace:
+        if family.name in _FAMILIES:
+            raise ValueError(f"family {family.name!r} is already registered")
+        taken = [p for f in _FAMILIES.values() for p in f.presets if p in family.presets]
+        if taken:
+            raise ValueError(f"family {family.name!r}: preset {taken[0]!r} is already registered")
+    _FAMILIES[family.name] = family
+    return family
+
+
+def families() -> dict[str, Family]:
+    """Every registered family by name."""
+    _builtins()
+    return dict(_FAMILIES)
+
+
+def get_family(name: Any) -> Family:
+    """The family called ``name``; a ConfigError listing the known ones otherwise."""
+    _builtins()
+    if not isinstance(name, str) or name not in _FAMILIES:
+        raise ConfigError(f"model.family={name!r} is not allowed; choose one of {', '.join(_FAMILIES)}")
+    return _FAMILIES[name]
+
+
+def family_of(obj: Any) -> Family | None:
+    """The family of a model or config (its ``family`` attribute), or None when it has none known."""
+    _builtins()
+    name = getattr(obj, "family", None)
+    return _FAMILIES.get(name) if isinstance(name, str) else None
+
+
+def capabilities(model: Any) -> frozenset[str]:
+    """What ``model`` can do: its family's capabilities (none for an object of no known family)."""
+    fam = family_of(model)
+    return fam.capabilities if fam is not None else frozenset()
+
+
+def presets() -> dict[str, Callable[..., Any]]:
+    """Every preset of every family by name."""
+    return {name: make for fam in families().values() for name, make in fam.presets.items()}
+
+
+def preset(name: str, **overrides: Any) -> Any:
+    """The config of preset ``name`` with ``overrides``; unknown names list the known ones."""
+    table = presets()
+    if not isinstance(name, str) or name not in table:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(table))}")
+    return table[name](**overrides)
+
+
+def config_from_dict(d: Any, path: str = "model") -> Any:
+    """A config dict (``config.json``'s "model", a recipe's model section) as its family's config
+    class; the family comes from ``d["family"]`` (default: decoder)."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}={d!r} must be a mapping of keys to values")
+    fam = get_family(d.get("family", DEFAULT_FAMILY))
+    return fam.config_class.from_dict(d, path)
+
+
+def build_model(config: Any) -> Any:
+    """Instantiate the model class of ``config``'s family."""
+    fam = get_family(getattr(config, "family", None))
+    if not isinstance(config, fam.config_class):
+        raise ConfigError(f"model.family={fam.name!r} needs a {fam.config_class.__name__}, "
+                          f"got a {type(config).__name__}")
+    return fam.model_class(config)
