@@ -31,7 +31,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     import genmodels
     model = genmodels.load(model_dir(args.path))
-    if model.family not in ("decoder", "seq2seq"):  # refuse before the prompt is echoed
+    from genmodels.registry import GENERATES, SEQ2SEQ, capabilities
+    if GENERATES not in capabilities(model):  # refuse before the prompt is echoed
         raise ValueError(f"{args.path} holds a model of family {model.family!r}; generate needs a decoder or "
                          "seq2seq model (use `genmodels embed` for encoders)")
     tok = model.__dict__.get("tokenizer")
@@ -50,7 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
                   stop_tokens=[s for s in stops if s is not None])
-        if model.family == "seq2seq":  # the prompt is the source; print the target
+        if SEQ2SEQ in capabilities(model):  # the prompt is the source; print the target
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
             print(tok.decode(out[0].tolist(), skip_special_tokens=True))
             continue
@@ -106,7 +107,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _cpu_path(model) -> str:
     """Which path CPU generation / embedding takes for this model (genmodels.native or PyTorch)."""
     from genmodels.native import decoder, encoder
-    if model.family == "encoder":
+    from genmodels.registry import GENERATES, capabilities
+    if GENERATES not in capabilities(model):  # encoders: the embed path
         reason, what = encoder.unsupported(model), "native encoder (embed)"
     else:
         reason, what = decoder.unsupported(model), "native decode step (generate)"

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .native.encoder import native_encoder
+from .registry import EMBEDS, capabilities
 
 from .interop.sentence_transformers import KEY, POOLING_MODES, read_sentence_config  # noqa: F401  (re-exported)
 
@@ -60,7 +61,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     if tokenizer is None:
         raise ValueError("embed needs a tokenizer: load the model from a folder with tokenizer.json "
                          "or pass tokenizer=")
-    if not hasattr(model, "encode") or getattr(model, "family", None) != "encoder":
+    if not hasattr(model, "encode") or EMBEDS not in capabilities(model):
         raise ValueError(f"embed needs an encoder model (family 'encoder'), got {getattr(model, 'family', None)!r}")
     recipe = model.config.extra.get(KEY) or {}
     pooling = pooling or recipe.get("pooling", "mean")

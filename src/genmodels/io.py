@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ConfigError, ModelConfig
 from .interop.base import check_state
-from .models import build_model
+from .registry import build_model, config_from_dict, get_family
 from .models.flops import parameter_count, weight_bytes
 
 FORMAT = "genmodels"
@@ -136,7 +136,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         section = read_json(config_file).get("model")
         if not isinstance(section, dict):
             raise ValueError(f"{config_file}: \"model\" must be an object holding the model config")
-        cfg = ModelConfig.from_dict(section)
+        cfg = config_from_dict(section)  # the family's config class (genmodels.registry)
         check_fits_memory(cfg, config_file)
         weights = path / "model.safetensors"
         if not weights.is_file():
@@ -307,6 +307,7 @@ def save(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Save ``model`` (and its tokenizer) as a genmodels directory, each file atomically (see
     :func:`_atomic_dir_write`: files genmodels did not write are never replaced or removed)."""
     tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
 
     def write(d: Path) -> None:
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -21,6 +21,7 @@ import torch
 from ..native.decoder import FusedDecodeStep, unsupported
 from ..nn import kv_cache
 from ..nn.layout import decode_layout
+from ..registry import GENERATES, SEQ2SEQ, capabilities
 from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
 from .sampling import choose_next
 
@@ -39,21 +40,11 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     ``eos_token_id`` defaults to the config's; ``stop_tokens`` adds more ids that end a row.
     ``streamer`` receives each step's new tokens ``(B,)``.
     """
-    family = getattr(model, "family", None)
-    if family == "seq2seq":  # encoder–decoder: the prompt is the source; returns the target ids
-        from .seq2seq import generate_seq2seq
-        if stop_tokens is not None:  # stop tokens end a row as EOS does: pass both (the config's EOS included)
-            check_token_ids("stop_tokens", stop_tokens, vocab_size(model))
-            eos = model.config.eos_token_id if eos_token_id is None else eos_token_id
-            stops = [stop_tokens] if isinstance(stop_tokens, int) else list(stop_tokens)
-            eos_token_id = [*([eos] if isinstance(eos, int) else eos or []), *stops]
-        return generate_seq2seq(model, input_ids, max_new_tokens, attention_mask=attention_mask,
-                                temperature=temperature, top_k=top_k, top_p=top_p,
-                                repetition_penalty=repetition_penalty, pad_token_id=pad_token_id, seed=seed,
-                                eos_token_id=eos_token_id)
-    if family != "decoder":
-        raise ValueError(f"generate needs a decoder or seq2seq model; this one is family={family!r} "
-                         "(use genmodels.embed for encoders)")
+    can = capabilities(model)  # decoder-only here; genmodels.generate sends encoder–decoders to .seq2seq
+    if GENERATES not in can or SEQ2SEQ in can:
+        raise ValueError(f"decode.generate needs a decoder-only model; this one is "
+                         f"family={getattr(model, 'family', None)!r} (use genmodels.generate, or "
+                         "genmodels.embed for encoders)")
     cfg = model.config
     check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed)
     vocab = vocab_size(model)

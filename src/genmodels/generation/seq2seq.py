@@ -28,6 +28,7 @@ import torch
 from ..native.decoder import FusedDecodeStep, unsupported
 from ..nn import kv_cache
 from ..nn.layout import decode_layout
+from ..registry import SEQ2SEQ, capabilities
 from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
 from .sampling import choose_next, process_logits
 
@@ -46,7 +47,7 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     ``generate(do_sample=False)``); ``temperature > 0`` samples (reproducible with ``seed``);
     ``num_beams > 1`` is beam search (``length_penalty``, ``early_stopping`` as in transformers).
     """
-    if getattr(model, "family", None) != "seq2seq":
+    if SEQ2SEQ not in capabilities(model):
         raise ValueError("generate_seq2seq needs an encoder–decoder model, "
                          f"got family {getattr(model, 'family', None)!r}")
     check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed,

@@ -1,6 +1,6 @@
 """Training configuration: a YAML recipe validated into dataclasses before any work starts.
 
-    model:  {preset: llama-tiny, <any ModelConfig field as an override>}
+    model:  {preset: llama-tiny, <any field of the family's config as an override>, init_from: PATH}
     data:   {corpus, path, extensions, text_field, exclude_tests, val_fraction,
              vocab_size, tokenizer, tokenizer_max_mb, seq_len}
     train:  {batch_size, grad_accum, lr, min_lr, warmup_steps, max_steps, max_minutes, ...}
@@ -24,7 +24,8 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import PRESETS, ConfigError, ModelConfig, preset
+from ..config import ConfigError, ModelConfig
+from ..registry import config_from_dict, preset, presets
 from ..data.corpus import CORPUS_KINDS
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
@@ -210,24 +211,27 @@ class RunConfig:
 
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
-        self.model_config()  # model keys and values are checked by ModelConfig itself
+        self._check_init_from()
+        self.model_config()  # model keys and values are checked by the family's config class
         self._check_explicit_model_vocab()
 
     def model_config(self, vocab_size: int | None = None, eos_id: int | None = None) -> ModelConfig:
         """The ModelConfig this recipe selects; vocab/eos come from the tokenizer unless set."""
         m = dict(self.model)
+        m.pop("init_from", None)  # not a config field: where the run's first weights come from
         name = m.pop("preset", None)
+        known = ", ".join(sorted(presets()))
         if name is not None and not isinstance(name, str):
-            raise ConfigError(f"model.preset={name!r} must be a string; choose one of {', '.join(sorted(PRESETS))}")
-        if name is not None and name not in PRESETS:
-            raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"model.preset={name!r} must be a string; choose one of {known}")
+        if name is not None and name not in presets():
+            raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {known}")
         m.setdefault("vocab_size", vocab_size if vocab_size is not None else self.data.vocab_size)
         m.setdefault("max_seq_len", max(self.data.seq_len, 16))
         if eos_id is not None:
             m.setdefault("eos_token_id", eos_id)
             m.setdefault("bos_token_id", eos_id)
         try:
-            cfg = preset(name, **m) if name else ModelConfig.from_dict(m)
+            cfg = preset(name, **m) if name else config_from_dict(m)
         except ConfigError as e:
             raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
         except TypeError as e:
@@ -257,6 +261,22 @@ class RunConfig:
                     f"more than the {N_SENTINELS} sentinel ids; lower data.seq_len or "
                     f"train.span_noise_density, or raise train.span_mean_length")
         return cfg
+
+    @property
+    def init_from(self) -> str | None:
+        """``model.init_from``: a model folder (genmodels or Hugging Face) whose weights and tokenizer
+        start the run, or None (fresh weights)."""
+        return self.model.get("init_from")
+
+    def _check_init_from(self) -> None:
+        path = self.model.get("init_from")
+        if path is None:
+            return
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"model.init_from={path!r} must be a path to a model folder, or null")
+        if not Path(path).expanduser().is_dir():
+            raise ConfigError(f"model.init_from={path!r} is not an existing folder; give a genmodels or "
+                              "Hugging Face model folder (or null for fresh weights)")
 
     def objective(self) -> str:
         """The resolved pre-training objective (``train.objective``, or the model family's for auto)."""
