@@ -9,8 +9,16 @@ two (T5: pre-norm; the original Transformer: post-norm):
 
 Pre-norm:   x ← x + Attn(N₁(x));   x ← x + Cross(Nₓ(x), m);   x ← x + FFN(N₂(x))
 Post-norm:  x ← N₁(x + Attn(x));   x ← Nₓ(x + Cross(x, m));   x ← N₂(x + FFN(x))
+
+Seams: a block receives its token mixer (``attn``: self-attention today, retention next; called as
+``mixer(x, ctx, cache)``) and its feed-forward (``mlp``: dense today, MoE next; ``ffn(x)``) as
+parts. :func:`build_block` picks them per layer through factories ``(config, layer_index) ->
+module`` (:data:`MIXERS`, :data:`FFNS`), so a variant is a part passed in, never an ``if`` in a
+forward. The attribute names ``attn`` / ``mlp`` are the state-dict keys and stay as they are.
 """
 from __future__ import annotations
+
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -29,6 +37,16 @@ class PreNormBlock(nn.Module):
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), ctx, cache))  # (B, T, D)
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    @property
+    def mixer(self) -> nn.Module:
+        """The token mixer (self-attention today), stored as ``attn``."""
+        return self.attn
+
+    @property
+    def ffn(self) -> nn.Module:
+        """The feed-forward (dense MLP today), stored as ``mlp``."""
+        return self.mlp
 
 
 class PostNormBlock(PreNormBlock):
@@ -52,6 +70,8 @@ class PreNormCrossBlock(nn.Module):
         x = x + self.drop(self.attn(self.norm1(x), ctx, cache))  # (B, T, D)
         x = x + self.drop(self.cross(self.norm_cross(x), memory_kv, memory_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+    mixer, ffn = PreNormBlock.mixer, PreNormBlock.ffn
 
 
 class PostNormCrossBlock(PreNormCrossBlock):
@@ -83,22 +103,109 @@ def norm_of(c: ModelConfig) -> nn.Module:
     return make_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
 
 
-def self_attention_of(c: ModelConfig) -> SelfAttention:
+Factory = Callable[[ModelConfig, int], nn.Module]  # (config, layer_index) -> a part of that layer
+
+
+def self_attention_of(c: ModelConfig, layer_index: int = 0) -> SelfAttention:
+    """The self-attention token mixer (fused qkv, plain linears)."""
     return SelfAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias,
                          out_bias=c.out_bias, scale=c.attn_scale)
 
 
-def block_of(c: ModelConfig) -> nn.Module:
-    """One self-attention block as the config describes it."""
+def dense_ffn_of(c: ModelConfig, layer_index: int = 0) -> nn.Module:
+    """The dense feed-forward (MLP or gated MLP) the config names."""
+    return make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias)
+
+
+def cross_attention_of(c: ModelConfig, layer_index: int = 0) -> CrossAttention:
+    return CrossAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias, out_bias=c.out_bias,
+                          scale=c.attn_scale)
+
+
+MIXERS: dict[str, Factory] = {"attention": self_attention_of}  # retention joins here
+FFNS: dict[str, Factory] = {"dense": dense_ffn_of}  # MoE joins here
+
+
+def mixer_for(c: ModelConfig, layer_index: int) -> Factory:
+    """The token-mixer factory of layer ``layer_index``: attention in every layer of today's configs
+    (a config that names a mixer per layer picks from :data:`MIXERS` here)."""
+    return MIXERS["attention"]
+
+
+def ffn_for(c: ModelConfig, layer_index: int) -> Factory:
+    """The feed-forward factory of layer ``layer_index``: dense in every layer of today's configs."""
+    return FFNS["dense"]
+
+
+def _part(part: Factory | nn.Module | None, default: Factory, c: ModelConfig, layer_index: int) -> nn.Module:
+    """A module passed in as it is, a factory called for this layer, or the config's choice."""
+    if isinstance(part, nn.Module):
+        return part
+    return (part or default)(c, layer_index)
+
+
+def build_block(c: ModelConfig, layer_index: int = 0, *, mixer: Factory | nn.Module | None = None,
+                ffn: Factory | nn.Module | None = None) -> nn.Module:
+    """Layer ``layer_index`` of a self-attention stack: norm placement from the config, the token
+    mixer and feed-forward passed in (a module or a factory) or chosen per layer from the config."""
     cls = PreNormBlock if c.norm_placement == "pre" else PostNormBlock
-    return cls(self_attention_of(c), make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias), norm_of(c), norm_of(c),
-               c.dropout)
+    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index),
+               _part(ffn, ffn_for(c, layer_index), c, layer_index), norm_of(c), norm_of(c), c.dropout)
+
+
+def build_cross_block(c: ModelConfig, layer_index: int = 0, *, mixer: Factory | nn.Module | None = None,
+                      cross: Factory | nn.Module | None = None,
+                      ffn: Factory | nn.Module | None = None) -> nn.Module:
+    """Decoder layer ``layer_index`` of an encoder–decoder: self-attention (the token mixer),
+    cross-attention, feed-forward — each passed in or chosen per layer from the config."""
+    cls = PreNormCrossBlock if c.norm_placement == "pre" else PostNormCrossBlock
+    cross = _part(cross, cross_attention_of, c, layer_index)  # built first, as before (same RNG draws)
+    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index), cross,
+               _part(ffn, ffn_for(c, layer_index), c, layer_index), norm_of(c), norm_of(c), norm_of(c), c.dropout)
+
+
+def block_of(c: ModelConfig) -> nn.Module:
+    """One self-attention block as the config describes it (layer 0's parts; see :func:`build_block`)."""
+    return build_block(c, 0)
 
 
 def cross_block_of(c: ModelConfig) -> nn.Module:
-    """One decoder block of an encoder–decoder: self-attention, cross-attention, feed-forward."""
-    cls = PreNormCrossBlock if c.norm_placement == "pre" else PostNormCrossBlock
-    cross = CrossAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias, out_bias=c.out_bias,
-                           scale=c.attn_scale)
-    return cls(self_attention_of(c), cross, make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias), norm_of(c), norm_of(c),
-               norm_of(c), c.dropout)
+    """One decoder block of an encoder–decoder (layer 0's parts; see :func:`build_cross_block`)."""
+    return build_cross_block(c, 0)
+
+
+class DecoderView(NamedTuple):
+    """The parts of a model's (self-attention) decoder that a native decode step reads."""
+
+    blocks: nn.ModuleList
+    final_norm: nn.Module
+    pos_embed: nn.Module | None
+    rotary: nn.Module | None
+    score_bias: nn.Module | None
+
+
+class ModelParts:
+    """What other modules ask a model for, by name instead of guessing its attributes: its blocks
+    (activation checkpointing, FSDP wrapping), its embedding and output head, and its tokenizer.
+
+    ``tokenizer``: the model's tokenizer (set by :func:`genmodels.load` and training), ``None`` by
+    default; a plain attribute — not a module, not in the state dict — that survives ``deepcopy``.
+    """
+
+    tokenizer = None
+
+    def transformer_blocks(self) -> list[nn.Module]:
+        """Every block, in forward order (encoder before decoder)."""
+        raise NotImplementedError
+
+    def blocks_for_checkpointing(self) -> list[nn.Module]:
+        """The units that activation checkpointing recomputes and FSDP shards: one per block."""
+        return self.transformer_blocks()
+
+    def embedding(self) -> nn.Module:
+        """The token embedding (shared by encoder, decoder and a tied head)."""
+        return self.embed
+
+    def output_head(self) -> nn.Module | None:
+        """The module that maps final hidden states to logits (``None``: the model has none)."""
+        return self.head

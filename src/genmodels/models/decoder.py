@@ -16,10 +16,11 @@ from torch import nn
 from ..config import ModelConfig
 from ..nn import (ALiBi, AttentionInputs, KVCache, LMHead, RotaryEmbedding,
                   TokenEmbedding, build_mask, padding_position_ids)
-from .blocks import block_of, check_length, norm_of, position_embedding_of
+from .blocks import (DecoderView, ModelParts, build_block, check_length, norm_of,
+                     position_embedding_of)
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(ModelParts, nn.Module):
     family = "decoder"
 
     def __init__(self, config: ModelConfig):
@@ -32,10 +33,18 @@ class DecoderLM(nn.Module):
                        if c.position == "rope" else None)
         self.score_bias = ALiBi(c.n_heads) if c.position == "alibi" else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(build_block(c, i) for i in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
         self.init_weights()
+
+    # ---- parts, by name (other modules ask these, never guess attributes) -------------------
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
+    def decoder_view(self) -> DecoderView:
+        """The decoder's parts as the native decode step reads them."""
+        return DecoderView(self.blocks, self.norm, self.pos_embed, self.rotary, self.score_bias)
 
     # ---- construction helpers -------------------------------------------------------------
     def init_weights(self, std: float = 0.02) -> None:

@@ -16,11 +16,11 @@ from ..config import ModelConfig
 from ..nn import (AttentionInputs, MLMHead, PackedRows, Pooler,
                   TokenEmbedding, build_mask)
 from ..nn.mlp import ACTIVATIONS, GATED
-from .blocks import block_of, check_length, norm_of, position_embedding_of
+from .blocks import ModelParts, build_block, check_length, norm_of, position_embedding_of
 from .decoder import DecoderLM
 
 
-class EncoderModel(nn.Module):
+class EncoderModel(ModelParts, nn.Module):
     """Bidirectional encoder. ``forward`` returns MLM logits ``(B, T, V)`` when the config has an
     MLM head, else the final hidden states ``(B, T, D)``; :meth:`encode` and :meth:`pool` give the
     hidden states and the pooled ``(B, D)`` output explicitly."""
@@ -35,7 +35,7 @@ class EncoderModel(nn.Module):
         self.pos_embed = position_embedding_of(c)
         self.embed_norm = norm_of(c) if c.embedding_norm else nn.Identity()
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
+        self.blocks = nn.ModuleList(build_block(c, i) for i in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
         self.pooler = Pooler(c.d_model) if c.pooler else None
         # the MLM transform uses the FFN's activation (BERT: exact GELU; a gated FFN's gate activation)
@@ -46,6 +46,11 @@ class EncoderModel(nn.Module):
 
     init_weights = DecoderLM.init_weights
     set_attention_kernel = DecoderLM.set_attention_kernel
+    transformer_blocks = DecoderLM.transformer_blocks
+
+    def output_head(self) -> nn.Module | None:
+        """The MLM head (``None`` without one: the output is the hidden states)."""
+        return self.mlm
 
     # ---- forward --------------------------------------------------------------------------
     def embed_tokens(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,

@@ -22,7 +22,8 @@ from torch import nn
 from ..config import ModelConfig
 from ..nn import (AttentionInputs, KVCache, LMHead, RelativePositionBias,
                   TokenEmbedding, build_mask)
-from .blocks import block_of, cross_block_of, check_length, norm_of, position_embedding_of
+from .blocks import (DecoderView, ModelParts, build_block, build_cross_block, check_length, norm_of,
+                     position_embedding_of)
 from .decoder import DecoderLM
 
 
@@ -71,7 +72,7 @@ class Seq2SeqCache:
             layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, index)
 
 
-class Seq2SeqLM(nn.Module):
+class Seq2SeqLM(ModelParts, nn.Module):
     family = "seq2seq"
 
     def __init__(self, config: ModelConfig):
@@ -84,14 +85,22 @@ class Seq2SeqLM(nn.Module):
         self.enc_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, True) if rel else None
         self.dec_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, False) if rel else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.enc_blocks = nn.ModuleList(block_of(c) for _ in range(c.n_layers))
+        self.enc_blocks = nn.ModuleList(build_block(c, i) for i in range(c.n_layers))
         self.enc_norm = norm_of(c) if c.final_norm else nn.Identity()
-        self.dec_blocks = nn.ModuleList(cross_block_of(c) for _ in range(n_dec))
+        self.dec_blocks = nn.ModuleList(build_cross_block(c, i) for i in range(n_dec))
         self.dec_norm = norm_of(c) if c.final_norm else nn.Identity()
         self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
         self.init_weights()
 
     set_attention_kernel = DecoderLM.set_attention_kernel
+
+    # ---- parts, by name -------------------------------------------------------------------
+    def transformer_blocks(self) -> list[nn.Module]:
+        return [*self.enc_blocks, *self.dec_blocks]
+
+    def decoder_view(self) -> DecoderView:
+        """The decoder's parts as the native decode step reads them (T5 relative bias, no rotary)."""
+        return DecoderView(self.dec_blocks, self.dec_norm, self.pos_embed, None, self.dec_rel_bias)
 
     def init_weights(self, std: float = 0.02) -> None:
         """GPT-2 init; T5 (relative positions) uses Mesh TensorFlow's instead: unit-variance

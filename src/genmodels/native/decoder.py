@@ -49,10 +49,9 @@ class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.
 
 
 def _decoder_parts(model: nn.Module):
-    """(blocks, final norm, position embedding, rotary, score bias) of the model's decoder."""
-    if model.family == "seq2seq":
-        return model.dec_blocks, model.dec_norm, model.pos_embed, None, model.dec_rel_bias
-    return model.blocks, model.norm, model.pos_embed, model.rotary, model.score_bias
+    """(blocks, final norm, position embedding, rotary, score bias) of the model's decoder, as the
+    model names them (``model.decoder_view()``)."""
+    return tuple(model.decoder_view())
 
 
 @never_raises
@@ -62,6 +61,8 @@ def unsupported(model: nn.Module) -> str | None:
     family = getattr(model, "family", None)
     if family not in ("decoder", "seq2seq"):
         return "not a decoder"
+    if not callable(getattr(type(model), "decoder_view", None)):
+        return f"{type(model).__name__} names no decoder parts (decoder_view())"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
     params = list(model.parameters()) + list(model.buffers())
@@ -146,7 +147,7 @@ class FusedDecodeStep:
         m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
                                                               a0.head_dim)
         m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
-        m.vocab = model.head.get_weight().shape[0]
+        m.vocab = model.output_head().get_weight().shape[0]
         m.norm = norm_kind(blocks[0].norm1)
         m.post_norm = int(type(blocks[0]).__name__.startswith("PostNorm"))
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
@@ -156,9 +157,9 @@ class FusedDecodeStep:
         m.n_threads = torch.get_num_threads()
         m.norm_eps = blocks[0].norm1.eps
         m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
-        m.emb_scale = getattr(model.embed, "scale", 1.0)
+        m.emb_scale = getattr(model.embedding(), "scale", 1.0)
         m.out_scale = (c.output_scale if seq2seq else None) or 1.0
-        m.embed = ptr(model.embed.weight)
+        m.embed = ptr(model.embedding().weight)
         m.pos_kind, self.pos_len = 0, 1 << 62
         if pos_embed is not None:
             table = pos_embed.weight if isinstance(pos_embed, nn.Embedding) else pos_embed.table
@@ -182,10 +183,10 @@ class FusedDecodeStep:
                 m.mem_mask = ptr(mm.to("cpu", torch.long).contiguous())
         if m.final_norm:
             m.final_w, m.final_b = ptr(final_norm.weight), ptr(getattr(final_norm, "bias", None))
-        m.head_w, m.head_b = ptr(model.head.get_weight()), ptr(model.head.bias)
+        m.head_w, m.head_b = ptr(model.output_head().get_weight()), ptr(model.output_head().bias)
         m.layers = layers
         self.logits = torch.empty(batch, m.vocab, dtype=torch.float32, device="cpu")
-        self.n_embed = model.embed.weight.shape[0]
+        self.n_embed = model.embedding().weight.shape[0]
         self.model_struct, self.layers, self.keep = m, layers, ptr
         self._check = lambda: self._check_cache(model, blocks, batch, seq2seq, cache)
         self._bind_cache()

@@ -64,17 +64,20 @@ def unsupported(model: nn.Module) -> str | None:
         return f"native kernels unavailable ({unavailable_reason()})"
     if (reason := unsupported_tensors(model.parameters())) is not None:
         return reason
-    kinds = {type(b) for b in model.blocks}
+    if not callable(getattr(type(model), "transformer_blocks", None)):
+        return f"{type(model).__name__} names no blocks (transformer_blocks())"
+    blocks = model.transformer_blocks()
+    kinds = {type(b) for b in blocks}
     if len(kinds) != 1 or kinds.pop() not in (PostNormBlock, PreNormBlock):
         return "blocks must be all post-norm or all pre-norm self-attention blocks"
-    norms = [n for b in model.blocks for n in (b.norm1, b.norm2)]
+    norms = [n for b in blocks for n in (b.norm1, b.norm2)]
     norms += [n for n in (model.embed_norm, model.norm) if not isinstance(n, nn.Identity)]
     if len({norm_kind(n) for n in norms}) != 1 or norm_kind(norms[0]) is None or len({n.eps for n in norms}) != 1:
         return "norms must be all LayerNorm or all RMSNorm with one eps"
-    for b in model.blocks:
+    for b in blocks:
         if type(b.attn) is not SelfAttention or type(b.mlp) not in (MLP, GatedMLP) or b.mlp.activation not in _ACT:
             return "attention or feed-forward layout not supported"
-    if (reason := unplain_projection(model.blocks)) is not None:
+    if (reason := unplain_projection(blocks)) is not None:
         return reason
     if model.pos_embed is not None and type(model.pos_embed) is not LearnedPositionalEmbedding:
         return f"position embedding {type(model.pos_embed).__name__} not supported"
@@ -134,7 +137,7 @@ class NativeEncoder:
 
     def _build(self) -> None:
         model, c = self.model, self.model.config
-        blocks = list(model.blocks)
+        blocks = list(model.transformer_blocks())
         a0 = blocks[0].attn
         ptr = Pinned()
 
@@ -158,8 +161,8 @@ class NativeEncoder:
         m.act, m.post_norm = _ACT[blocks[0].mlp.activation], int(type(blocks[0]) is PostNormBlock)
         m.norm_eps = blocks[0].norm1.eps
         m.attn_scale = a0.scale if a0.scale is not None else a0.head_dim ** -0.5
-        m.emb_scale = model.embed.scale
-        m.embed = ptr(model.embed.weight)
+        m.emb_scale = model.embedding().scale
+        m.embed = ptr(model.embedding().weight)
         if model.type_embed is not None:
             m.type_table = ptr(model.type_embed.weight)
         if model.pos_embed is not None:

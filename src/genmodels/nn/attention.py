@@ -91,16 +91,21 @@ class SelfAttention(nn.Module):
 
     ``qkv``: D -> (H + 2·H_kv)·d, rows ordered [q heads | k heads | v heads]; ``out``: H·d -> D.
     Causality, windows and padding arrive in the mask; RoPE, when the model uses it, in ``ctx.rope``.
+
+    ``qkv`` / ``out`` may be passed in (an adapter around a linear, a quantised linear): any module
+    mapping ``(…, D) -> (…, (H + 2·H_kv)·d)`` resp. ``(…, H·d) -> (…, D)``; by default plain
+    ``nn.Linear`` layers (the state-dict keys ``qkv.*`` / ``out.*`` are the same either way).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
-                 out_bias: bool = False, scale: float | None = None, kernel: str = "sdpa"):
+                 out_bias: bool = False, scale: float | None = None, kernel: str = "sdpa", *,
+                 qkv: nn.Module | None = None, out: nn.Module | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
         self.kernel = kernel
-        self.qkv = nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.out = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+        self.qkv = qkv if qkv is not None else nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
+        self.out = out if out is not None else nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
@@ -126,19 +131,21 @@ class CrossAttention(nn.Module):
     """Queries from one sequence, keys/values from another (the encoder's output).
 
     ``q``: D -> H·d; ``kv``: D_kv -> 2·H_kv·d (rows [k heads | v heads]); ``out``: H·d -> D. The
-    memory's keys/values are computed once per sequence and may be cached by the caller.
+    memory's keys/values are computed once per sequence and may be cached by the caller. Each
+    projection may be passed in, as for :class:`SelfAttention` (default: ``nn.Linear``).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
                  out_bias: bool = False, scale: float | None = None, d_memory: int | None = None,
-                 kernel: str = "sdpa"):
+                 kernel: str = "sdpa", *, q: nn.Module | None = None, kv: nn.Module | None = None,
+                 out: nn.Module | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
         self.kernel = kernel
-        self.q = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.kv = nn.Linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias=bias)
-        self.out = nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+        self.q = q if q is not None else nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.kv = kv if kv is not None else nn.Linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias=bias)
+        self.out = out if out is not None else nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project the memory ``(B, S, D_kv)`` to k, v ``(B, H_kv, S, d)``: cacheable across steps."""

@@ -19,12 +19,61 @@ plus :data:`CHUNK` and calls :meth:`KVCache.reserve` before each forward, which
 
 ``key_mask`` (optional, ``(B, L)`` int64, 1 = real token) is the padding mask in slot coordinates;
 it grows and compacts with the keys.
+
+The protocol :func:`genmodels.generate` relies on (:class:`DecodingCache`, :class:`CachingModel`)
+is written below: a KV cache is one way to hold it; a recurrent state (retention, a running sum)
+is another, and generation does not know the difference.
 """
 from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
 
 import torch
 
 CHUNK = 64  # slots beyond the prompt that a generation cache starts with
+
+
+@runtime_checkable
+class DecodingCache(Protocol):
+    """What generation reads and calls on a model's cache between forwards.
+
+    * ``pos``: positions already consumed (the model advances it in ``hidden_states``); the next
+      token continues at ``pos``.
+    * ``reserve(n)``: make room for ``n`` more positions before the next forward (grow, compact —
+      or nothing, for a state of fixed size); raises ValueError past the model's context.
+    * ``set_key_mask(mask (B, pos))`` after a padded prefill, and ``key_mask`` (``(B, ≥ pos + 1)``
+      int, 1 = real token, or ``None``): the padding in the cache's coordinates; generation slices
+      ``key_mask[:, :pos + 1]`` as the next step's ``attention_mask``.
+    * ``reorder(index (B',))`` (beam search): keep batch rows ``index`` of the state, in place.
+      Today only the encoder–decoder cache is reordered (beams live in ``generate_seq2seq``).
+    """
+
+    pos: int
+    key_mask: torch.Tensor | None
+
+    def reserve(self, n: int) -> None: ...
+
+    def set_key_mask(self, mask: torch.Tensor) -> None: ...
+
+
+@runtime_checkable
+class CachingModel(Protocol):
+    """A decoder that :func:`genmodels.generate` drives (the PyTorch path; the native step also
+    needs ``decoder_view()``, see :mod:`genmodels.native.decoder`).
+
+    * ``new_cache(batch, max_len, *, limit)``: an empty :class:`DecodingCache` for ``batch`` rows,
+      room for ``max_len`` positions at first, growing (``reserve``) to at most ``limit``.
+    * ``hidden_states(input_ids (B, T), attention_mask=, position_ids=, cache=)`` -> ``(B, T, D)``:
+      consumes T tokens after ``cache.pos`` (prefill: T = prompt; decode: T = 1) and sets
+      ``cache.pos += T``.
+    * ``head(hidden (B, D)) -> logits (B, V)``.
+    """
+
+    def new_cache(self, batch: int, max_len: int | None = None, *, limit: int | None = None) -> DecodingCache: ...
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None,
+                      cache: DecodingCache | None = None) -> torch.Tensor: ...
 
 
 class LayerKVCache:

@@ -7,6 +7,7 @@ absolute cache position ``start + i``; key j at position j. The rules compose:
 * causal:          j ≤ start + i
 * sliding window:  (start + i) − j < window        (Mistral)
 * key padding:     key_padding[b, j] is True        (1 = real token, 0 = pad)
+* allowed pairs:   allowed[b, i, j] is True         (packed examples: same document; gist masks)
 * score bias:      ALiBi / T5 relative bias, added on top.
 
 SDPA's own ``is_causal`` is top-left aligned, which is wrong when queries are fewer than keys
@@ -26,34 +27,41 @@ def build_mask(
     causal: bool = True,
     window: int | None = None,
     key_padding: torch.Tensor | None = None,  # (B, Tk) bool/int, 1 = keep
+    allowed: torch.Tensor | None = None,  # (B|1, Tq, Tk) bool: query i may see key j
     score_bias: torch.Tensor | None = None,  # (1|B, H, Tq, Tk)
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor | None, bool]:
     """Return ``(additive_mask or None, use_sdpa_is_causal)``; mask shape ``(B|1, H|1, Tq, Tk)``, or
-    ``(B, 1, 1, Tk)`` (broadcast over queries) when only key padding applies."""
+    ``(B, 1, 1, Tk)`` (broadcast over queries) when only key padding applies.
+
+    ``allowed`` (per-row pairs, in the cache's slot coordinates like the other rules) is ANDed with
+    causal / window / padding: a pair is visible only when every rule allows it."""
     needs_window = window is not None and start + q_len > window
-    if score_bias is None and key_padding is None and not needs_window:
+    if score_bias is None and key_padding is None and allowed is None and not needs_window:
         if not causal or q_len == 1:
             return None, False  # every key visible (one decode token sees the whole past)
         if start == 0 and q_len == k_len:
             return None, True  # square causal: SDPA's top-left alignment is right here
-    if not causal and window is None and score_bias is None:  # padding only: one row serves every query
-        allowed = key_padding.bool()[:, None, None, :k_len]  # (B, 1, 1, Tk)
-        mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-        return mask.masked_fill(~allowed, torch.finfo(dtype).min), False
-    allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    if not causal and window is None and score_bias is None and allowed is None:
+        # padding only: one row serves every query
+        visible = key_padding.bool()[:, None, None, :k_len]  # (B, 1, 1, Tk)
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+        return mask.masked_fill(~visible, torch.finfo(dtype).min), False
+    visible = torch.ones(q_len, k_len, dtype=torch.bool, device=device)
     q_pos = torch.arange(start, start + q_len, device=device)[:, None]
     k_pos = torch.arange(k_len, device=device)[None, :]
     if causal:
-        allowed = allowed & (k_pos <= q_pos)
+        visible = visible & (k_pos <= q_pos)
     if window is not None:
-        allowed = allowed & (q_pos - k_pos < window)
-    allowed = allowed[None, None]  # (1, 1, Tq, Tk)
+        visible = visible & (q_pos - k_pos < window)
+    visible = visible[None, None]  # (1, 1, Tq, Tk)
     if key_padding is not None:
-        allowed = allowed & key_padding.bool()[:, None, None, :k_len]
-    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
-    mask = mask.masked_fill(~allowed, torch.finfo(dtype).min)
+        visible = visible & key_padding.bool()[:, None, None, :k_len]
+    if allowed is not None:
+        visible = visible & allowed.bool()[:, None, :, :k_len]  # (B, 1, Tq, Tk)
+    mask = torch.zeros(visible.shape, dtype=dtype, device=device)
+    mask = mask.masked_fill(~visible, torch.finfo(dtype).min)
     if score_bias is not None:
         mask = mask + score_bias.to(dtype)
     return mask, False

@@ -41,12 +41,16 @@ def _context():
     return create_selective_checkpoint_contexts(_policy)
 
 
-BLOCK_LISTS = ("blocks", "enc_blocks", "dec_blocks")
-
-
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
-    """Every transformer block of a model (decoder/encoder ``blocks``, seq2seq ``enc_/dec_blocks``)."""
-    return [b for name in BLOCK_LISTS for b in getattr(model, name, [])]
+    """The units a model names for activation checkpointing and FSDP sharding
+    (``model.blocks_for_checkpointing()``: one per transformer block).
+
+    A model that names none is refused in one line instead of being trained without checkpointing."""
+    named = getattr(type(model), "blocks_for_checkpointing", None)
+    if named is None:
+        raise ValueError(f"{type(model).__name__} does not name its blocks (blocks_for_checkpointing()); "
+                         "activation checkpointing and FSDP need it")
+    return list(model.blocks_for_checkpointing())
 
 
 def apply_activation_checkpointing(blocks, mode: str) -> None:
