@@ -7,7 +7,9 @@ A converter maps one Hugging Face architecture both ways:
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -23,6 +25,11 @@ class Converter:
     architectures: tuple[str, ...] = ()  # HF class names, first is the one we export
     model_type: str = ""
     ignored: tuple[str, ...] = ()  # HF key suffixes that carry no weights (buffers)
+
+    def exports(self, cfg: ModelConfig) -> bool:
+        """Whether this is the architecture to export ``cfg`` as (its family lists this converter);
+        :meth:`config_to_hf` then refuses, naming the field, whatever it cannot express."""
+        return False
 
     def normalize_keys(self, sd: dict[str, torch.Tensor]) -> None:
         """Rename, in place, keys of variant checkpoints to the canonical HF names (default: none)."""
@@ -60,20 +67,55 @@ def special_token_ids(hf: dict[str, Any], vocab_size: int, defaults: dict[str, A
     return out
 
 
-# Settings every HF decoder we export shares: pre-norm, 1/sqrt(d) scaling, a final norm, no dropout.
+# ---- export guards: every field of the config is handled, unused by the family, or refused ------
+ANY = "any value"  # the target format expresses every value of the field
+
+
+@dataclass(frozen=True)
+class Rule:
+    """An allowed-values test the target needs, with the words that say what it allows."""
+    test: Callable[[Any], bool]
+    text: str
+
+
+# Settings every HF decoder we export shares: pre-norm, 1/sqrt(d) scaling, a final norm, no output
+# or embedding scaling; dropout is a training setting (exported as 0), extra holds free-form notes.
 COMMON_EXPORT = dict(norm_placement=("pre",), attn_scale=(None,), final_norm=(True,), output_scale=(None,),
-                     embed_scale=(1.0,), family=("decoder",))
+                     embed_scale=(1.0,), family=("decoder",), dropout=ANY, extra=ANY)
 
 
-def require_exportable(cfg: ModelConfig, arch: str, **allowed: tuple) -> None:
-    """Refuse, naming the field, a config that ``arch`` cannot express (never export a different model)."""
-    for name, ok in {**COMMON_EXPORT, **allowed}.items():
-        if not hasattr(cfg, name):
-            continue
-        v = getattr(cfg, name)
-        if v not in ok:
-            raise ConversionError(f"cannot export as {arch}: model.{name}={v!r} has no equivalent there "
-                                  f"(it needs {' or '.join(repr(x) for x in ok)})")
+def _allows(ok: Any, v: Any) -> bool:
+    return ok is ANY or (ok.test(v) if isinstance(ok, Rule) else v in ok)
+
+
+def _needs(ok: Any) -> str:
+    return ok.text if isinstance(ok, Rule) else " or ".join(repr(x) for x in ok)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def require_exportable(cfg: ModelConfig, arch: str, handled: dict[str, Any]) -> None:
+    """Refuse, naming the field, a config that ``arch`` cannot express (never export a different model).
+
+    Driven by the config's field list: a field in ``handled`` (the exporter's declaration: ANY, a
+    tuple of allowed values or a :class:`Rule`) must hold an allowed value; a field the family
+    does not read (``Family.unused``) is skipped; any other field — one added later, such as an
+    MoE's ``n_experts`` — must keep its default, or the export is refused."""
+    from ..registry import family_of
+    fam = family_of(cfg)
+    unused = set(fam.unused) if fam is not None else set()
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in handled:
+            ok = handled[f.name]
+            if not _allows(ok, v):
+                raise ConversionError(f"cannot export as {arch}: model.{f.name}={v!r} has no equivalent there "
+                                      f"(it needs {_needs(ok)})")
+        elif f.name not in unused and v != _default(f):
+            raise ConversionError(f"cannot export as {arch}: model.{f.name}={v!r} has no equivalent there "
+                                  f"(the exporter does not handle it; it needs the default {_default(f)!r})")
 
 
 def take(sd: dict[str, torch.Tensor], key: str) -> torch.Tensor:

@@ -17,9 +17,10 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import ConversionError, Converter, rename_layers, special_token_ids, take
+from .base import ANY, ConversionError, Converter, Rule, rename_layers, require_exportable, special_token_ids, take
 
 BERT_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+BERT_ACT_OUT = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
 
 
 class BertConverter(Converter):
@@ -54,6 +55,9 @@ class BertConverter(Converter):
            "mlm.head.bias": "cls.predictions.bias"}
 
     # ---- config ---------------------------------------------------------------------------
+    def exports(self, cfg: ModelConfig) -> bool:
+        return cfg.position == "learned"
+
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         act = hf.get("hidden_act", "gelu")
         if act not in BERT_ACT:
@@ -89,17 +93,26 @@ class BertConverter(Converter):
         return cfg.replace(pooler="pooler.dense.weight" in keys, mlm_head=mlm,
                            tie_embeddings=tied if mlm else cfg.tie_embeddings)
 
+    @staticmethod
+    def export_fields(c: ModelConfig) -> dict[str, Any]:
+        """What BERT's config expresses of each field (see base.require_exportable): learned positions
+        and token types, post-LayerNorm with biases, GELU/ReLU MLP, multi-head, head_dim·heads = d_model."""
+        expressed = ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "norm_eps",
+                     "tie_embeddings", "pooler", "mlm_head", "dropout", "pad_token_id", "extra")
+        return {**dict.fromkeys(expressed, ANY), "family": ("encoder",), "position": ("learned",),
+                "norm": ("layernorm",), "norm_bias": (True,), "norm_placement": ("post",),
+                "embedding_norm": (True,), "final_norm": (False,), "attn_bias": (True,),
+                "attn_out_bias": (None, True), "mlp": tuple(BERT_ACT_OUT), "mlp_bias": (True,),
+                "n_kv_heads": (None, c.n_heads),
+                "head_dim": (None, c.d_model // c.n_heads) if c.d_model % c.n_heads == 0 else (None,),
+                "type_vocab_size": Rule(lambda v: v > 0, "at least 1 token type"), "embed_scale": (1.0,),
+                "attn_scale": (None,), "sliding_window": (None,),
+                "rope_theta": ANY, "rotary_fraction": ANY}  # unused with learned positions
+
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
-        inv = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}
-        ok = (c.family == "encoder" and c.position == "learned" and c.norm == "layernorm" and c.norm_bias
-              and c.norm_placement == "post" and c.embedding_norm and not c.final_norm and c.attn_bias and c.out_bias
-              and c.mlp in inv and c.mlp_bias and c.kv_heads == c.n_heads and c.dim_head * c.n_heads == c.d_model
-              and c.type_vocab_size > 0 and c.embed_scale == 1.0 and c.attn_scale is None
-              and c.sliding_window is None)
-        if not ok:
-            raise ConversionError("only BERT-shaped encoders (learned positions + token types, post-LayerNorm with "
-                                  "biases, GELU/ReLU MLP, multi-head, head_dim·heads = d_model) export as BERT")
+        inv = BERT_ACT_OUT
         arch = "BertForMaskedLM" if c.mlm_head else "BertModel"
+        require_exportable(c, arch, self.export_fields(c))
         return {"architectures": [arch], "model_type": "bert", "vocab_size": c.vocab_size, "hidden_size": c.d_model,
                 "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads, "intermediate_size": c.d_ff,
                 "hidden_act": inv[c.mlp], "max_position_embeddings": c.max_seq_len,

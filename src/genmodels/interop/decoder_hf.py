@@ -13,11 +13,14 @@ from typing import Any
 import torch
 
 from ..config import ModelConfig
-from .base import (ConversionError, Converter, rename_layers, require_exportable, special_token_ids, take,
-                   take_top_and_head)
+from .base import (ANY, COMMON_EXPORT, ConversionError, Converter, rename_layers, require_exportable,
+                   special_token_ids, take, take_top_and_head)
 
 IDS = ("bos_token_id", "eos_token_id", "pad_token_id")  # a decoder-only model has no decoder_start
 GPT2_ACT = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
+# Written to every decoder's config.json as is.
+EXPRESSED = dict.fromkeys(("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len", "norm_eps",
+                           "tie_embeddings", *IDS), ANY)
 
 
 class GPT2Converter(Converter):
@@ -42,6 +45,9 @@ class GPT2Converter(Converter):
     TOP = {"embed.weight": "transformer.wte.weight", "pos_embed.weight": "transformer.wpe.weight",
            "norm.weight": "transformer.ln_f.weight", "norm.bias": "transformer.ln_f.bias"}
 
+    def exports(self, cfg: ModelConfig) -> bool:
+        return cfg.position == "learned"
+
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         act = hf.get("activation_function", "gelu_new")
         if act not in GPT2_ACT:
@@ -61,15 +67,23 @@ class GPT2Converter(Converter):
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
         inv = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}
-        require_exportable(c, "GPT2LMHeadModel", position=("learned",), norm=("layernorm",), mlp=tuple(inv),
-                           n_kv_heads=(None, c.n_heads), sliding_window=(None,), attn_bias=(True,),
-                           attn_out_bias=(None, True), mlp_bias=(True,), norm_bias=(True,))
+        require_exportable(c, "GPT2LMHeadModel", self.export_fields(c))
         return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": c.vocab_size,
                 "n_embd": c.d_model, "n_layer": c.n_layers, "n_head": c.n_heads, "n_inner": c.d_ff,
                 "n_positions": c.max_seq_len, "layer_norm_epsilon": c.norm_eps, "activation_function": inv[c.mlp],
                 "tie_word_embeddings": c.tie_embeddings, "bos_token_id": c.bos_token_id,
                 "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id, "resid_pdrop": 0.0,
                 "embd_pdrop": 0.0, "attn_pdrop": 0.0, "torch_dtype": "float32"}
+
+    @staticmethod
+    def export_fields(c: ModelConfig) -> dict[str, Any]:
+        """What GPT2LMHeadModel expresses of each config field (see base.require_exportable)."""
+        return {**COMMON_EXPORT, **EXPRESSED, "position": ("learned",), "norm": ("layernorm",),
+                "mlp": ("gelu_tanh", "gelu", "relu"), "n_kv_heads": (None, c.n_heads),
+                "head_dim": (None, c.d_model // c.n_heads) if c.d_model % c.n_heads == 0 else (None,),
+                "sliding_window": (None,), "attn_bias": (True,), "attn_out_bias": (None, True),
+                "mlp_bias": (True,), "norm_bias": (True,),
+                "rope_theta": ANY, "rotary_fraction": ANY}  # unused with learned positions
 
     @staticmethod
     def _t(ours: str, t: torch.Tensor) -> torch.Tensor:  # Conv1D [in, out] <-> Linear [out, in]
@@ -114,6 +128,9 @@ class LlamaConverter(Converter):
     }
     TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
 
+    def exports(self, cfg: ModelConfig) -> bool:  # Mistral is Llama with a sliding window
+        return cfg.position == "rope" and bool(cfg.sliding_window) == (self.model_type == "mistral")
+
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
@@ -135,9 +152,7 @@ class LlamaConverter(Converter):
                            **special_token_ids(hf, hf["vocab_size"], fields=IDS))
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
-        require_exportable(c, self.architectures[0], position=("rope",), norm=("rmsnorm",), mlp=("swiglu",),
-                           rotary_fraction=(1.0,), attn_out_bias=(None, c.attn_bias),
-                           **({} if self.model_type == "mistral" else {"sliding_window": (None,)}))
+        require_exportable(c, self.architectures[0], self.export_fields(c))
         rope: dict[str, Any] = {"rope_type": "default", "rope_theta": c.rope_theta}
         d = {"architectures": [self.architectures[0]], "model_type": self.model_type, "vocab_size": c.vocab_size,
              "hidden_size": c.d_model, "num_hidden_layers": c.n_layers, "num_attention_heads": c.n_heads,
@@ -149,6 +164,14 @@ class LlamaConverter(Converter):
         if self.model_type == "mistral":
             d["sliding_window"] = c.sliding_window
         return d
+
+    def export_fields(self, c: ModelConfig) -> dict[str, Any]:
+        """What Llama/Mistral's config expresses of each field (see base.require_exportable)."""
+        return {**COMMON_EXPORT, **EXPRESSED, "position": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",),
+                "rotary_fraction": (1.0,), "attn_out_bias": (None, c.attn_bias),
+                "sliding_window": ANY if self.model_type == "mistral" else (None,),
+                "n_kv_heads": ANY, "head_dim": ANY, "rope_theta": ANY, "attn_bias": ANY, "mlp_bias": ANY,
+                "norm_bias": ANY}  # RMSNorm has no bias
 
     def state_from_hf(self, sd, cfg):
         out: dict[str, torch.Tensor] = {}

@@ -39,18 +39,20 @@ def converter_for_hf(hf_config: dict[str, Any]) -> Converter:
 
 
 def converter_for_config(cfg: ModelConfig) -> Converter:
-    """The converter we export a config through (decided by its components)."""
+    """The converter we export a config through: the one it was loaded from, else the first of its
+    family's converters (``Family.converters``) that takes its components."""
     arch = cfg.extra.get("hf_architecture")
     for conv in CONVERTERS:
         if arch in conv.architectures:
             return conv
-    by_shape = {("decoder", "learned"): "gpt2", ("decoder", "rope"): "mistral" if cfg.sliding_window else "llama",
-                ("encoder", "learned"): "bert", ("seq2seq", "relative"): "t5"}
-    mt = by_shape.get((cfg.family, cfg.position))
-    for conv in CONVERTERS:
-        if conv.model_type == mt:
-            return conv
-    raise ConversionError(f"no Hugging Face architecture for family={cfg.family!r}, position={cfg.position!r}")
+    from ..registry import family_of
+    fam = family_of(cfg)
+    for model_type in fam.converters if fam is not None else ():  # the family's exporters, in its order
+        for conv in CONVERTERS:
+            if conv.model_type == model_type and conv.exports(cfg):
+                return conv
+    raise ConversionError(f"no Hugging Face architecture for family={getattr(cfg, 'family', None)!r}, "
+                          f"position={getattr(cfg, 'position', None)!r}")
 
 
 def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -69,7 +69,9 @@ MODULE = "sentence_transformers.models."
 def check_sentence_export(cfg: ModelConfig, recipe: Any, tokenizer) -> None:
     """Refuse, in one line naming the field, a recipe a sentence-transformers folder cannot express."""
     where = "model.config.extra['sentence_transformers']"
-    if cfg.family != "encoder":
+    from ..registry import EMBEDS, family_of
+    fam = family_of(cfg)
+    if fam is None or not fam.can(EMBEDS):
         raise ConversionError(f"cannot export {where} for family={cfg.family!r}: sentence-transformers "
                               "folders are written for encoders only")
     if not isinstance(recipe, dict):

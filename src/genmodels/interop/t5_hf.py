@@ -20,7 +20,7 @@ import torch
 
 from ..config import ModelConfig
 from ..nn.mlp import GATED
-from .base import ConversionError, Converter, rename_layers, special_token_ids, take
+from .base import ANY, ConversionError, Converter, Rule, rename_layers, require_exportable, special_token_ids, take
 
 T5_ACT = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "gated-gelu": "geglu_tanh",
           "gated-gelu_new": "geglu_tanh", "gated-silu": "swiglu"}
@@ -67,6 +67,9 @@ class T5Converter(Converter):
            "dec_rel_bias.embedding.weight": "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"}
 
     # ---- config ---------------------------------------------------------------------------
+    def exports(self, cfg: ModelConfig) -> bool:
+        return cfg.position == "relative"
+
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
         proj = hf.get("feed_forward_proj", "relu")
         if proj not in T5_ACT:
@@ -95,13 +98,24 @@ class T5Converter(Converter):
         tied = head is None or (shared is not None and head.shape == shared.shape and torch.equal(head, shared))
         return cfg.replace(tie_embeddings=tied)
 
+    @staticmethod
+    def export_fields(c: ModelConfig) -> dict[str, Any]:
+        """What T5's config expresses of each field (see base.require_exportable): relative buckets,
+        pre-RMSNorm, no biases, unscaled multi-head attention, output scaled by d^-1/2 or not."""
+        expressed = ("vocab_size", "d_model", "n_layers", "n_decoder_layers", "n_heads", "head_dim", "d_ff",
+                     "max_seq_len", "norm_eps", "rel_buckets", "rel_max_distance", "tie_embeddings", "dropout",
+                     "pad_token_id", "eos_token_id", "decoder_start_token_id", "extra")
+        return {**dict.fromkeys(expressed, ANY), "family": ("seq2seq",), "position": ("relative",),
+                "norm": ("rmsnorm",), "norm_placement": ("pre",), "final_norm": (True,), "attn_bias": (False,),
+                "attn_out_bias": (None, False), "mlp_bias": (False,), "mlp": tuple(T5_ACT_OUT),
+                "attn_scale": (1.0,), "n_kv_heads": (None, c.n_heads), "embed_scale": (1.0,),
+                "output_scale": Rule(lambda v: v is None or abs(v - c.d_model ** -0.5) <= 1e-12,
+                                     "d_model^-0.5 or None"),
+                "norm_bias": ANY,  # RMSNorm has no bias
+                "rope_theta": ANY, "rotary_fraction": ANY}  # unused with relative buckets
+
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
-        ok = (c.family == "seq2seq" and c.position == "relative" and c.norm == "rmsnorm" and c.norm_placement == "pre"
-              and c.final_norm and not c.attn_bias and not c.out_bias and not c.mlp_bias and c.mlp in T5_ACT_OUT
-              and c.attn_scale == 1.0 and c.kv_heads == c.n_heads and c.embed_scale == 1.0)
-        if not ok:
-            raise ConversionError("only T5-shaped encoder–decoders (relative buckets, pre-RMSNorm, no biases, "
-                                  "unscaled multi-head attention) export as T5ForConditionalGeneration")
+        require_exportable(c, "T5ForConditionalGeneration", self.export_fields(c))
         scaled = c.output_scale is not None
         if scaled and abs(c.output_scale - c.d_model ** -0.5) > 1e-12:
             raise ConversionError(f"T5 output_scale must be d_model^-0.5 or None, got {c.output_scale}")
