@@ -11,8 +11,10 @@ noise and kept tokens are each split into that many random non-empty runs and in
 ``sentinel_start``, the next by ``sentinel_start − 1``, …, as T5's ``<extra_id_0>``,
 ``<extra_id_1>``…); the target lists each sentinel followed by the tokens it hid, then EOS.
 
-Each objective also has a ``*_loss(model, batch)`` for :mod:`genmodels.training` and a module
-(:class:`MLMLoss`, :class:`SpanCorruptionLoss`) with the trainer's ``forward(x, y)`` signature.
+These are data transforms; the losses live in :mod:`genmodels.objectives` (``mlm.py``, ``span.py``).
+The old names here (``mlm_loss``, ``span_loss``, ``MLMLoss``, ``SpanCorruptionLoss`` with the
+``forward(x, y) -> loss`` signature, ``objective_for``, ``extra_tokens``, ``objective_module``,
+``OBJECTIVES``) still import, from there.
 """
 from __future__ import annotations
 
@@ -20,8 +22,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 IGNORE = -100
 N_SENTINELS = 100  # T5's <extra_id_0> … <extra_id_99>
@@ -47,18 +47,6 @@ def mask_tokens(ids: torch.Tensor, *, mask_token_id: int, vocab_size: int, prob:
     inputs = torch.where(to_mask, torch.full_like(ids, mask_token_id), ids)
     inputs = torch.where(to_random, random_ids, inputs)
     return inputs, labels
-
-
-def mlm_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy over the chosen positions. ``batch``: ``input_ids``, ``labels`` and
-    optionally ``attention_mask``. Only chosen positions go through the MLM head."""
-    h = model.encode(batch["input_ids"], batch.get("attention_mask"))  # (B, T, D)
-    labels = batch["labels"]
-    chosen = labels != IGNORE
-    if not bool(chosen.any()):
-        return h.sum() * 0.0
-    logits = model.mlm(h[chosen])  # (N, V)
-    return F.cross_entropy(logits.float(), labels[chosen])
 
 
 # ---- span corruption ----------------------------------------------------------------------------
@@ -126,79 +114,14 @@ def _span_targets(row: np.ndarray, noise: np.ndarray, starts: np.ndarray, sentin
     return out
 
 
-def span_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Teacher-forced cross-entropy of ``targets`` given ``input_ids`` (an encoder–decoder)."""
-    targets = batch["targets"]
-    logits = model(batch["input_ids"], model.shift_right(targets), batch.get("attention_mask"))
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE)
+# ---- the old names, now in genmodels.objectives (imported lazily: objectives imports this module) --
+_MOVED = {"mlm_loss": "mlm", "span_loss": "span", "objective_for": "", "extra_tokens": "", "OBJECTIVES": "",
+          "MLMLoss": "legacy", "SpanCorruptionLoss": "legacy", "objective_module": "legacy"}
 
 
-# ---- trainer modules ------------------------------------------------------------------------------
-class MLMLoss(nn.Module):
-    """``forward(x, y)`` -> masked-LM loss of the window ``x (B, T)`` (``y`` unused); the mask id is
-    the first id after the tokenizer's ``n_tokens`` ordinary ones. Masks use the global torch RNG
-    (seeded and checkpointed by the trainer)."""
-
-    extra_tokens = 1
-
-    def __init__(self, model: nn.Module, n_tokens: int, prob: float = 0.15):
-        super().__init__()
-        self.model, self.n_tokens, self.prob = model, n_tokens, prob
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        inputs, labels = mask_tokens(x, mask_token_id=self.n_tokens, vocab_size=self.n_tokens, prob=self.prob)
-        return mlm_loss(self.model, {"input_ids": inputs, "labels": labels})
-
-
-class SpanCorruptionLoss(nn.Module):
-    """``forward(x, y)`` -> span-corruption loss of the window ``x (B, T)``; sentinels are the 100
-    ids after the tokenizer's ``n_tokens`` (highest first, as T5), EOS is ``eos_id``. The noise
-    pattern draws from a numpy generator seeded from the global torch RNG."""
-
-    extra_tokens = N_SENTINELS
-
-    def __init__(self, model: nn.Module, n_tokens: int, eos_id: int | None, noise_density: float = 0.15,
-                 mean_span_length: float = 3.0):
-        super().__init__()
-        self.model, self.n_tokens, self.eos_id = model, n_tokens, eos_id
-        self.noise_density, self.mean_span_length = noise_density, mean_span_length
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        rng = np.random.default_rng(int(torch.randint(0, 2 ** 62, (1,))))
-        inp, tgt = span_corrupt(x, sentinel_start=self.n_tokens + self.extra_tokens - 1, eos_id=self.eos_id,
-                                noise_density=self.noise_density, mean_span_length=self.mean_span_length, rng=rng,
-                                n_sentinels=self.extra_tokens)
-        return span_loss(self.model, {"input_ids": torch.from_numpy(inp).to(x.device),
-                                      "targets": torch.from_numpy(tgt).to(x.device)})
-
-
-# ---- choosing an objective ----------------------------------------------------------------------
-OBJECTIVES = ("causal", "mlm", "span")
-_FAMILY_OBJECTIVE = {"decoder": "causal", "encoder": "mlm", "seq2seq": "span"}
-
-
-def objective_for(family: str, objective: str = "auto") -> str:
-    """The objective a model family trains with (``auto``), or a check that ``objective`` fits it."""
-    from ..config import ConfigError
-    want = _FAMILY_OBJECTIVE.get(family)
-    if objective == "auto":
-        return want
-    if objective != want:
-        raise ConfigError(f"train.objective={objective!r} does not fit model.family={family!r}; "
-                          f"use {want!r} (or auto)")
-    return objective
-
-
-def extra_tokens(objective: str) -> int:
-    """Ids the objective adds after the tokenizer's vocabulary ([MASK]; T5's 100 sentinels)."""
-    return {"mlm": MLMLoss.extra_tokens, "span": SpanCorruptionLoss.extra_tokens}.get(objective, 0)
-
-
-def objective_module(objective: str, model: nn.Module, *, n_tokens: int, eos_id: int | None, mlm_prob: float = 0.15,
-                     noise_density: float = 0.15, mean_span_length: float = 3.0) -> nn.Module:
-    """The trainer's loss module (``forward(x, y) -> loss``) for a non-causal objective."""
-    if objective == "mlm":
-        return MLMLoss(model, n_tokens, mlm_prob)
-    if objective == "span":
-        return SpanCorruptionLoss(model, n_tokens, eos_id, noise_density, mean_span_length)
-    raise ValueError(f"unknown objective {objective!r}; have mlm, span")
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+        module = importlib.import_module("genmodels.objectives" + (f".{_MOVED[name]}" if _MOVED[name] else ""))
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,36 +10,52 @@ it computes the logits, the loss and, at once, the gradients
     p = softmax(z) − onehot(y);   ∂L/∂h = p W / N;   ∂L/∂W += pᵀ h / N;   ∂L/∂b += Σ p / N
 
 so at most one ``(chunk, V)`` block ever exists, and the backward pass only scales the stored
-gradients by the incoming scalar. The FLOPs equal the unfused forward + backward.
+gradients by the incoming scalar. The FLOPs equal the unfused forward + backward. Targets equal to
+``ignore_index`` count for nothing (the mean is over the others, as ``F.cross_entropy``).
+
+Pairwise objectives (DPO, reward models) need the log-probability of each target token, not the
+mean: :func:`token_logprobs` gives ``log softmax(h_n Wᵀ + b)_{y_n}`` per row, chunked the same way
+(its backward recomputes each chunk's logits: ``∂/∂z = g_n (onehot(y_n) − softmax(z_n))``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+IGNORE_INDEX = -100
+
 
 class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                chunk: int) -> torch.Tensor:
-        n = h.shape[0]  # h (N, D), weight (V, D), targets (N,)
+                chunk: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+        ignored = targets == ignore_index  # (N,)
+        valid = None if not bool(ignored.any()) else ~ignored
+        if valid is not None:
+            targets = targets.masked_fill(ignored, 0)  # any id: the row's loss and gradient are zeroed
+        n = h.shape[0] if valid is None else int(valid.sum())  # h (N, D), weight (V, D), targets (N,)
         need = ctx.needs_input_grad
         grad_h = torch.empty_like(h) if need[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        inv_n = 1.0 / n
-        for s in range(0, n, chunk):
+        inv_n = 1.0 / n if n else math.nan  # all ignored: nan, as F.cross_entropy
+        for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk], targets[s:s + chunk]
             z = F.linear(hc, weight, bias).float()  # (c, V)
             lse = torch.logsumexp(z, dim=-1)  # (c,)
-            total += (lse - z.gather(1, yc[:, None]).squeeze(1)).sum()
+            row = lse - z.gather(1, yc[:, None]).squeeze(1)  # (c,)
+            total += (row if valid is None else row * valid[s:s + chunk]).sum()
             if grad_h is None and grad_w is None and grad_b is None:
                 continue
             p = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             p[torch.arange(p.shape[0], device=p.device), yc] -= 1.0
             p.mul_(inv_n)
+            if valid is not None:
+                p.mul_(valid[s:s + chunk, None])
             pc = p.to(h.dtype)
             if grad_h is not None:
                 torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
@@ -57,25 +73,79 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         out_h = grad_h * g if grad_h is not None else None
         out_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
         out_b = (grad_b * g).to(ctx.weight_dtype) if grad_b is not None else None
-        return out_h, out_w, out_b, None, None
+        return out_h, out_w, out_b, None, None, None
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                               targets: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
-    """Mean next-token loss of hidden states ``h (..., D)`` through the head ``weight (V, D)``."""
+                               targets: torch.Tensor, chunk: int = 1024,
+                               ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Mean next-token loss of hidden states ``h (..., D)`` through the head ``weight (V, D)``, over
+    the targets that are not ``ignore_index``."""
     h2 = h.reshape(-1, h.shape[-1])
     y = targets.reshape(-1)
     if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
         with torch.no_grad():
-            return FusedLinearCrossEntropy.forward(_NoGradCtx(), h2, weight, bias, y, chunk)
-    return FusedLinearCrossEntropy.apply(h2, weight, bias, y, chunk)
+            return FusedLinearCrossEntropy.forward(_NoGradCtx(), h2, weight, bias, y, chunk, ignore_index)
+    return FusedLinearCrossEntropy.apply(h2, weight, bias, y, chunk, ignore_index)
 
 
 class _NoGradCtx:
-    needs_input_grad = (False, False, False, False, False)
+    needs_input_grad = (False, False, False, False, False, False)
 
     def save_for_backward(self, *a):
         pass
+
+
+class ChunkedTokenLogprobs(torch.autograd.Function):
+    """``log softmax(h Wᵀ + b)[n, y_n]`` for each row, one ``(chunk, V)`` block at a time."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                chunk: int, ignore_index: int) -> torch.Tensor:
+        valid = targets != ignore_index  # (N,)
+        y = targets.masked_fill(~valid, 0)
+        out = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)  # (N,)
+        with torch.no_grad():
+            for s in range(0, h.shape[0], chunk):
+                z = F.linear(h[s:s + chunk], weight, bias).float()  # (c, V)
+                out[s:s + chunk] = z.gather(1, y[s:s + chunk, None]).squeeze(1) - torch.logsumexp(z, dim=-1)
+        out.mul_(valid)
+        ctx.save_for_backward(h, weight, bias, y, valid)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        h, weight, bias, y, valid = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_h = torch.empty_like(h) if need[0] else None
+        grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
+        grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
+        g = (g.float() * valid)  # (N,)
+        for s in range(0, h.shape[0], ctx.chunk):
+            hc, yc = h[s:s + ctx.chunk], y[s:s + ctx.chunk]
+            z = F.linear(hc, weight, bias).float()  # (c, V)
+            d = torch.softmax(z, dim=-1).neg_()  # ∂ logp / ∂z = onehot − softmax
+            d[torch.arange(d.shape[0], device=d.device), yc] += 1.0
+            d.mul_(g[s:s + ctx.chunk, None])
+            if grad_h is not None:
+                grad_h[s:s + ctx.chunk] = d.to(h.dtype) @ weight.to(h.dtype)
+            if grad_w is not None:
+                grad_w.addmm_(d.t(), hc.float())
+            if grad_b is not None:
+                grad_b += d.sum(0)
+        grad_w = grad_w.to(weight.dtype) if grad_w is not None else None
+        grad_b = grad_b.to(weight.dtype) if grad_b is not None else None
+        return grad_h, grad_w, grad_b, None, None, None
+
+
+def token_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+                   chunk: int = 1024, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Per-token log-probabilities ``(...)`` of ``targets (...)`` under hidden states ``h (..., D)`` and
+    the head ``weight (V, D)``; 0 where the target is ``ignore_index``. Logits are never whole."""
+    out = ChunkedTokenLogprobs.apply(h.reshape(-1, h.shape[-1]), weight, bias, targets.reshape(-1), chunk,
+                                     ignore_index)
+    return out.reshape(targets.shape)
 
 
 def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""Setting a run up: precision, the model config for the tokenizer, the resume point (the newest
+readable checkpoint of the same corpus and model), RNG states, the peak FLOP/s for MFU."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+
+from ..config import ConfigError
+from ..data import corpus_fingerprint, eos_id, load_tokenizer
+from ..models import build_model
+from ..objectives import extra_tokens
+from .checkpoint import (CheckpointUnreadable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint,
+                         read_state, step_dirs)
+from .config import RunConfig
+from .data import corpus_spec
+from .distributed import DistInfo
+from .metrics import measure_matmul_peak
+from .rundir import RunDirError
+
+
+def autocast_dtype(cfg_precision: str, device: torch.device):
+    if device.type != "cuda":
+        if cfg_precision in ("bf16", "fp16"):
+            raise ConfigError(f"train.precision={cfg_precision} needs a GPU; on CPU training computes in fp32 "
+                               "(use precision: auto or fp32)")
+        return None
+    if cfg_precision == "fp32":
+        return None
+    if cfg_precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cfg_precision == "bf16" else torch.float16
+
+
+def rng_state(info: DistInfo) -> dict[str, torch.Tensor]:
+    mine = {"cpu": torch.get_rng_state()}
+    if info.device.type == "cuda":
+        mine["cuda"] = torch.cuda.get_rng_state(info.device)
+    out = {}
+    for r, st in enumerate(info.all_gather_object(mine)):
+        for k, v in st.items():
+            out[f"{k}/rank{r}"] = v
+    return out
+
+
+def restore_rng(rng: dict[str, torch.Tensor], info: DistInfo, seed: int) -> None:
+    key = f"cpu/rank{info.rank}"
+    if key in rng:
+        torch.set_rng_state(rng[key])
+    else:  # different world size: a deterministic fresh stream per rank
+        torch.manual_seed(seed + 1000 + info.rank)
+    if info.device.type == "cuda" and f"cuda/rank{info.rank}" in rng:
+        torch.cuda.set_rng_state(rng[f"cuda/rank{info.rank}"], info.device)
+
+
+
+def model_config(cfg: RunConfig, tok, eos: int | None):
+    """``(ModelConfig, n_tokens)`` for the tokenizer ``tok``: the vocabulary is the tokenizer's
+    (at least ``data.vocab_size`` for a trained BPE) plus the objective's [MASK] / sentinel ids,
+    unless the recipe sets ``model.vocab_size`` (which must hold them: ConfigError otherwise)."""
+    tok_vocab = tok.get_vocab_size()
+    n_tokens, _ = cfg.min_model_vocab(tok_vocab)
+    mcfg = cfg.model_config(vocab_size=n_tokens + extra_tokens(cfg.objective()), eos_id=eos)
+    cfg.check_model_vocab(mcfg.vocab_size, tok_vocab)
+    return mcfg, n_tokens
+
+
+def _check_resumed_model(saved: dict, mcfg, run_dir: Path) -> None:
+    """RunDirError naming the model keys where ``mcfg`` differs from the checkpoint's."""
+    old = saved.get("model_config")
+    if old is None:  # a checkpoint from before model configs were stored
+        return
+    new = json.loads(json.dumps(mcfg.to_dict()))  # as stored: tuples become lists
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise RunDirError("--resume: the model differs from the checkpoint's in "
+                          + ", ".join(f"model.{k} ({old.get(k)!r} there, {new.get(k)!r} now)" for k in differ)
+                          + f"; resume with the recipe in {run_dir / 'config.yaml'}, or start a new run_dir")
+
+
+def _param_shapes(mcfg) -> dict[str, tuple[int, ...]] | None:
+    """genmodels key → shape for the model ``mcfg`` describes (built on the meta device: no memory)."""
+    try:
+        with torch.device("meta"):
+            model = build_model(mcfg)
+    except Exception:  # a model that cannot be built on meta: tensors are then checked when loaded
+        return None
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _same_corpus(saved: str | None, fingerprint: str, dc) -> bool:
+    """Whether a checkpoint's corpus fingerprint names this corpus: today's content hash, or — for a
+    checkpoint written before content hashing — the old one (paths, sizes, modification times)."""
+    if saved is None or saved == fingerprint:
+        return True
+    return saved == corpus_fingerprint(corpus_spec(dc), version=1)
+
+
+def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo, say):
+    """``(checkpoint, (model_sd, optim_sd, rng, state), data config)`` to resume from — the newest
+    readable checkpoint, chosen by the main rank, which says which it skipped and why — or
+    ``(None, None, cfg.data)`` when the run has none. RunDirError when the corpus or model differs
+    from the checkpoint's, or when no checkpoint is readable."""
+    dc, chosen, loaded = cfg.data, None, None
+    if info.is_main and step_dirs(run_dir):
+        tok_file = run_dir / "tokenizer.json"
+        if not tok_file.is_file():
+            raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints "
+                              "were trained with")
+        tok = load_tokenizer(tok_file)
+        mcfg = model_config(cfg, tok, eos_id(tok))[0]
+        shapes, skipped = _param_shapes(mcfg), []
+        for path in reversed(step_dirs(run_dir)):
+            try:
+                saved = read_state(path)
+            except CheckpointUnreadable as e:
+                skipped.append((path, str(e)))
+                continue
+            if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
+                raise RunDirError(f"--resume: the corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...) "
+                                  f"differs from the one {path} was trained on; resume with the same data, "
+                                  "or start a new run_dir")
+            _check_resumed_model(saved, mcfg, run_dir)
+            try:
+                loaded = read_checkpoint(path, shapes)
+            except CheckpointUnreadable as e:
+                skipped.append((path, str(e)))
+                continue
+            chosen = path
+            break
+        for path, why in skipped:
+            say(f"--resume: skipped {path}: {why}")
+        if chosen is None:
+            raise RunDirError(f"--resume: no checkpoint in {checkpoint_dir(run_dir)} is readable ("
+                              + "; ".join(f"{p.name}: {why}" for p, why in skipped)
+                              + "); start a new run_dir (--set run_dir=...)")
+    chosen = info.all_gather_object(None if chosen is None else str(chosen))[0]  # rank 0's choice
+    if chosen is None:
+        return None, None, dc
+    if loaded is None:  # ranks > 0 read what rank 0 chose
+        loaded = load_checkpoint(chosen)
+    return Path(chosen), loaded, dataclasses.replace(dc, tokenizer=str(run_dir / "tokenizer.json"))
+
+
+
+def last_good(run_dir: Path) -> str:
+    last = latest_checkpoint(run_dir)
+    return f"the last good checkpoint, {last}, is left intact" if last else "no checkpoint was written yet"
+
+
+def matmul_peak(tc, info: DistInfo, say) -> float | None:
+    """The peak FLOP/s MFU is measured against (``train.mfu_peak_tflops``, or measured on the main rank).
+
+    On a shared CPU a busy core makes every multi-threaded kernel wait for it (6-8x slower); one
+    thread is then faster. Decided once, from a short matmul at each setting (unless train.threads)."""
+    peak = tc.mfu_peak_tflops * 1e12 if tc.mfu_peak_tflops else None
+    if info.device.type == "cpu" and tc.threads is None and not info.active and torch.get_num_threads() > 1:
+        n = torch.get_num_threads()
+        p_n = measure_matmul_peak(seconds=0.3)
+        torch.set_num_threads(1)
+        p_1 = measure_matmul_peak(seconds=0.3)
+        if p_1 > p_n:
+            say(f"threads: 1 (another process is busy: {n} threads reach {p_n / 1e9:.0f} GFLOP/s, 1 thread "
+                f"{p_1 / 1e9:.0f}; set train.threads to choose)")
+            peak = peak or p_1
+        else:
+            torch.set_num_threads(n)
+            peak = peak or p_n
+        if tc.mfu_peak_tflops is None:
+            say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024², {torch.get_num_threads()} "
+                f"thread(s); set train.mfu_peak_tflops to fix it)")
+    if peak is None and info.is_main:
+        peak = measure_matmul_peak(device=info.device)
+        say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024² for 0.5 s; "
+            f"set train.mfu_peak_tflops to fix it)")
+    return peak
