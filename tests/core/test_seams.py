@@ -232,3 +232,25 @@ def test_tokenizer_is_an_explicit_attribute_that_survives_deepcopy():
     assert "tokenizer" not in dict(model.named_modules()) and not any("tok" in k for k in model.state_dict())
     twin = copy.deepcopy(model)
     assert isinstance(twin.tokenizer, _Tok) and twin.tokenizer.name == "bpe"
+
+
+class _Doubling(nn.Module):
+    """A feed-forward of a new kind that names its own output projection."""
+
+    def __init__(self, c, layer_index: int = 0):
+        super().__init__()
+        self.up, self.proj = nn.Linear(c.d_model, 2 * c.d_model), nn.Linear(2 * c.d_model, c.d_model)
+
+    def output_projection(self) -> nn.Module:
+        return self.proj
+
+    def forward(self, x):
+        return self.proj(self.up(x))
+
+
+def test_initialisation_scales_the_residual_projections_each_block_names():
+    model = tiny_model("llama")
+    want = [w for b in model.blocks for w in (b.attn.out.weight, b.mlp.down.weight)]
+    assert [id(w) for w in model.residual_output_weights()] == [id(w) for w in want]
+    block = build_block(tiny_config("llama"), 0, ffn=_Doubling)
+    assert block.residual_projections() == [block.attn.out, block.mlp.proj]

@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..nn import (AttentionInputs, CrossAttention, LayerKVCache, LearnedPositionalEmbedding, SelfAttention,
-                  SinusoidalPositionalEmbedding, make_mlp, make_norm)
+from ..nn import (MLP, AttentionInputs, CrossAttention, GatedMLP, LayerKVCache, LearnedPositionalEmbedding,
+                  SelfAttention, SinusoidalPositionalEmbedding, make_mlp, make_norm)
 
 
 class PreNormBlock(nn.Module):
@@ -47,6 +47,11 @@ class PreNormBlock(nn.Module):
     def ffn(self) -> nn.Module:
         """The feed-forward (dense MLP today), stored as ``mlp``."""
         return self.mlp
+
+    def residual_projections(self) -> list[nn.Module]:
+        """The projections through which the block writes into the residual stream (GPT-2's init
+        scales them by 1/√(2L))."""
+        return [p for p in map(output_projection, (self.attn, self.mlp)) if p is not None]
 
 
 class PostNormBlock(PreNormBlock):
@@ -73,6 +78,9 @@ class PreNormCrossBlock(nn.Module):
 
     mixer, ffn = PreNormBlock.mixer, PreNormBlock.ffn
 
+    def residual_projections(self) -> list[nn.Module]:
+        return [p for p in map(output_projection, (self.attn, self.cross, self.mlp)) if p is not None]
+
 
 class PostNormCrossBlock(PreNormCrossBlock):
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, memory_kv: tuple[torch.Tensor, torch.Tensor],
@@ -80,6 +88,20 @@ class PostNormCrossBlock(PreNormCrossBlock):
         x = self.norm1(x + self.drop(self.attn(x, ctx, cache)))
         x = self.norm_cross(x + self.drop(self.cross(x, memory_kv, memory_mask)))
         return self.norm2(x + self.drop(self.mlp(x)))
+
+
+def output_projection(part: nn.Module) -> nn.Module | None:
+    """The last projection of a token mixer or feed-forward (what it adds to the residual stream):
+    attention's ``out``, an MLP's ``fc2`` / ``down``, or what a new part names by its own
+    ``output_projection()``; ``None`` when it names none."""
+    if isinstance(part, (SelfAttention, CrossAttention)):
+        return part.out
+    if isinstance(part, GatedMLP):
+        return part.down
+    if isinstance(part, MLP):
+        return part.fc2
+    own = getattr(type(part), "output_projection", None)
+    return part.output_projection() if callable(own) else None
 
 
 def position_embedding_of(c: ModelConfig) -> nn.Module | None:
@@ -201,6 +223,11 @@ class ModelParts:
     def blocks_for_checkpointing(self) -> list[nn.Module]:
         """The units that activation checkpointing recomputes and FSDP shards: one per block."""
         return self.transformer_blocks()
+
+    def residual_output_weights(self) -> list[nn.Parameter]:
+        """The matrices of every block's residual projections (scaled at initialisation)."""
+        return [p for b in self.transformer_blocks() for proj in b.residual_projections()
+                for p in proj.parameters() if p.dim() >= 2]
 
     def embedding(self) -> nn.Module:
         """The token embedding (shared by encoder, decoder and a tied head)."""

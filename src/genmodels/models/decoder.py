@@ -48,11 +48,12 @@ class DecoderLM(ModelParts, nn.Module):
 
     # ---- construction helpers -------------------------------------------------------------
     def init_weights(self, std: float = 0.02) -> None:
-        """GPT-2 init: N(0, 0.02) for matrices and embeddings, residual outputs scaled by 1/√(2L)."""
+        """GPT-2 init: N(0, 0.02) for matrices and embeddings, residual outputs (the projections each
+        block names: :meth:`residual_output_weights`) scaled by 1/√(2L)."""
+        residual = {id(p) for p in self.residual_output_weights()}
         for name, p in self.named_parameters():
             if p.dim() >= 2:
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("out.weight", "down.weight",
-                                                                                  "fc2.weight")) else 1.0
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if id(p) in residual else 1.0
                 nn.init.normal_(p, std=std * scale)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)

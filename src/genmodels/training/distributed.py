@@ -20,6 +20,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
                                                      set_optimizer_state_dict)
 
 from ..config import ConfigError
+from .memory import transformer_blocks
 
 PREFIX = "model."  # CausalLMLoss holds the LM as .model
 
@@ -94,7 +95,8 @@ def init_distributed(kind: str, device: str) -> DistInfo:
 
 
 def wrap(module: nn.Module, info: DistInfo) -> nn.Module:
-    """DDP around ``module``, or FSDP2 sharding of each block then the root (in place)."""
+    """DDP around ``module``, or FSDP2 sharding of each block the model names
+    (``blocks_for_checkpointing()``) then the root (in place)."""
     if not info.active:
         return module
     if info.kind == "ddp":
@@ -103,7 +105,6 @@ def wrap(module: nn.Module, info: DistInfo) -> nn.Module:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
     mesh = init_device_mesh(info.device.type, (info.world_size,))
-    from .memory import transformer_blocks
     for block in transformer_blocks(module.model):
         fully_shard(block, mesh=mesh)
     fully_shard(module, mesh=mesh)
