@@ -2,7 +2,7 @@
 from .attention import AttentionInputs, CrossAttention, PackedRows, SelfAttention, reference_attention, sdpa_attention
 from .embedding import TokenEmbedding
 from .head import LMHead, MLMHead, Pooler
-from .kv_cache import KVCache, LayerKVCache
+from .kv_cache import CachingModel, DecodingCache, KVCache, LayerKVCache
 from .masks import build_mask, padding_position_ids
 from .mlp import MLP, GatedMLP, make_mlp
 from .norm import LayerNorm, RMSNorm, make_norm
@@ -10,9 +10,9 @@ from .position import (ALiBi, LearnedPositionalEmbedding, RelativePositionBias, 
                        SinusoidalPositionalEmbedding, alibi_slopes, apply_rotary, relative_position_bucket)
 
 __all__ = [
-    "ALiBi", "AttentionInputs", "CrossAttention", "GatedMLP", "KVCache", "LMHead", "LayerKVCache", "LayerNorm",
-    "LearnedPositionalEmbedding", "MLMHead", "MLP", "PackedRows", "Pooler", "RMSNorm", "RelativePositionBias",
-    "RotaryEmbedding", "SelfAttention", "SinusoidalPositionalEmbedding", "TokenEmbedding", "alibi_slopes",
-    "apply_rotary", "build_mask", "make_mlp", "make_norm", "padding_position_ids", "reference_attention",
-    "relative_position_bucket", "sdpa_attention",
+    "ALiBi", "AttentionInputs", "CachingModel", "CrossAttention", "DecodingCache", "GatedMLP", "KVCache", "LMHead",
+    "LayerKVCache", "LayerNorm", "LearnedPositionalEmbedding", "MLMHead", "MLP", "PackedRows", "Pooler", "RMSNorm",
+    "RelativePositionBias", "RotaryEmbedding", "SelfAttention", "SinusoidalPositionalEmbedding", "TokenEmbedding",
+    "alibi_slopes", "apply_rotary", "build_mask", "make_mlp", "make_norm", "padding_position_ids",
+    "reference_attention", "relative_position_bucket", "sdpa_attention",
 ]
