@@ -80,8 +80,22 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
 
+_STANDARD = {"step", "tokens", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
+
+
+def objective_metric_names(records: list[dict]) -> list[str]:
+    """The objective's own metrics in ``records`` (not the loop's: losses, lr, rates, time), in order."""
+    names: dict[str, None] = {}
+    for r in records:
+        for k, v in r.items():
+            if k not in _STANDARD and not k.endswith("_s") and isinstance(v, (int, float)):
+                names[k] = None
+    return list(names)
+
+
 def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
-    """Train and validation loss against tokens seen; written atomically (Agg backend). Raises on
+    """Train and validation loss against tokens seen (and, in a second panel, the objective's own
+    metrics when the records hold any); written atomically (Agg backend). Raises on
     failure, leaving no temporary file (the trainer turns a failure into one warning line)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -89,9 +103,19 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
 
     train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
     val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    extra = objective_metric_names(records)
+    if extra:  # the objective's own metrics in a second panel below the losses
+        fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.2))
     tmp = Path(path).with_name(".loss.tmp.png")
     try:
+        for name in extra:
+            ax2.plot(*zip(*[(r["tokens"], r[name]) for r in records if r.get(name) is not None]), label=name, lw=0.8)
+        if extra:
+            ax2.set_xlabel("tokens")
+            ax2.grid(alpha=0.3)
+            ax2.legend()
         if train:
             ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
         if val:

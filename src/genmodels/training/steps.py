@@ -8,7 +8,8 @@
                         outside the module tree — not in any optimizer, not in a checkpoint's
                         trainable weights (DPO-shaped: policy vs reference log-probabilities)
 
-A phase's step: forward + backward over the micro-batches (the loss divided by their number),
+A phase's step: from zero gradients on its module (another phase's backward may have reached its
+parameters: G's loss flows through D), forward + backward over the micro-batches (the loss divided by their number),
 the gradient norm (clipped when the phase clips), one all-reduce of the loss, the metrics and the
 time-budget flag (the mean over micro-steps and processes), then — only when the loss and the
 gradient norm are finite — the optimizer step. Anything non-finite raises :class:`NonFiniteError`
@@ -96,6 +97,8 @@ class TrainStep:
     def _accumulate(self, ph: Phase, batches: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Forward + backward of every micro-batch; the summed loss/n and metrics/n (float64, CPU)."""
         n, dev = len(batches), self.info.device
+        for p in ph.module.parameters():  # another phase's backward may have reached them (G's loss through D)
+            p.grad = None
         loss_sum = torch.zeros((), dtype=torch.float64)
         metric_sums: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(batches):
