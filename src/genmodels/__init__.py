@@ -7,12 +7,13 @@ Public API (stable):
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
+    build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
-from .config import ConfigError, ModelConfig, preset
+from .config import ConfigError, ModelConfig
 from .embed import embed
 from .generation import generate
 from .io import export_hf, load, load_tokenizer, save
-from .models import build_model
+from .registry import build_model, preset
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_hf", "generate", "load", "load_tokenizer",

@@ -57,6 +57,7 @@ def _check_value(kind: Any, v: Any, path: str) -> Any:
     their dicts. Raises ConfigError naming ``path``."""
     if kind is Any:
         return v
+    declared = kind  # for the message: "true, false or null" when None is allowed
     if _is_optional(kind):
         if v is None:
             return None
@@ -76,7 +77,7 @@ def _check_value(kind: Any, v: Any, path: str) -> Any:
           str: lambda: isinstance(v, str),
           dict: lambda: isinstance(v, dict)}.get(origin)
     if ok is not None and not ok():
-        raise ConfigError(f"{path}={v!r} must be {_describe(kind)}")
+        raise ConfigError(f"{path}={v!r} must be {_describe(declared)}")
     return v
 
 

@@ -85,7 +85,14 @@ COMMON_EXPORT = dict(norm_placement=("pre",), attn_scale=(None,), final_norm=(Tr
 
 
 def _allows(ok: Any, v: Any) -> bool:
-    return ok is ANY or (ok.test(v) if isinstance(ok, Rule) else v in ok)
+    if ok is ANY:
+        return True
+    if not isinstance(ok, Rule):
+        return v in ok
+    try:
+        return bool(ok.test(v))
+    except (TypeError, ValueError):  # a value of the wrong kind is not allowed
+        return False
 
 
 def _needs(ok: Any) -> str:
