@@ -86,20 +86,24 @@ def cmd_info(args: argparse.Namespace) -> int:
     import genmodels
     from genmodels.models.flops import count_parameters, flops_per_token
     model = genmodels.load(model_dir(args.path))
+    from genmodels.registry import get_family
     c = model.config
-    info = {"family": c.family, "parameters": count_parameters(model),
-            "forward_flops_per_token": {f"context {t}": flops_per_token(c, t) for t in (1, c.max_seq_len)},
+    counts = get_family(c.family).counts  # FLOPs per token for families that declare them
+    flops = ({f"context {t}": flops_per_token(c, t) for t in (1, c.max_seq_len)}
+             if hasattr(counts, "matmul_parameters") else {})
+    info = {"family": c.family, "parameters": count_parameters(model), "forward_flops_per_token": flops,
             "tokenizer": model.__dict__.get("tokenizer") is not None, "cpu_inference": _cpu_path(model),
             "config": c.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
-    print(f"family      {c.family}  ({c.extra.get('hf_architecture', 'genmodels')})")
+    print(f"family      {c.family}  ({getattr(c, 'extra', {}).get('hf_architecture', 'genmodels')})")
     print(f"parameters  {info['parameters']:,}")
     for k, v in info["forward_flops_per_token"].items():
         print(f"FLOPs/token {v / 1e6:,.1f} M  (forward, {k})")
-    print(f"layers {c.n_layers}  d_model {c.d_model}  heads {c.n_heads}/{c.kv_heads} kv  d_ff {c.d_ff}  "
-          f"vocab {c.vocab_size}  positions {c.position}  norm {c.norm}  mlp {c.mlp}  tied {c.tie_embeddings}")
+    if isinstance(c, genmodels.ModelConfig):  # the transformer families' layout line
+        print(f"layers {c.n_layers}  d_model {c.d_model}  heads {c.n_heads}/{c.kv_heads} kv  d_ff {c.d_ff}  "
+              f"vocab {c.vocab_size}  positions {c.position}  norm {c.norm}  mlp {c.mlp}  tied {c.tie_embeddings}")
     print(f"CPU inference  {info['cpu_inference']}")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -42,6 +43,12 @@ def _describe(kind: Any) -> str:
     if optional:
         return "true, false or null" if origin is bool else f"{word} or null"
     return word
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    """The resolved field annotations of a config class (once per class)."""
+    return typing.get_type_hints(cls)
 
 
 def _is_optional(kind: Any) -> bool:
@@ -94,7 +101,7 @@ class StrictConfig:
 
     def __post_init__(self) -> None:
         self.__dict__["_path"] = _PATH.get() or self.section  # not a field: never serialised
-        hints = typing.get_type_hints(type(self))
+        hints = _hints(type(self))
         for f in fields(self):  # types first, so validate's comparisons cannot raise a bare TypeError
             setattr(self, f.name, _check_value(hints[f.name], getattr(self, f.name), self.where(f.name)))
         self.validate()
@@ -117,7 +124,7 @@ class StrictConfig:
         if unknown:
             raise ConfigError(f"unknown {path} config key(s): {', '.join(map(str, unknown))}; "
                               f"allowed keys: {', '.join(sorted(known))}")
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
         values = {k: _check_value(hints[k], v, f"{path}.{k}") for k, v in d.items()}
         token = _PATH.set(path)
         try:

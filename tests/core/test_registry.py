@@ -4,6 +4,7 @@ families and presets list the known ones; exporters refuse, naming it, any field
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 import genmodels
 from genmodels import ConfigError, ModelConfig, registry
+from genmodels.cli import main
 from genmodels.config import StrictConfig
 from genmodels.generation import decode
 from genmodels.generation.seq2seq import generate_seq2seq
@@ -71,6 +73,16 @@ def test_a_registered_family_is_built_preset_read_saved_and_loaded(toy, tmp_path
     back = genmodels.load(tmp_path / "toy")
     assert isinstance(back, ToyModel) and back.config == cfg
     torch.testing.assert_close(back.proj.weight, model.proj.weight, rtol=0, atol=0)
+
+
+def test_info_describes_a_family_without_transformer_fields(toy, tmp_path, capsys):
+    """`genmodels info` asks the family (counts, config) instead of assuming a transformer config."""
+    genmodels.save(genmodels.build_model(genmodels.preset("toy-small")), tmp_path / "toy")
+    assert main(["info", str(tmp_path / "toy"), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert (info["family"], info["parameters"], info["config"]) == ("toy", 12, {"family": "toy", "width": 3})
+    assert main(["info", str(tmp_path / "toy")]) == 0
+    assert "family      toy" in capsys.readouterr().out
 
 
 def test_an_unknown_family_lists_the_known_ones():
