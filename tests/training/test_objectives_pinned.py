@@ -3,7 +3,7 @@
 The numbers below were recorded on main *before* the move (commit c9558f3): the loss of one fixed
 batch per objective (a seeded tiny model, a seeded batch, the global RNG seeded where the objective
 draws masks or spans), and the first training losses of a tiny run per objective. The code after the
-move must give them to 1e-6 — the run's losses bit for bit on the same machine, to 1e-6 across CPUs.
+move (the objectives' ``forward(batch) -> (loss, metrics)``, and the trainer) must give them to 1e-6.
 """
 from __future__ import annotations
 
@@ -41,17 +41,18 @@ def _batch() -> torch.Tensor:
 
 
 def batch_loss(objective: str) -> float:
-    """The loss of one fixed batch; the global RNG seeded for the masks / spans."""
+    """The loss of one fixed batch through :func:`genmodels.objectives.build_objective` (recorded
+    through the trainer's modules of before the move); the global RNG seeded for the masks / spans."""
+    from genmodels.objectives import build_objective
     x = _batch()
-    if objective == "causal":
-        from genmodels.training.loss import CausalLMLoss
-        mod = CausalLMLoss(_model("llama-tiny", n_kv_heads=1), chunk=7)
-        return float(mod(x[:, :-1], x[:, 1:]).detach())
-    from genmodels.data.objectives import objective_module
-    model = _model("bert-tiny" if objective == "mlm" else "t5-tiny", **({"head_dim": 16} if objective == "span" else {}))
-    mod = objective_module(objective, model, n_tokens=N_TOKENS, eos_id=EOS, mlm_prob=0.3)
+    preset, kw = {"causal": ("llama-tiny", {"n_kv_heads": 1}), "mlm": ("bert-tiny", {}),
+                  "span": ("t5-tiny", {"head_dim": 16})}[objective]
+    obj = build_objective(objective, _model(preset, **kw), n_tokens=N_TOKENS, eos_id=EOS, chunk=7, mlm_prob=0.3)
+    batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]} if objective == "causal" else {"input_ids": x}
     torch.manual_seed(123)
-    return float(mod(x, None).detach())
+    loss, metrics = obj(batch)
+    assert isinstance(metrics, dict)
+    return float(loss.detach())
 
 
 def run_losses(objective: str, corpus_dir, run_dir) -> list[float]:
