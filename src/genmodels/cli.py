@@ -35,7 +35,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if GENERATES not in capabilities(model):  # refuse before the prompt is echoed
         raise ValueError(f"{args.path} holds a model of family {model.family!r}; generate needs a decoder or "
                          "seq2seq model (use `genmodels embed` for encoders)")
-    tok = model.__dict__.get("tokenizer")
+    tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError(f"{args.path} has no tokenizer.json, so a text prompt cannot be encoded")
     prompts = args.prompt or ["def "]
@@ -92,7 +92,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     flops = ({f"context {t}": flops_per_token(c, t) for t in (1, c.max_seq_len)}
              if hasattr(counts, "matmul_parameters") else {})
     info = {"family": c.family, "parameters": count_parameters(model), "forward_flops_per_token": flops,
-            "tokenizer": model.__dict__.get("tokenizer") is not None, "cpu_inference": _cpu_path(model),
+            "tokenizer": getattr(model, "tokenizer", None) is not None, "cpu_inference": _cpu_path(model),
             "config": c.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))

@@ -38,8 +38,9 @@ def _describe(kind: Any) -> str:
     optional = _is_optional(kind)
     base = args[0] if optional and len(args) == 1 else kind
     origin = typing.get_origin(base) or base
+    other = "a mapping" if _is_config(origin) else f"a {getattr(origin, '__name__', origin)}"
     word = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list",
-            dict: "a mapping"}.get(origin, "a mapping" if _is_config(origin) else f"a {getattr(origin, '__name__', origin)}")
+            dict: "a mapping"}.get(origin, other)
     if optional:
         return "true, false or null" if origin is bool else f"{word} or null"
     return word

@@ -57,7 +57,7 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     per text (default: the recipe's ``max_seq_length``, else the model's positions).
     """
     texts = _check_embed_args(texts, batch_size, max_length, pooling)
-    tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    tokenizer = tokenizer or getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("embed needs a tokenizer: load the model from a folder with tokenizer.json "
                          "or pass tokenizer=")

@@ -91,7 +91,7 @@ def load_tokenizer(path: str | Path):
 
 def attach_tokenizer(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
     """Keep a tokenizer beside a model (not a module: it is not part of the state dict)."""
-    model.__dict__["tokenizer"] = tokenizer
+    model.tokenizer = tokenizer
     return model
 
 
@@ -306,7 +306,7 @@ def _atomic_dir_write(path: Path, write) -> Path:
 def save(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     """Save ``model`` (and its tokenizer) as a genmodels directory, each file atomically (see
     :func:`_atomic_dir_write`: files genmodels did not write are never replaced or removed)."""
-    tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    tokenizer = tokenizer or getattr(model, "tokenizer", None)
     get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
 
     def write(d: Path) -> None:
@@ -328,7 +328,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     from .interop.sentence_transformers import KEY
     from .interop.hf import export_hf as _export
     from .interop.sentence_transformers import check_sentence_export, write_sentence_files
-    tokenizer = tokenizer or model.__dict__.get("tokenizer")
+    tokenizer = tokenizer or getattr(model, "tokenizer", None)
     recipe = model.config.extra.get(KEY)
     if recipe is not None:
         check_sentence_export(model.config, recipe, tokenizer)  # refuse before touching the folder

@@ -54,7 +54,7 @@ def test_sentence_transformers_export_keeps_pooling(tmp_path, minilm_model, pool
     model.config.extra = {KEY: {"pooling": pooling, "normalize": False, "max_seq_length": 12,
                                 "do_lower_case": True}}
     genmodels.export_hf(model, tmp_path / "st", tokenizer=minilm_model.tokenizer)
-    model.__dict__["tokenizer"] = minilm_model.tokenizer
+    model.tokenizer = minilm_model.tokenizer
     ours = genmodels.embed(model, TEXTS)
     assert ours.norm(dim=1).sub(1).abs().max() > 1e-2  # really not normalised
     torch.testing.assert_close(_st_encode(tmp_path / "st", TEXTS), ours, atol=1e-5, rtol=0)

@@ -58,9 +58,11 @@ def _decoder_parts(model: nn.Module):
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the fused step (``None``: it can)."""
     from ..models.blocks import PostNormBlock, PostNormCrossBlock, PreNormBlock, PreNormCrossBlock
-    family = getattr(model, "family", None)
-    if family not in ("decoder", "seq2seq"):
-        return "not a decoder"
+    from ..registry import GENERATES, SEQ2SEQ, capabilities
+    caps = capabilities(model)
+    if GENERATES not in caps:
+        return "not a model that generates tokens"
+    seq2seq = SEQ2SEQ in caps
     if not callable(getattr(type(model), "decoder_view", None)):
         return f"{type(model).__name__} names no decoder parts (decoder_view())"
     if library() is None:
@@ -71,7 +73,7 @@ def unsupported(model: nn.Module) -> str | None:
     blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)
     kind = norm_kind(blocks[0].norm1)
     eps = set()
-    allowed = (PreNormCrossBlock, PostNormCrossBlock) if family == "seq2seq" else (PreNormBlock, PostNormBlock)
+    allowed = (PreNormCrossBlock, PostNormCrossBlock) if seq2seq else (PreNormBlock, PostNormBlock)
     if len({type(b) for b in blocks}) != 1:
         return "blocks of different kinds"
     for blk in blocks:
@@ -81,14 +83,14 @@ def unsupported(model: nn.Module) -> str | None:
             return f"attention {type(blk.attn).__name__} not supported"
         if type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
             return f"feed-forward {type(blk.mlp).__name__} not supported"
-        norms = (blk.norm1, blk.norm2) + ((blk.norm_cross,) if family == "seq2seq" else ())
+        norms = (blk.norm1, blk.norm2) + ((blk.norm_cross,) if seq2seq else ())
         for n in norms:
             if kind is None or norm_kind(n) != kind:
                 return "norms must all be LayerNorm or all RMSNorm"
             eps.add(n.eps)
         if blk.attn.head_dim > 512:
             return "head_dim > 512"
-        if family == "seq2seq" and blk.cross.scale != blk.attn.scale:
+        if seq2seq and blk.cross.scale != blk.attn.scale:
             return "cross-attention scale differs from self-attention's"
     if (reason := unplain_projection(blocks)) is not None:
         return reason
@@ -122,7 +124,8 @@ class FusedDecodeStep:
         reason = unsupported(model)
         if reason is not None:
             raise ValueError(f"fused decode step unavailable: {reason}")
-        seq2seq = model.family == "seq2seq"
+        from ..registry import SEQ2SEQ, capabilities
+        seq2seq = SEQ2SEQ in capabilities(model)
         self.lib, c = library(), model.config
         self.cache = cache.self_kv if seq2seq else cache
         blocks, final_norm, pos_embed, rotary, score_bias = _decoder_parts(model)

@@ -58,7 +58,8 @@ class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in csrc/enco
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the native encoder (``None``: it can)."""
     from ..models.blocks import PostNormBlock, PreNormBlock
-    if getattr(model, "family", None) != "encoder":
+    from ..registry import EMBEDS, capabilities
+    if EMBEDS not in capabilities(model):
         return "not an encoder model"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
