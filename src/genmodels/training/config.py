@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from ..config import ConfigError, ModelConfig
 from ..registry import config_from_dict, preset, presets
@@ -353,77 +352,5 @@ def _number(name: str, v: Any, lo: float | None = None, hi: float | None = None,
         raise ConfigError(f"{name}={v!r} must be a number {' and '.join(x for x in (lo_s, hi_s) if x)}")
 
 
-# ---- loading with overrides ---------------------------------------------------------------
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-3"`` → (["train", "lr"], 0.001); the value is parsed with yaml.safe_load."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
-    key, value = item.split("=", 1)
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {item!r}: bad key {key!r}")
-    try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
-    # YAML 1.1 reads "1e-3" as a string; accept it as the float a person means.
-    if isinstance(parsed, str):
-        try:
-            parsed = float(parsed) if any(c in parsed.lower() for c in "e.") else parsed
-        except ValueError:
-            pass
-    return parts, parsed
-
-
-def _fix_floats(d: Any) -> Any:
-    """YAML 1.1 loads 3e-4 (no dot) as a string: convert number-looking strings back to floats."""
-    if isinstance(d, dict):
-        return {k: _fix_floats(v) for k, v in d.items()}
-    if isinstance(d, list):
-        return [_fix_floats(v) for v in d]
-    if isinstance(d, str):
-        try:
-            f = float(d)
-            return f if ("e" in d.lower() and d.strip()[0] in "0123456789+-.") else d
-        except ValueError:
-            return d
-    return d
-
-
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides or []:
-        parts, value = parse_override(item)
-        node = d
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {item!r}: {p} is not a section")
-            node = nxt
-        node[parts[-1]] = value
-    return d
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML recipe (or start from the defaults), apply ``--set`` overrides, validate."""
-    d: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if p.is_dir():
-            raise ConfigError(f"config file {str(p)!r} is a folder; give a YAML recipe such as configs/llama-tiny.yaml")
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} not found")
-        try:
-            d = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({e})") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{p}: a training config must be a mapping")
-    d = _fix_floats(d)
-    d = apply_overrides(d, overrides or [])
-    return RunConfig.from_dict(d)
-
-
-def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+# the YAML side (reading a recipe, --set overrides, writing it back) lives in recipe.py
+from .recipe import apply_overrides, dump_config, load_config, parse_override  # noqa: E402,F401
