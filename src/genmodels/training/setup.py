@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -19,6 +20,22 @@ from .data import corpus_spec
 from .distributed import DistInfo
 from .metrics import measure_matmul_peak
 from .rundir import RunDirError
+
+
+@dataclass
+class TrainResult:
+    """What :func:`genmodels.training.train` did."""
+
+    run_dir: Path
+    final_dir: Path | None
+    steps: int
+    tokens: int
+    train_losses: dict[int, float] = field(default_factory=dict)  # step → loss (this invocation)
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    seconds: float = 0.0
+    samples: list[str] = field(default_factory=list)
+    checkpoint: Path | None = None
 
 
 def autocast_dtype(cfg_precision: str, device: torch.device):
@@ -176,3 +193,35 @@ def matmul_peak(tc, info: DistInfo, say) -> float | None:
         say(f"peak: {peak / 1e9:.1f} GFLOP/s fp32 matmul (measured, 1024² for 0.5 s; "
             f"set train.mfu_peak_tflops to fix it)")
     return peak
+
+
+# ---- model.init_from: the run's first weights and its tokenizer from a model folder ---------------
+def init_from_data(cfg: RunConfig, dc):
+    """The data config for a run that starts from ``model.init_from``: the folder's tokenizer.json
+    (ConfigError naming the field when there is none); ``dc`` unchanged without init_from."""
+    path = getattr(cfg, "init_from", None)
+    if path is None:
+        return dc
+    tok_file = Path(path).expanduser() / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ConfigError(f"model.init_from={path!r} has no tokenizer.json; the run needs the tokenizer the "
+                          "model was trained with (give a folder saved with its tokenizer)")
+    return dataclasses.replace(dc, tokenizer=str(tok_file))
+
+
+def init_from_model(cfg: RunConfig, mcfg) -> torch.nn.Module | None:
+    """The model at ``model.init_from`` (genmodels.load: genmodels or Hugging Face folder), or None.
+    ConfigError naming the field and listing the keys where its config differs from the recipe's."""
+    path = getattr(cfg, "init_from", None)
+    if path is None:
+        return None
+    from ..io import load
+    src = load(Path(path).expanduser())
+    old = json.loads(json.dumps(src.config.to_dict()))  # as stored: tuples become lists
+    new = json.loads(json.dumps(mcfg.to_dict()))
+    differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    if differ:
+        raise ConfigError(f"model.init_from={path!r}: its model differs from the recipe's model section in "
+                          + ", ".join(f"model.{k} ({old.get(k)!r} there, {new.get(k)!r} in the recipe)" for k in differ)
+                          + "; set those keys under model: to match it")
+    return src

@@ -1,5 +1,7 @@
-"""The training loop: data → model → AdamW steps with accumulation and clipping → eval, checkpoints,
-metrics, samples. One function, :func:`train`, used by ``genmodels train`` and by tests.
+"""The training loop: data → model (fresh, or ``model.init_from``) → the objective
+(:mod:`genmodels.objectives`) → train steps (:mod:`.steps`: accumulation, clipping, non-finite
+guards) → eval, checkpoints, metrics, samples. :func:`train` is used by ``genmodels train`` and tests;
+setting up (resume point, model config, RNG, peak) is in :mod:`.setup`.
 
 Determinism: the model is initialised from ``torch.manual_seed(seed)`` (identically on every
 rank), batches come from a seeded sampler whose position is checkpointed, the schedule is a
@@ -36,22 +38,9 @@ from .memory import apply_activation_checkpointing, keep_freed_memory, transform
 from .metrics import MetricsLog, flops_per_token, plot_losses
 from .optim import build_optimizer, lr_at
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
-from .setup import autocast_dtype, last_good, matmul_peak, model_config, restore_rng, resume_point, rng_state
+from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
+                    model_config, restore_rng, resume_point, rng_state)
 from .steps import NonFiniteError, Phase, TrainStep, evaluate, first_non_finite_param  # noqa: F401  (re-exported)
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    final_dir: Path | None
-    steps: int
-    tokens: int
-    train_losses: dict[int, float] = field(default_factory=dict)  # step → loss (this invocation)
-    val_loss: float | None = None
-    val_ppl: float | None = None
-    seconds: float = 0.0
-    samples: list[str] = field(default_factory=list)
-    checkpoint: Path | None = None
 
 
 _SKIP_STEPS = 3  # the first steps fault their memory in and warm kernels up: not timed for the fit
@@ -125,6 +114,8 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     run.fingerprint = corpus_fingerprint(corpus_spec(dc))
     ckpt, loaded, data_cfg = (resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume
                               else (None, None, dc))
+    if ckpt is None:  # a fresh start: model.init_from gives the tokenizer (and, below, the weights)
+        data_cfg = init_from_data(cfg, data_cfg)
     info.barrier()
     if info.is_main:  # the main rank builds caches first; the others then read them
         run.data = prepare_data(data_cfg, log=say)
@@ -137,8 +128,14 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
         dump_config(cfg, run.run_dir / "config.yaml")
         tok.save(str(run.run_dir / "tokenizer.json"))
 
+    start = init_from_model(cfg, run.mcfg) if ckpt is None else None
+
     torch.manual_seed(tc.seed)
-    model = build_model(run.mcfg).to(info.device)
+    model = build_model(run.mcfg)
+    if start is not None:
+        model.load_state_dict(start.state_dict())
+        say(f"model: weights from model.init_from={cfg.init_from}")
+    model = model.to(info.device)
     apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
     if info.device.type == "cpu":
         keep_freed_memory()
@@ -198,11 +195,11 @@ class _Run:
     micro_bs: int
     progress: bool = True
     fingerprint: str = ""
-    data: object = None
+    data: object = None  # training.data.Data: tokenizer, train/val windows, eos id
     mcfg: object = None
-    objective: object = None
+    objective: object = None  # an objectives.Objective holding the model
     optimizer: object = None
-    step_fn: object = None
+    step_fn: object = None  # the objective, DDP/FSDP-wrapped (and compiled)
     train_step: object = None
     sampler: object = None
     metrics: object = None
