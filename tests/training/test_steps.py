@@ -8,6 +8,7 @@ against a frozen reference copy (DPO-shaped); metrics averaged over micro-steps,
 from __future__ import annotations
 
 import json
+import struct
 
 import pytest
 import torch
@@ -277,4 +278,5 @@ def test_objective_metrics_are_logged_by_the_trainer(corpus_dir, tmp_path, monke
     train(RunConfig.from_dict(cfg), progress=False, log=lambda s: None)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["seven"] for r in rows if "loss" in r] == [7.0] * 4
-    assert (run / "loss.png").is_file()
+    width, height = struct.unpack(">II", (run / "loss.png").read_bytes()[16:24])
+    assert (width, height) == (700, 700)  # a second panel for the objective's metrics (losses alone: 700×420)
