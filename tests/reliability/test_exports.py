@@ -2,8 +2,8 @@
 sentence-transformers folder (same vectors in SentenceTransformer as in genmodels.embed), and the
 exporters without a reload check elsewhere are reloaded in transformers here: BertModel,
 BertForMaskedLM and T5ForConditionalGeneration built natively in genmodels (GPT-2, Llama and Mistral
-are in tests/parity/test_roundtrip_hf.py::test_ours_to_hf_to_ours; the BERT/T5 tests in
-tests/encoder/test_parity.py start from transformers models)."""
+are in tests/parity/transformers/test_roundtrip.py::test_ours_to_hf_to_ours; the BERT/T5 tests in
+tests/parity/transformers/test_encoders.py start from transformers models)."""
 from __future__ import annotations
 
 import json
@@ -14,7 +14,7 @@ import torch
 import genmodels
 from genmodels.embed import KEY
 from genmodels.interop.base import ConversionError
-from tests.core._tiny import randomise
+from tests.helpers.tiny import randomise
 
 transformers = pytest.importorskip("transformers")
 st = pytest.importorskip("sentence_transformers")

@@ -12,7 +12,7 @@ import genmodels
 from genmodels import native
 from genmodels.generation.sampling import top_k_filter, top_p_filter
 from genmodels.generation.seq2seq import generate_seq2seq
-from tests.core._tiny import VOCAB, random_ids, randomise, tiny_model
+from tests.helpers.tiny import VOCAB, random_ids, randomise, tiny_model
 
 IDS = random_ids(2, 5)
 ONES = torch.ones(2, 5, dtype=torch.long)

@@ -12,7 +12,7 @@ from genmodels.generation import decode as decode_mod
 from genmodels.generation import seq2seq as seq2seq_mod
 from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.nn import kv_cache
-from tests.core._tiny import VOCAB, left_pad_mask, random_ids, randomise, tiny_model
+from tests.helpers.tiny import VOCAB, left_pad_mask, random_ids, randomise, tiny_model
 
 HUGE = 4_000_000
 PATHS = ["native", "torch"]

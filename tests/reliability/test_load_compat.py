@@ -12,7 +12,7 @@ import torch
 import genmodels
 from genmodels import io
 from genmodels.models.flops import count_parameters, parameter_count
-from tests.core._tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 transformers = pytest.importorskip("transformers")
 

@@ -22,7 +22,7 @@ import torch
 from genmodels import native
 from genmodels.files import file_sha256
 from genmodels.native.decoder import FusedDecodeStep
-from tests.core._tiny import left_pad_mask, random_ids, tiny_model
+from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
 
 ROOT = Path(__file__).parents[2]
 pytestmark = pytest.mark.skipif(not native.enabled(), reason="GENMODELS_NATIVE=0: native kernels disabled on purpose")
@@ -183,7 +183,7 @@ def test_broken_c_source_fails_the_native_tests_instead_of_skipping(fresh):
     code = ("import pathlib, sys, pytest, genmodels.native as n\n"
             "n.SOURCE, n._FLAG_SETS = pathlib.Path(sys.argv[1]), (['-O0'],)\n"
             "sys.exit(pytest.main(['-q', '-p', 'no:randomly', '-p', 'no:cacheprovider', '-p', 'no:xdist',"
-            " 'tests/encoder/test_native_encoder.py', '-k', 'test_equals_encode and post and 1']))\n")
+            " 'tests/native/test_encoder.py', '-k', 'test_equals_encode and post and 1']))\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GENMODELS_NATIVE", "CC")}
     env.update(GENMODELS_CACHE=str(fresh / "cache"), OMP_NUM_THREADS="1")
     r = subprocess.run([sys.executable, "-c", code, str(broken_sources(fresh))], env=env, cwd=ROOT,

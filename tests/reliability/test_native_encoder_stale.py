@@ -8,7 +8,7 @@ import torch
 import genmodels
 from genmodels import native
 from genmodels.native.encoder import forget, native_encoder
-from tests.core._tiny import randomise
+from tests.helpers.tiny import randomise
 
 pytestmark = pytest.mark.skipif(not native.enabled(), reason="GENMODELS_NATIVE=0: native kernels disabled on purpose")
 TOL = dict(atol=1e-5, rtol=1e-4)

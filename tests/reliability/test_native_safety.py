@@ -11,8 +11,8 @@ from torch import nn
 import genmodels
 from genmodels.native import decoder as native_decoder
 from genmodels.native import encoder as native_encoder
-from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
-from tests.core._tiny import random_ids, randomise, tiny_model
+from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+from tests.helpers.tiny import random_ids, randomise, tiny_model
 
 skip_if_disabled()
 

@@ -11,7 +11,7 @@ import torch
 
 import genmodels
 from genmodels import io
-from tests.core._tiny import tiny_model
+from tests.helpers.tiny import tiny_model
 
 
 @pytest.fixture

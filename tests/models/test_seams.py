@@ -14,7 +14,7 @@ from genmodels.models.blocks import PreNormBlock, build_block
 from genmodels.nn import AttentionInputs, SelfAttention, build_mask
 from genmodels.nn.kv_cache import CachingModel, DecodingCache
 from genmodels.training.memory import apply_activation_checkpointing, transformer_blocks
-from tests.core._tiny import random_ids, randomise, tiny_config, tiny_model
+from tests.helpers.tiny import random_ids, randomise, tiny_config, tiny_model
 
 MIN = torch.finfo(torch.float32).min
 

@@ -8,13 +8,13 @@ import torch
 
 import genmodels
 from genmodels.native.encoder import NativeEncoder, native_encoder, unsupported
-from tests.core._tiny import randomise  # shared randomiser (run from the repo root: python -m pytest)
-from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+from tests.helpers.tiny import randomise  # shared randomiser (run from the repo root: python -m pytest)
+from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(1)
 
-skip_if_disabled()  # otherwise a failed build fails every test here (tests/core/_native.py)
+skip_if_disabled()  # otherwise a failed build fails every test here (tests/helpers/native.py)
 
 
 TOL = dict(atol=1e-5, rtol=1e-4)

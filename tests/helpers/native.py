@@ -2,7 +2,7 @@
 purpose (GENMODELS_NATIVE=0); otherwise a build that fails (e.g. a C file that no longer compiles)
 fails every test of the module with the compiler's error instead of turning them into silent skips.
 
-    from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+    from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
     skip_if_disabled()
 """
 import pytest

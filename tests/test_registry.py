@@ -19,7 +19,7 @@ from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.interop.base import ANY, ConversionError, require_exportable
 from genmodels.interop.hf import CONVERTERS, converter_for_config
 from genmodels.training.config import RunConfig
-from tests.core._tiny import randomise
+from tests.helpers.tiny import randomise
 
 TINY = dict(vocab_size=64, d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=32)
 PRESET_OF = {"gpt2": "gpt2-tiny", "llama": "llama-tiny", "mistral": "mistral-7b", "bert": "bert-tiny",
@@ -94,7 +94,8 @@ def test_an_unknown_family_lists_the_known_ones():
 
 
 def test_an_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ConfigError, match=r"unknown preset 'llama-huge'; choose one of .*bert-tiny.*llama-tiny.*t5-tiny"):
+    known = r"unknown preset 'llama-huge'; choose one of .*bert-tiny.*llama-tiny.*t5-tiny"
+    with pytest.raises(ConfigError, match=known):
         registry.preset("llama-huge")
 
 

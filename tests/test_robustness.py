@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 import genmodels
 from genmodels.models.flops import flops_per_token, matmul_parameters
 
-from ._tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 
 def test_a_model_still_trains_after_generate():

@@ -16,12 +16,12 @@ from genmodels.generation import decode as decode_mod
 from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.native.decoder import FusedDecodeStep, unsupported
 
-from ._tiny import VOCAB, left_pad_mask, randomise, random_ids, tiny_model
-from tests.core._native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+from tests.helpers.tiny import VOCAB, left_pad_mask, randomise, random_ids, tiny_model
+from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
 
 torch.set_num_threads(1)
 
-skip_if_disabled()  # otherwise a failed build fails every test here (tests/core/_native.py)
+skip_if_disabled()  # otherwise a failed build fails every test here (tests/helpers/native.py)
 
 
 ROOT = Path(__file__).parents[2]

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 import genmodels
 from genmodels.cli import main
 
-from ._tiny import randomise
+from tests.helpers.tiny import randomise
 
 
 @pytest.fixture(scope="module")

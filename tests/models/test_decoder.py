@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._tiny import left_pad_mask, random_ids, tiny_model
+from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
 
 torch.set_num_threads(1)
 

@@ -1,6 +1,6 @@
 """genmodels.generate and the logit processors, checked against their definitions.
 
-Token-exact comparisons with transformers' generate() live in tests/parity/test_generate_hf.py.
+Token-exact comparisons with transformers' generate() live in tests/parity/transformers/test_generate.py.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 import genmodels
 from genmodels.generation import process_logits, repetition_penalty, top_k_filter, top_p_filter
 
-from ._tiny import left_pad_mask, random_ids, tiny_model
+from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
 
 torch.set_num_threads(1)
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 import genmodels
 from genmodels.interop.base import ConversionError
 
-from ._tiny import random_ids, tiny_model
+from tests.helpers.tiny import random_ids, tiny_model
 
 torch.set_num_threads(1)
 

@@ -11,9 +11,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 import genmodels  # noqa: E402
-from tests.core._tiny import left_pad_mask, random_ids, randomise  # noqa: E402, F401  (shared helpers)
+from tests.helpers.tiny import left_pad_mask, random_ids, randomise  # noqa: E402, F401  (shared helpers)
 
-from tests.core._tiny import VOCAB  # noqa: E402
+from tests.helpers.tiny import VOCAB  # noqa: E402
 MODULE_TOL = dict(atol=1e-6, rtol=1e-5)
 MODEL_TOL = dict(atol=1e-5, rtol=1e-4)
 

@@ -1,6 +1,6 @@
 """Components against torch's own modules or independent, hand-written definitions.
 
-Reference-library (Hugging Face) comparisons of the same components live in tests/parity/.
+Reference-library (Hugging Face) comparisons of the same components live in tests/parity/transformers/.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from genmodels.nn import (MLP, ALiBi, GatedMLP, LayerNorm, RMSNorm, RotaryEmbedd
                           sdpa_attention)
 from genmodels.nn.position import sinusoidal_table
 
-from ._tiny import randomise
+from tests.helpers.tiny import randomise
 
 torch.set_num_threads(1)
 
@@ -308,7 +308,7 @@ def test_is_causal_fast_path_equals_explicit_mask():
 
 def test_decode_layout_keeps_values_and_restores_the_layout():
     from genmodels.nn.layout import decode_layout
-    from ._tiny import tiny_model
+    from tests.helpers.tiny import tiny_model
     m = tiny_model("llama")
     before = {k: v.clone() for k, v in m.state_dict().items()}
     ids = torch.randint(0, 128, (2, 12))
