@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -52,5 +53,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_train(p.parse_args(argv))
 
 
+def _exit_process(status: int) -> None:
+    """End a torchrun worker without interpreter finalisation, once its process group is destroyed and
+    its output flushed: gloo's worker threads can otherwise abort the process while Python tears down
+    (``terminate called without an active exception``, SIGABRT) after a run that completed — turning
+    a finished, checkpointed run into a failed one (pytorch/pytorch#179291 describes the mechanism)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if "LOCAL_RANK" in os.environ:  # launched by torchrun
+        _exit_process(status)
+    sys.exit(status)
