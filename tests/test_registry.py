@@ -191,3 +191,14 @@ def test_an_exporter_refuses_what_its_target_cannot_express(model_type, field, v
     cfg = tiny(model_type, **{field: value})
     with pytest.raises(ConversionError, match=rf"model\.{field}={value}"):
         converter_for_config(cfg).config_to_hf(cfg)
+
+
+@pytest.mark.parametrize("preset_name,field,value", [("llama-tiny", "pooler", True),
+                                                      ("llama-tiny", "rel_buckets", 16),
+                                                      ("bert-tiny", "n_decoder_layers", 3),
+                                                      ("t5-tiny", "type_vocab_size", 2)])
+def test_a_field_of_another_family_is_refused_not_ignored(preset_name, field, value):
+    """ModelConfig is shared by the transformer families; a field only another family reads (its
+    Family.unused) must keep its default, or the config is refused naming it — never silently ignored."""
+    with pytest.raises(ConfigError, match=rf"model\.{field}=.*means nothing for family"):
+        registry.preset(preset_name, **{field: value})

@@ -267,6 +267,7 @@ class ModelConfig(StrictConfig):
         if self.embed_scale <= 0:
             raise ConfigError(f"model.embed_scale={self.embed_scale} must be > 0")
         family.check(self)  # what only this family allows (positions, embedding scale)
+        _check_unused_fields(self, family)
 
     # ---- serialisation (StrictConfig: from_dict, to_dict, save, load, replace) -----------
     @classmethod
@@ -372,3 +373,20 @@ def preset(name: str, **kw: Any) -> ModelConfig:
     """The config of preset ``name`` of any registered family (:func:`genmodels.registry.preset`)."""
     from .registry import preset as registry_preset
     return registry_preset(name, **kw)
+
+
+_SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+
+
+def _check_unused_fields(cfg: "ModelConfig", family) -> None:
+    """A structural field that means nothing to this family (``Family.unused``: BERT's token types or
+    pooler on a decoder, T5's relative buckets on an encoder, …) must keep its default — a value set
+    there would be silently ignored. Special token ids are left alone: foreign configs carry them
+    whether or not the architecture reads them."""
+    for f in fields(cfg):
+        if f.name in family.unused and f.name not in _SPECIAL_IDS:
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            value = getattr(cfg, f.name)
+            if value != default:
+                raise ConfigError(f"model.{f.name}={value!r} means nothing for family={cfg.family!r} (it is read by "
+                                  f"another family); leave it at {default!r} or choose that family")
