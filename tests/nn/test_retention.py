@@ -35,6 +35,7 @@ def msr(eps: float = 0.0, seed: int = 0, dtype=torch.float32) -> MultiScaleReten
     with torch.no_grad():   # larger weights than the init so the rescalings and the ε actually matter
         for p in m.parameters():
             p.normal_(0, 0.5, generator=gen(seed + p.numel()))
+        m.out_proj.weight.mul_(0.2)     # keeps |y| ~ 5 so fp32 rounding stays far below the 1e-5 tolerances
     return m
 
 
@@ -192,3 +193,66 @@ def test_recurrent_state_size_does_not_depend_on_prefix_length():
 def test_bad_mode_is_refused_naming_the_field():
     with pytest.raises(ValueError, match="mode"):
         msr()(torch.zeros(1, 2, 16), mode="attention")
+
+
+# ---- torchscale's pre-norm rescalings, against vectorised hand-written definitions -----------------
+def _rotated(m, x):
+    from genmodels.nn.retention import theta_shift
+    b, t, _ = x.shape
+    q = m.q_proj(x).view(b, t, m.n_heads, m.key_dim).transpose(1, 2)
+    k = (m.k_proj(x) * m.scaling).view(b, t, m.n_heads, m.key_dim).transpose(1, 2)
+    v = m.v_proj(x).view(b, t, m.n_heads, m.head_dim).transpose(1, 2)
+    return theta_shift(q, m.angle), theta_shift(k, m.angle), v
+
+
+def _decay(t, log_g):
+    i = torch.arange(t, dtype=log_g.dtype)
+    dist = i[:, None] - i[None, :]
+    return torch.where(dist >= 0, torch.exp(dist.clamp(min=0) * log_g[:, None, None]), torch.zeros(()).double())
+
+
+def test_parallel_prenorm_rows_are_torchscale_rescaled():
+    """Before the head norm: (QKᵀ ⊙ D/√rowsum(D)) / max(|row sum|, 1) · V — the rescalings the norm hides."""
+    m = msr(dtype=torch.float64)
+    x = torch.randn(2, 9, 16, generator=gen(6), dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = _rotated(m, x)
+        y, _ = m._parallel(q, k, v)
+    d = _decay(9, m.decay)
+    d = d / d.sum(-1, keepdim=True).sqrt()
+    sc = (q @ k.transpose(-1, -2)) * d
+    ref = (sc / sc.sum(-1, keepdim=True).abs().clamp(min=1)) @ v
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("t", [8, 10])
+def test_chunkwise_prenorm_rows_are_torchscale_aligned(t):
+    """torchscale's chunk form, right-padded to whole chunks: inner rows / Σ|·| clamped at 1, the cross part from
+    the state divided by its own max column abs-sum (≥ 1), both re-aligned to the larger of the two scales."""
+    c = 4
+    m = msr(dtype=torch.float64)
+    x = torch.randn(2, t, 16, generator=gen(7), dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = _rotated(m, x)
+        y, _ = m._chunkwise(q, k, v, c)
+    pad = (-t) % c
+    q, k, v = (torch.nn.functional.pad(a, (0, 0, 0, pad)) for a in (q, k, v))
+    b, h, n = q.shape[0], q.shape[1], (t + pad) // c
+    q, k, v = (a.view(b, h, n, c, a.shape[-1]).transpose(1, 2) for a in (q, k, v))   # (B, N, H, C, d)
+    mask = _decay(c, m.decay)                                                       # (H, C, C)
+    s_loc = mask.sum(-1, keepdim=True).sqrt()
+    s_c = mask[:, -1].sum(-1)[:, None, None]
+    sc = (q @ k.transpose(-1, -2)) * (mask / s_loc)
+    inner_scale = sc.abs().sum(-1, keepdim=True).clamp(min=1)
+    inner = (sc / inner_scale) @ v
+    kv = k.transpose(-1, -2) @ (v * (mask[:, -1] / s_c[..., 0])[..., None])          # (B, N, H, dk, dv)
+    state, scale, outs = torch.zeros_like(kv[:, 0]), torch.ones(b, h, 1, 1).double(), []
+    for i in range(n):
+        qi = q[:, i] * (torch.exp(m.decay[:, None] * torch.arange(1, c + 1).double())[..., None] * s_c / s_loc)
+        cross = qi @ (state / scale)
+        both = torch.maximum(inner_scale[:, i], scale)
+        outs.append(inner[:, i] * inner_scale[:, i] / both + cross * scale / both)
+        state = state * torch.exp(m.decay * c)[:, None, None] + kv[:, i]
+        scale = state.abs().sum(-2, keepdim=True).amax(-1, keepdim=True).clamp(min=1)
+    ref = torch.stack(outs, 1).transpose(1, 2).reshape(b, h, n * c, -1)[:, :, :t]
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)

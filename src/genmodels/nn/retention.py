@@ -3,16 +3,18 @@ arXiv 2307.08621) in its three equal forms, and torchscale 0.3.0's ``MultiScaleR
 
 Per head, with decay γ ∈ (0, 1), queries/keys (B, H, T, d_k), values (B, H, T, d_v)::
 
-    parallel                        recurrent (one token n)                 chunkwise (chunk i of size C, row j)
-    ----------------------------    ------------------------------------    -------------------------------------------
-    D[n,m] = γ^(n−m) if n ≥ m       S_n = γ·S_{n−1} + k_nᵀ v_n              R_i = K_[i]ᵀ(V_[i] ⊙ ζ) + γ^C·R_{i−1},  ζ_j = γ^(C−1−j)
-             0       otherwise      o_n = q_n S_n                           O_[i] = (Q_[i]K_[i]ᵀ ⊙ D_C) V_[i]
-    O = (Q Kᵀ ⊙ D) V                                                              + (Q_[i] R_{i−1}) ⊙ ξ,  ξ_j = γ^(j+1)
-    D: (H, T, T)  O: (B, H, T, d_v) S: (B, H, d_k, d_v)  o_n: (B, H, d_v)   R: (B, H, d_k, d_v)  O_[i]: (B, H, C, d_v)
+    parallel                    recurrent (token n)             chunkwise (chunk i of size C, in-chunk row j)
+    ------------------------    ----------------------------    ----------------------------------------------
+    D[n,m] = γ^(n−m), n ≥ m     S_n = γ·S_{n−1} + k_nᵀ v_n      R_i = K_[i]ᵀ(V_[i] ⊙ ζ) + γ^C·R_{i−1}
+           = 0,       n < m     o_n = q_n S_n                   O_[i] = (Q_[i]K_[i]ᵀ ⊙ D_C) V_[i] + (Q_[i]R_{i−1}) ⊙ ξ
+    O = (Q Kᵀ ⊙ D) V                                            ζ_j = γ^(C−1−j),  ξ_j = γ^(j+1),  R_{−1} = 0
 
-All three are equal in exact arithmetic; the final state of each (S_{T−1}, = R of the last chunk) lets a prefill
-hand over to recurrent steps. A length that is not a multiple of C is handled by a shorter last chunk (its ζ uses
-its own length, so the state stays exact — no right padding).
+    D: (H, T, T)                S_n: (B, H, d_k, d_v)           R_i: (B, H, d_k, d_v)
+    O: (B, H, T, d_v)           o_n: (B, H, d_v)                O_[i]: (B, H, C, d_v)
+
+All three are equal in exact arithmetic; the final state of each (S_{T−1}, equal to the last chunk's R) lets a
+prefill hand over to recurrent steps. A length that is not a multiple of C is handled by a shorter last chunk
+(its ζ uses its own length, so the state stays exact — no right padding).
 
 ``MultiScaleRetention`` adds what torchscale 0.3.0 does around the raw form: q = W_Q x, k = W_K x / √d_k, v = W_V x;
 a GPT-J-style rotation on interleaved pairs (2i, 2i+1) with angles θ_i = 1/10000^(i/(d_k/2−1)) (positions start at
@@ -23,8 +25,6 @@ per-head RMSNorm without affine in fp32; and MSR(X) = W_O(swish(W_G X) ⊙ Y). B
 modes agree only up to the head-norm ε (exactly at ε = 0).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -134,6 +134,9 @@ class MultiScaleRetention(nn.Module):
     forward(x (B, T, d_model), mode, state, offset, chunk_size) -> (y (B, T, d_model), state), where state is
     (S (B, H, d_k, d_v), s (B, H)) after the last token in torchscale's recurrent convention (S = U/√s with U the
     raw state Σ γ^(n−m) k_mᵀ v_m and s = Σ γ^(n−m)), so any mode's state continues in recurrent steps.
+    Without a state the modes reproduce torchscale's per-row scalings exactly (the chunkwise mode's short last
+    chunk gives the real rows of torchscale's right-padded one); given a state, parallel/chunkwise continue it
+    with the recurrent convention (rows divided by √s_n only), which the head norm makes equivalent.
     """
 
     def __init__(self, d_model: int, n_heads: int, value_dim: int | None = None, eps: float = 1e-6,
@@ -244,6 +247,8 @@ class MultiScaleRetention(nn.Module):
         if mode not in ("parallel", "chunkwise", "recurrent"):
             raise ValueError(f"mode: must be one of parallel, chunkwise, recurrent, got {mode!r}")
         chunk_size = self.chunk_size if chunk_size is None else chunk_size
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.n_heads, self.key_dim).transpose(1, 2)          # (B, H, T, d_k)
         k = (self.k_proj(x) * self.scaling).view(b, t, self.n_heads, self.key_dim).transpose(1, 2)
