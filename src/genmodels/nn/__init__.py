@@ -8,11 +8,14 @@ from .mlp import MLP, GatedMLP, make_mlp
 from .norm import LayerNorm, RMSNorm, make_norm
 from .position import (ALiBi, LearnedPositionalEmbedding, RelativePositionBias, RotaryEmbedding,
                        SinusoidalPositionalEmbedding, alibi_slopes, apply_rotary, relative_position_bucket)
+from .retention import MultiScaleRetention, retention_chunkwise, retention_parallel, retention_recurrent
 
 __all__ = [
     "ALiBi", "AttentionInputs", "CachingModel", "CrossAttention", "DecodingCache", "GatedMLP", "KVCache", "LMHead",
-    "LayerKVCache", "LayerNorm", "LearnedPositionalEmbedding", "MLMHead", "MLP", "PackedRows", "Pooler", "RMSNorm",
+    "LayerKVCache", "LayerNorm", "LearnedPositionalEmbedding", "MLMHead", "MLP", "MultiScaleRetention", "PackedRows",
+    "Pooler", "RMSNorm",
     "RelativePositionBias", "RotaryEmbedding", "SelfAttention", "SinusoidalPositionalEmbedding", "TokenEmbedding",
     "alibi_slopes", "apply_rotary", "build_mask", "make_mlp", "make_norm", "padding_position_ids",
-    "reference_attention", "relative_position_bucket", "sdpa_attention",
+    "reference_attention", "relative_position_bucket", "retention_chunkwise", "retention_parallel",
+    "retention_recurrent", "sdpa_attention",
 ]
