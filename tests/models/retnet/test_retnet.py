@@ -62,13 +62,13 @@ def test_prefill_then_recurrent_steps_give_the_parallel_logits_at_every_position
     torch.testing.assert_close(torch.cat(got, 1), want, atol=1e-5, rtol=1e-4)
 
 
-def test_chunkwise_prefill_longer_than_chunk_size_continues_like_the_parallel_form():
+def test_chunkwise_passes_longer_than_chunk_size_continue_like_the_parallel_form():
     m, ids = _model(chunk_size=4), _ids(1, 11)
     with torch.no_grad():
         want = m.head(m._stack(ids, "parallel", None, 0)[0])
         cache = m.new_cache(1)
-        got = torch.cat([m.head(m.hidden_states(ids[:, :10], cache=cache)),
-                         m.head(m.hidden_states(ids[:, 10:], cache=cache))], 1)
+        got = torch.cat([m.head(m.hidden_states(ids[:, :6], cache=cache)),    # chunkwise from nothing
+                         m.head(m.hidden_states(ids[:, 6:], cache=cache))], 1)    # chunkwise from the state
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
