@@ -182,3 +182,22 @@ def test_a_three_step_run_trains_retnet(corpus_dir, tmp_path):
     res = train(RunConfig.from_dict(d), progress=False, log=lambda s: None)
     assert res.val_ppl == res.val_ppl and res.val_ppl > 1  # finite
     assert isinstance(genmodels.load(tmp_path / "run" / "final"), RetNetLM)
+
+
+@pytest.mark.parametrize("name,billions", [("retnet-1.3b", 1.3), ("retnet-2.7b", 2.7), ("retnet-6.7b", 6.7)])
+def test_paper_presets_have_their_nominal_sizes(name, billions):
+    assert parameter_count(genmodels.preset(name)) == pytest.approx(billions * 1e9, rel=0.08)
+
+
+def test_activation_checkpointing_finds_every_block_and_keeps_the_gradients():
+    from genmodels.training.memory import apply_activation_checkpointing, transformer_blocks
+    ids = _ids(2, 8)
+    grads = []
+    for mode in ("none", "full"):
+        m = _model().train()
+        blocks = transformer_blocks(m)
+        assert blocks == list(m.blocks)
+        apply_activation_checkpointing(blocks, mode)
+        m(ids).logsumexp(-1).mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0])

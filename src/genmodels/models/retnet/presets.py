@@ -15,12 +15,14 @@ def retnet_tiny(**kw: Any) -> RetNetConfig:
 
 
 def _paper(d_model: int, n_layers: int, n_heads: int):
-    """Sun et al. 2023 (arXiv 2307.08621), §3.1 / the model-size table: hidden d, layers, heads as
-    listed; value and FFN width 2·d; context 2048 (their training length). The vocabulary follows the
-    tokenizer (a recipe sets it); 8192 here until one does."""
+    """Sun et al. 2023 (arXiv 2307.08621), the model-size table (hidden d, layers, heads), with the value and
+    gated-FFN width of torchscale 0.3.0's ``retnet_1_3b`` / ``retnet_2_7b`` / ``retnet_6_7b``: 27/16·d (so
+    2d² + 6·(27/16)d² ≈ 12d² per layer, a transformer's); context 2048 (their training length). The
+    vocabulary follows the tokenizer (a recipe sets it); 8192 here until one does."""
     def make(**kw: Any) -> RetNetConfig:
-        return RetNetConfig(**{**dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads,
-                                      value_dim=2 * d_model, d_ff=2 * d_model, max_seq_len=2048), **kw})
+        wide = 27 * d_model // 16
+        return RetNetConfig(**{**dict(d_model=d_model, n_layers=n_layers, n_heads=n_heads, value_dim=wide,
+                                      d_ff=wide, max_seq_len=2048), **kw})
     make.__doc__ = f"RetNet d={d_model}, {n_layers} layers, {n_heads} heads. " + (_paper.__doc__ or "")
     return make
 
