@@ -66,4 +66,4 @@ def build_model(config: ModelConfig) -> nn.Module:
 
 
 __all__ = ["DecoderLM", "EncoderModel", "Seq2SeqCache", "Seq2SeqLM", "MODEL_CLASSES", "build_model"]
-from . import retnet  # noqa: F401  (registers the RetNet family)
+from . import retnet  # noqa: E402,F401  (registers the RetNet family; after the transformers)

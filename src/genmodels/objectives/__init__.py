@@ -24,6 +24,10 @@ def objective_for(family: str, objective: str = "auto") -> str:
     """The objective a model family trains with (``auto``), or a check that ``objective`` fits it."""
     from ..config import ConfigError
     want = _FAMILY_OBJECTIVE.get(family)
+    if want is None:  # a family registered later (RetNet, …) names its own in its registry entry
+        from ..registry import families
+        fam = families().get(family)
+        want = fam.objective if fam is not None else None
     if objective == "auto":
         return want
     if objective != want:

@@ -167,12 +167,9 @@ def test_recipe_selects_retnet_tiny_with_llama_tinys_data_and_budget():
     assert rc.data == llama.data and rc.train == llama.train
 
 
-# The house lacks one seam: genmodels.objectives.objective_for reads a table of family names
-# (_FAMILY_OBJECTIVE) instead of the registry's Family.objective, so train.objective=auto resolves to
-# None for any new family. Strict: once the seam reads the registry this passes and the mark must go.
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="objectives.objective_for ignores Family.objective (house seam missing)")
-def test_a_three_step_run_trains_retnet(corpus_dir, tmp_path):
+# A family registered after the transformers trains through the house unchanged: train.objective=auto
+# reads the registry's Family.objective (genmodels.objectives.objective_for).
+def test_a_three_step_run_trains_retnet(corpus_dir, tmp_path):  # noqa: F811  (the fixture)
     d = tiny_config(corpus_dir, tmp_path / "run",
                     model={"preset": "retnet-tiny", "d_model": 32, "n_layers": 2, "n_heads": 2, "value_dim": 32,
                            "d_ff": 64},
