@@ -198,3 +198,28 @@ def test_activation_checkpointing_finds_every_block_and_keeps_the_gradients():
         m(ids).logsumexp(-1).mean().backward()
         grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
     torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_training_resumes_exactly_like_the_other_families(corpus_dir, tmp_path):  # noqa: F811  (the fixture)
+    """A RetNet run stopped after its step-4 checkpoint and resumed gives the uninterrupted losses, bit for bit."""
+    import shutil
+
+    from tests.training.conftest import losses
+
+    def cfg(run):
+        d = tiny_config(corpus_dir, run,
+                        model={"preset": "retnet-tiny", "d_model": 32, "n_layers": 2, "n_heads": 2, "value_dim": 32,
+                               "d_ff": 64},
+                        train={"max_steps": 8, "eval_every": 4, "ckpt_every": 4, "warmup_steps": 1, "keep_last": 3},
+                        sample={"max_new_tokens": 0})
+        d["model"] = {k: v for k, v in d["model"].items() if k != "n_kv_heads"}
+        return RunConfig.from_dict(d)
+
+    ref = tmp_path / "ref"
+    train(cfg(ref), progress=False, log=lambda s: None)
+    cut = tmp_path / "cut"
+    shutil.copytree(ref, cut, ignore=shutil.ignore_patterns("final"))
+    shutil.rmtree(cut / "checkpoints" / "step-000008")
+    res = train(cfg(cut), resume=True, progress=False, log=lambda s: None)
+    assert min(res.train_losses) == 5
+    assert losses(cut) == losses(ref) and losses(cut, "val_loss") == losses(ref, "val_loss")
