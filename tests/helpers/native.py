@@ -15,8 +15,17 @@ def skip_if_disabled() -> None:
         pytest.skip("native kernels disabled on purpose (GENMODELS_NATIVE=0)", allow_module_level=True)
 
 
+def require_native() -> None:
+    """Inside a test that needs the kernels: skip only when switched off on purpose, fail otherwise."""
+    if not native.enabled():
+        pytest.skip("native kernels disabled on purpose (GENMODELS_NATIVE=0)")
+    if native.library() is None:
+        pytest.fail("native kernels did not build (set GENMODELS_NATIVE=0 to run without them): "
+                    f"{native.unavailable_reason()}", pytrace=False)
+
+
 @pytest.fixture(autouse=True)
 def native_built():
-    if native.library() is None:
+    if native.library() is None:  # the module was not skipped: the kernels must have built
         pytest.fail("native kernels did not build (set GENMODELS_NATIVE=0 to run without them): "
                     f"{native.unavailable_reason()}", pytrace=False)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import genmodels
-from genmodels import native
 from genmodels.generation.sampling import top_k_filter, top_p_filter
 from genmodels.generation.seq2seq import generate_seq2seq
+from tests.helpers.native import require_native
 from tests.helpers.tiny import VOCAB, random_ids, randomise, tiny_model
 
 IDS = random_ids(2, 5)
@@ -88,8 +88,8 @@ def _message(monkeypatch, path: str, call) -> str:
     """The refusal on one path: a ValueError whose message is one line."""
     if path == "torch":
         monkeypatch.setenv("GENMODELS_NATIVE", "0")
-    elif native.library() is None:
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    else:
+        require_native()
     with pytest.raises(ValueError) as err:
         call()
     monkeypatch.delenv("GENMODELS_NATIVE", raising=False)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import genmodels
-from genmodels import native
 from genmodels.generation import decode as decode_mod
 from genmodels.generation import seq2seq as seq2seq_mod
 from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.nn import kv_cache
+from tests.helpers.native import require_native
 from tests.helpers.tiny import VOCAB, left_pad_mask, random_ids, randomise, tiny_model
 
 HUGE = 4_000_000
@@ -20,8 +20,7 @@ PATHS = ["native", "torch"]
 
 def _path(monkeypatch, path: str) -> None:
     if path == "native":
-        if native.library() is None:
-            pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+        require_native()
     else:
         monkeypatch.setenv("GENMODELS_NATIVE", "0")
 
@@ -116,10 +115,9 @@ def test_cache_growth_changes_no_logit(path, monkeypatch):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
-def test_cache_growth_native_equals_torch(monkeypatch):
-    if native.library() is None:
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
-    model = tiny_model("gpt2", position="alibi", eos_token_id=None)  # distances read from the slots
+def _native_equals_torch(model, monkeypatch) -> None:
+    """30 new tokens for a left-padded batch from a cache that starts 2 slots past the prompt: the native
+    step and the PyTorch path give the same tokens and, step by step, the same logits."""
     ids, mask = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
     monkeypatch.setattr(kv_cache, "CHUNK", 2)
     logits = _record_logits(monkeypatch, decode_mod)
@@ -130,6 +128,12 @@ def test_cache_growth_native_equals_torch(monkeypatch):
     assert torch.equal(fast, slow)
     for a, b in zip(native_logits, logits, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_cache_growth_native_equals_torch(monkeypatch):
+    require_native()
+    model = tiny_model("gpt2", position="alibi", eos_token_id=None)  # distances read from the slots
+    _native_equals_torch(model, monkeypatch)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -152,19 +156,9 @@ def test_sliding_window_past_twice_its_width_equals_full_forwards(path, kind, ex
 
 
 def test_sliding_window_native_equals_torch_across_compactions(monkeypatch):
-    if native.library() is None:
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    require_native()
     model = _windowed()
-    ids, mask = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
-    monkeypatch.setattr(kv_cache, "CHUNK", 2)
-    logits = _record_logits(monkeypatch, decode_mod)
-    fast = genmodels.generate(model, ids, 30, attention_mask=mask)
-    native_logits, logits[:] = list(logits), []
-    monkeypatch.setenv("GENMODELS_NATIVE", "0")
-    slow = genmodels.generate(model, ids, 30, attention_mask=mask)
-    assert torch.equal(fast, slow)
-    for a, b in zip(native_logits, logits, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    _native_equals_torch(model, monkeypatch)
 
 
 # ---- encoder–decoder ----------------------------------------------------------------------------
@@ -215,8 +209,7 @@ def test_seq2seq_cache_growth_changes_nothing(path, beams, monkeypatch):
 
 
 def test_seq2seq_cache_growth_native_equals_torch(monkeypatch):
-    if native.library() is None:
-        pytest.skip(f"native kernels unavailable: {native.unavailable_reason()}")
+    require_native()
     model = _t5()
     src, mask = _sources()
     monkeypatch.setattr(kv_cache, "CHUNK", 2)
