@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .files import fsync_path
 from .config import ConfigError, ModelConfig
 from .interop.base import check_state
 from .registry import build_model, config_from_dict, get_family
@@ -132,8 +133,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json — not a genmodels or Hugging Face model folder")
-    if is_genmodels_dir(path):
-        section = read_json(config_file).get("model")
+    meta = read_json(config_file)  # read once: the format decides the path
+    if meta.get("format") == FORMAT:
+        section = meta.get("model")
         if not isinstance(section, dict):
             raise ValueError(f"{config_file}: \"model\" must be an object holding the model config")
         cfg = config_from_dict(section)  # the family's config class (genmodels.registry)
@@ -179,8 +181,7 @@ def fsync_files(folder: Path) -> None:
     """Flush every file directly in ``folder`` to disk."""
     for f in folder.iterdir():
         if f.is_file():
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_path(f)
 
 
 def fsync_dir(path: Path) -> None:
@@ -274,8 +275,7 @@ def _atomic_dir_write(path: Path, write) -> Path:
         mode = _new_file_mode(stage)
         for name in written:
             os.chmod(stage / name, mode)  # some writers (safetensors) create 0600 files
-            with open(stage / name, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_path(stage / name)
         order = _publish_order(written)
         for name in order[:-1] if order[-1] == "config.json" else order:
             (path / name).parent.mkdir(exist_ok=True)
