@@ -174,7 +174,7 @@ class FusedDecodeStep:
             m.pos_kind, m.alibi = 3, ptr(score_bias.slopes)
         # T5 relative bias (the last case of the chain above): a table by distance, sized in _bind_cache
         relative = pos_embed is None and rotary is None and score_bias is not None and type(score_bias) is not ALiBi
-        self.dist_bias_of = score_bias if relative else None
+        self.bias_cache = cache if relative else None  # the Seq2SeqCache keeps the (H, L) table by distance
         if seq2seq:
             m.mem_len = cache.memory_kv[0][0].shape[2]
             if memory_mask is not None and not bool(memory_mask.ne(0).all()):
@@ -202,9 +202,8 @@ class FusedDecodeStep:
         for layer, lc in zip(self.layers, self.cache.layers):
             layer.k_cache, layer.v_cache = keep(lc.k), keep(lc.v)
         m.max_len = self.cache.max_len
-        if self.dist_bias_of is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
-            dist = torch.arange(m.max_len, device="cpu")
-            bias = self.dist_bias_of(torch.zeros(1, dtype=torch.long, device="cpu"), -dist)[0, :, 0]  # (H, L)
+        if self.bias_cache is not None:  # T5 relative bias: a function of the distance q − k ≥ 0 only
+            bias = self.bias_cache.dist_bias[:, :m.max_len]  # (H, L), sized with the cache (Seq2SeqCache)
             m.dist_bias = keep(bias.to(torch.float32).contiguous())
         self.scratch = torch.empty(self.lib.gm_scratch_floats(ctypes.byref(m)), dtype=torch.float32, device="cpu")
         m.scratch = self.scratch.data_ptr()
