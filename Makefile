@@ -7,11 +7,14 @@ CONFIG ?= configs/llama-tiny.yaml
 
 .PHONY: setup train test bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
+	# the RetNet reference for the parity tests: without its dependencies (timm would pull torchvision and a
+	# CUDA torch); tests/helpers/torchscale.py stands in for the one timm function it imports
+	$(PY) -m pip install -q --no-deps torchscale==0.3.0 fairscale==0.4.0
 	touch $(STAMP)
 
 setup: $(STAMP)

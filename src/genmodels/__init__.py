@@ -4,6 +4,7 @@ Public API (stable):
     load(path) -> model            genmodels directory or local Hugging Face directory
     save(model, path)              genmodels directory (config.json + model.safetensors [+ tokenizer.json])
     export_hf(model, path)         Hugging Face directory
+    from_torchscale(decoder)       a live torchscale 0.3.0 RetNetDecoder -> RetNetLM
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
@@ -12,6 +13,7 @@ Public API (stable):
 from .config import ConfigError, ModelConfig
 from .embed import embed
 from .generation import generate
+from .interop.torchscale import from_torchscale
 from .io import export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
