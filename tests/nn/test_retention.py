@@ -76,9 +76,10 @@ def test_raw_chunkwise_state_continues_in_recurrent_steps():
 
 
 # ---- (2) MultiScaleRetention modes ------------------------------------------------------------
+@pytest.mark.parametrize("eps", [0.0, 1e-20])  # the head-norm ε is all that separates the forms
 @pytest.mark.parametrize("chunk", [4, 5])
-def test_msr_modes_agree_at_eps_zero(chunk):
-    m = msr(eps=0.0)
+def test_msr_modes_agree_at_eps_zero(chunk, eps):
+    m = msr(eps=eps)
     x = torch.randn(2, 12, 16, generator=gen(1))
     with torch.no_grad():
         par, s_par = m(x, mode="parallel")
