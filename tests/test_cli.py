@@ -50,6 +50,16 @@ def test_info_reports_family_parameters_and_flops(model_dir, capsys):
     assert info["forward_flops_per_token"]["context 1"] > 2 * 64 * 64
 
 
+@pytest.mark.parametrize("name", ["llama-tiny", "retnet-tiny"])
+def test_info_describes_a_preset_without_weights(name, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no folder of that name here
+    assert main(["info", name, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    built = genmodels.build_model(genmodels.preset(name))
+    assert info["parameters"] == sum(p.numel() for p in built.parameters())
+    assert info["family"] == built.config.family and info["forward_flops_per_token"]
+
+
 def test_convert_to_hf_and_back(model_dir, tmp_path):
     assert main(["convert", str(model_dir), str(tmp_path / "hf"), "--to", "hf"]) == 0
     assert (tmp_path / "hf" / "tokenizer.json").is_file()

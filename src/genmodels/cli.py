@@ -85,15 +85,19 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     import genmodels
     from genmodels.models.flops import count_parameters, flops_per_token
-    model = genmodels.load(model_dir(args.path))
-    from genmodels.registry import get_family
-    c = model.config
+    from genmodels.registry import get_family, presets
+    if not Path(args.path).exists() and args.path in presets():  # a preset: described without building it
+        model, c = None, genmodels.preset(args.path)
+    else:
+        model = genmodels.load(model_dir(args.path))
+        c = model.config
     counts = get_family(c.family).counts  # FLOPs per token for families that declare them
     flops = ({f"context {t}": flops_per_token(c, t) for t in (1, c.max_seq_len)}
              if hasattr(counts, "matmul_parameters") else {})
-    info = {"family": c.family, "parameters": count_parameters(model), "forward_flops_per_token": flops,
-            "tokenizer": getattr(model, "tokenizer", None) is not None, "cpu_inference": _cpu_path(model),
-            "config": c.to_dict()}
+    info = {"family": c.family, "parameters": counts.parameter_count(c) if model is None else count_parameters(model),
+            "forward_flops_per_token": flops,
+            "tokenizer": getattr(model, "tokenizer", None) is not None,
+            "cpu_inference": "(a preset: no weights)" if model is None else _cpu_path(model), "config": c.to_dict()}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -171,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("info", help="family, parameter count, config, FLOPs per token")
-    i.add_argument("path")
+    i.add_argument("path", help="a model folder, a training run, or a preset name (e.g. llama-tiny)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_info)
 
