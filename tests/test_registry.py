@@ -202,3 +202,26 @@ def test_a_field_of_another_family_is_refused_not_ignored(preset_name, field, va
     Family.unused) must keep its default, or the config is refused naming it — never silently ignored."""
     with pytest.raises(ConfigError, match=rf"model\.{field}=.*means nothing for family"):
         registry.preset(preset_name, **{field: value})
+
+
+# ---- every registered family keeps the contract (families added later included) ---------------------
+def _smallest_preset(fam: registry.Family) -> str:
+    """The family's smallest preset, found from its counts (nothing is built: some presets are 47B)."""
+    return min(fam.presets, key=lambda name: fam.counts.parameter_count(fam.presets[name]()))
+
+
+@pytest.mark.parametrize("family", sorted(registry.families()))
+def test_every_registered_family_counts_builds_saves_loads_and_is_described(family, tmp_path, capsys):
+    fam = registry.families()[family]
+    name = _smallest_preset(fam)
+    cfg = genmodels.preset(name)
+    model = genmodels.build_model(cfg)
+    randomise(model)
+    assert fam.counts.parameter_count(cfg) == sum(p.numel() for p in model.parameters()), name
+    genmodels.save(model, tmp_path / "m")
+    back = genmodels.load(tmp_path / "m")
+    assert type(back) is type(model) and back.config == model.config
+    want, got = model.state_dict(), back.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    assert main(["info", str(tmp_path / "m"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["family"] == family
