@@ -115,8 +115,8 @@ def test_generate_native_equals_torch(kind, monkeypatch):
     model = tiny_model(kind, eos_token_id=None)
     ids, mask = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
     calls = []
-    fused_cls = decode_mod.FusedDecodeStep
-    monkeypatch.setattr(decode_mod, "FusedDecodeStep", lambda *a, **k: calls.append(1) or fused_cls(*a, **k))
+    fused_cls = decode_mod.fused_step
+    monkeypatch.setattr(decode_mod, "fused_step", lambda *a, **k: calls.append(1) or fused_cls(*a, **k))
     runs = [dict(), dict(temperature=0.8, top_k=20, seed=0)]  # greedy, sampled
     fast = [genmodels.generate(model, ids, 24, attention_mask=mask, **kw) for kw in runs]
     assert len(calls) == 2  # the native path ran

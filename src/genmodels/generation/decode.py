@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..native.decoder import FusedDecodeStep, unsupported
+from ..native.step import fused_step, unsupported  # the transformer KV-cache step or RetNet's recurrent one
 from ..nn import kv_cache
 from ..nn.layout import decode_layout
 from ..registry import GENERATES, SEQ2SEQ, capabilities
@@ -110,7 +110,7 @@ def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, tem
     if mask is not None:
         cache.set_key_mask(mask)  # the padding, in slot coordinates from here on
     logits = model.head(h[:, -1])  # (B, V): only the last position is needed
-    step_fn = FusedDecodeStep(model, cache, b) if fused else None
+    step_fn = fused_step(model, cache, b) if fused else None
     positions = positions[:, 0].clone()  # (B,)
     out = input_ids.new_empty(b, t + min(max_new_tokens, kv_cache.CHUNK))  # grown geometrically as tokens come
     out[:, :t] = input_ids

@@ -35,7 +35,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c, encoder.c
+SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c, encoder.c, retnet.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -236,6 +236,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_encoder_scratch_floats.restype = i64
     lib.gm_encoder_forward.argtypes = [vp, vp, vp, vp, vp, vp, vp, vp, i64, i64, i64, vp, vp]
     lib.gm_encoder_forward.restype = c_int
+    lib.gm_retnet_scratch_floats.argtypes = [vp]
+    lib.gm_retnet_scratch_floats.restype = i64
+    lib.gm_retnet_step.argtypes = [vp, vp, vp, vp]
+    lib.gm_retnet_step.restype = c_int
     return lib
 
 
