@@ -145,8 +145,8 @@ def test_model_init_from_must_be_an_existing_folder(tmp_path):
 # ---- export guards know every field -------------------------------------------------------------
 @dataclass
 class MoEConfig(ModelConfig):
-    """What the MoE issue will add: a field no exporter knows yet."""
-    n_experts: int | None = None
+    """A field added later that no exporter knows yet (as n_experts was before issue #11)."""
+    added_later: int | None = None
 
 
 @pytest.mark.parametrize("model_type", list(PRESET_OF))
@@ -156,9 +156,9 @@ def test_a_field_added_later_is_refused_by_every_exporter(model_type, tmp_path):
     conv = converter_for_config(dense)
     assert conv.model_type == model_type
     conv.config_to_hf(dense)  # at its default the new field changes nothing: exported
-    moe = MoEConfig.from_dict({**base, "n_experts": 8})
+    moe = MoEConfig.from_dict({**base, "added_later": 8})
     model = genmodels.build_model(moe)
-    with pytest.raises(ConversionError, match=r"^cannot export as \w+: model\.n_experts=8 has no equivalent there"):
+    with pytest.raises(ConversionError, match=r"^cannot export as \w+: model\.added_later=8 has no equivalent there"):
         genmodels.export_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
 

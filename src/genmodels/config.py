@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
+GATED_MLPS = ("swiglu", "geglu", "geglu_tanh")  # the kinds an expert can be (nn/mlp.GATED)
 NORM_PLACEMENTS = ("pre", "post")
 
 
@@ -183,6 +184,15 @@ class ModelConfig(StrictConfig):
     # feed-forward
     mlp: str = "swiglu"
     mlp_bias: bool = False
+    # sparse mixture of experts (nn/moe.py; 0 experts = the dense feed-forward above)
+    n_experts: int = 0  # E; layer i is MoE iff n_experts > 0 and (i + 1) % moe_every == 0
+    experts_per_token: int = 2  # k
+    expert_d_ff: int | None = None  # None → d_ff
+    router_renormalize: bool = True  # divide the k picked probabilities by their sum (Mixtral)
+    capacity_factor: float | None = None  # None: dropless; else training capacity ⌈cf·N·k/E⌉
+    eval_capacity_factor: float | None = None  # the same at evaluation (None: dropless)
+    router_jitter: float = 0.0  # router input × U(1−ε, 1+ε) in training (Switch)
+    moe_every: int = 1
     # attention
     attn_bias: bool = False  # bias on q/k/v projections
     attn_out_bias: bool | None = None  # None → same as attn_bias
@@ -221,6 +231,19 @@ class ModelConfig(StrictConfig):
     @property
     def out_bias(self) -> bool:
         return self.attn_bias if self.attn_out_bias is None else self.attn_out_bias
+
+    @property
+    def expert_width(self) -> int:
+        """Hidden width F of each expert (``expert_d_ff``, else ``d_ff``)."""
+        return self.expert_d_ff or self.d_ff
+
+    def is_moe_layer(self, layer_index: int) -> bool:
+        """Whether layer ``layer_index`` (0-based) has a sparse MoE feed-forward."""
+        return self.n_experts > 0 and (layer_index + 1) % self.moe_every == 0
+
+    @property
+    def n_moe_layers(self) -> int:
+        return sum(self.is_moe_layer(i) for i in range(self.n_layers))
 
     # ---- validation ----------------------------------------------------------------------
     def validate(self) -> None:
@@ -268,6 +291,38 @@ class ModelConfig(StrictConfig):
             raise ConfigError(f"model.embed_scale={self.embed_scale} must be > 0")
         family.check(self)  # what only this family allows (positions, embedding scale)
         _check_unused_fields(self, family)
+        self._validate_moe()
+
+    def _validate_moe(self) -> None:
+        """The sparse-MoE fields (checked even when ``n_experts`` is 0, so a typo is caught early)."""
+        if self.n_experts < 0:
+            raise ConfigError(f"model.n_experts={self.n_experts} must be >= 0 (0 = dense feed-forward)")
+        for name in ("experts_per_token", "moe_every", "expert_d_ff"):
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("capacity_factor", "eval_capacity_factor"):
+            v = getattr(self, name)
+            if v is not None and not v > 0:
+                raise ConfigError(f"model.{name}={v!r} must be > 0 (or null: dropless)")
+        if not 0.0 <= self.router_jitter < 1.0:
+            raise ConfigError(f"model.router_jitter={self.router_jitter} must be in [0, 1)")
+        if self.n_experts == 0:
+            return
+        if self.experts_per_token > self.n_experts:
+            raise ConfigError(f"model.experts_per_token={self.experts_per_token} must be <= "
+                              f"model.n_experts={self.n_experts}")
+        if self.experts_per_token == 1 and self.router_renormalize:
+            raise ConfigError("model.router_renormalize=true with model.experts_per_token=1: the one picked weight "
+                              "would always be 1, so the router would get no gradient; set router_renormalize: "
+                              "false (Switch) or experts_per_token >= 2")
+        if self.mlp not in GATED_MLPS:
+            raise ConfigError(f"model.mlp={self.mlp!r}: experts (model.n_experts > 0) are gated MLPs; choose one "
+                              f"of {', '.join(GATED_MLPS)}")
+        if self.mlp_bias:
+            raise ConfigError("model.mlp_bias=true: experts (model.n_experts > 0) have no biases; set it false")
+        if self.moe_every > self.n_layers:
+            raise ConfigError(f"model.moe_every={self.moe_every} exceeds model.n_layers={self.n_layers}: no layer "
+                              "would be MoE")
 
     # ---- serialisation (StrictConfig: from_dict, to_dict, save, load, replace) -----------
     @classmethod

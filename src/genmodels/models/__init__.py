@@ -36,6 +36,8 @@ def _presets(*names: str) -> dict:
 
 ENCODER_ONLY = ("type_vocab_size", "embedding_norm", "pooler", "mlm_head")  # BERT's parts
 SEQ2SEQ_ONLY = ("n_decoder_layers", "rel_buckets", "rel_max_distance", "decoder_start_token_id")
+MOE = ("n_experts", "experts_per_token", "expert_d_ff", "router_renormalize", "capacity_factor",
+       "eval_capacity_factor", "router_jitter", "moe_every")  # sparse MoE: decoders only (nn/moe.py)
 
 DECODER = registry.register(Family(
     name="decoder", config_class=ModelConfig, model_class=DecoderLM,
@@ -47,13 +49,13 @@ DECODER = registry.register(Family(
 ENCODER = registry.register(Family(
     name="encoder", config_class=ModelConfig, model_class=EncoderModel,
     presets=_presets("bert-base", "bert-tiny", "minilm-l6"), objective="mlm", converters=("bert",),
-    capabilities=frozenset({EMBEDS}), unused=SEQ2SEQ_ONLY + ("output_scale", "bos_token_id", "eos_token_id"),
+    capabilities=frozenset({EMBEDS}), unused=SEQ2SEQ_ONLY + MOE + ("output_scale", "bos_token_id", "eos_token_id"),
     check=_positions("encoder", ("learned", "sinusoidal", "none")), counts=EncoderCounts), replace=True)
 SEQ2SEQ_FAMILY = registry.register(Family(
     name="seq2seq", config_class=ModelConfig, model_class=Seq2SeqLM,
     presets=_presets("t5-small", "t5-v1_1-small", "t5-tiny", "transformer-base", "transformer-tiny"),
     objective="span", converters=("t5",), capabilities=frozenset({GENERATES, SEQ2SEQ}),
-    unused=ENCODER_ONLY + ("bos_token_id",),
+    unused=ENCODER_ONLY + MOE + ("bos_token_id",),
     check=_positions("seq2seq", ("relative", "learned", "sinusoidal")), counts=Seq2SeqCounts), replace=True)
 
 # Kept for code that indexes it; new code asks genmodels.registry.

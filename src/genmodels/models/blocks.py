@@ -11,10 +11,11 @@ Pre-norm:   x ← x + Attn(N₁(x));   x ← x + Cross(Nₓ(x), m);   x ← x + 
 Post-norm:  x ← N₁(x + Attn(x));   x ← Nₓ(x + Cross(x, m));   x ← N₂(x + FFN(x))
 
 Seams: a block receives its token mixer (``attn``: self-attention today, retention next; called as
-``mixer(x, ctx, cache)``) and its feed-forward (``mlp``: dense today, MoE next; ``ffn(x)``) as
-parts. :func:`build_block` picks them per layer through factories ``(config, layer_index) ->
-module`` (:data:`MIXERS`, :data:`FFNS`), so a variant is a part passed in, never an ``if`` in a
-forward. The attribute names ``attn`` / ``mlp`` are the state-dict keys and stay as they are.
+``mixer(x, ctx, cache)``) and its feed-forward (``mlp``: dense, or a sparse MoE in the layers
+``ModelConfig.is_moe_layer`` names; ``ffn(x)``) as parts. :func:`build_block` picks them per layer
+through factories ``(config, layer_index) -> module`` (:data:`MIXERS`, :data:`FFNS`), so a variant
+is a part passed in, never an ``if`` in a forward. The attribute names ``attn`` / ``mlp`` are the
+state-dict keys and stay as they are.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..nn import (MLP, AttentionInputs, CrossAttention, GatedMLP, LayerKVCache, LearnedPositionalEmbedding,
-                  SelfAttention, SinusoidalPositionalEmbedding, make_mlp, make_norm)
+                  SelfAttention, SinusoidalPositionalEmbedding, SparseMoE, make_mlp, make_norm)
+from ..nn.mlp import GATED
 
 
 class PreNormBlock(nn.Module):
@@ -48,9 +50,9 @@ class PreNormBlock(nn.Module):
         """The feed-forward (dense MLP today), stored as ``mlp``."""
         return self.mlp
 
-    def residual_projections(self) -> list[nn.Module]:
+    def residual_projections(self) -> list[nn.Module | nn.Parameter]:
         """The projections through which the block writes into the residual stream (GPT-2's init
-        scales them by 1/√(2L))."""
+        scales them by 1/√(2L)): modules, or stacked weights (an MoE's down projections)."""
         return [p for p in map(output_projection, (self.attn, self.mlp)) if p is not None]
 
 
@@ -90,10 +92,11 @@ class PostNormCrossBlock(PreNormCrossBlock):
         return self.norm2(x + self.drop(self.mlp(x)))
 
 
-def output_projection(part: nn.Module) -> nn.Module | None:
+def output_projection(part: nn.Module) -> nn.Module | nn.Parameter | None:
     """The last projection of a token mixer or feed-forward (what it adds to the residual stream):
     attention's ``out``, an MLP's ``fc2`` / ``down``, or what a new part names by its own
-    ``output_projection()``; ``None`` when it names none."""
+    ``output_projection()`` (a module, or a stacked weight such as an MoE's ``down_proj``); ``None``
+    when it names none."""
     if isinstance(part, (SelfAttention, CrossAttention)):
         return part.out
     if isinstance(part, GatedMLP):
@@ -145,7 +148,15 @@ def cross_attention_of(c: ModelConfig, layer_index: int = 0) -> CrossAttention:
 
 
 MIXERS: dict[str, Factory] = {"attention": self_attention_of}  # retention joins here
-FFNS: dict[str, Factory] = {"dense": dense_ffn_of}  # MoE joins here
+def moe_ffn_of(c: ModelConfig, layer_index: int = 0) -> SparseMoE:
+    """The sparse MoE feed-forward: ``n_experts`` gated experts (the config's gated ``mlp`` kind)
+    of width ``expert_d_ff``, top-``experts_per_token`` routing, capacity and jitter from the config."""
+    return SparseMoE(c.d_model, c.expert_width, c.n_experts, c.experts_per_token, activation=GATED[c.mlp],
+                     renormalize=c.router_renormalize, jitter=c.router_jitter, capacity_factor=c.capacity_factor,
+                     eval_capacity_factor=c.eval_capacity_factor)
+
+
+FFNS: dict[str, Factory] = {"dense": dense_ffn_of, "moe": moe_ffn_of}
 
 
 def mixer_for(c: ModelConfig, layer_index: int) -> Factory:
@@ -155,8 +166,9 @@ def mixer_for(c: ModelConfig, layer_index: int) -> Factory:
 
 
 def ffn_for(c: ModelConfig, layer_index: int) -> Factory:
-    """The feed-forward factory of layer ``layer_index``: dense in every layer of today's configs."""
-    return FFNS["dense"]
+    """The feed-forward factory of layer ``layer_index``: sparse MoE where the config's ``n_experts``
+    and ``moe_every`` say so (:meth:`ModelConfig.is_moe_layer`), dense elsewhere."""
+    return FFNS["moe" if c.is_moe_layer(layer_index) else "dense"]
 
 
 def _part(part: Factory | nn.Module | None, default: Factory, c: ModelConfig, layer_index: int) -> nn.Module:
@@ -227,7 +239,7 @@ class ModelParts:
     def residual_output_weights(self) -> list[nn.Parameter]:
         """The matrices of every block's residual projections (scaled at initialisation)."""
         return [p for b in self.transformer_blocks() for proj in b.residual_projections()
-                for p in proj.parameters() if p.dim() >= 2]
+                for p in ([proj] if isinstance(proj, nn.Parameter) else proj.parameters()) if p.dim() >= 2]
 
     def embedding(self) -> nn.Module:
         """The token embedding (shared by encoder, decoder and a tied head)."""

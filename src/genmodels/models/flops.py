@@ -39,6 +39,15 @@ def attention_layers(cfg: ModelConfig) -> int:
     return _counts(cfg).attention_layers(cfg)
 
 
+def _ffn_active(cfg: ModelConfig, layer_index: int) -> int:
+    """Matmul weights of layer ``layer_index``'s feed-forward that one token passes through: the
+    dense MLP, or an MoE's router (D·E) and its k ACTIVE experts (k·3·D·F) — the sparse layer's
+    point is that this, not its parameter count, sets the compute (MFU counts these)."""
+    if not cfg.is_moe_layer(layer_index):
+        return _attn_mlp(cfg)[1]
+    return cfg.d_model * cfg.n_experts + cfg.experts_per_token * 3 * cfg.d_model * cfg.expert_width
+
+
 def flops_per_token(cfg: ModelConfig, context: int, training: bool = False) -> float:
     """FLOPs for one token at context length ``context`` (forward, or forward+backward)."""
     fwd = 2 * matmul_parameters(cfg) + 4 * attention_layers(cfg) * cfg.n_heads * cfg.dim_head * context
@@ -95,8 +104,16 @@ def _embedding(cfg: ModelConfig) -> int:
     return cfg.vocab_size * cfg.d_model + (cfg.max_seq_len * cfg.d_model if cfg.position == "learned" else 0)
 
 
-def _block(cfg: ModelConfig) -> int:
-    return _self_attention(cfg) + _mlp(cfg) + 2 * _norm(cfg)
+def _ffn(cfg: ModelConfig, layer_index: int) -> int:
+    """Layer ``layer_index``'s feed-forward: the dense MLP, or an MoE's router (E, D) and its E
+    stacked experts (E, 2F, D) + (E, D, F)."""
+    if not cfg.is_moe_layer(layer_index):
+        return _mlp(cfg)
+    return cfg.n_experts * cfg.d_model * (1 + 3 * cfg.expert_width)
+
+
+def _block(cfg: ModelConfig, layer_index: int = 0) -> int:
+    return _self_attention(cfg) + _ffn(cfg, layer_index) + 2 * _norm(cfg)
 
 
 def _head(cfg: ModelConfig) -> int:
@@ -108,8 +125,8 @@ class DecoderCounts:
 
     @staticmethod
     def matmul_parameters(cfg: ModelConfig) -> int:
-        attn, mlp, head = _attn_mlp(cfg)
-        return cfg.n_layers * (attn + mlp) + head
+        attn, _, head = _attn_mlp(cfg)
+        return cfg.n_layers * attn + sum(_ffn_active(cfg, i) for i in range(cfg.n_layers)) + head
 
     @staticmethod
     def attention_layers(cfg: ModelConfig) -> int:
@@ -117,8 +134,8 @@ class DecoderCounts:
 
     @staticmethod
     def parameter_count(cfg: ModelConfig) -> int:
-        return (_embedding(cfg) + cfg.n_layers * _block(cfg) + (_norm(cfg) if cfg.final_norm else 0)
-                + _head(cfg))
+        return (_embedding(cfg) + sum(_block(cfg, i) for i in range(cfg.n_layers))
+                + (_norm(cfg) if cfg.final_norm else 0) + _head(cfg))
 
 
 class EncoderCounts(DecoderCounts):
