@@ -4,6 +4,7 @@ Public API (stable):
     load(path) -> model            genmodels directory or local Hugging Face directory
     save(model, path)              genmodels directory (config.json + model.safetensors [+ tokenizer.json])
     export_hf(model, path)         Hugging Face directory
+    export_diffusers(model, path)  diffusers UNet2DModel directory (load reads one back)
     from_torchscale(decoder)       a live torchscale 0.3.0 RetNetDecoder -> RetNetLM
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
@@ -13,10 +14,11 @@ Public API (stable):
 from .config import ConfigError, ModelConfig
 from .embed import embed
 from .generation import generate
+from .interop.diffusers_unet import export_diffusers
 from .interop.torchscale import from_torchscale
 from .io import export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_hf", "generate", "load", "load_tokenizer",
-           "preset", "save"]
+__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_diffusers", "export_hf", "from_torchscale",
+           "generate", "load", "load_tokenizer", "preset", "save"]

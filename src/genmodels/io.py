@@ -171,7 +171,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
 WRITTEN_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json",
                            # sentence-transformers export (interop/sentence_transformers.py)
                            "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
-                           "tokenizer_config.json"})
+                           "tokenizer_config.json",
+                           # diffusers export (interop/diffusers_unet.py)
+                           "diffusion_pytorch_model.safetensors", "scheduler_config.json"})
 WRITTEN_DIRS = frozenset(str(Path(f).parent) for f in WRITTEN_FILES if "/" in f)
 # The staging folder a write uses inside the target; one left by a killed write is genmodels' own.
 PARTIAL = ".genmodels-partial-"

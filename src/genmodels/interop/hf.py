@@ -15,9 +15,11 @@ from ..config import ModelConfig
 from .base import ConversionError, Converter, check_state
 from .bert_hf import BertConverter
 from .decoder_hf import GPT2Converter, LlamaConverter, MistralConverter
+from .mixtral_hf import MixtralConverter
 from .t5_hf import T5Converter
 
-CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter(), BertConverter(), T5Converter()]
+CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter(), MixtralConverter(),
+                               BertConverter(), T5Converter()]
 
 
 def register(converter: Converter) -> None:
@@ -90,6 +92,9 @@ def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
     from ..io import read_json
     path = Path(path)
     hf_config = read_json(path / "config.json")
+    from .diffusers_unet import is_diffusers_config, load_diffusers
+    if is_diffusers_config(hf_config):  # a diffusers model folder (config.json names its _class_name)
+        return load_diffusers(path, hf_config, build, check)
     conv = converter_for_hf(hf_config)
     cfg = conv.config_from_hf(hf_config)
     if check is not None:

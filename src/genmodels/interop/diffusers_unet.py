@@ -1,0 +1,264 @@
+"""diffusers ``UNet2DModel`` folders both ways: ``config.json`` (with ``_class_name``) and
+``diffusion_pytorch_model.safetensors`` (or the legacy ``.bin``), plus the schedule in
+``scheduler_config.json`` (diffusers' ``DDPMScheduler`` form) when the folder has one.
+
+The only code that knows diffusers' UNet key and config names. Our UNet2D keeps its own names; the
+mapping is a list of renames (ours -> theirs), and our fused attention projection ``qkv`` is the
+concatenation of diffusers' ``to_q``, ``to_k``, ``to_v`` rows. A config diffusers cannot express
+(a DiT backbone) is refused on export, and a diffusers config we cannot build (cross-attention
+blocks, scale-shift time conditioning, Fourier time embeddings, …) is refused on load, each naming
+the field.
+
+The null class has no diffusers field: a class-conditional model exports ``num_class_embeds =
+num_classes + 1`` and records the null class under the private key ``_genmodels`` (diffusers ignores
+keys that start with ``_``); a folder without it loads with every row a class.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import save_file
+
+from ..models.diffusion.config import DiffusionConfig
+from .base import ANY, ConversionError, Converter, check_state, require_exportable
+
+CLASS_NAME = "UNet2DModel"
+DIFFUSERS_VERSION = "0.42.1"  # the version whose UNet2DModel these names and defaults are taken from
+WEIGHTS = "diffusion_pytorch_model.safetensors"
+LEGACY_WEIGHTS = "diffusion_pytorch_model.bin"
+SCHEDULER_CONFIG = "scheduler_config.json"
+SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
+PRIVATE = "_genmodels"  # our fields diffusers has no key for
+
+# diffusers keys we read into our fields (theirs -> ours); the schedule comes from scheduler_config.json
+_SAME = ("in_channels", "out_channels", "block_out_channels", "layers_per_block", "attention_head_dim",
+         "norm_num_groups", "norm_eps", "downsample_padding", "flip_sin_to_cos", "freq_shift", "dropout")
+# diffusers UNet2DModel keys we cannot express unless they hold these values (default first)
+_FIXED: dict[str, tuple[Any, ...]] = {
+    "center_input_sample": (False,), "time_embedding_type": ("positional",), "time_embedding_dim": (None,),
+    "mid_block_type": ("UNetMidBlock2D",), "mid_block_scale_factor": (1, 1.0), "downsample_type": ("conv",),
+    "upsample_type": ("conv",), "act_fn": ("silu", "swish"), "attn_norm_num_groups": (None,),
+    "resnet_time_scale_shift": ("default",), "class_embed_type": (None,)}
+_READ = set(_SAME) | set(_FIXED) | {"sample_size", "down_block_types", "up_block_types", "add_attention",
+                                    "num_class_embeds", "num_train_timesteps"}
+
+# our key -> diffusers key, applied in order (regex, replacement); attention qkv is split in three below
+_RENAMES = [
+    (r"^time_embed\.fc1\.", "time_embedding.linear_1."), (r"^time_embed\.fc2\.", "time_embedding.linear_2."),
+    (r"^class_embed\.", "class_embedding."), (r"^norm_out\.", "conv_norm_out."),
+    (r"^down\.(\d+)\.", r"down_blocks.\1."), (r"^up\.(\d+)\.", r"up_blocks.\1."), (r"^mid\.", "mid_block."),
+    (r"\.time_proj\.", ".time_emb_proj."), (r"\.shortcut\.", ".conv_shortcut."),
+    (r"\.downsample\.", ".downsamplers.0."), (r"\.upsample\.", ".upsamplers.0."),
+    (r"^mid_block\.attention\.", "mid_block.attentions.0."),
+    (r"\.norm\.(weight|bias)$", r".group_norm.\1"), (r"\.attn\.out\.", ".to_out.0."),
+]
+_QKV = re.compile(r"\.attn\.qkv\.")
+
+
+def theirs(key: str) -> list[str]:
+    """The diffusers key(s) of our state-dict key (three for a fused q|k|v projection)."""
+    for pattern, repl in _RENAMES:
+        key = re.sub(pattern, repl, key)
+    if _QKV.search(key):
+        return [_QKV.sub(f".{p}.", key) for p in ("to_q", "to_k", "to_v")]
+    return [key]
+
+
+def is_diffusers_config(hf_config: dict[str, Any]) -> bool:
+    """A diffusers model's config.json names its class under ``_class_name``."""
+    return "_class_name" in hf_config
+
+
+class DiffusersUNetConverter(Converter):
+    architectures = (CLASS_NAME,)
+    model_type = "diffusers-unet2d"
+
+    def exports(self, cfg: DiffusionConfig) -> bool:
+        return getattr(cfg, "backbone", None) == "unet"
+
+    def export_fields(self, cfg: DiffusionConfig) -> dict[str, Any]:
+        """Every field diffusers (UNet2DModel + DDPMScheduler) expresses; the DiT fields are not here, so
+        they must keep their defaults."""
+        return {"family": ("diffusion",), "backbone": ("unet",), **{k: ANY for k in (
+            "image_size", "in_channels", "out_channels", "num_classes", "null_class", "flip_sin_to_cos",
+            "freq_shift", "block_out_channels", "layers_per_block", "attention_levels", "mid_attention",
+            "attention_head_dim", "norm_num_groups", "norm_eps", "downsample_padding", "dropout",
+            *SCHEDULE_FIELDS)}}
+
+    # ---- config ---------------------------------------------------------------------------------
+    def config_from_hf(self, hf: dict[str, Any], scheduler: dict[str, Any] | None = None,
+                       where: str = "config.json") -> DiffusionConfig:
+        """Our config from a UNet2DModel config.json (and a scheduler_config.json's schedule)."""
+        if hf.get("_class_name") != CLASS_NAME:
+            raise ConversionError(f"{where}: _class_name={hf.get('_class_name')!r} is not supported; "
+                                  f"genmodels reads diffusers {CLASS_NAME} folders")
+        unknown = sorted(k for k in hf if not k.startswith("_") and k not in _READ)
+        if unknown:
+            raise ConversionError(f"{where}: {unknown[0]}={hf[unknown[0]]!r} is not a UNet2DModel setting "
+                                  "genmodels knows; it cannot be loaded faithfully")
+        for k, allowed in _FIXED.items():
+            if hf.get(k, allowed[0]) not in allowed:
+                raise ConversionError(f"{where}: {k}={hf[k]!r} has no equivalent in genmodels' UNet2D "
+                                      f"(it needs {allowed[0]!r})")
+        size = hf.get("sample_size")
+        if isinstance(size, list) and len(size) == 2 and size[0] == size[1]:
+            size = size[0]
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise ConversionError(f"{where}: sample_size={size!r} must be one integer (square images)")
+        levels = _attention_levels(hf, where)
+        out: dict[str, Any] = {k: hf[k] for k in _SAME if k in hf}
+        if "block_out_channels" in out:
+            out["block_out_channels"] = list(out["block_out_channels"])
+        out.update(family="diffusion", backbone="unet", image_size=size, attention_levels=levels,
+                   mid_attention=bool(hf.get("add_attention", True)))
+        out.setdefault("out_channels", hf.get("in_channels", 3))
+        n_embeds = hf.get("num_class_embeds")
+        null = bool((hf.get(PRIVATE) or {}).get("null_class", False))
+        if n_embeds:
+            out.update(num_classes=n_embeds - 1 if null else n_embeds, null_class=null)
+        out.update(_schedule(hf, scheduler))
+        if out["out_channels"] == out.get("in_channels", 3):
+            out["out_channels"] = None
+        return DiffusionConfig.from_dict(out)
+
+    def config_to_hf(self, cfg: DiffusionConfig) -> dict[str, Any]:
+        """diffusers' UNet2DModel config.json for ``cfg``; a field diffusers cannot express is refused."""
+        require_exportable(cfg, f"diffusers {CLASS_NAME}", self.export_fields(cfg))
+        levels = len(cfg.block_out_channels)
+        down = ["AttnDownBlock2D" if i in cfg.attention_levels else "DownBlock2D" for i in range(levels)]
+        up = ["AttnUpBlock2D" if i in cfg.attention_levels else "UpBlock2D" for i in reversed(range(levels))]
+        hf: dict[str, Any] = {
+            "_class_name": CLASS_NAME, "_diffusers_version": DIFFUSERS_VERSION, "sample_size": cfg.image_size,
+            "in_channels": cfg.in_channels, "out_channels": cfg.output_channels,
+            "block_out_channels": list(cfg.block_out_channels), "layers_per_block": cfg.layers_per_block,
+            "down_block_types": down, "up_block_types": up, "add_attention": cfg.mid_attention,
+            "attention_head_dim": cfg.attention_head_dim, "norm_num_groups": cfg.norm_num_groups,
+            "norm_eps": cfg.norm_eps, "downsample_padding": cfg.downsample_padding,
+            "flip_sin_to_cos": cfg.flip_sin_to_cos, "freq_shift": cfg.freq_shift, "dropout": cfg.dropout,
+            "num_class_embeds": cfg.label_rows or None, **{k: v[0] for k, v in _FIXED.items()}}
+        if cfg.num_classes:
+            hf[PRIVATE] = {"null_class": cfg.null_label is not None}
+        return hf
+
+    @staticmethod
+    def scheduler_config(cfg: DiffusionConfig) -> dict[str, Any]:
+        """The schedule as diffusers' DDPMScheduler config (``DDPMScheduler.from_pretrained`` reads it)."""
+        return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
+                **{k: getattr(cfg, k) for k in SCHEDULE_FIELDS}}
+
+    # ---- weights --------------------------------------------------------------------------------
+    def state_to_hf(self, sd: dict[str, torch.Tensor], cfg: DiffusionConfig) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for k, v in sd.items():
+            names = theirs(k)
+            for name, part in zip(names, v.chunk(len(names), dim=0)):
+                out[name] = part
+        return out
+
+    def state_from_hf(self, sd: dict[str, torch.Tensor], cfg: DiffusionConfig,
+                      expected: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Our state dict from diffusers' (``expected``: our keys); pops what it uses, so leftovers in ``sd``
+        are unexpected keys."""
+        if expected is None:
+            from ..models.diffusion import build_diffusion
+            with torch.device("meta"):
+                expected = build_diffusion(cfg).state_dict()
+        out = {}
+        for k in expected:
+            names = theirs(k)
+            missing = [n for n in names if n not in sd]
+            if missing:
+                raise ConversionError(f"missing key in checkpoint: {missing[0]}")
+            parts = [sd.pop(n) for n in names]
+            out[k] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return out
+
+
+def _attention_levels(hf: dict[str, Any], where: str) -> list[int]:
+    """Levels with attention from down/up block types, which must mirror each other."""
+    down = hf.get("down_block_types", ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"])
+    up = hf.get("up_block_types", ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"])
+    kinds = {"DownBlock2D": False, "AttnDownBlock2D": True}
+    for i, t in enumerate(down):
+        if str(t).removeprefix("UNetRes") not in kinds:
+            raise ConversionError(f"{where}: down_block_types[{i}]={t!r} is not supported; "
+                                  f"choose DownBlock2D or AttnDownBlock2D")
+    levels = [i for i, t in enumerate(down) if kinds[str(t).removeprefix("UNetRes")]]
+    want = ["AttnUpBlock2D" if i in levels else "UpBlock2D" for i in reversed(range(len(down)))]
+    if [str(t).removeprefix("UNetRes") for t in up] != want:
+        raise ConversionError(f"{where}: up_block_types={list(up)} must mirror down_block_types={list(down)} "
+                              f"(genmodels' UNet2D attends at the same levels both ways: {want})")
+    if len(hf.get("block_out_channels", [0] * 4)) != len(down):
+        raise ConversionError(f"{where}: block_out_channels has {len(hf['block_out_channels'])} widths for "
+                              f"{len(down)} down_block_types")
+    return levels
+
+
+def _schedule(hf: dict[str, Any], scheduler: dict[str, Any] | None) -> dict[str, Any]:
+    """The schedule fields from scheduler_config.json (its other keys are sampler settings, not the model's)."""
+    out = {}
+    if hf.get("num_train_timesteps") is not None:
+        out["num_train_timesteps"] = hf["num_train_timesteps"]
+    if scheduler is not None:
+        if scheduler.get("trained_betas") is not None:
+            raise ConversionError(f"{SCHEDULER_CONFIG}: trained_betas (an explicit beta table) has no equivalent "
+                                  "in genmodels' schedule fields (beta_schedule, beta_start, beta_end)")
+        out.update({k: scheduler[k] for k in SCHEDULE_FIELDS if k in scheduler})
+    return out
+
+
+# ---- folders ------------------------------------------------------------------------------------
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a diffusers model folder: safetensors first, else the legacy .bin (weights only)."""
+    from ..io import read_safetensors, read_torch_bin
+    if (path / WEIGHTS).is_file():
+        return read_safetensors(path / WEIGHTS)
+    if (path / LEGACY_WEIGHTS).is_file():
+        return read_torch_bin(path / LEGACY_WEIGHTS)
+    raise FileNotFoundError(f"{path}: no {WEIGHTS} or {LEGACY_WEIGHTS}")
+
+
+def load_diffusers(path: str | Path, hf_config: dict[str, Any], build: Callable[[Any], torch.nn.Module],
+                   check: Callable[[Any], None] | None = None) -> torch.nn.Module:
+    """Our UNet2D from a diffusers UNet2DModel folder; every key and shape is checked before loading."""
+    from ..io import read_json
+    path = Path(path)
+    sched_file = path / SCHEDULER_CONFIG
+    scheduler = read_json(sched_file) if sched_file.is_file() else None
+    conv = DiffusersUNetConverter()
+    cfg = conv.config_from_hf(hf_config, scheduler, where=str(path / "config.json"))
+    if check is not None:
+        check(cfg)
+    sd = read_weights(path)
+    model = build(cfg)
+    expected = model.state_dict()
+    check_state(conv.state_to_hf(expected, cfg), sd, {}, str(path))  # in diffusers' names, all at once
+    ours = conv.state_from_hf(sd, cfg, expected)
+    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()})
+    return model
+
+
+def export_diffusers(model: torch.nn.Module, path: str | Path) -> Path:
+    """Write ``model`` (a UNet2D) as a diffusers folder that ``diffusers.UNet2DModel.from_pretrained(path)``
+    loads with equal outputs (and ``DDPMScheduler.from_pretrained(path)`` with its schedule). Files
+    appear atomically; a config diffusers cannot express is refused, naming the field, before anything
+    is written."""
+    from ..io import _atomic_dir_write
+    cfg = model.config
+    if not isinstance(cfg, DiffusionConfig):
+        raise ConversionError(f"cannot export as diffusers {CLASS_NAME}: model.family="
+                              f"{getattr(cfg, 'family', None)!r} is not a diffusion model")
+    conv = DiffusersUNetConverter()
+    hf = conv.config_to_hf(cfg)
+    sd = conv.state_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
+
+    def write(d: Path) -> None:
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / WEIGHTS), metadata={"format": "pt"})
+        (d / SCHEDULER_CONFIG).write_text(json.dumps(conv.scheduler_config(cfg), indent=2) + "\n")
+        (d / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+
+    return _atomic_dir_write(Path(path), write)

@@ -1,0 +1,149 @@
+"""UNet2D: the denoiser of DDPM (Ho et al., 2020, "Denoising Diffusion Probabilistic Models", appendix B),
+after PixelCNN++'s U-Net, in the layout of diffusers' ``UNet2DModel``.
+
+    τ = SiLU(emb(t) + E[y])                          time (nn/timestep.py) + optional class embedding
+    h = conv_in(x);  skips = [h]
+    down level ℓ = 0 … L−1:  (resnet → attention?) × n, each output pushed to skips;
+                             then a stride-2 conv (not after the last level), pushed too
+    middle:                  resnet → attention? → resnet
+    up level ℓ = L−1 … 0:    (resnet(concat(h, skips.pop())) → attention?) × (n + 1);
+                             then nearest ×2 + conv (not after level 0)
+    ε̂ = conv_out(SiLU(GN(h)))                        (B, C_out, H, W)
+
+Resnets, resamplers: :mod:`genmodels.nn.conv`; attention over pixels:
+:mod:`genmodels.nn.spatial_attention` (our SelfAttention). Called as diffusers' UNet2DModel is:
+``model(sample, timestep, class_labels=None)``, returning the prediction tensor itself.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
+from ...nn.spatial_attention import SpatialSelfAttention
+from ...nn.timestep import TimestepEmbedding, batch_timesteps
+from .config import DiffusionConfig
+from .inputs import ClassEmbedding, check_sample, no_labels
+
+
+class _Parts:
+    """The part factories of one UNet, from its config: every resnet, attention and resampler."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        self.cfg, self.temb = cfg, 4 * cfg.block_out_channels[0]
+
+    def resnet(self, c_in: int, c_out: int) -> ResnetBlock2D:
+        c = self.cfg
+        return ResnetBlock2D(c_in, c_out, self.temb, c.norm_num_groups, c.norm_eps, c.dropout)
+
+    def attention(self, channels: int, on: bool) -> nn.Module:
+        c = self.cfg
+        if not on:
+            return nn.Identity()
+        return SpatialSelfAttention(channels, c.attention_head_dim or channels, c.norm_num_groups, c.norm_eps)
+
+
+class DownLevel(nn.Module):
+    """One resolution on the way down: n × (resnet → attention), then the optional downsampler."""
+
+    def __init__(self, parts: _Parts, c_in: int, c_out: int, attention: bool, downsample: bool):
+        super().__init__()
+        n = parts.cfg.layers_per_block
+        self.resnets = nn.ModuleList(parts.resnet(c_in if i == 0 else c_out, c_out) for i in range(n))
+        self.attentions = nn.ModuleList(parts.attention(c_out, attention) for _ in range(n))
+        self.downsample = Downsample2D(c_out, parts.cfg.downsample_padding) if downsample else None
+
+    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for resnet, attn in zip(self.resnets, self.attentions):
+            h = attn(resnet(h, tau))
+            skips.append(h)
+        if self.downsample is not None:
+            h = self.downsample(h)  # (B, C, H/2, W/2)
+            skips.append(h)
+        return h
+
+
+class MidBlock(nn.Module):
+    """resnet → attention → resnet at the lowest resolution."""
+
+    def __init__(self, parts: _Parts, channels: int, attention: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList([parts.resnet(channels, channels), parts.resnet(channels, channels)])
+        self.attention = parts.attention(channels, attention)
+
+    def forward(self, h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return self.resnets[1](self.attention(self.resnets[0](h, tau)), tau)
+
+
+class UpLevel(nn.Module):
+    """One resolution on the way up: (n+1) × (resnet over [h, skip] → attention), then the optional upsampler.
+
+    ``skip_channels`` lists, in the order they are popped, the widths of the skips this level reads."""
+
+    def __init__(self, parts: _Parts, c_prev: int, c_out: int, skip_channels: list[int], attention: bool,
+                 upsample: bool):
+        super().__init__()
+        self.resnets = nn.ModuleList(parts.resnet((c_prev if i == 0 else c_out) + s, c_out)
+                                     for i, s in enumerate(skip_channels))
+        self.attentions = nn.ModuleList(parts.attention(c_out, attention) for _ in skip_channels)
+        self.upsample = Upsample2D(c_out) if upsample else None
+
+    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for resnet, attn in zip(self.resnets, self.attentions):
+            h = attn(resnet(torch.cat([h, skips.pop()], dim=1), tau))  # (B, C + C_skip, H, W) -> (B, C_out, H, W)
+        if self.upsample is not None:
+            h = self.upsample(h)  # (B, C, 2H, 2W)
+        return h
+
+
+class UNet2D(nn.Module):
+    """``model(sample (B, C, H, W), timestep, class_labels (B,) | None)`` -> prediction (B, C_out, H, W)."""
+
+    family = "diffusion"
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        if config.backbone != "unet":
+            raise ValueError(f"model.backbone={config.backbone!r}: UNet2D builds backbone 'unet'")
+        self.config = cfg = config
+        self.tokenizer = None
+        parts, widths = _Parts(cfg), cfg.block_out_channels
+        levels, n = len(widths), cfg.layers_per_block
+        self.time_embed = TimestepEmbedding(widths[0], parts.temb, cfg.flip_sin_to_cos, cfg.freq_shift)
+        self.class_embed = ClassEmbedding(cfg, parts.temb) if cfg.num_classes else None
+        self.conv_in = nn.Conv2d(cfg.in_channels, widths[0], 3, padding=1)
+
+        skip_widths = [widths[0]]  # what the down path pushes, in order
+        self.down = nn.ModuleList()
+        for i, c in enumerate(widths):
+            last = i == levels - 1
+            self.down.append(DownLevel(parts, widths[max(i - 1, 0)], c, i in cfg.attention_levels, not last))
+            skip_widths += [c] * (n + (0 if last else 1))
+        self.mid = MidBlock(parts, widths[-1], cfg.mid_attention)
+        self.up = nn.ModuleList()
+        c_prev = widths[-1]
+        for i in reversed(range(levels)):
+            popped = [skip_widths.pop() for _ in range(n + 1)]
+            self.up.append(UpLevel(parts, c_prev, widths[i], popped, i in cfg.attention_levels, i > 0))
+            c_prev = widths[i]
+        self.norm_out = nn.GroupNorm(cfg.norm_num_groups, widths[0], eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(widths[0], cfg.output_channels, 3, padding=1)
+
+    def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        check_sample(sample, self.config, 2 ** (len(self.config.block_out_channels) - 1))
+        b = sample.shape[0]
+        emb = self.time_embed(batch_timesteps(timestep, b, sample.device))  # (B, 4·C₀)
+        if self.class_embed is not None:
+            emb = emb + self.class_embed(class_labels, b)
+        else:
+            no_labels(class_labels)
+        tau = F.silu(emb)  # every resnet's time input, computed once
+        h = self.conv_in(sample)  # (B, C₀, H, W)
+        skips = [h]
+        for level in self.down:
+            h = level(h, tau, skips)
+        h = self.mid(h, tau)
+        for level in self.up:
+            h = level(h, tau, skips)
+        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
