@@ -17,6 +17,7 @@ from genmodels.config import StrictConfig
 from genmodels.generation import decode
 from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.interop.base import ANY, ConversionError, require_exportable
+from genmodels.interop.diffusers_unet import DiffusersUNetConverter
 from genmodels.interop.hf import CONVERTERS, converter_for_config
 from genmodels.training.config import RunConfig
 from tests.helpers.tiny import randomise
@@ -163,12 +164,23 @@ def test_a_field_added_later_is_refused_by_every_exporter(model_type, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-@pytest.mark.parametrize("model_type", list(PRESET_OF))
+# exporters of other families, outside interop/hf.CONVERTERS: model_type -> (converter, a config it exports)
+OTHER_EXPORTERS = {"diffusers-unet2d": (DiffusersUNetConverter, lambda: genmodels.preset("unet-digits"))}
+
+
+def _exporter(model_type: str):
+    """(a config, the converter that exports it) for ``model_type``."""
+    if model_type in OTHER_EXPORTERS:
+        conv_class, make = OTHER_EXPORTERS[model_type]
+        return make(), conv_class()
+    return tiny(model_type), next(c for c in CONVERTERS if c.model_type == model_type)
+
+
+@pytest.mark.parametrize("model_type", list(PRESET_OF) + list(OTHER_EXPORTERS))
 def test_every_field_is_handled_or_refused(model_type):
     """Each field of the config, set to a value no exporter could know, is refused naming it —
     unless the exporter declares it expressed (ANY) or the family does not read it."""
-    cfg = tiny(model_type)
-    conv = next(c for c in CONVERTERS if c.model_type == model_type)
+    cfg, conv = _exporter(model_type)
     declared = conv.export_fields(cfg)
     unused = set(registry.get_family(cfg.family).unused) - set(declared)
     free = {k for k, v in declared.items() if v is ANY} | unused

@@ -98,6 +98,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             "forward_flops_per_token": flops,
             "tokenizer": getattr(model, "tokenizer", None) is not None,
             "cpu_inference": "(a preset: no weights)" if model is None else _cpu_path(model), "config": c.to_dict()}
+    if hasattr(counts, "forward_flops_per_image"):  # image families (diffusion): one image's forward pass
+        info["forward_flops_per_image"] = counts.forward_flops_per_image(c)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -105,6 +107,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"parameters  {info['parameters']:,}")
     for k, v in info["forward_flops_per_token"].items():
         print(f"FLOPs/token {v / 1e6:,.1f} M  (forward, {k})")
+    if "forward_flops_per_image" in info:
+        print(f"FLOPs/image {info['forward_flops_per_image'] / 1e6:,.1f} M  (forward)")
+    if hasattr(counts, "describe"):  # a family's own layout line
+        print(counts.describe(c))
     if isinstance(c, genmodels.ModelConfig):  # the transformer families' layout line
         print(f"layers {c.n_layers}  d_model {c.d_model}  heads {c.n_heads}/{c.kv_heads} kv  d_ff {c.d_ff}  "
               f"vocab {c.vocab_size}  positions {c.position}  norm {c.norm}  mlp {c.mlp}  tied {c.tie_embeddings}")
