@@ -354,6 +354,16 @@ def mistral(**kw: Any) -> ModelConfig:
     return ModelConfig.from_dict({**base, **kw})
 
 
+def mixtral(**kw: Any) -> ModelConfig:
+    """Mixtral 8x7B (Jiang et al., 2024, "Mixtral of Experts", Table 1; transformers' MixtralConfig
+    defaults): Mistral 7B's attention (32 heads, 8 KV heads of 128) with no sliding window, RoPE theta
+    1e6, a 32768-token context, and in every layer 8 SwiGLU experts of width 14336 of which the router
+    picks 2 (renormalised): 46.7B parameters, 12.9B active per token."""
+    base = mistral().to_dict()
+    base.update(max_seq_len=32768, rope_theta=1e6, sliding_window=None, n_experts=8, experts_per_token=2)
+    return ModelConfig.from_dict({**base, **kw})
+
+
 def bert(**kw: Any) -> ModelConfig:
     """BERT-base (Devlin et al., 2019): learned positions + token types, embedding LayerNorm, post-LN
     blocks (eps 1e-12), exact GELU, biases everywhere, masked-LM head tied to the word embedding."""
@@ -410,6 +420,11 @@ PRESETS = {
                                                 n_kv_heads=2, d_ff=688, max_seq_len=512, bos_token_id=0,
                                                 eos_token_id=0), **kw}),
     "mistral-7b": mistral,
+    "mixtral-8x7b": mixtral,
+    # llama-tiny with 8 experts in every layer, top-2, each half llama-tiny's width: the ACTIVE
+    # feed-forward per token (2 x 344) equals llama-tiny's 688, so the two compare at equal compute.
+    "mixtral-tiny": lambda **kw: PRESETS["llama-tiny"](**{**dict(n_experts=8, experts_per_token=2,
+                                                                 expert_d_ff=344), **kw}),
     "bert-base": bert,
     "bert-tiny": lambda **kw: bert(**{**dict(vocab_size=8192, d_model=128, n_layers=2, n_heads=2, d_ff=512,
                                              max_seq_len=512), **kw}),

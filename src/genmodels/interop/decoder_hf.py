@@ -127,11 +127,14 @@ class LlamaConverter(Converter):
         "blocks.{i}.mlp.gate_up.{p}": ("model.layers.{i}.mlp.gate_proj.{p}", "model.layers.{i}.mlp.up_proj.{p}"),
     }
     TOP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
+    windowed = False  # whether the architecture reads config.json's sliding_window
+    defaults: dict[str, Any] = {}  # config.json values HF assumes when a key is absent (beyond the ones below)
 
-    def exports(self, cfg: ModelConfig) -> bool:  # Mistral is Llama with a sliding window
-        return cfg.position == "rope" and bool(cfg.sliding_window) == (self.model_type == "mistral")
+    def exports(self, cfg: ModelConfig) -> bool:  # Mistral is Llama with a sliding window; MoE is Mixtral's
+        return cfg.position == "rope" and cfg.n_experts == 0 and bool(cfg.sliding_window) == self.windowed
 
     def config_from_hf(self, hf: dict[str, Any]) -> ModelConfig:
+        hf = {**self.defaults, **hf}
         rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "default"))
         if rope_type != "default":
@@ -148,7 +151,7 @@ class LlamaConverter(Converter):
                            norm_eps=hf.get("rms_norm_eps", 1e-6), mlp="swiglu", mlp_bias=hf.get("mlp_bias", False),
                            attn_bias=hf.get("attention_bias", False), attn_out_bias=hf.get("attention_bias", False),
                            tie_embeddings=hf.get("tie_word_embeddings", False),
-                           sliding_window=hf.get("sliding_window") if self.model_type == "mistral" else None,
+                           sliding_window=hf.get("sliding_window") if self.windowed else None,
                            **special_token_ids(hf, hf["vocab_size"], fields=IDS))
 
     def config_to_hf(self, c: ModelConfig) -> dict[str, Any]:
@@ -161,7 +164,7 @@ class LlamaConverter(Converter):
              "hidden_act": "silu", "attention_bias": c.attn_bias, "mlp_bias": c.mlp_bias,
              "tie_word_embeddings": c.tie_embeddings, "bos_token_id": c.bos_token_id,
              "eos_token_id": c.eos_token_id, "pad_token_id": c.pad_token_id, "torch_dtype": "float32"}
-        if self.model_type == "mistral":
+        if self.windowed:
             d["sliding_window"] = c.sliding_window
         return d
 
@@ -169,7 +172,7 @@ class LlamaConverter(Converter):
         """What Llama/Mistral's config expresses of each field (see base.require_exportable)."""
         return {**COMMON_EXPORT, **EXPRESSED, "position": ("rope",), "norm": ("rmsnorm",), "mlp": ("swiglu",),
                 "rotary_fraction": (1.0,), "attn_out_bias": (None, c.attn_bias),
-                "sliding_window": ANY if self.model_type == "mistral" else (None,),
+                "sliding_window": ANY if self.windowed else (None,),
                 "n_kv_heads": ANY, "head_dim": ANY, "rope_theta": ANY, "attn_bias": ANY, "mlp_bias": ANY,
                 "norm_bias": ANY}  # RMSNorm has no bias
 
@@ -214,3 +217,4 @@ class LlamaConverter(Converter):
 class MistralConverter(LlamaConverter):
     architectures = ("MistralForCausalLM",)
     model_type = "mistral"
+    windowed = True

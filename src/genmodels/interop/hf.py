@@ -15,9 +15,11 @@ from ..config import ModelConfig
 from .base import ConversionError, Converter, check_state
 from .bert_hf import BertConverter
 from .decoder_hf import GPT2Converter, LlamaConverter, MistralConverter
+from .mixtral_hf import MixtralConverter
 from .t5_hf import T5Converter
 
-CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter(), BertConverter(), T5Converter()]
+CONVERTERS: list[Converter] = [GPT2Converter(), LlamaConverter(), MistralConverter(), MixtralConverter(),
+                               BertConverter(), T5Converter()]
 
 
 def register(converter: Converter) -> None:

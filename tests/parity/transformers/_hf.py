@@ -42,7 +42,15 @@ def mistral_config(**kw):
     return transformers.MistralConfig(**{**base, **kw})
 
 
-CONFIGS = {"gpt2": gpt2_config, "llama": llama_config, "mistral": mistral_config}
+def mixtral_config(**kw):
+    base = dict(vocab_size=VOCAB, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=48, num_local_experts=4, num_experts_per_tok=2, num_hidden_layers=2,
+                rms_norm_eps=1e-5, max_position_embeddings=128, sliding_window=None, tie_word_embeddings=False,
+                bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    return transformers.MixtralConfig(**{**base, **kw})
+
+
+CONFIGS = {"gpt2": gpt2_config, "llama": llama_config, "mistral": mistral_config, "mixtral": mixtral_config}
 
 
 def hf_model(kind: str, seed: int = 0, **kw):
