@@ -162,7 +162,7 @@ class DPMSolverMultistepScheduler(DiscreteScheduler):
         last_timestep = int(c["num_train_timesteps"] - clipped.item())
         timesteps = dpm_spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], last_timestep, n,
                                          c["steps_offset"])
-        sigmas = np.array(((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5)  # (T,) float32
+        sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod) ** 0.5).numpy()  # (T,) float32
         log_sigmas = np.log(sigmas)
         if c["use_karras_sigmas"]:
             sigmas = karras_sigmas(sigmas[0].item(), sigmas[-1].item(), n)  # (N,) descending
@@ -178,6 +178,14 @@ class DPMSolverMultistepScheduler(DiscreteScheduler):
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))  # (N+1,)
         self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)  # (N,)
         self.num_inference_steps = len(timesteps)
+        values, counts = self.timesteps.unique(return_counts=True)
+        if (counts > 1).any():
+            warnings.warn(
+                f"set_timesteps({n}): timestep {int(values[counts > 1][-1])} repeats (large N, or Karras sigmas on "
+                "a schedule with a huge sigma_T such as squaredcos_cap_v2, diffusers #12771); as in diffusers the "
+                "first step starts at a repeat's second copy, so the loop can run out of noise levels early",
+                stacklevel=2,
+            )
         self._reset_state()
 
     def index_for_timestep(self, timestep: int | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
@@ -254,6 +262,7 @@ class DPMSolverMultistepScheduler(DiscreteScheduler):
         n = self._require_timesteps()
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output shape {tuple(model_output.shape)} != sample shape {tuple(sample.shape)}")
+        timestep = self._timestep(timestep)  # only the first call reads it: later steps follow step_index
         if self._step_index is None:
             self._step_index = self._begin_index if self._begin_index is not None else self.index_for_timestep(timestep)
         if self._step_index >= n:

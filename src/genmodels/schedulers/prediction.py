@@ -36,7 +36,9 @@ def original_sample(
     return alpha * sample - sigma * model_output
 
 
-def noise_from_original(sample: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+def noise_from_original(
+    sample: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
     """ε̂ = (x_t − α·x̂0)/σ: the noise implied by an x̂0 (used for ``sample`` and clipped-x̂0 DDIM)."""
     return (sample - alpha * x0) / sigma
 
@@ -93,19 +95,25 @@ def forward_coefficients(
     if not isinstance(timesteps, torch.Tensor) or timesteps.dtype.is_floating_point or timesteps.dtype == torch.bool:
         raise ValueError(f"timesteps must be an integer tensor of shape (B,), got {timesteps!r}")
     if timesteps.numel() and not (0 <= int(timesteps.min()) and int(timesteps.max()) < len(alphas_cumprod)):
-        raise ValueError(f"timesteps must lie in [0, num_train_timesteps={len(alphas_cumprod)}), got {timesteps.tolist()}")
+        raise ValueError(
+            f"timesteps must lie in [0, num_train_timesteps={len(alphas_cumprod)}), got {timesteps.tolist()}"
+        )
     bar = alphas_cumprod.to(device=like.device, dtype=like.dtype)
     timesteps = timesteps.to(like.device)
     return _per_sample(bar[timesteps] ** 0.5, like.ndim), _per_sample((1 - bar[timesteps]) ** 0.5, like.ndim)
 
 
-def add_noise(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def add_noise(
+    alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """The forward process q(x_t | x0) (Ho et al. 2020, eq. 4): x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε."""
     alpha, sigma = forward_coefficients(alphas_cumprod, timesteps, x0)
     return alpha * x0 + sigma * noise
 
 
-def get_velocity(alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+def get_velocity(
+    alphas_cumprod: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
     """The v-prediction target (Salimans & Ho 2022, §4): v = √ᾱ_t·ε − √(1−ᾱ_t)·x0."""
     alpha, sigma = forward_coefficients(alphas_cumprod, timesteps, x0)
     return alpha * noise - sigma * x0
