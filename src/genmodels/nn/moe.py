@@ -47,7 +47,7 @@ from .mlp import ACTIVATIONS
 class Routing(NamedTuple):
     """One MoE layer's routing of N tokens (flattened batch × time)."""
 
-    logits: torch.Tensor  # (N, E) fp32 router logits z
+    logits: torch.Tensor  # (N, E) router logits z, fp32 (fp64 for an fp64 model)
     picks: torch.Tensor  # (N, k) int64 expert indices, best first
     weights: torch.Tensor  # (N, k) fp32 gate weights g of the picks
     kept: torch.Tensor  # (N, k) bool: the pair was dispatched (False: dropped by capacity)
@@ -88,7 +88,8 @@ class TopKRouter(nn.Module):
     def forward(self, x: torch.Tensor) -> Routing:
         if self.training and self.jitter > 0:
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        logits = F.linear(x.float(), self.weight.float())  # (N, E) fp32
+        dtype = torch.promote_types(x.dtype, torch.float32)  # fp32 at least (bf16/fp16 ties flip picks)
+        logits = F.linear(x.to(dtype), self.weight.to(dtype))  # (N, E)
         weights, picks = logits.softmax(dim=-1).topk(self.k, dim=-1)  # (N, k) each
         if self.renormalize:
             weights = weights / weights.sum(dim=-1, keepdim=True)
