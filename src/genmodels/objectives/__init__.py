@@ -43,10 +43,13 @@ def extra_tokens(objective: str) -> int:
 
 
 def build_objective(objective: str, model: nn.Module, *, n_tokens: int, eos_id: int | None, chunk: int = 1024,
-                    mlm_prob: float = 0.15, noise_density: float = 0.15, mean_span_length: float = 3.0) -> Objective:
-    """The trainer's module for ``objective`` (a name in :data:`OBJECTIVES`) around ``model``."""
+                    mlm_prob: float = 0.15, noise_density: float = 0.15, mean_span_length: float = 3.0,
+                    router_aux_loss: str = "switch", router_aux_coef: float = 1e-2,
+                    router_z_coef: float = 1e-3) -> Objective:
+    """The trainer's module for ``objective`` (a name in :data:`OBJECTIVES`) around ``model``
+    (``router_*``: the sparse-MoE router losses of a causal objective, :mod:`.router`)."""
     if objective == "causal":
-        return CausalLM(model, chunk)
+        return CausalLM(model, chunk, router_aux_loss, router_aux_coef, router_z_coef)
     if objective == "mlm":
         return MaskedLM(model, n_tokens, mlm_prob)
     if objective == "span":

@@ -42,6 +42,10 @@ class Objective(nn.Module):
         """How many throughput units ``batch`` holds (tokens: every input id)."""
         return batch["input_ids"].numel()
 
+    def bar_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """The metrics the progress bar shows (all of them unless the objective logs many)."""
+        return metrics
+
     def samples(self, model: nn.Module, tokenizer, sample_cfg, eos: int | None, seed: int, say) -> list[str]:
         """End-of-run samples of the final ``model`` (none unless the objective generates)."""
         return []

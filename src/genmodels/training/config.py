@@ -79,6 +79,18 @@ class TrainConfig:
     mlm_prob: float = 0.15  # mlm: share of tokens to predict (80% [MASK], 10% random, 10% kept)
     span_noise_density: float = 0.15  # span: share of tokens corrupted
     span_mean_length: float = 3.0  # span: mean corrupted-span length
+    # sparse MoE models only (model.n_experts > 0; objectives/router.py); null = the default
+    router_aux_loss: str | None = None  # none | switch | mixtral (default switch)
+    router_aux_coef: float | None = None  # default: switch 1e-2 (Switch's α), mixtral 1e-3 (transformers)
+    router_z_coef: float | None = None  # ST-MoE z-loss coefficient (default 1e-3)
+
+    def router_losses(self) -> dict[str, Any]:
+        """The router-loss settings with the defaults filled in (what :func:`build_objective` takes)."""
+        from ..objectives.router import DEFAULT_AUX_COEF, DEFAULT_Z_COEF
+        kind = self.router_aux_loss or "switch"
+        coef = self.router_aux_coef if self.router_aux_coef is not None else DEFAULT_AUX_COEF.get(kind, 0.0)
+        z = self.router_z_coef if self.router_z_coef is not None else DEFAULT_Z_COEF
+        return {"router_aux_loss": kind, "router_aux_coef": coef, "router_z_coef": z}
 
 
 @dataclass
@@ -246,6 +258,7 @@ class RunConfig:
         _number("train.mlm_prob", t.mlm_prob, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _number("train.span_noise_density", t.span_noise_density, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _number("train.span_mean_length", t.span_mean_length, lo=1.0)
+        _check_router_losses(t, cfg)
         if objective == "mlm" and not cfg.mlm_head:
             raise ConfigError(f"train.objective=mlm needs a masked-LM head, but model.mlm_head=false"
                               f"{f' (preset {name})' if name else ''}; set model.mlm_head: true")
@@ -314,6 +327,27 @@ class RunConfig:
         self.check_model_vocab(self.model_config().vocab_size, tok_vocab)
 
 
+def _check_router_losses(t: TrainConfig, cfg: ModelConfig) -> None:
+    """train.router_*: allowed values, and set only where they mean something (a sparse MoE model;
+    a coefficient for an auxiliary loss that is on)."""
+    from ..objectives.router import AUX_LOSSES
+    names = ("router_aux_loss", "router_aux_coef", "router_z_coef")
+    if t.router_aux_loss is not None and t.router_aux_loss not in AUX_LOSSES:
+        raise ConfigError(f"train.router_aux_loss={t.router_aux_loss!r} is not allowed; "
+                          f"choose one of {', '.join(AUX_LOSSES)}")
+    for name in names[1:]:
+        if getattr(t, name) is not None:
+            _number(f"train.{name}", getattr(t, name), lo=0.0)
+    if getattr(cfg, "n_experts", 0) == 0:
+        for name in names:
+            if getattr(t, name) is not None:
+                raise ConfigError(f"train.{name}={getattr(t, name)!r} means nothing for a dense model "
+                                  "(model.n_experts is 0); leave it out or set model.n_experts")
+    if t.router_aux_loss == "none" and t.router_aux_coef is not None:
+        raise ConfigError(f"train.router_aux_coef={t.router_aux_coef!r} means nothing with "
+                          "train.router_aux_loss=none; leave it out or choose switch or mixtral")
+
+
 def _allowed(cls) -> str:
     return ", ".join(f.name for f in fields(cls))
 
@@ -327,6 +361,7 @@ def _reject_unknown(d: dict, cls, prefix: str) -> None:
 
 
 _STRING_KEYS = ("precision", "device", "distributed", "activation_checkpointing", "objective")
+# (train.router_aux_loss may be null: checked by _check_router_losses)
 
 
 def _string(name: str, v: Any) -> None:

@@ -1,4 +1,5 @@
-"""What a person reads during a run: metrics.jsonl, loss.png, FLOP accounting and MFU.
+"""What a person reads during a run: metrics.jsonl, loss.png (expert_load.png for a sparse MoE
+model), FLOP accounting and MFU.
 
 FLOPs per trained token (forward + backward, the PaLM appendix-B count):
 
@@ -81,16 +82,68 @@ class MetricsLog:
 
 
 _STANDARD = {"step", "tokens", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
+EXPERT_LOAD = "moe_load_e"  # metric moe_load_e<i>: expert i's share of the router's picks (objectives/router.py)
 
 
-def objective_metric_names(records: list[dict]) -> list[str]:
-    """The objective's own metrics in ``records`` (not the loop's: losses, lr, rates, time), in order."""
+def _names(records: list[dict], keep) -> list[str]:
     names: dict[str, None] = {}
     for r in records:
         for k, v in r.items():
-            if k not in _STANDARD and not k.endswith("_s") and isinstance(v, (int, float)):
+            if keep(k) and isinstance(v, (int, float)):
                 names[k] = None
     return list(names)
+
+
+def objective_metric_names(records: list[dict]) -> list[str]:
+    """The objective's own metrics in ``records`` (not the loop's: losses, lr, rates, time), in order;
+    per-expert loads are left to :func:`plot_expert_load`."""
+    return _names(records, lambda k: k not in _STANDARD and not k.endswith("_s") and EXPERT_LOAD not in k)
+
+
+def expert_load_names(records: list[dict]) -> list[str]:
+    """The per-expert load metrics in ``records`` (empty for a dense model)."""
+    return _names(records, lambda k: EXPERT_LOAD in k)
+
+
+def _save_figure(fig, path: Path, plt) -> None:
+    """Write ``fig`` to ``path`` atomically (a temporary file, then a rename) and close it."""
+    tmp = Path(path).with_name(f".{Path(path).stem}.tmp.png")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+def plot_expert_load(records: list[dict], path: Path, title: str = "") -> bool:
+    """Each expert's share of the router's picks (mean over the MoE layers) against tokens seen,
+    with the balanced share 1/E dashed; written atomically. False (nothing written) when the
+    records hold no loads (a dense model)."""
+    names = expert_load_names(records)
+    if not names:
+        return False
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    try:
+        for name in names:
+            ax.plot(*zip(*[(r["tokens"], r[name]) for r in records if r.get(name) is not None]),
+                    label=name.replace(EXPERT_LOAD, "expert "), lw=0.8)
+        ax.axhline(1 / len(names), color="k", ls="--", lw=0.8, label="balanced (1/E)")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("share of the router's picks")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small", ncol=2)
+    except BaseException:
+        plt.close(fig)
+        raise
+    _save_figure(fig, path, plt)
+    return True
 
 
 def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
@@ -108,7 +161,6 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.2))
-    tmp = Path(path).with_name(".loss.tmp.png")
     try:
         for name in extra:
             ax2.plot(*zip(*[(r["tokens"], r[name]) for r in records if r.get(name) is not None]), label=name, lw=0.8)
@@ -125,9 +177,7 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
+    except BaseException:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
+        raise
+    _save_figure(fig, path, plt)

@@ -12,7 +12,6 @@ import torch
 from ..config import ConfigError
 from ..data import corpus_fingerprint, eos_id, load_tokenizer
 from ..models import build_model
-from ..objectives import extra_tokens
 from .checkpoint import (CheckpointUnreadable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint,
                          read_state, step_dirs)
 from .config import RunConfig
@@ -77,11 +76,20 @@ def model_config(cfg: RunConfig, tok, eos: int | None):
     """``(ModelConfig, n_tokens)`` for the tokenizer ``tok``: the vocabulary is the tokenizer's
     (at least ``data.vocab_size`` for a trained BPE) plus the objective's [MASK] / sentinel ids,
     unless the recipe sets ``model.vocab_size`` (which must hold them: ConfigError otherwise)."""
+    from ..objectives import extra_tokens  # (objectives import training: not at module level)
     tok_vocab = tok.get_vocab_size()
     n_tokens, _ = cfg.min_model_vocab(tok_vocab)
     mcfg = cfg.model_config(vocab_size=n_tokens + extra_tokens(cfg.objective()), eos_id=eos)
     cfg.check_model_vocab(mcfg.vocab_size, tok_vocab)
     return mcfg, n_tokens
+
+
+def _field_defaults(cfg) -> dict:
+    """Every field's default value of ``cfg``'s (dataclass) config, as stored in JSON."""
+    out = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+           for f in dataclasses.fields(cfg)
+           if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    return json.loads(json.dumps(out))
 
 
 def _check_resumed_model(saved: dict, mcfg, run_dir: Path) -> None:
@@ -90,6 +98,7 @@ def _check_resumed_model(saved: dict, mcfg, run_dir: Path) -> None:
     if old is None:  # a checkpoint from before model configs were stored
         return
     new = json.loads(json.dumps(mcfg.to_dict()))  # as stored: tuples become lists
+    old = {**_field_defaults(mcfg), **old}  # a field added since the checkpoint (n_experts, …) held its default
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     if differ:
         raise RunDirError("--resume: the model differs from the checkpoint's in "

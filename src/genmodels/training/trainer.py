@@ -35,7 +35,7 @@ from .config import RunConfig, dump_config
 from .data import corpus_spec, prepare_data
 from .distributed import DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state, wrap
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
-from .metrics import MetricsLog, flops_per_token, plot_losses
+from .metrics import MetricsLog, flops_per_token, plot_expert_load, plot_losses
 from .optim import build_optimizer, lr_at
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
 from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
@@ -141,7 +141,7 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
         keep_freed_memory()
     run.objective = build_objective(cfg.objective(), model, n_tokens=n_tokens, eos_id=run.data.eos_id,
                                     chunk=tc.loss_chunk, mlm_prob=tc.mlm_prob, noise_density=tc.span_noise_density,
-                                    mean_span_length=tc.span_mean_length).train()
+                                    mean_span_length=tc.span_mean_length, **tc.router_losses()).train()
     run.n_params = sum(p.numel() for p in model.parameters())
     run.fpt = flops_per_token(model, dc.seq_len)
     wrapped = wrap(run.objective, info)
@@ -266,7 +266,8 @@ def _loop(run: _Run) -> None:
                                         **report.metrics, "time_s": round(run.elapsed(), 3)})
                 if run.bar is not None:
                     run.bar.set_postfix_str(f"loss {loss_val:.3f} | {rate:,.0f} {rate_key.replace('_', '/')}"
-                                            + "".join(f" | {k} {v:.3g}" for k, v in report.metrics.items())
+                                            + "".join(f" | {k} {v:.3g}"
+                                                      for k, v in run.objective.bar_metrics(report.metrics).items())
                                             + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
                     run.bar.update(1)
             if deadline is not None and not run.calibrated:
@@ -314,13 +315,14 @@ def _evaluate(run: _Run) -> None:
     if run.info.is_main:
         run.metrics.append({"step": run.step, "tokens": run.tokens, "val_loss": vl, "val_ppl": res.val_ppl,
                             "time_s": round(run.elapsed(), 3)})
-        try:
-            plot_losses(run.metrics.read(), run.run_dir / "loss.png",
-                        title=f"{run.run_dir.name}: {run.n_params / 1e6:.2f}M params")
-        except Exception as e:  # a picture is best-effort: one warning line, never the end of a run
-            if not run.plot_error:
-                run.plot_error.append(f"{type(e).__name__}: {' '.join(str(e).split())}")
-                run.note(f"warning: could not draw {run.run_dir / 'loss.png'} ({run.plot_error[0]}); training goes on")
+        records, title = run.metrics.read(), f"{run.run_dir.name}: {run.n_params / 1e6:.2f}M params"
+        for name, plot in (("loss.png", plot_losses), ("expert_load.png", plot_expert_load)):  # (MoE: the load)
+            try:
+                plot(records, run.run_dir / name, title=title)
+            except Exception as e:  # a picture is best-effort: one warning line, never the end of a run
+                if not run.plot_error:
+                    run.plot_error.append(f"{type(e).__name__}: {' '.join(str(e).split())}")
+                    run.note(f"warning: could not draw {run.run_dir / name} ({run.plot_error[0]}); training goes on")
         ppl = f", perplexity {res.val_ppl:.2f}" if res.val_ppl is not None else ""
         run.note(f"step {run.step}: val loss {vl:.4f}{ppl}")
 
@@ -373,7 +375,8 @@ def _finish(run: _Run) -> TrainResult:
                     say(f"--- {prompt!r}\n{text}")
         tps = len(res.train_losses) * tc.batch_size * cfg.data.seq_len / max(run.train_time, 1e-9)
         ppl = f"{res.val_ppl:.2f}" if res.val_ppl is not None else "n/a"
-        plot = f"plot {run_dir / 'loss.png'}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
+        plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
+        plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([
             "summary:",
             f"  trained {run.step} steps, {run.tokens:,} tokens ({len(res.train_losses)} steps this run, "
