@@ -33,6 +33,9 @@ def test_every_timestep_form_gives_the_same_output(unet):
     for t in (42, 42.0, torch.tensor(42), torch.tensor([42]), torch.tensor([42.0, 42.0, 42.0])):
         torch.testing.assert_close(unet(x, t, labels), want, rtol=0, atol=0)
     assert not torch.allclose(unet(x, 43, labels), want)  # the timestep does reach the output
+    frac = unet(x, 42.5, labels)  # a Python float stays fractional (diffusers would truncate it to 42)
+    torch.testing.assert_close(frac, unet(x, torch.full((3,), 42.5), labels), rtol=0, atol=0)
+    assert not torch.allclose(frac, want)
 
 
 @torch.no_grad()
