@@ -21,9 +21,9 @@ from ...nn.adaln import AdaLNModulation, modulate
 from ...nn.attention import AttentionInputs, SelfAttention
 from ...nn.mlp import MLP
 from ...nn.patch import PatchEmbed, sincos_2d, unpatchify
-from ...nn.timestep import TimestepEmbedding, batch_timesteps
+from ...nn.timestep import TimestepEmbedding
 from .config import DIT_FREQ_DIM, DiffusionConfig
-from .inputs import ClassEmbedding, check_sample, no_labels
+from .inputs import ClassEmbedding, check_sample, conditioning
 
 LN_EPS = 1e-6  # the paper's LayerNorm ε (no affine parameters)
 _NO_MASK = AttentionInputs()  # every patch attends to every patch
@@ -103,12 +103,7 @@ class DiT(nn.Module):
     def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         cfg = self.config
         check_sample(sample, cfg, cfg.patch_size, exact=True)
-        b = sample.shape[0]
-        c = self.time_embed(batch_timesteps(timestep, b, sample.device))  # (B, D)
-        if self.class_embed is not None:
-            c = c + self.class_embed(class_labels, b)
-        else:
-            no_labels(class_labels)
+        c = conditioning(self.time_embed, self.class_embed, sample, timestep, class_labels)  # (B, D)
         x = self.patch(sample) + self.pos.to(sample.dtype)  # (B, T, D)
         for block in self.blocks:
             x = block(x, c)

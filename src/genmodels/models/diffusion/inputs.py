@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...nn.timestep import batch_timesteps
 from .config import DiffusionConfig
 
 
@@ -48,7 +49,15 @@ class ClassEmbedding(nn.Embedding):
         return super().forward(labels)
 
 
-def no_labels(labels: torch.Tensor | None) -> None:
-    """An unconditional model refuses class labels (they would be silently ignored)."""
-    if labels is not None:
+def conditioning(time_embed: nn.Module, class_embed: ClassEmbedding | None, sample: torch.Tensor, timestep,
+                 class_labels: torch.Tensor | None) -> torch.Tensor:
+    """``emb(t) + E[y]`` (B, D) for the sample's batch: the timestep embedding (``timestep`` an int, a 0-d
+    or a (B,) tensor) plus, for a conditional model, the class embedding. An unconditional model refuses
+    labels (they would be silently ignored)."""
+    b = sample.shape[0]
+    emb = time_embed(batch_timesteps(timestep, b, sample.device))  # (B, D)
+    if class_embed is not None:
+        return emb + class_embed(class_labels, b)
+    if class_labels is not None:
         raise ValueError("class_labels were given, but this model is unconditional (num_classes=0)")
+    return emb

@@ -22,9 +22,9 @@ from torch import nn
 
 from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
 from ...nn.spatial_attention import SpatialSelfAttention
-from ...nn.timestep import TimestepEmbedding, batch_timesteps
+from ...nn.timestep import TimestepEmbedding
 from .config import DiffusionConfig
-from .inputs import ClassEmbedding, check_sample, no_labels
+from .inputs import ClassEmbedding, check_sample, conditioning
 
 
 class _Parts:
@@ -132,12 +132,7 @@ class UNet2D(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         check_sample(sample, self.config, 2 ** (len(self.config.block_out_channels) - 1))
-        b = sample.shape[0]
-        emb = self.time_embed(batch_timesteps(timestep, b, sample.device))  # (B, 4·C₀)
-        if self.class_embed is not None:
-            emb = emb + self.class_embed(class_labels, b)
-        else:
-            no_labels(class_labels)
+        emb = conditioning(self.time_embed, self.class_embed, sample, timestep, class_labels)  # (B, 4·C₀)
         tau = F.silu(emb)  # every resnet's time input, computed once
         h = self.conv_in(sample)  # (B, C₀, H, W)
         skips = [h]
