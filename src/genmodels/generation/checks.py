@@ -43,8 +43,9 @@ def check_seed(seed) -> None:
 
 
 def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, *, seed=None,
-                          num_beams: int = 1, length_penalty: float = 1.0) -> None:
-    """The sampling settings: counts are integers, reals are finite and in range."""
+                          num_beams: int = 1, length_penalty: float = 1.0, early_stopping=False) -> None:
+    """The sampling and beam settings: counts are integers, reals are finite and in range; beam
+    search (``num_beams > 1``) does not sample."""
     check_count("max_new_tokens", max_new_tokens, 0)
     check_real("temperature", temperature, low=0.0, low_ok=True, what=">= 0 (0 = greedy)")
     if top_k is not None:
@@ -55,6 +56,11 @@ def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new
         check_real("repetition_penalty", repetition_penalty, low=0.0, low_ok=False, what="> 0 (1 = none)")
     check_count("num_beams", num_beams, 1)
     check_real("length_penalty", length_penalty, low=-math.inf, low_ok=True, what="(any finite value)")
+    if not (isinstance(early_stopping, bool) or early_stopping == "never"):
+        raise ValueError(f"early_stopping={early_stopping!r} must be True, False or 'never'")
+    if num_beams > 1 and temperature > 0:
+        raise ValueError(f"num_beams={num_beams} with temperature={temperature}: beam search does not sample; "
+                         "pass temperature=0, or num_beams=1 to sample")
     check_seed(seed)
 
 

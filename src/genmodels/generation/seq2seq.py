@@ -10,13 +10,9 @@ refuse ``max_new_tokens`` and relative ones (T5) stop there with a warning.
 * Greedy / sampling (:func:`generate_seq2seq` with ``num_beams=1``): the decoder-only logits
   processors of :mod:`genmodels.generation.sampling` (repetition penalty, temperature, top-k,
   top-p). Rows that emit EOS are finished and receive ``pad_token_id``.
-* Beam search (``num_beams > 1``): at every step the 2·K best continuations (accumulated
-  log-probabilities) of each source's K running beams are kept; those ending in EOS (or reaching
-  the length limit) become finished hypotheses scored ``Σ log p / n^length_penalty`` (n = tokens
-  generated), the K best unfinished ones keep running. The search stops when no running beam
-  can beat the worst of K finished ones (the running score divided by the current length; with
-  ``early_stopping=True`` as soon as K hypotheses are finished). This follows transformers'
-  vectorised beam search, so beams match ``generate(num_beams=K)`` on the same weights.
+* Beam search (``num_beams > 1``): :func:`genmodels.generation.beam.beam_search` (transformers'
+  vectorised beam search, shared with decoder-only generation), the start token as the prompt; the
+  self-attention cache follows the beams (``Seq2SeqCache.reorder``).
 """
 from __future__ import annotations
 
@@ -30,7 +26,8 @@ from ..nn import kv_cache
 from ..nn.layout import decode_layout
 from ..registry import SEQ2SEQ, capabilities
 from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
-from .sampling import choose_next, process_logits
+from .beam import beam_search, expand_beams
+from .sampling import choose_next
 
 
 @torch.inference_mode()
@@ -51,11 +48,7 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
         raise ValueError("generate_seq2seq needs an encoder–decoder model, "
                          f"got family {getattr(model, 'family', None)!r}")
     check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed,
-                          num_beams=num_beams, length_penalty=length_penalty)
-    if num_beams > 1 and temperature > 0:
-        raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
-    if early_stopping not in (True, False, "never"):
-        raise ValueError(f"early_stopping={early_stopping!r} must be True, False or 'never'")
+                          num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
     cfg = model.config
     vocab = vocab_size(model)
     input_ids = check_ids("input_ids", input_ids, vocab)
@@ -140,71 +133,19 @@ def _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, 
 
 def _beam_search(model, memory, mask, max_new_tokens, start, ends, pad, k, length_penalty, early_stopping, rep,
                  fused):
+    """:func:`genmodels.generation.beam.beam_search` over the decoder, the start token as the prompt."""
     b, device = memory.shape[0], memory.device
-    length = 1 + max_new_tokens  # the start token + generated
-    fill = (pad or ends[0]) if ends else -1  # transformers' fill value for unused positions
-    keep = max(2, 1 + len(ends)) * k  # candidates per source each step
-    top_k_mask = torch.zeros(keep, dtype=torch.bool, device=device)
-    top_k_mask[:k] = True
-    end_ids = torch.tensor(ends, dtype=torch.long, device=device)
-
-    memory = memory.repeat_interleave(k, dim=0)  # (B·K, S, D): one copy per beam
-    mask = mask.repeat_interleave(k, dim=0) if mask is not None else None
-    cache = model.new_cache(memory, mask, max_len=max(min(max_new_tokens, kv_cache.CHUNK), 1),
-                            limit=max(max_new_tokens, 1))
+    prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
+    if max_new_tokens == 0:
+        return prompt
+    memory, mask = expand_beams(memory, k), expand_beams(mask, k)  # (B·K, S, D): one copy per beam
+    cache = model.new_cache(memory, mask, max_len=min(max_new_tokens, kv_cache.CHUNK), limit=max_new_tokens)
     step_fn = _decoder_step(model, cache, b * k, mask, fused)
 
-    running = torch.full((b, k, length), fill, dtype=torch.long, device=device)
-    running[:, :, 0] = start
-    finished = running.clone()
-    running_scores = torch.zeros(b, k, device=device)
-    running_scores[:, 1:] = -1e9  # all beams start equal: only the first is live
-    finished_scores = torch.full((b, k), -1e9, device=device)
-    is_finished = torch.zeros(b, k, dtype=torch.bool, device=device)
-    improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
-    finished_len = torch.zeros(b, k, dtype=torch.long, device=device)  # generated tokens of each hypothesis
-    offset = torch.arange(b, device=device)[:, None] * k
-    cur = 1
-    while cur < length:
-        logits = step_fn(running[:, :, cur - 1].reshape(b * k)).float()  # (B·K, V)
-        logp = torch.log_softmax(logits, dim=-1)
-        if rep:
-            logp = process_logits(logp, running[:, :, :cur].reshape(b * k, cur), rep_penalty=rep)
-        v = logp.shape[-1]
-        acc = (logp.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
-        top_scores, top_idx = torch.topk(acc, keep)  # (B, 2K)
-        beam, tok = top_idx // v, top_idx % v
-        cand = running.gather(1, beam[:, :, None].expand(b, keep, length)).clone()
-        cand[:, :, cur] = tok
-        hits = torch.isin(tok, end_ids) if len(ends) else torch.zeros_like(tok, dtype=torch.bool)
-        if cur + 1 >= length:
-            hits = torch.ones_like(hits)
-        # running beams for the next step: the K best that did not finish
-        live_scores = top_scores + hits.float() * -1e9
-        nxt = torch.topk(live_scores, k)[1]  # (B, K)
-        running = cand.gather(1, nxt[:, :, None].expand(b, k, length))
-        running_scores = live_scores.gather(1, nxt)
-        source_beam = beam.gather(1, nxt) + offset  # rows of the flat cache to continue from
-        # finished hypotheses: merge the new ones (top K candidates only) with the old
-        new_fin = hits & top_k_mask[None]
-        fin_scores = top_scores / (cur ** length_penalty)  # cur tokens generated
-        full = is_finished.all(dim=-1, keepdim=True) & (early_stopping is True)
-        fin_scores = fin_scores + full.float() * -1e9 + (~improvable).float() * -1e9 + (~new_fin).float() * -1e9
-        merged = torch.cat([finished_scores, fin_scores], dim=1)
-        best = torch.topk(merged, k)[1]
-        finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(b, k, length))
-        finished_scores = merged.gather(1, best)
-        is_finished = torch.cat([is_finished, new_fin], dim=1).gather(1, best)
-        finished_len = torch.cat([finished_len, torch.full_like(tok, cur)], dim=1).gather(1, best)
-        cache.reorder(source_beam.reshape(-1))
-        cur += 1
-        # can a running beam still beat the worst finished one?
-        hyp_len = length - 1 if early_stopping == "never" and length_penalty > 0.0 else cur - 1
-        best_possible = running_scores[:, :1] / (hyp_len ** length_penalty)
-        worst = torch.where(is_finished, finished_scores.min(dim=1, keepdim=True)[0],
-                            torch.full_like(finished_scores, -1e9))
-        improvable = improvable & (best_possible > worst).any(dim=-1, keepdim=True)
-        if not bool(improvable.any()) or (bool(is_finished.all()) and early_stopping is True) or bool(hits.all()):
-            break
-    out_len = 1 + int(finished_len[:, 0].max())
-    return finished[:, 0, :out_len]
+    def advance(rows, tokens):
+        cache.reorder(rows)
+        return step_fn(tokens)
+
+    logits = step_fn(expand_beams(prompt[:, 0], k))  # (B·K, V)
+    return beam_search(logits, advance, prompt, max_new_tokens, num_beams=k, ends=ends, pad=pad,
+                       length_penalty=length_penalty, early_stopping=early_stopping, repetition_penalty=rep)
