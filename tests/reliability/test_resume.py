@@ -61,10 +61,12 @@ def reference(corpus_dir, tmp_path_factory):
 BERT = {"preset": "bert-tiny", "d_model": 32, "n_heads": 2, "d_ff": 64}
 T5 = {"preset": "t5-tiny", "d_model": 32, "n_heads": 2, "head_dim": 16, "d_ff": 64}
 LLAMA_DROPOUT = {**tiny_config("", "")["model"], "dropout": 0.1}
+# sparse MoE (#11): router jitter draws random numbers, capacity drops pairs, router losses in the loss
+LLAMA_MOE = {**tiny_config("", "")["model"], "n_experts": 4, "d_ff": 32, "router_jitter": 0.1, "capacity_factor": 1.0}
 
 
-@pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal")],
-                         ids=["mlm", "span", "dropout"])
+@pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal"),
+                                             (LLAMA_MOE, "causal")], ids=["mlm", "span", "dropout", "moe"])
 def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objective, corpus_dir, tmp_path):
     over = dict(model=model, train={"objective": objective, "max_steps": 8, "ckpt_every": 4, "keep_last": 2})
     ref = tmp_path / "ref"

@@ -67,3 +67,31 @@ def test_two_processes_match_one_and_checkpoints_cross_layouts(kind, other, sing
                 log=lambda s: None)
     assert min(res.train_losses) == 5
     _close(losses(alone), losses(single_run))
+
+
+# ---- sparse MoE (#11): the router losses and the capacity are per micro-batch, so the one-process run
+# takes twice the accumulation (the same micro-batches as 2 processes × grad_accum 2) and twice the
+# evaluation batches (the same validation windows); no jitter (each rank draws its own noise)
+MOE_OVER = dict(model={**tiny_config("", "")["model"], "n_experts": 4, "d_ff": 32, "capacity_factor": 1.0},
+                train={"max_steps": 4, "ckpt_every": 4, "eval_every": 4, "grad_accum": 2},
+                sample={"max_new_tokens": 0})
+
+
+@pytest.fixture(scope="module")
+def single_moe_run(corpus_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("dist") / "single-moe"
+    over = {**MOE_OVER, "train": {**MOE_OVER["train"], "grad_accum": 4, "eval_batches": 4}}
+    train(RunConfig.from_dict(tiny_config(corpus_dir, run, **over)), progress=False, log=lambda s: None)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_processes_train_a_moe_model_as_one(kind, single_moe_run, corpus_dir, tmp_path):
+    run = tmp_path / f"moe-{kind}"
+    out = torchrun(tiny_config(corpus_dir, run, **{**MOE_OVER, "train": {**MOE_OVER["train"], "distributed": kind}}),
+                   tmp_path)
+    assert f"2 process(es) [{kind}]" in out.stdout
+    for key in ("loss", "lm_loss", "router_aux", "moe_load_e0", "moe_dropped", "val_loss"):
+        _close(losses(run, key), losses(single_moe_run, key))
+    assert max(losses(run, "moe_dropped").values()) > 0  # the capacity dropped pairs: its per-batch count matters
