@@ -67,17 +67,27 @@ def test_warmup_then_cosine():
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)
 
 
+@pytest.mark.parametrize("moe", [{}, {"n_experts": 4, "router_jitter": 0.1, "capacity_factor": 1.0}],
+                         ids=["dense", "moe"])  # MoE: the routing, jitter and router losses recomputed alike
 @pytest.mark.parametrize("mode", ["selective", "full"])
-def test_activation_checkpointing_gives_identical_gradients(mode):
+def test_activation_checkpointing_gives_identical_gradients(mode, moe):
+    from genmodels.objectives import build_objective
     from genmodels.training.memory import apply_activation_checkpointing
-    cfg = preset("llama-tiny", vocab_size=97, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64)
+    cfg = preset("llama-tiny", vocab_size=97, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, d_ff=64, **moe)
     torch.manual_seed(0)
     ref = build_model(cfg)
     ckpt = build_model(cfg)
     ckpt.load_state_dict(ref.state_dict())
     apply_activation_checkpointing(ckpt.blocks, mode)
     x, y = torch.randint(0, 97, (2, 12)), torch.randint(0, 97, (2, 12))
-    a, b = CausalLMLoss(ref)(x, y), CausalLMLoss(ckpt)(x, y)
+    if moe:
+        losses = [build_objective("causal", m, n_tokens=97, eos_id=0).train() for m in (ref, ckpt)]
+        torch.manual_seed(1)
+        a = losses[0]({"input_ids": x, "labels": y})[0]
+        torch.manual_seed(1)
+        b = losses[1]({"input_ids": x, "labels": y})[0]
+    else:
+        a, b = CausalLMLoss(ref)(x, y), CausalLMLoss(ckpt)(x, y)
     ga = torch.autograd.grad(a, list(ref.parameters()))
     gb = torch.autograd.grad(b, list(ckpt.parameters()))
     assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(ga, gb))
