@@ -1,7 +1,7 @@
 """Command line: thin wrappers over the public API.
 
     genmodels generate PATH --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P ...]
-    genmodels convert SRC DST --to {hf,genmodels}
+    genmodels convert SRC DST --to {hf,diffusers,genmodels}
     genmodels info PATH
     genmodels train CONFIG.yaml [--set key.sub=value ...]
     genmodels embed PATH TEXT...
@@ -77,7 +77,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     import genmodels
     model = genmodels.load(model_dir(args.src))
-    out = genmodels.export_hf(model, args.dst) if args.to == "hf" else genmodels.save(model, args.dst)
+    write = {"hf": genmodels.export_hf, "diffusers": genmodels.export_diffusers, "genmodels": genmodels.save}[args.to]
+    out = write(model, args.dst)
     print(f"wrote {args.to} model to {out}")
     return 0
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--to", choices=("hf", "genmodels"), required=True)
+    c.add_argument("--to", choices=("hf", "diffusers", "genmodels"), required=True)
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("info", help="family, parameter count, config, FLOPs per token")

@@ -330,6 +330,12 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
     from .interop.sentence_transformers import KEY
     from .interop.hf import export_hf as _export
     from .interop.sentence_transformers import check_sentence_export, write_sentence_files
+    from .interop.base import ConversionError
+    from .registry import family_of
+    fam = family_of(model.config)
+    if fam is not None and not fam.converters:  # RetNet, diffusion: no transformers architecture to become
+        raise ConversionError(f"cannot export as Hugging Face transformers: model.family={fam.name!r} has no such "
+                              "architecture (save it with genmodels.save, or with its family's own exporter)")
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     recipe = model.config.extra.get(KEY)
     if recipe is not None:

@@ -152,3 +152,25 @@ def test_export_refuses_a_dit_naming_the_field(tmp_path):
     assert not (tmp_path / "d").exists()
     with pytest.raises(ConversionError, match=r"model\.family='decoder' is not a diffusion model"):
         genmodels.export_diffusers(genmodels.build_model(genmodels.preset("llama-tiny", n_layers=1)), tmp_path / "d")
+
+
+def test_cli_converts_diffusers_folders_both_ways(tmp_path, capsys):
+    from genmodels.cli import main
+    theirs = _theirs(ODD, seed=7)
+    theirs.save_pretrained(tmp_path / "d")
+    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "ours"), "--to", "genmodels"]) == 0
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back"), "--to", "diffusers"]) == 0
+    back = diffusers.UNet2DModel.from_pretrained(tmp_path / "back").eval()
+    x, t, y = _inputs(theirs.config)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, t, class_labels=y).sample, theirs(x, t, class_labels=y).sample,
+                                   rtol=0, atol=0)
+    assert main(["info", str(tmp_path / "d")]) == 0
+    assert "FLOPs/image" in capsys.readouterr().out
+
+
+def test_export_hf_refuses_a_family_without_a_transformers_architecture(tmp_path):
+    model = genmodels.build_model(genmodels.preset("unet-digits"))
+    with pytest.raises(ConversionError, match=r"model\.family='diffusion' has no such architecture"):
+        genmodels.export_hf(model, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
