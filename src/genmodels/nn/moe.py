@@ -129,8 +129,11 @@ class StackedExperts(nn.Module):
 
     def expert(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """E_e(x) = W_down,e (act(W_gate,e x) ⊙ W_up,e x); ``x (M, D)`` → ``(M, D)``."""
-        gate, up = F.linear(x, self.gate_up_proj[e]).split(self.d_ff, dim=-1)  # (M, F) each
-        return F.linear(self.act(gate) * up, self.down_proj[e])
+        return self._ffn(x, self.gate_up_proj[e], self.down_proj[e])
+
+    def _ffn(self, x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        gate, up = F.linear(x, gate_up).split(self.d_ff, dim=-1)  # (M, F) each
+        return F.linear(self.act(gate) * up, down)
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """y_n = Σ_{kept (n, e)} g_{n,e} E_e(x_n); ``x (N, D)`` → ``(N, D)``."""
@@ -142,12 +145,10 @@ class StackedExperts(nn.Module):
             order = order[kept]  # still sorted by expert, priority order inside
         counts = torch.bincount(flat_expert[order], minlength=self.n_experts).tolist()  # (E,)
         token = order % n  # (M,) the token of each sorted pair
-        xs = x[token]  # (M, D) gathered once
-        outs, start = [], 0
-        for e, c in enumerate(counts):
-            if c:
-                outs.append(self.expert(e, xs[start:start + c]))  # (c, D)
-                start += c
+        # split / unbind (not slicing): their backward is one cat / stack, not a zero-filled copy per expert
+        slices = x[token].split(counts)  # E × (c_e, D), gathered once
+        gate_up, down = self.gate_up_proj.unbind(0), self.down_proj.unbind(0)
+        outs = [self._ffn(xe, gate_up[e], down[e]) for e, xe in enumerate(slices) if counts[e]]
         if not outs:
             return torch.zeros_like(x)
         gate = routing.weights.t().reshape(-1)[order].to(x.dtype)  # (M,)
