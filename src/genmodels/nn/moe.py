@@ -19,7 +19,10 @@ the batch; ``eval_capacity_factor`` applies in ``eval()``; ``None`` is dropless.
 nothing (the token keeps its residual). **Which pairs drop:** each expert serves its pairs in priority
 order — every token's first choice in token order, then every second choice in token order, … (the
 Switch/GShard convention: position order within each expert, first choices before second) — and
-drops those past C. The renormalised weights of the kept pairs are not renormalised again.
+drops those past C. The renormalised weights of the kept pairs are not renormalised again. With a
+capacity, a token's output depends on the other tokens of its forward (the group is the forward's
+B·T tokens), so cached decoding can differ from one full forward; the default
+``eval_capacity_factor=None`` keeps evaluation and generation dropless.
 
 Dispatch (MegaBlocks-style, dropless or not): the kept (token, expert) pairs are sorted by expert
 (a stable sort, so the priority order holds inside each expert), the tokens gathered once, one matrix
