@@ -115,6 +115,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     if isinstance(c, genmodels.ModelConfig):  # the transformer families' layout line
         print(f"layers {c.n_layers}  d_model {c.d_model}  heads {c.n_heads}/{c.kv_heads} kv  d_ff {c.d_ff}  "
               f"vocab {c.vocab_size}  positions {c.position}  norm {c.norm}  mlp {c.mlp}  tied {c.tie_embeddings}")
+        if getattr(c, "n_experts", 0):  # sparse MoE (#11)
+            from genmodels.models.flops import active_parameter_count
+            print(f"experts {c.n_experts} (top-{c.experts_per_token}, width {c.expert_width}) in {c.n_moe_layers} "
+                  f"layers  active parameters {active_parameter_count(c):,}")
     print(f"CPU inference  {info['cpu_inference']}")
     return 0
 

@@ -290,3 +290,14 @@ def test_record_routing_per_layer_and_nothing_after():
         pass
     assert none == []
     assert h.shape == (2, 8, 32)
+
+
+def test_mixtral_8x7b_sized_counts():
+    """Mixtral 8x7B's published sizes: 46.7B parameters, 12.9B active per token."""
+    from genmodels.models.flops import active_parameter_count
+    cfg = preset("mistral-7b", n_experts=8, experts_per_token=2, sliding_window=None, max_seq_len=32768,
+                 rope_theta=1e6)
+    assert round(parameter_count(cfg) / 1e9, 1) == 46.7
+    assert round(active_parameter_count(cfg) / 1e9, 1) == 12.9
+    dense = preset("llama-tiny", **TINY)
+    assert active_parameter_count(dense) == parameter_count(dense)

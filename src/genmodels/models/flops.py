@@ -178,6 +178,13 @@ class Seq2SeqCounts:
         return n + _head(cfg)
 
 
+def active_parameter_count(cfg: ModelConfig) -> int:
+    """Parameters one token passes through: :func:`parameter_count` less, in each sparse MoE layer,
+    the E − k experts it is not routed to (Mixtral 8x7B: 46.7B parameters, 12.9B active)."""
+    idle = (cfg.n_experts - cfg.experts_per_token) * 3 * cfg.d_model * cfg.expert_width
+    return parameter_count(cfg) - sum(idle for i in range(cfg.n_layers) if cfg.is_moe_layer(i))
+
+
 def weight_bytes(cfg: ModelConfig, bytes_per_parameter: int = 4) -> int:
     """Bytes the weights of ``cfg`` take (fp32 by default)."""
     return parameter_count(cfg) * bytes_per_parameter
