@@ -5,6 +5,8 @@ Layout facts (see shared/reference/llm-anchors.md):
   ``c_attn`` is q|k|v fused, as our ``qkv``. ``gelu_new`` is tanh-GELU. Head tied to ``wte``.
 * Llama/Mistral keep q/k/v and gate/up separate: we concatenate rows on load and split on export.
   HF's RoPE is half-split, as ours, so no q/k permutation is needed.
+* A sparse-MoE config (``n_experts > 0``) is Mixtral's (mixtral_hf.py): these exporters do not
+  claim it, and refuse it by name (``model.n_experts``) if asked to write one.
 """
 from __future__ import annotations
 
