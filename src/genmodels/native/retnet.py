@@ -146,15 +146,16 @@ class FusedRetNetStep:
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
                  key_mask: torch.Tensor | None = None) -> torch.Tensor:
         m, cache = self.model_struct, self.cache
-        ids = ids.contiguous().long()
         if ids.shape != (m.batch,):
             raise ValueError(f"ids must be ({m.batch},), got {tuple(ids.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) >= self.n_embed:
+        ids = ids.to("cpu", torch.long).contiguous()
+        values = ids.tolist()  # a few ints at decode batch sizes: cheaper than two reductions
+        if min(values) < 0 or max(values) >= self.n_embed:
             raise ValueError(f"token ids must be in [0, {self.n_embed})")
         row_pos = cache.row_pos
         if row_pos.dtype != torch.long or row_pos.device.type != "cpu" or not row_pos.is_contiguous():
             cache.row_pos = row_pos = row_pos.to("cpu", torch.long).contiguous()
-        if positions is not None and not torch.equal(positions.reshape(-1).to(row_pos), row_pos):
+        if positions is not None and positions.reshape(-1).tolist() != row_pos.tolist():
             raise ValueError(f"positions {positions.tolist()} differ from the rows' recurrent positions "
                              f"{row_pos.tolist()} (cache.row_pos)")
         self._bind_states()
