@@ -14,7 +14,7 @@ from genmodels.native import step as native_step
 from genmodels.native.retnet import FusedRetNetStep, unsupported
 
 from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
-from tests.helpers.tiny import tiny_model
+from tests.helpers.tiny import randomise, tiny_model
 
 torch.set_num_threads(1)
 
@@ -29,12 +29,7 @@ def _model(seed: int = 0, **kw) -> genmodels.models.retnet.RetNetLM:
     """A 2-layer RetNet (d 32, 2 heads: d_k 16, d_v 24, FFN 64), every parameter random (norm gains included)."""
     cfg = genmodels.preset("retnet-tiny", **{**dict(vocab_size=V, d_model=32, n_layers=2, n_heads=2, value_dim=48,
                                                    d_ff=64, max_seq_len=256, eos_token_id=None), **kw})
-    torch.manual_seed(seed)
-    m = genmodels.build_model(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    return m.eval()
+    return randomise(genmodels.build_model(cfg), seed=seed).eval()
 
 
 def _ids(b: int, t: int, seed: int = 1) -> torch.Tensor:
