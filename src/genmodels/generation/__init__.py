@@ -18,11 +18,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float | None = None, eos_token_id: int | Iterable[int] | None = None,
              stop_tokens: Iterable[int] | None = None, pad_token_id: int | None = None, seed: int | None = None,
-             attention_mask: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False,
              streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after each prompt (see :func:`.decode.generate`); for an
     encoder–decoder the prompt is the source and the target ids ``(B, 1 + n)`` are returned
-    (:func:`.seq2seq.generate_seq2seq`; ``streamer`` is not used there)."""
+    (:func:`.seq2seq.generate_seq2seq`; ``streamer`` is not used there). ``num_beams > 1`` is beam
+    search for both (:mod:`.beam`)."""
     can = capabilities(model)
     if GENERATES not in can:
         raise ValueError(f"generate needs a decoder or seq2seq model; this one is "
@@ -31,11 +33,13 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
         return _generate_seq2seq(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                                  stop_tokens=stop_tokens, pad_token_id=pad_token_id, seed=seed,
-                                 attention_mask=attention_mask)
+                                 attention_mask=attention_mask, num_beams=num_beams, length_penalty=length_penalty,
+                                 early_stopping=early_stopping)
     return decode.generate(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                            stop_tokens=stop_tokens, pad_token_id=pad_token_id, seed=seed,
-                           attention_mask=attention_mask, streamer=streamer)
+                           attention_mask=attention_mask, num_beams=num_beams, length_penalty=length_penalty,
+                           early_stopping=early_stopping, streamer=streamer)
 
 
 def _generate_seq2seq(model, input_ids, max_new_tokens, *, stop_tokens, eos_token_id, **kw) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ..native.step import fused_step, unsupported  # the transformer KV-cache st
 from ..nn import kv_cache
 from ..nn.layout import decode_layout
 from ..registry import GENERATES, SEQ2SEQ, capabilities
+from .beam import beam_search, expand_beams
 from .checks import check_generation_args, check_ids, check_mask, check_token_id, check_token_ids, vocab_size
 from .sampling import choose_next
 
@@ -31,7 +32,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              repetition_penalty: float | None = None, eos_token_id: int | Iterable[int] | None = None,
              stop_tokens: Iterable[int] | None = None, pad_token_id: int | None = None, seed: int | None = None,
-             attention_mask: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, num_beams: int = 1, length_penalty: float = 1.0,
+             early_stopping: bool | str = False,
              streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Generate up to ``max_new_tokens`` after each prompt; returns ``(B, T + n)`` token ids.
 
@@ -39,6 +41,12 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     is greedy; otherwise temperature / ``top_k`` / ``top_p`` sampling, reproducible with ``seed``.
     ``eos_token_id`` defaults to the config's; ``stop_tokens`` adds more ids that end a row.
     ``streamer`` receives each step's new tokens ``(B,)``.
+
+    ``num_beams > 1`` (with ``temperature=0``): beam search (:mod:`.beam`, as transformers'
+    ``generate(num_beams=K, do_sample=False)``, ``length_penalty`` and ``early_stopping`` too): the
+    prompt is prefilled once per beam and the cache follows the beams (``cache.reorder``); each step
+    takes the same native decode step as greedy when :mod:`genmodels.native` supports the model,
+    else the PyTorch forward. No ``streamer`` (beams are only settled at the end).
     """
     can = capabilities(model)  # decoder-only here; genmodels.generate sends encoder–decoders to .seq2seq
     if GENERATES not in can or SEQ2SEQ in can:
@@ -46,12 +54,16 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
                          f"family={getattr(model, 'family', None)!r} (use genmodels.generate, or "
                          "genmodels.embed for encoders)")
     cfg = model.config
-    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed)
+    check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, seed=seed,
+                          num_beams=num_beams, length_penalty=length_penalty, early_stopping=early_stopping)
+    if num_beams > 1 and streamer is not None:
+        raise ValueError(f"streamer: beam search (num_beams={num_beams}) settles the tokens only at the end; "
+                         "pass streamer=None or num_beams=1")
     vocab = vocab_size(model)
     input_ids = check_ids("input_ids", input_ids, vocab)
     attention_mask = check_mask("attention_mask", attention_mask, tuple(input_ids.shape))
-    ends = set(check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab))
-    ends |= set(check_token_ids("stop_tokens", stop_tokens, vocab))
+    ends = check_token_ids("eos_token_id", cfg.eos_token_id if eos_token_id is None else eos_token_id, vocab)
+    ends = list(dict.fromkeys(ends + check_token_ids("stop_tokens", stop_tokens, vocab)))  # ordered, unique
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     b, t = input_ids.shape
@@ -66,7 +78,7 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
                       f"(max_seq_len={cfg.max_seq_len}); generation stops at {cfg.max_seq_len} tokens",
                       stacklevel=3)
         max_new_tokens = cfg.max_seq_len - t
-    end_ids = torch.tensor(sorted(ends), dtype=torch.long, device=device)
+    end_ids = torch.tensor(ends, dtype=torch.long, device=device)
     pad = pad_token_id if pad_token_id is not None else (cfg.pad_token_id if cfg.pad_token_id is not None else
                                                          (min(ends) if ends else 0))
     check_token_id("pad_token_id", pad, vocab)  # the config's, when none is passed
@@ -92,10 +104,36 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     fused = device.type == "cpu" and max_new_tokens > 1 and unsupported(model) is None
     try:
         with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16 and not fused):
+            if num_beams > 1:
+                return _beam(model, input_ids, max_new_tokens, mask, positions, ends, pad, num_beams,
+                             length_penalty, early_stopping, repetition_penalty, fused)
             return _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, temperature, top_k,
                            top_p, repetition_penalty, generator, streamer, fused)
     finally:
         model.train(was_training)
+
+
+def _prefill(model, input_ids, max_new_tokens, mask, fused):
+    """The prompt through the model once: ``(cache, logits (B, V) of the next token, step)``, where
+    ``step(tokens (B,), positions (B,)) -> logits (B, V)`` feeds one token per row after it."""
+    b, t = input_ids.shape
+    # the last new token is never fed back: t + max_new_tokens − 1 positions at most
+    n_fed = t + max_new_tokens - 1  # within max_seq_len unless a sliding window bounds the cache (generate)
+    cache = model.new_cache(b, min(t + kv_cache.CHUNK, n_fed), limit=n_fed)
+    h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
+    if mask is not None:
+        cache.set_key_mask(mask)  # the padding, in slot coordinates from here on
+    native = fused_step(model, cache, b) if fused else None
+
+    def step(tokens, positions):
+        cache.reserve(1)  # grow, or compact a sliding window
+        if native is not None:
+            return native(tokens, positions, cache.key_mask)
+        step_mask = cache.key_mask[:, : cache.pos + 1] if cache.key_mask is not None else None
+        h = model.hidden_states(tokens[:, None], attention_mask=step_mask, position_ids=positions[:, None],
+                                cache=cache)
+        return model.head(h[:, -1])
+    return cache, model.head(h[:, -1]), step  # only the last position's logits are needed
 
 
 def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, temperature, top_k, top_p,
@@ -103,14 +141,7 @@ def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, tem
     """Prefill, then one token per step; returns the ids ``(B, T + n)``."""
     b, t = input_ids.shape
     device = input_ids.device
-    # the last new token is never fed back: t + max_new_tokens − 1 positions at most
-    n_fed = t + max_new_tokens - 1  # within max_seq_len unless a sliding window bounds the cache (generate)
-    cache = model.new_cache(b, min(t + kv_cache.CHUNK, n_fed), limit=n_fed)
-    h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
-    if mask is not None:
-        cache.set_key_mask(mask)  # the padding, in slot coordinates from here on
-    logits = model.head(h[:, -1])  # (B, V): only the last position is needed
-    step_fn = fused_step(model, cache, b) if fused else None
+    _, logits, step_fn = _prefill(model, input_ids, max_new_tokens, mask, fused)
     positions = positions[:, 0].clone()  # (B,)
     out = input_ids.new_empty(b, t + min(max_new_tokens, kv_cache.CHUNK))  # grown geometrically as tokens come
     out[:, :t] = input_ids
@@ -134,11 +165,22 @@ def _decode(model, input_ids, max_new_tokens, mask, positions, end_ids, pad, tem
         if step == max_new_tokens - 1:
             break
         positions += 1
-        cache.reserve(1)  # grow, or compact a sliding window
-        if step_fn is not None:
-            logits = step_fn(nxt, positions, cache.key_mask)
-            continue
-        step_mask = cache.key_mask[:, : cache.pos + 1] if cache.key_mask is not None else None
-        h = model.hidden_states(nxt[:, None], attention_mask=step_mask, position_ids=positions[:, None], cache=cache)
-        logits = model.head(h[:, -1])
+        logits = step_fn(nxt, positions)
     return out[:, : t + n]
+
+
+def _beam(model, input_ids, max_new_tokens, mask, positions, ends, pad, k, length_penalty, early_stopping,
+          repetition_penalty, fused):
+    """Beam search (:func:`.beam.beam_search`): K copies of each prompt prefilled, as transformers does."""
+    cache, logits, step_fn = _prefill(model, expand_beams(input_ids, k), max_new_tokens, expand_beams(mask, k),
+                                      fused)
+    positions = expand_beams(positions[:, 0], k)  # (B·K,): beams of a source share their positions
+
+    def advance(rows, tokens):
+        nonlocal positions
+        cache.reorder(rows)
+        positions = positions.index_select(0, rows) + 1
+        return step_fn(tokens, positions)
+    return beam_search(logits, advance, input_ids, max_new_tokens, num_beams=k, ends=ends, pad=pad,
+                       length_penalty=length_penalty, early_stopping=early_stopping,
+                       repetition_penalty=repetition_penalty)

@@ -66,10 +66,7 @@ class Seq2SeqCache:
         """Keep rows ``index (B·K,)`` of the self-attention cache (beam search). Beams only move
         within their source, whose memory k/v every beam row shares, so those stay as they are.
         In place: the buffers keep their storage (the native decode step holds pointers to them)."""
-        n = self.pos
-        for layer in self.self_kv.layers:
-            layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, index)
-            layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, index)
+        self.self_kv.reorder(index)
 
 
 class Seq2SeqLM(ModelParts, nn.Module):

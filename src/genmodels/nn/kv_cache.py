@@ -44,8 +44,8 @@ class DecodingCache(Protocol):
     * ``set_key_mask(mask (B, pos))`` after a padded prefill, and ``key_mask`` (``(B, ≥ pos + 1)``
       int, 1 = real token, or ``None``): the padding in the cache's coordinates; generation slices
       ``key_mask[:, :pos + 1]`` as the next step's ``attention_mask``.
-    * ``reorder(index (B',))`` (beam search): keep batch rows ``index`` of the state, in place.
-      Today only the encoder–decoder cache is reordered (beams live in ``generate_seq2seq``).
+    * ``reorder(index (B,))`` (beam search, :mod:`genmodels.generation.beam`): keep batch rows
+      ``index`` of the state, in place.
     """
 
     pos: int
@@ -144,6 +144,16 @@ class KVCache:
         km = torch.ones(mask.shape[0], self.max_len, dtype=torch.long, device=mask.device)
         km[:, :mask.shape[1]] = mask
         self.key_mask = km
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep batch rows ``index (B,)`` (beam search), in place: the buffers keep their storage
+        (the native decode step holds pointers to them)."""
+        n = self.pos
+        for layer in self.layers:
+            layer.k[:, :, :n] = layer.k[:, :, :n].index_select(0, index)
+            layer.v[:, :, :n] = layer.v[:, :, :n].index_select(0, index)
+        if self.key_mask is not None:
+            self.key_mask.copy_(self.key_mask.index_select(0, index))
 
     def reserve(self, n: int) -> None:
         """Make room for ``n`` more positions: compact (sliding window) or grow, as the module doc says.
