@@ -23,7 +23,7 @@ from ...nn.mlp import MLP
 from ...nn.patch import PatchEmbed, sincos_2d, unpatchify
 from ...nn.timestep import TimestepEmbedding
 from .config import DIT_FREQ_DIM, DiffusionConfig
-from .inputs import ClassEmbedding, check_sample, conditioning
+from .inputs import ClassEmbedding, Denoiser, check_sample, conditioning
 
 LN_EPS = 1e-6  # the paper's LayerNorm ε (no affine parameters)
 _NO_MASK = AttentionInputs()  # every patch attends to every patch
@@ -60,17 +60,14 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class DiT(nn.Module):
+class DiT(Denoiser):
     """``model(sample (B, C, H, W), timestep, class_labels (B,) | None)`` -> prediction (B, C_out, H, W)."""
 
-    family = "diffusion"
+    backbone = "dit"
 
     def __init__(self, config: DiffusionConfig):
-        super().__init__()
-        if config.backbone != "dit":
-            raise ValueError(f"model.backbone={config.backbone!r}: DiT builds backbone 'dit'")
-        self.config = cfg = config
-        self.tokenizer = None
+        super().__init__(config)
+        cfg = config
         d, p = cfg.hidden_size, cfg.patch_size
         self.grid = cfg.image_size // p
         self.patch = PatchEmbed(cfg.in_channels, d, p)

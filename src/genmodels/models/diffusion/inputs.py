@@ -1,6 +1,6 @@
-"""What every denoiser of the family checks and embeds before its network: the sample's shape and the
-class labels (with the null class of classifier-free guidance, Ho & Salimans, 2022). Errors name
-the argument."""
+"""What every denoiser of the family shares: its base class, and what it checks and embeds before its
+network — the sample's shape, the timestep and the class labels (with the null class of
+classifier-free guidance, Ho & Salimans, 2022). Errors name the argument."""
 from __future__ import annotations
 
 import torch
@@ -8,6 +8,22 @@ from torch import nn
 
 from ...nn.timestep import batch_timesteps
 from .config import DiffusionConfig
+
+
+class Denoiser(nn.Module):
+    """Base of the family's networks: ``model(sample, timestep, class_labels=None)`` -> prediction; holds
+    ``config`` (whose ``backbone`` must be the subclass's) and ``tokenizer`` (None: images need none)."""
+
+    family = "diffusion"
+    backbone = ""  # the config.backbone a subclass builds
+
+    def __init__(self, config: DiffusionConfig):
+        super().__init__()
+        if config.backbone != self.backbone:
+            raise ValueError(f"model.backbone={config.backbone!r}: {type(self).__name__} builds backbone "
+                             f"{self.backbone!r}")
+        self.config = config
+        self.tokenizer = None
 
 
 def check_sample(sample: torch.Tensor, cfg: DiffusionConfig, multiple: int, exact: bool = False) -> None:

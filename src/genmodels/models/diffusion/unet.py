@@ -24,7 +24,7 @@ from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
 from ...nn.spatial_attention import SpatialSelfAttention
 from ...nn.timestep import TimestepEmbedding
 from .config import DiffusionConfig
-from .inputs import ClassEmbedding, check_sample, conditioning
+from .inputs import ClassEmbedding, Denoiser, check_sample, conditioning
 
 
 class _Parts:
@@ -97,17 +97,14 @@ class UpLevel(nn.Module):
         return h
 
 
-class UNet2D(nn.Module):
+class UNet2D(Denoiser):
     """``model(sample (B, C, H, W), timestep, class_labels (B,) | None)`` -> prediction (B, C_out, H, W)."""
 
-    family = "diffusion"
+    backbone = "unet"
 
     def __init__(self, config: DiffusionConfig):
-        super().__init__()
-        if config.backbone != "unet":
-            raise ValueError(f"model.backbone={config.backbone!r}: UNet2D builds backbone 'unet'")
-        self.config = cfg = config
-        self.tokenizer = None
+        super().__init__(config)
+        cfg = config
         parts, widths = _Parts(cfg), cfg.block_out_channels
         levels, n = len(widths), cfg.layers_per_block
         self.time_embed = TimestepEmbedding(widths[0], parts.temb, cfg.flip_sin_to_cos, cfg.freq_shift)
