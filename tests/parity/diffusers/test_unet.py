@@ -85,6 +85,17 @@ def test_export_diffusers_is_loaded_by_diffusers_with_equal_outputs(tmp_path):
     assert (sched.config.beta_schedule, sched.config.num_train_timesteps) == ("squaredcos_cap_v2", 1000)
 
 
+def test_the_ddpm_layout_exports_to_diffusers_with_equal_outputs(tmp_path):
+    """Padding-0 downsampling, [sin, cos] with shift 1, one full-width head, dropout set (eval: off)."""
+    ours = randomise(genmodels.build_model(genmodels.preset(
+        "unet-ddpm-cifar10", image_size=16, block_out_channels=[32, 64, 32], dropout=0.1)), seed=8).eval()
+    genmodels.export_diffusers(ours, tmp_path / "d")
+    theirs = diffusers.UNet2DModel.from_pretrained(tmp_path / "d").eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, torch.tensor([10, 990])), theirs(x, torch.tensor([10, 990])).sample, **TOL)
+
+
 @pytest.mark.parametrize("preset,kw", [("unet-digits", {}), ("unet-digits", dict(num_classes=0)),
                                        ("unet-ddpm-cifar10", dict(block_out_channels=[32, 64, 64, 64]))])
 def test_round_trip_ours_diffusers_ours_is_exact(preset, kw, tmp_path):
