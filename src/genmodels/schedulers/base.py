@@ -9,7 +9,7 @@ import torch
 
 from .config import SchedulerConfigMixin
 from .prediction import PREDICTION_TYPES, add_noise, get_velocity
-from .schedule import TIMESTEP_SPACINGS, alphas_cumprod, check_choice, make_betas
+from .schedule import TIMESTEP_SPACINGS, alphas_cumprod, check_choice, check_steps, make_betas, spaced_timesteps
 
 
 @dataclass
@@ -106,6 +106,22 @@ class DiscreteScheduler(SchedulerConfigMixin):
     def get_velocity(self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """v = √ᾱ_t·ε − √(1−ᾱ_t)·x0, the v-prediction target (Salimans & Ho 2022, §4)."""
         return get_velocity(self.alphas_cumprod, sample, noise, timesteps)
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Choose the N timesteps to visit (``timestep_spacing``, see :mod:`.schedule`)."""
+        c = self._config
+        self.num_inference_steps = check_steps(num_inference_steps, c["num_train_timesteps"])
+        steps = spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], self.num_inference_steps,
+                                 c["steps_offset"])
+        self.timesteps = torch.from_numpy(steps).to(device)  # (N,) int64, descending
+
+    def _next_visited(self, timestep: int) -> int:
+        """The entry after ``timestep`` in ``timesteps`` (−1 after the last): the exact previous step."""
+        where = (self.timesteps == timestep).nonzero(as_tuple=True)[0]
+        if len(where) == 0:
+            raise ValueError(f"timestep={timestep} is not one of this scheduler's timesteps")
+        index = int(where[0])
+        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
 
     def _require_timesteps(self) -> int:
         if self.num_inference_steps is None:

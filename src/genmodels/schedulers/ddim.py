@@ -22,7 +22,6 @@ import torch
 from .base import DiscreteScheduler, Generator, SchedulerOutput, randn
 from .config import records_config
 from .prediction import clip_or_threshold, noise_from_original, original_sample, predicted_noise
-from .schedule import check_steps, spaced_timesteps
 
 
 class DDIMScheduler(DiscreteScheduler):
@@ -56,25 +55,13 @@ class DDIMScheduler(DiscreteScheduler):
         self.final_alpha_cumprod = torch.tensor(1.0) if set_alpha_to_one else self.alphas_cumprod[0]
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy().astype(np.int64))
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Choose the N timesteps to visit (``timestep_spacing``, see :mod:`.schedule`)."""
-        c = self._config
-        self.num_inference_steps = check_steps(num_inference_steps, c["num_train_timesteps"])
-        steps = spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], self.num_inference_steps,
-                                 c["steps_offset"])
-        self.timesteps = torch.from_numpy(steps).to(device)  # (N,) int64, descending
-
     def previous_timestep(self, timestep: int) -> int:
         """t' = t − T//N as diffusers (default), or the next entry of ``timesteps`` (−1 after the last)
         with ``exact_previous_timestep`` (module docstring)."""
         n = self._require_timesteps()
-        if not self._config["exact_previous_timestep"]:
-            return timestep - self._config["num_train_timesteps"] // n
-        where = (self.timesteps == timestep).nonzero(as_tuple=True)[0]
-        if len(where) == 0:
-            raise ValueError(f"timestep={timestep} is not one of this scheduler's timesteps")
-        index = int(where[0])
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+        if self._config["exact_previous_timestep"]:
+            return self._next_visited(timestep)
+        return timestep - self._config["num_train_timesteps"] // n
 
     def step(
         self,

@@ -13,7 +13,7 @@ import torch
 from .base import DiscreteScheduler, Generator, SchedulerOutput, randn
 from .config import records_config
 from .prediction import clip_or_threshold, original_sample
-from .schedule import check_choice, check_steps, spaced_timesteps
+from .schedule import check_choice
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range")
 
@@ -54,23 +54,9 @@ class DDPMScheduler(DiscreteScheduler):
         self.timesteps = torch.from_numpy(np.arange(0, num_train_timesteps)[::-1].copy())  # (T,) int64
         self.variance_type = variance_type
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Choose the N timesteps to visit (``timestep_spacing``, see :mod:`.schedule`)."""
-        c = self._config
-        self.num_inference_steps = check_steps(num_inference_steps, c["num_train_timesteps"])
-        steps = spaced_timesteps(c["timestep_spacing"], c["num_train_timesteps"], self.num_inference_steps,
-                                 c["steps_offset"])
-        self.timesteps = torch.from_numpy(steps).to(device)  # (N,) int64, descending
-
     def previous_timestep(self, timestep: int) -> int:
         """t': the entry after ``timestep`` in ``timesteps`` (−1 after the last); t − 1 before set_timesteps."""
-        if self.num_inference_steps is None:
-            return timestep - 1
-        where = (self.timesteps == timestep).nonzero(as_tuple=True)[0]
-        if len(where) == 0:
-            raise ValueError(f"timestep={timestep} is not one of this scheduler's timesteps")
-        index = int(where[0])
-        return -1 if index == len(self.timesteps) - 1 else int(self.timesteps[index + 1])
+        return timestep - 1 if self.num_inference_steps is None else self._next_visited(timestep)
 
     def _variance(self, t: int, prev_t: int, predicted_variance: torch.Tensor | None) -> torch.Tensor:
         """σ² of p(x_{t'} | x_t) (or σ, or log σ², per ``variance_type``; see the class docstring)."""
