@@ -158,6 +158,9 @@ def test_step_api(name):
     ref = theirs.step(seeded(1), t, x, generator=torch.Generator().manual_seed(0), return_dict=False)
     assert isinstance(out, tuple) and len(out) == len(ref)
     torch.testing.assert_close(out[0], ref[0], **STEP_TOL)
+    ours.set_timesteps(4)  # DPM's state moved on
+    again = ours.step(seeded(1), t, x, generator=torch.Generator().manual_seed(0))
+    assert again[0] is again.prev_sample and again.to_tuple()[0] is again.prev_sample
     with pytest.raises(ValueError, match="model_output shape"):
         ours.step(seeded(1, (2, 3, 4, 5)), t, x)
     with pytest.raises(ValueError, match="timestep"):

@@ -127,6 +127,12 @@ def test_exact_lookup_makes_linspace_land_on_the_visited_noise_levels():
         assert torch.allclose(x, expected, atol=1e-4) is ends_exact
 
 
-def test_step_before_set_timesteps_is_refused():
+def test_bad_step_inputs_name_the_argument():
     with pytest.raises(ValueError, match="set_timesteps"):
         DDIMScheduler().step(seeded(0), 10, seeded(1))
+    s = DDIMScheduler()
+    s.set_timesteps(10)
+    with pytest.raises(ValueError, match="eta"):
+        s.step(seeded(0), 900, seeded(1), eta=-0.5)
+    with pytest.raises(ValueError, match="clip_sample_range"):
+        DDIMScheduler(clip_sample_range=-1.0)

@@ -19,6 +19,14 @@ class SchedulerOutput:
     prev_sample: torch.Tensor
     pred_original_sample: torch.Tensor | None = None
 
+    def to_tuple(self) -> tuple[torch.Tensor, ...]:
+        """The fields that are set, in order (diffusers' ``BaseOutput.to_tuple``)."""
+        return tuple(v for v in (self.prev_sample, self.pred_original_sample) if v is not None)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        """``step(...)[0]`` is ``prev_sample``, as with diffusers' outputs."""
+        return self.to_tuple()[index]
+
 
 Generator = torch.Generator | list[torch.Generator] | None
 
@@ -72,6 +80,8 @@ class DiscreteScheduler(SchedulerConfigMixin):
         check_number("steps_offset", c["steps_offset"], 0, integer=True)
         check_number("dynamic_thresholding_ratio", c["dynamic_thresholding_ratio"], 0.0, 1.0)
         check_number("sample_max_value", c["sample_max_value"], 1.0)
+        if "clip_sample_range" in c:  # DDPM and DDIM
+            check_number("clip_sample_range", c["clip_sample_range"], 0.0)
         self.betas = make_betas(  # (T,)
             c["num_train_timesteps"], c["beta_start"], c["beta_end"], c["beta_schedule"],
             c["trained_betas"], c["rescale_betas_zero_snr"],

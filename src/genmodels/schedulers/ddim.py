@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DiscreteScheduler, Generator, SchedulerOutput, randn
+from .base import DiscreteScheduler, Generator, SchedulerOutput, check_number, randn
 from .config import records_config
 from .prediction import clip_or_threshold, noise_from_original, original_sample, predicted_noise
 
@@ -86,6 +86,7 @@ class DDIMScheduler(DiscreteScheduler):
            ``generator`` or given as ``variance_noise`` (not both).
         """
         self._require_timesteps()
+        check_number("eta", eta, 0.0)
         t = self._timestep(timestep)
         prev_t = self.previous_timestep(t)
         if model_output.shape != sample.shape:
