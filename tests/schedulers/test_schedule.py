@@ -74,6 +74,8 @@ def test_spacings_as_documented():
         (dict(beta_end=2.0), "beta_end"),
         (dict(steps_offset=-1), "steps_offset"),
         (dict(dynamic_thresholding_ratio=1.5), "dynamic_thresholding_ratio"),
+        (dict(thresholding="False"), "thresholding"),
+        (dict(rescale_betas_zero_snr=1), "rescale_betas_zero_snr"),
     ],
 )
 def test_bad_arguments_name_the_field(name, config, field):

@@ -55,6 +55,11 @@ def records_config(init: Callable) -> Callable:
         passed = {name for name in bound.arguments if name not in ("self", "fixed_options")} | set(fixed)
         bound.apply_defaults()
         values = {k: v for k, v in bound.arguments.items() if k not in ("self", "fixed_options")}
+        for key, value in values.items():  # switches must be switches: "False" would read as true
+            if isinstance(signature.parameters[key].default, bool):
+                if not isinstance(value, (bool, np.bool_)):
+                    raise ValueError(f"{key} must be true or false, got {value!r}")
+                values[key] = bool(value)
         self._record_config(values, fixed, passed)
         init(self, *args, **kwargs)
 
