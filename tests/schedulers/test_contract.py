@@ -177,3 +177,19 @@ def test_package_stands_without_our_models():
                 assert node.level <= 2, (path.name, module)
             elif isinstance(node, ast.Import):
                 assert all(not a.name.startswith("genmodels") for a in node.names), path.name
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_other_dtypes_step_as_diffusers(name, dtype):
+    # DPM computes in float32 and casts back; DDPM/DDIM follow torch promotion with the float32 tables
+    ours, theirs = make_pair(name, thresholding=True, sample_max_value=2.0)
+    x_a = x_b = seeded(0).to(dtype)
+    for s in (ours, theirs):
+        s.set_timesteps(6)
+    for i, t in enumerate(theirs.timesteps):
+        out = seeded(10 + i).to(dtype)
+        x_a = ours.step(out, t, x_a, generator=torch.Generator().manual_seed(i)).prev_sample
+        x_b = theirs.step(out, t, x_b, generator=torch.Generator().manual_seed(i)).prev_sample
+        assert x_a.dtype == x_b.dtype
+        torch.testing.assert_close(x_a, x_b, atol=0, rtol=0)
