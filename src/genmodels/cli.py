@@ -48,9 +48,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"--stop {unknown[0]!r} is not a single token of this tokenizer; "
                              "give a token string (e.g. the EOS token)")
-        kw = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+        temperature = args.temperature if args.temperature is not None else (0.0 if args.num_beams > 1 else 0.8)
+        kw = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
                   top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                  stop_tokens=[s for s in stops if s is not None])
+                  stop_tokens=[s for s in stops if s is not None], num_beams=args.num_beams)
+        if args.num_beams > 1 and SEQ2SEQ not in capabilities(model):  # beams settle at the end: no streaming
+            out = genmodels.generate(model, torch.tensor([ids]), **kw)
+            print(prompt + tok.decode(out[0, len(ids):].tolist()))
+            continue
         if SEQ2SEQ in capabilities(model):  # the prompt is the source; print the target
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
             print(tok.decode(out[0].tolist(), skip_special_tokens=True))
@@ -171,11 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("path")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable); default 'def '")
     g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=finite_float, default=0.8, help="0 = greedy")
+    g.add_argument("--temperature", type=finite_float, default=None,
+                   help="0 = greedy; default 0.8, or 0 with --num-beams > 1")
     g.add_argument("--top-k", type=int, default=50)
     g.add_argument("--top-p", type=finite_float, default=None)
     g.add_argument("--repetition-penalty", type=finite_float, default=None)
     g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = none)")
     g.add_argument("--stop", action="append", help="a token string that ends generation (repeatable)")
     g.set_defaults(func=cmd_generate)
 

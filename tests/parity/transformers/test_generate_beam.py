@@ -97,6 +97,19 @@ def test_beam_search_stops_early_like_hf(pair, monkeypatch):
     assert torch.equal(got, want)
 
 
+def test_two_end_tokens_match_hf(pair, monkeypatch):
+    """``eos_token_id`` and ``stop_tokens`` together are transformers' list of end tokens (3·K candidates
+    a step; with pad 0, shorter hypotheses are filled with the first end token)."""
+    hf, ours = pair
+    ids, mask = _prompts()
+    free = _hf(hf, ids, mask, 2, 1.0, False, None, eos=None)
+    ends = [int(free[1, T + 1]), int(free[2, T + 3])]
+    want = _hf(hf, ids, mask, 2, 1.0, False, None, eos=ends)
+    got = _ours(ours, ids, mask, "torch", monkeypatch, num_beams=2, eos_token_id=ends[0], stop_tokens=ends[1:])
+    assert not torch.equal(want, free)
+    assert torch.equal(got, want)
+
+
 def test_one_beam_is_greedy(pair):
     _, ours = pair
     ids, mask = _prompts()
