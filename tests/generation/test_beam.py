@@ -15,8 +15,9 @@ from genmodels.generation.beam import beam_search
 from genmodels.nn.kv_cache import KVCache
 from tests.helpers.native import require_native
 from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
+from tests.models.retnet.test_retnet import V as V_RET  # the tiny randomised RetNet and its vocabulary
+from tests.models.retnet.test_retnet import _model as _retnet
 
-V_RET = 97
 
 
 # ---- the algorithm: with beams enough to keep every prefix it is the exhaustive search --------------
@@ -83,18 +84,6 @@ def test_kv_cache_reorder_moves_rows_in_place():
 
 
 # ---- RetNet: the recurrent state follows the beams --------------------------------------------------
-def _retnet(seed: int = 0) -> nn.Module:
-    """A tiny RetNet, every parameter random (as tests/models/retnet/test_retnet.py builds it)."""
-    cfg = genmodels.preset("retnet-tiny", vocab_size=V_RET, d_model=32, n_layers=2, n_heads=2, value_dim=48,
-                           d_ff=64, max_seq_len=128, retention_eps=0.0)
-    torch.manual_seed(seed)
-    m = genmodels.build_model(cfg)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.normal_(0, 0.2) if p.dim() > 1 else p.uniform_(0.5, 1.5)
-    return m.eval()
-
-
 class _History:
     """The no-cache reference's "cache": every row's tokens so far (and its prompt padding)."""
 
@@ -196,16 +185,10 @@ def test_decoder_beam_arguments_are_refused_by_name(kw, name):
 def test_cli_num_beams_prints_the_api_result(tmp_path, capsys):
     """``genmodels generate --num-beams 3``: greedy-free by default (no --temperature needed), the text of
     ``genmodels.generate(num_beams=3)``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     from genmodels.cli import main
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["def foo(x):\n    return x + 1\n"] * 10,
-                            trainers.BpeTrainer(vocab_size=280, special_tokens=["<|endoftext|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    model = tiny_model("llama", vocab_size=tok.get_vocab_size())
+    from genmodels.data.tokenizer import train_bpe_tokenizer
+    tok = train_bpe_tokenizer(["def foo(x):\n    return x + 1\n"] * 10, 280)
+    model = tiny_model("llama", seed=1, vocab_size=tok.get_vocab_size())
     genmodels.save(model, tmp_path / "m", tokenizer=tok)
     assert main(["generate", str(tmp_path / "m"), "--prompt", "def foo", "--max-new-tokens", "8",
                  "--num-beams", "3"]) == 0
