@@ -6,6 +6,7 @@ Public API (stable):
     export_hf(model, path)         Hugging Face directory
     export_diffusers(model, path)  diffusers UNet2DModel directory (load reads one back)
     from_torchscale(decoder)       a live torchscale 0.3.0 RetNetDecoder -> RetNetLM
+    from_torch_dcgan(netG_sd, netD_sd=None)  pytorch/examples DCGAN state dicts -> DCGAN
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
@@ -15,10 +16,12 @@ from .config import ConfigError, ModelConfig
 from .embed import embed
 from .generation import generate
 from .interop.diffusers_unet import export_diffusers
+from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
 from .io import export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_diffusers", "export_hf", "from_torchscale",
+__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
+           "from_torchscale",
            "generate", "load", "load_tokenizer", "preset", "save"]

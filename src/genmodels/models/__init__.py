@@ -70,3 +70,4 @@ def build_model(config: ModelConfig) -> nn.Module:
 __all__ = ["DecoderLM", "EncoderModel", "Seq2SeqCache", "Seq2SeqLM", "MODEL_CLASSES", "build_model"]
 from . import retnet  # noqa: E402,F401  (registers the RetNet family; after the transformers)
 from . import diffusion  # noqa: E402,F401  (registers the diffusion family)
+from . import gan  # noqa: E402,F401  (registers the GAN family)
