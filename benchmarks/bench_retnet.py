@@ -1,29 +1,29 @@
 """RetNet decoding and training against a Llama of equal parameters and torchscale 0.3.0 (issue #10, deliverable 6).
 
-    .venv/bin/python benchmarks/bench_retnet.py [--lengths 256 512 1024 2048 4096 8192] [--steps 48]
-        [--rounds 2] [--train-steps 6] [--train-rounds 2] [--no-rss] [--no-train] [--profile] [--plot PATH]
+    .venv/bin/python benchmarks/bench_retnet.py [--lengths 32 64 … 8192] [--steps 8]
+        [--rounds 24] [--train-steps 6] [--train-rounds 2] [--no-rss] [--no-train] [--profile] [--plot PATH]
 
 Models (random weights, fp32, batch 1 decode): ``retnet-tiny`` (d 256, 4 layers, 4 heads, value/FFN 432, vocab
 8192) built as a torchscale 0.3.0 ``RetNetDecoder`` and converted with ``genmodels.from_torchscale`` (so
 torchscale and we run the SAME weights; the first step's logits are checked equal), and ``llama-tiny`` (d 256,
 4 layers, 4 heads / 2 KV heads, FFN 688, same vocabulary). Both get ``max_seq_len`` 8,448.
 
-Decode, per prefix length L: the prefix is prefilled once per model (our PyTorch parallel/chunkwise form, the
-Llama's KV cache), then each row below times ``--steps`` one-token steps from that same prefix (state / cache
-position restored between rows; the fed tokens are fixed, no sampling):
+Decode, per prefix length L: the prefix is prefilled once per model (our PyTorch parallel/chunkwise form; the
+Llama's KV cache), and each row gets its own copy of that state to step from (fed tokens fixed, no sampling):
 
 * RetNet native: ``genmodels.native.retnet.FusedRetNetStep`` (what ``genmodels.generate`` runs on CPU);
-* RetNet PyTorch: ``hidden_states`` one token through the RetentionCache + head, in ``decode_layout`` (what
-  ``generate`` runs with ``GENMODELS_NATIVE=0``);
-* torchscale: ``RetNetDecoder(ids[:, :L+i+1], incremental_state=state)`` with ``state`` set from our prefill
+* RetNet PyTorch: ``hidden_states`` one token through the RetentionCache + head, on a copy of the model in
+  ``decode_layout`` (what ``generate`` runs with ``GENMODELS_NATIVE=0``);
+* torchscale: ``RetNetDecoder(ids[:, :L+1], incremental_state=state)`` with ``state`` set from our prefill
   state (its per-layer ``{"prev_key_value": (B, H, d_v, d_k), "scale": (H,)}``; its own multi-token recurrent
-  prefill is broken, and its step costs the same at any prefix);
+  prefill is broken, and its step embeds only the last id and rotates at L: the prefix costs nothing);
 * Llama native: ``genmodels.native.decoder.FusedDecodeStep`` over the KV cache; Llama PyTorch: the KV-cache
-  forward in ``decode_layout``.
+  forward on a copy in ``decode_layout``. Both rewind the cache to L before each step (the K/V stay L long).
 
-Time per token = the fastest of ``--steps`` steps (after 3 warm-up steps), fastest of ``--rounds`` rounds (each
-step does the same work; on a shared CPU the fastest is the least disturbed, as in benchmarks/bench_train.py).
-The rows of one length run one after another within a round, so they share the machine's load: compare ratios.
+Time per token = the fastest step: each (length, row) runs ``--rounds`` blocks of 2 warm-up + ``--steps``
+consecutive steps (consecutive: the weights stay as warm in cache as in generation), and the blocks of all
+lengths and rows are interleaved round-robin, so every figure samples the same spells of machine load; the
+fastest step is the least disturbed (each does the same work), as in benchmarks/bench_train.py.
 
 Memory: the decode state a step reads and writes (RetNet: ``RetentionCache.state_bytes()``, constant; Llama: the
 filled K/V, 2 · layers · KV heads · L · head_dim · 4 B), and, unless ``--no-rss``, the peak RSS of a fresh
@@ -38,6 +38,8 @@ prints torch.profiler's top operators of one RetNet training step.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import json
 import os
 import platform
@@ -112,63 +114,58 @@ def n_params(model) -> int:
 
 
 # ---- decode ------------------------------------------------------------------------------------------------
-def time_steps(step, n: int) -> float:
-    """Seconds of the fastest of ``n`` calls of ``step(i)`` after 3 warm-up calls (on a shared machine the fastest
-    step is the one least disturbed by other processes; each step does the same work)."""
-    for i in range(3):
-        step(i)
-    times = []
-    for i in range(3, 3 + n):
+def block_time(step, n: int) -> float:
+    """Seconds of the fastest of ``n`` consecutive calls of ``step()`` after 2 warm-up calls (consecutive: the
+    model's weights stay as warm in cache as in generation; the fastest: least disturbed by other processes)."""
+    for _ in range(2):
+        step()
+    best = float("inf")
+    for _ in range(n):
         t = time.perf_counter()
-        step(i)
-        times.append(time.perf_counter() - t)
-    return min(times)
+        step()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
-def retnet_rows(rn, dec, prompt, length: int, n: int):
-    """{row: seconds per token} for the three RetNet rows at prefix ``length``, and the state bytes."""
+def torchscale_state(states) -> dict:
+    """Our per-layer (S (B, H, d_k, d_v), s (B, H)) as torchscale's incremental_state (batch-shared scale (H,))."""
+    return {i: {"prev_key_value": s.transpose(-1, -2).contiguous(), "scale": x[0].clone()}
+            for i, (s, x) in enumerate(states)}
+
+
+def decode_rows(rn, rn_pt, dec, ll, ll_pt, prompt, length: int):
+    """{row: step()} at prefix ``length``: each row on its own state or cache, prefilled once per model (the
+    Llama rows rewind their cache to the prefix before every step, so the K/V length stays ``length``); and the
+    decode state bytes {"RetNet state", "Llama K/V"}. ``rn_pt``/``ll_pt``: copies in ``decode_layout``."""
+    import copy
+
+    from genmodels.native.decoder import FusedDecodeStep
     from genmodels.native.retnet import FusedRetNetStep
-    from genmodels.nn.layout import decode_layout
-    feed = prompt[:, length:length + n + 3]                                    # (1, n + 3) tokens fed
+    tok = prompt[:, length:length + 1]                                          # (1, 1) the token fed
     cache = rn.new_cache(1)
     rn.hidden_states(prompt[:, :length], cache=cache)                          # prefill, our PyTorch form
-    saved = [(s.clone(), x.clone()) for s, x in cache.states]
+    cache_pt, state_ts = copy.deepcopy(cache), torchscale_state(cache.states)
+    native_rn = FusedRetNetStep(rn, cache, 1)
+    kv = ll.new_cache(1, length + 8)
+    ll.hidden_states(prompt[:, :length], cache=kv)                             # prefill
+    kv_pt = copy.deepcopy(kv)
+    native_ll, pos = FusedDecodeStep(ll, kv, 1), torch.tensor([length])
 
-    def restore():
-        cache.states = [(s.clone(), x.clone()) for s, x in saved]
-        cache.pos, cache.row_pos = length, torch.full((1,), length, dtype=torch.long)
+    def llama_native():
+        kv.pos = length
+        native_ll(tok[0], pos)
 
-    out = {}
-    restore()
-    native = FusedRetNetStep(rn, cache, 1)
-    out["RetNet native"] = time_steps(lambda i: native(feed[:, i]), n)
-    restore()
-    with decode_layout(rn):
-        out["RetNet PyTorch"] = time_steps(lambda i: rn.head(rn.hidden_states(feed[:, i:i + 1], cache=cache)[:, -1]), n)
-    state = {i: {"prev_key_value": s.transpose(-1, -2).contiguous(), "scale": x[0].clone()} for i, (s, x) in
-             enumerate(saved)}
-    out["torchscale"] = time_steps(lambda i: dec(prompt[:, :length + i + 1], incremental_state=state)[0][:, -1], n)
-    return out, cache.state_bytes()
+    def llama_torch():
+        kv_pt.pos = length
+        ll_pt.head(ll_pt.hidden_states(tok, position_ids=pos[None], cache=kv_pt)[:, -1])
 
-
-def llama_rows(ll, prompt, length: int, n: int):
-    """{row: seconds per token} for the two Llama rows at prefix ``length``, and the filled K/V bytes."""
-    from genmodels.native.decoder import FusedDecodeStep
-    from genmodels.nn.layout import decode_layout
-    feed = prompt[:, length:length + n + 3]
-    cache = ll.new_cache(1, length + n + 8)
-    ll.hidden_states(prompt[:, :length], cache=cache)                          # prefill
-    out = {}
-    cache.pos = length
-    native = FusedDecodeStep(ll, cache, 1)
-    out["Llama native"] = time_steps(lambda i: native(feed[0, i:i + 1], torch.tensor([length + i])), n)
-    cache.pos = length
-    with decode_layout(ll):
-        out["Llama PyTorch"] = time_steps(
-            lambda i: ll.head(ll.hidden_states(feed[:, i:i + 1], position_ids=torch.tensor([[length + i]]),
-                                               cache=cache)[:, -1]), n)
-    kv = sum(t[:, :, :length].numel() * t.element_size() for lc in cache.layers for t in (lc.k, lc.v))
-    return out, kv
+    rows = {"RetNet native": lambda: native_rn(tok[0]),
+            "RetNet PyTorch": lambda: rn_pt.head(rn_pt.hidden_states(tok, cache=cache_pt)[:, -1]),
+            # torchscale rotates at len(ids) − 1 and embeds ids[:, -1:] only: the prefix costs nothing
+            "torchscale": lambda: dec(prompt[:, :length + 1], incremental_state=state_ts)[0][:, -1],
+            "Llama native": llama_native, "Llama PyTorch": llama_torch}
+    filled = sum(t[:, :, :length].numel() * t.element_size() for lc in kv.layers for t in (lc.k, lc.v))
+    return rows, {"RetNet state": cache.state_bytes(), "Llama K/V": filled}
 
 
 def check_same_weights(rn, dec, prompt) -> float:
@@ -176,8 +173,7 @@ def check_same_weights(rn, dec, prompt) -> float:
     from genmodels.native.retnet import FusedRetNetStep
     cache = rn.new_cache(1)
     rn.hidden_states(prompt[:, :64], cache=cache)
-    state = {i: {"prev_key_value": s.transpose(-1, -2).contiguous(), "scale": x[0].clone()}
-             for i, (s, x) in enumerate(cache.states)}
+    state = torchscale_state(cache.states)
     ours = FusedRetNetStep(rn, cache, 1)(prompt[:, 64]).clone()
     theirs = dec(prompt[:, :65], incremental_state=state)[0][:, -1]
     return float((ours - theirs).abs().max())
@@ -270,9 +266,9 @@ def plot(path: str, lengths, times: dict, mem: dict, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192])
-    ap.add_argument("--steps", type=int, default=48)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128, 256, 512, 1024, 2048, 4096, 8192])
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per block")
+    ap.add_argument("--rounds", type=int, default=24, help="blocks per (length, row), interleaved")
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--train-rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
@@ -295,11 +291,13 @@ def main() -> None:
         with torch.inference_mode():
             print(json.dumps(rss_side(a.model, a.length)))
         return
-    if max(a.lengths) + a.steps + 8 > CONTEXT:
-        raise SystemExit(f"--lengths: at most {CONTEXT - a.steps - 8} with --steps {a.steps}")
+    a.lengths = sorted(set(a.lengths))
+    if max(a.lengths) + 8 > CONTEXT or min(a.lengths) < 1:
+        raise SystemExit(f"--lengths: each in [1, {CONTEXT - 8}]")
 
     import genmodels
     from genmodels.native.retnet import unsupported
+    from genmodels.nn.layout import decode_layout
     torch.manual_seed(0)
     threads = a.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, CPU: {cpu_name()}, {os.cpu_count()} cores seen, threads {threads} "
@@ -315,19 +313,26 @@ def main() -> None:
           f"llama-tiny {n_params(ll) / 1e6:.2f}M; same weights: one step's logits ours vs torchscale differ by "
           f"{diff:.1e}")
 
-    times = {row: {} for row in ROWS}
-    mem = {"RetNet state": {}, "Llama K/V": {}}
-    for r in range(a.rounds):
+    times = {row: {n: float("inf") for n in a.lengths} for row in ROWS}
+    mem: dict[str, dict[int, int]] = {"RetNet state": {}, "Llama K/V": {}}
+    rn_pt, ll_pt = copy.deepcopy(rn), copy.deepcopy(ll)  # the PyTorch rows: generate's layout without kernels
+    with contextlib.ExitStack() as stack:
+        for m in (rn_pt, ll_pt):
+            stack.enter_context(decode_layout(m))
+        stack.enter_context(torch.inference_mode())
+        rows = {}
         for n in a.lengths:
-            with torch.inference_mode():
-                rows, state_bytes = retnet_rows(rn, dec, prompt, n, a.steps)
-                more, kv_bytes = llama_rows(ll, prompt, n, a.steps)
-            rows.update(more)
-            for row, sec in rows.items():
-                times[row][n] = min(times[row].get(n, float("inf")), sec)
-            mem["RetNet state"][n], mem["Llama K/V"][n] = state_bytes, kv_bytes
-            print(f"round {r + 1} L={n:5d}: " + ", ".join(f"{row} {sec * 1e3:.3f}" for row, sec in rows.items())
-                  + " ms", flush=True)
+            rows[n], sizes = decode_rows(rn, rn_pt, dec, ll, ll_pt, prompt, n)
+            for k, v in sizes.items():
+                mem[k][n] = v
+        for r in range(a.rounds):  # blocks of every (length, row) interleaved: all share the machine's load
+            for n in a.lengths:
+                for row in ROWS:
+                    times[row][n] = min(times[row][n], block_time(rows[n][row], a.steps))
+            if (r + 1) % max(1, a.rounds // 4) == 0:
+                print(f"round {r + 1}/{a.rounds}: at {a.lengths[-1]}: " + ", ".join(
+                    f"{row} {times[row][a.lengths[-1]] * 1e3:.3f}" for row in ROWS) + " ms (fastest so far)",
+                    flush=True)
 
     rss = {}
     if not a.no_rss:
@@ -336,7 +341,7 @@ def main() -> None:
                 rss[model, n] = _subprocess(["--side", "rss", "--model", model, "--length", str(n)]
                                             + (["--threads", str(a.threads)] if a.threads else []))["rss_mb"]
 
-    print(f"\nper-token decode time, batch 1, ms (fastest of {a.rounds} x {a.steps} steps)")
+    print(f"\nper-token decode time, batch 1, ms (fastest of {a.rounds} blocks x {a.steps} steps)")
     print(f"{'prefix':>7} " + " ".join(f"{row:>14}" for row in ROWS)
           + f" {'nat/ts':>7} {'RN/Llama nat':>12} {'state KB':>9} {'K/V KB':>8}"
           + (f" {'RSS RN MB':>9} {'RSS Ll MB':>9}" if rss else ""))
@@ -348,7 +353,7 @@ def main() -> None:
         if rss:
             line += f" {rss['retnet', n]:9.0f} {rss['llama', n]:9.0f}"
         print(line)
-    lo, hi = min(a.lengths), max(a.lengths)
+    lo, hi = (256 if 256 in a.lengths else a.lengths[0]), a.lengths[-1]  # the target compares 8k with 256
     nat = times["RetNet native"]
     faster = [n for n in a.lengths if nat[n] < times["Llama native"][n]]
     cross = next((n for n in a.lengths if all(m in faster for m in a.lengths if m >= n)), None)
