@@ -20,10 +20,12 @@ Llama's KV cache), and each row gets its own copy of that state to step from (fe
 * Llama native: ``genmodels.native.decoder.FusedDecodeStep`` over the KV cache; Llama PyTorch: the KV-cache
   forward on a copy in ``decode_layout``. Both rewind the cache to L before each step (the K/V stay L long).
 
-Time per token = the fastest step: each (length, row) runs ``--rounds`` blocks of 2 warm-up + ``--steps``
-consecutive steps (consecutive: the weights stay as warm in cache as in generation), and the blocks of all
-lengths and rows are interleaved round-robin, so every figure samples the same spells of machine load; the
-fastest step is the least disturbed (each does the same work), as in benchmarks/bench_train.py.
+Time per token = the fastest step. Each row runs ``--rounds`` blocks, the rows' blocks alternating round-robin;
+a RetNet row's block cycles 2 + ``--steps`` times through its steps at every length (they share the row's
+weights and their states are 442 KB each, so the weights stay as warm in cache as in generation, and all lengths
+are sampled in the same spells of machine load); a Llama row's block runs 2 + ``--steps`` consecutive steps at
+each length in turn (its K/V at 8k alone is 33 MB: cycling would evict its weights). The fastest step is the
+least disturbed (each does the same work), as in benchmarks/bench_train.py.
 
 Memory: the decode state a step reads and writes (RetNet: ``RetentionCache.state_bytes()``, constant; Llama: the
 filled K/V, 2 · layers · KV heads · L · head_dim · 4 B), and, unless ``--no-rss``, the peak RSS of a fresh
@@ -48,6 +50,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -114,16 +117,19 @@ def n_params(model) -> int:
 
 
 # ---- decode ------------------------------------------------------------------------------------------------
-def block_time(step, n: int) -> float:
-    """Seconds of the fastest of ``n`` consecutive calls of ``step()`` after 2 warm-up calls (consecutive: the
-    model's weights stay as warm in cache as in generation; the fastest: least disturbed by other processes)."""
-    for _ in range(2):
-        step()
-    best = float("inf")
-    for _ in range(n):
-        t = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - t)
+def block_times(steps: dict[int, Callable[[], object]], n: int, cycle: bool) -> dict[int, float]:
+    """{length: seconds of its fastest step} of one row's ``steps`` by length, ``n`` timed steps each after 2
+    warm-up steps. ``cycle``: step through the lengths in turn (every length sampled in the same spells of machine
+    load; for rows whose per-length states are small, so the shared weights stay warm); otherwise the steps of one
+    length run consecutively (the Llama's K/V at 8k alone is 33 MB: cycling would evict its weights)."""
+    best = dict.fromkeys(steps, float("inf"))
+    order = [list(steps)] * (n + 2) if cycle else [[length] * (n + 2) for length in steps]
+    for k, lengths in enumerate(order):
+        for j, length in enumerate(lengths):
+            t = time.perf_counter()
+            steps[length]()
+            if (k if cycle else j) >= 2:
+                best[length] = min(best[length], time.perf_counter() - t)
     return best
 
 
@@ -267,8 +273,8 @@ def plot(path: str, lengths, times: dict, mem: dict, title: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lengths", nargs="+", type=int, default=[32, 64, 128, 256, 512, 1024, 2048, 4096, 8192])
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per block")
-    ap.add_argument("--rounds", type=int, default=24, help="blocks per (length, row), interleaved")
+    ap.add_argument("--steps", type=int, default=8, help="timed cycles through the lengths per block")
+    ap.add_argument("--rounds", type=int, default=24, help="blocks per row, interleaved")
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--train-rounds", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
@@ -325,10 +331,11 @@ def main() -> None:
             rows[n], sizes = decode_rows(rn, rn_pt, dec, ll, ll_pt, prompt, n)
             for k, v in sizes.items():
                 mem[k][n] = v
-        for r in range(a.rounds):  # blocks of every (length, row) interleaved: all share the machine's load
-            for n in a.lengths:
-                for row in ROWS:
-                    times[row][n] = min(times[row][n], block_time(rows[n][row], a.steps))
+        for r in range(a.rounds):  # the rows' blocks interleaved round-robin: all share the machine's load
+            for row in ROWS:
+                cycle = not row.startswith("Llama")
+                for n, sec in block_times({n: rows[n][row] for n in a.lengths}, a.steps, cycle).items():
+                    times[row][n] = min(times[row][n], sec)
             if (r + 1) % max(1, a.rounds // 4) == 0:
                 print(f"round {r + 1}/{a.rounds}: at {a.lengths[-1]}: " + ", ".join(
                     f"{row} {times[row][a.lengths[-1]] * 1e3:.3f}" for row in ROWS) + " ms (fastest so far)",
@@ -341,7 +348,7 @@ def main() -> None:
                 rss[model, n] = _subprocess(["--side", "rss", "--model", model, "--length", str(n)]
                                             + (["--threads", str(a.threads)] if a.threads else []))["rss_mb"]
 
-    print(f"\nper-token decode time, batch 1, ms (fastest of {a.rounds} blocks x {a.steps} steps)")
+    print(f"\nper-token decode time, batch 1, ms (fastest of {a.rounds} blocks x {a.steps} steps per length)")
     print(f"{'prefix':>7} " + " ".join(f"{row:>14}" for row in ROWS)
           + f" {'nat/ts':>7} {'RN/Llama nat':>12} {'state KB':>9} {'K/V KB':>8}"
           + (f" {'RSS RN MB':>9} {'RSS Ll MB':>9}" if rss else ""))
