@@ -1,4 +1,4 @@
-"""pytorch/examples DCGAN checkpoints (``dcgan/main.py``'s ``netG_epoch_N.pth`` / ``netD_epoch_N.pth``) -> :class:`DCGAN`.
+"""pytorch/examples DCGAN checkpoints (``dcgan/main.py``'s ``netG_epoch_N.pth``, ``netD_epoch_N.pth``) -> DCGAN.
 
     model = genmodels.from_torch_dcgan(torch.load("netG_epoch_24.pth"), torch.load("netD_epoch_24.pth"))
     genmodels.save(model, "runs/dcgan-from-pytorch-examples")

@@ -69,7 +69,8 @@ def randomise_all(module: nn.Module, seed: int) -> nn.Module:
 
 
 def _pair(nz=8, ngf=4, ndf=3, nc=3, seed=0):
-    return randomise_all(TheirGenerator(nz, ngf, nc), seed).eval(), randomise_all(TheirDiscriminator(ndf, nc), seed + 1).eval()
+    net_g = randomise_all(TheirGenerator(nz, ngf, nc), seed).eval()
+    return net_g, randomise_all(TheirDiscriminator(ndf, nc), seed + 1).eval()
 
 
 @pytest.mark.parametrize("nc", [3, 1])
