@@ -251,19 +251,23 @@ def plot(path: str, lengths, times: dict, mem: dict, title: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     for row in ROWS:
         a.plot(lengths, [times[row][n] * 1e3 for n in lengths], marker="o", label=row)
-    a.set(yscale="log", xlabel="prefix length (tokens)", ylabel="ms per token (batch 1, fastest step)")
+    a.set(xlabel="prefix length (tokens)", ylabel="ms per token (batch 1, fastest step)")
     a.legend(fontsize=8)
     for row, values in mem.items():
         b.plot(lengths, [values[n] / 2**20 for n in lengths], marker="o", label=row)
-    b.set(yscale="log", xlabel="prefix length (tokens)", ylabel="decode state / K,V (MiB)")
+    b.set(xlabel="prefix length (tokens)", ylabel="decode state / K,V (MiB)")
     b.legend(fontsize=8)
     for ax in (a, b):
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log", base=2)
         ax.minorticks_off()
         ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
