@@ -122,7 +122,7 @@ def test_objective_phases_and_lazy_r1_weight():
             torch.testing.assert_close(l1, l0 + 4 * m1["r1"])
         else:
             torch.testing.assert_close(l1, l0)
-    assert set(m0) == {"d_real", "d_fake", "r1"} and float(m0["r1"]) == 0
+    assert set(m0) == {"d_real", "d_fake"}  # r1 is logged on the steps that compute it only
     torch.manual_seed(1)
     lg, mg = plain(batch, player="G")
     torch.manual_seed(1)

@@ -14,14 +14,26 @@ statistics are per batch), and fakes are labelled with the real batch's labels.
 
 Lazy R1 needs the step number: call :meth:`GANObjective.set_step` before each step (the D phase of step s
 adds N·R1 when s % N == 0). Metrics are mean logits (``d_real`` = E D(x), ``d_fake`` = E D(G(z)) in the
-D phase, ``g_fake`` in the G phase) and ``r1``, the latest penalty computed (0 before the first).
+D phase, ``g_fake`` in the G phase) and ``r1``, the penalty, on the steps that compute it (absent on the others).
+
+EMA of G (``ema_decay``): the average θ_ema ← β·θ_ema + (1 − β)·θ_G after every step
+(:meth:`after_step`; :func:`~genmodels.objectives.gan_ema.ema_update_`, BN statistics copied) is the
+submodule ``ema`` (so its tensors are in every checkpoint, keys ``ema.*``, and in no optimizer); it is
+what sampling and the run's ``final/`` use (:meth:`sampling_model`, :meth:`final_state`). It stays in
+eval mode whatever ``train()`` is called with.
+
+On the trainer (``training/gan.py``): ``data = "images"`` (the image data and sample sections),
+``train_options`` the train fields only a GAN reads.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
 from .base import Batch, Metrics, Objective
+from .gan_ema import ema_update_
 from .gan_losses import gan_loss, r1_due, r1_penalty
 
 PLAYERS = ("D", "G")
@@ -33,22 +45,63 @@ class GANObjective(Objective):
     flops_apply = False
     perplexity = False
     usage = "sample"
+    data = "images"
+    # train.* fields only a GAN reads (training/gan.py; refused for the other families)
+    train_options = ("lr_d", "betas_d", "grad_clip_d", "collapse_d_loss", "collapse_steps")
 
     def __init__(self, model: nn.Module, *, z_dim: int, loss: str = "non_saturating", r1_gamma: float = 0.0,
-                 r1_every: int = 16):
+                 r1_every: int = 16, ema_decay: float | None = None):
         super().__init__(model)
         if r1_gamma < 0 or r1_every < 1:
             raise ValueError(f"r1_gamma={r1_gamma} must be >= 0 and r1_every={r1_every} >= 1")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay={ema_decay} must be in [0, 1) (or None: no EMA)")
         self.z_dim, self.loss = z_dim, gan_loss(loss)
-        self.r1_gamma, self.r1_every = r1_gamma, r1_every
+        self.r1_gamma, self.r1_every, self.ema_decay = r1_gamma, r1_every, ema_decay
         self.step = 0
-        self.last_r1 = torch.zeros(())
+        self.ema = None if ema_decay is None else copy.deepcopy(model.generator).requires_grad_(False).eval()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "GANObjective":
-        """The objective a GANConfig describes (loss, R1) around ``model``."""
+        """The objective a GANConfig describes (loss, R1, EMA) around ``model``."""
         c = model.config
-        return cls(model, z_dim=c.z_dim, loss=c.loss, r1_gamma=c.r1_gamma, r1_every=c.r1_every)
+        return cls(model, z_dim=c.z_dim, loss=c.loss, r1_gamma=c.r1_gamma, r1_every=c.r1_every,
+                   ema_decay=c.ema_decay)
+
+    @classmethod
+    def from_config(cls, model: nn.Module, train=None) -> "GANObjective":
+        """The trainer's objective: everything it needs is in the model's GANConfig (the train fields a GAN
+        reads — lr_d, betas_d, … — are the optimizers', training/gan.py)."""
+        return cls.for_model(model)
+
+    def train(self, mode: bool = True) -> "GANObjective":
+        super().train(mode)
+        if self.ema is not None:
+            self.ema.eval()  # the average never uses batch statistics
+        return self
+
+    # ---- the EMA of G ----------------------------------------------------------------------
+    def after_step(self, step: int) -> None:
+        """After optimizer step ``step`` (1-based): θ_ema ← β·θ_ema + (1 − β)·θ_G."""
+        if self.ema is not None:
+            ema_update_(self.ema, self.model.generator, self.ema_decay)
+
+    def sampling_generator(self) -> nn.Module:
+        """The generator to sample from: the EMA average when there is one."""
+        return self.ema if self.ema is not None else self.model.generator
+
+    def final_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model state of ``final/`` from a full checkpoint state (model keys + ``ema.*``): the EMA
+        generator (when kept) with the trained discriminator."""
+        if self.ema is None:
+            return {k: v for k, v in state.items() if not k.startswith("ema.")}
+        out = {k: v for k, v in state.items() if k.startswith("discriminator.")}
+        out.update({"generator." + k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
+        return out
+
+    def bar_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """D(real), D(fake) and R1 in the bar (the losses are shown by the trainer)."""
+        return {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1] in ("d_real", "d_fake", "r1")}
 
     def set_step(self, step: int) -> None:
         """The number of steps done so far (decides lazy R1)."""
@@ -77,9 +130,9 @@ class GANObjective(Objective):
         real_logits = d(real, labels)  # (N,)
         fake_logits = d(fake, labels)  # (N,): a separate forward (BN statistics per batch)
         loss = self.loss.discriminator(real_logits, fake_logits)
+        metrics = {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach()}
         if lazy_r1:
             r1 = r1_penalty(real_logits, real, self.r1_gamma)
             loss = loss + self.r1_every * r1  # lazy: N × the penalty every N-th step
-            self.last_r1 = r1.detach()
-        return loss, {"d_real": real_logits.mean().detach(), "d_fake": fake_logits.mean().detach(),
-                      "r1": self.last_r1.to(loss.device)}
+            metrics["r1"] = r1.detach()
+        return loss, metrics

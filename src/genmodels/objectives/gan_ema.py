@@ -5,7 +5,9 @@
 Sampling from the averaged generator gives better images than the last iterate (Karras et al., 2018,
 "Progressive Growing of GANs", §A.1; Yazıcı et al., 2019, "The Unusual Effectiveness of Averaging in GAN
 Training"). The average is a frozen copy (eval mode, no grad) held outside the module tree, so it is in no
-optimizer; its state for checkpoints is :meth:`EMA.state_dict`.
+optimizer; its state for checkpoints is :meth:`EMA.state_dict`. The trainer's GAN objective keeps its
+average as a submodule instead (``objectives/gan.py``: in the checkpoints' model state) and updates it
+with the same :func:`ema_update_`.
 """
 from __future__ import annotations
 
@@ -13,6 +15,18 @@ import copy
 
 import torch
 from torch import nn
+
+
+@torch.no_grad()
+def ema_update_(average: nn.Module, live: nn.Module, decay: float) -> None:
+    """In place: θ_avg ← β·θ_avg + (1 − β)·θ for every parameter of ``average`` (matched by name in
+    ``live``), and ``live``'s buffers (BN statistics) copied."""
+    params = dict(live.named_parameters())
+    for name, p in average.named_parameters():
+        p.lerp_(params[name].detach(), 1.0 - decay)
+    buffers = dict(live.named_buffers())
+    for name, b in average.named_buffers():
+        b.copy_(buffers[name])
 
 
 class EMA:
@@ -25,15 +39,9 @@ class EMA:
         self.num_updates = 0
         self.module = copy.deepcopy(module).eval().requires_grad_(False)
 
-    @torch.no_grad()
     def update(self, module: nn.Module) -> None:
         """θ_ema ← β·θ_ema + (1 − β)·θ for every parameter (matched by name); buffers copied."""
-        live = dict(module.named_parameters())
-        for name, p in self.module.named_parameters():
-            p.lerp_(live[name].detach(), 1.0 - self.decay)
-        live_buffers = dict(module.named_buffers())
-        for name, b in self.module.named_buffers():
-            b.copy_(live_buffers[name])
+        ema_update_(self.module, module, self.decay)
         self.num_updates += 1
 
     def state_dict(self) -> dict:
