@@ -3,6 +3,7 @@
     causal  next-token cross-entropy (decoders)             causal.py
     mlm     masked LM, BERT's 80/10/10 masking (encoders)   mlm.py
     span    T5 span corruption (encoder–decoders)           span.py
+    diffusion  denoising loss, label dropout, EMA (images)  diffusion.py
 
 :func:`build_objective` makes the trainer's module for a recipe; data transforms (masking, span
 noising) stay in :mod:`genmodels.data.objectives`.
@@ -13,10 +14,11 @@ from torch import nn
 
 from .base import Batch, Metrics, Objective
 from .causal import CausalLM
+from .diffusion import DiffusionObjective
 from .mlm import MaskedLM
 from .span import SpanCorruption
 
-OBJECTIVES = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption}
+OBJECTIVES = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption, "diffusion": DiffusionObjective}
 _FAMILY_OBJECTIVE = {"decoder": "causal", "encoder": "mlm", "seq2seq": "span"}
 
 
@@ -57,5 +59,5 @@ def build_objective(objective: str, model: nn.Module, *, n_tokens: int, eos_id: 
     raise ValueError(f"unknown objective {objective!r}; have {', '.join(OBJECTIVES)}")
 
 
-__all__ = ["Batch", "CausalLM", "MaskedLM", "Metrics", "OBJECTIVES", "Objective", "SpanCorruption",
-           "build_objective", "extra_tokens", "objective_for"]
+__all__ = ["Batch", "CausalLM", "DiffusionObjective", "MaskedLM", "Metrics", "OBJECTIVES", "Objective",
+           "SpanCorruption", "build_objective", "extra_tokens", "objective_for"]

@@ -46,6 +46,13 @@ class Objective(nn.Module):
         """The metrics the progress bar shows (all of them unless the objective logs many)."""
         return metrics
 
+    def after_step(self, step: int) -> None:
+        """Called after optimizer step number ``step`` (1-based) is applied: an EMA of the weights updates here."""
+
+    def final_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The state dict ``final/`` holds, from the objective's full state (model keys): all of it by default."""
+        return state
+
     def samples(self, model: nn.Module, tokenizer, sample_cfg, eos: int | None, seed: int, say) -> list[str]:
         """End-of-run samples of the final ``model`` (none unless the objective generates)."""
         return []

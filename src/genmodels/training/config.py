@@ -7,6 +7,12 @@
     sample: {prompts, max_new_tokens, temperature, top_k, top_p}
     run_dir: runs/llama-tiny
 
+An image family (its objective declares ``data = "images"``: diffusion, GANs) reads another
+``data:`` section, :class:`~genmodels.data.images.ImageDataConfig` (source, path, image_size,
+channels, …), and another ``sample:`` section, :class:`ImageSampleConfig` (n, steps, scheduler,
+guidance). A ``train:`` field that only another family reads (``train.mlm_prob`` for diffusion,
+``train.class_dropout`` for a decoder) is refused, naming it.
+
 ``train.batch_size`` is the *global* batch (sequences per optimizer step, over all processes
 and accumulation micro-steps), so one recipe means the same optimisation on 1 or N processes.
 Unknown keys and bad values raise :class:`~genmodels.config.ConfigError` naming the key and
@@ -26,6 +32,7 @@ import torch
 from ..config import ConfigError, ModelConfig
 from ..registry import config_from_dict, preset, presets
 from ..data.corpus import CORPUS_KINDS
+from ..data.images import ImageDataConfig
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -83,6 +90,11 @@ class TrainConfig:
     router_aux_loss: str | None = None  # none | switch | mixtral (default switch)
     router_aux_coef: float | None = None  # default: switch 1e-2 (Switch's α), mixtral 1e-3 (transformers)
     router_z_coef: float | None = None  # ST-MoE z-loss coefficient (default 1e-3)
+    # image families only (objectives/diffusion.py; null = the objective's default)
+    class_dropout: float | None = None  # label → null label with this probability (default 0.1 with a null class)
+    ema_decay: float | None = None  # EMA of the weights, up to this decay (default 0.999; 0: none)
+    min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); null: off
+    eval_samples: int = 200  # images sampled (classes in turn, fixed seed) for the metrics at each evaluation
 
     def router_losses(self) -> dict[str, Any]:
         """The router-loss settings with the defaults filled in (what :func:`build_objective` takes)."""
@@ -103,12 +115,35 @@ class SampleConfig:
 
 
 @dataclass
+class ImageSampleConfig:
+    """The ``sample:`` section of an image recipe: the grid written at the end of a run, and the
+    sampler the evaluations use (null: the sampler's default; a GAN takes none of steps, scheduler, guidance)."""
+
+    n: int = 64  # images in the end-of-run grid (classes in turn)
+    steps: int | None = None  # diffusion: sampler steps (default 25)
+    scheduler: str | None = None  # diffusion: ddim | ddpm | dpm (default ddim)
+    guidance: float | None = None  # diffusion: classifier-free guidance scale w (default 1: none)
+    seed: int = 0
+
+
+# train.* fields that only the token objectives read (refused for an image family)
+TOKEN_TRAIN_FIELDS = ("loss_chunk", "activation_checkpointing", "mlm_prob", "span_noise_density",
+                      "span_mean_length")
+IMAGE_TRAIN_FIELDS = ("eval_samples",)  # read by every image objective (refused for the token families)
+
+
+@dataclass
 class RunConfig:
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "llama-tiny"})
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig | ImageDataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SampleConfig | ImageSampleConfig = field(default_factory=SampleConfig)
     run_dir: str = "runs/default"
+
+    @property
+    def images(self) -> bool:
+        """Whether the recipe trains an image family (its data: and sample: sections are the image ones)."""
+        return isinstance(self.data, ImageDataConfig)
 
     # ---- construction ---------------------------------------------------------------------
     @classmethod
@@ -117,13 +152,20 @@ class RunConfig:
             raise ConfigError(f"a training config must be a mapping with keys {_allowed(cls)}; got {type(d).__name__}")
         _reject_unknown(d, cls, "")
         kw: dict[str, Any] = {}
-        for name, sub in (("data", DataConfig), ("train", TrainConfig), ("sample", SampleConfig)):
-            if name in d:
-                sec = d[name] or {}
+        objective = _objective_class(d.get("model"), d.get("train"))
+        images = getattr(objective, "data", "tokens") == "images"
+        for name, sub in (("data", ImageDataConfig if images else DataConfig), ("train", TrainConfig),
+                          ("sample", ImageSampleConfig if images else SampleConfig)):
+            if name in d or (images and name != "train"):
+                sec = d.get(name) or {}
                 if not isinstance(sec, dict):
                     raise ConfigError(f"{name} must be a mapping with keys {_allowed(sub)}")
+                if sub is ImageDataConfig:
+                    kw[name] = ImageDataConfig.from_dict(sec, "data")
+                    continue
                 _reject_unknown(sec, sub, name + ".")
                 kw[name] = sub(**sec)
+        _reject_other_families_fields(d.get("train") or {}, objective, images)
         if "model" in d:
             m = d["model"] or {}
             if not isinstance(m, dict):
@@ -140,10 +182,11 @@ class RunConfig:
 
     # ---- validation -----------------------------------------------------------------------
     def validate(self) -> None:
-        d, t, s = self.data, self.train, self.sample
-        for name, sec, keys in (("data", d, ("corpus", "text_field")), ("train", t, _STRING_KEYS)):
-            for k in keys:
-                _string(f"{name}.{k}", getattr(sec, k))
+        if self.images:
+            return self._validate_images()
+        d, s = self.data, self.sample
+        for k in ("corpus", "text_field"):
+            _string(f"data.{k}", getattr(d, k))
         for k in ("path", "tokenizer"):
             if getattr(d, k) is not None:
                 _string(f"data.{k}", getattr(d, k))
@@ -173,6 +216,31 @@ class RunConfig:
         if d.tokenizer_max_mb is not None:
             _number("data.tokenizer_max_mb", d.tokenizer_max_mb, lo=0.0, lo_open=True)
 
+        self._validate_train()
+
+        if not isinstance(s.prompts, list) or not all(isinstance(p, str) for p in s.prompts):
+            raise ConfigError(f"sample.prompts={s.prompts!r} must be a list of strings")
+        _integer("sample.max_new_tokens", s.max_new_tokens, 0)
+        _number("sample.temperature", s.temperature, lo=0.0)
+        if s.top_k is not None:
+            _integer("sample.top_k", s.top_k, 1)
+        if s.top_p is not None:
+            _number("sample.top_p", s.top_p, lo=0.0, hi=1.0, lo_open=True)
+
+        self._validate_common()
+        self._check_explicit_model_vocab()
+
+    def _validate_common(self) -> None:
+        if not isinstance(self.run_dir, str) or not self.run_dir:
+            raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
+        self._check_init_from()
+        self.model_config()  # model keys and values are checked by the family's config class
+
+    def _validate_train(self) -> None:
+        """The train fields every family reads."""
+        t = self.train
+        for k in _STRING_KEYS:
+            _string(f"train.{k}", getattr(t, k))
         for name in ("batch_size", "grad_accum", "max_steps", "eval_every", "eval_batches", "ckpt_every",
                      "keep_last", "log_every", "loss_chunk"):
             _integer(f"train.{name}", getattr(t, name), 1)
@@ -189,12 +257,9 @@ class RunConfig:
         if (not isinstance(t.betas, (list, tuple)) or len(t.betas) != 2
                 or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in t.betas)):
             raise ConfigError(f"train.betas={t.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.95]")
-        if t.grad_clip is not None:
-            _number("train.grad_clip", t.grad_clip, lo=0.0, lo_open=True)
-        if t.max_minutes is not None:
-            _number("train.max_minutes", t.max_minutes, lo=0.0, lo_open=True)
-        if t.mfu_peak_tflops is not None:
-            _number("train.mfu_peak_tflops", t.mfu_peak_tflops, lo=0.0, lo_open=True)
+        for name in ("grad_clip", "max_minutes", "mfu_peak_tflops"):
+            if getattr(t, name) is not None:
+                _number(f"train.{name}", getattr(t, name), lo=0.0, lo_open=True)
         for name, allowed in (("distributed", DISTRIBUTED), ("precision", PRECISIONS), ("device", DEVICES),
                               ("activation_checkpointing", CHECKPOINTING)):
             if getattr(t, name) not in allowed:
@@ -211,31 +276,34 @@ class RunConfig:
         if t.batch_size % t.grad_accum:
             raise ConfigError(f"train.batch_size={t.batch_size} must be divisible by train.grad_accum={t.grad_accum}")
 
-        if not isinstance(s.prompts, list) or not all(isinstance(p, str) for p in s.prompts):
-            raise ConfigError(f"sample.prompts={s.prompts!r} must be a list of strings")
-        _integer("sample.max_new_tokens", s.max_new_tokens, 0)
-        _number("sample.temperature", s.temperature, lo=0.0)
-        if s.top_k is not None:
-            _integer("sample.top_k", s.top_k, 1)
-        if s.top_p is not None:
-            _number("sample.top_p", s.top_p, lo=0.0, hi=1.0, lo_open=True)
-
-        if not isinstance(self.run_dir, str) or not self.run_dir:
-            raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
-        self._check_init_from()
-        self.model_config()  # model keys and values are checked by the family's config class
-        self._check_explicit_model_vocab()
+    def _validate_images(self) -> None:
+        """An image recipe: the train fields, the sample section, the model against the data."""
+        from ..generation.images import check_sample_settings
+        t, s, d = self.train, self.sample, self.data
+        self._validate_train()
+        _integer("train.eval_samples", t.eval_samples, 1)
+        _integer("sample.n", s.n, 1)
+        _integer("sample.seed", s.seed, 0)
+        self._validate_common()
+        m = self.model_config()
+        for field_name, data_name in (("image_size", "image_size"), ("in_channels", "channels")):
+            if getattr(m, field_name, getattr(d, data_name)) != getattr(d, data_name):
+                raise ConfigError(f"model.{field_name}={getattr(m, field_name)} differs from data.{data_name}="
+                                  f"{getattr(d, data_name)}; the model must take the images the data section makes")
+        check_sample_settings(m, {"steps": s.steps, "scheduler": s.scheduler, "guidance": s.guidance}, "sample.")
+        from ..objectives import OBJECTIVES
+        check = getattr(OBJECTIVES[self.objective()], "check_config", None)
+        if check is not None:  # the objective's own train fields against the model
+            check(m, t)
 
     def model_config(self, vocab_size: int | None = None, eos_id: int | None = None) -> ModelConfig:
         """The ModelConfig this recipe selects; vocab/eos come from the tokenizer unless set."""
         m = dict(self.model)
         m.pop("init_from", None)  # not a config field: where the run's first weights come from
         name = m.pop("preset", None)
-        known = ", ".join(sorted(presets()))
-        if name is not None and not isinstance(name, str):
-            raise ConfigError(f"model.preset={name!r} must be a string; choose one of {known}")
-        if name is not None and name not in presets():
-            raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {known}")
+        _check_preset_name(name)
+        if self.images:  # no tokenizer: the family's config as the recipe gives it
+            return self._image_model_config(name, m)
         m.setdefault("vocab_size", vocab_size if vocab_size is not None else self.data.vocab_size)
         m.setdefault("max_seq_len", max(self.data.seq_len, 16))
         if eos_id is not None:
@@ -272,6 +340,18 @@ class RunConfig:
                     f"{t.span_noise_density} and train.span_mean_length={t.span_mean_length} makes {n_spans} spans, "
                     f"more than the {N_SENTINELS} sentinel ids; lower data.seq_len or "
                     f"train.span_noise_density, or raise train.span_mean_length")
+        return cfg
+
+    def _image_model_config(self, name: str | None, m: dict[str, Any]):
+        from ..objectives import objective_for
+        try:
+            cfg = preset(name, **m) if name else config_from_dict(m)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
+        except TypeError as e:
+            raise ConfigError(f"model: {e}") from None
+        objective_for(cfg.family, self.train.objective)  # raises ConfigError when they do not fit
+        _check_router_losses(self.train, cfg)
         return cfg
 
     @property
@@ -346,6 +426,49 @@ def _check_router_losses(t: TrainConfig, cfg: ModelConfig) -> None:
     if t.router_aux_loss == "none" and t.router_aux_coef is not None:
         raise ConfigError(f"train.router_aux_coef={t.router_aux_coef!r} means nothing with "
                           "train.router_aux_loss=none; leave it out or choose switch or mixtral")
+
+
+def _check_preset_name(name: Any) -> None:
+    known = ", ".join(sorted(presets()))
+    if name is not None and not isinstance(name, str):
+        raise ConfigError(f"model.preset={name!r} must be a string; choose one of {known}")
+    if name is not None and name not in presets():
+        raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {known}")
+
+
+def _objective_class(model: Any, train: Any) -> type | None:
+    """The objective class a recipe's model and train sections select (None when they do not say yet:
+    validation names the problem later)."""
+    from ..objectives import OBJECTIVES, objective_for
+    from ..registry import DEFAULT_FAMILY
+    m = model if isinstance(model, dict) else {"preset": "llama-tiny"}
+    name = m.get("preset")
+    try:
+        family = preset(name).family if isinstance(name, str) else m.get("family", DEFAULT_FAMILY)
+        objective = objective_for(family, (train or {}).get("objective", "auto") if isinstance(train, dict) else "auto")
+    except (ConfigError, TypeError, AttributeError):
+        return None
+    return OBJECTIVES.get(objective) if isinstance(objective, str) else None
+
+
+def _reject_other_families_fields(train: dict, objective: type | None, images: bool) -> None:
+    """ConfigError for a train field given in the recipe that only another family's objective reads."""
+    from ..objectives import OBJECTIVES
+    if not isinstance(train, dict) or objective is None:
+        return
+    own = set(getattr(objective, "train_options", ()))
+    owners: dict[str, list[str]] = {}
+    for name, cls in OBJECTIVES.items():
+        for f in getattr(cls, "train_options", ()):
+            owners.setdefault(f, []).append(name)
+    for f in (*TOKEN_TRAIN_FIELDS, *IMAGE_TRAIN_FIELDS):
+        owners.setdefault(f, []).append("image objectives" if f in IMAGE_TRAIN_FIELDS else "token objectives")
+    refused = {f for f, who in owners.items() if f not in own}
+    refused -= set(IMAGE_TRAIN_FIELDS if images else TOKEN_TRAIN_FIELDS)
+    for key in train:
+        if key in refused:
+            raise ConfigError(f"train.{key} means nothing for objective {objective.name!r} (read by "
+                              f"{', '.join(owners[key])} only); remove it")
 
 
 def _allowed(cls) -> str:

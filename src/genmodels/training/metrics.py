@@ -81,7 +81,7 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
 
-_STANDARD = {"step", "tokens", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
+_STANDARD = {"step", "tokens", "images", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
 EXPERT_LOAD = "moe_load_e"  # metric moe_load_e<i>: expert i's share of the router's picks (objectives/router.py)
 
 
@@ -154,8 +154,9 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["tokens"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["tokens"], r["val_loss"]) for r in records if "val_loss" in r]
+    x = "images" if any("images" in r for r in records) else "tokens"  # what the run counts
+    train = [(r[x], r["loss"]) for r in records if "loss" in r]
+    val = [(r[x], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     extra = objective_metric_names(records)
     if extra:  # the objective's own metrics in a second panel below the losses
         fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 7), sharex=True)
@@ -163,17 +164,17 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
         fig, ax = plt.subplots(figsize=(7, 4.2))
     try:
         for name in extra:
-            ax2.plot(*zip(*[(r["tokens"], r[name]) for r in records if r.get(name) is not None]), label=name, lw=0.8)
+            ax2.plot(*zip(*[(r[x], r[name]) for r in records if r.get(name) is not None]), label=name, lw=0.8)
         if extra:
-            ax2.set_xlabel("tokens")
+            ax2.set_xlabel(x)
             ax2.grid(alpha=0.3)
             ax2.legend()
         if train:
             ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
         if val:
             ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
-        ax.set_xlabel("tokens")
-        ax.set_ylabel("loss (nats/token)")
+        ax.set_xlabel(x)
+        ax.set_ylabel("loss" if x == "images" else "loss (nats/token)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -34,6 +34,7 @@ class TrainResult:
     val_ppl: float | None = None
     seconds: float = 0.0
     samples: list[str] = field(default_factory=list)
+    image_metrics: dict[str, float] = field(default_factory=dict)  # image runs: the last evaluation's metrics
     checkpoint: Path | None = None
 
 
@@ -121,6 +122,8 @@ def _same_corpus(saved: str | None, fingerprint: str, dc) -> bool:
     checkpoint written before content hashing — the old one (paths, sizes, modification times)."""
     if saved is None or saved == fingerprint:
         return True
+    if fingerprint.startswith("images:"):  # an image run: the images' own hash, nothing older
+        return False
     return saved == corpus_fingerprint(corpus_spec(dc), version=1)
 
 
@@ -132,11 +135,14 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
     dc, chosen, loaded = cfg.data, None, None
     if info.is_main and step_dirs(run_dir):
         tok_file = run_dir / "tokenizer.json"
-        if not tok_file.is_file():
+        if cfg.images:  # no tokenizer
+            mcfg = cfg.model_config()
+        elif not tok_file.is_file():
             raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints "
                               "were trained with")
-        tok = load_tokenizer(tok_file)
-        mcfg = model_config(cfg, tok, eos_id(tok))[0]
+        else:
+            tok = load_tokenizer(tok_file)
+            mcfg = model_config(cfg, tok, eos_id(tok))[0]
         shapes, skipped = _param_shapes(mcfg), []
         for path in reversed(step_dirs(run_dir)):
             try:
@@ -145,9 +151,10 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
                 skipped.append((path, str(e)))
                 continue
             if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
-                raise RunDirError(f"--resume: the corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...) "
-                                  f"differs from the one {path} was trained on; resume with the same data, "
-                                  "or start a new run_dir")
+                what = (f"images (data.source={dc.source!r}, data.path={dc.path!r}, ...)" if cfg.images else
+                        f"corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...)")
+                raise RunDirError(f"--resume: the {what} differ(s) from the one {path} was trained on; resume "
+                                  "with the same data, or start a new run_dir")
             _check_resumed_model(saved, mcfg, run_dir)
             try:
                 loaded = read_checkpoint(path, shapes)

@@ -36,6 +36,7 @@ from .data import corpus_spec, prepare_data
 from .distributed import DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state, wrap
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token, plot_expert_load, plot_losses
+from . import image_run
 from .optim import build_optimizer, lr_at
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
 from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
@@ -104,29 +105,37 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
 def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_start: float,
          clock: Callable[[], float]) -> TrainResult:
     """Set the run up (resume point, data, model, objective, optimizer, train step), then :func:`_loop`."""
-    from ..objectives import build_objective  # (objectives import training.loss: not at module level)
+    from ..objectives import OBJECTIVES, build_objective  # (objectives import training.loss: not at module level)
     tc, dc = cfg.train, cfg.data
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = _Run(cfg=cfg, info=info, say=say, clock=clock, t_start=t_start, run_dir=Path(cfg.run_dir), progress=progress,
                amp_dtype=autocast_dtype(tc.precision, info.device),
                micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
-    run.fingerprint = corpus_fingerprint(corpus_spec(dc))
-    ckpt, loaded, data_cfg = (resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume
-                              else (None, None, dc))
-    if ckpt is None:  # a fresh start: model.init_from gives the tokenizer (and, below, the weights)
-        data_cfg = init_from_data(cfg, data_cfg)
-    info.barrier()
-    if info.is_main:  # the main rank builds caches first; the others then read them
-        run.data = prepare_data(data_cfg, log=say)
-    info.barrier()
-    if not info.is_main:
-        run.data = prepare_data(data_cfg, log=lambda s: None)
+    if cfg.images:  # image families: no tokenizer; the images' own fingerprint
+        run.data = image_run.prepare_image_data(cfg, say if info.is_main else (lambda s: None))
+        run.fingerprint, run.mcfg, n_tokens = run.data.fingerprint, cfg.model_config(), 0
+        ckpt, loaded, _ = resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume else (None, None, dc)
+        run.make_batch = lambda idx: image_run.image_batch(run.data.train.get_batch(idx), info.device)
+    else:
+        run.fingerprint = corpus_fingerprint(corpus_spec(dc))
+        ckpt, loaded, data_cfg = (resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume
+                                  else (None, None, dc))
+        if ckpt is None:  # a fresh start: model.init_from gives the tokenizer (and, below, the weights)
+            data_cfg = init_from_data(cfg, data_cfg)
+        info.barrier()
+        if info.is_main:  # the main rank builds caches first; the others then read them
+            run.data = prepare_data(data_cfg, log=say)
+        info.barrier()
+        if not info.is_main:
+            run.data = prepare_data(data_cfg, log=lambda s: None)
+        run.mcfg, n_tokens = model_config(cfg, run.data.tokenizer, run.data.eos_id)
+        run.make_batch = lambda idx: _batch(run.data.train.get_batch(idx), info.device)
     tok = run.data.tokenizer
-    run.mcfg, n_tokens = model_config(cfg, tok, run.data.eos_id)
     if info.is_main:
         dump_config(cfg, run.run_dir / "config.yaml")
-        tok.save(str(run.run_dir / "tokenizer.json"))
+        if tok is not None:
+            tok.save(str(run.run_dir / "tokenizer.json"))
 
     start = init_from_model(cfg, run.mcfg) if ckpt is None else None
 
@@ -136,14 +145,19 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
         model.load_state_dict(start.state_dict())
         say(f"model: weights from model.init_from={cfg.init_from}")
     model = model.to(info.device)
-    apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
+    if not cfg.images:  # (image recipes refuse train.activation_checkpointing)
+        apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
     if info.device.type == "cpu":
         keep_freed_memory()
-    run.objective = build_objective(cfg.objective(), model, n_tokens=n_tokens, eos_id=run.data.eos_id,
-                                    chunk=tc.loss_chunk, mlm_prob=tc.mlm_prob, noise_density=tc.span_noise_density,
-                                    mean_span_length=tc.span_mean_length, **tc.router_losses()).train()
+    if cfg.images:
+        run.objective = OBJECTIVES[cfg.objective()].from_config(model, tc).train()
+    else:
+        run.objective = build_objective(cfg.objective(), model, n_tokens=n_tokens, eos_id=run.data.eos_id,
+                                        chunk=tc.loss_chunk, mlm_prob=tc.mlm_prob,
+                                        noise_density=tc.span_noise_density, mean_span_length=tc.span_mean_length,
+                                        **tc.router_losses()).train()
     run.n_params = sum(p.numel() for p in model.parameters())
-    run.fpt = flops_per_token(model, dc.seq_len)
+    run.fpt = 0.0 if cfg.images else flops_per_token(model, dc.seq_len)
     wrapped = wrap(run.objective, info)
     run.optimizer = build_optimizer(run.objective, tc.lr, tc.weight_decay, tc.betas, tc.eps,
                                     distributed=info.kind == "fsdp" and info.active)
@@ -174,9 +188,11 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
         run.metrics.path.unlink()
     info.barrier()
     run.peak = matmul_peak(tc, info, say)
-    say(f"model: {run.mcfg.family} {run.n_params / 1e6:.2f}M params ({run.fpt / 1e6:.1f} MFLOP/token), "
+    per_token = "" if cfg.images else f" ({run.fpt / 1e6:.1f} MFLOP/token)"
+    say(f"model: {run.mcfg.family} {run.n_params / 1e6:.2f}M params{per_token}, "
         f"{info.world_size} process(es) [{info.kind if info.active else 'single'}], device {info.device}, "
-        f"micro-batch {run.micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences")
+        + (f"micro-batch {run.micro_bs} × accum {tc.grad_accum} = global {tc.batch_size} images" if cfg.images else
+           f"micro-batch {run.micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences"))
     _loop(run)
     return _finish(run)
 
@@ -200,6 +216,7 @@ class _Run:
     objective: object = None  # an objectives.Objective holding the model
     optimizer: object = None
     step_fn: object = None  # the objective, DDP/FSDP-wrapped (and compiled)
+    make_batch: Callable = None  # sampler indices -> the objective's dict batch, on the device
     train_step: object = None
     sampler: object = None
     metrics: object = None
@@ -228,8 +245,9 @@ class _Run:
 
 def _loop(run: _Run) -> None:
     """The loop: steps (the train step's phases), logging, the time budget, evaluations, checkpoints."""
-    tc, info, main = run.cfg.train, run.info, run.info.is_main
-    tokens_per_step = tc.batch_size * run.cfg.data.seq_len
+    tc, main = run.cfg.train, run.info.is_main
+    tokens_per_step = tc.batch_size * (1 if run.cfg.images else run.cfg.data.seq_len)  # units: tokens or images
+    count_key = "images" if run.cfg.images else "tokens"
     unit = run.objective.unit
     rate_key = "tok_s" if unit == "tokens" else f"{unit}_s"
     run.result = TrainResult(run_dir=run.run_dir, final_dir=None, steps=run.step, tokens=run.tokens)
@@ -245,13 +263,14 @@ def _loop(run: _Run) -> None:
         while run.step < run.max_steps and not stop:
             t0 = run.clock()
             run.train_step.set_lr(lambda ph: lr_at(run.step, ph.lr, tc.min_lr, tc.warmup_steps, run.max_steps))
-            batches = [_batch(run.data.train.get_batch(next(run.sampler)), info.device) for _ in range(tc.grad_accum)]
+            batches = [run.make_batch(next(run.sampler)) for _ in range(tc.grad_accum)]
             report = run.train_step(batches, run.step,
                                     stop_flag=lambda: 1.0 if deadline is not None and run.clock() > deadline else 0.0,
                                     where=lambda: last_good(run.run_dir))
             stop = report.stop
             loss_val, gnorm = report.losses["model"], report.grad_norms["model"]
             run.step += 1
+            run.objective.after_step(run.step)  # (the EMA of the weights, where the objective keeps one)
             run.tokens += tokens_per_step
             dt = run.clock() - t0
             run.train_time += dt
@@ -260,7 +279,7 @@ def _loop(run: _Run) -> None:
                 rate = tokens_per_step / max(dt, 1e-9)
                 mfu = rate * run.fpt / run.peak if run.peak and run.objective.flops_apply else None
                 if run.step % tc.log_every == 0 or run.step == run.max_steps or stop:
-                    run.metrics.append({"step": run.step, "tokens": run.tokens, "loss": loss_val,
+                    run.metrics.append({"step": run.step, count_key: run.tokens, "loss": loss_val,
                                         "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
                                         rate_key: round(rate, 1), "mfu": None if mfu is None else round(mfu, 4),
                                         **report.metrics, "time_s": round(run.elapsed(), 3)})
@@ -308,12 +327,21 @@ def _calibrate(run: _Run, deadline: float, step_times: list[float]) -> None:
 def _evaluate(run: _Run) -> None:
     """Validation loss (and perplexity), logged, plotted (best-effort) and noted."""
     tc, res = run.cfg.train, run.result
-    vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
-                  tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn)
-    res.val_loss, res.val_ppl = vl, (math.exp(min(vl, 50.0)) if run.objective.perplexity else None)
+    if run.cfg.images:  # validation loss (fixed noise) and the offline metrics of sampled images
+        vl = image_run.validation_loss(run.objective, run.data.val, run.micro_bs, tc.eval_batches, run.info.device,
+                                       tc.seed)
+        extra = image_run.evaluate_samples(run.objective, run.data, run.cfg) if run.info.is_main else {}
+        res.image_metrics = extra
+        record = {"step": run.step, "images": run.tokens, "val_loss": vl, **extra}
+    else:
+        vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
+                      tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn)
+        record = {"step": run.step, "tokens": run.tokens, "val_loss": vl}
+    res.val_loss = vl
+    res.val_ppl = math.exp(min(vl, 50.0)) if run.objective.perplexity and vl is not None else None
     run.last_val_step = run.step
     if run.info.is_main:
-        run.metrics.append({"step": run.step, "tokens": run.tokens, "val_loss": vl, "val_ppl": res.val_ppl,
+        run.metrics.append({**record, **({} if run.cfg.images else {"val_ppl": res.val_ppl}),
                             "time_s": round(run.elapsed(), 3)})
         records, title = run.metrics.read(), f"{run.run_dir.name}: {run.n_params / 1e6:.2f}M params"
         for name, plot in (("loss.png", plot_losses), ("expert_load.png", plot_expert_load)):  # (MoE: the load)
@@ -324,7 +352,8 @@ def _evaluate(run: _Run) -> None:
                     run.plot_error.append(f"{type(e).__name__}: {' '.join(str(e).split())}")
                     run.note(f"warning: could not draw {run.run_dir / name} ({run.plot_error[0]}); training goes on")
         ppl = f", perplexity {res.val_ppl:.2f}" if res.val_ppl is not None else ""
-        run.note(f"step {run.step}: val loss {vl:.4f}{ppl}")
+        shown = "".join(f", {k} {v:.3g}" for k, v in (res.image_metrics or {}).items())
+        run.note(f"step {run.step}: val loss {'n/a' if vl is None else f'{vl:.4f}'}{ppl}{shown}")
 
 
 def _check_params(run: _Run, what: str) -> None:
@@ -364,29 +393,39 @@ def _finish(run: _Run) -> TrainResult:
     if run.info.is_main:
         tok = run.data.tokenizer
         final = build_model(run.mcfg)
-        final.load_state_dict(msd)
+        final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
         res.final_dir = save(final, run_dir / "final", tok)
-        if cfg.sample.prompts and cfg.sample.max_new_tokens > 0:
+        if cfg.images:
+            grid = image_run.write_samples(final, cfg, run_dir, say)
+            if grid is not None:
+                say(f"samples: {grid}")
+        elif cfg.sample.prompts and cfg.sample.max_new_tokens > 0:
             res.samples = run.objective.samples(final, tok, cfg.sample, run.data.eos_id, tc.seed, say)
             if res.samples:
                 say("samples:")
                 for prompt, text in zip(cfg.sample.prompts, res.samples):
                     say(f"--- {prompt!r}\n{text}")
-        tps = len(res.train_losses) * tc.batch_size * cfg.data.seq_len / max(run.train_time, 1e-9)
+        unit = "images" if cfg.images else "tokens"
+        per_step = tc.batch_size * (1 if cfg.images else cfg.data.seq_len)
+        tps = len(res.train_losses) * per_step / max(run.train_time, 1e-9)
         ppl = f"{res.val_ppl:.2f}" if res.val_ppl is not None else "n/a"
+        vl = "n/a" if res.val_loss is None else f"{res.val_loss:.4f}"
+        usage = {"generate": f"  sample:     genmodels generate {run_dir}",
+                 "embed": f"  embed:      genmodels embed {run_dir} \"some text\"",
+                 "sample": f"  sample:     {image_run.sample_command(run_dir, cfg)}"}[run.objective.usage]
         plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
         plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([
             "summary:",
-            f"  trained {run.step} steps, {run.tokens:,} tokens ({len(res.train_losses)} steps this run, "
-            f"{tps:,.0f} tok/s while training), {res.seconds:.0f}s in all",
-            f"  final validation loss {res.val_loss:.4f}, perplexity {ppl}",
+            f"  trained {run.step} steps, {run.tokens:,} {unit} ({len(res.train_losses)} steps this run, "
+            f"{tps:,.0f} {'images/s' if cfg.images else 'tok/s'} while training), {res.seconds:.0f}s in all",
+            f"  final validation loss {vl}" + (f", perplexity {ppl}" if not cfg.images else "".join(
+                f", {k} {v:.3g}" for k, v in (res.image_metrics or {}).items())),
             f"  checkpoint: {res.checkpoint or latest_checkpoint(run_dir)}",
             f"  model:      {res.final_dir}  (genmodels.load('{res.final_dir}'))",
             f"  metrics:    {run_dir / 'metrics.jsonl'}, {plot}",
-            (f"  sample:     genmodels generate {run_dir}" if run.objective.usage == "generate" else
-             f"  embed:      genmodels embed {run_dir} \"some text\""),
+            usage,
         ]))
     run.info.barrier()
     return res
