@@ -4,6 +4,7 @@
     mlm     masked LM, BERT's 80/10/10 masking (encoders)   mlm.py
     span    T5 span corruption (encoder–decoders)           span.py
     diffusion  denoising loss, label dropout, EMA (images)  diffusion.py
+    gan     two players, D then G (images)                  gan.py
 
 :func:`build_objective` makes the trainer's module for a recipe; data transforms (masking, span
 noising) stay in :mod:`genmodels.data.objectives`.
@@ -15,10 +16,12 @@ from torch import nn
 from .base import Batch, Metrics, Objective
 from .causal import CausalLM
 from .diffusion import DiffusionObjective
+from .gan import GANObjective
 from .mlm import MaskedLM
 from .span import SpanCorruption
 
-OBJECTIVES = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption, "diffusion": DiffusionObjective}
+OBJECTIVES = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption, "diffusion": DiffusionObjective,
+              "gan": GANObjective}
 _FAMILY_OBJECTIVE = {"decoder": "causal", "encoder": "mlm", "seq2seq": "span"}
 
 

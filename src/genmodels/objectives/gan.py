@@ -16,7 +16,7 @@ Lazy R1 needs the step number: call :meth:`GANObjective.set_step` before each st
 adds N·R1 when s % N == 0). Metrics are mean logits (``d_real`` = E D(x), ``d_fake`` = E D(G(z)) in the
 D phase, ``g_fake`` in the G phase) and ``r1``, the penalty, on the steps that compute it (absent on the others).
 
-EMA of G (``ema_decay``): the average θ_ema ← β·θ_ema + (1 − β)·θ_G after every step
+EMA of G (``ema_decay``): the average θ_ema ← β_n·θ_ema + (1 − β_n)·θ_G after every step n (β_n warms up)
 (:meth:`after_step`; :func:`~genmodels.objectives.gan_ema.ema_update_`, BN statistics copied) is the
 submodule ``ema`` (so its tensors are in every checkpoint, keys ``ema.*``, and in no optimizer); it is
 what sampling and the run's ``final/`` use (:meth:`sampling_model`, :meth:`final_state`). It stays in
@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .base import Batch, Metrics, Objective
+from .diffusion import ema_decay_at
 from .gan_ema import ema_update_
 from .gan_losses import gan_loss, r1_due, r1_penalty
 
@@ -82,13 +83,15 @@ class GANObjective(Objective):
 
     # ---- the EMA of G ----------------------------------------------------------------------
     def after_step(self, step: int) -> None:
-        """After optimizer step ``step`` (1-based): θ_ema ← β·θ_ema + (1 − β)·θ_G."""
+        """After optimizer step ``step`` (1-based): θ_ema ← β_n·θ_ema + (1 − β_n)·θ_G with the warm-up
+        β_n = min(ema_decay, (1 + n)/(10 + n)) of the diffusion objective (diffusers' EMAModel), so a short
+        run's average is not dominated by the initial weights."""
         if self.ema is not None:
-            ema_update_(self.ema, self.model.generator, self.ema_decay)
+            ema_update_(self.ema, self.model.generator, ema_decay_at(self.ema_decay, step))
 
-    def sampling_generator(self) -> nn.Module:
-        """The generator to sample from: the EMA average when there is one."""
-        return self.ema if self.ema is not None else self.model.generator
+    def sampling_model(self) -> nn.Module:
+        """The model to sample from: the pair with the EMA average as its generator, when there is one."""
+        return self.model if self.ema is None else self.model.with_generator(self.ema)
 
     def final_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model state of ``final/`` from a full checkpoint state (model keys + ``ema.*``): the EMA
@@ -110,21 +113,24 @@ class GANObjective(Objective):
     def units(self, batch: Batch) -> int:
         return batch["images"].shape[0]
 
-    def noise(self, like: torch.Tensor) -> torch.Tensor:
-        """z ~ N(0, I): (N, z_dim), on ``like``'s device and dtype."""
-        return torch.randn(like.shape[0], self.z_dim, device=like.device, dtype=like.dtype)
+    def noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """z ~ N(0, I): (N, z_dim), on ``like``'s device and dtype (drawn with ``generator`` if given)."""
+        return torch.randn(like.shape[0], self.z_dim, device=like.device, dtype=like.dtype, generator=generator)
 
-    def forward(self, batch: Batch, player: str = "D") -> tuple[torch.Tensor, Metrics]:
+    def forward(self, batch: Batch, player: str = "D",
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
+        """``player``'s loss and metrics; ``generator`` draws z (the trainer's validation: fixed noise).
+        R1 is added in training mode only (validation runs without autograd)."""
         if player not in PLAYERS:
             raise ValueError(f"player={player!r} is not allowed; choose one of {', '.join(PLAYERS)}")
         real, labels = batch["images"], batch.get("labels")
         g, d = self.model.generator, self.model.discriminator
         if player == "G":
-            fake_logits = d(g(self.noise(real), labels), labels)  # (N,)
+            fake_logits = d(g(self.noise(real, generator), labels), labels)  # (N,)
             return self.loss.generator(fake_logits), {"g_fake": fake_logits.mean().detach()}
         with torch.no_grad():
-            fake = g(self.noise(real), labels)
-        lazy_r1 = self.r1_gamma > 0 and r1_due(self.step, self.r1_every)
+            fake = g(self.noise(real, generator), labels)
+        lazy_r1 = self.training and self.r1_gamma > 0 and r1_due(self.step, self.r1_every)
         if lazy_r1:
             real = real.detach().requires_grad_(True)
         real_logits = d(real, labels)  # (N,)

@@ -95,6 +95,12 @@ class TrainConfig:
     ema_decay: float | None = None  # EMA of the weights, up to this decay (default 0.999; 0: none)
     min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); null: off
     eval_samples: int = 200  # images sampled (classes in turn, fixed seed) for the metrics at each evaluation
+    # GANs only (training/gan.py: the D phase's optimizer, the divergence watch); null = G's value / the default
+    lr_d: float | None = None  # D's peak learning rate (null: train.lr)
+    betas_d: list[float] | None = None  # D's Adam betas (null: train.betas)
+    grad_clip_d: float | None = None  # D's gradient clipping (null: train.grad_clip)
+    collapse_d_loss: float | None = None  # D loss below this … (default 0.01; 0: no watch)
+    collapse_steps: int | None = None  # … for this many consecutive steps stops the run (default 200)
 
     def router_losses(self) -> dict[str, Any]:
         """The router-loss settings with the defaults filled in (what :func:`build_objective` takes)."""
@@ -282,6 +288,8 @@ class RunConfig:
         t, s, d = self.train, self.sample, self.data
         self._validate_train()
         _integer("train.eval_samples", t.eval_samples, 1)
+        from .gan import check_gan_train
+        check_gan_train(t)  # GAN-only fields (refused for the other families by the objectives' train_options)
         _integer("sample.n", s.n, 1)
         _integer("sample.seed", s.seed, 0)
         self._validate_common()

@@ -137,7 +137,8 @@ def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, 
                     optim_sd: dict | None) -> None:
     """Load full (unsharded) model/optimizer state into any layout; every rank passes the full dicts."""
     opts = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(module, {PREFIX + k: v for k, v in model_sd.items()}, options=opts)
+    own = {k for k in module.state_dict() if not k.startswith(PREFIX)}  # the objective's own tensors (an EMA: ema.*)
+    set_model_state_dict(module, {(k if k in own else PREFIX + k): v for k, v in model_sd.items()}, options=opts)
     if optimizer is not None and optim_sd is not None:
         current = optimizer.param_groups
         groups = []

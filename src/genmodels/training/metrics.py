@@ -97,7 +97,8 @@ def _names(records: list[dict], keep) -> list[str]:
 def objective_metric_names(records: list[dict]) -> list[str]:
     """The objective's own metrics in ``records`` (not the loop's: losses, lr, rates, time), in order;
     per-expert loads are left to :func:`plot_expert_load`."""
-    return _names(records, lambda k: k not in _STANDARD and not k.endswith("_s") and EXPERT_LOAD not in k)
+    return _names(records, lambda k: k.rsplit("/", 1)[-1] not in _STANDARD and not k.endswith("_s")
+                  and EXPERT_LOAD not in k)  # (a phase's D/loss, D/lr, D/grad_norm are the loop's)
 
 
 def expert_load_names(records: list[dict]) -> list[str]:
@@ -155,7 +156,9 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     import matplotlib.pyplot as plt
 
     x = "images" if any("images" in r for r in records) else "tokens"  # what the run counts
-    train = [(r[x], r["loss"]) for r in records if "loss" in r]
+    # the train loss, or each phase's (a GAN: D/loss, G/loss)
+    train = {k: [(r[x], r[k]) for r in records if r.get(k) is not None]
+             for k in _names(records, lambda k: k == "loss" or k.endswith("/loss"))}
     val = [(r[x], r["val_loss"]) for r in records if r.get("val_loss") is not None]
     extra = objective_metric_names(records)
     if extra:  # the objective's own metrics in a second panel below the losses
@@ -169,8 +172,8 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
             ax2.set_xlabel(x)
             ax2.grid(alpha=0.3)
             ax2.legend()
-        if train:
-            ax.plot(*zip(*train), label="train", lw=0.8, alpha=0.8)
+        for k, points in train.items():
+            ax.plot(*zip(*points), label="train" if k == "loss" else f"{k.split('/')[0]} (train)", lw=0.8, alpha=0.8)
         if val:
             ax.plot(*zip(*val), "o-", label="validation", lw=1.5)
         ax.set_xlabel(x)

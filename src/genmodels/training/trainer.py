@@ -36,8 +36,8 @@ from .data import corpus_spec, prepare_data
 from .distributed import DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state, wrap
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token, plot_expert_load, plot_losses
-from . import image_run
-from .optim import build_optimizer, lr_at
+from . import gan, image_run
+from .optim import build_optimizer
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
 from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
                     model_config, restore_rng, resume_point, rng_state)
@@ -163,15 +163,23 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
                                     distributed=info.kind == "fsdp" and info.active)
     scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
     run.step_fn = torch.compile(wrapped) if tc.compile else wrapped
-    run.train_step = TrainStep([Phase("model", run.step_fn, run.objective, run.optimizer, tc.grad_clip, tc.lr,
-                                      sync_module=wrapped)], info, run.amp_dtype, scaler)
+    if gan.two_player(run.objective):  # a GAN: D then G, one optimizer each (training/gan.py)
+        run.train_step = gan.gan_train_step(run.objective, tc, info, run.amp_dtype, scaler)
+        run.optimizer, run.watch = run.train_step.phases[-1].optimizer, gan.CollapseWatch.from_config(tc)
+    else:
+        run.train_step = TrainStep([Phase("model", run.step_fn, run.objective, run.optimizer, tc.grad_clip, tc.lr,
+                                          sync_module=wrapped)], info, run.amp_dtype, scaler)
     run.sampler = BatchSampler(len(run.data.train), run.micro_bs, seed=tc.seed, rank=info.rank,
                                world_size=info.world_size)
     run.metrics = MetricsLog(run.run_dir / "metrics.jsonl")
     run.max_steps = tc.max_steps  # with max_minutes, fitted to the budget after a few steps
     if ckpt is not None:
         model_sd, optim_sd, rng, state = loaded
-        load_full_state(run.objective, run.optimizer, model_sd, optim_sd)
+        if run.watch is not None:  # two optimizers, keyed by phase
+            load_full_state(run.objective, None, model_sd, None)
+            run.train_step.load_optimizer_state(optim_sd)
+        else:
+            load_full_state(run.objective, run.optimizer, model_sd, optim_sd)
         run.sampler.load_state_dict(state["sampler"])
         restore_rng(rng, info, tc.seed)
         run.step, run.tokens, run.prev_elapsed = int(state["step"]), int(state["tokens"]), float(
@@ -217,6 +225,7 @@ class _Run:
     optimizer: object = None
     step_fn: object = None  # the objective, DDP/FSDP-wrapped (and compiled)
     make_batch: Callable = None  # sampler indices -> the objective's dict batch, on the device
+    watch: object = None  # a GAN's divergence watch (training/gan.py); None for one-optimizer runs
     train_step: object = None
     sampler: object = None
     metrics: object = None
@@ -259,16 +268,31 @@ def _loop(run: _Run) -> None:
     deadline = run.t_loop + tc.max_minutes * 60 if tc.max_minutes else None
     step_times: list[float] = []
     stop = False
+
+    def over_budget() -> float:  # the train step's stop flag
+        return 1.0 if deadline is not None and run.clock() > deadline else 0.0
+
     try:
         while run.step < run.max_steps and not stop:
             t0 = run.clock()
-            run.train_step.set_lr(lambda ph: lr_at(run.step, ph.lr, tc.min_lr, tc.warmup_steps, run.max_steps))
+            run.train_step.set_lr(lambda ph: gan.phase_lr(run.step, ph, tc, run.max_steps))
             batches = [run.make_batch(next(run.sampler)) for _ in range(tc.grad_accum)]
-            report = run.train_step(batches, run.step,
-                                    stop_flag=lambda: 1.0 if deadline is not None and run.clock() > deadline else 0.0,
-                                    where=lambda: last_good(run.run_dir))
+            if run.watch is not None:
+                run.objective.set_step(run.step)  # lazy R1
+            try:
+                report = run.train_step(batches, run.step, stop_flag=over_budget, where=lambda: last_good(run.run_dir))
+            except NonFiniteError as e:
+                if run.watch is None:
+                    raise
+                _diverged(run, str(e), whole_step=False)
             stop = report.stop
-            loss_val, gnorm = report.losses["model"], report.grad_norms["model"]
+            if run.watch is None:
+                loss_val, gnorm = report.losses["model"], report.grad_norms["model"]
+                record = {"loss": loss_val, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": gnorm}
+                shown = f"loss {loss_val:.3f}"
+            else:  # D/loss, G/loss, D/grad_norm, G/grad_norm, lr (G's), D/lr
+                loss_val = report.losses["D"]
+                record, shown = gan.step_record(report, run.train_step)
             run.step += 1
             run.objective.after_step(run.step)  # (the EMA of the weights, where the objective keeps one)
             run.tokens += tokens_per_step
@@ -279,16 +303,18 @@ def _loop(run: _Run) -> None:
                 rate = tokens_per_step / max(dt, 1e-9)
                 mfu = rate * run.fpt / run.peak if run.peak and run.objective.flops_apply else None
                 if run.step % tc.log_every == 0 or run.step == run.max_steps or stop:
-                    run.metrics.append({"step": run.step, count_key: run.tokens, "loss": loss_val,
-                                        "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": gnorm,
+                    run.metrics.append({"step": run.step, count_key: run.tokens, **record,
                                         rate_key: round(rate, 1), "mfu": None if mfu is None else round(mfu, 4),
                                         **report.metrics, "time_s": round(run.elapsed(), 3)})
                 if run.bar is not None:
-                    run.bar.set_postfix_str(f"loss {loss_val:.3f} | {rate:,.0f} {rate_key.replace('_', '/')}"
+                    run.bar.set_postfix_str(f"{shown} | {rate:,.0f} {rate_key.replace('_', '/')}"
                                             + "".join(f" | {k} {v:.3g}"
                                                       for k, v in run.objective.bar_metrics(report.metrics).items())
                                             + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
                     run.bar.update(1)
+            why = run.watch.update(loss_val) if run.watch is not None else None
+            if why is not None:
+                _diverged(run, f"step {run.step}: {why}", whole_step=True)
             if deadline is not None and not run.calibrated:
                 step_times.append(dt)
                 if len(step_times) == max(tc.warmup_steps, _SKIP_STEPS + 5):  # fit at the end of warm-up
@@ -302,6 +328,20 @@ def _loop(run: _Run) -> None:
             run.bar.close()
     if stop:
         run.say(f"time budget train.max_minutes={tc.max_minutes} reached at step {run.step}/{run.max_steps}")
+
+
+def _diverged(run: _Run, why: str, whole_step: bool) -> None:
+    """A GAN run diverged: save what can be saved, then stop with one clear message (training/gan.py).
+    ``whole_step``: the state is a finished step (a regular checkpoint); else the weights go to RUN/diverged/."""
+    if whole_step:
+        if run.last_ckpt_step != run.step:
+            _checkpoint(run)
+        saved = f"checkpoint {latest_checkpoint(run.run_dir)} written"
+    elif first_non_finite_param(run.objective, run.info) is None:
+        saved = f"the weights before that update saved to {save(run.objective.model, run.run_dir / 'diverged')}"
+    else:
+        saved = "the weights are not finite: not saved"
+    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; {gan.ADVICE}")
 
 
 def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -413,7 +453,7 @@ def _finish(run: _Run) -> TrainResult:
         vl = "n/a" if res.val_loss is None else f"{res.val_loss:.4f}"
         usage = {"generate": f"  sample:     genmodels generate {run_dir}",
                  "embed": f"  embed:      genmodels embed {run_dir} \"some text\"",
-                 "sample": f"  sample:     {image_run.sample_command(run_dir, cfg)}"}[run.objective.usage]
+                 "sample": None}[run.objective.usage] or f"  sample:     {image_run.sample_command(run_dir, cfg)}"
         plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
         plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([

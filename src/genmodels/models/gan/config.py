@@ -48,6 +48,11 @@ class GANConfig(StrictConfig):
         return self.conditioning != "none"
 
     @property
+    def num_classes(self) -> int:
+        """``n_classes`` under the name the image tools read (data checks, sampling, metrics)."""
+        return self.n_classes
+
+    @property
     def resolution_steps(self) -> int:
         """k with image_size = 4·2^k: G's doubling layers after the 4×4 seed, D's halving layers."""
         return self.image_size.bit_length() - 3

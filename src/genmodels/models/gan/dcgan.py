@@ -28,6 +28,8 @@ Options:
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
@@ -168,9 +170,13 @@ class Discriminator(nn.Module):
 
 
 class DCGAN(nn.Module):
-    """The pair: ``model.generator`` and ``model.discriminator``; ``model(z, labels)`` is the generator."""
+    """The pair: ``model.generator`` and ``model.discriminator``; ``model(z, labels)`` is the generator.
+
+    Sampling (the hook of :func:`genmodels.sample`): one generator pass, so none of the diffusion
+    sampler's options (steps, scheduler, guidance) applies: ``sample_options`` is empty."""
 
     family = "gan"
+    sample_options: tuple[str, ...] = ()
 
     def __init__(self, config: GANConfig):
         super().__init__()
@@ -182,10 +188,32 @@ class DCGAN(nn.Module):
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.generator(z, labels)
 
+    def with_generator(self, generator: nn.Module) -> "DCGAN":
+        """This pair with another generator (the EMA average), the modules shared: nothing is copied."""
+        view = copy.copy(self)
+        view._modules = {**self._modules, "generator": generator}
+        return view
+
     @torch.no_grad()
-    def sample(self, n: int, labels: torch.Tensor | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` images (N, channels, S, S) in [−1, 1] from z ~ N(0, I) (drawn with ``generator``)."""
+    def sample(self, n: int, labels=None, seed: int | None = None, generator: torch.Generator | None = None,
+               **options) -> torch.Tensor:
+        """``n`` images (N, channels, S, S) in [−1, 1] from z ~ N(0, I), G in eval mode (BN running statistics).
+
+        ``labels`` (conditional models): None = classes in turn, an int = all of that class, or one per image;
+        z is drawn on the CPU from ``seed`` (or ``generator``; neither: torch's global generator)."""
+        if options:
+            name = sorted(options)[0]
+            raise ValueError(f"{name} (--{name}) does not apply to a GAN: it samples in one generator pass "
+                             "(no steps, scheduler or guidance)")
+        from ...generation.images import sample_labels  # (generation imports models: not at module level)
+        y = sample_labels(self.config.num_classes, n, labels)
+        if seed is not None:
+            generator = torch.Generator().manual_seed(seed)
         p = next(self.generator.parameters())
-        z = torch.randn(n, self.config.z_dim, generator=generator, device=p.device, dtype=p.dtype)
-        return self.generator(z, labels)
+        z = torch.randn(n, self.config.z_dim, generator=generator).to(p.device, p.dtype)  # (N, z_dim)
+        was = self.generator.training
+        self.generator.eval()
+        try:
+            return self.generator(z, None if y is None else y.to(p.device))
+        finally:
+            self.generator.train(was)
