@@ -10,11 +10,14 @@ Public API (stable):
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
+    sample(model, n=64, labels=None, steps=25, scheduler="ddim", guidance=1.0, seed=None) -> (N, C, H, W)
+                                   images in [-1, 1] (diffusion; GANs through their own sample method)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
 from .config import ConfigError, ModelConfig
 from .embed import embed
 from .generation import generate
+from .generation.images import sample
 from .interop.diffusers_unet import export_diffusers
 from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
@@ -24,4 +27,4 @@ from .registry import build_model, preset
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
-           "generate", "load", "load_tokenizer", "preset", "save"]
+           "generate", "load", "load_tokenizer", "preset", "sample", "save"]

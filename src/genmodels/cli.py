@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .cli_train import add_train_parser  # a broken import is a bug to see, not a missing command
     add_train_parser(sub)
+    from .cli_images import add_image_parsers
+    add_image_parsers(sub, finite_float)
     return p
 
 

@@ -65,16 +65,34 @@ LLAMA_DROPOUT = {**tiny_config("", "")["model"], "dropout": 0.1}
 LLAMA_MOE = {**tiny_config("", "")["model"], "n_experts": 4, "d_ff": 32, "router_jitter": 0.1, "capacity_factor": 1.0}
 
 
+# diffusion (#13): timesteps, noise and label dropout are random; the EMA is part of the checkpoint
+DIFFUSION = {"preset": "unet-digits", "block_out_channels": [8, 16], "norm_num_groups": 4}
+
+
+def _image_cfg(run, model, train) -> dict:
+    """A tiny image recipe (digits) with the resume test's train settings."""
+    return {"model": model, "data": {"source": "digits"}, "run_dir": str(run),
+            "train": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 2, "eval_every": 4, "eval_batches": 1,
+                      "eval_samples": 10, "threads": 1, "mfu_peak_tflops": 1.0, "class_dropout": 0.3,
+                      "ema_decay": 0.9, "log_every": 1, **{k: v for k, v in train.items() if k != "objective"}},
+            "sample": {"n": 4, "steps": 2, "guidance": 2.0}}
+
+
 @pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal"),
-                                             (LLAMA_MOE, "causal")], ids=["mlm", "span", "dropout", "moe"])
+                                             (LLAMA_MOE, "causal"), (DIFFUSION, "diffusion")],
+                         ids=["mlm", "span", "dropout", "moe", "diffusion"])
 def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objective, corpus_dir, tmp_path):
     over = dict(model=model, train={"objective": objective, "max_steps": 8, "ckpt_every": 4, "keep_last": 2})
+    make = (lambda run: _image_cfg(run, **over)) if objective == "diffusion" else (
+        lambda run: _cfg(corpus_dir, run, **over))
     ref = tmp_path / "ref"
-    _run(_cfg(corpus_dir, ref, **over))
+    _run(make(ref))
     copy = _interrupted_copy(ref, tmp_path / "copy", after=4)
-    res = _run(_cfg(corpus_dir, copy, **over), resume=True)
+    res = _run(make(copy), resume=True)
     assert sorted(res.train_losses) == list(range(5, 9))
     _assert_same_run(copy, ref)
+    a, b = load_file(str(ref / "final" / "model.safetensors")), load_file(str(copy / "final" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (diffusion: the EMA weights)
 
 
 # ---- an unreadable latest checkpoint is skipped ------------------------------------------------------

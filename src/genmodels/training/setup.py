@@ -174,6 +174,8 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
         return None, None, dc
     if loaded is None:  # ranks > 0 read what rank 0 chose
         loaded = load_checkpoint(chosen)
+    if cfg.images:
+        return Path(chosen), loaded, dc
     return Path(chosen), loaded, dataclasses.replace(dc, tokenizer=str(run_dir / "tokenizer.json"))
 
 
