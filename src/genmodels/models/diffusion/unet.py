@@ -13,6 +13,10 @@ after PixelCNN++'s U-Net, in the layout of diffusers' ``UNet2DModel``.
 Resnets, resamplers: :mod:`genmodels.nn.conv`; attention over pixels:
 :mod:`genmodels.nn.spatial_attention` (our SelfAttention). Called as diffusers' UNet2DModel is:
 ``model(sample, timestep, class_labels=None)``, returning the prediction tensor itself.
+
+The wiring above is written once (the levels' ``forward`` and :meth:`UNet2D.run`); each part is
+computed by an ``ops`` object: :data:`MODULE_OPS` calls the modules (the definition, used by
+``forward`` and for training), :mod:`.fast` computes the same parts faster for sampling.
 """
 from __future__ import annotations
 
@@ -25,6 +29,26 @@ from ...nn.spatial_attention import SpatialSelfAttention
 from ...nn.timestep import TimestepEmbedding
 from .config import DiffusionConfig
 from .inputs import ClassEmbedding, Denoiser, check_sample, conditioning
+
+
+class ModuleOps:
+    """Each UNet part computed by its module's forward: the definition (autograd, any device)."""
+
+    @staticmethod
+    def resnet(m: ResnetBlock2D, h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+        return m(h, tau)
+
+    @staticmethod
+    def layer(m: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """attention (or Identity), downsampler, upsampler, conv_in, conv_out."""
+        return m(h)
+
+    @staticmethod
+    def norm_silu(m: nn.GroupNorm, h: torch.Tensor) -> torch.Tensor:
+        return F.silu(m(h))
+
+
+MODULE_OPS = ModuleOps()
 
 
 class _Parts:
@@ -54,12 +78,12 @@ class DownLevel(nn.Module):
         self.attentions = nn.ModuleList(parts.attention(c_out, attention) for _ in range(n))
         self.downsample = Downsample2D(c_out, parts.cfg.downsample_padding) if downsample else None
 
-    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor], ops=MODULE_OPS) -> torch.Tensor:
         for resnet, attn in zip(self.resnets, self.attentions):
-            h = attn(resnet(h, tau))
+            h = ops.layer(attn, ops.resnet(resnet, h, tau))
             skips.append(h)
         if self.downsample is not None:
-            h = self.downsample(h)  # (B, C, H/2, W/2)
+            h = ops.layer(self.downsample, h)  # (B, C, H/2, W/2)
             skips.append(h)
         return h
 
@@ -72,8 +96,8 @@ class MidBlock(nn.Module):
         self.resnets = nn.ModuleList([parts.resnet(channels, channels), parts.resnet(channels, channels)])
         self.attention = parts.attention(channels, attention)
 
-    def forward(self, h: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-        return self.resnets[1](self.attention(self.resnets[0](h, tau)), tau)
+    def forward(self, h: torch.Tensor, tau: torch.Tensor, ops=MODULE_OPS) -> torch.Tensor:
+        return ops.resnet(self.resnets[1], ops.layer(self.attention, ops.resnet(self.resnets[0], h, tau)), tau)
 
 
 class UpLevel(nn.Module):
@@ -89,11 +113,12 @@ class UpLevel(nn.Module):
         self.attentions = nn.ModuleList(parts.attention(c_out, attention) for _ in skip_channels)
         self.upsample = Upsample2D(c_out) if upsample else None
 
-    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, tau: torch.Tensor, skips: list[torch.Tensor], ops=MODULE_OPS) -> torch.Tensor:
         for resnet, attn in zip(self.resnets, self.attentions):
-            h = attn(resnet(torch.cat([h, skips.pop()], dim=1), tau))  # (B, C + C_skip, H, W) -> (B, C_out, H, W)
+            h = torch.cat([h, skips.pop()], dim=1)  # (B, C + C_skip, H, W)
+            h = ops.layer(attn, ops.resnet(resnet, h, tau))  # (B, C_out, H, W)
         if self.upsample is not None:
-            h = self.upsample(h)  # (B, C, 2H, 2W)
+            h = ops.layer(self.upsample, h)  # (B, C, 2H, 2W)
         return h
 
 
@@ -130,12 +155,16 @@ class UNet2D(Denoiser):
     def forward(self, sample: torch.Tensor, timestep, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         check_sample(sample, self.config, 2 ** (len(self.config.block_out_channels) - 1))
         emb = conditioning(self.time_embed, self.class_embed, sample, timestep, class_labels)  # (B, 4·C₀)
-        tau = F.silu(emb)  # every resnet's time input, computed once
-        h = self.conv_in(sample)  # (B, C₀, H, W)
+        return self.run(sample, F.silu(emb), MODULE_OPS)  # τ: every resnet's time input, computed once
+
+    def run(self, sample: torch.Tensor, tau: torch.Tensor, ops=MODULE_OPS) -> torch.Tensor:
+        """The network after the conditioning: ``sample`` (B, C, H, W), ``tau`` = SiLU(emb) (B, 4·C₀)
+        -> (B, C_out, H, W), each part computed by ``ops`` (the module docstring)."""
+        h = ops.layer(self.conv_in, sample)  # (B, C₀, H, W)
         skips = [h]
         for level in self.down:
-            h = level(h, tau, skips)
-        h = self.mid(h, tau)
+            h = level(h, tau, skips, ops)
+        h = self.mid(h, tau, ops)
         for level in self.up:
-            h = level(h, tau, skips)
-        return self.conv_out(F.silu(self.norm_out(h)))  # (B, C_out, H, W)
+            h = level(h, tau, skips, ops)
+        return ops.layer(self.conv_out, ops.norm_silu(self.norm_out, h))  # (B, C_out, H, W)
