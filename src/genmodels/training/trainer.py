@@ -407,7 +407,8 @@ def _checkpoint(run: _Run) -> None:
     _check_params(run, "checkpoint")  # before anything is written or pruned
     info, cfg = run.info, run.cfg
     msd = full_model_state(run.objective)
-    osd = full_optimizer_state(run.objective, run.optimizer)
+    osd = (run.train_step.optimizer_state() if run.watch is not None  # a GAN: both optimizers, keyed by phase
+           else full_optimizer_state(run.objective, run.optimizer))
     rng = rng_state(info)
     if info.is_main:
         state = {"step": run.step, "tokens": run.tokens, "sampler": run.sampler.state_dict(),

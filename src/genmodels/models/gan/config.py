@@ -53,6 +53,11 @@ class GANConfig(StrictConfig):
         return self.n_classes
 
     @property
+    def in_channels(self) -> int:
+        """``channels`` under the diffusion configs' name (what the image tools read)."""
+        return self.channels
+
+    @property
     def resolution_steps(self) -> int:
         """k with image_size = 4·2^k: G's doubling layers after the 4×4 seed, D's halving layers."""
         return self.image_size.bit_length() - 3
