@@ -317,12 +317,7 @@ class RunConfig:
         if eos_id is not None:
             m.setdefault("eos_token_id", eos_id)
             m.setdefault("bos_token_id", eos_id)
-        try:
-            cfg = preset(name, **m) if name else config_from_dict(m)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
-        except TypeError as e:
-            raise ConfigError(f"model: {e}") from None
+        cfg = _family_config(name, m)
         if cfg.max_seq_len < self.data.seq_len:
             raise ConfigError(f"model.max_seq_len={cfg.max_seq_len} must be >= data.seq_len={self.data.seq_len}")
         from ..data.objectives import N_SENTINELS, OBJECTIVES, objective_for, span_counts
@@ -352,12 +347,7 @@ class RunConfig:
 
     def _image_model_config(self, name: str | None, m: dict[str, Any]):
         from ..objectives import objective_for
-        try:
-            cfg = preset(name, **m) if name else config_from_dict(m)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
-        except TypeError as e:
-            raise ConfigError(f"model: {e}") from None
+        cfg = _family_config(name, m)
         objective_for(cfg.family, self.train.objective)  # raises ConfigError when they do not fit
         _check_router_losses(self.train, cfg)
         return cfg
@@ -434,6 +424,16 @@ def _check_router_losses(t: TrainConfig, cfg: ModelConfig) -> None:
     if t.router_aux_loss == "none" and t.router_aux_coef is not None:
         raise ConfigError(f"train.router_aux_coef={t.router_aux_coef!r} means nothing with "
                           "train.router_aux_loss=none; leave it out or choose switch or mixtral")
+
+
+def _family_config(name: str | None, m: dict[str, Any]):
+    """The family config of preset ``name`` (or of ``m["family"]``) with the overrides ``m``."""
+    try:
+        return preset(name, **m) if name else config_from_dict(m)
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
+    except TypeError as e:
+        raise ConfigError(f"model: {e}") from None
 
 
 def _check_preset_name(name: Any) -> None:
