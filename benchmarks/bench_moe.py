@@ -21,8 +21,10 @@ top-2: 13.4M parameters, the ACTIVE feed-forward per token 2 × 344 = llama-tiny
    ``genmodels.generate`` (the PyTorch decode loop: the native step refuses an MoE) against
    ``generate(do_sample=False)`` with each expert implementation, the fastest kept.
 
-Timing: one process, rows of a measurement alternate within each of ``--rounds`` rounds; a row's time is
-its fastest step (training, fwd+bwd; after 2 warm-up steps) or its median run (decode), best over rounds.
+Timing: one process; each transformers row is first timed once, and one slower than 2× the fastest
+such call is left out of the rounds (its one-call time is printed); the other rows of a measurement
+alternate within each of ``--rounds`` rounds; a row's time is its fastest step (training, fwd+bwd;
+after 2 warm-up steps) or its median run (decode), best over rounds.
 The CPU is shared with other processes: compare ratios, measured in one run, not absolutes.
 ``--profile`` prints torch.profiler's top operators of one of our MoE training steps.
 """
@@ -161,17 +163,35 @@ def median_run(run, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
+def screen(rows: dict, keep_within: float = 2.0) -> tuple[dict, dict[str, float]]:
+    """Time each transformers row once (its first call); keep those within ``keep_within``× of the
+    fastest for the timed rounds (batched_mm's per-token weight gathers take minutes at batch 8 × 256
+    on CPU). Returns the rows kept and the one-call times of those dropped."""
+    probe = {}
+    for name, fn in rows.items():
+        if name.startswith("HF "):
+            t = time.perf_counter()
+            fn()
+            probe[name] = time.perf_counter() - t
+    best = min(probe.values(), default=0.0)
+    dropped = {k: v for k, v in probe.items() if v > keep_within * best}
+    if dropped:
+        print("  screened out (one call each): " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in dropped.items()))
+    return {k: v for k, v in rows.items() if k not in dropped}, dropped
+
+
 def measure(rows: dict, rounds: int, timer) -> dict[str, float]:
+    rows, dropped = screen(rows)
     best: dict[str, float] = {}
     for r in range(rounds):
         for name, fn in rows.items():
             best[name] = min(best.get(name, float("inf")), timer(fn))
         print(f"  round {r + 1}: " + ", ".join(f"{k} {1000 * v:.0f} ms" for k, v in best.items()), flush=True)
-    return best
+    return {**best, **{k + " (1 call)": v for k, v in dropped.items()}}
 
 
 def best_hf(times: dict[str, float]) -> tuple[str, float]:
-    name = min((k for k in times if k.startswith("HF ")), key=times.get)
+    name = min((k for k in times if k.startswith("HF ") and not k.endswith("(1 call)")), key=times.get)
     return name[3:], times[name]
 
 
@@ -203,21 +223,34 @@ def main() -> None:
     if a.profile:
         profile(a)
         return
+    import genmodels
+    from genmodels.models.flops import flops_per_token
+    from genmodels.training.metrics import measure_matmul_peak
+    peak = max(measure_matmul_peak(1024, 1.0), measure_matmul_peak(2048, 2.0))
+    work = {n: a.batch * a.seq * flops_per_token(genmodels.preset(n), a.seq, training=True)
+            for n in ("mixtral-tiny", "llama-tiny")}  # fwd + bwd FLOPs of one batch (active experts only)
+    print(f"fp32 matmul peak measured now: {peak / 1e9:.1f} GFLOP/s; fwd+bwd of one batch: mixtral-tiny "
+          f"{work['mixtral-tiny'] / 1e9:.1f} GFLOP (active), llama-tiny {work['llama-tiny'] / 1e9:.1f} GFLOP")
+
+    def of_peak(name: str, seconds: float) -> str:
+        return f"{work[name] / seconds / peak:.0%} of peak"
     lines = []
     step_timer = lambda fn: fastest(fn, a.steps)  # noqa: E731
     if "train" in a.only:
         print(f"1. training step (fwd + bwd + AdamW), batch {a.batch}×{a.seq}:")
         t = measure(train_steps(a), a.rounds, step_timer)
         r = t["mixtral-tiny"] / t["llama-tiny"]
-        lines.append(f"training step  mixtral-tiny {1000 * t['mixtral-tiny']:.0f} ms vs llama-tiny "
-                     f"{1000 * t['llama-tiny']:.0f} ms: {r:.2f}x the dense step (target <= 1.3x) "
+        lines.append(f"training step  mixtral-tiny {1000 * t['mixtral-tiny']:.0f} ms "
+                     f"({of_peak('mixtral-tiny', t['mixtral-tiny'])}) vs llama-tiny {1000 * t['llama-tiny']:.0f} ms "
+                     f"({of_peak('llama-tiny', t['llama-tiny'])}): {r:.2f}x the dense step (target <= 1.3x) "
                      f"[{'met' if r <= 1.3 else 'MISSED'}]")
     if "fwdbwd" in a.only:
         print(f"2. forward + backward, batch {a.batch}×{a.seq}, vs transformers' MixtralForCausalLM:")
         t = measure(fwdbwd_steps(a), a.rounds, step_timer)
         impl, ref = best_hf(t)
         r = ref / t["genmodels"]
-        lines.append(f"fwd+bwd        ours {1000 * t['genmodels']:.0f} ms vs HF ({impl}, its fastest of "
+        lines.append(f"fwd+bwd        ours {1000 * t['genmodels']:.0f} ms ({of_peak('mixtral-tiny', t['genmodels'])})"
+                     f" vs HF ({impl}, {of_peak('mixtral-tiny', ref)}; its fastest of "
                      + "/".join(f"{k[3:]} {1000 * v:.0f}" for k, v in t.items() if k.startswith("HF "))
                      + f" ms): {r:.2f}x faster (target >= 1.5x) [{'met' if r >= 1.5 else 'MISSED'}]")
     if "decode" in a.only:
