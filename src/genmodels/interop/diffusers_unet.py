@@ -24,13 +24,14 @@ import torch
 from safetensors.torch import save_file
 
 from ..models.diffusion.config import DiffusionConfig
+from ..schedulers import DDPMScheduler
+from ..schedulers.config import CONFIG_NAME as SCHEDULER_CONFIG
+from ..schedulers.config import DIFFUSERS_VERSION  # the version whose UNet2DModel names and defaults these are
 from .base import ANY, ConversionError, Converter, check_state, require_exportable
 
 CLASS_NAME = "UNet2DModel"
-DIFFUSERS_VERSION = "0.42.1"  # the version whose UNet2DModel these names and defaults are taken from
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 LEGACY_WEIGHTS = "diffusion_pytorch_model.bin"
-SCHEDULER_CONFIG = "scheduler_config.json"
 SCHEDULE_FIELDS = ("num_train_timesteps", "beta_schedule", "beta_start", "beta_end", "prediction_type")
 PRIVATE = "_genmodels"  # our fields diffusers has no key for
 
@@ -145,10 +146,10 @@ class DiffusersUNetConverter(Converter):
         return hf
 
     @staticmethod
-    def scheduler_config(cfg: DiffusionConfig) -> dict[str, Any]:
-        """The schedule as diffusers' DDPMScheduler config (``DDPMScheduler.from_pretrained`` reads it)."""
-        return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-                **{k: getattr(cfg, k) for k in SCHEDULE_FIELDS}}
+    def scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
+        """The schedule as our DDPMScheduler (the one source of diffusers' scheduler config form:
+        ``scheduler(cfg).save_config(folder)`` writes what ``diffusers.DDPMScheduler.from_pretrained`` reads)."""
+        return DDPMScheduler(**{k: getattr(cfg, k) for k in SCHEDULE_FIELDS})
 
     # ---- weights --------------------------------------------------------------------------------
     def state_to_hf(self, sd: dict[str, torch.Tensor], cfg: DiffusionConfig) -> dict[str, torch.Tensor]:
@@ -254,11 +255,12 @@ def export_diffusers(model: torch.nn.Module, path: str | Path) -> Path:
                               f"{getattr(cfg, 'family', None)!r} is not a diffusion model")
     conv = DiffusersUNetConverter()
     hf = conv.config_to_hf(cfg)
+    scheduler = conv.scheduler(cfg)  # refuses a schedule diffusers cannot express, before anything is written
     sd = conv.state_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
 
     def write(d: Path) -> None:
         save_file({k: v.contiguous() for k, v in sd.items()}, str(d / WEIGHTS), metadata={"format": "pt"})
-        (d / SCHEDULER_CONFIG).write_text(json.dumps(conv.scheduler_config(cfg), indent=2) + "\n")
+        scheduler.save_config(d)  # scheduler_config.json
         (d / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
 
     return _atomic_dir_write(Path(path), write)

@@ -91,3 +91,24 @@ def test_save_and_load_keep_config_weights_and_outputs(preset, tmp_path):
     x, t, y = _x(), torch.tensor([1, 50, 900]), torch.tensor([0, 4, 10])
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, y), model(x, t, y), rtol=0, atol=0)
+
+
+def test_the_exported_schedule_is_our_ddpm_schedulers_config(tmp_path):
+    """export_diffusers writes scheduler_config.json through schedulers.DDPMScheduler (one source of the
+    diffusers form): our scheduler reads it back equal, and load restores the schedule fields."""
+    import json
+
+    from genmodels.schedulers import DDPMScheduler
+    cfg = genmodels.preset("unet-digits", beta_schedule="linear", beta_start=2e-4, beta_end=0.03,
+                           num_train_timesteps=500, prediction_type="v_prediction")
+    genmodels.export_diffusers(genmodels.build_model(cfg), tmp_path / "d")
+    want = DDPMScheduler(num_train_timesteps=500, beta_schedule="linear", beta_start=2e-4, beta_end=0.03,
+                         prediction_type="v_prediction")
+    written = json.loads((tmp_path / "d" / "scheduler_config.json").read_text())
+    assert written == want.diffusers_config()
+    read = DDPMScheduler.from_pretrained(tmp_path / "d").config
+    assert {k: v for k, v in read.items() if k != "_use_default_values"} == \
+        {k: v for k, v in want.config.items() if k != "_use_default_values"}
+    back = genmodels.load(tmp_path / "d").config
+    assert (back.num_train_timesteps, back.beta_schedule, back.beta_start, back.beta_end, back.prediction_type) == \
+        (500, "linear", 2e-4, 0.03, "v_prediction")
