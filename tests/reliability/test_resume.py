@@ -45,8 +45,8 @@ def _interrupted_copy(run, dest, after: int):
 
 
 def _assert_same_run(a, b):
-    assert losses(a) == losses(b)  # bit for bit, every step
-    assert losses(a, "val_loss") == losses(b, "val_loss")
+    for key in ("loss", "val_loss", "D/loss", "G/loss", "D/r1"):  # (a GAN logs D/loss and G/loss, no loss)
+        assert losses(a, key) == losses(b, key), key  # bit for bit, every step
 
 
 @pytest.fixture(scope="module")
@@ -69,21 +69,30 @@ LLAMA_MOE = {**tiny_config("", "")["model"], "n_experts": 4, "d_ff": 32, "router
 DIFFUSION = {"preset": "unet-digits", "block_out_channels": [8, 16], "norm_num_groups": 4}
 
 
+# GAN (#14): two players with their own optimizers, z and lazy R1 (every 3rd step: 0, 3, 6), the EMA of G
+GAN = {"preset": "dcgan-digits", "z_dim": 8, "g_width": 16, "d_width": 8, "r1_gamma": 0.5, "r1_every": 3,
+       "ema_decay": 0.9}
+# per image objective: its own train fields, its sample section
+_IMAGE = {"diffusion": ({"class_dropout": 0.3, "ema_decay": 0.9}, {"n": 4, "steps": 2, "guidance": 2.0}),
+          "gan": ({"lr_d": 4e-4, "betas_d": [0.0, 0.9]}, {"n": 4})}
+
+
 def _image_cfg(run, model, train) -> dict:
     """A tiny image recipe (digits) with the resume test's train settings."""
+    own, sample = _IMAGE[train["objective"]]
     return {"model": model, "data": {"source": "digits"}, "run_dir": str(run),
             "train": {"batch_size": 16, "lr": 1e-3, "warmup_steps": 2, "eval_every": 4, "eval_batches": 1,
-                      "eval_samples": 10, "threads": 1, "mfu_peak_tflops": 1.0, "class_dropout": 0.3,
-                      "ema_decay": 0.9, "log_every": 1, **{k: v for k, v in train.items() if k != "objective"}},
-            "sample": {"n": 4, "steps": 2, "guidance": 2.0}}
+                      "eval_samples": 10, "threads": 1, "mfu_peak_tflops": 1.0, "log_every": 1, **own,
+                      **{k: v for k, v in train.items() if k != "objective"}},
+            "sample": sample}
 
 
 @pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal"),
-                                             (LLAMA_MOE, "causal"), (DIFFUSION, "diffusion")],
-                         ids=["mlm", "span", "dropout", "moe", "diffusion"])
+                                             (LLAMA_MOE, "causal"), (DIFFUSION, "diffusion"), (GAN, "gan")],
+                         ids=["mlm", "span", "dropout", "moe", "diffusion", "gan"])
 def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objective, corpus_dir, tmp_path):
     over = dict(model=model, train={"objective": objective, "max_steps": 8, "ckpt_every": 4, "keep_last": 2})
-    make = (lambda run: _image_cfg(run, **over)) if objective == "diffusion" else (
+    make = (lambda run: _image_cfg(run, **over)) if objective in _IMAGE else (
         lambda run: _cfg(corpus_dir, run, **over))
     ref = tmp_path / "ref"
     _run(make(ref))
@@ -93,6 +102,8 @@ def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objectiv
     _assert_same_run(copy, ref)
     a, b = load_file(str(ref / "final" / "model.safetensors")), load_file(str(copy / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (diffusion: the EMA weights)
+    if objective == "gan":  # each player's loss, and R1 on the steps that compute it, logged every step
+        assert len(losses(ref, "G/loss")) == 8 and sorted(losses(ref, "D/r1")) == [1, 4, 7]
 
 
 # ---- an unreadable latest checkpoint is skipped ------------------------------------------------------
@@ -148,10 +159,17 @@ def test_resume_with_no_readable_checkpoint_names_them(reference, corpus_dir, tm
 
 
 # ---- (ii) kill -9 inside a checkpoint write ----------------------------------------------------------
-def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(reference, corpus_dir, tmp_path):
+@pytest.mark.parametrize("kind", ["causal", "gan"])
+def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(kind, reference, corpus_dir, tmp_path):
+    if kind == "gan":  # two optimizers and the EMA of G in the checkpoint (#14); its own uninterrupted run
+        make = lambda run: _image_cfg(run, GAN, {"objective": "gan", **OVER["train"]})  # noqa: E731
+        reference = tmp_path / "ref"
+        _run(make(reference))
+    else:
+        make = lambda run: _cfg(corpus_dir, run)  # noqa: E731
     run = tmp_path / "killed"
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump(_cfg(corpus_dir, run)))
+    cfg_file.write_text(yaml.safe_dump(make(run)))
     env = {**os.environ, "GENMODELS_TEST_KILL_IN_CHECKPOINT": "optimizer.safetensors@8", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "genmodels.cli_train", str(cfg_file), "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -161,7 +179,7 @@ def test_kill_9_inside_a_checkpoint_write_resumes_from_the_previous_one(referenc
                                                                                  "optimizer.safetensors"]
     assert latest_checkpoint(run).name == "step-000004"
     said = []
-    res = _run(_cfg(corpus_dir, run), resume=True, log=said.append)
+    res = _run(make(run), resume=True, log=said.append)
     assert min(res.train_losses) == 5 and any("taking over the stale lock" in s for s in said)
     _assert_same_run(run, reference)
     assert not list((run / "checkpoints").glob(".tmp-*"))
