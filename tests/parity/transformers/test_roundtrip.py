@@ -21,6 +21,7 @@ HF_VARIANTS = {
     "llama-gqa": ("llama", {"num_key_value_heads": 2}),
     "llama-mqa-tied": ("llama", {"num_key_value_heads": 1, "tie_word_embeddings": True}),
     "mistral-window": ("mistral", {"sliding_window": 8}),
+    "mixtral-window": ("mixtral", {"sliding_window": 8}),  # save_pretrained writes 4.x keys; export_hf 5.x
 }
 
 
@@ -40,6 +41,7 @@ def test_hf_to_ours_to_hf(tmp_path, name):
     ids = random_ids(2, 20)
     torch.testing.assert_close(back(ids).logits, hf(ids).logits, atol=0, rtol=0)
     for key in ("vocab_size", "tie_word_embeddings", "sliding_window", "num_key_value_heads", "rms_norm_eps",
+                "num_local_experts", "num_experts_per_tok", "intermediate_size",
                 "layer_norm_epsilon", "activation_function", "n_positions", "max_position_embeddings"):
         assert getattr(back.config, key, None) == getattr(hf.config, key, None), key
 
