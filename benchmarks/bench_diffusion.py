@@ -28,8 +28,9 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-import platform
+import os
 import statistics
+import sys
 import tempfile
 import time
 
@@ -37,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_retnet import cpu_name  # noqa: E402  (one CPU-name reader for the benchmarks)
 
 ANCHOR = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128), layers_per_block=2,
               down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
@@ -49,17 +53,6 @@ CLASSES = [  # (label, aten op name prefixes), first match wins
     ("silu", ("silu",)),
     ("optimizer", ("_fused_adamw", "lerp", "addcdiv", "addcmul", "sqrt", "_foreach")),
 ]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 class OpTimes(TorchDispatchMode):
