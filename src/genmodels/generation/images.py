@@ -124,6 +124,17 @@ def sample(model: nn.Module, n: int = 64, labels=None, steps: int | None = None,
                              opts["scheduler"], float(opts["guidance"]), seed, progress)
 
 
+def _denoiser(model: nn.Module, dev: torch.device, dtype: torch.dtype):
+    """The network sampling calls: on CPU in fp32 a UNet2D runs through FastUNet (channels_last, prepacked
+    oneDNN convolutions; equal to the module forward to fp32 rounding, tests/models/diffusion/test_fast_paths.py),
+    anything else through the module itself."""
+    from ..models.diffusion.fast import FastUNet
+    from ..models.diffusion.unet import UNet2D
+    if isinstance(model, UNet2D) and dev.type == "cpu" and dtype == torch.float32:
+        return FastUNet(model)
+    return model
+
+
 @torch.inference_mode()
 def _diffusion_sample(model: nn.Module, n: int, labels: torch.Tensor | None, steps: int, scheduler_name: str,
                       w: float, seed: int | None, progress: bool) -> torch.Tensor:
@@ -144,6 +155,7 @@ def _diffusion_sample(model: nn.Module, n: int, labels: torch.Tensor | None, ste
         if guided:  # one batched forward over [cond; uncond]
             y = torch.cat([y, torch.full_like(y, c.null_label)])
         timesteps = sched.timesteps
+        denoise = _denoiser(model, dev, dtype)
         if progress:
             import sys
 
@@ -151,7 +163,7 @@ def _diffusion_sample(model: nn.Module, n: int, labels: torch.Tensor | None, ste
             timesteps = tqdm(timesteps, desc="sample", unit="step", file=sys.stderr, dynamic_ncols=True)
         for t in timesteps:
             inp = sched.scale_model_input(torch.cat([x, x]) if guided else x, t)
-            out = model(inp, t.to(dev), class_labels=y)  # (n or 2n, C, H, W)
+            out = denoise(inp, t.to(dev), class_labels=y)  # (n or 2n, C, H, W)
             if guided:
                 cond, uncond = out.chunk(2)
                 out = uncond + w * (cond - uncond)
