@@ -49,6 +49,8 @@ def _options(args: argparse.Namespace) -> dict:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from .generation.images import sample, save_grid
+    from .training.memory import keep_freed_memory
+    keep_freed_memory()  # the sampling loop reuses its pages instead of faulting fresh ones in each step
     model = _load(args.path)
     images = sample(model, n=args.n, labels=args.label, seed=args.seed, progress=not args.no_progress,
                     **_options(args))
