@@ -18,8 +18,9 @@ top-2: 13.4M parameters, the ACTIVE feed-forward per token 2 × 344 = llama-tiny
    transformers 5.24 (``integrations/moe.py``: ``eager`` loop over hit experts, ``batched_mm`` per-token
    gathered weights, ``grouped_mm`` sorted grouped GEMM) is timed; the fastest is the reference and named.
 3. **decode at batch 1 vs transformers** (target ≥ 2×): greedy, prompt 16, ``--new-tokens`` new,
-   ``genmodels.generate`` (the PyTorch decode loop: the native step refuses an MoE) against
-   ``generate(do_sample=False)`` with each expert implementation, the fastest kept.
+   ``genmodels.generate`` (the native fused decode step, csrc/moe.c for the sparse layers, when the
+   kernels build; the path taken is printed; also timed with ``GENMODELS_NATIVE=0``, the PyTorch loop)
+   against ``generate(do_sample=False)`` with each expert implementation, the fastest kept.
 
 Timing: one process; each transformers row is first timed once, and one slower than 2× the fastest
 such call is left out of the rounds (its one-call time is printed); the other rows of a measurement
@@ -136,10 +137,26 @@ def decode_runs(a) -> dict:
     x = torch.randint(0, model.config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(1))
     n = a.new_tokens
 
+    from genmodels.native.step import unsupported
+
     def ours():
         return genmodels.generate(model, x, n, eos_token_id=[])
-    rows = {"genmodels": ours}
+
+    def ours_torch():
+        old = os.environ.get("GENMODELS_NATIVE")
+        os.environ["GENMODELS_NATIVE"] = "0"
+        try:
+            return ours()
+        finally:
+            if old is None:
+                del os.environ["GENMODELS_NATIVE"]
+            else:
+                os.environ["GENMODELS_NATIVE"] = old
+    reason = unsupported(model)
+    print(f"  genmodels decodes on {'the native step' if reason is None else 'the PyTorch loop: ' + reason}")
+    rows = {"genmodels": ours, "genmodels PyTorch loop": ours_torch}
     want = ours()
+    assert torch.equal(ours_torch(), want), "native and PyTorch greedy ids differ"
     for impl in IMPLEMENTATIONS:
         hf = hf_twin(model, impl).eval()
 

@@ -1,5 +1,6 @@
 """The Mixtral presets (#11): mixtral-tiny is llama-tiny with 8 experts at llama-tiny's active width,
-mixtral-8x7b has the paper's sizes; the recipe validates; the native decode step refuses an MoE model.
+mixtral-8x7b has the paper's sizes; the recipe validates; the native decode step covers a dropless MoE model
+(tests/native/test_moe_native.py) and refuses one with an eval capacity.
 (mixtral-8x7b against transformers' MixtralConfig: tests/parity/transformers/test_mixtral.py.)"""
 from __future__ import annotations
 
@@ -46,12 +47,13 @@ def test_recipe_validates():
         llama.data, llama.train.seed, llama.train.max_minutes, llama.train.max_steps)
 
 
-def test_native_decode_step_refuses_an_moe_model_with_a_reason():
-    cfg = genmodels.preset("mixtral-tiny", vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1,
-                           expert_d_ff=16, n_experts=4)
+def test_native_decode_step_refuses_an_moe_model_with_a_capacity_with_a_reason():
+    kw = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, expert_d_ff=16, n_experts=4)
+    assert unsupported(genmodels.build_model(genmodels.preset("mixtral-tiny", **kw)).eval()) is None
+    cfg = genmodels.preset("mixtral-tiny", **kw, eval_capacity_factor=2.0)
     model = randomise(genmodels.build_model(cfg)).eval()
     reason = unsupported(model)
-    assert isinstance(reason, str) and "SparseMoE" in reason
+    assert isinstance(reason, str) and "capacity" in reason
     ids = torch.randint(0, 64, (1, 5))
     out = genmodels.generate(model, ids, 6)  # the PyTorch loop serves it instead
     assert out.shape == (1, 11)

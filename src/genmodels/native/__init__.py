@@ -35,7 +35,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c, encoder.c, retnet.c
+SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ moe.c), encoder.c, retnet.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -303,7 +303,8 @@ def _projections(block: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
     """The matrix products of a block that the kernels read as plain weights, by name."""
     attn, mlp, cross = block.attn, block.mlp, getattr(block, "cross", None)
     out = {"attn.qkv": getattr(attn, "qkv", None), "attn.out": getattr(attn, "out", None)}
-    names = ("gate_up", "down") if hasattr(mlp, "gate_up") else ("fc1", "fc2")
+    # a sparse MoE has no linears: its stacked weights are read as such (decoder.unsupported checks its parts)
+    names = ("gate_up", "down") if hasattr(mlp, "gate_up") else () if hasattr(mlp, "router") else ("fc1", "fc2")
     out.update({f"mlp.{n}": getattr(mlp, n, None) for n in names})
     if cross is not None:
         out.update({f"cross.{n}": getattr(cross, n, None) for n in ("q", "kv", "out")})

@@ -10,7 +10,8 @@ It reads the model's own parameters and KV cache in place (no copies; the state 
 PyTorch forward are untouched) and covers what the decoder-only, T5 and original-Transformer
 presets build: pre- and post-norm blocks, LayerNorm / RMSNorm, learned / sinusoidal / RoPE (incl.
 partial) / ALiBi / T5 relative positions, multi-, grouped- and multi-query heads, sliding windows,
-padding masks, plain and gated MLPs, tied or separate heads with optional biases, cross-attention
+padding masks, plain and gated MLPs, sparse MoE feed-forwards (dropless top-k routing, in every
+layer or mixed with dense ones: csrc/moe.c), tied or separate heads with optional biases, cross-attention
 over a cached memory. Anything else (another dtype or device, sharded parameters, unknown
 components) is reported by :func:`unsupported` and generation keeps the PyTorch path.
 """
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 
 from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, MLP, RelativePositionBias, SelfAttention,
-                  SinusoidalPositionalEmbedding)
+                  SinusoidalPositionalEmbedding, SparseMoE, StackedExperts, TopKRouter)
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
@@ -34,8 +35,13 @@ _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm
 _CROSS_FIELDS = ("normx_w", "normx_b", "cross_q_w", "cross_q_b", "cross_out_w", "cross_out_b", "mem_k", "mem_v")
 
 
+class _Moe(ctypes.Structure):  # gm_moe in csrc/moe.h
+    _fields_ = [(n, _P) for n in ("router_w", "gate_up", "down")] + [(n, _I) for n in ("n_experts", "top_k", "d_ff",
+                                                                                        "renorm", "act")]
+
+
 class _Layer(ctypes.Structure):
-    _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS]
+    _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS] + [("moe", _Moe)]
 
 
 class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.c
@@ -52,6 +58,27 @@ def _decoder_parts(model: nn.Module):
     """(blocks, final norm, position embedding, rotary, score bias) of the model's decoder, as the
     model names them (``model.decoder_view()``)."""
     return tuple(model.decoder_view())
+
+
+def _moe_unsupported(moe: SparseMoE, layer: int, d_model: int) -> str | None:
+    """Why the C MoE feed-forward (csrc/moe.c) cannot compute this layer's :class:`SparseMoE` as its
+    PyTorch forward does in the model's current mode (``None``: it can)."""
+    router, experts = moe.router, moe.experts
+    if type(router) is not TopKRouter or type(experts) is not StackedExperts:
+        return f"block {layer} MoE parts {type(router).__name__}/{type(experts).__name__} not supported"
+    if experts.activation not in _ACT:
+        return f"block {layer} experts' activation {experts.activation!r} not supported"
+    if router.capacity(1) is not None:
+        mode = "capacity_factor (training mode)" if router.training else "eval_capacity_factor"
+        return (f"block {layer} MoE has an expert capacity ({mode}): its token drops depend on the whole "
+                "batch's routing; only dropless routing is covered")
+    if router.training and router.jitter > 0:
+        return f"block {layer} MoE router jitter is on (training mode)"
+    e, f = experts.n_experts, experts.d_ff
+    shapes = (tuple(router.weight.shape), tuple(experts.gate_up_proj.shape), tuple(experts.down_proj.shape))
+    if shapes != ((e, d_model), (e, 2 * f, d_model), (e, d_model, f)) or not 1 <= router.k <= e:
+        return f"block {layer} MoE weight shapes {shapes} (k={router.k}) are inconsistent"
+    return None
 
 
 @never_raises
@@ -76,12 +103,15 @@ def unsupported(model: nn.Module) -> str | None:
     allowed = (PreNormCrossBlock, PostNormCrossBlock) if seq2seq else (PreNormBlock, PostNormBlock)
     if len({type(b) for b in blocks}) != 1:
         return "blocks of different kinds"
-    for blk in blocks:
+    for i, blk in enumerate(blocks):
         if type(blk) not in allowed:
             return f"block {type(blk).__name__} not supported"
         if type(blk.attn) is not SelfAttention:
             return f"attention {type(blk.attn).__name__} not supported"
-        if type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
+        if type(blk.mlp) is SparseMoE:
+            if (reason := _moe_unsupported(blk.mlp, i, model.config.d_model)) is not None:
+                return reason
+        elif type(blk.mlp) not in (MLP, GatedMLP) or blk.mlp.activation not in _ACT:
             return f"feed-forward {type(blk.mlp).__name__} not supported"
         norms = (blk.norm1, blk.norm2) + ((blk.norm_cross,) if seq2seq else ())
         for n in norms:
@@ -107,6 +137,14 @@ def unsupported(model: nn.Module) -> str | None:
     if rotary is not None and rotary.rot_dim > 512:
         return "rotary dimension > 512"
     return None
+
+
+def _bind_moe(s: _Moe, moe: SparseMoE, ptr: Pinned) -> None:
+    """Point ``s`` at a :class:`SparseMoE`'s stacked weights (read in place) and give its sizes."""
+    router, experts = moe.router, moe.experts
+    s.router_w, s.gate_up, s.down = ptr(router.weight), ptr(experts.gate_up_proj), ptr(experts.down_proj)
+    s.n_experts, s.top_k, s.d_ff = experts.n_experts, router.k, experts.d_ff
+    s.renorm, s.act = int(router.renormalize), _ACT[experts.activation]
 
 
 class FusedDecodeStep:
@@ -135,10 +173,15 @@ class FusedDecodeStep:
 
         layers = (_Layer * len(blocks))()
         for i, (blk, lc) in enumerate(zip(blocks, self.cache.layers)):
-            fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
+            fc = (None,) * 4  # a sparse MoE layer: its parts go to layers[i].moe
+            if type(blk.mlp) is SparseMoE:
+                _bind_moe(layers[i].moe, blk.mlp, ptr)
+            else:
+                fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
+                fc = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
             vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv.weight, blk.attn.qkv.bias,
                     blk.attn.out.weight, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
-                    fc1.weight, fc1.bias, fc2.weight, fc2.bias, None, None)  # k/v cache: _bind_cache
+                    *fc, None, None)  # k/v cache: _bind_cache
             if seq2seq:
                 mem_k, mem_v = cache.memory_kv[i]
                 vals += (blk.norm_cross.weight, getattr(blk.norm_cross, "bias", None), blk.cross.q.weight,
@@ -149,13 +192,14 @@ class FusedDecodeStep:
         m = _Model()
         m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
                                                               a0.head_dim)
-        m.d_ff = blocks[0].mlp.d_ff if type(blocks[0].mlp) is GatedMLP else blocks[0].mlp.fc1.out_features
+        dense = next((b.mlp for b in blocks if type(b.mlp) is not SparseMoE), None)  # None: every layer is MoE
+        m.d_ff = 0 if dense is None else dense.d_ff if type(dense) is GatedMLP else dense.fc1.out_features
         m.vocab = model.output_head().get_weight().shape[0]
         m.norm = norm_kind(blocks[0].norm1)
         m.post_norm = int(type(blocks[0]).__name__.startswith("PostNorm"))
         m.final_norm = int(not isinstance(final_norm, nn.Identity))
-        m.gated = int(type(blocks[0].mlp) is GatedMLP)
-        m.act = _ACT[blocks[0].mlp.activation]
+        m.gated = int(type(dense) is GatedMLP)
+        m.act = _ACT[dense.activation] if dense is not None else 0
         m.window = 0 if seq2seq else c.sliding_window or 0  # the PyTorch seq2seq decoder has no window
         m.n_threads = torch.get_num_threads()
         m.norm_eps = blocks[0].norm1.eps

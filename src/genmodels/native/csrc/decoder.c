@@ -1,7 +1,9 @@
 #include "common.h"
+#include "moe.h"
 
 /* Fused decode step of a decoder: decoder-only (GPT-2 / Llama / Mistral) or the decoder of an
  * encoder–decoder (T5, the original Transformer), whose blocks add cross-attention over the memory.
+ * A layer's feed-forward is dense (fc1/fc2) or a sparse mixture of experts (moe.c).
  * The field order of these structs is mirrored by ctypes in genmodels/native/decoder.py.
  */
 typedef struct {
@@ -10,6 +12,7 @@ typedef struct {
     float *k_cache, *v_cache; /* (B, H_kv, L_max, dh) */
     /* cross-attention (NULL cross_q_w: none): q from Norm_x(x), k/v of the memory (B, H_kv, S, dh) */
     const float *normx_w, *normx_b, *cross_q_w, *cross_q_b, *cross_out_w, *cross_out_b, *mem_k, *mem_v;
+    gm_moe moe; /* a sparse MoE feed-forward (moe.c) in place of fc1/fc2 when moe.router_w ≠ NULL */
 } gm_layer;
 
 enum { POS_NONE = 0, POS_TABLE = 1, POS_ROPE = 2, POS_ALIBI = 3 };
@@ -26,10 +29,22 @@ typedef struct {
     float *scratch; /* gm_scratch_floats() floats */
 } gm_model;
 
-GM_API int64_t gm_scratch_floats(const gm_model *m) {
+/* The dense part of the scratch (floats); the MoE layers' part follows it, at an even offset. */
+static int64_t dense_scratch_floats(const gm_model *m) {
     int64_t B = m->batch, qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
     int64_t keys = m->max_len > m->mem_len ? m->max_len : m->mem_len;
-    return B * (2 * m->d + qkv + 2 * m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * keys;
+    int64_t n = B * (2 * m->d + qkv + 2 * m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * keys;
+    return n + (n & 1); /* the MoE part starts with int64 picks */
+}
+
+GM_API int64_t gm_scratch_floats(const gm_model *m) {
+    int64_t moe = 0;
+    for (int64_t l = 0; l < m->n_layers; l++) {
+        const gm_moe *e = &m->layers[l].moe;
+        int64_t n = e->router_w ? moe_scratch_floats(m->batch, e->n_experts, e->top_k, e->d_ff) : 0;
+        moe = n > moe ? n : moe;
+    }
+    return dense_scratch_floats(m) + moe;
 }
 
 /* HF half-split RoPE on the first rot_dim channels of one head vector: channel i pairs with
@@ -65,6 +80,7 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
     const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, L = m->max_len;
     float *x = m->scratch, *xn = x + B * D, *qkv = xn + B * D, *att = qkv + B * QKV, *ff = att + B * H * DH;
     float *hid = ff + B * FF, *q2 = hid + B * F, *scores_all = q2 + B * H * DH;
+    float *moe_scratch = m->scratch + dense_scratch_floats(m);
     const int64_t n_scores = L > m->mem_len ? L : m->mem_len;
     const float eps = (float)m->norm_eps, scale = (float)m->attn_scale;
     const int64_t n_keys = start + 1, group = H / HKV;
@@ -128,13 +144,18 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
                 linear_team(att, B, H * DH, ly->cross_out_w, ly->cross_out_b, x, D, 1);
                 GM_SUBLAYER_OUT(ly->normx_w, ly->normx_b);
             }
-            linear_team(GM_SUBLAYER_IN(ly->norm2_w, ly->norm2_b), B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
+            const float *ffn_in = GM_SUBLAYER_IN(ly->norm2_w, ly->norm2_b);
+            if (ly->moe.router_w) {
+                moe_team(&ly->moe, ffn_in, B, D, x, moe_scratch); /* x += MoE(ffn_in) */
+            } else {
+                linear_team(ffn_in, B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
 #pragma omp for schedule(static)
-            for (int64_t b = 0; b < B; b++) {
-                const float *g = ff + b * FF;
-                activate(hid + b * F, g, m->gated ? g + F : 0, F, (int)m->act);
+                for (int64_t b = 0; b < B; b++) {
+                    const float *g = ff + b * FF;
+                    activate(hid + b * F, g, m->gated ? g + F : 0, F, (int)m->act);
+                }
+                linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
             }
-            linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
             GM_SUBLAYER_OUT(ly->norm2_w, ly->norm2_b);
         }
 #undef GM_SUBLAYER_IN
