@@ -9,8 +9,8 @@ One optimizer step of a GAN run (:class:`~genmodels.training.steps.TrainStep` wi
 Each optimizer is :func:`~genmodels.training.optim.build_optimizer`'s AdamW (``train.weight_decay``
 0 makes it Adam, as in DCGAN) over its player's parameters only. Unset D fields follow G's:
 ``lr_d`` → ``lr``, ``betas_d`` → ``betas``, ``grad_clip_d`` → ``grad_clip``. The schedule (warm-up,
-cosine) scales both learning rates alike: lr_D(s) = lr_sched(s) · lr_d / lr. Both optimizers' states
-are in every checkpoint (``optimizer.safetensors``, keyed ``D/<i>`` and ``G/<i>``:
+cosine) scales both learning rates alike: lr_D(s) = lr_sched(s) · lr_d / lr (the trainer's set_lr).
+Both optimizers' states are in every checkpoint (``optimizer.safetensors``, keyed ``D/<i>`` and ``G/<i>``:
 :meth:`TrainStep.optimizer_state`), with the EMA of G (the objective's ``ema.*`` tensors in
 ``model.safetensors``), so ``--resume`` continues exactly.
 
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from ..config import ConfigError
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer
 from .steps import Phase, TrainStep
 
 DEFAULT_COLLAPSE_D_LOSS = 0.01
@@ -66,11 +66,6 @@ def gan_train_step(objective, tc, info, amp_dtype=None, scaler=None) -> TrainSte
     return TrainStep([Phase("D", partial(objective, player="D"), d, opt_d, clip_d, lr_d),
                       Phase("G", partial(objective, player="G"), g, opt_g, tc.grad_clip, tc.lr)],
                      info, amp_dtype, scaler)
-
-
-def phase_lr(step: int, phase: Phase, tc, max_steps: int) -> float:
-    """``phase``'s learning rate at ``step``: the run's schedule (lr → min_lr) scaled by phase.lr / train.lr."""
-    return lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, max_steps) * (phase.lr / tc.lr)
 
 
 def step_record(report, train_step: TrainStep) -> tuple[dict[str, float], str]:

@@ -37,7 +37,7 @@ from .distributed import DistInfo, full_model_state, full_optimizer_state, init_
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token, plot_expert_load, plot_losses
 from . import gan, image_run
-from .optim import build_optimizer
+from .optim import build_optimizer, lr_at
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
 from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
                     model_config, restore_rng, resume_point, rng_state)
@@ -275,7 +275,9 @@ def _loop(run: _Run) -> None:
     try:
         while run.step < run.max_steps and not stop:
             t0 = run.clock()
-            run.train_step.set_lr(lambda ph: gan.phase_lr(run.step, ph, tc, run.max_steps))
+            # each phase's rate follows the schedule, scaled by its peak (a GAN's D: train.lr_d / train.lr)
+            run.train_step.set_lr(lambda ph: lr_at(run.step, tc.lr, tc.min_lr, tc.warmup_steps, run.max_steps)
+                                  * (ph.lr / tc.lr))
             batches = [run.make_batch(next(run.sampler)) for _ in range(tc.grad_accum)]
             if run.watch is not None:
                 run.objective.set_step(run.step)  # lazy R1
