@@ -113,6 +113,15 @@ def test_each_player_gets_its_own_optimizer_settings(tmp_path):
     assert (d.lr, d.grad_clip, d.optimizer.param_groups[0]["betas"]) == (2e-4, 1.0, (0.5, 0.999))
 
 
+def test_the_bar_shows_d_real_d_fake_and_the_last_r1():
+    obj = GANObjective.for_model(genmodels.build_model(genmodels.preset("dcgan-digits", z_dim=8, g_width=16,
+                                                                        d_width=8)))
+    step = {"D/d_real": 0.8, "D/d_fake": 0.3, "G/g_fake": 0.4}
+    assert obj.bar_metrics(step) == {"d_real": 0.8, "d_fake": 0.3}  # no R1 computed yet
+    assert obj.bar_metrics({**step, "D/r1": 0.05})["r1"] == 0.05
+    assert obj.bar_metrics(step) == {"d_real": 0.8, "d_fake": 0.3, "r1": 0.05}  # kept between R1 steps
+
+
 def test_gan_sample_hook_and_its_refusals():
     model = genmodels.build_model(genmodels.preset("dcgan-digits", z_dim=8, g_width=16, d_width=8))
     a = genmodels.sample(model, n=6, labels=4, seed=1)

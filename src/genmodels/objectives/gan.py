@@ -60,6 +60,7 @@ class GANObjective(Objective):
         self.z_dim, self.loss = z_dim, gan_loss(loss)
         self.r1_gamma, self.r1_every, self.ema_decay = r1_gamma, r1_every, ema_decay
         self.step = 0
+        self._bar_r1: float | None = None  # the last R1 the bar showed
         self.ema = None if ema_decay is None else copy.deepcopy(model.generator).requires_grad_(False).eval()
 
     @classmethod
@@ -103,8 +104,11 @@ class GANObjective(Objective):
         return out
 
     def bar_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """D(real), D(fake) and R1 in the bar (the losses are shown by the trainer)."""
-        return {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1] in ("d_real", "d_fake", "r1")}
+        """D(real), D(fake) and the latest R1 in the bar (the losses are shown by the trainer); R1 is computed
+        every ``r1_every`` steps, so the bar keeps the last value seen."""
+        shown = {k.split("/")[-1]: v for k, v in metrics.items() if k.split("/")[-1] in ("d_real", "d_fake", "r1")}
+        self._bar_r1 = shown.get("r1", self._bar_r1)
+        return {**shown, **({"r1": self._bar_r1} if self._bar_r1 is not None else {})}
 
     def set_step(self, step: int) -> None:
         """The number of steps done so far (decides lazy R1)."""
