@@ -147,7 +147,8 @@ def test_a_nan_stops_the_run_with_a_message_and_the_weights_saved(tmp_path, monk
         _train(gan_recipe(run))
     msg = str(e.value)
     assert "step 5 (phase G): loss nan" in msg and "non-finite" in msg and f"{run / 'diverged'}" in msg
-    assert f"{run / 'checkpoints' / 'step-000003'}" in msg and "lr_d" in msg  # the last good checkpoint; what to try
+    assert f"{run / 'checkpoints' / 'step-000003'}" in msg  # the last good checkpoint
+    assert "try: lower train.lr_d, raise model.r1_gamma;" in msg  # (spectral norm is on already)
     saved = genmodels.load(run / "diverged")  # the weights before the bad update: finite, loadable
     assert all(torch.isfinite(p).all() for p in saved.parameters())
     assert max(losses(run, "D/loss")) == 4 and [c.name for c in list_checkpoints(run)] == ["step-000003"]
@@ -165,6 +166,7 @@ def test_a_collapsed_discriminator_stops_the_run_with_a_checkpoint(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: training diverged: step "), err
     assert "the discriminator collapsed" in err[0] and "train.collapse_d_loss=0.05" in err[0]
+    assert "set model.r1_gamma (e.g. 0.1: R1)" in err[0]
     d_loss = losses(run, "D/loss")
     last = max(d_loss)
     assert last < 400 and all(d_loss[s] < 0.05 for s in range(last - 4, last + 1)) and d_loss[last - 5] >= 0.05

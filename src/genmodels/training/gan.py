@@ -101,8 +101,13 @@ class CollapseWatch:
                 "generated image from the real ones, so the generator learns nothing")
 
 
-ADVICE = ("lower train.lr_d (or raise train.lr), raise model.r1_gamma, or use model.spectral_norm: true; "
-          "--resume continues from a checkpoint with the new settings")
+def advice(config) -> str:
+    """What to try after a divergence, for the GANConfig ``config`` (only the stabilisers it lacks)."""
+    tries = ["lower train.lr_d",
+             "raise model.r1_gamma" if config.r1_gamma > 0 else "set model.r1_gamma (e.g. 0.1: R1)"]
+    if not config.spectral_norm:
+        tries.append("set model.spectral_norm: true (with d_batchnorm: false)")
+    return f"try: {', '.join(tries)}; --resume continues from a checkpoint with new train settings"
 
 
 def check_gan_train(t) -> None:

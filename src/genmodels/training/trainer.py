@@ -343,7 +343,7 @@ def _diverged(run: _Run, why: str, whole_step: bool) -> None:
         saved = f"the weights before that update saved to {save(run.objective.model, run.run_dir / 'diverged')}"
     else:
         saved = "the weights are not finite: not saved"
-    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; {gan.ADVICE}")
+    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; {gan.advice(run.mcfg)}")
 
 
 def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Tensor]:
