@@ -111,6 +111,9 @@ def test_each_player_gets_its_own_optimizer_settings(tmp_path):
     plain = RunConfig.from_dict(gan_recipe(tmp_path, lr_d=None, betas_d=None, grad_clip_d=None, grad_clip=1.0)).train
     d, g = gan_train_step(GANObjective.from_config(model, plain), plain, DistInfo()).phases
     assert (d.lr, d.grad_clip, d.optimizer.param_groups[0]["betas"]) == (2e-4, 1.0, (0.5, 0.999))
+    plain.distributed = "ddp"  # one process only, for now: refused by name before anything runs
+    with pytest.raises(ConfigError, match=r"train\.distributed='ddp': GAN runs train in one process"):
+        gan_train_step(GANObjective.from_config(model, plain), plain, DistInfo(kind="ddp", world_size=2))
 
 
 def test_the_bar_shows_d_real_d_fake_and_the_last_r1():
