@@ -133,6 +133,9 @@ def test_gan_sample_hook_and_its_refusals():
     assert model.training  # sampled in eval mode, left as it was
     with pytest.raises(ValueError, match=r"steps \(--steps\) does not apply"):
         model.sample(2, steps=3)
+    ema = GANObjective.for_model(model).ema  # sampling the EMA: a view of the pair, the original untouched
+    view = model.with_generator(ema)
+    assert view.generator is ema and view.discriminator is model.discriminator and model.generator is not ema
     with pytest.raises(ValueError, match=r"class 10 \(--class\) is out of range"):
         genmodels.sample(model, n=2, labels=10)
 
