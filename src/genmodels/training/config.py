@@ -460,7 +460,8 @@ def _objective_class(model: Any, train: Any) -> type | None:
 
 
 def _reject_other_families_fields(train: dict, objective: type | None, images: bool) -> None:
-    """ConfigError for a train field given in the recipe that only another family's objective reads."""
+    """ConfigError for a train field set (to a value other than its default) in the recipe that only another
+    family's objective reads."""
     from ..objectives import OBJECTIVES
     if not isinstance(train, dict) or objective is None:
         return
@@ -473,8 +474,10 @@ def _reject_other_families_fields(train: dict, objective: type | None, images: b
         owners.setdefault(f, []).append("image objectives" if f in IMAGE_TRAIN_FIELDS else "token objectives")
     refused = {f for f, who in owners.items() if f not in own}
     refused -= set(IMAGE_TRAIN_FIELDS if images else TOKEN_TRAIN_FIELDS)
-    for key in train:
-        if key in refused:
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    for key, value in train.items():
+        # a field at its default means nothing either way: a run's own config.yaml lists every field
+        if key in refused and value != defaults.get(key, object()):
             raise ConfigError(f"train.{key} means nothing for objective {objective.name!r} (read by "
                               f"{', '.join(owners[key])} only); remove it")
 

@@ -151,9 +151,9 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
                 skipped.append((path, str(e)))
                 continue
             if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
-                what = (f"images (data.source={dc.source!r}, data.path={dc.path!r}, ...)" if cfg.images else
+                what = (f"image set (data.source={dc.source!r}, data.path={dc.path!r}, ...)" if cfg.images else
                         f"corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...)")
-                raise RunDirError(f"--resume: the {what} differ(s) from the one {path} was trained on; resume "
+                raise RunDirError(f"--resume: the {what} differs from the one {path} was trained on; resume "
                                   "with the same data, or start a new run_dir")
             _check_resumed_model(saved, mcfg, run_dir)
             try:
