@@ -13,8 +13,8 @@ largest ``--steps`` (``lr_at``), gradient clipping ``train.grad_clip``, EMA afte
 from the EMA weights with ``genmodels.sample`` (DDIM, classifier-free guidance w).
 
 **diffusers** (the reference recipe, ../shared/reference/diffusion.md §5): ``UNet2DModel`` with widths
-32/64, one resnet per level, no attention (``add_attention=False``), 11 class embeddings (null label 10), ``DDPMScheduler``
-(squaredcos_cap_v2, T = 1000, ε), label dropout 0.1, ``torch.optim.AdamW(lr=1e-3)`` (its defaults:
+32/64, one resnet per level, no attention (``add_attention=False``), 11 class embeddings (null label 10),
+``DDPMScheduler`` (squaredcos_cap_v2, T = 1000, ε), label dropout 0.1, ``torch.optim.AdamW(lr=1e-3)`` (its defaults:
 constant lr, weight decay 0.01, no clipping), ``diffusers.training_utils.EMAModel(decay=0.999)``;
 sampled with ``DDIMScheduler.from_config`` and the same guidance formula ε̃ = ε_u + w(ε_c − ε_u).
 
@@ -45,6 +45,7 @@ from bench_retnet import cpu_name  # noqa: E402  (one CPU-name reader for the be
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_W1 = {250: 0.880, 500: 0.936, 1000: 0.960, 2000: 0.970, 3000: 0.960, 4000: 0.976}  # diffusion.md §5
 METRICS = ("accuracy", "kid", "recall", "precision")
+_PRED = {"epsilon": "ε-pred.", "v_prediction": "v-pred.", "sample": "x0-pred."}  # plot labels
 
 
 def _floats(text: str) -> list[float]:
@@ -70,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--png", default=None, help="write the accuracy curves here (e.g. docs/img/diffusion_quality.png)")
     p.add_argument("--json", default=None, help="write every figure here")
     p.add_argument("--replot", default=None, help="redraw --png (and the tables) from a --json file; no training")
+    p.add_argument("--extra", action="append", default=[], metavar="LABEL=JSON",
+                   help="with --replot: also plot an ours-only run's --json (a lever), as 'ours LABEL'")
     a = p.parse_args(argv)
     a.sides = [s for s in a.sides.split(",") if s]
     bad = [s for s in a.sides if s not in ("ours", "diffusers")]
@@ -252,8 +255,11 @@ def report(results: dict, args) -> None:
             print(f"  w={w:<4g} " + " ".join(f"{s}: {_fmt(_get(results[s], step, w)):22s}" for s in sides))
 
 
-def plot(results: dict, args, path: str) -> None:
+def plot(results: dict, args, path: str, extra: dict) -> None:
+    """Accuracy against steps: ours solid, diffusers dashed, a colour per guidance w; ``extra``
+    ({label: results of an ours-only run}) adds lever runs; the §5 reference run (its own scorer) in grey."""
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=90)
@@ -264,12 +270,19 @@ def plot(results: dict, args, path: str) -> None:
                 continue
             pts = [(s, _get(results[side], s, w)) for s in args.steps]
             pts = [(s, e["accuracy"]) for s, e in pts if e is not None]
+            name = side if side == "diffusers" else f"ours {_PRED[results[side]['recipe']['prediction_type']]}"
             if pts:
-                ax.plot(*zip(*pts), style, color=colours[i % 4], label=f"{side}, w={w:g}")
+                ax.plot(*zip(*pts), style, color=colours[i % 4], label=f"{name}, w={w:g}")
     ref = sorted(REFERENCE_W1.items())
-    ax.plot(*zip(*ref), ":x", color="grey", label="diffusers reference run, w=1 (§5)")
+    ax.plot(*zip(*ref), ":x", color="grey", label="diffusers reference run, w=1 (§5, LogReg scorer)")
     ax.axhline(0.975, color="grey", lw=0.5)
+    for (label, res), colour in zip(extra.items(), ("tab:green", "tab:purple", "tab:brown")):
+        pts = [(s, _get(res, s, 1.0)) for s in args.steps]  # w = 1 only (guided, every run is near 1.0)
+        pts = [(s, e["accuracy"]) for s, e in pts if e is not None]
+        if pts:
+            ax.plot(*zip(*pts), "-^", color=colour, label=f"ours {label}, w=1")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xticks(sorted(set(args.steps) | {4000}))
     ax.set_xticklabels([f"{s:g}" for s in sorted(set(args.steps) | {4000})])
     ax.set_xlabel("training steps (batch 128)")
@@ -306,8 +319,14 @@ def main(argv=None) -> None:
             Path(args.json).write_text(json.dumps(results, indent=1))
         results = json.loads(json.dumps(results))  # one key form (strings) for fresh and replotted results
     report(results, args)
+    extra = {}
+    for item in args.extra:
+        label, _, path = item.partition("=")
+        extra[label] = json.loads(Path(path).read_text())["ours"]
+        print(f"\nours {label}:")
+        report({"ours": extra[label]}, args)
     if args.png:
-        plot(results, args, args.png)
+        plot(results, args, args.png, extra)
 
 
 if __name__ == "__main__":
