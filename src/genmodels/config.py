@@ -115,6 +115,12 @@ class StrictConfig:
     def validate(self) -> None:
         """Checks between fields (subclasses); raise ConfigError naming ``self.where(field)``."""
 
+    def check_choice(self, name: str, allowed: tuple) -> None:
+        """ConfigError naming field ``name`` and what is allowed unless its value is one of ``allowed``."""
+        if getattr(self, name) not in allowed:
+            raise ConfigError(f"{self.where(name)}={getattr(self, name)!r} is not allowed; "
+                              f"choose one of {', '.join(map(str, allowed))}")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], path: str | None = None):
         """Build from a dict: unknown keys and bad values are named by their dotted path."""

@@ -81,17 +81,12 @@ class DiffusionConfig(StrictConfig):
         if v < low:
             raise ConfigError(f"{self.where(name)}={v!r} must be >= {low}")
 
-    def _choice(self, name: str, allowed: tuple[str, ...]) -> None:
-        if getattr(self, name) not in allowed:
-            raise ConfigError(f"{self.where(name)}={getattr(self, name)!r} is not allowed; "
-                              f"choose one of {', '.join(allowed)}")
-
     def validate(self) -> None:
         if self.family != "diffusion":
             raise ConfigError(f"{self.where('family')}={self.family!r} must be 'diffusion' for a DiffusionConfig")
-        self._choice("backbone", BACKBONES)
-        self._choice("beta_schedule", BETA_SCHEDULES)
-        self._choice("prediction_type", PREDICTION_TYPES)
+        self.check_choice("backbone", BACKBONES)
+        self.check_choice("beta_schedule", BETA_SCHEDULES)
+        self.check_choice("prediction_type", PREDICTION_TYPES)
         for name in ("image_size", "in_channels", "num_train_timesteps"):
             self._at_least(name, 1)
         if self.out_channels is not None:

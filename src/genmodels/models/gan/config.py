@@ -63,18 +63,13 @@ class GANConfig(StrictConfig):
         return self.image_size.bit_length() - 3
 
     # ---- validation ----------------------------------------------------------------------------
-    def _choice(self, name: str, allowed: tuple) -> None:
-        if getattr(self, name) not in allowed:
-            raise ConfigError(f"{self.where(name)}={getattr(self, name)!r} is not allowed; "
-                              f"choose one of {', '.join(map(str, allowed))}")
-
     def validate(self) -> None:
         if self.family != "gan":
             raise ConfigError(f"{self.where('family')}={self.family!r} must be 'gan' for a GANConfig")
-        self._choice("image_size", IMAGE_SIZES)
-        self._choice("channels", CHANNELS)
-        self._choice("conditioning", CONDITIONINGS)
-        self._choice("loss", LOSSES)
+        self.check_choice("image_size", IMAGE_SIZES)
+        self.check_choice("channels", CHANNELS)
+        self.check_choice("conditioning", CONDITIONINGS)
+        self.check_choice("loss", LOSSES)
         for name in ("z_dim", "g_width", "d_width", "r1_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.where(name)}={getattr(self, name)} must be >= 1")
