@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_retnet import cpu_name  # noqa: E402  (one CPU-name reader for the benchmarks)
+from common import cpu_name  # noqa: E402  (what the benchmarks share)
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_W1 = {250: 0.880, 500: 0.936, 1000: 0.960, 2000: 0.970, 3000: 0.960, 4000: 0.976}  # diffusion.md §5

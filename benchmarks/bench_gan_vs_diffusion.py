@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from bench_retnet import cpu_name  # noqa: E402  (one CPU-name reader for the benchmarks)
+from common import cpu_name  # noqa: E402  (what the benchmarks share)
 
 
 def train_recipe(path: str, run_dir: Path, minutes: float, reuse: bool) -> tuple[Path, dict]:

@@ -42,7 +42,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_retnet import cpu_name  # noqa: E402  (one CPU-name reader for the benchmarks)
+from common import cpu_name, step_times  # noqa: E402  (what the benchmarks share)
 
 IMPLEMENTATIONS = ("eager", "batched_mm", "grouped_mm")  # transformers 5.24 integrations/moe.py
 HF_LIKE_LOSSES = dict(router_aux_loss="mixtral", router_aux_coef=1e-3, router_z_coef=0.0)
@@ -77,14 +77,7 @@ def batch_of(b: int, t: int, vocab: int, seed: int = 0) -> dict:
 
 
 def fastest(step, n: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    return min(times)
+    return min(step_times(step, n, warmup))
 
 
 # ---- 1. training step: mixtral-tiny vs llama-tiny -------------------------------------------------

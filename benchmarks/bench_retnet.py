@@ -44,7 +44,6 @@ import contextlib
 import copy
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -54,19 +53,11 @@ from typing import Callable
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import cpu_name, step_times  # noqa: E402  (what the benchmarks share)
+
 VOCAB, CONTEXT = 8192, 8192 + 256
 ROWS = ("RetNet native", "RetNet PyTorch", "torchscale", "Llama native", "Llama PyTorch")
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _rss_mb() -> float:
@@ -213,13 +204,7 @@ def train_side(model: str, steps: int, batch: int, seq: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
+    times = step_times(step, steps)
     return {"model": model, "params": n_params(m), "tok_s": batch * seq / min(times),
             "median_tok_s": batch * seq / statistics.median(times)}
 
