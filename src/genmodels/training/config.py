@@ -21,7 +21,6 @@ what is allowed. ``--set section.key=value`` overrides are parsed with ``yaml.sa
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -33,6 +32,10 @@ from ..config import ConfigError, ModelConfig
 from ..registry import config_from_dict, preset, presets
 from ..data.corpus import CORPUS_KINDS
 from ..data.images import ImageDataConfig
+from .train_fields import IMAGE_TRAIN_FIELDS, TOKEN_TRAIN_FIELDS  # noqa: F401  (re-exported)
+from .train_fields import check_router_losses, objective_class, reject_other_families_fields
+from .values import allowed as _allowed, integer as _integer, number as _number
+from .values import reject_unknown as _reject_unknown, string as _string
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -133,9 +136,6 @@ class ImageSampleConfig:
 
 
 # train.* fields that only the token objectives read (refused for an image family)
-TOKEN_TRAIN_FIELDS = ("loss_chunk", "activation_checkpointing", "mlm_prob", "span_noise_density",
-                      "span_mean_length")
-IMAGE_TRAIN_FIELDS = ("eval_samples",)  # read by every image objective (refused for the token families)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class RunConfig:
             raise ConfigError(f"a training config must be a mapping with keys {_allowed(cls)}; got {type(d).__name__}")
         _reject_unknown(d, cls, "")
         kw: dict[str, Any] = {}
-        objective = _objective_class(d.get("model"), d.get("train"))
+        objective = objective_class(d.get("model"), d.get("train"))
         images = getattr(objective, "data", "tokens") == "images"
         for name, sub in (("data", ImageDataConfig if images else DataConfig), ("train", TrainConfig),
                           ("sample", ImageSampleConfig if images else SampleConfig)):
@@ -171,7 +171,8 @@ class RunConfig:
                     continue
                 _reject_unknown(sec, sub, name + ".")
                 kw[name] = sub(**sec)
-        _reject_other_families_fields(d.get("train") or {}, objective, images)
+        reject_other_families_fields(d.get("train") or {}, objective, images,
+                                      {f.name: f.default for f in fields(TrainConfig)})
         if "model" in d:
             m = d["model"] or {}
             if not isinstance(m, dict):
@@ -329,7 +330,7 @@ class RunConfig:
         _number("train.mlm_prob", t.mlm_prob, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _number("train.span_noise_density", t.span_noise_density, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
         _number("train.span_mean_length", t.span_mean_length, lo=1.0)
-        _check_router_losses(t, cfg)
+        check_router_losses(t, cfg)
         if objective == "mlm" and not cfg.mlm_head:
             raise ConfigError(f"train.objective=mlm needs a masked-LM head, but model.mlm_head=false"
                               f"{f' (preset {name})' if name else ''}; set model.mlm_head: true")
@@ -349,7 +350,7 @@ class RunConfig:
         from ..objectives import objective_for
         cfg = _family_config(name, m)
         objective_for(cfg.family, self.train.objective)  # raises ConfigError when they do not fit
-        _check_router_losses(self.train, cfg)
+        check_router_losses(self.train, cfg)
         return cfg
 
     @property
@@ -405,27 +406,6 @@ class RunConfig:
         self.check_model_vocab(self.model_config().vocab_size, tok_vocab)
 
 
-def _check_router_losses(t: TrainConfig, cfg: ModelConfig) -> None:
-    """train.router_*: allowed values, and set only where they mean something (a sparse MoE model;
-    a coefficient for an auxiliary loss that is on)."""
-    from ..objectives.router import AUX_LOSSES
-    names = ("router_aux_loss", "router_aux_coef", "router_z_coef")
-    if t.router_aux_loss is not None and t.router_aux_loss not in AUX_LOSSES:
-        raise ConfigError(f"train.router_aux_loss={t.router_aux_loss!r} is not allowed; "
-                          f"choose one of {', '.join(AUX_LOSSES)}")
-    for name in names[1:]:
-        if getattr(t, name) is not None:
-            _number(f"train.{name}", getattr(t, name), lo=0.0)
-    if getattr(cfg, "n_experts", 0) == 0:
-        for name in names:
-            if getattr(t, name) is not None:
-                raise ConfigError(f"train.{name}={getattr(t, name)!r} means nothing for a dense model "
-                                  "(model.n_experts is 0); leave it out or set model.n_experts")
-    if t.router_aux_loss == "none" and t.router_aux_coef is not None:
-        raise ConfigError(f"train.router_aux_coef={t.router_aux_coef!r} means nothing with "
-                          "train.router_aux_loss=none; leave it out or choose switch or mixtral")
-
-
 def _family_config(name: str | None, m: dict[str, Any]):
     """The family config of preset ``name`` (or of ``m["family"]``) with the overrides ``m``."""
     try:
@@ -444,81 +424,8 @@ def _check_preset_name(name: Any) -> None:
         raise ConfigError(f"model.preset={name!r} is not allowed; choose one of {known}")
 
 
-def _objective_class(model: Any, train: Any) -> type | None:
-    """The objective class a recipe's model and train sections select (None when they do not say yet:
-    validation names the problem later)."""
-    from ..objectives import OBJECTIVES, objective_for
-    from ..registry import DEFAULT_FAMILY
-    m = model if isinstance(model, dict) else {"preset": "llama-tiny"}
-    name = m.get("preset")
-    try:
-        family = preset(name).family if isinstance(name, str) else m.get("family", DEFAULT_FAMILY)
-        objective = objective_for(family, (train or {}).get("objective", "auto") if isinstance(train, dict) else "auto")
-    except (ConfigError, TypeError, AttributeError):
-        return None
-    return OBJECTIVES.get(objective) if isinstance(objective, str) else None
-
-
-def _reject_other_families_fields(train: dict, objective: type | None, images: bool) -> None:
-    """ConfigError for a train field set (to a value other than its default) in the recipe that only another
-    family's objective reads."""
-    from ..objectives import OBJECTIVES
-    if not isinstance(train, dict) or objective is None:
-        return
-    own = set(getattr(objective, "train_options", ()))
-    owners: dict[str, list[str]] = {}
-    for name, cls in OBJECTIVES.items():
-        for f in getattr(cls, "train_options", ()):
-            owners.setdefault(f, []).append(name)
-    for f in (*TOKEN_TRAIN_FIELDS, *IMAGE_TRAIN_FIELDS):
-        owners.setdefault(f, []).append("image objectives" if f in IMAGE_TRAIN_FIELDS else "token objectives")
-    refused = {f for f, who in owners.items() if f not in own}
-    refused -= set(IMAGE_TRAIN_FIELDS if images else TOKEN_TRAIN_FIELDS)
-    defaults = {f.name: f.default for f in fields(TrainConfig)}
-    for key, value in train.items():
-        # a field at its default means nothing either way: a run's own config.yaml lists every field
-        if key in refused and value != defaults.get(key, object()):
-            raise ConfigError(f"train.{key} means nothing for objective {objective.name!r} (read by "
-                              f"{', '.join(owners[key])} only); remove it")
-
-
-def _allowed(cls) -> str:
-    return ", ".join(f.name for f in fields(cls))
-
-
-def _reject_unknown(d: dict, cls, prefix: str) -> None:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)}; "
-                          f"allowed under {prefix.rstrip('.') or 'the top level'}: {_allowed(cls)}")
-
-
 _STRING_KEYS = ("precision", "device", "distributed", "activation_checkpointing", "objective")
-# (train.router_aux_loss may be null: checked by _check_router_losses)
-
-
-def _string(name: str, v: Any) -> None:
-    if not isinstance(v, str):
-        raise ConfigError(f"{name}={v!r} must be a string")
-
-
-def _integer(name: str, v: Any, lo: int) -> None:
-    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
-        raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
-
-
-def _number(name: str, v: Any, lo: float | None = None, hi: float | None = None,
-            lo_open: bool = False, hi_open: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if ok and lo is not None:
-        ok = v > lo if lo_open else v >= lo
-    if ok and hi is not None:
-        ok = v < hi if hi_open else v <= hi
-    if not ok:
-        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        raise ConfigError(f"{name}={v!r} must be a number {' and '.join(x for x in (lo_s, hi_s) if x)}")
+# (train.router_aux_loss may be null: checked by check_router_losses)
 
 
 # the YAML side (reading a recipe, --set overrides, writing it back) lives in recipe.py

@@ -112,7 +112,7 @@ def advice(config) -> str:
 
 def check_gan_train(t) -> None:
     """ConfigError naming the GAN-only ``train.*`` field (lr_d, betas_d, grad_clip_d, collapse_*) whose value is bad."""
-    from .config import _integer, _number
+    from .values import integer as _integer, number as _number
     if t.lr_d is not None:
         _number("train.lr_d", t.lr_d, lo=0.0, lo_open=True)
     if t.betas_d is not None and (
