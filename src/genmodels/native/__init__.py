@@ -35,7 +35,8 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ moe.c), encoder.c, retnet.c
+SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ moe.c), encoder.c, retnet.c,
+# attention.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -240,6 +241,13 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_retnet_scratch_floats.restype = i64
     lib.gm_retnet_step.argtypes = [vp, vp, vp, vp]
     lib.gm_retnet_step.restype = c_int
+    f32 = ctypes.c_float
+    lib.gm_attention_lanes.argtypes = []
+    lib.gm_attention_lanes.restype = i64
+    lib.gm_attention_forward.argtypes = [i64, i64, i64, i64, f32, vp, vp, vp, vp, vp, vp, c_int]
+    lib.gm_attention_forward.restype = c_int
+    lib.gm_attention_backward.argtypes = [i64, i64, i64, i64, f32, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, c_int]
+    lib.gm_attention_backward.restype = c_int
     return lib
 
 

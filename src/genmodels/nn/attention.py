@@ -6,9 +6,10 @@ Q has H heads, K and V have H_kv heads (H_kv = H: multi-head; 1 < H_kv < H: grou
 H_kv = 1: multi-query); key/value head j serves query heads j·g … j·g+g−1 with g = H / H_kv.
 M is the additive mask of :mod:`genmodels.nn.masks`.
 
-Two interchangeable kernels compute it: :func:`sdpa_attention` (PyTorch's fused
-``scaled_dot_product_attention``, the default) and :func:`reference_attention` (plain matmuls,
-softmax in fp32 — the readable definition). Tests hold them equal.
+Interchangeable kernels compute it: :func:`sdpa_attention` (PyTorch's fused
+``scaled_dot_product_attention``, the default), :func:`reference_attention` (plain matmuls,
+softmax in fp32 — the readable definition) and :func:`native_attention` (genmodels' CPU kernel for
+unmasked narrow heads, e.g. a diffusion UNet's; anything else goes to sdpa). Tests hold them equal.
 """
 from __future__ import annotations
 
@@ -46,7 +47,16 @@ def sdpa_attention(q, k, v, mask=None, scale=None, is_causal=False):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention}
+def native_attention(q, k, v, mask=None, scale=None, is_causal=False):
+    """The same through genmodels' native CPU kernel for unmasked attention with narrow heads (d = 8 or 16;
+    :mod:`genmodels.native.attention`), forward and backward; other inputs go to :func:`sdpa_attention`."""
+    from ..native.attention import narrow_attention, unsupported
+    if unsupported(q, k, v, mask, is_causal) is not None:
+        return sdpa_attention(q, k, v, mask, scale, is_causal)
+    return narrow_attention(q, k, v, scale)
+
+
+KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention, "native": native_attention}
 
 
 @dataclass
