@@ -11,8 +11,9 @@ batch 16 (forward, ε-MSE, backward, AdamW). diffusers' model is saved with ``sa
 loaded by ``genmodels.load``; outputs and final samples are checked equal before timing.
 
 * genmodels sampling: ``FastUNet(model)`` (models/diffusion/fast.py: channels_last, prepacked oneDNN
-  convolutions, fused adds, per-sample attention) driven by ``genmodels.schedulers.DDIMScheduler``;
-  training: the module forward (the definition) on a channels_last model, fused AdamW.
+  convolutions, fused adds, the native narrow-head attention) driven by ``genmodels.schedulers.DDIMScheduler``;
+  training: the module forward (the definition; its pixel attention runs genmodels.native.attention,
+  forward and backward) on a channels_last model, fused AdamW.
 * diffusers: ``UNet2DModel`` + ``diffusers.DDIMScheduler`` as its pipelines run them; AdamW (defaults).
 
 Both sides run in this process, interleaved, ``--repeats`` times; figures are medians. With one thread
@@ -21,7 +22,8 @@ inflate by preemption; with more threads it is wall time. ``--allocator keep`` (
 ``genmodels.training.memory.keep_freed_memory`` to the process (both sides): on this VM a page fault
 costs ~1 ms per MB, which otherwise dominates batch-64 steps; ``default`` leaves glibc's setting.
 Peaks: a prepacked 3×3 conv (128→128, 16×16, batch 16, NHWC) and a 1024² matmul, best of a few.
-``--profile`` prints where the time goes (CPU time per operator class, measured per aten call).
+``--profile`` prints where the time goes (CPU time per operator class, measured per aten call; the native
+attention kernel is a ctypes call, not an aten op, so it counts in "python").
 """
 from __future__ import annotations
 
@@ -250,7 +252,8 @@ def _load() -> str:
 
 
 def _profile(work) -> None:
-    print("\nwhere the time goes (CPU time per operator class; 'python' = the rest of the call):")
+    print("\nwhere the time goes (CPU time per operator class; 'python' = the rest of the call, genmodels' native "
+          "attention included):")
     for name, fns in work.items():
         for side, fn in zip(("genmodels", "diffusers", "module path"), fns):
             if fn is None:

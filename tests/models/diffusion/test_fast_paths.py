@@ -90,7 +90,8 @@ def test_weights_changed_after_packing_are_used():
         model.load_state_dict(other.state_dict())
         torch.testing.assert_close(fast(x, 10, y), other(x, 10, y), **TOL)
         model.conv_out.weight = torch.nn.Parameter(torch.randn_like(model.conv_out.weight))
-        torch.testing.assert_close(fast(x, 10, y), model(x, 10, y), **TOL)
+        out = model(x, 10, y)  # a unit-variance conv_out makes outputs of ~5: rounding scales with them
+        torch.testing.assert_close(fast(x, 10, y), out, atol=TOL["atol"] * out.abs().max().item(), rtol=TOL["rtol"])
 
 
 def test_refusals_name_the_problem():

@@ -69,7 +69,22 @@ INLINE float vsum(vf v) {
     return s;
 }
 
-typedef struct { int64_t b, h, t; } strides3;
+/* Accumulators one register sweep keeps (of 32 AVX-512 or 16 AVX2 registers): wider heads take several sweeps. */
+#define SWEEP (VW == 16 ? 16 : 8)
+#define SWEEP_COLS(D) ((D) < SWEEP ? (D) : SWEEP)
+
+/* out[a] = Σ_i w_i · x[i·xt + a] for a < K (lanes: w_i is row i of a (T, VW) buffer): K accumulators held
+ * in registers across the whole sweep (K is a constant at each inlined call site). */
+INLINE void column_sweep(int64_t T, const float *w, const float *x, int64_t xt, const int K, vf *out) {
+    vf acc[SWEEP];
+    for (int a = 0; a < K; a++) acc[a] = (vf){0};
+    for (int64_t i = 0; i < T; i++) {
+        vf p = LD(w + i * VW);
+        const float *xi = x + i * xt;
+        for (int a = 0; a < K; a++) acc[a] += p * xi[a];
+    }
+    for (int a = 0; a < K; a++) out[a] = acc[a];
+}
 
 static float *scratch(size_t floats) {
     size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
@@ -113,12 +128,8 @@ static float *scratch(size_t floats) {
                 l += p;                                                                                    \
             }                                                                                              \
             vf oT[D];                                                                                      \
-            for (int c = 0; c < D; c++) oT[c] = (vf){0};                                                   \
-            for (j = 0; j < T; j++) {                                                                      \
-                vf p = LD(sT + j * VW);                                                                    \
-                const float *vj = v + j * vt;                                                              \
-                for (int c = 0; c < D; c++) oT[c] += p * vj[c];                                            \
-            }                                                                                              \
+            for (int c0 = 0; c0 < D; c0 += SWEEP_COLS(D))                                                  \
+                column_sweep(T, sT, v + c0, vt, SWEEP_COLS(D), oT + c0);                                   \
             vf inv = 1.0f / l;                                                                             \
             for (int64_t li = 0; li < n; li++) {                                                           \
                 float *oi = o + (i0 + li) * ot;                                                            \
@@ -154,20 +165,21 @@ static float *scratch(size_t floats) {
             }                                                                                              \
             for (int64_t i = 0; i < T; i++) { /* pass 1: row i of S, dP, P, dS; dQ_i partial sums */      \
                 const float *qi = q + i * qt, *gi = dout + i * dt;                                         \
-                vf s = kT[0] * qi[0], dp = vT[0] * gi[0];                                                  \
-                for (int c = 1; c < D; c++) { s += kT[c] * qi[c]; dp += vT[c] * gi[c]; }                   \
+                vf s = kT[0] * qi[0], dp = vT[0] * gi[0], s1 = kT[1] * qi[1], dp1 = vT[1] * gi[1];         \
+                for (int c = 2; c < D; c += 2) { /* two partial sums each: half the FMA latency chain */     \
+                    s += kT[c] * qi[c]; dp += vT[c] * gi[c]; s1 += kT[c + 1] * qi[c + 1]; dp1 += vT[c + 1] * gi[c + 1]; \
+                }                                                                                          \
+                s += s1; dp += dp1;                                                                        \
                 vf p = vexp(s - lse[i]);                                                                   \
                 vf ds = p * (dp - delta[i]);                                                               \
                 ST(P + i * VW, p); ST(dS + i * VW, ds);                                                    \
                 float *acc = dqacc + i * D * VW;                                                           \
                 for (int c = 0; c < D; c++) ST(acc + c * VW, LD(acc + c * VW) + ds * kT[c]);               \
             }                                                                                              \
-            vf gv[D], gk[D]; /* pass 2: dVᵀ and dKᵀ/s of this key block */                                 \
-            for (int c = 0; c < D; c++) { gv[c] = (vf){0}; gk[c] = (vf){0}; }                              \
-            for (int64_t i = 0; i < T; i++) {                                                              \
-                vf p = LD(P + i * VW), ds = LD(dS + i * VW);                                               \
-                const float *qi = q + i * qt, *gi = dout + i * dt;                                         \
-                for (int c = 0; c < D; c++) { gv[c] += p * gi[c]; gk[c] += ds * qi[c]; }                   \
+            vf gv[D], gk[D]; /* pass 2: dVᵀ = Σ_i P_i dO_i and dKᵀ/s = Σ_i dS_i Q_i of this key block */   \
+            for (int c0 = 0; c0 < D; c0 += SWEEP_COLS(D)) {                                                \
+                column_sweep(T, P, dout + c0, dt, SWEEP_COLS(D), gv + c0);                                 \
+                column_sweep(T, dS, q + c0, qt, SWEEP_COLS(D), gk + c0);                                   \
             }                                                                                              \
             for (int64_t l = 0; l < n; l++) {                                                              \
                 float *dvj = dv + (j0 + l) * dvt, *dkj = dk + (j0 + l) * dkt;                              \
