@@ -148,7 +148,8 @@ class StrictConfig:
         return type(self).from_dict({**self.to_dict(), **kw}, self.__dict__.get("_path"))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        from .files import atomic_write_bytes
+        atomic_write_bytes(path, (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | Path):

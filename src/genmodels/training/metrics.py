@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..files import atomic_write_bytes
 from ..models.flops import flops_per_token as _flops_per_token
 
 
@@ -72,9 +73,7 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         """Keep records up to ``step`` (on resume: what follows is recomputed)."""
         keep = [r for r in self.read() if r.get("step", 0) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep))
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in keep).encode())  # never half-cut
 
     def append(self, record: dict) -> None:
         with open(self.path, "a") as fh:

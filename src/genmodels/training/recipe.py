@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from ..config import ConfigError
+from ..files import atomic_write_bytes
 from .config import RunConfig
 
 
@@ -85,4 +86,4 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())  # temp file, fsync, rename
