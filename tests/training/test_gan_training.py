@@ -177,6 +177,13 @@ def test_a_collapsed_discriminator_stops_the_run_with_a_checkpoint(tmp_path, cap
     last = max(d_loss)
     assert last < 400 and all(d_loss[s] < 0.05 for s in range(last - 4, last + 1)) and d_loss[last - 5] >= 0.05
     assert [c.name for c in list_checkpoints(run)] == [f"step-{last:06d}"] and f"step-{last:06d}" in err[0]
+    # the streak is part of the checkpoint: resumed with a patience of 8, the run stops 3 steps later
+    # (5 counted before the stop + 3), not 8 (a count restarted at 0 would give last + 8)
+    cfg["train"]["collapse_steps"] = 8
+    with pytest.raises(GANDiverged, match="the discriminator collapsed"):
+        _train(cfg, resume=True)
+    d_loss = losses(run, "D/loss")
+    assert max(d_loss) == last + 3 and all(d_loss[s] < 0.05 for s in range(last + 1, last + 4))
     # the check can fail: a healthy run (the same, G learning, watch at its default) is not stopped
     ok = gan_recipe(tmp_path / "ok", max_steps=100, eval_every=1000, ckpt_every=1000)
     assert _train(ok).steps == 100

@@ -27,7 +27,8 @@ crash or a run that goes on producing noise:
   0/1 — so G's images are told apart outright and the game is lost (ganhacks #36; a healthy run sits
   near 2 for hinge, 2 ln 2 ≈ 1.4 for non-saturating). The state is a whole step, so a regular
   checkpoint is written (``--resume`` can continue it, e.g. with a lower ``train.lr_d``). The count of
-  consecutive steps starts again on resume; `train.collapse_d_loss: 0` turns the watch off.
+  consecutive steps is saved in checkpoints and continues on resume; `train.collapse_d_loss: 0` turns the
+  watch off.
 """
 from __future__ import annotations
 

@@ -186,6 +186,8 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
             state.get("elapsed_s", 0.0))
         if state.get("calibrated"):
             run.max_steps, run.calibrated = int(state["max_steps"]), True
+        if run.watch is not None:  # a GAN's streak of collapsed-discriminator steps continues where it was
+            run.watch.count = int(state.get("collapse_count", 0))
         if info.is_main:
             run.metrics.truncate_after(run.step)
         run.last_ckpt_step = run.step
@@ -416,7 +418,8 @@ def _checkpoint(run: _Run) -> None:
         state = {"step": run.step, "tokens": run.tokens, "sampler": run.sampler.state_dict(),
                  "world_size": info.world_size, "max_steps": run.max_steps, "calibrated": run.calibrated,
                  "layout": info.kind if info.active else "single", "elapsed_s": run.elapsed(),
-                 "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint}
+                 "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint,
+                 **({"collapse_count": run.watch.count} if run.watch is not None else {})}
         run.result.checkpoint = save_checkpoint(run.run_dir, run.step, msd, osd, rng, state, cfg.train.keep_last)
     run.last_ckpt_step = run.step
     info.barrier()
