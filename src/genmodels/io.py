@@ -121,7 +121,8 @@ def check_fits_memory(cfg: ModelConfig, where: str | Path) -> None:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected).
+    """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected; diffusers
+    UNet2DModel folders and DDPM/DDIM pipeline folders included).
 
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
     is at ``model.tokenizer``. A config whose weights would not fit in this machine's memory is
@@ -131,8 +132,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder)")
     config_file = path / "config.json"
+    from .interop.diffusers_unet import is_pipeline_folder, load_pipeline
+    if is_pipeline_folder(path):  # a diffusers pipeline (model_index.json, unet/, scheduler/)
+        unet_config = path / "unet" / "config.json"
+        return load_pipeline(path, build_model, check=lambda cfg: check_fits_memory(cfg, unet_config)).to(device).eval()
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path}: no config.json — not a genmodels or Hugging Face model folder")
+        raise FileNotFoundError(f"{path}: no config.json — not a genmodels, Hugging Face or diffusers model folder")
     meta = read_json(config_file)  # read once: the format decides the path
     if meta.get("format") == FORMAT:
         section = meta.get("model")

@@ -224,11 +224,12 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_diffusers(path: str | Path, hf_config: dict[str, Any], build: Callable[[Any], torch.nn.Module],
-                   check: Callable[[Any], None] | None = None) -> torch.nn.Module:
-    """Our UNet2D from a diffusers UNet2DModel folder; every key and shape is checked before loading."""
+                   check: Callable[[Any], None] | None = None, sched_file: Path | None = None) -> torch.nn.Module:
+    """Our UNet2D from a diffusers UNet2DModel folder; every key and shape is checked before loading. The
+    schedule comes from ``sched_file`` (default: the folder's own scheduler_config.json) when it exists."""
     from ..io import read_json
     path = Path(path)
-    sched_file = path / SCHEDULER_CONFIG
+    sched_file = path / SCHEDULER_CONFIG if sched_file is None else sched_file
     scheduler = read_json(sched_file) if sched_file.is_file() else None
     conv = DiffusersUNetConverter()
     cfg = conv.config_from_hf(hf_config, scheduler, where=str(path / "config.json"))
@@ -241,6 +242,43 @@ def load_diffusers(path: str | Path, hf_config: dict[str, Any], build: Callable[
     ours = conv.state_from_hf(sd, cfg, expected)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()})
     return model
+
+
+PIPELINE_INDEX = "model_index.json"  # what a diffusers pipeline's save_pretrained writes at the top
+PIXEL_PIPELINES = ("DDPMPipeline", "DDIMPipeline")  # a UNet2DModel + a scheduler: what our UNet2D is
+
+
+def is_pipeline_folder(path: Path) -> bool:
+    return (path / PIPELINE_INDEX).is_file() and not (path / "config.json").is_file()
+
+
+def load_pipeline(path: str | Path, build: Callable[[Any], torch.nn.Module],
+                  check: Callable[[Any], None] | None = None) -> torch.nn.Module:
+    """Our UNet2D from a diffusers pipeline folder (``DDPMPipeline(unet, scheduler).save_pretrained``:
+    model_index.json, ``unet/``, ``scheduler/``): the unet as :func:`load_diffusers` reads a model folder,
+    the schedule from ``scheduler/scheduler_config.json``. A pipeline with other parts (a VAE, a text
+    encoder: latent or text-to-image models) or whose unet is not a UNet2DModel is refused, naming it."""
+    from ..io import read_json
+    path = Path(path)
+    index_file = path / PIPELINE_INDEX
+    index = read_json(index_file)
+    if not isinstance(index, dict):
+        raise ValueError(f"{index_file}: must be a JSON object naming the pipeline's parts")
+    unet = index.get("unet")
+    if not (isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DModel"):
+        raise ValueError(f"{index_file}: \"unet\" is {unet!r}; genmodels loads pipelines whose unet is a "
+                         f"UNet2DModel ({', '.join(PIXEL_PIPELINES)})")
+    others = sorted(k for k, v in index.items() if not k.startswith("_") and k not in ("unet", "scheduler")
+                    and v not in (None, [None, None]))
+    if others:
+        raise ValueError(f"{index_file}: parts {others} of the {index.get('_class_name', 'pipeline')} have no place "
+                         f"in genmodels' UNet2D, which is a pixel-space denoiser ({', '.join(PIXEL_PIPELINES)}: "
+                         "unet and scheduler only)")
+    config = path / "unet" / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: missing ({index_file} names a unet)")
+    return load_diffusers(path / "unet", read_json(config), build, check,
+                          sched_file=path / "scheduler" / SCHEDULER_CONFIG)
 
 
 def export_diffusers(model: torch.nn.Module, path: str | Path) -> Path:

@@ -59,6 +59,39 @@ def test_a_diffusers_folder_loads_and_matches(name, tmp_path):
     torch.testing.assert_close(got, want, **TOL)
 
 
+@pytest.mark.parametrize("pipeline,scheduler", [("DDPMPipeline", "DDPMScheduler"), ("DDIMPipeline", "DDIMScheduler")])
+def test_a_diffusers_pipeline_folder_loads_with_its_schedule(pipeline, scheduler, tmp_path):
+    """``DDPMPipeline(unet, scheduler).save_pretrained``: model_index.json, unet/, scheduler/ — the unet's outputs
+    and the scheduler's schedule (not the config defaults) are what genmodels.load gives."""
+    theirs = _theirs(ODD)
+    sched = getattr(diffusers, scheduler)(num_train_timesteps=500, beta_schedule="squaredcos_cap_v2",
+                                          prediction_type="v_prediction")
+    getattr(diffusers, pipeline)(unet=theirs, scheduler=sched).save_pretrained(tmp_path / "p")
+    ours = genmodels.load(tmp_path / "p")
+    assert isinstance(ours, UNet2D) and not ours.training
+    c = ours.config
+    assert (c.num_train_timesteps, c.beta_schedule, c.prediction_type) == (500, "squaredcos_cap_v2", "v_prediction")
+    x, t, y = _inputs(theirs.config)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t, class_labels=y), theirs(x, t, class_labels=y).sample, **TOL)
+
+
+def test_a_pipeline_that_is_not_a_pixel_unet_is_refused_naming_the_part(tmp_path):
+    diffusers.DDPMPipeline(unet=_theirs(DDPM), scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "p")
+    index_file = tmp_path / "p" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({**index, "vqvae": ["diffusers", "VQModel"]}))
+    with pytest.raises(ValueError, match=r"model_index\.json: parts \['vqvae'\] of the DDPMPipeline"):
+        genmodels.load(tmp_path / "p")
+    index_file.write_text(json.dumps({**index, "unet": ["diffusers", "UNet2DConditionModel"]}))
+    with pytest.raises(ValueError, match="\"unet\" is \\['diffusers', 'UNet2DConditionModel'\\]"):
+        genmodels.load(tmp_path / "p")
+    index_file.write_text(json.dumps(index))
+    (tmp_path / "p" / "unet" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"unet/config\.json: missing"):
+        genmodels.load(tmp_path / "p")
+
+
 @pytest.mark.parametrize("timestep", [7, 999, torch.tensor(5), torch.tensor([3]), torch.tensor([0, 500, 999]),
                                       torch.tensor([1.5, 20.25, 700.0])])
 def test_every_timestep_form_matches_diffusers(timestep, tmp_path):
