@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genmodels.training import RunConfig, list_checkpoints, load_checkpoint, train
-from genmodels.training import trainer
+from genmodels.training import loop, trainer
 
 from .conftest import tiny_config
 
@@ -98,8 +98,8 @@ def test_non_finite_gradients_with_a_finite_loss_are_not_applied(corpus_dir, tmp
 def test_non_finite_parameters_are_never_checkpointed(corpus_dir, tmp_path, monkeypatch):
     """The 10th update (lr = inf) ruins the parameters with a finite loss and gradients: the step-10
     checkpoint is refused and step 5 (which keep_last 1 would prune) stays."""
-    real_lr = trainer.lr_at
-    monkeypatch.setattr(trainer, "lr_at", lambda step, *a: math.inf if step == 9 else real_lr(step, *a))
+    real_lr = loop.lr_at
+    monkeypatch.setattr(loop, "lr_at", lambda step, *a: math.inf if step == 9 else real_lr(step, *a))
     run = tmp_path / "nan-params"
     with pytest.raises(FloatingPointError) as e:
         _train(corpus_dir, run)

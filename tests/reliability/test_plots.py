@@ -26,7 +26,7 @@ def test_a_plot_that_fails_to_draw_is_one_warning_line(corpus_dir, tmp_path, mon
     def broken(*a, **kw):
         raise RuntimeError("matplotlib exploded\nwith two lines")
 
-    monkeypatch.setattr("genmodels.training.trainer.plot_losses", broken)
+    monkeypatch.setattr("genmodels.training.loop.plot_losses", broken)
     res, said = _run(corpus_dir, tmp_path / "run")
     warnings = [s for s in said if "loss.png" in s and "warning" in s]
     assert len(warnings) == 1 and "matplotlib exploded with two lines" in warnings[0]  # once, for 3 evaluations

@@ -14,14 +14,14 @@ def test_budget_stops_at_the_deadline_when_steps_slow_down(corpus_dir, tmp_path,
     run = tmp_path / "slow"
     over = dict(train={"max_steps": 100000, "max_minutes": 0.1, "eval_every": 1000, "ckpt_every": 1000})
     clock = StepClock(0.125).install(monkeypatch)
-    real_fit = __import__("genmodels.training.trainer", fromlist=["x"])._fit_steps_to_budget
+    real_fit = __import__("genmodels.training.loop", fromlist=["x"]).fit_steps_to_budget
 
     def fit_then_slow(*a, **kw):
         out = real_fit(*a, **kw)
         clock.dt = 0.5  # the machine gets busy right after the schedule was fitted (46 steps)
         return out
 
-    monkeypatch.setattr("genmodels.training.trainer._fit_steps_to_budget", fit_then_slow)
+    monkeypatch.setattr("genmodels.training.loop.fit_steps_to_budget", fit_then_slow)
     said = []
     res = train(RunConfig.from_dict(tiny_config(corpus_dir, run, **over)), progress=False, log=said.append,
                 clock=clock)

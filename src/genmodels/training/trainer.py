@@ -1,7 +1,8 @@
-"""The training loop: data → model (fresh, or ``model.init_from``) → the objective
+"""A training run: data → model (fresh, or ``model.init_from``) → the objective
 (:mod:`genmodels.objectives`) → train steps (:mod:`.steps`: accumulation, clipping, non-finite
-guards) → eval, checkpoints, metrics, samples. :func:`train` is used by ``genmodels train`` and tests;
-setting up (resume point, model config, RNG, peak) is in :mod:`.setup`.
+guards), run by the loop of :mod:`.loop` (eval, checkpoints, metrics, the time budget) → final model,
+samples, summary. :func:`train` is used by ``genmodels train`` and tests; setting up (resume point,
+model config, RNG, peak) is in :mod:`.setup`.
 
 Determinism: the model is initialised from ``torch.manual_seed(seed)`` (identically on every
 rank), batches come from a seeded sampler whose position is checkpointed, the schedule is a
@@ -16,11 +17,7 @@ samples are best-effort. Every time the loop reads comes from ``clock`` (injecta
 """
 from __future__ import annotations
 
-import math
-import statistics
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -30,38 +27,19 @@ from ..config import ConfigError
 from ..data import BatchSampler, corpus_fingerprint
 from ..io import attach_tokenizer, save
 from ..models import build_model
-from .checkpoint import latest_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint
 from .config import RunConfig, dump_config
 from .data import corpus_spec, prepare_data
-from .distributed import DistInfo, full_model_state, full_optimizer_state, init_distributed, load_full_state, wrap
+from .distributed import DistInfo, full_model_state, init_distributed, load_full_state, wrap
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
-from .metrics import MetricsLog, flops_per_token, plot_expert_load, plot_losses
+from .metrics import MetricsLog, flops_per_token
 from . import gan, image_run
-from .optim import build_optimizer, lr_at
+from .optim import build_optimizer
+from .loop import RunState, check_params, evaluate_run, run_loop, write_checkpoint
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
-from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, last_good, matmul_peak,
-                    model_config, restore_rng, resume_point, rng_state)
+from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, matmul_peak,
+                    model_config, restore_rng, resume_point)
 from .steps import NonFiniteError, Phase, TrainStep, evaluate, first_non_finite_param  # noqa: F401  (re-exported)
-
-
-_SKIP_STEPS = 3  # the first steps fault their memory in and warm kernels up: not timed for the fit
-
-
-def _fit_steps_to_budget(step: int, max_steps: int, deadline: float, now: float, step_times: list[float], tc,
-                         micro_bs: int, info: DistInfo) -> int:
-    """The number of steps that fit before ``deadline`` (agreed by all ranks), at most ``max_steps``.
-
-    Step time = the median of the timed steps after the first few (which pay one-off costs),
-    with a 5% margin; each evaluation costs about ``eval_batches`` forward passes of a
-    micro-batch (⅓ of a training micro-step each).
-    """
-    t = statistics.median(step_times[_SKIP_STEPS:]) * 1.05
-    eval_cost = t / tc.grad_accum / 3 * tc.eval_batches
-    per_step = t + eval_cost / tc.eval_every
-    fit = int((deadline - now) / per_step) if per_step > 0 else max_steps
-    value = torch.tensor([float(step + max(fit, 1)) if info.is_main else 0.0], dtype=torch.float64)
-    fitted = int(info.all_reduce_sum(value)[0])  # rank 0's estimate, for everyone
-    return min(max_steps, max(fitted, step + 1))
 
 
 def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True,
@@ -104,14 +82,14 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
 
 def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_start: float,
          clock: Callable[[], float]) -> TrainResult:
-    """Set the run up (resume point, data, model, objective, optimizer, train step), then :func:`_loop`."""
+    """Set the run up (resume point, data, model, objective, optimizer, train step), then :func:`run_loop`."""
     from ..objectives import OBJECTIVES, build_objective  # (objectives import training.loss: not at module level)
     tc, dc = cfg.train, cfg.data
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
-    run = _Run(cfg=cfg, info=info, say=say, clock=clock, t_start=t_start, run_dir=Path(cfg.run_dir), progress=progress,
-               amp_dtype=autocast_dtype(tc.precision, info.device),
-               micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
+    run = RunState(cfg=cfg, info=info, say=say, clock=clock, t_start=t_start, run_dir=Path(cfg.run_dir),
+                   progress=progress, amp_dtype=autocast_dtype(tc.precision, info.device),
+                   micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
     if cfg.images:  # image families: no tokenizer; the images' own fingerprint
         run.data = image_run.prepare_image_data(cfg, say if info.is_main else (lambda s: None))
         run.fingerprint, run.mcfg, n_tokens = run.data.fingerprint, cfg.model_config(), 0
@@ -203,149 +181,8 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
         f"{info.world_size} process(es) [{info.kind if info.active else 'single'}], device {info.device}, "
         + (f"micro-batch {run.micro_bs} × accum {tc.grad_accum} = global {tc.batch_size} images" if cfg.images else
            f"micro-batch {run.micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences"))
-    _loop(run)
+    run_loop(run)
     return _finish(run)
-
-
-@dataclass
-class _Run:
-    """The state a run carries between the loop, evaluation, checkpoints and the end."""
-
-    cfg: RunConfig
-    info: DistInfo
-    say: Callable
-    clock: Callable[[], float]
-    t_start: float
-    run_dir: Path
-    amp_dtype: object
-    micro_bs: int
-    progress: bool = True
-    fingerprint: str = ""
-    data: object = None  # training.data.Data: tokenizer, train/val windows, eos id
-    mcfg: object = None
-    objective: object = None  # an objectives.Objective holding the model
-    optimizer: object = None
-    step_fn: object = None  # the objective, DDP/FSDP-wrapped (and compiled)
-    make_batch: Callable = None  # sampler indices -> the objective's dict batch, on the device
-    watch: object = None  # a GAN's divergence watch (training/gan.py); None for one-optimizer runs
-    train_step: object = None
-    sampler: object = None
-    metrics: object = None
-    n_params: int = 0
-    fpt: float = 0.0
-    peak: float | None = None
-    step: int = 0
-    tokens: int = 0
-    prev_elapsed: float = 0.0
-    max_steps: int = 0
-    calibrated: bool = False
-    last_ckpt_step: int = -1
-    last_val_step: int = -1
-    t_loop: float = 0.0
-    train_time: float = 0.0
-    bar: object = None
-    result: TrainResult | None = None
-    plot_error: list[str] = field(default_factory=list)  # the first failure to draw loss.png (warned once)
-
-    def note(self, msg: str) -> None:
-        (self.bar.write(msg) if self.bar is not None else self.say(msg))
-
-    def elapsed(self) -> float:
-        return self.prev_elapsed + self.clock() - self.t_loop
-
-
-def _loop(run: _Run) -> None:
-    """The loop: steps (the train step's phases), logging, the time budget, evaluations, checkpoints."""
-    tc, main = run.cfg.train, run.info.is_main
-    tokens_per_step = tc.batch_size * (1 if run.cfg.images else run.cfg.data.seq_len)  # units: tokens or images
-    count_key = "images" if run.cfg.images else "tokens"
-    unit = run.objective.unit
-    rate_key = "tok_s" if unit == "tokens" else f"{unit}_s"
-    run.result = TrainResult(run_dir=run.run_dir, final_dir=None, steps=run.step, tokens=run.tokens)
-    if main and run.progress:
-        from tqdm import tqdm
-        run.bar = tqdm(total=run.max_steps, initial=run.step, desc="train", unit="step", dynamic_ncols=True,
-                       file=sys.stderr, mininterval=0.5)
-    run.t_loop = run.clock()
-    deadline = run.t_loop + tc.max_minutes * 60 if tc.max_minutes else None
-    step_times: list[float] = []
-    stop = False
-
-    def over_budget() -> float:  # the train step's stop flag
-        return 1.0 if deadline is not None and run.clock() > deadline else 0.0
-
-    try:
-        while run.step < run.max_steps and not stop:
-            t0 = run.clock()
-            # each phase's rate follows the schedule, scaled by its peak (a GAN's D: train.lr_d / train.lr)
-            run.train_step.set_lr(lambda ph: lr_at(run.step, tc.lr, tc.min_lr, tc.warmup_steps, run.max_steps)
-                                  * (ph.lr / tc.lr))
-            batches = [run.make_batch(next(run.sampler)) for _ in range(tc.grad_accum)]
-            if run.watch is not None:
-                run.objective.set_step(run.step)  # lazy R1
-            try:
-                report = run.train_step(batches, run.step, stop_flag=over_budget, where=lambda: last_good(run.run_dir))
-            except NonFiniteError as e:
-                if run.watch is None:
-                    raise
-                _diverged(run, str(e), whole_step=False)
-            stop = report.stop
-            if run.watch is None:
-                loss_val, gnorm = report.losses["model"], report.grad_norms["model"]
-                record = {"loss": loss_val, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": gnorm}
-                shown = f"loss {loss_val:.3f}"
-            else:  # D/loss, G/loss, D/grad_norm, G/grad_norm, lr (G's), D/lr
-                loss_val = report.losses["D"]
-                record, shown = gan.step_record(report, run.train_step)
-            run.step += 1
-            run.objective.after_step(run.step)  # (the EMA of the weights, where the objective keeps one)
-            run.tokens += tokens_per_step
-            dt = run.clock() - t0
-            run.train_time += dt
-            run.result.train_losses[run.step] = loss_val
-            if main:
-                rate = tokens_per_step / max(dt, 1e-9)
-                mfu = rate * run.fpt / run.peak if run.peak and run.objective.flops_apply else None
-                if run.step % tc.log_every == 0 or run.step == run.max_steps or stop:
-                    run.metrics.append({"step": run.step, count_key: run.tokens, **record,
-                                        rate_key: round(rate, 1), "mfu": None if mfu is None else round(mfu, 4),
-                                        **report.metrics, "time_s": round(run.elapsed(), 3)})
-                if run.bar is not None:
-                    run.bar.set_postfix_str(f"{shown} | {rate:,.0f} {rate_key.replace('_', '/')}"
-                                            + "".join(f" | {k} {v:.3g}"
-                                                      for k, v in run.objective.bar_metrics(report.metrics).items())
-                                            + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
-                    run.bar.update(1)
-            why = run.watch.update(loss_val) if run.watch is not None else None
-            if why is not None:
-                _diverged(run, f"step {run.step}: {why}", whole_step=True)
-            if deadline is not None and not run.calibrated:
-                step_times.append(dt)
-                if len(step_times) == max(tc.warmup_steps, _SKIP_STEPS + 5):  # fit at the end of warm-up
-                    _calibrate(run, deadline, step_times)
-            if run.step % tc.eval_every == 0 and run.step < run.max_steps and not stop:
-                _evaluate(run)
-            if run.step % tc.ckpt_every == 0 and run.step < run.max_steps and not stop:
-                _checkpoint(run)
-    finally:
-        if run.bar is not None:
-            run.bar.close()
-    if stop:
-        run.say(f"time budget train.max_minutes={tc.max_minutes} reached at step {run.step}/{run.max_steps}")
-
-
-def _diverged(run: _Run, why: str, whole_step: bool) -> None:
-    """A GAN run diverged: save what can be saved, then stop with one clear message (training/gan.py).
-    ``whole_step``: the state is a finished step (a regular checkpoint); else the weights go to RUN/diverged/."""
-    if whole_step:
-        if run.last_ckpt_step != run.step:
-            _checkpoint(run)
-        saved = f"checkpoint {latest_checkpoint(run.run_dir)} written"
-    elif first_non_finite_param(run.objective, run.info) is None:
-        saved = f"the weights before that update saved to {save(run.objective.model, run.run_dir / 'diverged')}"
-    else:
-        saved = "the weights are not finite: not saved"
-    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; {gan.advice(run.mcfg)}")
 
 
 def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Tensor]:
@@ -354,85 +191,14 @@ def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Ten
     return {"input_ids": x.to(device, non_blocking=True), "labels": y.to(device, non_blocking=True)}
 
 
-def _calibrate(run: _Run, deadline: float, step_times: list[float]) -> None:
-    tc = run.cfg.train
-    run.max_steps = _fit_steps_to_budget(run.step, run.max_steps, deadline, run.clock(), step_times, tc,
-                                         run.micro_bs, run.info)
-    run.calibrated = True
-    if run.bar is not None:
-        run.bar.total = run.max_steps
-        run.bar.refresh()
-    if run.max_steps < tc.max_steps:
-        run.note(f"train.max_minutes={tc.max_minutes}: {tc.max_steps} steps do not fit at "
-                 f"{1000 * statistics.median(step_times[_SKIP_STEPS:]):.0f} ms/step; "
-                 f"schedule fitted to {run.max_steps} steps")
-
-
-def _evaluate(run: _Run) -> None:
-    """Validation loss (and perplexity), logged, plotted (best-effort) and noted."""
-    tc, res = run.cfg.train, run.result
-    if run.cfg.images:  # validation loss (fixed noise) and the offline metrics of sampled images
-        vl = image_run.validation_loss(run.objective, run.data.val, run.micro_bs, tc.eval_batches, run.info.device,
-                                       tc.seed)
-        extra = image_run.evaluate_samples(run.objective, run.data, run.cfg) if run.info.is_main else {}
-        res.image_metrics = extra
-        record = {"step": run.step, "images": run.tokens, "val_loss": vl, **extra}
-    else:
-        vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
-                      tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn)
-        record = {"step": run.step, "tokens": run.tokens, "val_loss": vl}
-    res.val_loss = vl
-    res.val_ppl = math.exp(min(vl, 50.0)) if run.objective.perplexity and vl is not None else None
-    run.last_val_step = run.step
-    if run.info.is_main:
-        run.metrics.append({**record, **({} if run.cfg.images else {"val_ppl": res.val_ppl}),
-                            "time_s": round(run.elapsed(), 3)})
-        records, title = run.metrics.read(), f"{run.run_dir.name}: {run.n_params / 1e6:.2f}M params"
-        for name, plot in (("loss.png", plot_losses), ("expert_load.png", plot_expert_load)):  # (MoE: the load)
-            try:
-                plot(records, run.run_dir / name, title=title)
-            except Exception as e:  # a picture is best-effort: one warning line, never the end of a run
-                if not run.plot_error:
-                    run.plot_error.append(f"{type(e).__name__}: {' '.join(str(e).split())}")
-                    run.note(f"warning: could not draw {run.run_dir / name} ({run.plot_error[0]}); training goes on")
-        ppl = f", perplexity {res.val_ppl:.2f}" if res.val_ppl is not None else ""
-        shown = "".join(f", {k} {v:.3g}" for k, v in (res.image_metrics or {}).items())
-        run.note(f"step {run.step}: val loss {'n/a' if vl is None else f'{vl:.4f}'}{ppl}{shown}")
-
-
-def _check_params(run: _Run, what: str) -> None:
-    bad = first_non_finite_param(run.objective, run.info)
-    if bad is not None:
-        raise NonFiniteError(f"step {run.step}: parameter {bad} is not finite (NaN/inf); {what} not written, "
-                             f"{last_good(run.run_dir)}; lower train.lr or check the data")
-
-
-def _checkpoint(run: _Run) -> None:
-    _check_params(run, "checkpoint")  # before anything is written or pruned
-    info, cfg = run.info, run.cfg
-    msd = full_model_state(run.objective)
-    osd = (run.train_step.optimizer_state() if run.watch is not None  # a GAN: both optimizers, keyed by phase
-           else full_optimizer_state(run.objective, run.optimizer))
-    rng = rng_state(info)
-    if info.is_main:
-        state = {"step": run.step, "tokens": run.tokens, "sampler": run.sampler.state_dict(),
-                 "world_size": info.world_size, "max_steps": run.max_steps, "calibrated": run.calibrated,
-                 "layout": info.kind if info.active else "single", "elapsed_s": run.elapsed(),
-                 "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint,
-                 **({"collapse_count": run.watch.count} if run.watch is not None else {})}
-        run.result.checkpoint = save_checkpoint(run.run_dir, run.step, msd, osd, rng, state, cfg.train.keep_last)
-    run.last_ckpt_step = run.step
-    info.barrier()
-
-
-def _finish(run: _Run) -> TrainResult:
+def _finish(run: RunState) -> TrainResult:
     """The end: validation, last checkpoint, final model, samples, summary."""
     cfg, tc, res, say, run_dir = run.cfg, run.cfg.train, run.result, run.say, run.run_dir
     if run.last_val_step != run.step:
-        _evaluate(run)
+        evaluate_run(run)
     if run.last_ckpt_step != run.step:
-        _checkpoint(run)
-    _check_params(run, "final model")
+        write_checkpoint(run)
+    check_params(run, "final model")
     msd = full_model_state(run.objective)
     res.steps, res.tokens = run.step, run.tokens
     res.seconds = run.clock() - run.t_start
