@@ -9,12 +9,13 @@ from __future__ import annotations
 from torch import nn
 
 from .. import registry
-from ..config import PRESETS, ConfigError, ModelConfig
+from ..config import ConfigError, ModelConfig
 from ..registry import EMBEDS, GENERATES, SEQ2SEQ, Family
 from .decoder import DecoderLM
 from .encoder import EncoderModel
 from .flops import DecoderCounts, EncoderCounts, Seq2SeqCounts
 from .seq2seq import Seq2SeqCache, Seq2SeqLM
+from .transformer_presets import PRESETS
 
 
 def _positions(family: str, allowed: tuple[str, ...], embed_scale: bool = True):
