@@ -3,6 +3,8 @@ equal — values and gradients — to an fp64 softmax(QKᵀ)V and to PyTorch's f
 deliverable 5: the training step's lever)."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -88,6 +90,21 @@ def test_large_logits_do_not_overflow():
     assert torch.isfinite(qkv.grad).all()
     torch.testing.assert_close(y.double(), want_y, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(qkv.grad.double(), want_g, atol=1e-3, rtol=1e-4)
+
+
+def test_a_nan_spreads_as_in_pytorch_never_hidden():
+    """A NaN key poisons every output of its (sample, head), forward and backward, as PyTorch's kernel does;
+    the other heads stay finite. (A clamp in exp that swallowed the NaN would return finite garbage.)"""
+    qkv = _fused(2, 3, 21, 8).detach()
+    qkv[1, 4, 3 * 8 + 8 + 2] = math.nan  # sample 1, token 4, key head 1, element 2
+    qkv.requires_grad_()
+    q, k, v = _split(qkv, 3, 8)
+    y = narrow_attention(q, k, v)
+    want = F.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(torch.isnan(y), torch.isnan(want)) and torch.isnan(y[1, 1]).all()
+    assert torch.isfinite(y[0]).all() and torch.isfinite(y[1, 0]).all() and torch.isfinite(y[1, 2]).all()
+    (g,) = torch.autograd.grad(y, qkv, torch.ones_like(y))
+    assert torch.isnan(g[1]).any() and torch.isfinite(g[0]).all()
 
 
 def test_threads_split_the_work_without_changing_it():

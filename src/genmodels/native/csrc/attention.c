@@ -46,7 +46,7 @@ INLINE vf vmax(vf a, vf b) {
 
 /* e^x as Cephes' expf (common.h's exp8), written once for any vector width. */
 INLINE vf vexp(vf x) {
-    x = vmax(x, VS(-87.0f));
+    x = vmax(VS(-87.0f), x); /* this operand order lets a NaN through (vmax returns b unless a > b) */
     vi hi = x > 88.3762626647949f;
     x = (vf)((hi & (vi)VS(88.3762626647949f)) | (~hi & (vi)x));
     vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
