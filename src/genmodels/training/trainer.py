@@ -136,15 +136,15 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
                                         **tc.router_losses()).train()
     run.n_params = sum(p.numel() for p in model.parameters())
     run.fpt = 0.0 if cfg.images else flops_per_token(model, dc.seq_len)
-    wrapped = wrap(run.objective, info)
-    run.optimizer = build_optimizer(run.objective, tc.lr, tc.weight_decay, tc.betas, tc.eps,
-                                    distributed=info.kind == "fsdp" and info.active)
     scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
-    run.step_fn = torch.compile(wrapped) if tc.compile else wrapped
-    if gan.two_player(run.objective):  # a GAN: D then G, one optimizer each (training/gan.py)
+    if gan.two_player(run.objective):  # a GAN: D then G, one optimizer each (training/gan.py), one process
         run.train_step = gan.gan_train_step(run.objective, tc, info, run.amp_dtype, scaler)
         run.optimizer, run.watch = run.train_step.phases[-1].optimizer, gan.CollapseWatch.from_config(tc)
     else:
+        wrapped = wrap(run.objective, info)
+        run.optimizer = build_optimizer(run.objective, tc.lr, tc.weight_decay, tc.betas, tc.eps,
+                                        distributed=info.kind == "fsdp" and info.active)
+        run.step_fn = torch.compile(wrapped) if tc.compile else wrapped
         run.train_step = TrainStep([Phase("model", run.step_fn, run.objective, run.optimizer, tc.grad_clip, tc.lr,
                                           sync_module=wrapped)], info, run.amp_dtype, scaler)
     run.sampler = BatchSampler(len(run.data.train), run.micro_bs, seed=tc.seed, rank=info.rank,
