@@ -244,6 +244,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     f32 = ctypes.c_float
     lib.gm_attention_lanes.argtypes = []
     lib.gm_attention_lanes.restype = i64
+    lib.gm_attention_fast.argtypes = []
+    lib.gm_attention_fast.restype = c_int
     lib.gm_attention_forward.argtypes = [i64, i64, i64, i64, f32, vp, vp, vp, vp, vp, vp, c_int]
     lib.gm_attention_forward.restype = c_int
     lib.gm_attention_backward.argtypes = [i64, i64, i64, i64, f32, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, c_int]

@@ -35,6 +35,13 @@ def unsupported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, is_caus
     return None
 
 
+def preferred(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask, is_causal: bool) -> bool:
+    """Whether the ``"native"`` attention kernel should run these inputs here: it supports them
+    (:func:`unsupported`) and the library was built with AVX2/FMA or AVX-512 vectors; on other builds the
+    kernel is correct but slower than PyTorch's (bench_narrow_attention.py: 0.6–0.7× on SSE only)."""
+    return unsupported(q, k, v, mask, is_causal) is None and bool(library().gm_attention_fast())
+
+
 def _strides(*tensors: torch.Tensor) -> ctypes.Array:
     """(b, h, t) strides of each (B, H, T, d) tensor, in floats, as the C ``st`` array."""
     return (ctypes.c_int64 * (3 * len(tensors)))(*(s for t in tensors for s in t.stride()[:3]))

@@ -50,8 +50,8 @@ def sdpa_attention(q, k, v, mask=None, scale=None, is_causal=False):
 def native_attention(q, k, v, mask=None, scale=None, is_causal=False):
     """The same through genmodels' native CPU kernel for unmasked attention with narrow heads (d = 8 or 16;
     :mod:`genmodels.native.attention`), forward and backward; other inputs go to :func:`sdpa_attention`."""
-    from ..native.attention import narrow_attention, unsupported
-    if unsupported(q, k, v, mask, is_causal) is not None:
+    from ..native.attention import narrow_attention, preferred
+    if not preferred(q, k, v, mask, is_causal):
         return sdpa_attention(q, k, v, mask, scale, is_causal)
     return narrow_attention(q, k, v, scale)
 

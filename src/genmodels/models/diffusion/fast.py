@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...native.attention import narrow_attention
-from ...native.attention import unsupported as native_unsupported
+from ...native.attention import preferred as native_preferred
 from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
 from ...nn.spatial_attention import SpatialSelfAttention
 from .inputs import check_sample, conditioning
@@ -187,7 +187,7 @@ class FastUNet:
         qkv = F.linear(tokens.permute(0, 2, 3, 1).reshape(b, hh * ww, c), a.qkv.weight, a.qkv.bias)  # (B, HW, 3C)
         q, k, v = qkv.view(b, hh * ww, 3 * heads, d).transpose(1, 2).split(heads, dim=1)  # (B, heads, HW, d)
         scale = d ** -0.5 if a.scale is None else a.scale
-        if a.kernel == "native" and native_unsupported(q, k, v, None, False) is None:  # heads of 8 or 16
+        if a.kernel == "native" and native_preferred(q, k, v, None, False):  # heads of 8 or 16, AVX2 or wider
             y = narrow_attention(q, k, v, scale).transpose(1, 2)  # (B, HW, heads, d): a view of its output
         else:
             y = attention_by_sample(q, k, v, scale, self.work)  # (B, HW, heads·d)

@@ -198,6 +198,17 @@ DEFINE_BACKWARD(16)
 /* Lanes per vector this library was built with (16: AVX-512, 8 otherwise). */
 GM_API int64_t gm_attention_lanes(void) { return VW; }
 
+/* 1 when built for fused multiply-adds on 256-bit or wider vectors (AVX2 + FMA, AVX-512), where this kernel
+ * beats PyTorch's; 0 for other builds (SSE only, or another architecture), which stay correct but slower:
+ * there the "native" attention kernel hands its inputs to PyTorch. */
+GM_API int gm_attention_fast(void) {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* O (B, H, T, d) and L (B, H, T) from Q, K, V; st = strides (b, h, t) of q, k, v, o.
  * Returns 0, 1 for an unsupported d, 2 when scratch memory cannot be allocated. */
 GM_API int gm_attention_forward(int64_t B, int64_t H, int64_t T, int64_t D, float scale, const float *q,
