@@ -106,6 +106,24 @@ def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objectiv
         assert len(losses(ref, "G/loss")) == 8 and sorted(losses(ref, "D/r1")) == [1, 4, 7]
 
 
+@pytest.mark.parametrize("objective", ["gan", "diffusion"])
+def test_evaluating_never_changes_what_training_draws(objective, tmp_path, monkeypatch):
+    """An image run scores samples at each evaluation (sampling, the metrics classifier, cached or trained on the
+    spot): evaluating every 2 steps or never, in a fresh metrics cache or a warm one, the training losses are
+    the same bit for bit. (The classifier's cache hit drew its module's random init from the global stream:
+    a resumed run then left the uninterrupted one whenever only one of them found the classifier cached.)"""
+    model = GAN if objective == "gan" else DIFFUSION
+    monkeypatch.setenv("GENMODELS_CACHE", str(tmp_path / "fresh-cache"))
+    runs = {}
+    for name, every in (("often, cold cache", 2), ("often, warm cache", 2), ("never", 1000)):
+        cfg = _image_cfg(tmp_path / name, model, {"objective": objective, "max_steps": 6, "ckpt_every": 1000,
+                                                   "eval_every": every})
+        _run(cfg)
+        runs[name] = {k: losses(tmp_path / name, k) for k in ("loss", "D/loss", "G/loss")}
+    assert runs["often, cold cache"] == runs["often, warm cache"] == runs["never"]
+    assert len(runs["never"]["D/loss" if objective == "gan" else "loss"]) == 6
+
+
 # ---- an unreadable latest checkpoint is skipped ------------------------------------------------------
 def _missing_state(ck):
     (ck / "state.json").unlink()

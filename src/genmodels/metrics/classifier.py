@@ -113,20 +113,22 @@ def train_classifier(train: ImageDataset, settings: ClassifierSettings = Classif
     if train.num_classes < 2:
         raise ValueError(f"the scoring classifier needs at least 2 classes; the data has {train.num_classes}")
     g = torch.Generator().manual_seed(settings.seed)
+    # all of it under a forked RNG: dropout draws from the global generator, and a training run that scores its
+    # samples must follow the same random stream whether this classifier was cached or trained on the spot
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         model = ImageClassifier(train.image_shape[0], train.num_classes, settings.width, settings.feature_dim,
                                 settings.input_size)
-    opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    model.train()
-    n = len(train)
-    for _ in range(settings.epochs):
-        order = torch.randperm(n, generator=g)
-        for idx in order.split(settings.batch_size):
-            loss = nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
+        model.train()
+        n = len(train)
+        for _ in range(settings.epochs):
+            order = torch.randperm(n, generator=g)
+            for idx in order.split(settings.batch_size):
+                loss = nn.functional.cross_entropy(model(train.images[idx]), train.labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
     return model.eval()
 
 
@@ -168,11 +170,14 @@ def load_or_train_classifier(train: ImageDataset, val: ImageDataset,
                              cache_dir: str | Path | None = None) -> tuple[ImageClassifier, dict[str, Any]]:
     """The classifier for these splits: from the cache when a sound entry exists, else trained (and
     cached). Returns ``(model, info)``; ``info`` has ``val_accuracy`` (on real validation images),
-    ``cached`` (whether it came from the cache), ``path`` and ``key``."""
+    ``cached`` (whether it came from the cache), ``path`` and ``key``. The caller's random stream is left as
+    it was either way (a cached or a freshly trained classifier must not change what a training run draws
+    next)."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
     key = _cache_key(train, val, settings)
     folder = root / "metrics" / f"classifier-{key[:24]}"
-    model, meta, why = _load_cached(folder, key)
+    with torch.random.fork_rng(devices=[]):  # building the module to load into draws its random init
+        model, meta, why = _load_cached(folder, key)
     if model is not None:
         return model, {"val_accuracy": meta["val_accuracy"], "cached": True, "path": str(folder), "key": key}
     if why != "missing":

@@ -105,15 +105,19 @@ def validation_loss(objective, val: ImageSplit, micro_bs: int, n_batches: int, d
 
 
 def evaluate_samples(objective, data: ImageRunData, cfg, cache_dir=None) -> dict[str, float]:
-    """The offline metrics of ``train.eval_samples`` images from the objective's sampling weights."""
+    """The offline metrics of ``train.eval_samples`` images from the objective's sampling weights. Leaves the
+    global random streams as they were: how often a run evaluates never changes what its training draws (and
+    so a resumed run equals an uninterrupted one whether or not the scoring classifier was cached)."""
     from ..generation.images import sample
     from ..metrics import evaluate_images
     model = objective.sampling_model()
-    n = cfg.train.eval_samples
-    k = getattr(model.config, "num_classes", 0)
-    labels = torch.arange(n) % k if k else None
-    images = sample(model, n=n, labels=labels, seed=cfg.train.seed, **sampler_options(cfg.sample))
-    scores = evaluate_images(images, labels, data.images, cache_dir=cache_dir, fid=False, seed=cfg.train.seed)
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        n = cfg.train.eval_samples
+        k = getattr(model.config, "num_classes", 0)
+        labels = torch.arange(n) % k if k else None
+        images = sample(model, n=n, labels=labels, seed=cfg.train.seed, **sampler_options(cfg.sample))
+        scores = evaluate_images(images, labels, data.images, cache_dir=cache_dir, fid=False, seed=cfg.train.seed)
     return {key: scores[key] for key in EVAL_METRICS if scores.get(key) is not None}
 
 
