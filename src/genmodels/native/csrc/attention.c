@@ -1,4 +1,5 @@
-/* Unmasked multi-head attention with narrow heads (d = 8 or 16), forward and backward, for training.
+/* Unmasked multi-head attention with narrow heads (d = 8 or 16), forward and backward (training; the
+ * forward also serves FastUNet's sampling).
  *
  *     S = s·Q Kᵀ   P = softmax_rows(S)   O = P V                       (Vaswani et al., 2017, eq. 1)
  *     L_i = log Σ_j exp S_ij                        (saved by the forward: the backward recomputes P)
@@ -21,7 +22,8 @@
  * A short last block is padded with zero queries/keys, whose lanes are never written out.
  * Tensors are (B, H, T, d) views given by their strides in floats (b, h, t; the d elements of a
  * row contiguous), so q/k/v may be slices of one fused projection; L is (B, H, T) contiguous.
- * genmodels/native/attention.py holds the autograd function and its equality to the PyTorch path.
+ * genmodels/native/attention.py holds the autograd function; tests/native/test_attention_native.py
+ * holds it as accurate as PyTorch's kernel against float64.
  */
 #include <stdlib.h>
 
