@@ -106,6 +106,20 @@ def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objectiv
         assert len(losses(ref, "G/loss")) == 8 and sorted(losses(ref, "D/r1")) == [1, 4, 7]
 
 
+@pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal"),
+                                             (LLAMA_MOE, "causal")], ids=["mlm", "span", "dropout", "moe"])
+def test_evaluating_a_text_run_never_changes_what_training_draws(model, objective, corpus_dir, tmp_path):
+    """Masks, spans, dropout and router jitter draw random numbers in training; validation must not take any
+    from the same stream: evaluating every 2 steps or never gives the same training losses bit for bit."""
+    runs = []
+    for every in (2, 1000):
+        run = tmp_path / f"every-{every}"
+        _run(_cfg(corpus_dir, run, model=model, train={"objective": objective, "max_steps": 6, "ckpt_every": 1000,
+                                                       "eval_every": every, "log_every": 1}))
+        runs.append(losses(run, "loss"))
+    assert runs[0] == runs[1] and len(runs[0]) == 6
+
+
 @pytest.mark.parametrize("objective", ["gan", "diffusion"])
 def test_evaluating_never_changes_what_training_draws(objective, tmp_path, monkeypatch):
     """An image run scores samples at each evaluation (sampling, the metrics classifier, cached or trained on the

@@ -211,7 +211,7 @@ def evaluate_run(run: RunState) -> None:
         record = {"step": run.step, "images": run.tokens, "val_loss": vl, **extra}
     else:
         vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
-                      tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn)
+                      tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn, seed=tc.seed)
         record = {"step": run.step, "tokens": run.tokens, "val_loss": vl}
     res.val_loss = vl
     res.val_ppl = math.exp(min(vl, 50.0)) if run.objective.perplexity and vl is not None else None

@@ -199,9 +199,13 @@ def first_non_finite_param(module: nn.Module, info: DistInfo) -> str | None:
 
 @torch.no_grad()
 def evaluate(loss_fn, val, micro_bs: int, n_batches: int, info: DistInfo, amp_dtype,
-             module: nn.Module | None = None) -> float:
+             module: nn.Module | None = None, seed: int | None = None) -> float:
     """Mean loss over the first ``n_batches`` global batches of the (unshuffled) validation windows.
-    ``loss_fn(x, y) -> loss``; ``module`` (default: ``loss_fn`` when it is a module) is in eval mode meanwhile."""
+    ``loss_fn(x, y) -> loss``; ``module`` (default: ``loss_fn`` when it is a module) is in eval mode meanwhile.
+
+    With ``seed``, whatever the objective draws (masked-LM masks, corrupted spans) comes from a stream seeded
+    ``seed + rank`` under a forked RNG: every evaluation scores the same masks, so validation losses compare
+    across steps, and the training stream is left as it was (how often a run evaluates never changes it)."""
     module = module if module is not None else (loss_fn if isinstance(loss_fn, nn.Module) else None)
     was_training = module.training if module is not None else None
     if module is not None:
@@ -209,13 +213,17 @@ def evaluate(loss_fn, val, micro_bs: int, n_batches: int, info: DistInfo, amp_dt
     global_bs = micro_bs * info.world_size
     n = min(n_batches, max(1, len(val) // global_bs))
     total = torch.zeros((), dtype=torch.float64)
-    for i in range(n):
-        start = i * global_bs + info.rank * micro_bs
-        idx = [j % len(val) for j in range(start, start + micro_bs)]
-        x, y = val.get_batch(idx)
-        with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = loss_fn(x.to(info.device), y.to(info.device))
-        total += loss.double().cpu()
+    devices = [info.device] if info.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed + info.rank)
+        for i in range(n):
+            start = i * global_bs + info.rank * micro_bs
+            idx = [j % len(val) for j in range(start, start + micro_bs)]
+            x, y = val.get_batch(idx)
+            with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = loss_fn(x.to(info.device), y.to(info.device))
+            total += loss.double().cpu()
     total = info.all_reduce_sum(total) / (n * info.world_size)
     if module is not None:
         module.train(was_training)
