@@ -120,6 +120,47 @@ def test_a_nan_spreads_as_in_pytorch_never_hidden():
     assert torch.isnan(g[1]).any() and torch.isfinite(g[0]).all()
 
 
+@pytest.mark.parametrize("t", [1, 17, 16])
+@pytest.mark.parametrize("d", [8, 16])
+def test_rows_of_very_negative_scores_give_finite_exact_gradients(t, d):
+    """Every score of a row at −800 (a key bias can shift a row that far: softmax does not mind). With T not a
+    multiple of the lane width, a padding key's weight e^{0−L} overflowed and inf · 0 made dQ NaN (found by
+    review, 2026-11-30); the row's true gradient is 0."""
+    q = torch.full((1, 2, t, d), 10.0, requires_grad=True)
+    k = torch.full((1, 2, t, d), -10.0, requires_grad=True)
+    v = torch.ones(1, 2, t, d, requires_grad=True)
+    grad = torch.ones(1, 2, t, d)
+    x = [a.detach().double().requires_grad_() for a in (q, k, v)]
+    want = torch.autograd.grad(torch.softmax(x[0] @ x[1].transpose(-1, -2), -1) @ x[2], x, grad.double())
+    errors = {}
+    for name, y in (("native", narrow_attention(q, k, v, 1.0)), ("sdpa", F.scaled_dot_product_attention(q, k, v,
+                                                                                                         scale=1.0))):
+        got = torch.autograd.grad(y, (q, k, v), grad)
+        assert all(torch.isfinite(a).all() for a in got), name
+        errors[name] = max((a.double() - w).abs().max().item() for a, w in zip(got, want))
+    # scores of −800 leave fp32 ~5e-5 of absolute precision in the logsumexp: both kernels err by about that
+    assert errors["native"] <= max(3 * errors["sdpa"], 1e-5), errors
+
+
+def test_weights_far_below_the_row_maximum_are_zero():
+    """A key 1000 below the row's maximum has weight 0 (exp underflows), not exp's clamp e^−87 ≈ 1.6e−38,
+    which a value of 1e36 would turn into an error of 0.016."""
+    q, k, v = torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8), torch.zeros(1, 1, 2, 8)
+    q[..., 0], k[0, 0, 1, 0], v[0, 0, 0, 0], v[0, 0, 1, 0] = 1.0, -1000.0, 1.0, 1e36
+    assert narrow_attention(q, k, v, 1.0)[0, 0, :, 0].tolist() == [1.0, 1.0]
+
+
+def test_the_output_can_be_modified_in_place_like_sdpas():
+    """The output is a plain tensor with (B, T, H, d) memory, not a view made inside the autograd Function
+    (which autograd forbids modifying in place); its (B, T, H·d) reshape stays free."""
+    qkv = _fused(1, 2, 17, 8)
+    q, k, v = _split(qkv, 2, 8)
+    y = narrow_attention(q, k, v)
+    flat = y.transpose(1, 2).reshape(1, 17, 16)
+    assert flat.data_ptr() == y.data_ptr()  # a view, no copy
+    flat.mul_(2)  # raised "... is a view and is being modified inplace ... created inside a custom Function"
+
+
 def test_threads_split_the_work_without_changing_it():
     qkv = _fused(3, 5, 33, 8)
     q, k, v = _split(qkv, 5, 8)

@@ -53,9 +53,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _empty_bthd(like: torch.Tensor) -> torch.Tensor:
-    """A (B, H, T, d) view of fresh (B, T, H, d) memory: what attention's caller reshapes to (B, T, H·d) for free."""
+    """A (B, H, T, d) tensor laid out as (B, T, H, d): what attention's caller reshapes to (B, T, H·d) for free.
+    Made with its strides, not as a transposed view (a view made inside a custom Function may not be
+    modified in place later, which sdpa's output may)."""
     b, h, t, d = like.shape
-    return like.new_empty(b, t, h, d).transpose(1, 2)
+    return like.new_empty_strided((b, h, t, d), (t * h * d, d, h * d, 1))
 
 
 class _NarrowAttention(torch.autograd.Function):

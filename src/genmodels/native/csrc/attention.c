@@ -19,7 +19,9 @@
  *                                   dQ_i += dS_i·K (lane partial sums, reduced once at the end);
  *                                   pass 2: dVᵀ[c] = Σ_i dO_ic·P_i, dKᵀ[c] = s·Σ_i Q_ic·dS_i
  *
- * A short last block is padded with zero queries/keys, whose lanes are never written out.
+ * A short last block is padded with zero queries/keys, whose lanes are never written out; in the backward
+ * the padding keys' P is masked to 0 (their score 0 is not −∞: e^{0−L} would overflow for a row whose
+ * scores are all below −88, and inf · 0 would poison dQ).
  * Tensors are (B, H, T, d) views given by their strides in floats (b, h, t; the d elements of a
  * row contiguous), so q/k/v may be slices of one fused projection; L is (B, H, T) contiguous.
  * genmodels/native/attention.py holds the autograd function; tests/native/test_attention_native.py
@@ -46,8 +48,10 @@ INLINE vf vmax(vf a, vf b) {
     return (vf)((m & (vi)a) | (~m & (vi)b));
 }
 
-/* e^x as Cephes' expf (common.h's exp8), written once for any vector width. */
+/* e^x as Cephes' expf (common.h's exp8), written once for any vector width; 0 below −87 (where the
+ * exponent bits would underflow; e^−87 ≈ 1.6e−38, so a weight there is 0 as in PyTorch's softmax). */
 INLINE vf vexp(vf x) {
+    vi under = x < -87.0f; /* false for a NaN, which goes through */
     x = vmax(VS(-87.0f), x); /* this operand order lets a NaN through (vmax returns b unless a > b) */
     vi hi = x > 88.3762626647949f;
     x = (vf)((hi & (vi)VS(88.3762626647949f)) | (~hi & (vi)x));
@@ -62,7 +66,14 @@ INLINE vf vexp(vf x) {
     y = y * r + 5.0000001201e-1f;
     y = y * (r * r) + r + 1.0f;
     vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return y * (vf)e;
+    return (vf)(~under & (vi)(y * (vf)e));
+}
+
+/* All bits set in the first n lanes, 0 in the rest: a short last block's padding lanes. */
+INLINE vi lanes_below(int64_t n) {
+    vi m;
+    for (int l = 0; l < VW; l++) m[l] = l < n ? -1 : 0;
+    return m;
 }
 
 INLINE float vsum(vf v) {
@@ -157,6 +168,7 @@ static float *scratch(size_t floats) {
         memset(dqacc, 0, sizeof(float) * T * D * VW);                                                      \
         for (int64_t j0 = 0; j0 < T; j0 += VW) {                                                          \
             int64_t n = T - j0 < VW ? T - j0 : VW;                                                         \
+            const vi real = lanes_below(n); /* a padding key must get P = 0: its score 0 is not −∞ */   \
             vf kT[D], vT[D]; /* s·Kᵀ and Vᵀ of this key block: (d, VW) */                                  \
             for (int c = 0; c < D; c++) {                                                                  \
                 kT[c] = (vf){0}; vT[c] = (vf){0};                                                          \
@@ -172,7 +184,7 @@ static float *scratch(size_t floats) {
                     s += kT[c] * qi[c]; dp += vT[c] * gi[c]; s1 += kT[c + 1] * qi[c + 1]; dp1 += vT[c + 1] * gi[c + 1]; \
                 }                                                                                          \
                 s += s1; dp += dp1;                                                                        \
-                vf p = vexp(s - lse[i]);                                                                   \
+                vf p = (vf)(real & (vi)vexp(s - lse[i])); /* (e^{0−L} overflows when L < −88) */           \
                 vf ds = p * (dp - delta[i]);                                                               \
                 ST(P + i * VW, p); ST(dS + i * VW, ds);                                                    \
                 float *acc = dqacc + i * D * VW;                                                           \
