@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 from safetensors.torch import save_file
 
+from ..config import ConfigError
 from ..models.diffusion.config import DiffusionConfig
 from ..schedulers import DDPMScheduler
 from ..schedulers.config import CONFIG_NAME as SCHEDULER_CONFIG
@@ -92,7 +93,7 @@ class DiffusersUNetConverter(Converter):
 
     # ---- config ---------------------------------------------------------------------------------
     def config_from_hf(self, hf: dict[str, Any], scheduler: dict[str, Any] | None = None,
-                       where: str = "config.json") -> DiffusionConfig:
+                       where: str = "config.json", sched_where: str = SCHEDULER_CONFIG) -> DiffusionConfig:
         """Our config from a UNet2DModel config.json (and a scheduler_config.json's schedule)."""
         if hf.get("_class_name") != CLASS_NAME:
             raise ConversionError(f"{where}: _class_name={hf.get('_class_name')!r} is not supported; "
@@ -110,6 +111,7 @@ class DiffusersUNetConverter(Converter):
             size = size[0]
         if not isinstance(size, int) or isinstance(size, bool):
             raise ConversionError(f"{where}: sample_size={size!r} must be one integer (square images)")
+        _check_types(hf, where)
         levels = _attention_levels(hf, where)
         out: dict[str, Any] = {k: hf[k] for k in _SAME if k in hf}
         if "block_out_channels" in out:
@@ -121,10 +123,14 @@ class DiffusersUNetConverter(Converter):
         null = bool((hf.get(PRIVATE) or {}).get("null_class", False))
         if n_embeds:
             out.update(num_classes=n_embeds - 1 if null else n_embeds, null_class=null)
-        out.update(_schedule(hf, scheduler))
+        out.update(_schedule(hf, scheduler, sched_where))
         if out["out_channels"] == out.get("in_channels", 3):
             out["out_channels"] = None
-        return DiffusionConfig.from_dict(out)
+        try:
+            return DiffusionConfig.from_dict(out)
+        except ConfigError as e:  # our field names; say which files the values came from
+            files = where if scheduler is None else f"{where} + {sched_where}"
+            raise ConfigError(f"{files}: {e}") from None
 
     def config_to_hf(self, cfg: DiffusionConfig) -> dict[str, Any]:
         """diffusers' UNet2DModel config.json for ``cfg``; a field diffusers cannot express is refused."""
@@ -179,6 +185,17 @@ class DiffusersUNetConverter(Converter):
         return out
 
 
+def _check_types(hf: dict[str, Any], where: str) -> None:
+    """The UNet2DModel keys whose shape the converter relies on, checked before anything reads them."""
+    for k in ("block_out_channels", "down_block_types", "up_block_types"):
+        if k in hf and not (isinstance(hf[k], (list, tuple)) and hf[k]):
+            raise ConversionError(f"{where}: {k}={hf[k]!r} must be a non-empty list")
+    if "add_attention" in hf and not isinstance(hf["add_attention"], bool):
+        raise ConversionError(f"{where}: add_attention={hf['add_attention']!r} must be true or false")
+    if PRIVATE in hf and not isinstance(hf[PRIVATE], dict):
+        raise ConversionError(f"{where}: {PRIVATE}={hf[PRIVATE]!r} must be an object (genmodels' own fields)")
+
+
 def _attention_levels(hf: dict[str, Any], where: str) -> list[int]:
     """Levels with attention from down/up block types, which must mirror each other."""
     down = hf.get("down_block_types", ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"])
@@ -199,15 +216,35 @@ def _attention_levels(hf: dict[str, Any], where: str) -> list[int]:
     return levels
 
 
-def _schedule(hf: dict[str, Any], scheduler: dict[str, Any] | None) -> dict[str, Any]:
-    """The schedule fields from scheduler_config.json (its other keys are sampler settings, not the model's)."""
+# scheduler_config.json settings that change the noise levels or the network's output and that our schedule
+# fields cannot hold: refused unless at these values (diffusers' defaults)
+_SCHEDULE_FIXED: dict[str, tuple[Any, ...]] = {"rescale_betas_zero_snr": (False, None),
+                                               "variance_type": ("fixed_small", "fixed_small_log", "fixed_large",
+                                                                 "fixed_large_log", None)}
+
+
+def _schedule(hf: dict[str, Any], scheduler: dict[str, Any] | None, where: str = SCHEDULER_CONFIG) -> dict[str, Any]:
+    """The schedule fields from scheduler_config.json (its other keys are sampler settings, not the model's).
+    Only beta-schedule schedulers (DDPM, DDIM, PNDM, DPM-Solver, Euler, …) describe our schedule: one without
+    ``beta_schedule`` (score-SDE, flow matching) is refused, as are an explicit beta table, zero-terminal-SNR
+    rescaling and a learned variance, naming the key."""
     out = {}
     if hf.get("num_train_timesteps") is not None:
         out["num_train_timesteps"] = hf["num_train_timesteps"]
     if scheduler is not None:
+        if not isinstance(scheduler, dict):
+            raise ConversionError(f"{where}: must be a JSON object (a diffusers scheduler config)")
+        if "beta_schedule" not in scheduler:
+            raise ConversionError(f"{where}: _class_name={scheduler.get('_class_name')!r} has no beta_schedule; "
+                                  "genmodels' diffusion models use a beta schedule (DDPM, DDIM, PNDM, DPM-Solver, "
+                                  "Euler schedulers), not score-SDE or flow-matching noise levels")
         if scheduler.get("trained_betas") is not None:
-            raise ConversionError(f"{SCHEDULER_CONFIG}: trained_betas (an explicit beta table) has no equivalent "
+            raise ConversionError(f"{where}: trained_betas (an explicit beta table) has no equivalent "
                                   "in genmodels' schedule fields (beta_schedule, beta_start, beta_end)")
+        for k, allowed in _SCHEDULE_FIXED.items():
+            if scheduler.get(k, allowed[0]) not in allowed:
+                raise ConversionError(f"{where}: {k}={scheduler[k]!r} has no equivalent in genmodels' schedule "
+                                      f"(it needs {allowed[0]!r})")
         out.update({k: scheduler[k] for k in SCHEDULE_FIELDS if k in scheduler})
     return out
 
@@ -229,10 +266,14 @@ def load_diffusers(path: str | Path, hf_config: dict[str, Any], build: Callable[
     schedule comes from ``sched_file`` (default: the folder's own scheduler_config.json) when it exists."""
     from ..io import read_json
     path = Path(path)
+    required = sched_file is not None  # a pipeline names its scheduler: it must be there
     sched_file = path / SCHEDULER_CONFIG if sched_file is None else sched_file
+    if required and not sched_file.is_file():
+        raise FileNotFoundError(f"{sched_file}: missing (the pipeline's model_index.json names a scheduler, "
+                                "whose schedule the model was trained for)")
     scheduler = read_json(sched_file) if sched_file.is_file() else None
     conv = DiffusersUNetConverter()
-    cfg = conv.config_from_hf(hf_config, scheduler, where=str(path / "config.json"))
+    cfg = conv.config_from_hf(hf_config, scheduler, where=str(path / "config.json"), sched_where=str(sched_file))
     if check is not None:
         check(cfg)
     sd = read_weights(path)
@@ -268,6 +309,10 @@ def load_pipeline(path: str | Path, build: Callable[[Any], torch.nn.Module],
     if not (isinstance(unet, list) and len(unet) == 2 and unet[1] == "UNet2DModel"):
         raise ValueError(f"{index_file}: \"unet\" is {unet!r}; genmodels loads pipelines whose unet is a "
                          f"UNet2DModel ({', '.join(PIXEL_PIPELINES)})")
+    sched = index.get("scheduler")
+    if not (isinstance(sched, list) and len(sched) == 2 and isinstance(sched[1], str)):
+        raise ValueError(f"{index_file}: \"scheduler\" is {sched!r}; a {', '.join(PIXEL_PIPELINES)} names its "
+                         "scheduler (the schedule the unet was trained for)")
     others = sorted(k for k, v in index.items() if not k.startswith("_") and k not in ("unet", "scheduler")
                     and v not in (None, [None, None]))
     if others:

@@ -1,6 +1,7 @@
 """The trainer's image side (diffusion, GANs): data, batches, evaluation with the offline metrics,
-the end-of-run sample grid. :mod:`.trainer` calls these where a token run tokenizes, packs and
-generates text; everything else (steps, checkpoints, resume, budget, plots) is shared.
+the end-of-run sample grid. :mod:`.trainer` (set-up, the end) and :mod:`.loop` (evaluation) call these
+where a token run tokenizes, packs and generates text; everything else (steps, checkpoints, resume,
+budget, plots) is shared.
 
 - data: :func:`genmodels.data.images.load_images` of the recipe's image ``data:`` section; batches
   ``{"images": (B, C, H, W), "labels": (B,)}`` drawn by the shared, checkpointed BatchSampler; the

@@ -92,6 +92,58 @@ def test_a_pipeline_that_is_not_a_pixel_unet_is_refused_naming_the_part(tmp_path
         genmodels.load(tmp_path / "p")
 
 
+@pytest.mark.parametrize("scheduler,match", [
+    (lambda: diffusers.DDIMScheduler(rescale_betas_zero_snr=True), r"rescale_betas_zero_snr=True has no equivalent"),
+    (lambda: diffusers.DDPMScheduler(variance_type="learned_range"), r"variance_type='learned_range' has no"),
+    (lambda: diffusers.ScoreSdeVeScheduler(), r"_class_name='ScoreSdeVeScheduler' has no beta_schedule"),
+    (lambda: diffusers.FlowMatchEulerDiscreteScheduler(),
+     r"_class_name='FlowMatchEulerDiscreteScheduler' has no beta_schedule"),
+], ids=["zero-snr", "learned-variance", "score-sde", "flow-matching"])
+def test_a_pipeline_whose_schedule_we_cannot_hold_is_refused_naming_the_key(scheduler, match, tmp_path):
+    """Silently loading these would sample with the wrong noise levels (found by review, 2026-11-30)."""
+    diffusers.DDPMPipeline(unet=_theirs(DDPM), scheduler=scheduler()).save_pretrained(tmp_path / "p")
+    with pytest.raises(ConversionError, match=r"scheduler/scheduler_config\.json: " + match):
+        genmodels.load(tmp_path / "p")
+
+
+def test_a_pipeline_without_its_scheduler_is_refused(tmp_path):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=250, beta_schedule="squaredcos_cap_v2")
+    diffusers.DDPMPipeline(unet=_theirs(DDPM), scheduler=sched).save_pretrained(tmp_path / "p")
+    index_file = tmp_path / "p" / "model_index.json"
+    index = json.loads(index_file.read_text())
+    index_file.write_text(json.dumps({k: v for k, v in index.items() if k != "scheduler"}))
+    with pytest.raises(ValueError, match=r"model_index\.json: \"scheduler\" is None"):
+        genmodels.load(tmp_path / "p")
+    index_file.write_text(json.dumps(index))
+    (tmp_path / "p" / "scheduler" / "scheduler_config.json").unlink()  # was: the default schedule, silently
+    with pytest.raises(FileNotFoundError, match=r"scheduler/scheduler_config\.json: missing"):
+        genmodels.load(tmp_path / "p")
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("block_out_channels", None, "block_out_channels=None must be a non-empty list"),
+    ("down_block_types", 5, "down_block_types=5 must be a non-empty list"),
+    ("add_attention", "no", "add_attention='no' must be true or false"),
+    ("_genmodels", [1], "_genmodels=\\[1\\] must be an object"),
+])
+def test_malformed_unet_config_values_are_named_not_a_traceback(key, value, match, tmp_path):
+    theirs = _theirs(DDPM)
+    theirs.save_pretrained(tmp_path / "d")
+    cfg_file = tmp_path / "d" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), key: value}))
+    with pytest.raises(ConversionError, match=r"config\.json: " + match):
+        genmodels.load(tmp_path / "d")
+
+
+def test_a_bad_schedule_value_names_the_scheduler_file(tmp_path):
+    diffusers.DDPMPipeline(unet=_theirs(DDPM), scheduler=diffusers.DDPMScheduler()).save_pretrained(tmp_path / "p")
+    f = tmp_path / "p" / "scheduler" / "scheduler_config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "beta_start": "0.001"}))
+    with pytest.raises(genmodels.ConfigError, match=r"unet/config\.json \+ .*scheduler_config\.json: "
+                                                    r"model\.beta_start='0\.001' must be a number"):
+        genmodels.load(tmp_path / "p")
+
+
 @pytest.mark.parametrize("timestep", [7, 999, torch.tensor(5), torch.tensor([3]), torch.tensor([0, 500, 999]),
                                       torch.tensor([1.5, 20.25, 700.0])])
 def test_every_timestep_form_matches_diffusers(timestep, tmp_path):
