@@ -103,4 +103,9 @@ def narrow_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     why = unsupported(q, k, v, None, False)
     if why is not None:
         raise ValueError(f"native attention cannot run these inputs: {why}")
+    return apply_checked(q, k, v, scale)
+
+
+def apply_checked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """:func:`narrow_attention` for inputs a caller has already checked (:func:`preferred`): no second check."""
     return _NarrowAttention.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))

@@ -50,10 +50,10 @@ def sdpa_attention(q, k, v, mask=None, scale=None, is_causal=False):
 def native_attention(q, k, v, mask=None, scale=None, is_causal=False):
     """The same through genmodels' native CPU kernel for unmasked attention with narrow heads (d = 8 or 16;
     :mod:`genmodels.native.attention`), forward and backward; other inputs go to :func:`sdpa_attention`."""
-    from ..native.attention import narrow_attention, preferred
+    from ..native.attention import apply_checked, preferred
     if not preferred(q, k, v, mask, is_causal):
         return sdpa_attention(q, k, v, mask, scale, is_causal)
-    return narrow_attention(q, k, v, scale)
+    return apply_checked(q, k, v, scale)  # (preferred has checked the inputs)
 
 
 KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention, "native": native_attention}

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...native.attention import narrow_attention
+from ...native.attention import apply_checked
 from ...native.attention import preferred as native_preferred
 from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
 from ...nn.spatial_attention import SpatialSelfAttention
@@ -188,7 +188,7 @@ class FastUNet:
         q, k, v = qkv.view(b, hh * ww, 3 * heads, d).transpose(1, 2).split(heads, dim=1)  # (B, heads, HW, d)
         scale = d ** -0.5 if a.scale is None else a.scale
         if a.kernel == "native" and native_preferred(q, k, v, None, False):  # heads of 8 or 16, AVX2 or wider
-            y = narrow_attention(q, k, v, scale).transpose(1, 2)  # (B, HW, heads, d): a view of its output
+            y = apply_checked(q, k, v, scale).transpose(1, 2)  # (B, HW, heads, d): a view of its output
         else:
             y = attention_by_sample(q, k, v, scale, self.work)  # (B, HW, heads·d)
         y = y.reshape(b * hh * ww, heads * d)
