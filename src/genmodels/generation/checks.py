@@ -37,9 +37,12 @@ def check_real(name: str, value, *, low: float, low_ok: bool, high: float = math
     return float(value)
 
 
-def check_seed(seed) -> None:
+def check_seed(seed, name: str = "seed", flag: str | None = None) -> None:
+    """THE seed check (generation, image sampling, recipes): None or an integer in [0, 2**64), the range
+    ``torch.Generator.manual_seed`` takes; ``name`` (a recipe field) and ``flag`` (a CLI flag) word the message."""
     if seed is not None and (not _is_int(seed) or not 0 <= seed < SEED_LIMIT):
-        raise ValueError(f"seed={seed!r} must be None or an integer with 0 <= seed < 2**64")
+        also = f" ({flag})" if flag else ""
+        raise ValueError(f"{name}={seed!r}{also} must be None or an integer with 0 <= {name} < 2**64")
 
 
 def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, *, seed=None,
