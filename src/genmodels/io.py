@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -66,10 +67,26 @@ def read_torch_bin(file: Path) -> dict[str, torch.Tensor]:
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, …
-        raise ValueError(f"{file}: not a readable PyTorch checkpoint ({one_line(e)})") from None
+        raise ValueError(f"{file}: {_torch_load_failure(e)}") from None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{file}: expected a state dict (names -> tensors), found {type(sd).__name__}")
     return sd
+
+
+def _torch_load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words: torch's own message advises
+    ``weights_only=False`` (an unrestricted unpickle), which genmodels never does nor suggests."""
+    text = str(e)
+    if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (f"holds pickled Python objects ({m.group(1)}), not only tensors; genmodels reads weights only "
+                "(never an unrestricted unpickle): save the state dict, torch.save(model.state_dict(), FILE)")
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = m.group(1).strip() if m else one_line(e)
+    if "weights_only" in reason or not m and "Weights only load failed" in text:
+        reason = type(e).__name__
+    elif " " not in reason:  # a bare KeyError / EOFError argument: say what kind of failure it is
+        reason = f"{type(e).__name__}: {reason}"
+    return f"not a readable PyTorch checkpoint ({reason})"
 
 
 def is_genmodels_dir(path: Path) -> bool:
