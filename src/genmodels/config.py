@@ -90,6 +90,16 @@ def _check_value(kind: Any, v: Any, path: str) -> Any:
     return v
 
 
+def refuse_unknown_keys(cls: type, keys: Any, path: str) -> None:
+    """ConfigError naming every key of ``keys`` that is not a field of config class ``cls``, and the
+    allowed ones (the one unknown-key check of every family's config, preset and converter)."""
+    known = {f.name for f in fields(cls) if f.init}
+    unknown = sorted(set(keys) - known, key=str)
+    if unknown:
+        raise ConfigError(f"unknown {path} config key(s): {', '.join(map(str, unknown))}; "
+                          f"allowed keys: {', '.join(sorted(known))}")
+
+
 @dataclass
 class StrictConfig:
     """Base of every family's config: a dataclass whose fields are checked against their
@@ -100,6 +110,12 @@ class StrictConfig:
     :meth:`where` gives that path for a subclass's own :meth:`validate` messages."""
 
     section: ClassVar[str] = "model"
+
+    def __new__(cls, *args: Any, **kw: Any):
+        """Every way in (``Config(**kw)``, a preset's overrides, :meth:`from_dict`) refuses an unknown
+        key the same way: a ConfigError naming it and the allowed keys (never Python's TypeError)."""
+        refuse_unknown_keys(cls, kw, _PATH.get() or cls.section)
+        return super().__new__(cls)
 
     def __post_init__(self) -> None:
         self.__dict__["_path"] = _PATH.get() or self.section  # not a field: never serialised
@@ -127,11 +143,7 @@ class StrictConfig:
         path = path or cls.section
         if not isinstance(d, dict):
             raise ConfigError(f"{path}={d!r} must be a mapping of keys to values")
-        known = {f.name for f in fields(cls) if f.init}
-        unknown = sorted(set(d) - known, key=str)
-        if unknown:
-            raise ConfigError(f"unknown {path} config key(s): {', '.join(map(str, unknown))}; "
-                              f"allowed keys: {', '.join(sorted(known))}")
+        refuse_unknown_keys(cls, d, path)
         hints = _hints(cls)
         values = {k: _check_value(hints[k], v, f"{path}.{k}") for k, v in d.items()}
         token = _PATH.set(path)

@@ -105,6 +105,27 @@ class MixtralConverter(LlamaConverter):
                     if w not in per_expert.get(e, {}):
                         raise ConversionError(f"missing key in checkpoint: {layer}block_sparse_moe.experts.{e}.{w}"
                                               f".weight (the layer has experts up to {n - 1})")
+            _check_expert_shapes(layer, per_expert)  # before cat/stack, which would fail without the key
             sd[layer + "mlp.experts.gate_up_proj"] = torch.stack(
                 [torch.cat([per_expert[e]["w1"], per_expert[e]["w3"]], dim=0) for e in range(n)])  # (E, 2F, D)
             sd[layer + "mlp.experts.down_proj"] = torch.stack([per_expert[e]["w2"] for e in range(n)])  # (E, D, F)
+
+
+def _check_expert_shapes(layer: str, per_expert: dict[int, dict[str, torch.Tensor]]) -> None:
+    """Every expert of a 4.x layer holds ``w1``, ``w3`` of shape (F, D) and ``w2`` of (D, F), with the same
+    F and D as the layer's other experts (the most common shape); the first that does not is named."""
+    def as_fd(w: str, t: torch.Tensor) -> tuple[int, ...]:  # w2 is (D, F): read transposed
+        return tuple(t.shape)[::-1] if w == "w2" else tuple(t.shape)
+    shapes = [as_fd(w, t) for ws in per_expert.values() for w, t in ws.items()]
+    want = max(set(shapes), key=shapes.count)  # (F, D)
+    if len(want) != 2:
+        raise ConversionError(f"{layer}block_sparse_moe.experts.*.w1.weight must be matrices (F, D); "
+                              f"found shape {want}")
+    for e in sorted(per_expert):
+        for w in ("w1", "w2", "w3"):
+            t = per_expert[e][w]
+            if as_fd(w, t) != want:
+                need = want[::-1] if w == "w2" else want
+                raise ConversionError(f"wrong shape for {layer}block_sparse_moe.experts.{e}.{w}.weight: checkpoint "
+                                      f"{tuple(t.shape)}, the layer's other experts {need} (w1, w3: (F, D); "
+                                      "w2: (D, F))")

@@ -41,7 +41,11 @@ BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 def _state(sd: Any, who: str) -> dict[str, torch.Tensor]:
     """A state dict (or a path to a ``torch.save``'d one) as a plain dict we may pop from."""
     if isinstance(sd, (str, Path)):
-        sd = torch.load(sd, map_location="cpu", weights_only=True)
+        from ..io import read_torch_bin
+        try:
+            sd = read_torch_bin(Path(sd))  # the one safe reader: names the file, never unpickles objects
+        except ValueError as e:
+            raise ConversionError(f"{who}: {e}") from None
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ConversionError(f"{who} must be a state dict (key -> tensor) saved by the pytorch/examples DCGAN "
                               "script, e.g. torch.load('netG_epoch_24.pth')")
@@ -57,8 +61,36 @@ def _convs(sd: dict[str, torch.Tensor], who: str) -> list[int]:
     return idx
 
 
+def _layout(convs: list[int]) -> str | None:
+    """Whose ``main.N`` convolution indices these are: "G" (ConvT, BN, ReLU: 0, 3, 6, …), "D" (Conv, LeakyReLU,
+    then Conv, BN, LeakyReLU: 0, 2, 5, 8, …), or None."""
+    n = len(convs)
+    if convs == [3 * i for i in range(n)]:
+        return "G"
+    return "D" if convs == [0] + [3 * i - 1 for i in range(1, n)] else None
+
+
+def _check_roles(g: dict[str, torch.Tensor], d: dict[str, torch.Tensor] | None) -> None:
+    """Refuse a discriminator passed as the generator (or the reverse), saying so: its shapes would
+    otherwise be read as an odd generator (``channels=512``)."""
+    where = {"G": "main.0, main.3, main.6, … (the Generator's layout)",
+             "D": "main.0, main.2, main.5, … (the Discriminator's layout)"}
+    g_is = _layout(_convs(g, "netG"))
+    d_is = None if d is None else _layout(_convs(d, "netD"))
+    if g_is == "D" and d_is == "G":
+        raise ConversionError(f"netG_state_dict and netD_state_dict look swapped: netG's convolutions sit at "
+                              f"{where['D']}, netD's at {where['G']}; pass the generator first")
+    if g_is == "D":
+        raise ConversionError(f"netG_state_dict looks like a discriminator: its convolutions sit at {where['D']}; "
+                              "pass the generator's state dict (netG_epoch_N.pth) first")
+    if d_is == "G":
+        raise ConversionError(f"netD_state_dict looks like a generator: its convolutions sit at {where['G']}; "
+                              "pass the discriminator's state dict (netD_epoch_N.pth) second")
+
+
 def config_from_dcgan(g: dict[str, torch.Tensor], d: dict[str, torch.Tensor] | None) -> GANConfig:
     """GANConfig read from the shapes of the two state dicts."""
+    _check_roles(g, d)
     convs = _convs(g, "netG")
     k = len(convs) - 1
     size = 4 * 2 ** k

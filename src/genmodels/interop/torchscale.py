@@ -96,11 +96,16 @@ def config_from_torchscale(decoder: nn.Module, **overrides: Any) -> RetNetConfig
 
 
 def _check_buffers(decoder: nn.Module, cfg: RetNetConfig) -> None:
+    """The decay and angle buffers equal torchscale 0.3.0's definition, compared at the buffer's own
+    precision (a fp16 / bf16 decoder holds them rounded: ours is rounded the same way, then compared
+    within one unit in the last place of that type)."""
     rel = decoder.retnet_rel_pos
     want = {"decay": retention_decay(cfg.n_heads), "angle": retention_angles(cfg.d_model // cfg.n_heads)}
     for name, ours in want.items():
-        theirs = getattr(rel, name).detach().float().cpu()
-        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=1e-6, atol=1e-7):
+        buf = getattr(rel, name).detach().cpu()
+        eps = torch.finfo(buf.dtype).eps if buf.dtype.is_floating_point else 0.0
+        theirs, ours = buf.float(), ours.to(buf.dtype).float()  # ours at the buffer's precision
+        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=max(1e-6, 2 * eps), atol=1e-7):
             raise ConversionError(f"torchscale retnet_rel_pos.{name} differs from torchscale 0.3.0's definition "
                                   f"(which RetNetLM recomputes); a modified decoder does not convert")
 
