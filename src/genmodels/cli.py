@@ -5,6 +5,7 @@
     genmodels info PATH
     genmodels train CONFIG.yaml [--set key.sub=value ...]
     genmodels embed PATH TEXT...
+    genmodels arena SPEC.yaml [--out DIR] [--resume]
 """
 from __future__ import annotations
 
@@ -206,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     from .cli_images import add_image_parsers
     add_image_parsers(sub, finite_float)
+    from .cli_arena import add_arena_parser
+    add_arena_parser(sub)
     return p
 
 
