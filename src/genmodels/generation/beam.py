@@ -32,6 +32,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from ..nn.kv_cache import CHUNK
 from .sampling import repetition_penalty as apply_repetition_penalty
 
 NEG = -1.0e9  # transformers' "impossible" score
@@ -42,6 +43,13 @@ Advance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (rows (B·K,),
 def expand_beams(x: torch.Tensor | None, k: int) -> torch.Tensor | None:
     """One copy per beam, beams of a source adjacent: ``(B, ...) -> (B·K, ...)``."""
     return None if x is None else x.repeat_interleave(k, dim=0)
+
+
+def _grow(ids: torch.Tensor, limit: int, fill: int) -> torch.Tensor:
+    """``ids (B, K, W)`` widened to ``min(2·W, limit)`` positions, the new ones ``fill``: the token buffers
+    grow geometrically with the tokens produced (``max_new_tokens`` is a limit, not an allocation)."""
+    b, k, w = ids.shape
+    return torch.cat([ids, ids.new_full((b, k, min(2 * w, limit) - w), fill)], dim=2)
 
 
 def fill_value(pad: int | None, ends: Sequence[int]) -> int:
@@ -64,16 +72,17 @@ def beam_search(logits: torch.Tensor, advance: Advance, prompt: torch.Tensor, ma
     k, device = num_beams, prompt.device
     if max_new_tokens == 0:
         return prompt
-    length = p + max_new_tokens
-    keep = max(2, 1 + len(ends)) * k                                       # candidates per source and step
+    length = p + max_new_tokens                                            # the limit; buffers hold W <= length
+    keep = min(max(2, 1 + len(ends)) * k, k * logits.shape[-1])            # candidates per source and step
     top_k_mask = torch.zeros(keep, dtype=torch.bool, device=device)
     top_k_mask[:k] = True
     end_ids = torch.tensor(list(ends), dtype=torch.long, device=device)
     offset = torch.arange(b, device=device)[:, None] * k                   # first flat row of each source
 
-    running = torch.full((b, k, length), fill_value(pad, ends), dtype=torch.long, device=device)
+    fill = fill_value(pad, ends)
+    running = torch.full((b, k, p + min(max_new_tokens, CHUNK)), fill, dtype=torch.long, device=device)
     running[:, :, :p] = prompt[:, None]
-    finished = running.clone()                                             # (B, K, L)
+    finished = running.clone()                                             # (B, K, W)
     running_scores = torch.zeros(b, k, device=device)
     running_scores[:, 1:] = NEG                                            # all beams start equal: one is live
     finished_scores = torch.full((b, k), NEG, device=device)
@@ -82,6 +91,9 @@ def beam_search(logits: torch.Tensor, advance: Advance, prompt: torch.Tensor, ma
     improvable = torch.ones(b, 1, dtype=torch.bool, device=device)
     cur = p                                                                # index of the token chosen now
     while True:
+        if cur == running.shape[2]:                                        # full: room for as many again
+            running, finished = _grow(running, length, fill), _grow(finished, length, fill)
+        width = running.shape[2]
         logp = torch.log_softmax(logits.float(), dim=-1)                   # (B·K, V)
         if repetition_penalty is not None and repetition_penalty != 1.0:
             logp = apply_repetition_penalty(logp, running[:, :, :cur].reshape(b * k, cur), repetition_penalty)
@@ -89,7 +101,7 @@ def beam_search(logits: torch.Tensor, advance: Advance, prompt: torch.Tensor, ma
         acc = (logp.view(b, k, v) + running_scores[:, :, None]).view(b, k * v)
         top_scores, top_idx = torch.topk(acc, keep)                         # (B, 2K)
         beam, tok = top_idx // v, top_idx % v
-        cand = running.gather(1, beam[:, :, None].expand(b, keep, length)).clone()  # (B, 2K, L)
+        cand = running.gather(1, beam[:, :, None].expand(b, keep, width)).clone()  # (B, 2K, W)
         cand[:, :, cur] = tok
         hits = torch.isin(tok, end_ids) if len(end_ids) else torch.zeros_like(tok, dtype=torch.bool)
         if cur + 1 >= length:
@@ -97,7 +109,7 @@ def beam_search(logits: torch.Tensor, advance: Advance, prompt: torch.Tensor, ma
         # the K best continuations that did not end run on
         live_scores = top_scores + hits.float() * NEG
         nxt = torch.topk(live_scores, k)[1]                                 # (B, K)
-        running = cand.gather(1, nxt[:, :, None].expand(b, k, length))
+        running = cand.gather(1, nxt[:, :, None].expand(b, k, width))
         running_scores = live_scores.gather(1, nxt)
         rows = (beam.gather(1, nxt) + offset).reshape(-1)                   # (B·K,) flat rows continued
         # finished hypotheses: the new ones (among the K best only) merged with the old
@@ -108,7 +120,7 @@ def beam_search(logits: torch.Tensor, advance: Advance, prompt: torch.Tensor, ma
         fin_scores = fin_scores + full.float() * NEG + (~improvable).float() * NEG + (~new_fin).float() * NEG
         merged = torch.cat([finished_scores, fin_scores], dim=1)
         best = torch.topk(merged, k)[1]
-        finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(b, k, length))
+        finished = torch.cat([finished, cand], dim=1).gather(1, best[:, :, None].expand(b, k, width))
         finished_scores = merged.gather(1, best)
         is_finished = torch.cat([is_finished, new_fin], dim=1).gather(1, best)
         finished_len = torch.cat([finished_len, torch.full_like(tok, n)], dim=1).gather(1, best)
