@@ -35,7 +35,7 @@ OPTIONS = [
     dict(rescale_betas_zero_snr=True, timestep_spacing="trailing", prediction_type="v_prediction"),
     dict(timestep_spacing="leading", steps_offset=1),
 ]
-# Karras σ on the cosine schedule repeat timesteps: test_karras_cosine_duplicates_fail_like_diffusers
+# Karras σ on the cosine schedule repeat timesteps: test_repeated_timesteps_are_refused_where_diffusers_fails
 GRID = [(s, o) for s in BETA_SCHEDULES for o in OPTIONS
         if not (s == "squaredcos_cap_v2" and o.get("use_karras_sigmas"))]
 
@@ -65,23 +65,29 @@ def test_dpm20_loop_on_a_tiny_model_equal(options):
     assert results[0].abs().max() > 0.1
 
 
-def test_karras_cosine_duplicates_fail_like_diffusers():
-    # diffusers #12771: cosine σ_T ≈ 2e4 with Karras σ repeats timestep 998; the first step then starts at
-    # the repeat's second index and the loop runs out of noise levels one step early, in diffusers too
+def test_repeated_timesteps_are_refused_where_diffusers_fails():
+    # diffusers #12771: cosine σ_T ≈ 2e4 with Karras σ repeats timestep 998; diffusers' first step then starts at
+    # the repeat's second index and its loop runs out of noise levels one step early (IndexError)
     ours, theirs = make_pair("dpm", beta_schedule="squaredcos_cap_v2", use_karras_sigmas=True)
-    with pytest.warns(UserWarning, match="12771"):
+    with pytest.raises(ValueError, match=r"set_timesteps\(7\): timestep 998 repeats \(Karras sigmas"):
         ours.set_timesteps(7)
     theirs.set_timesteps(7)
-    assert ours.timesteps.tolist() == theirs.timesteps.tolist() == [998, 998, 998, 997, 983, 682, 0]
-    x_a = x_b = seeded(0)
+    assert theirs.timesteps.tolist() == [998, 998, 998, 997, 983, 682, 0]
+    x = seeded(0)
     for i, t in enumerate(theirs.timesteps[:-1]):
-        x_a = ours.step(seeded(10 + i), t, x_a).prev_sample
-        x_b = theirs.step(seeded(10 + i), t, x_b).prev_sample
-        torch.testing.assert_close(x_a, x_b, **STEP_TOL)
+        x = theirs.step(seeded(10 + i), t, x).prev_sample
     with pytest.raises(IndexError):
-        theirs.step(seeded(0), theirs.timesteps[-1], x_b)
-    with pytest.raises(ValueError, match="set_timesteps"):
-        ours.step(seeded(0), ours.timesteps[-1], x_a)
+        theirs.step(seeded(0), theirs.timesteps[-1], x)
+    # N = T under linspace repeats t = 499 (report W-3: `--scheduler dpm --steps 1000`); diffusers' loop gives NaN
+    ours, theirs = make_pair("dpm", beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    with pytest.raises(ValueError, match=r"set_timesteps\(1000\): timestep \d+ repeats .*fewer steps"):
+        ours.set_timesteps(1000)
+    theirs.set_timesteps(1000)
+    x = seeded(0)
+    for t in theirs.timesteps:
+        x = theirs.step(seeded(1) * 0.1, t, x).prev_sample
+    assert not torch.isfinite(x).all()
+    ours.set_timesteps(999)  # every count below T has distinct timesteps
 
 
 def test_lambda_min_clipped_drops_the_noisiest_timesteps():

@@ -155,6 +155,9 @@ class DPMSolverMultistepScheduler(DiscreteScheduler):
         2. N timesteps per ``timestep_spacing`` (:func:`.schedule.dpm_spaced_timesteps`), or from
            Karras σ (module docstring).
         3. σ at those timesteps (``np.interp`` in float64), then the final σ (0 or σ(0)), as float32.
+        4. Refuse a schedule that repeats a timestep (N = T under ``linspace``/``leading``, Karras σ on
+           ``squaredcos_cap_v2``): ValueError naming ``set_timesteps``, the timestep and the cause. diffusers
+           accepts it and then steps with h = 0 (NaN) or runs out of noise levels (IndexError).
         """
         c = self._config
         n = check_steps(num_inference_steps, c["num_train_timesteps"])
@@ -175,17 +178,20 @@ class DPMSolverMultistepScheduler(DiscreteScheduler):
             last = (((1 - self.alphas_cumprod[0]) / self.alphas_cumprod[0]) ** 0.5).item()
         else:
             last = 0.0
+        timesteps = torch.from_numpy(timesteps).to(dtype=torch.int64)  # (N,)
+        values, counts = timesteps.unique(return_counts=True)
+        if (counts > 1).any():  # refused before any state changes: the scheduler keeps its previous schedule
+            why = ("Karras sigmas on a schedule with a huge sigma_T such as squaredcos_cap_v2, diffusers #12771: "
+                   "use use_karras_sigmas=False" if c["use_karras_sigmas"] else
+                   f"more steps than the {c['timestep_spacing']!r} spacing has distinct training timesteps: "
+                   "use fewer steps, or timestep_spacing='trailing'")
+            raise ValueError(
+                f"set_timesteps({n}): timestep {int(values[counts > 1][-1])} repeats ({why}); DPM-Solver++ needs "
+                "distinct timesteps: a repeat is a step of length h = 0 and its update is NaN (diffusers gives NaN "
+                "or runs out of noise levels with an IndexError)")
         self.sigmas = torch.from_numpy(np.concatenate([sigmas, [last]]).astype(np.float32))  # (N+1,)
-        self.timesteps = torch.from_numpy(timesteps).to(device=device, dtype=torch.int64)  # (N,)
+        self.timesteps = timesteps.to(device=device)  # (N,)
         self.num_inference_steps = len(timesteps)
-        values, counts = self.timesteps.unique(return_counts=True)
-        if (counts > 1).any():
-            warnings.warn(
-                f"set_timesteps({n}): timestep {int(values[counts > 1][-1])} repeats (large N, or Karras sigmas on "
-                "a schedule with a huge sigma_T such as squaredcos_cap_v2, diffusers #12771); as in diffusers the "
-                "first step starts at a repeat's second copy, so the loop can run out of noise levels early",
-                stacklevel=2,
-            )
         self._reset_state()
 
     def index_for_timestep(self, timestep: int | torch.Tensor, schedule_timesteps: torch.Tensor | None = None) -> int:
