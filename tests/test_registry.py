@@ -128,7 +128,7 @@ def test_decode_is_decoder_only_and_generate_refuses_what_cannot_generate():
     with pytest.raises(ValueError, match="decode.generate needs a decoder-only model.*family='seq2seq'"):
         decode.generate(seq2seq, torch.tensor([[1, 2]]), 2)
     encoder = genmodels.build_model(tiny("bert")).eval()
-    with pytest.raises(ValueError, match="generate needs a decoder or seq2seq model.*family='encoder'"):
+    with pytest.raises(ValueError, match="generate needs a model that generates text; this is a model of family 'encoder'; it embeds sentences: use `genmodels embed`"):
         genmodels.generate(encoder, torch.tensor([[1, 2]]), 2)
 
 

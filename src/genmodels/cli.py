@@ -31,28 +31,35 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import genmodels
+    from genmodels.generation.checks import check_generation_args
+    from genmodels.registry import GENERATES, SEQ2SEQ, capabilities, require
     model = genmodels.load(model_dir(args.path))
-    from genmodels.registry import GENERATES, SEQ2SEQ, capabilities
-    if GENERATES not in capabilities(model):  # refuse before the prompt is echoed
-        raise ValueError(f"{args.path} holds a model of family {model.family!r}; generate needs a decoder or "
-                         "seq2seq model (use `genmodels embed` for encoders)")
+    require(model, GENERATES, "`genmodels generate`", args.path)  # refuse before the prompt is echoed
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise ValueError(f"{args.path} has no tokenizer.json, so a text prompt cannot be encoded")
     prompts = args.prompt or ["def "]
-    for prompt in prompts:
-        ids = tok.encode(prompt).ids
+    stops = [tok.token_to_id(s) for s in args.stop or []]
+    unknown = [s for s, i in zip(args.stop or [], stops) if i is None]
+    if unknown:
+        raise ValueError(f"--stop {unknown[0]!r} is not a single token of this tokenizer; "
+                         "give a token string (e.g. the EOS token)")
+    temperature = args.temperature if args.temperature is not None else (0.0 if args.num_beams > 1 else 0.8)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+              stop_tokens=stops, num_beams=args.num_beams)
+    try:  # every argument before any echo, named as its flag
+        check_generation_args(temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens,
+                              seed=args.seed, num_beams=args.num_beams)
+    except ValueError as e:
+        name = str(e).split("=", 1)[0]
+        raise ValueError(f"--{name.replace('_', '-')}={str(e).split('=', 1)[1]}" if name.isidentifier() else str(e)) \
+            from None
+    encoded = [tok.encode(prompt).ids for prompt in prompts]
+    for prompt, ids in zip(prompts, encoded):
         if not ids:
             raise ValueError(f"--prompt {prompt!r} encodes to no tokens; give a non-empty prompt")
-        stops = [tok.token_to_id(s) for s in args.stop or []]
-        unknown = [s for s, i in zip(args.stop or [], stops) if i is None]
-        if unknown:
-            raise ValueError(f"--stop {unknown[0]!r} is not a single token of this tokenizer; "
-                             "give a token string (e.g. the EOS token)")
-        temperature = args.temperature if args.temperature is not None else (0.0 if args.num_beams > 1 else 0.8)
-        kw = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
-                  top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-                  stop_tokens=[s for s in stops if s is not None], num_beams=args.num_beams)
+    for prompt, ids in zip(prompts, encoded):
         if args.num_beams > 1 and SEQ2SEQ not in capabilities(model):  # beams settle at the end: no streaming
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
             print(prompt + tok.decode(out[0, len(ids):].tolist()))
@@ -142,7 +149,9 @@ def _cpu_path(model) -> str:
 
 def cmd_embed(args: argparse.Namespace) -> int:
     import genmodels
+    from genmodels.registry import EMBEDS, require
     model = genmodels.load(model_dir(args.path))
+    require(model, EMBEDS, "`genmodels embed`", args.path)
     vecs = genmodels.embed(model, args.texts)
     for text, v in zip(args.texts, vecs.tolist()):
         print(json.dumps({"text": text, "embedding": [round(x, 6) for x in v]}))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .native.encoder import native_encoder
-from .registry import EMBEDS, capabilities
+from .registry import EMBEDS, require
 
 from .interop.sentence_transformers import KEY, POOLING_MODES, read_sentence_config  # noqa: F401  (re-exported)
 
@@ -57,12 +57,13 @@ def embed(model: torch.nn.Module, texts: str | Sequence[str], *, tokenizer=None,
     per text (default: the recipe's ``max_seq_length``, else the model's positions).
     """
     texts = _check_embed_args(texts, batch_size, max_length, pooling)
+    require(model, EMBEDS, "genmodels.embed")  # the model's kind first: a tokenizer cannot fix it
+    if not hasattr(model, "encode"):
+        raise ValueError(f"embed needs an encoder model (family 'encoder'), got {type(model).__name__}")
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     if tokenizer is None:
         raise ValueError("embed needs a tokenizer: load the model from a folder with tokenizer.json "
                          "or pass tokenizer=")
-    if not hasattr(model, "encode") or EMBEDS not in capabilities(model):
-        raise ValueError(f"embed needs an encoder model (family 'encoder'), got {getattr(model, 'family', None)!r}")
     recipe = model.config.extra.get(KEY) or {}
     pooling = pooling or recipe.get("pooling", "mean")
     normalize = recipe.get("normalize", False) if normalize is None else normalize

@@ -24,7 +24,11 @@ from .config import ConfigError
 GENERATES = "generates"  # token generation: ``genmodels.generate`` / ``genmodels generate``
 SEQ2SEQ = "seq2seq"  # generation reads the prompt as a source and returns the target (encoder–decoder)
 EMBEDS = "embeds"  # sentence vectors: ``genmodels.embed``
-CAPABILITIES = (GENERATES, SEQ2SEQ, EMBEDS)
+SAMPLES = "samples"  # images: ``genmodels.sample`` / ``genmodels sample`` / ``genmodels evaluate``
+CAPABILITIES = (GENERATES, SEQ2SEQ, EMBEDS, SAMPLES)
+# what a model of each user-facing capability is, and the command for it (the order a refusal suggests them in)
+COMMANDS = {GENERATES: ("generates text", "genmodels generate"), EMBEDS: ("embeds sentences", "genmodels embed"),
+            SAMPLES: ("samples images", "genmodels sample")}
 
 DEFAULT_FAMILY = "decoder"  # a config dict without "family" (as ModelConfig's default)
 
@@ -105,6 +109,19 @@ def capabilities(model: Any) -> frozenset[str]:
     """What ``model`` can do: its family's capabilities (none for an object of no known family)."""
     fam = family_of(model)
     return fam.capabilities if fam is not None else frozenset()
+
+
+def require(model: Any, capability: str, command: str, where: str | None = None) -> None:
+    """A one-line ValueError when ``model`` (or a config) cannot do ``capability``: it names what ``command``
+    needs, the model's family and the command that fits that family (every command and API entry asks here)."""
+    can = capabilities(model)
+    if capability in can:
+        return
+    fam = getattr(model, "family", None)
+    holds = f"{where} holds a model of family {fam!r}" if where else f"this is a model of family {fam!r}"
+    fits = [(does, cmd) for cap, (does, cmd) in COMMANDS.items() if cap in can]
+    advice = f"; it {fits[0][0]}: use `{fits[0][1]}`" if fits else ""
+    raise ValueError(f"{command} needs a model that {COMMANDS[capability][0]}; {holds}{advice}")
 
 
 def presets() -> dict[str, Callable[..., Any]]:

@@ -8,7 +8,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from ..registry import GENERATES, SEQ2SEQ, capabilities
+from ..registry import GENERATES, SEQ2SEQ, capabilities, require
 from . import decode
 from .checks import check_token_ids, vocab_size
 from .sampling import choose_next, process_logits, repetition_penalty, top_k_filter, top_p_filter
@@ -25,10 +25,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     encoder–decoder the prompt is the source and the target ids ``(B, 1 + n)`` are returned
     (:func:`.seq2seq.generate_seq2seq`; ``streamer`` is not used there). ``num_beams > 1`` is beam
     search for both (:mod:`.beam`)."""
+    require(model, GENERATES, "genmodels.generate")
     can = capabilities(model)
-    if GENERATES not in can:
-        raise ValueError(f"generate needs a decoder or seq2seq model; this one is "
-                         f"family={getattr(model, 'family', None)!r} (use genmodels.embed for encoders)")
     if SEQ2SEQ in can:
         return _generate_seq2seq(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,

@@ -194,5 +194,5 @@ def test_registry_entry():
         assert fam.counts.parameter_count(cfg) == n
     assert genmodels.preset("dcgan-digits").conditional and genmodels.preset("dcgan-digits").image_size == 8
     model = genmodels.build_model(genmodels.preset("dcgan-digits"))
-    with pytest.raises(ValueError, match="generate needs a decoder or seq2seq model; this one is family='gan'"):
+    with pytest.raises(ValueError, match="generate needs a model that generates text; this is a model of family 'gan'; it samples images"):
         genmodels.generate(model, torch.tensor([[1]]), 2)

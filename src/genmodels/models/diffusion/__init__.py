@@ -25,6 +25,6 @@ def build_diffusion(config: DiffusionConfig) -> nn.Module:
 
 DIFFUSION = registry.register(Family(
     name="diffusion", config_class=DiffusionConfig, model_class=build_diffusion, presets=dict(PRESETS),
-    objective="diffusion", counts=DiffusionCounts), replace=True)
+    objective="diffusion", counts=DiffusionCounts, capabilities=frozenset({registry.SAMPLES})), replace=True)
 
 __all__ = ["BACKBONE_CLASSES", "DIFFUSION", "DiT", "DiffusionConfig", "DiffusionCounts", "UNet2D", "build_diffusion"]

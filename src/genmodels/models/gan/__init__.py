@@ -12,6 +12,6 @@ from .presets import PRESETS
 
 GAN = registry.register(Family(
     name="gan", config_class=GANConfig, model_class=DCGAN, presets=dict(PRESETS), objective="gan",
-    counts=GANCounts), replace=True)
+    counts=GANCounts, capabilities=frozenset({registry.SAMPLES})), replace=True)
 
 __all__ = ["DCGAN", "Discriminator", "GAN", "GANConfig", "GANCounts", "Generator"]
