@@ -8,8 +8,12 @@ temporary name and renamed, so concurrent first uses (parallel tests) are safe. 
 ``<name>.so.json`` written after it records its size and SHA-256, checked before ctypes maps the
 file (a truncated library can kill the process with SIGBUS): a cached library that fails the check,
 or that the loader refuses, is rebuilt (once). The build runs under a timeout
-(``GENMODELS_NATIVE_BUILD_TIMEOUT`` seconds, default 120; past it: the PyTorch path, with the
-reason) and says on stderr that it is compiling when it takes more than a second.
+(``GENMODELS_NATIVE_BUILD_TIMEOUT`` seconds, default 120, for ``--version`` and the build together; past it:
+the PyTorch path, with the reason) and says on stderr that it is compiling, and when it gives up, when it
+takes more than a second. A compiler that hangs is given up once: the failure is remembered in the cache
+(``failed-<key>.json``, keyed by the compiler's identity: the CC command and its resolved file's path, size
+and modification time), so later processes take the PyTorch path at once; a changed compiler, a longer
+timeout or deleting that file tries again.
 """
 from __future__ import annotations
 
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 from ..files import atomic_write_bytes, file_sha256, fsync_path
+from .hangs import GaveUp, remember_hang, remembered_hang
 
 import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share its OpenMP thread pool)
 
@@ -41,7 +46,7 @@ _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"]
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
 NOTICE_AFTER_S = 1.0  # a build still running after this says so on stderr
-NOTICE = "genmodels: compiling native CPU kernels (first use, ~3 s)..."
+NOTICE = "genmodels: compiling native CPU kernels (first use)"  # + the timeout (see _say_compiling)
 
 
 def _sources() -> list[Path]:
@@ -103,10 +108,12 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _compiler_id(compiler: list[str]) -> str:
+def _compiler_id(compiler: list[str], timeout: float | None = None) -> str:
+    """``compiler --version``'s output ("" when it cannot run); a compiler that does not answer within
+    ``timeout`` (default: the build timeout) raises ``TimeoutExpired``: it is the hang the build gives up on."""
     try:
-        return _run([*compiler, "--version"], min(30.0, build_timeout())).stdout
-    except (OSError, subprocess.TimeoutExpired):
+        return _run([*compiler, "--version"], build_timeout() if timeout is None else timeout).stdout
+    except OSError:
         return ""
 
 
@@ -161,34 +168,50 @@ def forget(lib: Path) -> None:
     _sidecar(lib).unlink(missing_ok=True)
 
 
-def _cache_path(compiler: list[str]) -> Path:
-    key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _sources()) + " ".join(compiler).encode()
-                         + _compiler_id(compiler).encode() + _cpu_id().encode() + platform.machine().encode()
-                         ).hexdigest()[:16]
+def _folder() -> Path:
+    """The private folder of the cached libraries (and remembered failures)."""
     uid = os.getuid() if hasattr(os, "getuid") else 0
-    folder = (_private_dir(cache_dir()) or _private_dir(Path(tempfile.gettempdir()) / f"genmodels-native-{uid}")
-              or Path(tempfile.mkdtemp(prefix="genmodels-native-")))  # last resort: this process only
-    return folder / f"genmodels_native_{key}.so"
+    found = _private_dir(cache_dir()) or _private_dir(Path(tempfile.gettempdir()) / f"genmodels-native-{uid}")
+    if found is None and "folder" not in _state:  # last resort: this process only
+        _state["folder"] = Path(tempfile.mkdtemp(prefix="genmodels-native-"))
+    return found or _state["folder"]
+
+
+def _cache_path(compiler: list[str], timeout: float | None = None) -> Path:
+    key = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _sources()) + " ".join(compiler).encode()
+                         + _compiler_id(compiler, timeout).encode() + _cpu_id().encode()
+                         + platform.machine().encode()).hexdigest()[:16]
+    return _folder() / f"genmodels_native_{key}.so"
 
 
 def _say_compiling() -> None:
-    print(NOTICE, file=sys.stderr, flush=True)
+    print(f"{NOTICE}: usually a few seconds; giving up after {build_timeout():g} s "
+          "(GENMODELS_NATIVE_BUILD_TIMEOUT)...", file=sys.stderr, flush=True)
 
 
 def _build(compiler: list[str]) -> Path:
-    """The cached library for ``compiler`` (checked against its sidecar), compiled if missing or bad."""
+    """The cached library for ``compiler`` (checked against its sidecar), compiled if missing or bad. A
+    compiler that hangs (``--version`` or the build past the timeout) is given up and remembered."""
     timeout = build_timeout()
-    out = _cache_path(compiler)
-    why = check_cached(out)
-    if why is None:
-        return out
-    if why != "missing":
-        log.warning("genmodels: cached native library %s is %s; rebuilding it", out, why)
+    hung = remembered_hang(_folder(), compiler, timeout)
+    if hung is not None:
+        raise GaveUp(f"could not build genmodels' native kernels:\n{hung}")
+    deadline = time.monotonic() + timeout
     notice = threading.Timer(NOTICE_AFTER_S, _say_compiling)
     notice.daemon = True
     notice.start()
     try:
-        return _compile(compiler, out, time.monotonic() + timeout, timeout)
+        try:
+            out = _cache_path(compiler, timeout)
+        except subprocess.TimeoutExpired:
+            raise GaveUp("could not build genmodels' native kernels:\n"
+                         + remember_hang(_folder(), compiler, timeout, f"{' '.join(compiler)} --version")) from None
+        why = check_cached(out)
+        if why is None:
+            return out
+        if why != "missing":
+            log.warning("genmodels: cached native library %s is %s; rebuilding it", out, why)
+        return _compile(compiler, out, deadline, timeout)
     finally:
         notice.cancel()
 
@@ -202,9 +225,9 @@ def _compile(compiler: list[str], out: Path, deadline: float, timeout: float) ->
         try:
             r = _run(cmd, deadline - time.monotonic())
         except subprocess.TimeoutExpired:
-            tmp.unlink(missing_ok=True)
-            errors.append(f"the build timed out after {timeout:g} s (GENMODELS_NATIVE_BUILD_TIMEOUT): {' '.join(cmd)}")
-            break  # other flags will not be faster enough to matter
+            tmp.unlink(missing_ok=True)  # other flags will not be faster enough to matter
+            raise GaveUp("could not build genmodels' native kernels:\n"
+                         + remember_hang(_folder(), compiler, timeout, f"the build ({' '.join([*compiler, *flags])} …)")) from None
         except OSError as e:
             tmp.unlink(missing_ok=True)
             errors.append(f"{' '.join(cmd)}: {e}")
