@@ -12,11 +12,18 @@ the field.
 The null class has no diffusers field: a class-conditional model exports ``num_class_embeds =
 num_classes + 1`` and records the null class under the private key ``_genmodels`` (diffusers ignores
 keys that start with ``_``); a folder without it loads with every row a class.
+
+A UNet2DModel folder alone does not carry its noise schedule, so the export records it twice: in
+``scheduler_config.json`` (diffusers' form) and in config.json's ``_genmodels.schedule`` (the five
+schedule fields), which loading prefers, so an export that lost its scheduler_config.json still loads
+with the schedule it was trained for. A folder with neither loads with DiffusionConfig's default
+schedule, with one warning naming it.
 """
 from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -120,10 +127,16 @@ class DiffusersUNetConverter(Converter):
                    mid_attention=bool(hf.get("add_attention", True)))
         out.setdefault("out_channels", hf.get("in_channels", 3))
         n_embeds = hf.get("num_class_embeds")
-        null = bool((hf.get(PRIVATE) or {}).get("null_class", False))
+        null = (hf.get(PRIVATE) or {}).get("null_class", False)
+        if not isinstance(null, bool):
+            raise ConversionError(f"{where}: {PRIVATE}.null_class={null!r} must be true or false")
+        if n_embeds is not None and (isinstance(n_embeds, bool) or not isinstance(n_embeds, int) or
+                                     n_embeds < (2 if null else 0)):
+            raise ConversionError(f"{where}: num_class_embeds={n_embeds!r} must be null or an integer >= "
+                                  f"{'2 (one row per class, then the null class)' if null else '0 (0: unconditional)'}")
         if n_embeds:
             out.update(num_classes=n_embeds - 1 if null else n_embeds, null_class=null)
-        out.update(_schedule(hf, scheduler, sched_where))
+        out.update(_schedule(hf, scheduler, sched_where, where))
         if out["out_channels"] == out.get("in_channels", 3):
             out["out_channels"] = None
         try:
@@ -147,8 +160,9 @@ class DiffusersUNetConverter(Converter):
             "norm_eps": cfg.norm_eps, "downsample_padding": cfg.downsample_padding,
             "flip_sin_to_cos": cfg.flip_sin_to_cos, "freq_shift": cfg.freq_shift, "dropout": cfg.dropout,
             "num_class_embeds": cfg.label_rows or None, **{k: v[0] for k, v in _FIXED.items()}}
+        hf[PRIVATE] = {"schedule": {k: getattr(cfg, k) for k in SCHEDULE_FIELDS}}  # what loading prefers
         if cfg.num_classes:
-            hf[PRIVATE] = {"null_class": cfg.null_label is not None}
+            hf[PRIVATE]["null_class"] = cfg.null_label is not None
         return hf
 
     @staticmethod
@@ -223,14 +237,42 @@ _SCHEDULE_FIXED: dict[str, tuple[Any, ...]] = {"rescale_betas_zero_snr": (False,
                                                                  "fixed_large_log", None)}
 
 
-def _schedule(hf: dict[str, Any], scheduler: dict[str, Any] | None, where: str = SCHEDULER_CONFIG) -> dict[str, Any]:
-    """The schedule fields from scheduler_config.json (its other keys are sampler settings, not the model's).
+def _schedule(hf: dict[str, Any], scheduler: dict[str, Any] | None, where: str = SCHEDULER_CONFIG,
+              config_where: str = "config.json") -> dict[str, Any]:
+    """The schedule fields: config.json's ``_genmodels.schedule`` record when there is one (our exports; a
+    scheduler_config.json that disagrees with it is named in a warning), else scheduler_config.json's (its other
+    keys are sampler settings, not the model's), else DiffusionConfig's defaults, named in a warning.
     Only beta-schedule schedulers (DDPM, DDIM, PNDM, DPM-Solver, Euler, …) describe our schedule: one without
     ``beta_schedule`` (score-SDE, flow matching) is refused, as are an explicit beta table, zero-terminal-SNR
     rescaling and a learned variance, naming the key."""
     out = {}
     if hf.get("num_train_timesteps") is not None:
         out["num_train_timesteps"] = hf["num_train_timesteps"]
+    out.update(_read_scheduler(scheduler, where))
+    record = (hf.get(PRIVATE) or {}).get("schedule")
+    if record is not None:
+        if not isinstance(record, dict) or sorted(record) != sorted(SCHEDULE_FIELDS):
+            raise ConversionError(f"{config_where}: {PRIVATE}.schedule={record!r} must be an object with exactly "
+                                  f"the keys {', '.join(SCHEDULE_FIELDS)}")
+        differ = [k for k in SCHEDULE_FIELDS if scheduler is not None and k in scheduler and scheduler[k] != record[k]]
+        if differ:
+            warnings.warn(f"{where}: {differ[0]}={scheduler[differ[0]]!r} differs from the schedule recorded in "
+                          f"{config_where} ({PRIVATE}.schedule: {differ[0]}={record[differ[0]]!r}), which the model was "
+                          "exported with; using the recorded schedule", stacklevel=3)
+        return {**out, **record}
+    if scheduler is None:
+        assumed = {k: getattr(DiffusionConfig, k) for k in SCHEDULE_FIELDS}
+        assumed.update(out)
+        warnings.warn(f"{config_where}: no {SCHEDULER_CONFIG} beside it and no {PRIVATE}.schedule in it, so the "
+                      f"noise schedule is assumed: " + ", ".join(f"{k}={v!r}" for k, v in assumed.items()) +
+                      f" (DiffusionConfig's defaults); put the scheduler_config.json the model was trained with "
+                      "beside it if that is not its schedule", stacklevel=3)
+    return out
+
+
+def _read_scheduler(scheduler: dict[str, Any] | None, where: str) -> dict[str, Any]:
+    """The schedule fields of a scheduler_config.json (none when there is none), refusing what we cannot hold."""
+    out = {}
     if scheduler is not None:
         if not isinstance(scheduler, dict):
             raise ConversionError(f"{where}: must be a JSON object (a diffusers scheduler config)")
