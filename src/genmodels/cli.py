@@ -5,6 +5,7 @@
     genmodels info PATH
     genmodels train CONFIG.yaml [--set key.sub=value ...]
     genmodels embed PATH TEXT...
+    genmodels plan PRESET --gpus N [--seq L --batch B --zero fsdp|ddp --checkpointing --tokens T --mfu M --gpu G]
     genmodels arena SPEC.yaml [--out DIR] [--resume]
 """
 from __future__ import annotations
@@ -91,7 +92,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     import genmodels
     model = genmodels.load(model_dir(args.src))
     write = {"hf": genmodels.export_hf, "diffusers": genmodels.export_diffusers, "genmodels": genmodels.save}[args.to]
-    out = write(model, args.dst)
+    out = write(model, args.dst, overwrite=args.overwrite)
     print(f"wrote {args.to} model to {out}")
     return 0
 
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--to", choices=("hf", "diffusers", "genmodels"), required=True)
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace a model of another family or architecture already in DST (files that are "
+                        "not model files are never replaced)")
     c.set_defaults(func=cmd_convert)
 
     i = sub.add_parser("info", help="family, parameter count, config, FLOPs per token")
@@ -218,13 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_image_parsers(sub, finite_float)
     from .cli_arena import add_arena_parser
     add_arena_parser(sub)
+    from .cli_plan import add_plan_parser
+    add_plan_parser(sub, finite_float)
     return p
 
 
 # ---- failures: one line for what a user can fix, a traceback for a bug ---------------------------
 ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
 # command-line arguments that name files or folders, as the usage line spells them
-PATH_ARGUMENTS = {"path": "PATH", "src": "SRC", "dst": "DST", "config": "CONFIG"}
+PATH_ARGUMENTS = {"path": "PATH", "src": "SRC", "dst": "DST", "config": "CONFIG", "out": "--out"}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -277,7 +283,7 @@ def one_line(e: BaseException) -> str:
 def _arguments(args: argparse.Namespace) -> list[tuple[str, str]]:
     """The (name, value) pairs of the file or folder arguments this command was given."""
     return [(name, str(getattr(args, dest))) for dest, name in PATH_ARGUMENTS.items()
-            if isinstance(getattr(args, dest, None), str)]
+            if isinstance(getattr(args, dest, None), str) and getattr(args, dest)]  # "" names nothing
 
 
 def _source(args: argparse.Namespace) -> str:
@@ -328,6 +334,8 @@ def expected_failure(e: Exception, args: argparse.Namespace) -> str | None:
     if _is(e, "yaml", "YAMLError"):
         return f"{source}: not valid YAML ({msg})"
     if _is(e, "safetensors", "SafetensorError"):
+        if "while serializing" in msg:  # a write (files.write_safetensors names the file where it can)
+            return f"a .safetensors file written for {source} could not be written ({msg})"
         return f"a .safetensors file read for {source} is truncated or not safetensors ({msg})"
     if isinstance(e, MemoryError) or (isinstance(e, RuntimeError) and
                                       any(s in str(e).lower() for s in ALLOCATION_FAILURES)):

@@ -2,13 +2,20 @@
 
 An atomic write goes to a temporary name in the target's own folder, is flushed and fsynced, then
 renamed over the target (``os.replace``): a reader sees the old file or the new one, never a part,
-and a crash never leaves a half-written file under the target's name.
+and a crash never leaves a half-written file under the target's name. The new file's mode follows the
+umask (0o666 & ~umask, as ``open`` makes files; ``tempfile.mkstemp`` would make it 0600). A symbolic
+link at the target is written through: the file it points to is replaced and the link stays.
+
+A failed write raises an OSError naming the file being written, whatever failed: a ``write()`` that
+finds the disk full names no file by itself, and safetensors reports one as ``SafetensorError``
+(which reads like a corrupt input); :func:`naming` and :func:`write_safetensors` fix both.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import re
+import secrets
 from pathlib import Path
 from typing import IO, Callable
 
@@ -33,21 +40,66 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``."""
+def naming(e: OSError, path: str | Path) -> OSError:
+    """``e`` naming ``path`` when the OS named no file (a full disk during ``write()``), else ``e``.
+    ``OSError(errno, …)`` picks the subclass for the errno, as the OS's own error would."""
+    if e.filename is None and e.errno is not None:
+        return OSError(e.errno, e.strerror or os.strerror(e.errno), str(path))
+    return e
+
+
+def write_target(path: str | Path) -> Path:
+    """Where a write to ``path`` lands: through a symbolic link, the file it points to (module docstring)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file beside ``path``, mode 0o666 & ~umask."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:  # a name another writer holds: draw again
+            continue
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(fh)`` on a temporary file beside ``path``, fsync it, then rename it to ``path``
+    (through a symbolic link; module docstring). An OSError names ``path``."""
+    path = write_target(path)
+    fd, tmp = _create_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.filename is None:
+            raise naming(e, path) from None
+        raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """:func:`atomic_write` of ``data``."""
     atomic_write(path, lambda fh: fh.write(data))
+
+
+def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk: ``SafetensorError`` "…I/O error:
+    No space left on device (os error 28)") become the OSError they are, naming ``path``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as e:
+        code = re.search(r"\(os error (\d+)\)", str(e))
+        if code is None:
+            raise
+        n = int(code.group(1))
+        raise OSError(n, os.strerror(n), str(path)) from None

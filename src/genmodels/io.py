@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .files import fsync_path
+from .data.chat_template import write_chat_template
+from .files import fsync_path, naming, write_safetensors
 from .config import ConfigError, ModelConfig
 from .interop.base import check_state
 from .registry import build_model, config_from_dict, get_family
@@ -146,13 +147,24 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     refused before anything is allocated.
     """
     path = Path(path)
+    from .interop.gguf import is_gguf, load_gguf
+    if is_gguf(path):  # llama.cpp's one-file format: weights, tokenizer and chat template (interop/gguf.py)
+        return load_gguf(path, build_model, check=lambda cfg: check_fits_memory(cfg, path)).to(device).eval()
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder)")
+        raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder, "
+                                "or a .gguf file)")
     config_file = path / "config.json"
     from .interop.diffusers_unet import is_pipeline_folder, load_pipeline
+    from .interop.stored import build_budget, meta_state, restart_budget, safetensors_shapes, stored_tensor_count
+
+    def vet(cfg: Any, where: Path) -> None:  # before any weight is read: memory, then a fresh build budget
+        check_fits_memory(cfg, where)
+        restart_budget()
     if is_pipeline_folder(path):  # a diffusers pipeline (model_index.json, unet/, scheduler/)
         unet_config = path / "unet" / "config.json"
-        return load_pipeline(path, build_model, check=lambda cfg: check_fits_memory(cfg, unet_config)).to(device).eval()
+        with build_budget(stored_tensor_count(path / "unet"), path / "unet"):  # builds bounded by the weights
+            model = load_pipeline(path, build_model, check=lambda cfg: vet(cfg, unet_config))
+        return model.to(device).eval()
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json — not a genmodels, Hugging Face or diffusers model folder")
     meta = read_json(config_file)  # read once: the format decides the path
@@ -161,36 +173,40 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         if not isinstance(section, dict):
             raise ValueError(f"{config_file}: \"model\" must be an object holding the model config")
         cfg = config_from_dict(section)  # the family's config class (genmodels.registry)
-        check_fits_memory(cfg, config_file)
         weights = path / "model.safetensors"
-        if not weights.is_file():
-            if weights.exists():
-                raise ValueError(f"{weights}: not a file (a genmodels folder keeps its weights in this file)")
-            raise FileNotFoundError(f"{weights}: missing")
-        model = build_model(cfg)
-        sd = read_safetensors(weights)
-        expected = model.state_dict()
-        check_state(expected, sd, {}, str(weights))
-        model.load_state_dict(sd)
+        stored = safetensors_shapes(weights) if weights.is_file() else None  # the header: names and shapes
+        with build_budget(None if stored is None else len(stored), weights):
+            vet(cfg, config_file)
+            if stored is None:
+                if weights.exists():
+                    raise ValueError(f"{weights}: not a file (a genmodels folder keeps its weights in this file)")
+                raise FileNotFoundError(f"{weights}: missing")
+            check_state(meta_state(cfg, build_model), stored, {}, str(weights))  # before any tensor is read
+            model = build_model(cfg)
+        model.load_state_dict(read_safetensors(weights))
     else:
         from .interop.hf import load_hf
-        model = load_hf(path, build_model, check=lambda cfg: check_fits_memory(cfg, config_file))
+        with build_budget(stored_tensor_count(path), path):  # builds bounded by the weights' headers
+            model = load_hf(path, build_model, check=lambda cfg: vet(cfg, config_file))
     from .interop.sentence_transformers import KEY, read_sentence_config
     recipe = read_sentence_config(path)  # a sentence-transformers folder: pooling, normalisation, length
     if recipe is not None:
         model.config.extra = {**model.config.extra, KEY: recipe}
     attach_tokenizer(model, load_tokenizer(path))
+    from .data.chat_template import read_chat_template
+    model.chat_template = read_chat_template(path)  # None when the folder has none
     return model.to(device).eval()
 
 
 # ---- writing folders: fill in place, never destroy what genmodels did not write -------------------
 # Every path (relative to the model folder) that a genmodels writer produces. A re-save recognises
-# a previous genmodels / HF-export set by these exact names — the folder formats are fixed, so a file
-# with one of these names in a model folder is a file of that format. (A manifest was the other
-# choice; it would be one more file to lose, go stale, or be missing from folders written before it
-# existed, while an exact name cannot.) Nothing else is ever replaced or removed: a folder holding
-# any other file is refused.
-WRITTEN_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json",
+# a previous genmodels / HF-export set by these exact names AND by their content: a file with one of
+# these names is ours only when it holds a model file of that format (genmodels/ownership.py: a user's
+# own config.json is not a model config). (A manifest was the other choice; it would be one more file
+# to lose, go stale, or be missing from folders written before it existed.) Nothing else is ever
+# replaced or removed: a folder holding any other file is refused, and a folder holding a model of
+# another kind is replaced only with overwrite=True (--overwrite).
+WRITTEN_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json", "chat_template.jinja",
                            # sentence-transformers export (interop/sentence_transformers.py)
                            "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
                            "tokenizer_config.json",
@@ -228,15 +244,19 @@ def _files_under(folder: Path) -> list[str]:
                   for p in folder.rglob("*") if p.is_file() or p.is_symlink())
 
 
-def _previous_model_files(path: Path) -> tuple[set[str], list[Path]]:
-    """What a write into ``path`` may replace: (genmodels file names present, leftover staging
-    folders). Refuses a non-folder, and a folder holding anything genmodels does not write."""
+def _previous_model_files(path: Path, kind: str | None = None,
+                          overwrite: bool = False) -> tuple[set[str], list[Path]]:
+    """What a write into ``path`` may replace: (genmodels model files present, leftover staging
+    folders). Refuses a non-folder; a folder holding anything genmodels does not write, or a file
+    with one of our names that is not the model file it should be (genmodels.ownership); and, unless
+    ``overwrite``, a folder holding a model of another kind than ``kind`` (the one being written)."""
     if not path.exists():
         if path.is_symlink():
             raise FileExistsError(f"{path} is a broken symbolic link; point it at a folder or remove it")
         return set(), []
     if not path.is_dir():
         raise FileExistsError(f"{path} exists and is not a folder")
+    from .ownership import not_ours_reason
     ours: set[str] = set()
     partial: list[Path] = []
     others: list[str] = []
@@ -252,9 +272,16 @@ def _previous_model_files(path: Path) -> tuple[set[str], list[Path]]:
             ours.add(p.name)
         else:
             others.append(p.name + ("/" if p.is_dir() else ""))
+    for name in sorted(ours):  # our names, but are they our files?
+        why = not_ours_reason(path, name)
+        if why is not None:
+            others.append(f"{name} [{why}]")
     if others:
         raise FileExistsError(f"{path} already holds other files ({', '.join(others[:5])}"
                               f"{', …' if len(others) > 5 else ''}); save the model into a new or empty folder")
+    if kind is not None and not overwrite:
+        from .ownership import check_same_kind
+        check_same_kind(path, ours, bool(partial), kind)
     return ours, partial
 
 
@@ -274,7 +301,7 @@ def _publish_order(names: list[str]) -> list[str]:
     return sorted(names, key=lambda n: (0 if n.endswith(".safetensors") else 2 if n == "config.json" else 1, n))
 
 
-def _atomic_dir_write(path: Path, write) -> Path:
+def _atomic_dir_write(path: Path, write, config=None, overwrite: bool = False) -> Path:
     """Fill ``path`` with the files ``write(folder)`` produces, each appearing whole.
 
     ``path`` may be new, an empty folder, a previous genmodels / HF-export folder, a mount point or
@@ -282,10 +309,14 @@ def _atomic_dir_write(path: Path, write) -> Path:
     folder itself, its mode, owner and link stay. ``write`` writes into a staging folder inside
     ``path``; each file is fsynced, then moved to its name with ``os.replace`` (weights before
     ``config.json``), so a reader never sees half a file. Files of a previous save that this write
-    does not produce are removed — only names in ``WRITTEN_FILES``. A new folder's mode follows the
-    umask. On failure nothing already in ``path`` is touched."""
+    does not produce are removed — only names in ``WRITTEN_FILES`` whose content is ours
+    (genmodels.ownership). When ``config`` (the model's) is given, a folder holding a model of another
+    kind is refused unless ``overwrite``. A new folder's mode follows the umask. On failure nothing
+    already in ``path`` is touched, and an OSError names the file being written (a full disk)."""
     path = Path(path)
-    previous, partial = _previous_model_files(path)
+    from .ownership import config_kind
+    kind = config_kind(config) if config is not None else None
+    previous, partial = _previous_model_files(path, kind, overwrite)
     created = not path.exists()
     if created:
         path.mkdir(parents=True)  # 0o777 & ~umask, as any folder the user makes
@@ -314,10 +345,12 @@ def _atomic_dir_write(path: Path, write) -> Path:
         for d in {str(Path(n).parent) for n in written} - {"."}:
             fsync_dir(path / d)
         fsync_dir(path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
         if created and not any(path.iterdir()):
             path.rmdir()
+        if isinstance(e, OSError):
+            raise as_published(e, stage, path) from None
         raise
     shutil.rmtree(stage, ignore_errors=True)
     for p in partial:  # staging folders of an earlier, killed write
@@ -327,24 +360,36 @@ def _atomic_dir_write(path: Path, write) -> Path:
     return path
 
 
-def save(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
+def as_published(e: OSError, stage: Path, path: Path) -> OSError:
+    """An OSError of a folder write naming the file as published (``path/name``), not its staging
+    copy, nor nothing (a full disk during ``write()`` names no file: then ``path``)."""
+    name = str(e.filename) if e.filename is not None else ""
+    if name.startswith(str(stage) + os.sep):
+        return OSError(e.errno, e.strerror, str(path / os.path.relpath(name, stage)))
+    return naming(e, path)
+
+
+def save(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
     """Save ``model`` (and its tokenizer) as a genmodels directory, each file atomically (see
-    :func:`_atomic_dir_write`: files genmodels did not write are never replaced or removed)."""
+    :func:`_atomic_dir_write`: files genmodels did not write are never replaced or removed; a folder
+    holding a model of another family or architecture is replaced only with ``overwrite=True``)."""
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
 
     def write(d: Path) -> None:
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(sd, str(d / "model.safetensors"), metadata={"format": "pt"})
+        write_safetensors(sd, d / "model.safetensors", metadata={"format": "pt"})
         (d / "config.json").write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=2))
         if tokenizer is not None:
             tokenizer.save(str(d / "tokenizer.json"))
+        write_chat_template(model, d)
 
-    return _atomic_dir_write(Path(path), write)
+    return _atomic_dir_write(Path(path), write, model.config, overwrite)
 
 
-def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
-    """Export to a Hugging Face directory (``AutoModelForCausalLM.from_pretrained`` loads it).
+def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bool = False) -> Path:
+    """Export to a Hugging Face directory (``AutoModelForCausalLM.from_pretrained`` loads it); a folder
+    holding a model of another family or architecture is replaced only with ``overwrite=True``.
 
     A model with a sentence-transformers recipe (``config.extra["sentence_transformers"]``) is
     exported as a sentence-transformers folder, so ``SentenceTransformer(path).encode`` gives what
@@ -367,7 +412,8 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None) -> Path:
         _export(model, d)
         if tokenizer is not None:
             tokenizer.save(str(d / "tokenizer.json"))
+        write_chat_template(model, d)
         if recipe is not None:
             write_sentence_files(d, model.config, recipe, tokenizer)
 
-    return _atomic_dir_write(Path(path), write)
+    return _atomic_dir_write(Path(path), write, model.config, overwrite)

@@ -136,7 +136,7 @@ def test_failed_write_leaves_previous_model_whole(tmp_path, model, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(io, "save_file", boom)
+    monkeypatch.setattr(io, "write_safetensors", boom)
     with pytest.raises(OSError, match="disk full"):
         genmodels.save(model, out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

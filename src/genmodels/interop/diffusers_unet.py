@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors.torch import save_file
 
 from ..config import ConfigError
+from ..files import write_safetensors
 from ..models.diffusion.config import DiffusionConfig
 from ..schedulers import DDPMScheduler
 from ..schedulers.config import CONFIG_NAME as SCHEDULER_CONFIG
@@ -368,11 +368,12 @@ def load_pipeline(path: str | Path, build: Callable[[Any], torch.nn.Module],
                           sched_file=path / "scheduler" / SCHEDULER_CONFIG)
 
 
-def export_diffusers(model: torch.nn.Module, path: str | Path) -> Path:
+def export_diffusers(model: torch.nn.Module, path: str | Path, overwrite: bool = False) -> Path:
     """Write ``model`` (a UNet2D) as a diffusers folder that ``diffusers.UNet2DModel.from_pretrained(path)``
     loads with equal outputs (and ``DDPMScheduler.from_pretrained(path)`` with its schedule). Files
     appear atomically; a config diffusers cannot express is refused, naming the field, before anything
-    is written."""
+    is written; a folder holding a model of another family or architecture is replaced only with
+    ``overwrite=True`` (io._atomic_dir_write)."""
     from ..io import _atomic_dir_write
     cfg = model.config
     if not isinstance(cfg, DiffusionConfig):
@@ -384,8 +385,8 @@ def export_diffusers(model: torch.nn.Module, path: str | Path) -> Path:
     sd = conv.state_to_hf({k: v.detach().cpu() for k, v in model.state_dict().items()}, cfg)
 
     def write(d: Path) -> None:
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(d / WEIGHTS), metadata={"format": "pt"})
+        write_safetensors({k: v.contiguous() for k, v in sd.items()}, d / WEIGHTS, metadata={"format": "pt"})
         scheduler.save_config(d)  # scheduler_config.json
         (d / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
 
-    return _atomic_dir_write(Path(path), write)
+    return _atomic_dir_write(Path(path), write, cfg, overwrite)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from ..config import ModelConfig
+from ..files import write_safetensors
 from .base import ConversionError, Converter, check_state
 from .bert_hf import BertConverter
 from .decoder_hf import GPT2Converter, LlamaConverter, MistralConverter
@@ -100,7 +100,15 @@ def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
     if check is not None:
         check(cfg)
     cfg.extra = {**cfg.extra, "hf_architecture": (hf_config.get("architectures") or [conv.architectures[0]])[0]}
-    sd = {k: v for k, v in read_hf_weights(path).items() if not k.endswith(conv.ignored)}
+    return build_from_hf_state(conv, cfg, read_hf_weights(path), build, str(path))
+
+
+def build_from_hf_state(conv: Converter, cfg: ModelConfig, sd: dict[str, torch.Tensor], build,
+                        where: str) -> torch.nn.Module:
+    """Our model from a state dict in HF's names (a folder's weights, or a GGUF file's, renamed by
+    interop/gguf.py): every key and shape checked against what ``cfg`` builds, nothing loaded
+    partially; errors name ``where``."""
+    sd = {k: v for k, v in sd.items() if not k.endswith(conv.ignored)}
     conv.normalize_keys(sd)
     refine = getattr(conv, "refine_config", None)  # heads / tying that only the weights reveal
     if refine is not None:
@@ -114,9 +122,9 @@ def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
     for k in getattr(conv, "optional", ()):  # copies a checkpoint may leave out (the converter checks them)
         if k not in sd:
             expected_hf.pop(k, None)
-    check_state(expected_hf, {k: v for k, v in sd.items() if k in expected_hf}, {}, f"{path}")
+    check_state(expected_hf, {k: v for k, v in sd.items() if k in expected_hf}, {}, where)
     ours = conv.state_from_hf(sd, cfg)  # pops what it uses: sd keeps the leftovers
-    check_state(expected, ours, sd, f"{path}")
+    check_state(expected, ours, sd, where)
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()})
     return model
 
@@ -131,7 +139,7 @@ def export_hf(model: torch.nn.Module, path: str | Path) -> Path:
     if hf_config.get("tie_word_embeddings"):
         sd.pop("lm_head.weight", None)
     path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(path / "model.safetensors"),
-              metadata={"format": "pt"})
+    write_safetensors({k: v.contiguous() for k, v in sd.items()}, path / "model.safetensors",
+                      metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
     return path

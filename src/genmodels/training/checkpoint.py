@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..io import fsync_dir, fsync_files
+from ..files import write_safetensors
+from ..io import as_published, fsync_dir, fsync_files
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -118,12 +119,12 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, str(tmp / "model.safetensors"))
+        write_safetensors({k: v.detach().cpu().contiguous() for k, v in model_sd.items()}, tmp / "model.safetensors")
         _test_kill_point(tmp, "model.safetensors", step)
         otensors, ometa = _flatten_optimizer(optim_sd)
-        save_file(otensors, str(tmp / "optimizer.safetensors"))
+        write_safetensors(otensors, tmp / "optimizer.safetensors")
         _test_kill_point(tmp, "optimizer.safetensors", step)
-        save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+        write_safetensors({k: v.contiguous() for k, v in rng.items()}, tmp / "rng.safetensors")
         _test_kill_point(tmp, "rng.safetensors", step)
         (tmp / "state.json").write_text(json.dumps({**state, "optimizer": ometa}, indent=1))
         _test_kill_point(tmp, "state.json", step)
@@ -133,8 +134,10 @@ def save_checkpoint(run_dir: Path, step: int, model_sd: dict[str, torch.Tensor],
             os.replace(final, aside)
         os.replace(tmp, final)
         fsync_dir(root)  # the rename itself survives a power loss
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):  # a full disk: named on the checkpoint file being written
+            raise as_published(e, tmp, final) from None
         raise
     shutil.rmtree(aside, ignore_errors=True)
     for old in list_checkpoints(run_dir)[:-keep_last]:

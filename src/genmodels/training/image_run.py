@@ -127,13 +127,27 @@ def write_samples(model, cfg, run_dir: Path, say) -> Path | None:
     from ..generation.images import sample, save_grid
     try:
         images = sample(model, n=cfg.sample.n, seed=cfg.sample.seed, **sampler_options(cfg.sample))
-        return save_grid(images, run_dir / "samples.png")
+        return save_grid(images, run_dir / "samples.png", overwrite=True)  # the run's own (rundir.py claimed it)
     except Exception as e:  # a picture is a courtesy: it never costs the run its summary
         say(f"warning: samples.png not written ({type(e).__name__}: {' '.join(str(e).split())})")
         return None
 
 
-def sample_command(run_dir: Path, cfg) -> str:
-    """The command that samples the run's final model again."""
+def prepare_metrics(data: ImageRunData, cache_dir=None) -> None:
+    """Load the scoring classifier the evaluations use (trained once and cached on first use) now, so that a
+    time budget counts its one-off cost before it fits the schedule."""
+    from ..metrics.classifier import load_or_train_classifier
+    load_or_train_classifier(data.images.train, data.images.val, cache_dir=cache_dir)
+
+
+def sample_command(run_dir: Path, cfg, program: str = "genmodels") -> str:
+    """The command that samples the run's final model again: the grid of ``samples.png`` exactly (its
+    ``sample.n``, sampler and seed), into a new file beside it (never over the run's own grid)."""
+    import shlex
     opts = "".join(f" --{k} {v}" for k, v in sampler_options(cfg.sample).items())
-    return f"genmodels sample {run_dir}{opts} --seed {cfg.sample.seed} --out {run_dir / 'samples.png'}"
+    out, i = run_dir / "samples-again.png", 1
+    while out.exists() or out.is_symlink():
+        i += 1
+        out = run_dir / f"samples-again-{i}.png"
+    return (f"{program} sample {shlex.quote(str(run_dir))} --n {cfg.sample.n}{opts} --seed {cfg.sample.seed} "
+            f"--out {shlex.quote(str(out))}")
