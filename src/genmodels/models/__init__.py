@@ -42,7 +42,8 @@ MOE = ("n_experts", "experts_per_token", "expert_d_ff", "router_renormalize", "c
 
 DECODER = registry.register(Family(
     name="decoder", config_class=ModelConfig, model_class=DecoderLM,
-    presets=_presets("gpt2", "gpt2-tiny", "llama2-7b", "llama-tiny", "mistral-7b", "mixtral-8x7b", "mixtral-tiny"),
+    presets=_presets("gpt2", "gpt2-tiny", "llama2-7b", "llama2-13b", "llama2-70b", "llama-tiny", "mistral-7b",
+                     "mixtral-8x7b", "mixtral-tiny"),
     objective="causal", converters=("gpt2", "llama", "mistral", "mixtral"), capabilities=frozenset({GENERATES}),
     unused=ENCODER_ONLY + SEQ2SEQ_ONLY + ("embed_scale",),
     check=_positions("decoder", ("learned", "sinusoidal", "rope", "alibi", "none"), embed_scale=False),

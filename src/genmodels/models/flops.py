@@ -116,6 +116,11 @@ def _block(cfg: ModelConfig, layer_index: int = 0) -> int:
     return _self_attention(cfg) + _ffn(cfg, layer_index) + 2 * _norm(cfg)
 
 
+def layer_parameter_count(cfg: ModelConfig, layer_index: int) -> int:
+    """Parameters of transformer block ``layer_index`` (attention, feed-forward or MoE, its norms)."""
+    return _block(cfg, layer_index)
+
+
 def _head(cfg: ModelConfig) -> int:
     return 0 if cfg.tie_embeddings else cfg.vocab_size * cfg.d_model
 

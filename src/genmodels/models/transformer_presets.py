@@ -17,7 +17,8 @@ def gpt2(**kw: Any) -> ModelConfig:
 
 
 def llama2(**kw: Any) -> ModelConfig:
-    """Llama 2: RoPE (half-split, theta 1e4), RMSNorm (eps 1e-5), SwiGLU, no biases, GQA, untied."""
+    """Llama 2 7B (Touvron et al., 2023; meta-llama/Llama-2-7b-hf config.json): RoPE (half-split, theta
+    1e4), RMSNorm (eps 1e-5), SwiGLU, no biases, GQA, untied."""
     base = dict(family="decoder", vocab_size=32000, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=32,
                 d_ff=11008, max_seq_len=4096, position="rope", rope_theta=10000.0, norm="rmsnorm",
                 norm_eps=1e-5, mlp="swiglu", tie_embeddings=False, bos_token_id=1, eos_token_id=2)
@@ -93,6 +94,12 @@ PRESETS = {
     "gpt2-tiny": lambda **kw: gpt2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, d_ff=1024,
                                              max_seq_len=512, bos_token_id=0, eos_token_id=0), **kw}),
     "llama2-7b": llama2,
+    # Llama 2 13B and 70B (Touvron et al., 2023, Table 1; meta-llama/Llama-2-{13b,70b}-hf config.json):
+    # 70B uses grouped-query attention with 8 KV heads and an FFN of 28672.
+    "llama2-13b": lambda **kw: llama2(**{**dict(d_model=5120, n_layers=40, n_heads=40, n_kv_heads=40,
+                                                d_ff=13824), **kw}),
+    "llama2-70b": lambda **kw: llama2(**{**dict(d_model=8192, n_layers=80, n_heads=64, n_kv_heads=8,
+                                                d_ff=28672), **kw}),
     "llama-tiny": lambda **kw: llama2(**{**dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4,
                                                 n_kv_heads=2, d_ff=688, max_seq_len=512, bos_token_id=0,
                                                 eos_token_id=0), **kw}),
