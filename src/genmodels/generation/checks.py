@@ -1,4 +1,5 @@
-"""Argument checks shared by every entry point (``generate``, ``generate_seq2seq``, ``embed``).
+"""Argument checks shared by every entry point (``generate``, ``generate_seq2seq``, ``embed``, image sampling,
+the image metrics and grids).
 
 They run before any work and before the native/PyTorch split, so both paths refuse the same
 inputs with the same message: one line that names the argument and what is allowed.
@@ -43,6 +44,18 @@ def check_seed(seed, name: str = "seed", flag: str | None = None) -> None:
     if seed is not None and (not _is_int(seed) or not 0 <= seed < SEED_LIMIT):
         also = f" ({flag})" if flag else ""
         raise ValueError(f"{name}={seed!r}{also} must be None or an integer with 0 <= {name} < 2**64")
+
+
+def check_finite_images(images, what: str = "images") -> None:
+    """THE check that images about to be scored or written are real numbers (rule 2 of docs/reliability.md):
+    a floating-point tensor with no NaN or ±inf, else a ValueError saying how many values are not."""
+    if not isinstance(images, torch.Tensor) or not images.is_floating_point():
+        raise ValueError(f"{what} must be finite floating-point images in [-1, 1]; got "
+                         f"{getattr(images, 'dtype', type(images).__name__)}")
+    bad = int((~torch.isfinite(images)).sum())
+    if bad:
+        raise ValueError(f"{what} must be finite floating-point images in [-1, 1]; {bad} of {images.numel()} "
+                         "values are NaN or infinite")
 
 
 def check_generation_args(temperature, top_k, top_p, repetition_penalty, max_new_tokens, *, seed=None,

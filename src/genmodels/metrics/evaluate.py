@@ -21,12 +21,21 @@ from typing import Any
 import torch
 
 from ..data.images import ImageData, ImageDataConfig, load_images
+from ..generation.checks import check_finite_images
 from .classifier import ClassifierSettings, ImageClassifier, load_or_train_classifier
 from .fid import frechet_distance
 from .kid import kid
 from .precision_recall import precision_recall
 
-__all__ = ["evaluate_images", "feature_scale", "reference_data"]
+__all__ = ["evaluate_images", "feature_scale", "min_samples", "reference_data"]
+
+PR_K = 3  # precision/recall's k-th nearest neighbour (Kynkäänniemi et al. 2019)
+
+
+def min_samples(k: int = PR_K) -> int:
+    """The fewest generated images :func:`evaluate_images` scores: precision/recall's k-th neighbour needs
+    k + 1 of them (KID needs 2). A recipe or command checks its count against it before any work."""
+    return k + 1
 
 
 def reference_data(reference: ImageData | ImageDataConfig | dict[str, Any] | None) -> ImageData:
@@ -52,8 +61,7 @@ def _check(samples: torch.Tensor, labels: torch.Tensor | None, data: ImageData) 
         got = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise ValueError(f"samples must be a (N, {shape[0]}, {shape[1]}, {shape[2]}) tensor like the reference "
                          f"images; got {got}")
-    if not samples.is_floating_point() or not torch.isfinite(samples).all():
-        raise ValueError("samples must be finite floating-point images in [-1, 1]")
+    check_finite_images(samples, "samples")
     if labels is None:
         return
     k = data.train.num_classes
@@ -68,7 +76,7 @@ def evaluate_images(samples: torch.Tensor, labels: torch.Tensor | None = None,
                     classifier: ImageClassifier | None = None,
                     settings: ClassifierSettings = ClassifierSettings(),
                     cache_dir: str | Path | None = None, kid_subsets: int = 100,
-                    kid_subset_size: int | None = None, k: int = 3, fid: bool = True,
+                    kid_subset_size: int | None = None, k: int = PR_K, fid: bool = True,
                     seed: int = 0) -> dict[str, float | int | None]:
     """Score ``samples (N, C, H, W)`` in [-1, 1] (with the classes they were asked for, ``labels (N,)``)
     against ``reference`` (default: the digits splits). Returns a dict of floats (module docstring)

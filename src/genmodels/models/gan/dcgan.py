@@ -205,7 +205,7 @@ class DCGAN(nn.Module):
             name = sorted(options)[0]
             raise ValueError(f"{name} (--{name}) does not apply to a GAN: it samples in one generator pass "
                              "(no steps, scheduler or guidance)")
-        from ...generation.images import sample_labels  # (generation imports models: not at module level)
+        from ...generation.images import default_batch_size, sample_labels  # (generation imports models)
         y = sample_labels(self.config.num_classes, n, labels)
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -213,7 +213,9 @@ class DCGAN(nn.Module):
         z = torch.randn(n, self.config.z_dim, generator=generator).to(p.device, p.dtype)  # (N, z_dim)
         was = self.generator.training
         self.generator.eval()
+        y = None if y is None else y.to(p.device)
+        b = default_batch_size(self.config)  # G's activations bounded by the chunk, not n (z drawn whole)
         try:
-            return self.generator(z, None if y is None else y.to(p.device))
+            return torch.cat([self.generator(z[a:a + b], None if y is None else y[a:a + b]) for a in range(0, n, b)])
         finally:
             self.generator.train(was)
