@@ -23,6 +23,11 @@ NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "gelu_tanh", "relu", "swiglu", "geglu", "geglu_tanh")
 GATED_MLPS = ("swiglu", "geglu", "geglu_tanh")  # the kinds an expert can be (nn/mlp.GATED)
 NORM_PLACEMENTS = ("pre", "post")
+# Depths beyond these are implausible (the deepest published models have ~100–200 layers; diffusers UNets
+# 1–3 resnets per level), and each layer is Python modules to build — even counting parameters on the meta
+# device costs O(layers) — so a typo or an edited config.json is refused at once instead of building for minutes.
+MAX_LAYERS = 1000
+MAX_PER_LEVEL = 100
 
 
 class ConfigError(ValueError):
@@ -130,6 +135,13 @@ class StrictConfig:
 
     def validate(self) -> None:
         """Checks between fields (subclasses); raise ConfigError naming ``self.where(field)``."""
+
+    def check_at_most(self, name: str, limit: int) -> None:
+        """ConfigError naming field ``name`` when its value exceeds ``limit`` (a depth: see MAX_LAYERS)."""
+        v = getattr(self, name)
+        if v is not None and v > limit:
+            raise ConfigError(f"{self.where(name)}={v} is implausibly deep: at most {limit} (every layer is modules to "
+                              "build, so this would take minutes and gigabytes)")
 
     def check_choice(self, name: str, allowed: tuple) -> None:
         """ConfigError naming field ``name`` and what is allowed unless its value is one of ``allowed``."""
@@ -289,6 +301,8 @@ class ModelConfig(StrictConfig):
             positive(name)
         for name in ("n_kv_heads", "head_dim", "sliding_window", "n_decoder_layers"):
             positive(name, allow_none=True)
+        for name in ("n_layers", "n_decoder_layers"):
+            self.check_at_most(name, MAX_LAYERS)
         if self.n_heads % self.kv_heads:
             raise ConfigError(f"model.n_kv_heads={self.kv_heads} must divide model.n_heads={self.n_heads}")
         if self.head_dim is None and self.d_model % self.n_heads:

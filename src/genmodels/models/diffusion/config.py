@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
-from ...config import ConfigError, StrictConfig
+from ...config import MAX_LAYERS, MAX_PER_LEVEL, ConfigError, StrictConfig
 
 BACKBONES = ("unet", "dit")
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -113,6 +113,7 @@ class DiffusionConfig(StrictConfig):
         if not widths:
             raise ConfigError(f"{self.where('block_out_channels')}=[] must name at least one level's width")
         self._at_least("layers_per_block", 1)
+        self.check_at_most("layers_per_block", MAX_PER_LEVEL)
         self._at_least("norm_num_groups", 1)
         self._at_least("norm_eps", 0.0)
         for i, c in enumerate(widths):
@@ -145,6 +146,7 @@ class DiffusionConfig(StrictConfig):
     def _validate_dit(self) -> None:
         for name in ("patch_size", "hidden_size", "depth", "num_heads"):
             self._at_least(name, 1)
+        self.check_at_most("depth", MAX_LAYERS)
         if self.mlp_ratio <= 0:
             raise ConfigError(f"{self.where('mlp_ratio')}={self.mlp_ratio} must be > 0")
         if self.image_size % self.patch_size:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ...config import ConfigError, StrictConfig
+from ...config import MAX_LAYERS, ConfigError, StrictConfig
 
 ACTIVATIONS = ("gelu", "swish")
 
@@ -50,6 +50,7 @@ class RetNetConfig(StrictConfig):
                      "chunk_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.where(name)}={getattr(self, name)} must be >= 1")
+        self.check_at_most("n_layers", MAX_LAYERS)
         for name in ("norm_eps", "retention_eps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.where(name)}={getattr(self, name)} must be >= 0")
