@@ -158,3 +158,12 @@ def test_cli_plan_prints_and_refuses(capsys):
     with pytest.raises(SystemExit) as e:
         main(["plan", "llama2-7b", "--gpus", "1", "--tokens", "lots"])
     assert e.value.code == 2 and "--tokens" in capsys.readouterr().err
+
+
+def test_gpt_layout_reproduces_korthikanti_34sbh():
+    """Korthikanti et al. (2022), §4.1: a GPT layer (LayerNorm, 4h GELU MLP, dropout, 16-bit) keeps
+    sbh(34 + 5as/h) bytes; with a flash kernel the 5as/h score term becomes the fp32 log-sum-exp (4 bytes
+    per head per token), and the norms' fp32 statistics (16 bytes per token) are what the paper leaves out."""
+    cfg = genmodels.preset("gpt2", dropout=0.1)
+    per_token = sum(b for _, b in layer_activations(cfg, 0, 2))
+    assert per_token == 34 * cfg.d_model + 4 * cfg.n_heads + 16
