@@ -1,7 +1,9 @@
 """genmodels: generative-AI architectures from small, named components.
 
 Public API (stable):
-    load(path) -> model            genmodels directory or local Hugging Face directory
+    load(path) -> model            genmodels directory, local Hugging Face directory, or a .gguf file
+    apply_chat_template(model, messages, add_generation_prompt=True) -> str
+                                   the prompt text of a conversation (the model's chat template)
     save(model, path)              genmodels directory (config.json + model.safetensors [+ tokenizer.json])
     export_hf(model, path)         Hugging Face directory
     export_diffusers(model, path)  diffusers UNet2DModel directory (load reads one back)
@@ -15,6 +17,7 @@ Public API (stable):
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
 from .config import ConfigError, ModelConfig
+from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import generate
 from .generation.images import sample
@@ -25,6 +28,6 @@ from .io import export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "build_model", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
+__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
            "generate", "load", "load_tokenizer", "preset", "sample", "save"]

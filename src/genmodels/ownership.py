@@ -13,6 +13,7 @@ file                           ours when it is
                                (transformers)
 ``*.safetensors``              a safetensors file (its header parses)
 ``tokenizer.json``             a file the ``tokenizers`` library reads
+``chat_template.jinja``        UTF-8 Jinja text that parses (a chat template, data/chat_template.py)
 ``scheduler_config.json``      a JSON object with a ``_class_name`` (a diffusers scheduler)
 ``modules.json``               sentence-transformers' list of modules (each with ``type`` and ``path``)
 ``1_Pooling/config.json``      a JSON object with ``word_embedding_dimension`` (sentence-transformers)
@@ -95,7 +96,17 @@ _TESTS: dict[str, tuple[Callable[[Path], bool], str]] = {
     "sentence_bert_config.json": (_object_with("max_seq_length"),
                                   "a sentence-transformers config: no \"max_seq_length\""),
     "tokenizer_config.json": (_object_with("tokenizer_class", "model_max_length"), "a tokenizer config"),
+    "chat_template.jinja": (lambda f: _chat_template(f), "a chat template (Jinja text that parses)"),
 }
+
+
+def _chat_template(file: Path) -> bool:
+    from .data.chat_template import ChatTemplateError, compile_template
+    try:
+        compile_template(file.read_text(encoding="utf-8"))
+        return True
+    except (OSError, UnicodeDecodeError, ChatTemplateError):
+        return False
 
 
 def not_ours_reason(folder: Path, name: str) -> str | None:
