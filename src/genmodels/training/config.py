@@ -411,7 +411,7 @@ def _family_config(name: str | None, m: dict[str, Any]):
     try:
         return preset(name, **m) if name else config_from_dict(m)
     except ConfigError as e:
-        raise ConfigError(str(e).replace("unknown model config key(s)", "unknown key(s) under model:")) from None
+        raise ConfigError(str(e).replace("unknown model config key(s):", "unknown key(s) under model:")) from None
     except TypeError as e:
         raise ConfigError(f"model: {e}") from None
 
