@@ -72,6 +72,7 @@ class DiffusionObjective(Objective):
     data = "images"
     # train.* fields only this objective reads (refused for the other families)
     train_options = ("class_dropout", "ema_decay", "min_snr_gamma")
+    ema_field = "train.ema_decay"  # the recipe field that turns the EMA on or off (named on resume)
 
     def __init__(self, model: nn.Module, *, class_dropout: float | None = None, ema_decay: float | None = None,
                  min_snr_gamma: float | None = None):
@@ -147,6 +148,13 @@ class DiffusionObjective(Objective):
         torch._foreach_lerp_(ema_p, p, 1.0 - d)  # θ_ema += (1 − d)(θ − θ_ema)
         for e, m in zip(self.ema.buffers(), self.model.buffers()):
             e.copy_(m)
+
+    @torch.no_grad()
+    def restart_ema(self) -> None:
+        """Start the EMA from the current weights (a resume from a checkpoint that kept none: never from the
+        fresh initialisation the copy was made of)."""
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
 
     def sampling_model(self) -> nn.Module:
         """The weights to sample from: the EMA copy when there is one."""

@@ -48,7 +48,8 @@ class GANObjective(Objective):
     usage = "sample"
     data = "images"
     # train.* fields only a GAN reads (training/gan.py; refused for the other families)
-    train_options = ("lr_d", "betas_d", "grad_clip_d", "collapse_d_loss", "collapse_steps")
+    train_options = ("lr_d", "betas_d", "grad_clip_d", "collapse_d_loss", "collapse_steps", "stuck_steps")
+    ema_field = "model.ema_decay"  # the config field that turns the EMA of G on or off (named on resume)
 
     def __init__(self, model: nn.Module, *, z_dim: int, loss: str = "non_saturating", r1_gamma: float = 0.0,
                  r1_every: int = 16, ema_decay: float | None = None):
@@ -89,6 +90,12 @@ class GANObjective(Objective):
         run's average is not dominated by the initial weights."""
         if self.ema is not None:
             ema_update_(self.ema, self.model.generator, ema_decay_at(self.ema_decay, step))
+
+    @torch.no_grad()
+    def restart_ema(self) -> None:
+        """Start the average from the current generator (a resume from a checkpoint that kept none)."""
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.generator.state_dict())
 
     def sampling_model(self) -> nn.Module:
         """The model to sample from: the pair with the EMA average as its generator, when there is one."""

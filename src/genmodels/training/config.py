@@ -35,7 +35,7 @@ from ..data.images import ImageDataConfig
 from .train_fields import IMAGE_TRAIN_FIELDS, TOKEN_TRAIN_FIELDS  # noqa: F401  (re-exported)
 from .train_fields import check_router_losses, objective_class, reject_other_families_fields
 from .values import allowed as _allowed, integer as _integer, number as _number
-from .values import reject_unknown as _reject_unknown, string as _string
+from .values import reject_unknown as _reject_unknown, seed as _seed, string as _string
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -104,6 +104,7 @@ class TrainConfig:
     grad_clip_d: float | None = None  # D's gradient clipping (null: train.grad_clip)
     collapse_d_loss: float | None = None  # D loss below this … (default 0.01; 0: no watch)
     collapse_steps: int | None = None  # … for this many consecutive steps stops the run (default 200)
+    stuck_steps: int | None = None  # D loss above 1.5 × a no-judgement D's this many steps in a row stops it (100; 0: off)
 
     def router_losses(self) -> dict[str, Any]:
         """The router-loss settings with the defaults filled in (what :func:`build_objective` takes)."""
@@ -252,7 +253,7 @@ class RunConfig:
                      "keep_last", "log_every", "loss_chunk"):
             _integer(f"train.{name}", getattr(t, name), 1)
         _integer("train.warmup_steps", t.warmup_steps, 0)
-        _integer("train.seed", t.seed, 0)
+        _seed("train.seed", t.seed)
         if t.threads is not None:
             _integer("train.threads", t.threads, 1)
         _number("train.lr", t.lr, lo=0.0, lo_open=True)
@@ -288,11 +289,14 @@ class RunConfig:
         from ..generation.images import check_sample_settings
         t, s, d = self.train, self.sample, self.data
         self._validate_train()
-        _integer("train.eval_samples", t.eval_samples, 1)
+        from ..metrics.evaluate import PR_K, min_samples
+        if not isinstance(t.eval_samples, int) or isinstance(t.eval_samples, bool) or t.eval_samples < min_samples():
+            raise ConfigError(f"train.eval_samples={t.eval_samples!r} must be an integer >= {min_samples()} (the "
+                              f"evaluation's precision/recall compares each image with its {PR_K} nearest neighbours)")
         from .gan import check_gan_train
         check_gan_train(t)  # GAN-only fields (refused for the other families by the objectives' train_options)
         _integer("sample.n", s.n, 1)
-        _integer("sample.seed", s.seed, 0)
+        _seed("sample.seed", s.seed)
         self._validate_common()
         m = self.model_config()
         for field_name, data_name in (("image_size", "image_size"), ("in_channels", "channels")):

@@ -134,11 +134,19 @@ def full_optimizer_state(module: nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, model_sd: dict,
-                    optim_sd: dict | None) -> None:
-    """Load full (unsharded) model/optimizer state into any layout; every rank passes the full dicts."""
+                    optim_sd: dict | None, absent_ok: tuple[str, ...] = ()) -> None:
+    """Load full (unsharded) model/optimizer state into any layout; every rank passes the full dicts. A tensor of
+    ``module`` missing from ``model_sd`` is a ValueError naming it, unless its key starts with one of
+    ``absent_ok`` (the caller then sets it: an EMA restarted from the loaded weights)."""
     opts = StateDictOptions(full_state_dict=True)
-    own = {k for k in module.state_dict() if not k.startswith(PREFIX)}  # the objective's own tensors (an EMA: ema.*)
-    set_model_state_dict(module, {(k if k in own else PREFIX + k): v for k, v in model_sd.items()}, options=opts)
+    expected = set(module.state_dict())
+    own = {k for k in expected if not k.startswith(PREFIX)}  # the objective's own tensors (an EMA: ema.*)
+    full = {(k if k in own else PREFIX + k): v for k, v in model_sd.items()}
+    missing = sorted(k for k in expected - set(full) if not k.startswith(absent_ok))
+    if missing:  # (set_model_state_dict would leave them as they are: the fresh initialisation)
+        raise ValueError(f"the checkpoint's model state lacks {len(missing)} tensor(s) the run needs ("
+                         f"{', '.join(k.removeprefix(PREFIX) for k in missing[:3])}{', …' if len(missing) > 3 else ''})")
+    set_model_state_dict(module, full, options=opts)
     if optimizer is not None and optim_sd is not None:
         current = optimizer.param_groups
         groups = []

@@ -29,6 +29,11 @@ crash or a run that goes on producing noise:
   checkpoint is written (``--resume`` can continue it, e.g. with a lower ``train.lr_d``). The count of
   consecutive steps is saved in checkpoints and continues on resume; `train.collapse_d_loss: 0` turns the
   watch off.
+- *stuck discriminator*: D's loss above 1.5 × the loss of a discriminator that outputs 0 for every image
+  (hinge: 2 → 3; non-saturating: 2 ln 2 → 2.08) for ``train.stuck_steps`` consecutive steps (default 100).
+  D then judges worse than not judging at all — pinned by a learning rate far too high, for one — so G gets
+  no signal and the run would end "successfully" having learnt nothing. A regular checkpoint is written, as
+  for a collapse; the count is saved in checkpoints as well; ``train.stuck_steps: 0`` turns it off.
 """
 from __future__ import annotations
 
@@ -41,6 +46,8 @@ from .steps import Phase, TrainStep
 
 DEFAULT_COLLAPSE_D_LOSS = 0.01
 DEFAULT_COLLAPSE_STEPS = 200
+DEFAULT_STUCK_STEPS = 100
+STUCK_FACTOR = 1.5  # × the D loss of a discriminator that outputs 0 (no judgement): above it, D is stuck
 
 
 class GANDiverged(FloatingPointError):
@@ -81,20 +88,48 @@ def step_record(report, train_step: TrainStep) -> tuple[dict[str, float], str]:
 
 @dataclass
 class CollapseWatch:
-    """Counts consecutive steps with D's loss below ``threshold``; :meth:`update` says when ``patience`` is reached."""
+    """Counts consecutive steps with D's loss below ``threshold`` (collapsed) and above ``stuck_above`` (stuck);
+    :meth:`update` says when either streak reaches its patience."""
 
     threshold: float = DEFAULT_COLLAPSE_D_LOSS
     patience: int = DEFAULT_COLLAPSE_STEPS
     count: int = 0
+    stuck_above: float | None = None  # STUCK_FACTOR × the loss of a D that outputs 0 (None: not watched)
+    stuck_patience: int = DEFAULT_STUCK_STEPS  # 0: not watched
+    stuck_count: int = 0
+    stuck: bool = False  # whether the last reason given was a stuck D
 
     @classmethod
-    def from_config(cls, tc) -> "CollapseWatch":
+    def from_config(cls, tc, loss=None) -> "CollapseWatch":
+        """The recipe's watch; ``loss`` (the objective's GANLoss) sets the stuck level from its no-judgement loss."""
+        above = None
+        if loss is not None:
+            import torch
+            zero = torch.zeros(1)
+            above = STUCK_FACTOR * float(loss.discriminator(zero, zero))
         return cls(tc.collapse_d_loss if tc.collapse_d_loss is not None else DEFAULT_COLLAPSE_D_LOSS,
-                   tc.collapse_steps if tc.collapse_steps is not None else DEFAULT_COLLAPSE_STEPS)
+                   tc.collapse_steps if tc.collapse_steps is not None else DEFAULT_COLLAPSE_STEPS,
+                   stuck_above=above,
+                   stuck_patience=tc.stuck_steps if tc.stuck_steps is not None else DEFAULT_STUCK_STEPS)
+
+    def state(self) -> dict[str, int]:
+        """The streaks, for a checkpoint's state.json (a resumed run continues them)."""
+        return {"collapse_count": self.count, "stuck_count": self.stuck_count}
+
+    def load_state(self, state: dict) -> None:
+        self.count, self.stuck_count = int(state.get("collapse_count", 0)), int(state.get("stuck_count", 0))
 
     def update(self, d_loss: float) -> str | None:
         """The reason to stop (a sentence), or None."""
         self.count = self.count + 1 if d_loss < self.threshold else 0
+        watched = self.stuck_above is not None and self.stuck_patience > 0
+        self.stuck_count = self.stuck_count + 1 if watched and d_loss > self.stuck_above else 0
+        if watched and self.stuck_count >= self.stuck_patience:
+            self.stuck = True
+            return (f"the discriminator is stuck: its loss stayed above {self.stuck_above:.3g} ({STUCK_FACTOR} × "
+                    f"the {self.stuck_above / STUCK_FACTOR:.3g} of a discriminator that outputs 0) for "
+                    f"train.stuck_steps={self.stuck_patience} consecutive steps (last {d_loss:.3g}): it judges "
+                    "worse than not judging at all, so the generator learns nothing")
         if self.count < self.patience:
             return None
         return (f"the discriminator collapsed: its loss stayed below train.collapse_d_loss={self.threshold} for "
@@ -102,9 +137,10 @@ class CollapseWatch:
                 "generated image from the real ones, so the generator learns nothing")
 
 
-def advice(config) -> str:
-    """What to try after a divergence, for the GANConfig ``config`` (only the stabilisers it lacks)."""
-    tries = ["lower train.lr_d",
+def advice(config, stuck: bool = False) -> str:
+    """What to try after a divergence, for the GANConfig ``config`` (only the stabilisers it lacks); a stuck D
+    (``stuck``) first of all needs lower learning rates."""
+    tries = ["lower train.lr and train.lr_d" if stuck else "lower train.lr_d",
              "raise model.r1_gamma" if config.r1_gamma > 0 else "set model.r1_gamma (e.g. 0.1: R1)"]
     if not config.spectral_norm:
         tries.append("set model.spectral_norm: true (with d_batchnorm: false)")
@@ -112,7 +148,8 @@ def advice(config) -> str:
 
 
 def check_gan_train(t) -> None:
-    """ConfigError naming the GAN-only ``train.*`` field (lr_d, betas_d, grad_clip_d, collapse_*) whose value is bad."""
+    """ConfigError naming the GAN-only ``train.*`` field (lr_d, betas_d, grad_clip_d, collapse_*, stuck_steps) whose
+    value is bad."""
     from .values import integer as _integer, number as _number
     if t.lr_d is not None:
         _number("train.lr_d", t.lr_d, lo=0.0, lo_open=True)
@@ -126,3 +163,5 @@ def check_gan_train(t) -> None:
         _number("train.collapse_d_loss", t.collapse_d_loss, lo=0.0)
     if t.collapse_steps is not None:
         _integer("train.collapse_steps", t.collapse_steps, 1)
+    if t.stuck_steps is not None:
+        _integer("train.stuck_steps", t.stuck_steps, 0)

@@ -29,15 +29,16 @@ _SKIP_STEPS = 3  # the first steps fault their memory in and warm kernels up: no
 
 
 def fit_steps_to_budget(step: int, max_steps: int, deadline: float, now: float, step_times: list[float], tc,
-                         micro_bs: int, info: DistInfo) -> int:
+                         micro_bs: int, info: DistInfo, eval_s: float | None = None) -> int:
     """The number of steps that fit before ``deadline`` (agreed by all ranks), at most ``max_steps``.
 
     Step time = the median of the timed steps after the first few (which pay one-off costs),
-    with a 5% margin; each evaluation costs about ``eval_batches`` forward passes of a
+    with a 5% margin; each evaluation costs ``eval_s`` (the last one's measured time: an image run's
+    sampling and scoring included), or before any was measured about ``eval_batches`` forward passes of a
     micro-batch (⅓ of a training micro-step each).
     """
     t = statistics.median(step_times[_SKIP_STEPS:]) * 1.05
-    eval_cost = t / tc.grad_accum / 3 * tc.eval_batches
+    eval_cost = t / tc.grad_accum / 3 * tc.eval_batches if eval_s is None else eval_s
     per_step = t + eval_cost / tc.eval_every
     fit = int((deadline - now) / per_step) if per_step > 0 else max_steps
     value = torch.tensor([float(step + max(fit, 1)) if info.is_main else 0.0], dtype=torch.float64)
@@ -77,6 +78,8 @@ class RunState:
     prev_elapsed: float = 0.0
     max_steps: int = 0
     calibrated: bool = False
+    step_times: list[float] = field(default_factory=list)  # this invocation's step times (the budget's fit)
+    eval_s: float | None = None  # the last evaluation's duration, by ``clock`` (the budget's fit)
     last_ckpt_step: int = -1
     last_val_step: int = -1
     t_loop: float = 0.0
@@ -91,12 +94,21 @@ class RunState:
     def elapsed(self) -> float:
         return self.prev_elapsed + self.clock() - self.t_loop
 
+    @property
+    def count_unit(self) -> str:
+        """What ``tokens`` counts, named so in every message, log key and summary: images or tokens."""
+        return "images" if self.cfg.images else "tokens"
+
+    @property
+    def units_per_step(self) -> int:
+        """How many of ``count_unit`` one optimizer step takes (the global batch; × seq_len for tokens)."""
+        return self.cfg.train.batch_size * (1 if self.cfg.images else self.cfg.data.seq_len)
+
 
 def run_loop(run: RunState) -> None:
     """The loop: steps (the train step's phases), logging, the time budget, evaluations, checkpoints."""
     tc, main = run.cfg.train, run.info.is_main
-    tokens_per_step = tc.batch_size * (1 if run.cfg.images else run.cfg.data.seq_len)  # units: tokens or images
-    count_key = "images" if run.cfg.images else "tokens"
+    tokens_per_step, count_key = run.units_per_step, run.count_unit  # (images or tokens)
     unit = run.objective.unit
     rate_key = "tok_s" if unit == "tokens" else f"{unit}_s"
     run.result = TrainResult(run_dir=run.run_dir, final_dir=None, steps=run.step, tokens=run.tokens)
@@ -106,8 +118,12 @@ def run_loop(run: RunState) -> None:
                        file=sys.stderr, mininterval=0.5)
     run.t_loop = run.clock()
     deadline = run.t_loop + tc.max_minutes * 60 if tc.max_minutes else None
-    step_times: list[float] = []
+    step_times = run.step_times
     stop = False
+    if deadline is not None and run.cfg.images and tc.eval_every < run.max_steps and main:
+        image_run.prepare_metrics(run.data)  # its one-off cost (the classifier, trained once) before the fit
+    if 0 < run.step < run.max_steps and run.step % tc.eval_every == 0 and not evaluated(run):
+        evaluate_in_loop(run, deadline)  # resumed from the checkpoint written just before this evaluation
 
     def over_budget() -> float:  # the train step's stop flag
         return 1.0 if deadline is not None and run.clock() > deadline else 0.0
@@ -157,14 +173,15 @@ def run_loop(run: RunState) -> None:
             why = run.watch.update(loss_val) if run.watch is not None else None
             if why is not None:
                 diverged(run, f"step {run.step}: {why}", whole_step=True)
-            if deadline is not None and not run.calibrated:
+            if deadline is not None:
                 step_times.append(dt)
-                if len(step_times) == max(tc.warmup_steps, _SKIP_STEPS + 5):  # fit at the end of warm-up
-                    calibrate(run, deadline, step_times)
-            if run.step % tc.eval_every == 0 and run.step < run.max_steps and not stop:
-                evaluate_run(run)
+                if not run.calibrated and len(step_times) == max(tc.warmup_steps, _SKIP_STEPS + 5):
+                    calibrate(run, deadline, step_times)  # fit at the end of warm-up
+            # the checkpoint first: an evaluation that fails (or is killed) never costs the steps before it
             if run.step % tc.ckpt_every == 0 and run.step < run.max_steps and not stop:
                 write_checkpoint(run)
+            if run.step % tc.eval_every == 0 and run.step < run.max_steps and not stop:
+                evaluate_in_loop(run, deadline)
     finally:
         if run.bar is not None:
             run.bar.close()
@@ -183,13 +200,49 @@ def diverged(run: RunState, why: str, whole_step: bool) -> None:
         saved = f"the weights before that update saved to {save(run.objective.model, run.run_dir / 'diverged')}"
     else:
         saved = "the weights are not finite: not saved"
-    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; {gan.advice(run.mcfg)}")
+    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; "
+                          f"{gan.advice(run.mcfg, stuck=run.watch is not None and run.watch.stuck)}")
+
+
+def evaluated(run: RunState) -> bool:
+    """Whether metrics.jsonl holds the evaluation of ``run.step`` (all ranks agree: the main rank's answer)."""
+    have = run.info.is_main and any(r.get("step") == run.step and "val_loss" in r for r in run.metrics.read())
+    return bool(run.info.all_gather_object(have)[0])
+
+
+def evaluate_in_loop(run: RunState, deadline: float | None) -> None:
+    """:func:`evaluate_run`, timed by ``run.clock`` for the budget (which it refits, fewer steps only, once the
+    schedule was fitted); an evaluation that fails first checkpoints the step it was at."""
+    t0 = run.clock()
+    try:
+        evaluate_run(run)
+    except Exception:
+        if run.last_ckpt_step != run.step:
+            try:
+                write_checkpoint(run)
+                run.note(f"step {run.step}: the evaluation failed; checkpoint {latest_checkpoint(run.run_dir)} "
+                         "written first (--resume continues from it)")
+            except Exception:  # (non-finite weights, a full disk) the evaluation's failure is the one to report
+                pass
+        raise
+    run.eval_s = run.clock() - t0
+    if deadline is None or not run.calibrated or len(run.step_times) <= _SKIP_STEPS:
+        return
+    fitted = fit_steps_to_budget(run.step, run.max_steps, deadline, run.clock(), run.step_times, run.cfg.train,
+                                 run.micro_bs, run.info, eval_s=run.eval_s)
+    if fitted < run.max_steps:
+        run.max_steps = fitted
+        if run.bar is not None:
+            run.bar.total = run.max_steps
+            run.bar.refresh()
+        run.note(f"train.max_minutes={run.cfg.train.max_minutes}: an evaluation takes {run.eval_s:.1f} s; "
+                 f"schedule refitted to {run.max_steps} steps")
 
 
 def calibrate(run: RunState, deadline: float, step_times: list[float]) -> None:
     tc = run.cfg.train
     run.max_steps = fit_steps_to_budget(run.step, run.max_steps, deadline, run.clock(), step_times, tc,
-                                         run.micro_bs, run.info)
+                                         run.micro_bs, run.info, eval_s=run.eval_s)
     run.calibrated = True
     if run.bar is not None:
         run.bar.total = run.max_steps
@@ -208,11 +261,11 @@ def evaluate_run(run: RunState) -> None:
                                        tc.seed)
         extra = image_run.evaluate_samples(run.objective, run.data, run.cfg) if run.info.is_main else {}
         res.image_metrics = extra
-        record = {"step": run.step, "images": run.tokens, "val_loss": vl, **extra}
+        record = {"step": run.step, run.count_unit: run.tokens, "val_loss": vl, **extra}
     else:
         vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
                       tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn, seed=tc.seed)
-        record = {"step": run.step, "tokens": run.tokens, "val_loss": vl}
+        record = {"step": run.step, run.count_unit: run.tokens, "val_loss": vl}
     res.val_loss = vl
     res.val_ppl = math.exp(min(vl, 50.0)) if run.objective.perplexity and vl is not None else None
     run.last_val_step = run.step
@@ -251,7 +304,7 @@ def write_checkpoint(run: RunState) -> None:
                  "world_size": info.world_size, "max_steps": run.max_steps, "calibrated": run.calibrated,
                  "layout": info.kind if info.active else "single", "elapsed_s": run.elapsed(),
                  "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint,
-                 **({"collapse_count": run.watch.count} if run.watch is not None else {})}
+                 **(run.watch.state() if run.watch is not None else {})}
         run.result.checkpoint = save_checkpoint(run.run_dir, run.step, msd, osd, rng, state, cfg.train.keep_last)
     run.last_ckpt_step = run.step
     info.barrier()

@@ -3,6 +3,7 @@
 written back beside a run (``config.yaml``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,4 +87,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def dump_config(cfg: RunConfig, path: str | Path) -> None:
-    atomic_write_bytes(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())  # temp file, fsync, rename
+    """The resolved recipe, as a run keeps it (``RUN/config.yaml``). Its data paths (``data.path``,
+    ``data.tokenizer``) are written absolute, resolved against the working directory of the run, so the
+    record reads the same files from anywhere (``genmodels evaluate RUN``, a resume from another folder)."""
+    d = cfg.to_dict()
+    data = d.get("data")
+    for key in ("path", "tokenizer"):
+        value = data.get(key) if isinstance(data, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            data[key] = os.path.abspath(Path(value).expanduser())
+    atomic_write_bytes(path, yaml.safe_dump(d, sort_keys=False).encode())  # temp file, fsync, rename

@@ -180,6 +180,25 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
 
 
 
+def ema_on_resume(objective, model_sd: dict, ckpt: Path, say) -> tuple[dict, bool]:
+    """The checkpoint's model state reconciled with the objective's EMA (its ``ema.*`` tensors), said once:
+    resumed with the EMA on from a checkpoint that kept none, the EMA restarts from the loaded weights (never
+    from the fresh initialisation the objective copied); resumed with it off, the checkpoint's EMA is dropped.
+    Returns ``(state to load, whether to call objective.restart_ema() once it is loaded)``."""
+    kept = any(k.startswith("ema.") for k in model_sd)
+    wanted = getattr(objective, "ema", None) is not None
+    field = getattr(objective, "ema_field", "ema_decay")
+    if wanted and not kept:
+        say(f"--resume: {ckpt} holds no EMA of the weights (trained without one); the EMA "
+            f"({field}={objective.ema_decay}) starts from its weights")
+        return model_sd, True
+    if kept and not wanted:
+        say(f"--resume: {field} turns the EMA off: the EMA in {ckpt} is dropped, and final/ will hold the "
+            "trained weights, not their average")
+        return {k: v for k, v in model_sd.items() if not k.startswith("ema.")}, False
+    return model_sd, False
+
+
 def last_good(run_dir: Path) -> str:
     last = latest_checkpoint(run_dir)
     return f"the last good checkpoint, {last}, is left intact" if last else "no checkpoint was written yet"
@@ -235,6 +254,10 @@ def init_from_model(cfg: RunConfig, mcfg) -> torch.nn.Module | None:
         return None
     from ..io import load
     src = load(Path(path).expanduser())
+    if src.config.family != mcfg.family:
+        raise ConfigError(f"model.init_from={path!r} is a {src.config.family} model; the recipe trains a "
+                          f"{mcfg.family} model, so its weights cannot start this run (give a {mcfg.family} "
+                          "model folder, or null for fresh weights)")
     old = json.loads(json.dumps(src.config.to_dict()))  # as stored: tuples become lists
     new = json.loads(json.dumps(mcfg.to_dict()))
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

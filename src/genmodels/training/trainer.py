@@ -17,6 +17,10 @@ samples are best-effort. Every time the loop reads comes from ``clock`` (injecta
 """
 from __future__ import annotations
 
+import re
+import shlex
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,7 +41,7 @@ from . import gan, image_run
 from .optim import build_optimizer
 from .loop import RunState, check_params, evaluate_run, run_loop, write_checkpoint
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
-from .setup import (TrainResult, autocast_dtype, init_from_data, init_from_model, matmul_peak,
+from .setup import (TrainResult, autocast_dtype, ema_on_resume, init_from_data, init_from_model, matmul_peak,
                     model_config, restore_rng, resume_point)
 from .steps import NonFiniteError, Phase, TrainStep, evaluate, first_non_finite_param  # noqa: F401  (re-exported)
 
@@ -139,7 +143,8 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
     if gan.two_player(run.objective):  # a GAN: D then G, one optimizer each (training/gan.py), one process
         run.train_step = gan.gan_train_step(run.objective, tc, info, run.amp_dtype, scaler)
-        run.optimizer, run.watch = run.train_step.phases[-1].optimizer, gan.CollapseWatch.from_config(tc)
+        run.optimizer = run.train_step.phases[-1].optimizer
+        run.watch = gan.CollapseWatch.from_config(tc, run.objective.loss)
     else:
         wrapped = wrap(run.objective, info)
         run.optimizer = build_optimizer(run.objective, tc.lr, tc.weight_decay, tc.betas, tc.eps,
@@ -153,23 +158,27 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     run.max_steps = tc.max_steps  # with max_minutes, fitted to the budget after a few steps
     if ckpt is not None:
         model_sd, optim_sd, rng, state = loaded
+        model_sd, restart_ema = ema_on_resume(run.objective, model_sd, ckpt, say)
+        absent_ok = ("ema.",) if restart_ema else ()
         if run.watch is not None:  # two optimizers, keyed by phase
-            load_full_state(run.objective, None, model_sd, None)
+            load_full_state(run.objective, None, model_sd, None, absent_ok)
             run.train_step.load_optimizer_state(optim_sd)
         else:
-            load_full_state(run.objective, run.optimizer, model_sd, optim_sd)
+            load_full_state(run.objective, run.optimizer, model_sd, optim_sd, absent_ok)
+        if restart_ema:
+            run.objective.restart_ema()
         run.sampler.load_state_dict(state["sampler"])
         restore_rng(rng, info, tc.seed)
         run.step, run.tokens, run.prev_elapsed = int(state["step"]), int(state["tokens"]), float(
             state.get("elapsed_s", 0.0))
         if state.get("calibrated"):
             run.max_steps, run.calibrated = int(state["max_steps"]), True
-        if run.watch is not None:  # a GAN's streak of collapsed-discriminator steps continues where it was
-            run.watch.count = int(state.get("collapse_count", 0))
+        if run.watch is not None:  # a GAN's streaks of collapsed or stuck discriminator steps continue where they were
+            run.watch.load_state(state)
         if info.is_main:
             run.metrics.truncate_after(run.step)
         run.last_ckpt_step = run.step
-        say(f"resumed from {ckpt} (step {run.step}, {run.tokens:,} tokens)")
+        say(f"resumed from {ckpt} (step {run.step}, {run.tokens:,} {run.count_unit})")
     elif resume:
         say(f"no checkpoint in {run.run_dir}; starting from step 0")
     elif info.is_main and run.metrics.path.exists():
@@ -191,6 +200,33 @@ def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Ten
     return {"input_ids": x.to(device, non_blocking=True), "labels": y.to(device, non_blocking=True)}
 
 
+def cli_program() -> str:
+    """How the user runs genmodels, for the commands a run prints: ``genmodels`` when that name finds this
+    installation, else the path of this environment's script (``.venv/bin/genmodels``, as the README spells it)."""
+    script = Path(sys.executable).parent / "genmodels"
+    found = shutil.which("genmodels")
+    if not script.is_file() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "genmodels"
+    try:
+        return shlex.quote(str(script.relative_to(Path.cwd())))
+    except ValueError:  # (outside the working directory: its absolute path)
+        return shlex.quote(str(script))
+
+
+def _save_final(model, run_dir: Path, tok, res: TrainResult) -> Path:
+    """``RUN/final/``; a file there that genmodels did not write (dropped in during the run) is kept, and the run
+    stops naming it (RunDirError: one line), its work safe in the last checkpoint."""
+    try:
+        return save(model, run_dir / "final", tok)
+    except FileExistsError as e:
+        found = re.search(r"already holds other files \((.*?)\);", str(e))
+        what = found.group(1) if found else " ".join(str(e).split())
+        raise RunDirError(f"{run_dir / 'final'} holds files genmodels did not write ({what}); they are kept and "
+                          f"the final model was not written; the run is saved in "
+                          f"{res.checkpoint or latest_checkpoint(run_dir)}: move those files out of "
+                          f"{run_dir / 'final'}, then --resume writes it") from None
+
+
 def _finish(run: RunState) -> TrainResult:
     """The end: validation, last checkpoint, final model, samples, summary."""
     cfg, tc, res, say, run_dir = run.cfg, run.cfg.train, run.result, run.say, run.run_dir
@@ -207,7 +243,7 @@ def _finish(run: RunState) -> TrainResult:
         final = build_model(run.mcfg)
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
-        res.final_dir = save(final, run_dir / "final", tok)
+        res.final_dir = _save_final(final, run_dir, tok, res)
         if cfg.images:
             grid = image_run.write_samples(final, cfg, run_dir, say)
             if grid is not None:
@@ -218,20 +254,20 @@ def _finish(run: RunState) -> TrainResult:
                 say("samples:")
                 for prompt, text in zip(cfg.sample.prompts, res.samples):
                     say(f"--- {prompt!r}\n{text}")
-        unit = "images" if cfg.images else "tokens"
-        per_step = tc.batch_size * (1 if cfg.images else cfg.data.seq_len)
-        tps = len(res.train_losses) * per_step / max(run.train_time, 1e-9)
+        unit = run.count_unit
+        tps = len(res.train_losses) * run.units_per_step / max(run.train_time, 1e-9)
         ppl = f"{res.val_ppl:.2f}" if res.val_ppl is not None else "n/a"
         vl = "n/a" if res.val_loss is None else f"{res.val_loss:.4f}"
-        usage = {"generate": f"  sample:     genmodels generate {run_dir}",
-                 "embed": f"  embed:      genmodels embed {run_dir} \"some text\"",
-                 "sample": None}[run.objective.usage] or f"  sample:     {image_run.sample_command(run_dir, cfg)}"
+        program, where = cli_program(), shlex.quote(str(run_dir))
+        usage = {"generate": f"  sample:     {program} generate {where}",
+                 "embed": f"  embed:      {program} embed {where} \"some text\"",
+                 "sample": None}[run.objective.usage] or f"  sample:     {image_run.sample_command(run_dir, cfg, program)}"
         plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
         plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([
             "summary:",
             f"  trained {run.step} steps, {run.tokens:,} {unit} ({len(res.train_losses)} steps this run, "
-            f"{tps:,.0f} {'images/s' if cfg.images else 'tok/s'} while training), {res.seconds:.0f}s in all",
+            f"{tps:,.0f} {'tok' if unit == 'tokens' else unit}/s while training), {res.seconds:.0f}s in all",
             f"  final validation loss {vl}" + (f", perplexity {ppl}" if not cfg.images else "".join(
                 f", {k} {v:.3g}" for k, v in (res.image_metrics or {}).items())),
             f"  checkpoint: {res.checkpoint or latest_checkpoint(run_dir)}",

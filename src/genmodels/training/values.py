@@ -30,6 +30,17 @@ def integer(name: str, v: Any, lo: int) -> None:
         raise ConfigError(f"{name}={v!r} must be an integer >= {lo}")
 
 
+def seed(name: str, v: Any) -> None:
+    """A recipe seed (``train.seed``, ``sample.seed``): an integer that every generator takes, checked by the one
+    seed check of :mod:`genmodels.generation.checks` (0 <= seed < 2**64)."""
+    from ..generation.checks import check_seed
+    integer(name, v, 0)
+    try:
+        check_seed(v, name=name)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
 def number(name: str, v: Any, lo: float | None = None, hi: float | None = None,
             lo_open: bool = False, hi_open: bool = False) -> None:
     ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
