@@ -11,6 +11,7 @@ import base64
 import datetime
 import html
 import json
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -150,7 +151,7 @@ def blocks(spec: ArenaSpec, rows: list[dict], meta: dict, figures: list[tuple[st
     out.append(("h", 2, "Contestants"))
     out.append(("table", ["contestant", "from", "overrides", "runs"],
                 [[r["name"], r["source"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—",
-                  ", ".join(run["run_dir"] or run["id"] for run in r["runs"])] for r in rows]))
+                  ", ".join(f"runs/{run['id']}" for run in r["runs"])] for r in rows]))
     notes = sorted({n for r in rows for run in r["runs"] for n in (run["measures"] or {}).get("speed_notes", [])})
     if notes:
         out.append(("p", "Speed notes: " + "; ".join(notes) + "."))
@@ -219,11 +220,13 @@ def _figures(spec: ArenaSpec, rows: list[dict], out: Path) -> list[tuple[str, Pa
             ("Validation loss against wall-clock", loss_curves(rows, plots / "loss_vs_time.png", "time", unit))]
     if not spec.images:
         figs.append(("Speed against context", speed_curves(rows, plots / "speed_vs_context.png")))
-    for r in rows:  # image families: the sample grid of each contestant's first measured seed
+    for r in rows:  # image families: the sample grid of each contestant's first measured seed (copied to plots/)
         for run in r["runs"]:
             grid = (run["measures"] or {}).get("grid")
             if grid and (out / "measure" / grid).is_file():
-                figs.append((f"Samples: {r['name']} (seed {run['seed']})", out / "measure" / grid))
+                copy = plots / f"samples-{r['name']}.png"
+                atomic_write_bytes(copy, (out / "measure" / grid).read_bytes())
+                figs.append((f"Samples: {r['name']} (seed {run['seed']})", copy))
                 break
     return [(t, p) for t, p in figs if p is not None]
 
@@ -233,7 +236,7 @@ def write_report(spec: ArenaSpec, state, command: str | None = None) -> Path:
     import torch
     out = state.out
     rows = collect(spec, out, state.entries)
-    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": f"{cpu_name()} ({os.cpu_count()} cores)",
             "torch": torch.__version__, "threads": spec.threads,
             "command": command or f"genmodels arena SPEC.yaml --out {out}"}
     figures = _figures(spec, rows, out)

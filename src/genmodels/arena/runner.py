@@ -102,7 +102,10 @@ def run_arena(spec_path: str | Path, out: str | Path | None = None, resume: bool
             os._exit(137)  # the test hook: an arena killed between two contestants
     measure_entries(spec, state, say)
     from .report import write_report
-    report = write_report(spec, state)
+    report = write_report(spec, state, command=f"genmodels arena {spec_path} --out {out}")
+    failed = [eid for eid, e in state.entries.items() if e["status"] == "failed"]
+    if failed:
+        say(f"{len(failed)} of {len(state.entries)} entries failed ({', '.join(failed)}): their errors are in the report")
     say(f"report: {report}, {report.with_suffix('.html')}, {out / 'results.json'}")
     return report
 
