@@ -91,6 +91,12 @@ def test_modified_decay_is_still_refused_at_every_precision(dtype):
         genmodels.from_torchscale(dec)
 
 
+def test_a_decoder_cast_to_half_and_back_is_refused_saying_so():
+    dec = _torchscale_decoder().half().float()  # fp32 buffers holding fp16-rounded values: not the definition
+    with pytest.raises(ConversionError, match=r"rounded to float16: a decoder cast to float16 and back"):
+        genmodels.from_torchscale(dec)
+
+
 # ---- B-17: from_torch_dcgan reads files through the one safe reader ------------------------------------
 def test_dcgan_pickled_module_file_is_named_without_suggesting_unsafe_loading(tmp_path):
     net_g, _ = _pair()

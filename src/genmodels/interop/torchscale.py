@@ -99,15 +99,21 @@ def _check_buffers(decoder: nn.Module, cfg: RetNetConfig) -> None:
     """The decay and angle buffers equal torchscale 0.3.0's definition, compared at the buffer's own
     precision (a fp16 / bf16 decoder holds them rounded: ours is rounded the same way, then compared
     within one unit in the last place of that type)."""
+    def equal(buf: torch.Tensor, ours: torch.Tensor, dtype: torch.dtype) -> bool:  # at dtype's precision
+        eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+        return buf.shape == ours.shape and torch.allclose(buf.float(), ours.to(dtype).float(),
+                                                          rtol=max(1e-6, 2 * eps), atol=1e-7)
     rel = decoder.retnet_rel_pos
     want = {"decay": retention_decay(cfg.n_heads), "angle": retention_angles(cfg.d_model // cfg.n_heads)}
     for name, ours in want.items():
         buf = getattr(rel, name).detach().cpu()
-        eps = torch.finfo(buf.dtype).eps if buf.dtype.is_floating_point else 0.0
-        theirs, ours = buf.float(), ours.to(buf.dtype).float()  # ours at the buffer's precision
-        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=max(1e-6, 2 * eps), atol=1e-7):
-            raise ConversionError(f"torchscale retnet_rel_pos.{name} differs from torchscale 0.3.0's definition "
-                                  f"(which RetNetLM recomputes); a modified decoder does not convert")
+        if equal(buf, ours, buf.dtype):
+            continue
+        rounded = [str(t).removeprefix("torch.") for t in (torch.float16, torch.bfloat16) if equal(buf, ours, t)]
+        hint = (f" (it equals the definition rounded to {rounded[0]}: a decoder cast to {rounded[0]} and back? convert "
+                f"the {rounded[0]} decoder itself)" if rounded else "")
+        raise ConversionError(f"torchscale retnet_rel_pos.{name} differs from torchscale 0.3.0's definition "
+                              f"(which RetNetLM recomputes); a modified decoder does not convert{hint}")
 
 
 def state_from_torchscale(decoder: nn.Module, cfg: RetNetConfig) -> dict[str, torch.Tensor]:
