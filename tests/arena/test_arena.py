@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import subprocess
 import sys
@@ -24,9 +23,8 @@ from genmodels.arena import load_spec, run_arena
 from genmodels.arena.runner import TEST_EXIT_AFTER, ArenaState
 from genmodels.config import ConfigError
 from genmodels.training.rundir import RunDirError
+from tests.helpers.corpus import write_corpus
 
-WORDS = ("the cat sat on a mat and dog ran to big red ball while sun shines over green hill "
-         "def return import class self value print for in if else").split()
 TINY = {"model.d_model": 32, "model.n_layers": 2, "model.n_heads": 2, "model.d_ff": 64, "train.batch_size": 8,
         "train.warmup_steps": 2, "train.eval_every": 3, "train.eval_batches": 2, "train.ckpt_every": 2,
         "train.mfu_peak_tflops": 0.1, "sample.max_new_tokens": 4}
@@ -44,13 +42,8 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """30 small text files of random sentences (~70 KB), as tests/training/conftest.py makes them."""
-    root = tmp_path_factory.mktemp("arena-corpus")
-    rng = random.Random(0)
-    for i in range(30):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(40)]
-        (root / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
-    return root
+    """30 small text files of random sentences (~70 KB), as the training tests use."""
+    return write_corpus(tmp_path_factory.mktemp("arena-corpus"))
 
 
 def contestant(name: str, preset: str, **overrides) -> dict:

@@ -3,24 +3,17 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-WORDS = ("the cat sat on a mat and dog ran to big red ball while sun shines over green hill "
-         "def return import class self value print for in if else").split()
+from tests.helpers.corpus import write_corpus
 
 
 @pytest.fixture(scope="session")
 def corpus_dir(tmp_path_factory) -> Path:
     """30 small text files of random sentences (~70 KB)."""
-    root = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    for i in range(30):
-        lines = [" ".join(rng.choice(WORDS) for _ in range(12)) + "." for _ in range(40)]
-        (root / f"doc{i:02d}.txt").write_text("\n".join(lines) + "\n")
-    return root
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(autouse=True)
