@@ -62,6 +62,8 @@ def _create_beside(path: Path) -> tuple[int, Path]:
             return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:  # a name another writer holds: draw again
             continue
+        except OSError as e:  # a read-only file system, a missing folder: say so of the file being written
+            raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> None:

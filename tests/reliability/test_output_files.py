@@ -171,3 +171,10 @@ def test_full_disk_during_sample_out_names_the_output_not_the_model(tmp_path, ca
     rc, err = _cli(capsys, "sample", str(unet_dir), "--n", "2", "--steps", "1", "--no-progress", "--out", str(out))
     assert rc == 2 and err == f"error: {out}: No space left on device\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc, where no file can be made")
+def test_a_failed_create_names_the_output_not_a_temporary_file():
+    with pytest.raises(OSError) as e:
+        save_grid(IMAGES, "/proc/x.png")
+    assert "/proc/x.png" in str(e.value) and ".tmp" not in str(e.value)

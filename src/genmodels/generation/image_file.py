@@ -16,6 +16,7 @@ run's ``samples.png``), and refusing a target before any image is made.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 from ..files import atomic_write_bytes, write_target
@@ -49,10 +50,12 @@ def check_image_target(path: str | Path, overwrite: bool = False) -> Path:
     target = write_target(text)
     if target.is_dir():
         raise FileExistsError(f"--out {text} is a folder; give an image file name ending in {_ALLOWED}")
-    for parent in target.parents:  # the nearest existing ancestor must be a folder
+    for parent in target.parents:  # the nearest existing ancestor must be a folder we may write in
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
                 raise FileExistsError(f"--out {text}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):  # permissions, or a read-only file system (EROFS)
+                raise PermissionError(f"--out {text}: {parent} is not writable")
             break
     if (target.exists() or target.is_symlink()) and not overwrite:
         if not target.is_file() or not written_by_genmodels(target):
