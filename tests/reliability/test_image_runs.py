@@ -197,7 +197,8 @@ def test_the_budget_counts_evaluations_and_the_first_classifier_training(tmp_pat
     # left), so the first evaluation measures its sampling alone: 3 s, (60 − 28) / (1.05 + 3/10) → 23 more steps
     assert [s for s in said if "max_minutes" in s] == [
         "train.max_minutes=1: 100000 steps do not fit at 1000 ms/step; schedule fitted to 42 steps",
-        "train.max_minutes=1: an evaluation takes 3.0 s; schedule refitted to 33 steps"]
+        "train.max_minutes=1: after the evaluation of step 10 (3.0 s each) at 1000 ms/step, schedule refitted to "
+        "33 steps"]
     state = json.loads((latest_checkpoint(run) / "state.json").read_text())
     assert state["calibrated"] and res.steps == state["max_steps"] < 40
     lrs = {r["step"]: r["lr"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r}

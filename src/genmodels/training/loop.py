@@ -235,8 +235,9 @@ def evaluate_in_loop(run: RunState, deadline: float | None) -> None:
         if run.bar is not None:
             run.bar.total = run.max_steps
             run.bar.refresh()
-        run.note(f"train.max_minutes={run.cfg.train.max_minutes}: an evaluation takes {run.eval_s:.1f} s; "
-                 f"schedule refitted to {run.max_steps} steps")
+        run.note(f"train.max_minutes={run.cfg.train.max_minutes}: after the evaluation of step {run.step} "
+                 f"({run.eval_s:.1f} s each) at {1000 * statistics.median(run.step_times[_SKIP_STEPS:]):.0f} "
+                 f"ms/step, schedule refitted to {run.max_steps} steps")
 
 
 def calibrate(run: RunState, deadline: float, step_times: list[float]) -> None:
