@@ -85,7 +85,9 @@ def _torch_load_failure(e: BaseException) -> str:
     reason = m.group(1).strip() if m else one_line(e)
     if "weights_only" in reason or not m and "Weights only load failed" in text:
         reason = type(e).__name__
-    elif " " not in reason:  # a bare KeyError / EOFError argument: say what kind of failure it is
+    elif isinstance(e, EOFError):
+        reason = "the file ends early: EOFError"
+    elif " " not in reason:  # a bare KeyError argument: say what kind of failure it is
         reason = f"{type(e).__name__}: {reason}"
     return f"not a readable PyTorch checkpoint ({reason})"
 

@@ -116,7 +116,7 @@ def test_dcgan_garbage_file_is_named_without_suggesting_unsafe_loading(tmp_path,
     with pytest.raises(ConversionError) as info:
         genmodels.from_torch_dcgan(str(f))
     msg = str(info.value)
-    assert str(f) in msg and "not a readable PyTorch checkpoint" in msg, msg
+    assert str(f) in msg and "not a readable PyTorch checkpoint" in msg and msg.count("EOFError") <= 1, msg
     assert "weights_only" not in msg and "\n" not in msg, msg
 
 
