@@ -37,6 +37,10 @@ def test_bad_magic(tmp_path):
     _refused(tmp_path / "x.gguf", ValueError, "not a GGUF file", "b'GGML'")
 
 
+def test_missing_file_is_named(tmp_path):
+    _refused(tmp_path / "nope.gguf", FileNotFoundError, "no such file")
+
+
 def test_a_file_with_the_magic_but_another_name_is_read_as_gguf(good, tmp_path):
     path, _, _ = good
     other = tmp_path / "weights.bin"

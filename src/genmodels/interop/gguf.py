@@ -45,12 +45,13 @@ LAYER = {"attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k":
 
 
 def is_gguf(path: str | Path) -> bool:
-    """Whether ``path`` is a file to read as GGUF: named ``*.gguf``, or starting with its magic."""
+    """Whether ``path`` is to be read as a GGUF file: named ``*.gguf`` (and not a folder; a missing one
+    is then named as missing), or a file starting with GGUF's magic."""
     p = Path(path)
+    if p.suffix.lower() == ".gguf" and not p.is_dir():
+        return True
     if not p.is_file():
         return False
-    if p.suffix.lower() == ".gguf":
-        return True
     with open(p, "rb") as f:
         return f.read(4) == MAGIC
 
@@ -60,6 +61,8 @@ def open_gguf(path: str | Path):
     type ggml does not define is a one-line ValueError naming the file (and the tensor)."""
     import gguf
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     with open(path, "rb") as f:
         head = f.read(4)
     if head != MAGIC:
