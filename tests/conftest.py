@@ -1,9 +1,17 @@
 """Suite-wide settings: one intra-op thread per worker (the suite runs with ``-n 2``), offline HF,
-and a private token cache per session."""
+and a private token cache per session.
+
+OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``, read when torch loads libgomp, so set before
+``import torch``): the tests that run kernels on 2 threads (tests/native/conftest.py) share the machine's
+cores with the other worker, and a spinning team whose partner is descheduled turned each barrier into
+a scheduler time slice (tests/native/test_retnet_native.py with its 2-thread cases: 146 s spinning, 14 s
+passive, at a load of 9-12 on 2 cores). The results are the same either way; only the waiting differs."""
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

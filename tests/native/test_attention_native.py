@@ -56,6 +56,7 @@ def _fp64(qkv: torch.Tensor, h: int, d: int, scale: float, grad: torch.Tensor):
 # lengths that are not a multiple of the vector width (8 or 16 lanes), one shorter than it, and a long one
 @pytest.mark.parametrize("b,h,t,d", [(2, 3, 37, 8), (2, 3, 37, 16), (1, 2, 5, 8), (2, 4, 64, 8), (1, 2, 300, 16)])
 @pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_values_and_gradients_are_as_accurate_as_pytorchs_kernel(b, h, t, d, scale):
     """Against float64: within 3× the error of PyTorch's fused fp32 kernel on the same inputs (and ≤ 1e-5
     wherever that one is exact to ~1e-6). Both sum hundreds of fp32 products, in different orders."""
@@ -73,6 +74,7 @@ def test_values_and_gradients_are_as_accurate_as_pytorchs_kernel(b, h, t, d, sca
         assert ours <= max(3 * theirs, 1e-5), errors
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_equals_pytorchs_fused_kernel_on_separate_non_contiguous_inputs():
     """q, k, v from different tensors, permuted so that no stride is the natural one; a non-contiguous grad."""
     g = torch.Generator().manual_seed(3)
@@ -88,6 +90,7 @@ def test_equals_pytorchs_fused_kernel_on_separate_non_contiguous_inputs():
         torch.testing.assert_close(a, w, **TOL)
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_large_logits_do_not_overflow():
     """Scores of ±300: the softmax subtracts the row maximum; the backward uses the saved logsumexp. Finite, and
     within 3× the float64 error of PyTorch's kernel (whose own error is ~1e-4 here)."""
@@ -105,6 +108,7 @@ def test_large_logits_do_not_overflow():
         assert ours <= max(3 * theirs, 1e-5), errors
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_a_nan_spreads_as_in_pytorch_never_hidden():
     """A NaN key poisons every output of its (sample, head), forward and backward, as PyTorch's kernel does;
     the other heads stay finite. (A clamp in exp that swallowed the NaN would return finite garbage.)"""
@@ -122,6 +126,7 @@ def test_a_nan_spreads_as_in_pytorch_never_hidden():
 
 @pytest.mark.parametrize("t", [1, 17, 16])
 @pytest.mark.parametrize("d", [8, 16])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_rows_of_very_negative_scores_give_finite_exact_gradients(t, d):
     """Every score of a row at −800 (a key bias can shift a row that far: softmax does not mind). With T not a
     multiple of the lane width, a padding key's weight e^{0−L} overflowed and inf · 0 made dQ NaN (found by
@@ -142,6 +147,7 @@ def test_rows_of_very_negative_scores_give_finite_exact_gradients(t, d):
     assert errors["native"] <= max(3 * errors["sdpa"], 1e-5), errors
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_weights_far_below_the_row_maximum_are_zero():
     """A key 1000 below the row's maximum has weight 0 (exp underflows), not exp's clamp e^−87 ≈ 1.6e−38,
     which a value of 1e36 would turn into an error of 0.016."""
@@ -183,6 +189,9 @@ def test_what_the_kernel_does_not_take_goes_to_pytorch():
     assert unsupported(q, q, q, mask, False) == "masked or causal attention"
     assert unsupported(q, q, q, None, True) == "masked or causal attention"
     assert "head width 32" in unsupported(torch.randn(1, 2, 9, 32), *[torch.randn(1, 2, 9, 32)] * 2, None, False)
+    odd = torch.randn(1, 2, 9, 12)  # a head width that is not a multiple of 8: refused by name, PyTorch's kernel runs
+    assert unsupported(odd, odd, odd, None, False) == "head width 12 (the kernel has (8, 16))"
+    torch.testing.assert_close(KERNELS["native"](odd, odd, odd), F.scaled_dot_product_attention(odd, odd, odd))
     assert "float32" in unsupported(q.double(), q.double(), q.double(), None, False)
     assert "grouped-query" in unsupported(q, q[:, :1], q[:, :1], None, False)
     assert unsupported(q, q, q, None, False) is None
@@ -203,6 +212,7 @@ def test_second_derivatives_are_refused_not_wrong():
 
 
 @pytest.mark.parametrize("head_dim", [8, 16])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_spatial_attention_native_equals_sdpa_values_and_gradients(head_dim):
     """The UNet's pixel attention (the native kernel is its default) against the same module on PyTorch's kernel."""
     torch.manual_seed(0)
@@ -220,6 +230,7 @@ def test_spatial_attention_native_equals_sdpa_values_and_gradients(head_dim):
         torch.testing.assert_close(a, w, atol=5e-5, rtol=1e-5)
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_a_unet_training_step_equals_the_sdpa_step():
     """Three SGD steps of a UNet with attention (heads of 8): native and sdpa kernels give the same weights.
     (Not Adam: the key bias has an exactly-zero gradient — a shift common to a row's scores — whose fp32

