@@ -103,6 +103,13 @@ def test_missing_metadata_key(tmp_path):
     _refused(tmp_path / "m.gguf", ConversionError, "metadata llama.block_count is missing")
 
 
+def test_more_layers_than_the_file_holds(tmp_path):
+    """An edited block_count is refused before any per-layer table or model is built."""
+    cfg, sd = tiny_llama(vocab=256, d=64, d_ff=64, layers=1)
+    write_llama_gguf(tmp_path / "m.gguf", cfg, sd, meta={"block_count": 10**9})
+    _refused(tmp_path / "m.gguf", ConversionError, "llama.block_count=1000000000", "only 12 tensors")
+
+
 def test_mixture_of_experts_and_rope_scaling_are_named(tmp_path):
     cfg, sd = tiny_llama(vocab=256, d=64, d_ff=64, layers=1)
     write_llama_gguf(tmp_path / "e.gguf", cfg, sd, meta={"expert_count": 8})

@@ -156,6 +156,10 @@ def hf_llama_config(meta: Metadata, tensor_names: set[str]) -> dict[str, Any]:
     if scaling != "none":
         raise ConversionError(f"{meta.path}: {p}rope.scaling.type={scaling!r} (RoPE scaling) is not supported yet; "
                               "have: none")
+    layers = meta.require(p + "block_count", int)
+    if layers > len(tensor_names):  # before any per-layer table is built: a layer holds nine tensors
+        raise ConversionError(f"{meta.path}: {p}block_count={layers}, but the file holds only {len(tensor_names)} "
+                              "tensors (a layer has nine)")
     d = meta.require(p + "embedding_length", int)
     n_heads = meta.require(p + "attention.head_count", int)
     head_dim = meta.get(p + "attention.key_length", d // max(n_heads, 1), int)
@@ -170,7 +174,7 @@ def hf_llama_config(meta: Metadata, tensor_names: set[str]) -> dict[str, Any]:
     ids = {f"{name}_token_id": meta.get(f"tokenizer.ggml.{key}_token_id", None, int)
            for name, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"))}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": vocab, "hidden_size": d,
-            "num_hidden_layers": meta.require(p + "block_count", int), "num_attention_heads": n_heads,
+            "num_hidden_layers": layers, "num_attention_heads": n_heads,
             "num_key_value_heads": meta.get(p + "attention.head_count_kv", n_heads, int), "head_dim": head_dim,
             "intermediate_size": meta.require(p + "feed_forward_length", int),
             "max_position_embeddings": meta.get(p + "context_length", 2048, int),
