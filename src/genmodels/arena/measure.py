@@ -129,6 +129,11 @@ def speed(model, tokens, m) -> dict:
         else:
             notes.append(f"context {long}: not reached ({cfg.family}, position {getattr(cfg, 'position', '?')}: "
                          f"max_seq_len {own})")
+    short = sorted(c for c in contexts if c <= m.decode_tokens)
+    notes += [f"context {c} <= measure.decode_tokens {m.decode_tokens}: not measured" for c in short]
+    contexts -= set(short)
+    if not contexts:
+        return {"speed": [], "speed_notes": notes}
     stream = torch.as_tensor(tokens[: max(contexts)].astype("int64"))
     while stream.numel() < max(contexts):
         stream = torch.cat([stream, stream])

@@ -119,7 +119,7 @@ def _columns(spec: ArenaSpec, rows: list[dict]) -> list[tuple[str, str, int, flo
         cols = [("held-out loss", "held_out_loss", 4, 1), ("perplexity", "held_out_ppl", 4, 1),
                 ("train tok/s", "train_rate", 3, 1), ("MFU", "mfu", 2, 1)]
         cols += [(f"decode ms/tok @{c}", f"decode_ms_per_token@{c}", 3, 1) for c in contexts]
-        cols += [(f"prefill tok/s @{c}", f"prefill_tok_s@{c}", 3, 1) for c in contexts[-1:]]
+        cols += [(f"prefill tok/s @{c}", f"prefill_tok_s@{c}", 3, 1) for c in contexts]
     cols += [("params (M)", "params", 4, 1e6), ("active (M)", "active_params", 4, 1e6),
              ("peak memory (MiB)", "peak_rss_mib", 4, 1), ("trained", "trained", 4, 1)]
     return cols
