@@ -84,10 +84,11 @@ def encode(w: np.ndarray, qtype: Q, seed: int = 0) -> np.ndarray:
         return raw_blocks(*w.shape, qtype, seed)
 
 
-def write_llama_gguf(path: Path, hf_cfg: dict, sd: dict[str, torch.Tensor], qtype: Q = Q.F32, *,
+def write_llama_gguf(path: Path, hf_cfg: dict, sd: dict[str, torch.Tensor], qtype: Q | list[Q] = Q.F32, *,
                      arch: str = "llama", tokenizer=None, meta: dict | None = None, drop: tuple = (),
                      stored: dict | None = None) -> dict[str, np.ndarray]:
-    """Write a GGUF of a HF Llama state dict (2-D weights as ``qtype``, 1-D as F32; ``stored`` overrides
+    """Write a GGUF of a HF Llama state dict (2-D weights as ``qtype`` — a list: the 2-D weights take its
+    types in turn, in the state dict's order —, 1-D as F32; ``stored`` overrides
     a tensor's array and type by GGUF name). Returns what each tensor holds, dequantised by gguf, in
     HF's row order (the expected weights). ``tokenizer(writer)`` adds tokenizer metadata; ``meta`` adds or
     replaces (None: removes) ``llama.*`` keys."""
@@ -107,6 +108,8 @@ def write_llama_gguf(path: Path, hf_cfg: dict, sd: dict[str, torch.Tensor], qtyp
     if tokenizer is not None:
         tokenizer(w)
     expected = {}
+    types = qtype if isinstance(qtype, list) else [qtype]
+    n2d = 0
     for j, (hf, t) in enumerate(sd.items()):
         name = gguf_name(hf)
         if name in drop:
@@ -114,7 +117,11 @@ def write_llama_gguf(path: Path, hf_cfg: dict, sd: dict[str, torch.Tensor], qtyp
         a = t.numpy().astype(np.float32)
         part = name.split(".")[-2]
         heads = {"attn_q": hf_cfg["num_attention_heads"], "attn_k": hf_cfg["num_key_value_heads"]}.get(part)
-        data, kind = (a, Q.F32) if a.ndim == 1 else (encode(a, qtype, seed=j), qtype)
+        if a.ndim == 1:
+            data, kind = a, Q.F32
+        else:
+            kind, n2d = types[n2d % len(types)], n2d + 1
+            data = encode(a, kind, seed=j)
         if stored and name in stored:  # (array, type); type None: the writer's choice for the dtype (F64…)
             data, kind = stored[name]
         if kind is not None:

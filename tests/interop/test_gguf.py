@@ -25,18 +25,21 @@ def _hf_state(model) -> dict[str, torch.Tensor]:
     return LlamaConverter().state_to_hf(model.state_dict(), model.config)
 
 
-@pytest.mark.parametrize("qtype", READABLE)
-def test_every_readable_type_loads_exactly_what_gguf_dequantises(qtype, tmp_path):
-    """2-D weights stored as ``qtype`` (quantised by gguf where it can, else random raw blocks) come back
-    as gguf.quants.dequantize gives them, q/k rows in HF's order; 1-D tensors are F32."""
-    cfg, sd = tiny_llama(vocab=256, layers=1, seed=READABLE.index(qtype))
-    expected = write_llama_gguf(tmp_path / "m.gguf", cfg, sd, Q[qtype])
+def test_every_readable_type_loads_exactly_what_gguf_dequantises(tmp_path):
+    """One file whose 2-D weights take every readable type in turn (quantised by gguf where it can, else
+    random raw blocks): each comes back as gguf.quants.dequantize gives it, q/k rows in HF's order."""
+    types = [Q[t] for t in READABLE]
+    cfg, sd = tiny_llama(vocab=256, d=256, d_ff=256, layers=4)  # 30 weight matrices for 26 types
+    expected = write_llama_gguf(tmp_path / "m.gguf", cfg, sd, types)
     got = _hf_state(genmodels.load(tmp_path / "m.gguf"))
     assert set(got) == set(expected)
+    matrices = [k for k, v in sd.items() if v.dim() == 2]
+    stored_as = {k: types[i % len(types)].name for i, k in enumerate(matrices)}
+    assert set(stored_as.values()) == set(READABLE)
     for k, v in expected.items():
-        assert torch.equal(got[k], torch.from_numpy(np.array(v, dtype=np.float32))), k
-    if qtype == "F32":  # lossless: the very weights written
-        assert all(torch.equal(got[k], sd[k]) for k in sd)
+        assert torch.equal(got[k], torch.from_numpy(np.array(v, dtype=np.float32))), (k, stored_as.get(k, "F32"))
+    lossless = [k for k in matrices if stored_as[k] == "F32"]
+    assert lossless and all(torch.equal(got[k], sd[k]) for k in lossless)  # F32: the very weights written
 
 
 def test_unpermute_inverts_llama_cpp_permutation():
