@@ -60,6 +60,7 @@ def open_gguf(path: str | Path):
     """A ``gguf.GGUFReader`` over ``path``; a file that is not GGUF, is truncated or names a tensor
     type ggml does not define is a one-line ValueError naming the file (and the tensor)."""
     import gguf
+    import numpy as np
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
@@ -69,6 +70,13 @@ def open_gguf(path: str | Path):
         raise ValueError(f"{path}: not a GGUF file (starts with {head!r}, a GGUF file starts with {MAGIC!r})")
 
     class Reader(gguf.GGUFReader):
+        def _get(self, *args, **kwargs):
+            # Slices of a plain array view of the memory map: slicing np.memmap itself costs ~5 µs a slice
+            # (its __array_finalize__), and the metadata and dequantisation take ~10^6 slices.
+            if type(self.data) is not np.ndarray:
+                self.data = self.data.view(np.ndarray)
+            return super()._get(*args, **kwargs)
+
         def _build_tensors(self, start_offs: int, fields: list) -> None:  # name the tensor at fault first
             check_tensor_infos(path, self.data.size, start_offs, fields)
             super()._build_tensors(start_offs, fields)
