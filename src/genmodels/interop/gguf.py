@@ -139,8 +139,7 @@ class Metadata:
 
     def require(self, key: str, kind: type | tuple[type, ...]) -> Any:
         if key not in self:
-            raise ConversionError(f"{self.path}: metadata {key} is missing (a {self.get('general.architecture')} "
-                                  "file must give it)")
+            raise ConversionError(f"{self.path}: metadata {key} is missing (genmodels needs it to build the model)")
         return self.get(key, kind=kind)
 
 
