@@ -1,7 +1,8 @@
 """Saving and loading models: the genmodels directory format and auto-detection of HF directories.
 
 A genmodels directory holds ``config.json`` (``{"format": "genmodels", "model": {...}}``),
-``model.safetensors`` and, when the model has one, ``tokenizer.json``. Weights are never unpickled.
+``model.safetensors`` and, when the model has them, ``tokenizer.json`` and ``chat_template.jinja``.
+Weights are never unpickled.
 Every error while reading a folder names the file at fault, in one line.
 """
 from __future__ import annotations
@@ -142,10 +143,11 @@ def check_fits_memory(cfg: ModelConfig, where: str | Path) -> None:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected; diffusers
-    UNet2DModel folders and DDPM/DDIM pipeline folders included).
+    UNet2DModel folders and DDPM/DDIM pipeline folders included), or a llama.cpp GGUF file
+    (interop/gguf.py: ``*.gguf`` or a file starting with ``GGUF``).
 
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
-    is at ``model.tokenizer``. A config whose weights would not fit in this machine's memory is
+    is at ``model.tokenizer``, its chat template (or ``None``) at ``model.chat_template``. A config whose weights would not fit in this machine's memory is
     refused before anything is allocated.
     """
     path = Path(path)
