@@ -147,8 +147,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     (interop/gguf.py: ``*.gguf`` or a file starting with ``GGUF``).
 
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
-    is at ``model.tokenizer``, its chat template (or ``None``) at ``model.chat_template``. A config whose weights would not fit in this machine's memory is
-    refused before anything is allocated.
+    is at ``model.tokenizer``, its chat template (or ``None``) at ``model.chat_template``. A config
+    whose weights would not fit in this machine's memory is refused before anything is allocated.
     """
     path = Path(path)
     from .interop.gguf import is_gguf, load_gguf
