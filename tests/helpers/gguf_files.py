@@ -42,7 +42,8 @@ def tiny_llama(vocab: int = 320, d: int = 256, heads: int = 4, kv_heads: int = 2
     for i in range(layers):
         p = f"model.layers.{i}."
         shapes.update({p + "input_layernorm.weight": (d,), p + "self_attn.q_proj.weight": (heads * hd, d),
-                       p + "self_attn.k_proj.weight": (kv_heads * hd, d), p + "self_attn.v_proj.weight": (kv_heads * hd, d),
+                       p + "self_attn.k_proj.weight": (kv_heads * hd, d),
+                       p + "self_attn.v_proj.weight": (kv_heads * hd, d),
                        p + "self_attn.o_proj.weight": (d, heads * hd), p + "post_attention_layernorm.weight": (d,),
                        p + "mlp.gate_proj.weight": (d_ff, d), p + "mlp.up_proj.weight": (d_ff, d),
                        p + "mlp.down_proj.weight": (d, d_ff)})
