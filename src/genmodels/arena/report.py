@@ -155,6 +155,10 @@ def blocks(spec: ArenaSpec, rows: list[dict], meta: dict, figures: list[tuple[st
     notes = sorted({n for r in rows for run in r["runs"] for n in (run["measures"] or {}).get("speed_notes", [])})
     if notes:
         out.append(("p", "Speed notes: " + "; ".join(notes) + "."))
+    if spec.images:
+        out.append(("p", "The validation losses in the curves are each family's own objective (denoising loss, "
+                         "the GAN's): they compare seeds of one contestant, not families; the ranking uses "
+                         f"{spec.ranking}."))
     for title, path in figures:
         out += [("h", 2, title), ("img", path, title)]
     out.append(("p", "How each measure is taken: docs/arena.md."))
