@@ -9,8 +9,8 @@ Rendering follows transformers' ``apply_chat_template`` (so the strings are equa
 immutable Jinja environment with ``trim_blocks`` and ``lstrip_blocks``, the loop controls
 (``break``/``continue``) and a ``{% generation %}`` block that renders its body; ``tojson`` without
 HTML escaping; ``raise_exception(msg)`` and ``strftime_now(fmt)``; the variables ``messages``,
-``add_generation_prompt``, ``tools``, ``documents`` and the special tokens (``bos_token``,
-``eos_token``, ``unk_token``, ``pad_token``). A template's own ``raise_exception`` — "Conversation
+``add_generation_prompt``, ``tools``, ``documents`` and the model's special tokens (``bos_token``,
+``eos_token``, ``pad_token``; others may be passed by name). A template's own ``raise_exception`` — "Conversation
 roles must alternate user/assistant/user/assistant/..." — becomes a one-line
 :class:`ChatTemplateError`, as does a template that does not parse.
 
@@ -129,11 +129,11 @@ def render(source: str, messages: Iterable[Any], add_generation_prompt: bool = F
 
 
 def special_tokens(model: Any) -> dict[str, str]:
-    """``bos_token`` / ``eos_token`` / ``unk_token`` / ``pad_token`` as text, from the model's config ids
-    and its tokenizer (the names templates read)."""
+    """``bos_token`` / ``eos_token`` / ``pad_token`` as text, from the model's config ids and its
+    tokenizer (the names templates read; ModelConfig keeps no unknown-token id)."""
     tok, cfg = getattr(model, "tokenizer", None), getattr(model, "config", None)
     out = {}
-    for name in ("bos", "eos", "unk", "pad"):
+    for name in ("bos", "eos", "pad"):
         i = getattr(cfg, f"{name}_token_id", None)
         text = tok.id_to_token(i) if tok is not None and isinstance(i, int) else None
         if text is not None:
