@@ -12,6 +12,7 @@ import torch
 from genmodels.nn import (MLP, ALiBi, GatedMLP, LayerNorm, RMSNorm, RotaryEmbedding, SinusoidalPositionalEmbedding,
                           alibi_slopes, apply_rotary, build_mask, make_mlp, make_norm, reference_attention,
                           sdpa_attention)
+from genmodels.nn.mlp import ACTIVATIONS
 from genmodels.nn.position import sinusoidal_table
 
 from tests.helpers.tiny import randomise
@@ -174,9 +175,12 @@ def test_gated_mlp_matches_hand_written(kind, act):
 
 
 def test_gelu_variants_differ():
-    """Exact and tanh GELU are different functions: a mixed-up mapping must be caught."""
-    x = torch.linspace(-3, 3, 101)
-    assert (gelu_exact(x) - gelu_tanh(x)).abs().max() > 1e-4
+    """genmodels' activation table: each name is its formula (float64), and exact and tanh GELU are different
+    functions, apart by far more than MODULE_TOL, so the mapping tests above see a mixed-up mapping."""
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    for name, formula in (("gelu", gelu_exact), ("gelu_tanh", gelu_tanh), ("relu", relu), ("silu", silu)):
+        torch.testing.assert_close(ACTIVATIONS[name](x), formula(x), **MODULE_TOL, msg=name)
+    assert (ACTIVATIONS["gelu"](x) - ACTIVATIONS["gelu_tanh"](x)).abs().max() > 1e-4
 
 
 # ---- masks and attention kernels --------------------------------------------------------------
