@@ -142,7 +142,7 @@ def byte_level_tokenizer(pre: str = "smollm", vocab: int = 320, add_bos: bool | 
                          trained_as: str | None = None):
     """A writer step adding a byte-level BPE tokenizer (trained here on SAMPLE-like text, split as
     ``trained_as`` — by default as ``pre`` — splits) with control tokens ``<|endoftext|>``,
-    ``<|im_start|>``, ``<|im_end|>`` and a user-defined ``<tool>``."""
+    ``<|im_start|>``, ``<|im_end|>`` and user-defined ``<tool>`` and ``<tool call>``."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -159,8 +159,8 @@ def byte_level_tokenizer(pre: str = "smollm", vocab: int = 320, add_bos: bool | 
     model = json.loads(trained.to_str())["model"]
     tokens = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
     merges = [" ".join(m) if isinstance(m, list) else m for m in model["merges"]]
-    tokens.append("<tool>")
-    types = [3, 3, 3] + [1] * (len(tokens) - 4) + [4]
+    tokens += ["<tool>", "<tool call>"]  # user-defined; the second stored in plain text (a space)
+    types = [3, 3, 3] + [1] * (len(tokens) - 5) + [4, 4]
 
     def add(w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model("gpt2")

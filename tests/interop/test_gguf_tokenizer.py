@@ -12,7 +12,8 @@ import genmodels
 
 from tests.helpers.gguf_files import SAMPLE, byte_level_tokenizer, sentencepiece_tokenizer, tiny_llama, write_llama_gguf
 
-TEXTS = [SAMPLE, " leading space", "  two spaces", "trailing   ", "<tool> x <|im_end|>", "\n\n\n", "x", "é€😀"]
+TEXTS = [SAMPLE, " leading space", "  two spaces", "trailing   ", "<tool> x <|im_end|>", "\n\n\n", "x", "é€😀",
+         "a <tool call> b <toolĠcall>"]
 
 
 def _write(tmp_path, name, step):

@@ -169,7 +169,10 @@ def tokenizer_from_gguf(meta) -> Tokenizer | None:
     # some); transformers leaves those out, so do we.
     control = [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types)
                if k == CONTROL and (alphabet is None or set(t) <= alphabet)]
-    user = [AddedToken(s, special=False, normalized=False) for s, k in zip(spelled, types) if k == USER_DEFINED]
+    # user-defined tokens whose spelling the vocabulary keeps (one respelled into the byte alphabet would match
+    # its respelling, not the text; transformers leaves those out too)
+    user = [AddedToken(t, special=False, normalized=False) for t, s, k in zip(tokens, spelled, types)
+            if k == USER_DEFINED and t == s]
     if control:
         tok.add_special_tokens(control)
     if user:
