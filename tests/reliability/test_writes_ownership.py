@@ -129,3 +129,17 @@ def test_a_corrupt_weights_file_with_our_name_is_not_ours(tmp_path, models):
     with pytest.raises(FileExistsError, match=r"model.safetensors \[not a safetensors file\]"):
         genmodels.save(models["gpt2"], out, overwrite=True)
     assert (out / "model.safetensors").read_bytes() == b"my own data"
+
+
+def test_a_write_killed_between_weights_and_config_is_finished_by_the_next(tmp_path, models):
+    """Weights move in before config.json; a write killed between the two leaves them and its staging
+    folder, which says they are ours: the next write replaces them without --overwrite."""
+    out = tmp_path / "k"
+    genmodels.export_diffusers(models["unet"], tmp_path / "done")
+    out.mkdir()
+    (out / ".genmodels-partial-x1").mkdir()
+    (out / "diffusion_pytorch_model.safetensors").write_bytes(
+        (tmp_path / "done" / "diffusion_pytorch_model.safetensors").read_bytes())
+    genmodels.export_diffusers(models["unet"], out)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors",
+                                                      "scheduler_config.json"]
