@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["check_same_kind", "config_kind", "folder_kind", "is_model_file", "not_ours_reason"]
+__all__ = ["check_same_kind", "config_kind", "folder_kind", "not_ours_reason"]
 
 
 def _json(file: Path) -> Any:
@@ -117,10 +117,6 @@ def not_ours_reason(folder: Path, name: str) -> str | None:
         return None if _safetensors(file) else "not a safetensors file"
     test, what = _TESTS[name]
     return None if test(file) else f"not {what}"
-
-
-def is_model_file(folder: Path, name: str) -> bool:
-    return not_ours_reason(folder, name) is None
 
 
 def _architecture(cfg: Any) -> str | None:
