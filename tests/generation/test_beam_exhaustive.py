@@ -6,7 +6,7 @@ length penalty counted over the prompt too passed that whole file; test-audit-20
 K ≥ Vⁿ⁻¹ beams and ``early_stopping="never"`` no prefix is ever dropped, so ``generate`` must return the exact
 maximiser of Σ log p / (generated length)^length_penalty over all Vⁿ continuations (each cut at its first end
 token), scored by the model's parallel forward in float64, for every row of a left-padded batch, on the native
-and the PyTorch recurrent paths.
+and the PyTorch recurrent paths, on 1 and 2 threads.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import genmodels
-from tests.helpers.native import require_native
+from tests.helpers.native import require_native, threads  # noqa: F401  (fixture: 1 and 2 threads)
 from tests.helpers.tiny import left_pad_mask, randomise
 
 V, N = 4, 3  # vocabulary, new tokens: 64 continuations per row, 16 beams
@@ -48,6 +48,7 @@ def _exhaustive(m, prompt: list[int], ends: tuple[int, ...], lp: float) -> tuple
 
 
 @pytest.mark.parametrize("path", ["native", "torch"])
+@pytest.mark.usefixtures("threads")
 @pytest.mark.parametrize("ends,lp", [((), 1.0), ((0,), 1.5), ((3,), 1.5), ((2, 0), 0.0)],
                          ids=["no-end", "end0-lp1.5", "end3-lp1.5", "ends-lp0"])  # rows end after 1, 2 or 3
 def test_retnet_beams_find_the_exhaustive_best(path, ends, lp, monkeypatch):

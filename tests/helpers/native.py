@@ -6,6 +6,7 @@ fails every test of the module with the compiler's error instead of turning them
     skip_if_disabled()
 """
 import pytest
+import torch
 
 from genmodels import native
 
@@ -22,6 +23,18 @@ def require_native() -> None:
     if native.library() is None:
         pytest.fail("native kernels did not build (set GENMODELS_NATIVE=0 to run without them): "
                     f"{native.unavailable_reason()}", pytrace=False)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """``torch.set_num_threads(n)`` for the test (n = 1, 2), the previous count restored after it: the kernels
+    split their work over ``torch.get_num_threads()`` threads (tests/native/conftest.py says why)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)
