@@ -104,7 +104,7 @@ class TrainConfig:
     grad_clip_d: float | None = None  # D's gradient clipping (null: train.grad_clip)
     collapse_d_loss: float | None = None  # D loss below this … (default 0.01; 0: no watch)
     collapse_steps: int | None = None  # … for this many consecutive steps stops the run (default 200)
-    stuck_steps: int | None = None  # D loss above 1.5 × a no-judgement D's this many steps in a row stops it (100; 0: off)
+    stuck_steps: int | None = None  # D loss above 1.5 × a no-judgement D's for this many steps stops it (100; 0: off)
 
     def router_losses(self) -> dict[str, Any]:
         """The router-loss settings with the defaults filled in (what :func:`build_objective` takes)."""

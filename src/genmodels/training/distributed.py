@@ -144,8 +144,8 @@ def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer | None, 
     full = {(k if k in own else PREFIX + k): v for k, v in model_sd.items()}
     missing = sorted(k for k in expected - set(full) if not k.startswith(absent_ok))
     if missing:  # (set_model_state_dict would leave them as they are: the fresh initialisation)
-        raise ValueError(f"the checkpoint's model state lacks {len(missing)} tensor(s) the run needs ("
-                         f"{', '.join(k.removeprefix(PREFIX) for k in missing[:3])}{', …' if len(missing) > 3 else ''})")
+        names = ", ".join(k.removeprefix(PREFIX) for k in missing[:3]) + (", …" if len(missing) > 3 else "")
+        raise ValueError(f"the checkpoint's model state lacks {len(missing)} tensor(s) the run needs ({names})")
     set_model_state_dict(module, full, options=opts)
     if optimizer is not None and optim_sd is not None:
         current = optimizer.param_groups

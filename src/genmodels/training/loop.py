@@ -120,10 +120,7 @@ def run_loop(run: RunState) -> None:
     deadline = run.t_loop + tc.max_minutes * 60 if tc.max_minutes else None
     step_times = run.step_times
     stop = False
-    if deadline is not None and run.cfg.images and tc.eval_every < run.max_steps and main:
-        image_run.prepare_metrics(run.data)  # its one-off cost (the classifier, trained once) before the fit
-    if 0 < run.step < run.max_steps and run.step % tc.eval_every == 0 and not evaluated(run):
-        evaluate_in_loop(run, deadline)  # resumed from the checkpoint written just before this evaluation
+    before_first_step(run, deadline)
 
     def over_budget() -> float:  # the train step's stop flag
         return 1.0 if deadline is not None and run.clock() > deadline else 0.0
@@ -202,6 +199,17 @@ def diverged(run: RunState, why: str, whole_step: bool) -> None:
         saved = "the weights are not finite: not saved"
     raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; "
                           f"{gan.advice(run.mcfg, stuck=run.watch is not None and run.watch.stuck)}")
+
+
+def before_first_step(run: RunState, deadline: float | None) -> None:
+    """An image run under a budget loads its scoring classifier (trained once, on first use) before the budget's
+    fit, which then counts it; a run resumed from the checkpoint written just before an evaluation that did not
+    finish (it failed, or the process was killed) evaluates that step now."""
+    tc = run.cfg.train
+    if deadline is not None and run.cfg.images and tc.eval_every < run.max_steps and run.info.is_main:
+        image_run.prepare_metrics(run.data)
+    if 0 < run.step < run.max_steps and run.step % tc.eval_every == 0 and not evaluated(run):
+        evaluate_in_loop(run, deadline)
 
 
 def evaluated(run: RunState) -> bool:

@@ -261,7 +261,8 @@ def _finish(run: RunState) -> TrainResult:
         program, where = cli_program(), shlex.quote(str(run_dir))
         usage = {"generate": f"  sample:     {program} generate {where}",
                  "embed": f"  embed:      {program} embed {where} \"some text\"",
-                 "sample": None}[run.objective.usage] or f"  sample:     {image_run.sample_command(run_dir, cfg, program)}"
+                 "sample": None}[run.objective.usage]
+        usage = usage or f"  sample:     {image_run.sample_command(run_dir, cfg, program)}"
         plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
         plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([
