@@ -95,6 +95,23 @@ def test_an_ema_dropped_on_resume_is_said_once_and_final_holds_the_trained_weigh
     assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in final)
 
 
+def test_both_image_objectives_restart_their_ema_from_the_live_weights():
+    """The hook a resume calls for a checkpoint without an EMA: diffusion copies the model, a GAN its generator."""
+    from genmodels.objectives.diffusion import DiffusionObjective
+    from genmodels.objectives.gan import GANObjective
+    torch.manual_seed(0)
+    gan = GANObjective.for_model(genmodels.build_model(genmodels.preset("dcgan-digits", z_dim=8, g_width=16,
+                                                                        d_width=8, ema_decay=0.9)))
+    diffusion = DiffusionObjective(genmodels.build_model(genmodels.preset("unet-digits", block_out_channels=[8, 16],
+                                                                          norm_num_groups=4)), ema_decay=0.9)
+    for objective, live in ((gan, gan.model.generator), (diffusion, diffusion.model)):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(1.0)  # the loaded weights differ from the initialisation the EMA was copied from
+        objective.restart_ema()
+        assert all(torch.equal(a, b) for a, b in zip(objective.ema.state_dict().values(), live.state_dict().values()))
+
+
 # ---- B-1: eval_samples checked before any work; an evaluation never costs the steps before it ---------
 def test_eval_samples_below_what_the_metrics_need_is_refused_naming_the_field(tmp_path):
     for n in (2, 3):
