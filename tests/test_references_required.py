@@ -19,7 +19,8 @@ CASES = {
                             "def test_compares():\n    assert lib\n",
     "test_in_a_test.py": "import pytest\n\n\ndef test_compares():\n"
                          "    pytest.importorskip('genmodels_no_such_reference.sub')\n\n\n"
-                         "def test_helper_skip():\n    pytest.skip('torchscale 0.3.0 is not installed (pip install ...)')\n\n\n"
+                         "def test_helper_skip():\n"
+                         "    pytest.skip('torchscale 0.3.0 is not installed (pip install ...)')\n\n\n"
                          "def test_other_reason():\n    pytest.skip('CPU capability DEFAULT: no AVX2 to build for')\n",
 }
 
