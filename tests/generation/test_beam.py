@@ -13,7 +13,7 @@ from torch import nn
 import genmodels
 from genmodels.generation.beam import beam_search
 from genmodels.nn.kv_cache import KVCache
-from tests.helpers.native import require_native
+from tests.helpers.native import require_native, threads  # noqa: F401  (fixture: 1 and 2 threads)
 from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
 from tests.models.retnet.test_retnet import V as V_RET  # the tiny randomised RetNet and its vocabulary
 from tests.models.retnet.test_retnet import _model as _retnet
@@ -147,6 +147,7 @@ def test_the_reference_is_greedy_decoding_by_full_forwards():
 @pytest.mark.parametrize("path", ["native", "torch"])
 @pytest.mark.parametrize("beams,lp,early,rep", [(3, 1.0, False, None), (4, 2.0, "never", None),
                                                 (2, 0.5, True, 1.3)])
+@pytest.mark.usefixtures("threads")  # native vs PyTorch on 1 and 2 threads (tests/helpers/native.py)
 def test_retnet_beams_equal_full_forward_beams(path, beams, lp, early, rep, monkeypatch):
     """Left-padded batch; no end token, then one that the best beam of row 0 emits at its 3rd step."""
     _native_or_torch(path, monkeypatch)

@@ -11,7 +11,7 @@ from genmodels.generation import decode as decode_mod
 from genmodels.generation import seq2seq as seq2seq_mod
 from genmodels.generation.seq2seq import generate_seq2seq
 from genmodels.nn import kv_cache
-from tests.helpers.native import require_native
+from tests.helpers.native import require_native, threads  # noqa: F401  (fixture: 1 and 2 threads)
 from tests.helpers.tiny import VOCAB, left_pad_mask, random_ids, randomise, tiny_model
 
 HUGE = 4_000_000
@@ -130,6 +130,7 @@ def _native_equals_torch(model, monkeypatch) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("threads")  # native vs PyTorch on 1 and 2 threads (tests/helpers/native.py)
 def test_cache_growth_native_equals_torch(monkeypatch):
     require_native()
     model = tiny_model("gpt2", position="alibi", eos_token_id=None)  # distances read from the slots
@@ -155,6 +156,7 @@ def test_sliding_window_past_twice_its_width_equals_full_forwards(path, kind, ex
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.usefixtures("threads")  # native vs PyTorch on 1 and 2 threads (tests/helpers/native.py)
 def test_sliding_window_native_equals_torch_across_compactions(monkeypatch):
     require_native()
     model = _windowed()
