@@ -272,9 +272,10 @@ def test_a_run_records_its_data_path_absolute_and_old_records_name_their_file(tm
 def test_recipe_seeds_beyond_what_generators_take_are_refused_before_any_work(field, tmp_path):
     cfg = image_cfg(tmp_path / "run")
     section, key = field.split(".")
-    cfg[section][key] = 2 ** 64
-    with pytest.raises(ConfigError, match=rf"^{field}=18446744073709551616 .*< 2\*\*64"):
-        RunConfig.from_dict(cfg)
+    for bad in (2 ** 64, -1, None, 1.5, True):  # a recipe seed is required: the message never offers None
+        cfg[section][key] = bad
+        with pytest.raises(ConfigError, match=rf"^{field}={bad!r} must be an integer with 0 <= {field} < 2\*\*64$"):
+            RunConfig.from_dict(cfg)
     cfg[section][key] = 2 ** 64 - 1
     RunConfig.from_dict(cfg)
     assert not (tmp_path / "run").exists()

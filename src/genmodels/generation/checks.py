@@ -38,12 +38,15 @@ def check_real(name: str, value, *, low: float, low_ok: bool, high: float = math
     return float(value)
 
 
-def check_seed(seed, name: str = "seed", flag: str | None = None) -> None:
-    """THE seed check (generation, image sampling, recipes): None or an integer in [0, 2**64), the range
-    ``torch.Generator.manual_seed`` takes; ``name`` (a recipe field) and ``flag`` (a CLI flag) word the message."""
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < SEED_LIMIT):
-        also = f" ({flag})" if flag else ""
-        raise ValueError(f"{name}={seed!r}{also} must be None or an integer with 0 <= {name} < 2**64")
+def check_seed(seed, name: str = "seed", flag: str | None = None, *, optional: bool = True) -> None:
+    """THE seed check (generation, image sampling, recipes): an integer in [0, 2**64), the range
+    ``torch.Generator.manual_seed`` takes, or None where ``optional`` (a recipe seed is required);
+    ``name`` (a recipe field) and ``flag`` (a CLI flag) word the message."""
+    if (seed is None and optional) or (_is_int(seed) and 0 <= seed < SEED_LIMIT):
+        return
+    also = f" ({flag})" if flag else ""
+    none = "None or " if optional else ""
+    raise ValueError(f"{name}={seed!r}{also} must be {none}an integer with 0 <= {name} < 2**64")
 
 
 def check_finite_images(images, what: str = "images") -> None:

@@ -32,11 +32,10 @@ def integer(name: str, v: Any, lo: int) -> None:
 
 def seed(name: str, v: Any) -> None:
     """A recipe seed (``train.seed``, ``sample.seed``): an integer that every generator takes, checked by the one
-    seed check of :mod:`genmodels.generation.checks` (0 <= seed < 2**64)."""
+    seed check of :mod:`genmodels.generation.checks` (0 <= seed < 2**64; a recipe seed is never None)."""
     from ..generation.checks import check_seed
-    integer(name, v, 0)
     try:
-        check_seed(v, name=name)
+        check_seed(v, name=name, optional=False)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

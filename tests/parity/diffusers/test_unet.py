@@ -4,6 +4,7 @@ parameter randomised and outputs equal at 1e-5; timesteps as int / 0-d / (B,); r
 from __future__ import annotations
 
 import json
+import re
 
 import diffusers
 import pytest
@@ -44,11 +45,24 @@ def _inputs(model_cfg, batch: int = 3, seed: int = 1):
     return x, t, y
 
 
+# diffusers' UNet2DModel.save_pretrained writes no scheduler config: loading such a folder says, once, which
+# noise schedule it assumes (W-4 of the 2026-12-07 probe; docs/reliability.md).
+ASSUMED = "no scheduler_config.json beside it and no _genmodels.schedule in it, so the noise schedule is assumed"
+
+
+def _load_unet_alone(path):
+    """``genmodels.load`` of a folder holding a diffusers UNet and no schedule: one warning naming the assumption."""
+    with pytest.warns(UserWarning, match=re.escape(ASSUMED)) as caught:
+        model = genmodels.load(path)
+    assert sum(ASSUMED in str(w.message) for w in caught) == 1
+    return model
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_a_diffusers_folder_loads_and_matches(name, tmp_path):
     theirs = _theirs(CONFIGS[name])
     theirs.save_pretrained(tmp_path / "d")
-    ours = genmodels.load(tmp_path / "d")
+    ours = _load_unet_alone(tmp_path / "d")
     assert isinstance(ours, UNet2D)
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     x, t, y = _inputs(theirs.config)
@@ -149,7 +163,7 @@ def test_a_bad_schedule_value_names_the_scheduler_file(tmp_path):
 def test_every_timestep_form_matches_diffusers(timestep, tmp_path):
     theirs = _theirs(ODD, seed=2)
     theirs.save_pretrained(tmp_path / "d")
-    ours = genmodels.load(tmp_path / "d")
+    ours = _load_unet_alone(tmp_path / "d")
     x, _, y = _inputs(theirs.config)
     with torch.no_grad():
         torch.testing.assert_close(ours(x, timestep, y), theirs(x, timestep, class_labels=y).sample, **TOL)
@@ -238,7 +252,7 @@ def test_a_checkpoint_with_missing_or_misshapen_keys_is_refused_naming_them(tmp_
     save_file(sd, weights)
     with pytest.raises(ConversionError, match=r"missing keys: mid_block\.resnets\.1\.conv2\.bias.*"
                                               r"wrong shape for conv_in\.weight"):
-        genmodels.load(path)
+        _load_unet_alone(path)
 
 
 def test_export_refuses_a_dit_naming_the_field(tmp_path):
@@ -254,14 +268,17 @@ def test_cli_converts_diffusers_folders_both_ways(tmp_path, capsys):
     from genmodels.cli import main
     theirs = _theirs(ODD, seed=7)
     theirs.save_pretrained(tmp_path / "d")
-    assert main(["convert", str(tmp_path / "d"), str(tmp_path / "ours"), "--to", "genmodels"]) == 0
+    with pytest.warns(UserWarning, match=re.escape(ASSUMED)) as caught:
+        assert main(["convert", str(tmp_path / "d"), str(tmp_path / "ours"), "--to", "genmodels"]) == 0
+    assert sum(ASSUMED in str(w.message) for w in caught) == 1
     assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "back"), "--to", "diffusers"]) == 0
     back = diffusers.UNet2DModel.from_pretrained(tmp_path / "back").eval()
     x, t, y = _inputs(theirs.config)
     with torch.no_grad():
         torch.testing.assert_close(back(x, t, class_labels=y).sample, theirs(x, t, class_labels=y).sample,
                                    rtol=0, atol=0)
-    assert main(["info", str(tmp_path / "d")]) == 0
+    with pytest.warns(UserWarning, match=re.escape(ASSUMED)):
+        assert main(["info", str(tmp_path / "d")]) == 0
     assert "FLOPs/image" in capsys.readouterr().out
 
 
