@@ -215,7 +215,9 @@ def test_several_seeds_report_the_spread_and_rank_by_the_mean(corpus, tmp_path):
     state = ArenaState.open(tmp_path / "out", spec, resume=False)
     (state.out / "measure").mkdir()
     for eid, loss in (("a-seed0", 3.0), ("a-seed1", 3.2), ("b-seed0", 2.0), ("b-seed1", 2.4)):
-        (state.out / "measure" / f"{eid}.json").write_text(json.dumps({"held_out_loss": loss, "params": 1000}))
+        steps = 1 if eid == "a-seed1" else 50  # a-seed1 stopped inside its warm-up of 20 steps
+        (state.out / "measure" / f"{eid}.json").write_text(json.dumps({"held_out_loss": loss, "params": 1000,
+                                                                       "steps": steps, "warmup_steps": 20}))
         state.update(eid, status="measured", peak_rss_mib=100.0)
     state.update("c-seed0", status="failed", error="model.init_from='x': no model there")
     md = write_report(spec, state).read_text()
@@ -223,6 +225,7 @@ def test_several_seeds_report_the_spread_and_rank_by_the_mean(corpus, tmp_path):
     assert rows[0].startswith("| 1 | b | 2.2 ± 0.2828 (2–2.4) |")
     assert rows[1].startswith("| 2 | a | 3.1 ± 0.1414 (3–3.2) |")
     assert rows[2].startswith("| — | c |") and "c-seed0: model.init_from='x': no model there" in rows[2]
+    assert "**Warning**: a-seed1 stopped inside the learning-rate warm-up" in md
     summary = {c["name"]: c["summary"] for c in json.loads((state.out / "results.json").read_text())["contestants"]}
     assert summary["b"]["held_out_loss"] == {"mean": 2.2, "std": pytest.approx(0.2828, abs=1e-4), "min": 2.0,
                                              "max": 2.4, "n": 2}

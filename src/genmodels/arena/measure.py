@@ -173,7 +173,7 @@ def measure_run(run_dir: Path, spec: ArenaSpec, grid: Path) -> dict:
     from ..training.config import load_config
     cfg = load_config(Path(run_dir) / "config.yaml")
     model = genmodels.load(Path(run_dir) / "final")
-    out = {"threads": torch.get_num_threads(), **run_records(run_dir),
+    out = {"threads": torch.get_num_threads(), "warmup_steps": cfg.train.warmup_steps, **run_records(run_dir),
            **parameter_counts(model, cfg, None if cfg.images else cfg.data.seq_len)}
     if cfg.images:
         return {**out, **image_measures(model, cfg, spec.measure, grid, cfg.train.seed)}

@@ -152,6 +152,12 @@ def blocks(spec: ArenaSpec, rows: list[dict], meta: dict, figures: list[tuple[st
     out.append(("table", ["contestant", "from", "overrides", "runs"],
                 [[r["name"], r["source"], ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "—",
                   ", ".join(f"runs/{run['id']}" for run in r["runs"])] for r in rows]))
+    short = [run["id"] for r in rows for run in r["runs"] if (run["measures"] or {}).get("steps") is not None
+             and run["measures"]["steps"] < run["measures"].get("warmup_steps", 0)]
+    if short:
+        out.append(("p", f"**Warning**: {', '.join(short)} stopped inside the learning-rate warm-up "
+                         "(train.warmup_steps): the budget was too short for this machine, or the machine was busy; "
+                         "their losses say little about the architecture."))
     notes = sorted({n for r in rows for run in r["runs"] for n in (run["measures"] or {}).get("speed_notes", [])})
     if notes:
         out.append(("p", "Speed notes: " + "; ".join(notes) + "."))
