@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from genmodels.training import RunConfig, latest_checkpoint, train
+from genmodels.training import RunConfig, latest_checkpoint, measure_matmul_peak, train
 from genmodels.training.rundir import RunDirError
 
 from .conftest import losses, tiny_config
@@ -104,6 +104,22 @@ def test_resume_reproduces_random_objectives_and_dropout_exactly(model, objectiv
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # (diffusion: the EMA weights)
     if objective == "gan":  # each player's loss, and R1 on the steps that compute it, logged every step
         assert len(losses(ref, "G/loss")) == 8 and sorted(losses(ref, "D/r1")) == [1, 4, 7]
+
+
+def test_measuring_the_matmul_peak_draws_nothing_from_the_training_stream(tmp_path):
+    """A run without ``train.mfu_peak_tflops`` measures the matmul peak at set-up, after a resume has restored the
+    RNG: the measurement must take no random numbers from torch's stream, or the resumed run leaves the unbroken one
+    (found re-running row E1 of the 2026-12-07 probe on a GAN recipe, which sets no peak)."""
+    state = torch.get_rng_state()
+    measure_matmul_peak(size=64, seconds=0.01)
+    assert torch.equal(torch.get_rng_state(), state)
+    over = dict(model=GAN, train={"objective": "gan", "max_steps": 4, "ckpt_every": 2, "keep_last": 2,
+                                  "eval_every": 100, "mfu_peak_tflops": None})
+    ref = tmp_path / "ref"
+    _run(_image_cfg(ref, **over))
+    copy = _interrupted_copy(ref, tmp_path / "copy", after=2)
+    _run(_image_cfg(copy, **over), resume=True)
+    _assert_same_run(copy, ref)
 
 
 @pytest.mark.parametrize("model,objective", [(BERT, "mlm"), (T5, "span"), (LLAMA_DROPOUT, "causal"),

@@ -32,8 +32,9 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
 def measure_matmul_peak(size: int = 1024, seconds: float = 0.5, device: torch.device | str = "cpu") -> float:
     """Sustained fp32 matmul FLOP/s (best of repeated ``size``² products for about ``seconds``)."""
     dev = torch.device(device)
-    a = torch.randn(size, size, device=dev)
-    b = torch.randn(size, size, device=dev)
+    g = torch.Generator(device=dev).manual_seed(0)  # its own stream: a resumed run's restored RNG must not move
+    a = torch.randn(size, size, device=dev, generator=g)
+    b = torch.randn(size, size, device=dev, generator=g)
     c = torch.empty(size, size, device=dev)
 
     def sync():
