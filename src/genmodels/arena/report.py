@@ -12,30 +12,17 @@ import datetime
 import html
 import json
 import os
-import platform
 import statistics
 from pathlib import Path
 
 from ..files import atomic_write_bytes
+from ..training.metrics import cpu_name
 from .plots import loss_curves, speed_curves
 from .spec import LOWER_IS_BETTER, ArenaSpec, entry_id
 
 SCALARS = ("held_out_loss", "held_out_ppl", "final_val_loss", "params", "active_params", "forward_flops_per_token",
            "train_rate", "mfu", "peak_rss_mib", "wall_s", "trained", "steps", "train_time_s", "images_per_s",
            "accuracy", "kid", "fid", "precision", "recall")
-
-
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo, else what ``platform`` knows.
-    (Copied from benchmarks/common.py ``cpu_name``: the benchmarks are not part of the package.)"""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def spread(values: list[float]) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -22,6 +23,19 @@ from torch import nn
 
 from ..files import atomic_write_bytes
 from ..models.flops import flops_per_token as _flops_per_token
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what ``platform`` knows (printed with every benchmark and arena
+    figure)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
