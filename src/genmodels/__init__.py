@@ -16,7 +16,8 @@ Public API (stable):
                                    images in [-1, 1] (diffusion; GANs through their own sample method)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
-from .config import ConfigError, ModelConfig
+from .config import ConfigError
+from .models.config import ModelConfig
 from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import generate

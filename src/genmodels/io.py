@@ -20,7 +20,8 @@ from safetensors.torch import load_file
 
 from .data.chat_template import write_chat_template
 from .files import fsync_path, naming, write_safetensors
-from .config import ConfigError, ModelConfig
+from .config import ConfigError
+from .models.config import ModelConfig
 from .interop.base import check_state
 from .registry import build_model, config_from_dict, get_family
 from .models.flops import parameter_count, weight_bytes

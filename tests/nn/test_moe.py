@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import genmodels
-from genmodels.config import ConfigError, preset
+from genmodels.config import ConfigError
+from genmodels.models.config import preset
 from genmodels.models.flops import count_parameters, matmul_parameters, parameter_count
 from genmodels.nn import Routing, SparseMoE, record_routing
 from genmodels.nn.moe import expert_capacity

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 import genmodels
-from genmodels.config import ConfigError, ModelConfig
+from genmodels.config import ConfigError
+from genmodels.models.config import ModelConfig
 from genmodels.models.diffusion import DiffusionConfig
 from genmodels.models.gan import GANConfig
 from genmodels.models.retnet import RetNetConfig

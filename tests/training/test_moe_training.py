@@ -14,7 +14,8 @@ import torch
 import yaml
 
 import genmodels
-from genmodels.config import ConfigError, preset
+from genmodels.config import ConfigError
+from genmodels.models.config import preset
 from genmodels.objectives import build_objective
 from genmodels.objectives.router import router_z_loss, switch_balance_loss
 from genmodels.training import RunConfig, fused_linear_cross_entropy

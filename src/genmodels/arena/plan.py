@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..models.flops import (active_parameter_count, flops_per_token, layer_parameter_count, matmul_parameters,
                             parameter_count)
 from ..nn.mlp import GATED

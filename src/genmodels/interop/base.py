@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 
 
 class ConversionError(ValueError):

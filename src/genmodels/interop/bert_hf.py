@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from .base import ANY, ConversionError, Converter, Rule, rename_layers, require_exportable, special_token_ids, take
 
 BERT_ACT = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from .base import (ANY, COMMON_EXPORT, ConversionError, Converter, rename_layers, require_exportable,
                    special_token_ids, take, take_top_and_head)
 

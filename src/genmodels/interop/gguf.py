@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from .base import ConversionError
 
 MAGIC = b"GGUF"

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..files import write_safetensors
 from .base import ConversionError, Converter, check_state
 from .bert_hf import BertConverter

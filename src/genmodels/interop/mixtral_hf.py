@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from .base import ANY, ConversionError, Rule
 from .decoder_hf import LlamaConverter
 

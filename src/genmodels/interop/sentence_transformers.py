@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from .base import ConversionError
 
 POOLING_FLAGS = {"cls": "pooling_mode_cls_token", "mean": "pooling_mode_mean_tokens",

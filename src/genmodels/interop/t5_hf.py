@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..nn.mlp import GATED
 from .base import ANY, ConversionError, Converter, Rule, rename_layers, require_exportable, special_token_ids, take
 

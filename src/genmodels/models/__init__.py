@@ -1,6 +1,6 @@
 """Architectures assembled from :mod:`genmodels.nn` by a config, and their registry entries.
 
-The three transformer families share :class:`~genmodels.config.ModelConfig`; each entry names
+The three transformer families share :class:`~genmodels.models.config.ModelConfig`; each entry names
 its model class, presets, default objective, exporters (interop model_types), capabilities, the
 config fields it does not read and its own config rules.
 """
@@ -9,7 +9,8 @@ from __future__ import annotations
 from torch import nn
 
 from .. import registry
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError
+from .config import ModelConfig
 from ..registry import EMBEDS, GENERATES, SEQ2SEQ, Family
 from .decoder import DecoderLM
 from .encoder import EncoderModel

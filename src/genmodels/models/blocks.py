@@ -24,7 +24,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..nn import (MLP, AttentionInputs, CrossAttention, GatedMLP, LayerKVCache, LearnedPositionalEmbedding,
                   SelfAttention, SinusoidalPositionalEmbedding, SparseMoE, make_mlp, make_norm)
 from ..nn.mlp import GATED

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..nn import (ALiBi, AttentionInputs, KVCache, LMHead, RotaryEmbedding,
                   TokenEmbedding, build_mask, padding_position_ids)
 from .blocks import (DecoderView, ModelParts, build_block, check_length, norm_of,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..nn import (AttentionInputs, MLMHead, PackedRows, Pooler,
                   TokenEmbedding, build_mask)
 from ..nn.mlp import ACTIVATIONS, GATED

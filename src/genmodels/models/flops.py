@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..nn.mlp import GATED
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 from ..nn import (AttentionInputs, KVCache, LMHead, RelativePositionBias,
                   TokenEmbedding, build_mask)
 from .blocks import (DecoderView, ModelParts, build_block, build_cross_block, check_length, norm_of,

@@ -1,11 +1,11 @@
-"""The transformer families' presets (decoder, encoder, seq2seq: one :class:`~genmodels.config.ModelConfig`),
+"""The transformer families' presets (decoder, encoder, seq2seq: one :class:`~genmodels.models.config.ModelConfig`),
 each with its source; :mod:`genmodels.models` registers them. Other families keep theirs in
 ``models/<family>/presets.py``."""
 from __future__ import annotations
 
 from typing import Any
 
-from ..config import ModelConfig
+from .config import ModelConfig
 
 
 def gpt2(**kw: Any) -> ModelConfig:

@@ -28,7 +28,8 @@ from typing import Any
 
 import torch
 
-from ..config import ConfigError, ModelConfig
+from ..config import ConfigError
+from ..models.config import ModelConfig
 from ..registry import config_from_dict, preset, presets
 from ..data.corpus import CORPUS_KINDS
 from ..data.images import ImageDataConfig
