@@ -16,6 +16,7 @@ Public API (stable):
                                    images in [-1, 1] (diffusion; GANs through their own sample method)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
+from . import models  # noqa: F401  (registers the built-in families: registry imports none)
 from .config import ConfigError
 from .models.config import ModelConfig
 from .data.chat_template import apply_chat_template

@@ -11,7 +11,8 @@ converters it exports through and what its models can do. ``build_model``, ``pre
                     presets={"retnet-tiny": retnet_tiny}, objective="causal",
                     capabilities=frozenset({GENERATES})))
 
-The transformer families are registered by :mod:`genmodels.models` on first use.
+The built-in families register themselves when :mod:`genmodels.models` is imported, which
+``import genmodels`` does; this module imports no family (it sits below models/).
 """
 from __future__ import annotations
 
@@ -57,15 +58,6 @@ class Family:
 
 
 _FAMILIES: dict[str, Family] = {}
-_loading = False
-
-
-def _builtins() -> None:
-    """Register the transformer families (genmodels.models) once, on first use."""
-    global _loading
-    if not _loading:
-        _loading = True
-        from . import models  # noqa: F401  (registers decoder, encoder, seq2seq)
 
 
 def register(family: Family, replace: bool = False) -> Family:
@@ -86,13 +78,11 @@ def register(family: Family, replace: bool = False) -> Family:
 
 def families() -> dict[str, Family]:
     """Every registered family by name."""
-    _builtins()
     return dict(_FAMILIES)
 
 
 def get_family(name: Any) -> Family:
     """The family called ``name``; a ConfigError listing the known ones otherwise."""
-    _builtins()
     if not isinstance(name, str) or name not in _FAMILIES:
         raise ConfigError(f"model.family={name!r} is not allowed; choose one of {', '.join(_FAMILIES)}")
     return _FAMILIES[name]
@@ -100,7 +90,6 @@ def get_family(name: Any) -> Family:
 
 def family_of(obj: Any) -> Family | None:
     """The family of a model or config (its ``family`` attribute), or None when it has none known."""
-    _builtins()
     name = getattr(obj, "family", None)
     return _FAMILIES.get(name) if isinstance(name, str) else None
 

@@ -20,6 +20,7 @@ import genmodels
 from genmodels.cli import main
 from genmodels.generation import images
 from genmodels.generation.images import sample, save_grid
+from genmodels.models import sampling
 
 
 def _unet(**kw):
@@ -122,9 +123,20 @@ def test_the_default_chunk_is_bounded_by_pixels_and_a_gan_samples_in_chunks(monk
     whole = sample(gan, n=10, seed=3)
     seen: list[int] = []
     gan.generator.register_forward_pre_hook(lambda mod, args: seen.append(len(args[0])))
-    monkeypatch.setattr(images, "SAMPLE_PIXELS", 4 * 8 * 8)  # 4 images of 8×8 per call
+    monkeypatch.setattr(sampling, "SAMPLE_PIXELS", 4 * 8 * 8)  # 4 images of 8×8 per call
     torch.testing.assert_close(sample(gan, n=10, seed=3), whole, rtol=0, atol=1e-6)
     assert seen == [4, 4, 2]
+
+
+def test_a_gan_takes_an_explicit_batch_size():
+    """sample(batch_size=) bounds the GAN's generator calls too (it was ignored: one call of the default)."""
+    torch.manual_seed(0)
+    gan = genmodels.build_model(genmodels.preset("dcgan-digits")).eval()
+    whole = sample(gan, n=7, seed=3)
+    seen: list[int] = []
+    gan.generator.register_forward_pre_hook(lambda mod, args: seen.append(len(args[0])))
+    torch.testing.assert_close(sample(gan, n=7, seed=3, batch_size=3), whole, rtol=0, atol=1e-6)
+    assert seen == [3, 3, 1]
 
 
 # ---- B-15, B-23: arguments named as the user wrote them -----------------------------------------------

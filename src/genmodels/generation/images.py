@@ -4,7 +4,7 @@
         -> (n, C, H, W) float32 in [-1, 1]
 
 **Dispatch (the hook other families plug into).** A model class that samples by itself (a GAN) has a
-method ``sample(n, labels=None, seed=None, **options) -> (n, C, H, W)`` and a class attribute
+method ``sample(n, labels=None, seed=None, batch_size=None, **options) -> (n, C, H, W)`` and a class attribute
 ``sample_options`` (the option names it takes, e.g. ``()``); :func:`sample` passes it only the options
 the caller set, and refuses any other by name (``steps (--steps) does not apply ...``). A model without
 that method is a denoiser (the diffusion family: ``model(x_t, t, class_labels=)`` and the schedule in
@@ -35,13 +35,13 @@ non-finite images through :func:`genmodels.generation.checks.check_finite_images
 from __future__ import annotations
 
 import math
-import numbers
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
+from ..models.sampling import default_batch_size, sample_labels
 from ..schedulers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from .checks import check_finite_images, check_seed
 
@@ -49,7 +49,6 @@ SCHEDULER_NAMES = ("ddim", "ddpm", "dpm")
 _SCHEDULER_CLASSES = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler, "dpm": DPMSolverMultistepScheduler}
 DIFFUSION_OPTIONS = ("steps", "scheduler", "guidance")
 DEFAULTS = {"steps": 25, "scheduler": "ddim", "guidance": 1.0}
-SAMPLE_PIXELS = 2 ** 16  # pixels per network call while sampling: 1024 images of 8×8, 64 of 32×32
 
 __all__ = ["DEFAULTS", "SCHEDULER_NAMES", "check_sample_settings", "default_batch_size", "make_scheduler", "sample",
            "sample_labels", "save_grid"]
@@ -103,35 +102,6 @@ def check_sample_settings(config, options: dict[str, Any], prefix: str = "") -> 
                               f"class; this model is {why}: leave guidance at 1")
 
 
-def sample_labels(num_classes: int, n: int, labels: int | Sequence[int] | torch.Tensor | None) -> torch.Tensor | None:
-    """The (n,) int64 labels for ``labels`` (module docstring), checked against ``num_classes``; None for an
-    unconditional model (which refuses labels)."""
-    if num_classes == 0:
-        if labels is not None:
-            raise ValueError("labels (--class) were given, but the model is unconditional (num_classes=0)")
-        return None
-    if labels is None:
-        return torch.arange(n) % num_classes
-    if isinstance(labels, bool) or type(labels).__name__ == "bool_":  # Python's or numpy's bool
-        raise ValueError(f"labels={labels!r} (--class) must be a class index or one per image")
-    if isinstance(labels, numbers.Integral) or (isinstance(labels, torch.Tensor) and labels.ndim == 0 and
-                                                not labels.is_floating_point() and labels.dtype != torch.bool):
-        if not 0 <= int(labels) < num_classes:
-            raise _out_of_range(int(labels), num_classes)
-        labels = torch.full((n,), int(labels), dtype=torch.int64)  # one class index (int, numpy or 0-d tensor)
-    y = torch.as_tensor(labels)
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.shape != (n,):
-        raise ValueError(f"labels (--class) must be one class index or {n} integers (one per image); "
-                         f"got {tuple(y.shape)} {y.dtype}")
-    if len(y) and not 0 <= int(y.min()) <= int(y.max()) < num_classes:
-        raise _out_of_range(int(y.min()) if int(y.min()) < 0 else int(y.max()), num_classes)
-    return y.to(torch.int64)
-
-
-def _out_of_range(label: int, num_classes: int) -> ValueError:
-    return ValueError(f"class {label} (--class) is out of range: this model has classes 0..{num_classes - 1}")
-
-
 def make_scheduler(config, name: str):
     """The sampler ``name`` for a DiffusionConfig's training schedule."""
     return _SCHEDULER_CLASSES[name](num_train_timesteps=config.num_train_timesteps,
@@ -154,18 +124,13 @@ def sample(model: nn.Module, n: int = 64, labels=None, steps: int | None = None,
     check_sample_settings(model.config, options)
     given = {k: v for k, v in options.items() if v is not None}
     if _own_sampler(model):
-        images = model.sample(n, labels=labels, seed=seed, **given)
+        images = model.sample(n, labels=labels, seed=seed, batch_size=batch_size, **given)
         _refuse_nonfinite(images, model, "the model's sampler")
         return images
     opts = {**DEFAULTS, **given}
     return _diffusion_sample(model, n, sample_labels(model.config.num_classes, n, labels), opts["steps"],
                              opts["scheduler"], float(opts["guidance"]), seed, progress,
                              batch_size or default_batch_size(model.config))
-
-
-def default_batch_size(config) -> int:
-    """Images per network call while sampling: about :data:`SAMPLE_PIXELS` pixels (8×8: 1024, 32×32: 64)."""
-    return max(1, SAMPLE_PIXELS // (config.image_size ** 2))
 
 
 def _nonfinite_weight(model: nn.Module) -> str | None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..sampling import default_batch_size, sample_labels
 from .config import GANConfig
 
 INIT_STD = 0.02
@@ -196,16 +197,16 @@ class DCGAN(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, labels=None, seed: int | None = None, generator: torch.Generator | None = None,
-               **options) -> torch.Tensor:
+               batch_size: int | None = None, **options) -> torch.Tensor:
         """``n`` images (N, channels, S, S) in [−1, 1] from z ~ N(0, I), G in eval mode (BN running statistics).
 
         ``labels`` (conditional models): None = classes in turn, an int = all of that class, or one per image;
-        z is drawn on the CPU from ``seed`` (or ``generator``; neither: torch's global generator)."""
+        z is drawn on the CPU from ``seed`` (or ``generator``; neither: torch's global generator); G sees
+        ``batch_size`` images at a time (default :func:`~genmodels.models.sampling.default_batch_size`)."""
         if options:
             name = sorted(options)[0]
             raise ValueError(f"{name} (--{name}) does not apply to a GAN: it samples in one generator pass "
                              "(no steps, scheduler or guidance)")
-        from ...generation.images import default_batch_size, sample_labels  # (generation imports models)
         y = sample_labels(self.config.num_classes, n, labels)
         if seed is not None:
             generator = torch.Generator().manual_seed(seed)
@@ -214,7 +215,7 @@ class DCGAN(nn.Module):
         was = self.generator.training
         self.generator.eval()
         y = None if y is None else y.to(p.device)
-        b = default_batch_size(self.config)  # G's activations bounded by the chunk, not n (z drawn whole)
+        b = batch_size or default_batch_size(self.config)  # G's activations bounded by the chunk (z drawn whole)
         try:
             return torch.cat([self.generator(z[a:a + b], None if y is None else y[a:a + b]) for a in range(0, n, b)])
         finally:
