@@ -13,13 +13,14 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ...registry import build_model
 from .config import DiffusionConfig
 
 
 def _meta_model(cfg: DiffusionConfig) -> torch.nn.Module:
-    from . import build_diffusion
+    """The denoiser of ``cfg`` on the meta device (built through the registry, as every model is)."""
     with torch.device("meta"):
-        return build_diffusion(cfg)
+        return build_model(cfg)
 
 
 class DiffusionCounts:
