@@ -402,6 +402,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrit
     from .interop.sentence_transformers import KEY
     from .interop.hf import export_hf as _export
     from .interop.sentence_transformers import check_sentence_export, write_sentence_files
+    from .interop.hf_tokenizer import write_tokenizer_config
     from .interop.base import ConversionError
     from .registry import family_of
     fam = family_of(model.config)
@@ -420,5 +421,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrit
         write_chat_template(model, d)
         if recipe is not None:
             write_sentence_files(d, model.config, recipe, tokenizer)
+        else:  # a chat model's tokenizer_config.json (its template, special tokens) as transformers reads it
+            write_tokenizer_config(model, tokenizer, d)
 
     return _atomic_dir_write(Path(path), write, model.config, overwrite)
