@@ -135,10 +135,18 @@ def config_from_dict(d: Any, path: str = "model") -> Any:
     return fam.config_class.from_dict(d, path)
 
 
-def build_model(config: Any) -> Any:
-    """Instantiate the model class of ``config``'s family."""
+def build_model(config: Any, **parts: Any) -> Any:
+    """Instantiate the model class of ``config``'s family. ``parts``: build-time parts the model
+    class lists in its ``build_parts`` (the transformers: ``linear=``, the projection factory of
+    :mod:`genmodels.nn.linear`); ``None`` values mean the default."""
     fam = get_family(getattr(config, "family", None))
     if not isinstance(config, fam.config_class):
         raise ConfigError(f"model.family={fam.name!r} needs a {fam.config_class.__name__}, "
                           f"got a {type(config).__name__}")
-    return fam.model_class(config)
+    parts = {k: v for k, v in parts.items() if v is not None}
+    takes = getattr(fam.model_class, "build_parts", ())
+    for name in parts:
+        if name not in takes:
+            raise ConfigError(f"build_model({name}=...) is not available for family={fam.name!r}; "
+                              f"it takes: {', '.join(takes) or 'no build-time parts'}")
+    return fam.model_class(config, **parts)

@@ -65,9 +65,10 @@ SEQ2SEQ_FAMILY = registry.register(Family(
 MODEL_CLASSES: dict[str, type[nn.Module]] = {f.name: f.model_class for f in (DECODER, ENCODER, SEQ2SEQ_FAMILY)}
 
 
-def build_model(config: ModelConfig) -> nn.Module:
-    """Instantiate the model class of ``config``'s family (:func:`genmodels.registry.build_model`)."""
-    return registry.build_model(config)
+def build_model(config: ModelConfig, **parts) -> nn.Module:
+    """Instantiate the model class of ``config``'s family (:func:`genmodels.registry.build_model`;
+    ``linear=``: the projection factory, :mod:`genmodels.nn.linear`)."""
+    return registry.build_model(config, **parts)
 
 
 __all__ = ["DecoderLM", "EncoderModel", "Seq2SeqCache", "Seq2SeqLM", "MODEL_CLASSES", "build_model"]

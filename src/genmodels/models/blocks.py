@@ -15,7 +15,8 @@ Seams: a block receives its token mixer (``attn``: self-attention today, retenti
 ``ModelConfig.is_moe_layer`` names; ``ffn(x)``) as parts. :func:`build_block` picks them per layer
 through factories ``(config, layer_index) -> module`` (:data:`MIXERS`, :data:`FFNS`), so a variant
 is a part passed in, never an ``if`` in a forward. The attribute names ``attn`` / ``mlp`` are the
-state-dict keys and stay as they are.
+state-dict keys and stay as they are. Our factories also take the model's ``linear`` factory
+(:mod:`genmodels.nn.linear`) and build every projection through it.
 """
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ from torch import nn
 from .config import ModelConfig
 from ..nn import (MLP, AttentionInputs, CrossAttention, GatedMLP, LayerKVCache, LearnedPositionalEmbedding,
                   SelfAttention, SinusoidalPositionalEmbedding, SparseMoE, make_mlp, make_norm)
+from ..nn.linear import LinearFactory, plain_linear
 from ..nn.mlp import GATED
+from .projections import Projection, projections
 
 
 class PreNormBlock(nn.Module):
@@ -128,29 +131,33 @@ def norm_of(c: ModelConfig) -> nn.Module:
     return make_norm(c.norm, c.d_model, c.norm_eps, c.norm_bias)
 
 
-Factory = Callable[[ModelConfig, int], nn.Module]  # (config, layer_index) -> a part of that layer
+# (config, layer_index) -> a part of that layer; ours also take ``linear=`` (the projection factory)
+Factory = Callable[..., nn.Module]
 
 
-def self_attention_of(c: ModelConfig, layer_index: int = 0) -> SelfAttention:
-    """The self-attention token mixer (fused qkv, plain linears)."""
+def self_attention_of(c: ModelConfig, layer_index: int = 0, *, linear: LinearFactory = plain_linear) -> SelfAttention:
+    """The self-attention token mixer (fused qkv; projections from ``linear``)."""
     return SelfAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias,
-                         out_bias=c.out_bias, scale=c.attn_scale)
+                         out_bias=c.out_bias, scale=c.attn_scale, linear=linear, layer=layer_index)
 
 
-def dense_ffn_of(c: ModelConfig, layer_index: int = 0) -> nn.Module:
+def dense_ffn_of(c: ModelConfig, layer_index: int = 0, *, linear: LinearFactory = plain_linear) -> nn.Module:
     """The dense feed-forward (MLP or gated MLP) the config names."""
-    return make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias)
+    return make_mlp(c.mlp, c.d_model, c.d_ff, c.mlp_bias, linear=linear, layer=layer_index)
 
 
-def cross_attention_of(c: ModelConfig, layer_index: int = 0) -> CrossAttention:
+def cross_attention_of(c: ModelConfig, layer_index: int = 0, *,
+                       linear: LinearFactory = plain_linear) -> CrossAttention:
     return CrossAttention(c.d_model, c.n_heads, c.kv_heads, c.dim_head, bias=c.attn_bias, out_bias=c.out_bias,
-                          scale=c.attn_scale)
+                          scale=c.attn_scale, linear=linear, layer=layer_index)
 
 
 MIXERS: dict[str, Factory] = {"attention": self_attention_of}  # retention joins here
-def moe_ffn_of(c: ModelConfig, layer_index: int = 0) -> SparseMoE:
+def moe_ffn_of(c: ModelConfig, layer_index: int = 0, *, linear: LinearFactory = plain_linear) -> SparseMoE:
     """The sparse MoE feed-forward: ``n_experts`` gated experts (the config's gated ``mlp`` kind)
-    of width ``expert_d_ff``, top-``experts_per_token`` routing, capacity and jitter from the config."""
+    of width ``expert_d_ff``, top-``experts_per_token`` routing, capacity and jitter from the config.
+    Its experts are stacked weights, not linears: ``linear`` does not reach them (``projections()``
+    names them ``stacked``)."""
     return SparseMoE(c.d_model, c.expert_width, c.n_experts, c.experts_per_token, activation=GATED[c.mlp],
                      renormalize=c.router_renormalize, jitter=c.router_jitter, capacity_factor=c.capacity_factor,
                      eval_capacity_factor=c.eval_capacity_factor)
@@ -171,31 +178,37 @@ def ffn_for(c: ModelConfig, layer_index: int) -> Factory:
     return FFNS["moe" if c.is_moe_layer(layer_index) else "dense"]
 
 
-def _part(part: Factory | nn.Module | None, default: Factory, c: ModelConfig, layer_index: int) -> nn.Module:
-    """A module passed in as it is, a factory called for this layer, or the config's choice."""
+def _part(part: Factory | nn.Module | None, default: Factory, c: ModelConfig, layer_index: int,
+          linear: LinearFactory | None) -> nn.Module:
+    """A module passed in as it is, a factory called for this layer, or the config's choice. Our
+    factories get the ``linear`` factory (plain by default); one passed in gets it only when given."""
     if isinstance(part, nn.Module):
         return part
-    return (part or default)(c, layer_index)
+    if part is None:
+        return default(c, layer_index, linear=linear or plain_linear)
+    return part(c, layer_index) if linear is None else part(c, layer_index, linear=linear)
 
 
 def build_block(c: ModelConfig, layer_index: int = 0, *, mixer: Factory | nn.Module | None = None,
-                ffn: Factory | nn.Module | None = None) -> nn.Module:
+                ffn: Factory | nn.Module | None = None, linear: LinearFactory | None = None) -> nn.Module:
     """Layer ``layer_index`` of a self-attention stack: norm placement from the config, the token
-    mixer and feed-forward passed in (a module or a factory) or chosen per layer from the config."""
+    mixer and feed-forward passed in (a module or a factory) or chosen per layer from the config;
+    their projections built by ``linear`` (default ``nn.Linear``)."""
     cls = PreNormBlock if c.norm_placement == "pre" else PostNormBlock
-    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index),
-               _part(ffn, ffn_for(c, layer_index), c, layer_index), norm_of(c), norm_of(c), c.dropout)
+    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index, linear),
+               _part(ffn, ffn_for(c, layer_index), c, layer_index, linear), norm_of(c), norm_of(c), c.dropout)
 
 
 def build_cross_block(c: ModelConfig, layer_index: int = 0, *, mixer: Factory | nn.Module | None = None,
-                      cross: Factory | nn.Module | None = None,
-                      ffn: Factory | nn.Module | None = None) -> nn.Module:
+                      cross: Factory | nn.Module | None = None, ffn: Factory | nn.Module | None = None,
+                      linear: LinearFactory | None = None) -> nn.Module:
     """Decoder layer ``layer_index`` of an encoder–decoder: self-attention (the token mixer),
     cross-attention, feed-forward — each passed in or chosen per layer from the config."""
     cls = PreNormCrossBlock if c.norm_placement == "pre" else PostNormCrossBlock
-    cross = _part(cross, cross_attention_of, c, layer_index)  # built first, as before (same RNG draws)
-    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index), cross,
-               _part(ffn, ffn_for(c, layer_index), c, layer_index), norm_of(c), norm_of(c), norm_of(c), c.dropout)
+    cross = _part(cross, cross_attention_of, c, layer_index, linear)  # built first, as before (same RNG draws)
+    return cls(_part(mixer, mixer_for(c, layer_index), c, layer_index, linear), cross,
+               _part(ffn, ffn_for(c, layer_index), c, layer_index, linear), norm_of(c), norm_of(c), norm_of(c),
+               c.dropout)
 
 
 def block_of(c: ModelConfig) -> nn.Module:
@@ -248,3 +261,8 @@ class ModelParts:
     def output_head(self) -> nn.Module | None:
         """The module that maps final hidden states to logits (``None``: the model has none)."""
         return self.head
+
+    def projections(self) -> list[Projection]:
+        """Every linear by its HF role (q, k, v, o, gate, up, down, head, …), fused q|k|v and gate|up
+        as row slices of their module: :func:`genmodels.models.projections.projections`."""
+        return projections(self)

@@ -16,14 +16,22 @@ from torch import nn
 from .config import ModelConfig
 from ..nn import (ALiBi, AttentionInputs, KVCache, LMHead, RotaryEmbedding,
                   TokenEmbedding, build_mask, padding_position_ids)
+from ..nn.linear import LinearFactory
+from ..nn.masks import segment_allowed, segment_position_ids
 from .blocks import (DecoderView, ModelParts, build_block, check_length, norm_of,
                      position_embedding_of)
 
 
 class DecoderLM(ModelParts, nn.Module):
-    family = "decoder"
+    """``DecoderLM(config, *, linear=None)``: ``linear`` is the projection factory
+    (:mod:`genmodels.nn.linear`) every attention, MLP and untied head linear is built with
+    (``None``: plain ``nn.Linear``, today's modules, init and keys)."""
 
-    def __init__(self, config: ModelConfig):
+    family = "decoder"
+    build_parts = ("linear",)  # what build_model(config, **parts) may pass in
+    mask_rules = frozenset({"causal", "window", "padding", "segments", "allowed", "positions", "embeddings"})
+
+    def __init__(self, config: ModelConfig, *, linear: LinearFactory | None = None):
         super().__init__()
         c = self.config = config
         self.embed = TokenEmbedding(c.vocab_size, c.d_model)
@@ -33,9 +41,9 @@ class DecoderLM(ModelParts, nn.Module):
                        if c.position == "rope" else None)
         self.score_bias = ALiBi(c.n_heads) if c.position == "alibi" else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.blocks = nn.ModuleList(build_block(c, i) for i in range(c.n_layers))
+        self.blocks = nn.ModuleList(build_block(c, i, linear=linear) for i in range(c.n_layers))
         self.norm = norm_of(c) if c.final_norm else nn.Identity()
-        self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
+        self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None, linear=linear)
         self.init_weights()
 
     # ---- parts, by name (other modules ask these, never guess attributes) -------------------
@@ -77,50 +85,79 @@ class DecoderLM(ModelParts, nn.Module):
                 m.kernel = kernel
 
     # ---- forward --------------------------------------------------------------------------
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache: KVCache | None = None, *,
+                      inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                      allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states ``(B, T, D)`` (after the final norm).
 
+        ``input_ids (B, T)``, or ``inputs_embeds (B, T, D)`` (what ``model.embed(input_ids)`` gives).
         ``attention_mask (B, start+T)``: 1 for tokens, 0 for (left) padding, covering the cache's
         filled slots too (``cache.key_mask`` keeps it in slot coordinates across compactions).
-        ``position_ids`` default to the count of real tokens before each one.
+        ``segment_ids (B, T)`` (packed examples; no cache): a query sees only keys of its own segment.
+        ``allowed (B, T, start+T)`` bool: the (query, key) pairs a query may see, ANDed with causal,
+        window and padding (:func:`genmodels.nn.build_mask`).
+        ``position_ids (B, T)`` default to the count of real tokens before each one in its row — or
+        in its segment, with ``segment_ids``: a left-padded row's positions start at its first real
+        token (as transformers' ``generate`` does, unlike its plain forward with learned absolute
+        positions, which counts the pads).
         """
-        b, t = input_ids.shape
+        x = self.embed(input_ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        b, t = x.shape[:2]
         start = cache.pos if cache is not None else 0  # cache slot of the first new token
         offset = cache.offset if cache is not None else 0  # absolute position of slot 0
-        if position_ids is None:
-            if attention_mask is not None:
-                position_ids = padding_position_ids(attention_mask, start)
-            else:
-                position_ids = torch.arange(offset + start, offset + start + t, device=input_ids.device)[None]
-                position_ids = position_ids.expand(b, t)
-        x = self.embed(input_ids)  # (B, T, D)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed examples) cannot continue a cache; pass allowed pairs "
+                                 "in slot coordinates instead")
+            allowed = segment_allowed(segment_ids, allowed)
+        if cache is not None:  # cache protocol v2: each row continues at its own position (cache.row_pos)
+            position_ids = cache.advance(t, attention_mask, position_ids)
+        elif position_ids is None:
+            position_ids = self._position_ids(b, t, start, offset, attention_mask, segment_ids, x.device)
         check_length(self.config, offset + start + t)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids)
         x = self.drop(x)
-        ctx = self._attention_inputs(t, start, attention_mask, position_ids, x.dtype)
+        ctx = self._attention_inputs(t, start, attention_mask, position_ids, x.dtype, allowed)
         for i, block in enumerate(self.blocks):
             x = block(x, ctx, cache[i] if cache is not None else None)
         if cache is not None:
             cache.pos = start + t
         return self.norm(x)
 
-    def _attention_inputs(self, t: int, start: int, attention_mask, position_ids, dtype) -> AttentionInputs:
+    @staticmethod
+    def _position_ids(b: int, t: int, start: int, offset: int, attention_mask, segment_ids, device) -> torch.Tensor:
+        """Default positions ``(B, T)``: per segment, else past the pads, else the cache slots' own."""
+        if segment_ids is not None:
+            return segment_position_ids(segment_ids, attention_mask)
+        if attention_mask is not None:
+            return padding_position_ids(attention_mask, start)
+        return torch.arange(offset + start, offset + start + t, device=device)[None].expand(b, t)
+
+    def _attention_inputs(self, t: int, start: int, attention_mask, position_ids, dtype,
+                          allowed: torch.Tensor | None = None) -> AttentionInputs:
         c = self.config
         device = position_ids.device
         k_len = start + t
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None  # nothing padded: keep the fast, mask-free kernels
+        if allowed is not None and bool(allowed.all()):
+            allowed = None  # every pair allowed: the same
         bias = None
         if self.score_bias is not None:
             bias = self.score_bias(torch.arange(start, k_len, device=device), torch.arange(k_len, device=device))
         mask, is_causal = build_mask(t, k_len, start=start, causal=True, window=c.sliding_window,
-                                     key_padding=attention_mask, score_bias=bias, dtype=dtype, device=device)
+                                     key_padding=attention_mask, allowed=allowed, score_bias=bias, dtype=dtype,
+                                     device=device)
         rope = self.rotary(position_ids, dtype) if self.rotary is not None else None
         return AttentionInputs(mask=mask, is_causal=is_causal, rope=rope, start=start)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits ``(B, T, V)``."""
-        return self.head(self.hidden_states(input_ids, attention_mask, position_ids, cache))
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache: KVCache | None = None, *,
+                inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(B, T, V)``; the arguments as in :meth:`hidden_states` (positions of a left-padded
+        row start at its first real token, as transformers' ``generate`` counts them)."""
+        return self.head(self.hidden_states(input_ids, attention_mask, position_ids, cache,
+                                            inputs_embeds=inputs_embeds, segment_ids=segment_ids, allowed=allowed))

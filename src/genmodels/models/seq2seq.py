@@ -22,6 +22,8 @@ from torch import nn
 from .config import ModelConfig
 from ..nn import (AttentionInputs, KVCache, LMHead, RelativePositionBias,
                   TokenEmbedding, build_mask)
+from ..nn.linear import LinearFactory
+from ..nn.masks import segment_allowed, segment_position_ids
 from .blocks import (DecoderView, ModelParts, build_block, build_cross_block, check_length, norm_of,
                      position_embedding_of)
 from .decoder import DecoderLM
@@ -70,9 +72,14 @@ class Seq2SeqCache:
 
 
 class Seq2SeqLM(ModelParts, nn.Module):
-    family = "seq2seq"
+    """``Seq2SeqLM(config, *, linear=None)``: ``linear`` is the projection factory
+    (:mod:`genmodels.nn.linear`; ``None``: plain ``nn.Linear``) of every attention, MLP and untied head."""
 
-    def __init__(self, config: ModelConfig):
+    family = "seq2seq"
+    build_parts = ("linear",)  # what build_model(config, **parts) may pass in
+    mask_rules = frozenset({"causal", "padding", "segments", "allowed", "memory", "positions", "embeddings"})
+
+    def __init__(self, config: ModelConfig, *, linear: LinearFactory | None = None):
         super().__init__()
         c = self.config = config
         n_dec = c.n_decoder_layers or c.n_layers
@@ -82,11 +89,11 @@ class Seq2SeqLM(ModelParts, nn.Module):
         self.enc_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, True) if rel else None
         self.dec_rel_bias = RelativePositionBias(c.n_heads, c.rel_buckets, c.rel_max_distance, False) if rel else None
         self.drop = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
-        self.enc_blocks = nn.ModuleList(build_block(c, i) for i in range(c.n_layers))
+        self.enc_blocks = nn.ModuleList(build_block(c, i, linear=linear) for i in range(c.n_layers))
         self.enc_norm = norm_of(c) if c.final_norm else nn.Identity()
-        self.dec_blocks = nn.ModuleList(build_cross_block(c, i) for i in range(n_dec))
+        self.dec_blocks = nn.ModuleList(build_cross_block(c, i, linear=linear) for i in range(n_dec))
         self.dec_norm = norm_of(c) if c.final_norm else nn.Identity()
-        self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None)
+        self.head = LMHead(c.d_model, c.vocab_size, tie_to=self.embed if c.tie_embeddings else None, linear=linear)
         self.init_weights()
 
     set_attention_kernel = DecoderLM.set_attention_kernel
@@ -119,26 +126,41 @@ class Seq2SeqLM(ModelParts, nn.Module):
                 if name.endswith(("attn.qkv.weight", "cross.q.weight")):
                     p[: c.n_heads * c.dim_head].mul_(c.dim_head ** -0.5)
 
-    def _embed(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
-        check_length(self.config, start + ids.shape[1])
-        x = self.embed(ids)  # (B, T, D)
+    def _embed(self, ids: torch.Tensor | None, start: int = 0, inputs_embeds: torch.Tensor | None = None,
+               segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token (or ``inputs_embeds``) + absolute positions (restarting per segment), dropout."""
+        x = self.embed(ids) if inputs_embeds is None else inputs_embeds  # (B, T, D)
+        check_length(self.config, start + x.shape[1])
         if self.pos_embed is not None:
-            x = x + self.pos_embed(torch.arange(start, start + ids.shape[1], device=ids.device)[None])
+            pos = (segment_position_ids(segment_ids) if segment_ids is not None
+                   else torch.arange(start, start + x.shape[1], device=x.device)[None])
+            x = x + self.pos_embed(pos)
         return self.drop(x)
 
     # ---- encoder --------------------------------------------------------------------------
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Encoder output (memory) ``(B, S, D)``; ``attention_mask (B, S)``: 1 = token, 0 = pad."""
-        s = input_ids.shape[1]
-        x = self._embed(input_ids)
+    def encode(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, *,
+               inputs_embeds: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+               allowed: torch.Tensor | None = None) -> torch.Tensor:
+        """Encoder output (memory) ``(B, S, D)``; ``attention_mask (B, S)``: 1 = token, 0 = pad.
+
+        ``inputs_embeds (B, S, D)`` replaces ``input_ids`` (``model.embed(ids)``); ``segment_ids (B, S)``:
+        packed sources, a token sees only its own segment (absolute positions restart per segment;
+        T5's relative bias depends on distances only); ``allowed (B, S, S)`` bool: the pairs a
+        query may see, ANDed with the padding."""
+        x = self._embed(input_ids, 0, inputs_embeds, segment_ids)
+        s = x.shape[1]
+        if segment_ids is not None:
+            allowed = segment_allowed(segment_ids, allowed)
         if attention_mask is not None and bool(attention_mask.all()):
             attention_mask = None
+        if allowed is not None and bool(allowed.all()):
+            allowed = None
         bias = None
         if self.enc_rel_bias is not None:
             pos = torch.arange(s, device=x.device)
             bias = self.enc_rel_bias(pos, pos)  # (1, H, S, S), shared by every layer
-        mask, _ = build_mask(s, s, causal=False, key_padding=attention_mask, score_bias=bias, dtype=x.dtype,
-                             device=x.device)
+        mask, _ = build_mask(s, s, causal=False, key_padding=attention_mask, allowed=allowed, score_bias=bias,
+                             dtype=x.dtype, device=x.device)
         ctx = AttentionInputs(mask=mask)
         for block in self.enc_blocks:
             x = block(x, ctx)
@@ -155,6 +177,9 @@ class Seq2SeqLM(ModelParts, nn.Module):
         positions (:meth:`Seq2SeqCache.reserve` may grow it up to ``limit``; None: fixed) and the
         memory's cross-attention k/v."""
         c = self.config
+        if memory_mask is not None and memory_mask.dim() != 2:
+            raise ValueError(f"memory_mask {tuple(memory_mask.shape)}: a decoding cache takes a key mask (B, S); "
+                             "per-query memory masks (B, T, S) need the full forward")
         max_len = max_len or c.max_seq_len
         self_kv = KVCache(len(self.dec_blocks), memory.shape[0], c.kv_heads, max_len, c.dim_head,
                           memory.dtype, memory.device, limit=limit)
@@ -163,24 +188,43 @@ class Seq2SeqLM(ModelParts, nn.Module):
 
     @staticmethod
     def _memory_mask(memory_mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive cross-attention mask of ``memory_mask``: a key mask ``(B, S)`` (1 = token) ->
+        ``(B, 1, 1, S)``, or allowed pairs ``(B, T, S)`` bool -> ``(B, 1, T, S)``."""
         if memory_mask is None or bool(memory_mask.all()):
             return None
+        if memory_mask.dim() == 3:
+            mask, _ = build_mask(memory_mask.shape[1], memory_mask.shape[2], causal=False, allowed=memory_mask,
+                                 dtype=dtype, device=memory_mask.device)
+            return mask
         mask, _ = build_mask(1, memory_mask.shape[1], causal=False, key_padding=memory_mask, dtype=dtype,
                              device=memory_mask.device)
         return mask  # (B, 1, 1, S): the same for every query
 
-    def decode_hidden(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor | None = None,
+    def decode_hidden(self, decoder_input_ids: torch.Tensor | None = None, memory: torch.Tensor | None = None,
                       memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-                      cache: Seq2SeqCache | None = None) -> torch.Tensor:
+                      cache: Seq2SeqCache | None = None, *, inputs_embeds: torch.Tensor | None = None,
+                      segment_ids: torch.Tensor | None = None, allowed: torch.Tensor | None = None) -> torch.Tensor:
         """Decoder hidden states ``(B, T, D)`` (after the final norm). With a ``cache`` the memory
-        and its mask come from the cache and ``decoder_input_ids`` continue at ``cache.pos``."""
-        b, t = decoder_input_ids.shape
+        and its mask come from the cache and ``decoder_input_ids`` continue at ``cache.pos``.
+
+        ``memory_mask``: ``(B, S)`` 1 = source token, or ``(B, T, S)`` bool pairs (target i may
+        see source j: packed examples). ``inputs_embeds (B, T, D)`` replaces ``decoder_input_ids``;
+        ``segment_ids (B, T)`` (no cache): a target token sees only its own segment (positions
+        restart); ``allowed (B, T, start+T)`` bool: the pairs a query may see, ANDed with causal
+        and padding."""
         start = cache.pos if cache is not None else 0
-        x = self._embed(decoder_input_ids, start)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed examples) cannot continue a decoding cache")
+            allowed = segment_allowed(segment_ids, allowed)
+        x = self._embed(decoder_input_ids, start, inputs_embeds, segment_ids)
+        b, t = x.shape[:2]
         k_len = start + t
         if decoder_attention_mask is not None and bool(decoder_attention_mask.all()):
             decoder_attention_mask = None
-        if cache is not None and cache.dist_bias is not None and decoder_attention_mask is None:
+        if allowed is not None and bool(allowed.all()):
+            allowed = None
+        if cache is not None and cache.dist_bias is not None and decoder_attention_mask is None and allowed is None:
             mask, is_causal = cache.self_mask(start, k_len), False
         else:
             bias = None
@@ -188,7 +232,7 @@ class Seq2SeqLM(ModelParts, nn.Module):
                 bias = self.dec_rel_bias(torch.arange(start, k_len, device=x.device),
                                          torch.arange(k_len, device=x.device))
             mask, is_causal = build_mask(t, k_len, start=start, causal=True, key_padding=decoder_attention_mask,
-                                         score_bias=bias, dtype=x.dtype, device=x.device)
+                                         allowed=allowed, score_bias=bias, dtype=x.dtype, device=x.device)
         ctx = AttentionInputs(mask=mask, is_causal=is_causal, start=start)
         if cache is not None:
             mem_kv, mem_mask = cache.memory_kv, cache.memory_mask
@@ -206,18 +250,52 @@ class Seq2SeqLM(ModelParts, nn.Module):
             hidden = hidden * self.config.output_scale
         return self.head(hidden)
 
-    def decode(self, decoder_input_ids: torch.Tensor, memory: torch.Tensor | None = None,
+    def decode(self, decoder_input_ids: torch.Tensor | None = None, memory: torch.Tensor | None = None,
                memory_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None,
-               cache: Seq2SeqCache | None = None) -> torch.Tensor:
-        """Logits ``(B, T, V)`` of the decoder over ``memory`` (or the memory held by ``cache``)."""
-        return self.logits(self.decode_hidden(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache))
+               cache: Seq2SeqCache | None = None, **inputs) -> torch.Tensor:
+        """Logits ``(B, T, V)`` of the decoder over ``memory`` (or the memory held by ``cache``);
+        ``inputs``: :meth:`decode_hidden`'s ``inputs_embeds``, ``segment_ids``, ``allowed``."""
+        return self.logits(self.decode_hidden(decoder_input_ids, memory, memory_mask, decoder_attention_mask, cache,
+                                              **inputs))
 
-    def forward(self, input_ids: torch.Tensor, decoder_input_ids: torch.Tensor,
-                attention_mask: torch.Tensor | None = None,
-                decoder_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Teacher-forced logits ``(B, T, V)`` of ``decoder_input_ids`` given ``input_ids``."""
-        memory = self.encode(input_ids, attention_mask)
-        return self.decode(decoder_input_ids, memory, attention_mask, decoder_attention_mask)
+    def forward(self, input_ids: torch.Tensor | None, decoder_input_ids: torch.Tensor | None,
+                attention_mask: torch.Tensor | None = None, decoder_attention_mask: torch.Tensor | None = None, *,
+                allowed: torch.Tensor | None = None, decoder_allowed: torch.Tensor | None = None,
+                memory_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                decoder_segment_ids: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None,
+                decoder_inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Teacher-forced logits ``(B, T, V)`` of ``decoder_input_ids`` given ``input_ids``.
+
+        ``allowed (B, S, S)``: the encoder's visible pairs (:meth:`encode`); ``decoder_allowed
+        (B, T, T)``: the decoder's (:meth:`decode_hidden`); ``memory_mask (B, S)`` or ``(B, T, S)``:
+        what cross-attention may see, ANDed with ``attention_mask`` and — when both are given — with
+        equal ``segment_ids`` / ``decoder_segment_ids`` (packed pairs: target segment k reads source
+        segment k)."""
+        memory = self.encode(input_ids, attention_mask, inputs_embeds=inputs_embeds, segment_ids=segment_ids,
+                             allowed=allowed)
+        cross = self._cross_mask(attention_mask, memory_mask, segment_ids, decoder_segment_ids)
+        return self.decode(decoder_input_ids, memory, cross, decoder_attention_mask, inputs_embeds=decoder_inputs_embeds,
+                           segment_ids=decoder_segment_ids, allowed=decoder_allowed)
+
+    @staticmethod
+    def _cross_mask(attention_mask, memory_mask, segment_ids, decoder_segment_ids) -> torch.Tensor | None:
+        """The memory mask of :meth:`forward`: source padding ``(B, S)``, ``memory_mask`` and equal
+        segments, ANDed (``(B, S)`` while every part is a key mask, else ``(B, T, S)`` bool)."""
+        if (segment_ids is None) != (decoder_segment_ids is None):
+            raise ValueError("segment_ids and decoder_segment_ids go together (target segment k reads source "
+                             "segment k); pass both or neither")
+        parts = [m for m in (attention_mask, memory_mask) if m is not None]
+        if segment_ids is not None:
+            parts.append(decoder_segment_ids[:, :, None] == segment_ids[:, None, :])  # (B, T, S)
+        if len(parts) <= 1:
+            return parts[0] if parts else None
+        if all(p.dim() == 2 for p in parts):
+            return torch.stack([p.bool() for p in parts]).all(0)
+        pairs = [p.bool()[:, None, :] if p.dim() == 2 else p.bool() for p in parts]
+        out = pairs[0]
+        for p in pairs[1:]:
+            out = out & p
+        return out
 
     def shift_right(self, labels: torch.Tensor) -> torch.Tensor:
         """Decoder inputs for teacher forcing: ``[start, y₀, …, y_{T−2}]`` (ignored −100 → pad)."""

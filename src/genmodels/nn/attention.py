@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .kv_cache import LayerKVCache
+from .linear import LinearFactory, Slices, contiguous_slices, plain_linear
 from .position import apply_rotary
 
 
@@ -103,19 +104,28 @@ class SelfAttention(nn.Module):
     Causality, windows and padding arrive in the mask; RoPE, when the model uses it, in ``ctx.rope``.
 
     ``qkv`` / ``out`` may be passed in (an adapter around a linear, a quantised linear): any module
-    mapping ``(…, D) -> (…, (H + 2·H_kv)·d)`` resp. ``(…, H·d) -> (…, D)``; by default plain
-    ``nn.Linear`` layers (the state-dict keys ``qkv.*`` / ``out.*`` are the same either way).
+    mapping ``(…, D) -> (…, (H + 2·H_kv)·d)`` resp. ``(…, H·d) -> (…, D)``; else the ``linear``
+    factory (:mod:`genmodels.nn.linear`, roles ``qkv`` with its q/k/v :meth:`slices`, and ``o``)
+    builds them: plain ``nn.Linear`` layers by default (the state-dict keys ``qkv.*`` / ``out.*``).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
                  out_bias: bool = False, scale: float | None = None, kernel: str = "sdpa", *,
-                 qkv: nn.Module | None = None, out: nn.Module | None = None):
+                 qkv: nn.Module | None = None, out: nn.Module | None = None,
+                 linear: LinearFactory = plain_linear, layer: int | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
         self.kernel = kernel
-        self.qkv = qkv if qkv is not None else nn.Linear(d_model, (n_heads + 2 * n_kv_heads) * head_dim, bias=bias)
-        self.out = out if out is not None else nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+        width = (n_heads + 2 * n_kv_heads) * head_dim
+        self.qkv = qkv if qkv is not None else linear(d_model, width, bias, role="qkv", layer=layer,
+                                                      slices=self.slices())
+        self.out = out if out is not None else linear(n_heads * head_dim, d_model, out_bias, role="o", layer=layer)
+
+    def slices(self) -> Slices:
+        """Output rows of ``qkv`` per HF projection: ``{"q": (0, H·d), "k": (H·d, (H+H_kv)·d), "v": …}``."""
+        h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        return contiguous_slices(q=h * d, k=hkv * d, v=hkv * d)
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
         h, hkv, d = self.n_heads, self.n_kv_heads, self.head_dim
@@ -142,20 +152,26 @@ class CrossAttention(nn.Module):
 
     ``q``: D -> H·d; ``kv``: D_kv -> 2·H_kv·d (rows [k heads | v heads]); ``out``: H·d -> D. The
     memory's keys/values are computed once per sequence and may be cached by the caller. Each
-    projection may be passed in, as for :class:`SelfAttention` (default: ``nn.Linear``).
+    projection may be passed in, as for :class:`SelfAttention`, else the ``linear`` factory builds
+    it (roles ``q``, ``kv`` with its k/v :meth:`slices`, ``o``; default: ``nn.Linear``).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, bias: bool = False,
                  out_bias: bool = False, scale: float | None = None, d_memory: int | None = None,
                  kernel: str = "sdpa", *, q: nn.Module | None = None, kv: nn.Module | None = None,
-                 out: nn.Module | None = None):
+                 out: nn.Module | None = None, linear: LinearFactory = plain_linear, layer: int | None = None):
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.scale = scale
         self.kernel = kernel
-        self.q = q if q is not None else nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.kv = kv if kv is not None else nn.Linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias=bias)
-        self.out = out if out is not None else nn.Linear(n_heads * head_dim, d_model, bias=out_bias)
+        self.q = q if q is not None else linear(d_model, n_heads * head_dim, bias, role="q", layer=layer)
+        self.kv = kv if kv is not None else linear(d_memory or d_model, 2 * n_kv_heads * head_dim, bias, role="kv",
+                                                   layer=layer, slices=self.slices())
+        self.out = out if out is not None else linear(n_heads * head_dim, d_model, out_bias, role="o", layer=layer)
+
+    def slices(self) -> Slices:
+        """Output rows of ``kv`` per HF projection: ``{"k": (0, H_kv·d), "v": (H_kv·d, 2·H_kv·d)}``."""
+        return contiguous_slices(k=self.n_kv_heads * self.head_dim, v=self.n_kv_heads * self.head_dim)
 
     def memory_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Project the memory ``(B, S, D_kv)`` to k, v ``(B, H_kv, S, d)``: cacheable across steps."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from ...nn.embedding import TokenEmbedding
 from ...nn.head import LMHead
+from ...nn.masks import refusal
 from ...nn.norm import RMSNorm
 from ...nn.retention import MultiScaleRetention
 from ..blocks import ModelParts
@@ -66,9 +67,10 @@ class RetNetBlock(nn.Module):
 
 
 class RetentionCache:
-    """The :class:`~genmodels.nn.kv_cache.DecodingCache` of a RetNet: per layer the recurrent state
-    (S (B, H, d_k, d_v), s (B, H)), or None before the first token. Its size is fixed: ``reserve`` does
-    nothing. ``row_pos`` (B,): tokens each row has consumed (left-padded rows consumed fewer)."""
+    """The :class:`~genmodels.nn.kv_cache.DecodingCache` (protocol v2) of a RetNet: per layer the recurrent
+    state (S (B, H, d_k, d_v), s (B, H)), or None before the first token. Its size is fixed: ``reserve`` does
+    nothing. ``row_pos`` (B,): tokens each row has consumed (left-padded rows consumed fewer); ``pos``: the
+    most any row has. Pads never enter a state, so ``key_mask`` stays None and rows of any lengths share it."""
 
     def __init__(self, n_layers: int, batch: int, limit: int | None = None):
         self.states: list[State | None] = [None] * n_layers
@@ -82,16 +84,28 @@ class RetentionCache:
         """Nothing to grow: the state has a fixed size."""
 
     def set_key_mask(self, mask: torch.Tensor) -> None:
-        self.key_mask = mask
+        """Nothing to keep: the padded rows were prefilled on their real tokens only."""
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep batch rows ``rows (R,)`` in that order (drop, reorder, repeat)."""
+        self.states = [None if st is None else (st[0].index_select(0, rows.to(st[0].device)),
+                                                st[1].index_select(0, rows.to(st[1].device)))
+                       for st in self.states]
+        self.row_pos = self.row_pos.index_select(0, rows.to(self.row_pos.device))
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep batch rows ``index`` (beam search), in place."""
-        self.states = [None if st is None else (st[0].index_select(0, index.to(st[0].device)),
-                                                st[1].index_select(0, index.to(st[1].device)))
-                       for st in self.states]
-        self.row_pos = self.row_pos.index_select(0, index.to(self.row_pos.device))
-        if self.key_mask is not None:
-            self.key_mask = self.key_mask.index_select(0, index.to(self.key_mask.device))
+        """Keep batch rows ``index`` (beam search): :meth:`select`."""
+        self.select(index)
+
+    def extend(self, other: RetentionCache) -> None:
+        """Append the rows of ``other`` (a cache of the same model; consumed). Both must have consumed tokens."""
+        if len(other.states) != len(self.states) or any(st is None for st in self.states + other.states):
+            raise ValueError("extend: both RetNet caches must hold a state for every layer of the same model")
+        self.states = [(torch.cat([a[0], b[0].to(a[0].device)]), torch.cat([a[1], b[1].to(a[1].device)]))
+                       for a, b in zip(self.states, other.states)]
+        self.row_pos = torch.cat([self.row_pos, other.row_pos.to(self.row_pos.device)])
+        self.pos = max(self.pos, other.pos)
+        self.limit = None if None in (self.limit, other.limit) else max(self.limit, other.limit)
 
     def state_bytes(self) -> int:
         """Bytes held by the states (constant in the number of tokens consumed)."""
@@ -102,6 +116,7 @@ class RetNetLM(nn.Module, ModelParts):
     """Embedding, N × RetNetBlock, final RMSNorm, LM head.  ``forward(ids (B, T)) -> logits (B, T, V)``."""
 
     family = "retnet"
+    mask_rules = frozenset({"causal", "padding"})  # padding: a left-padded prefill through a cache
 
     def __init__(self, config: RetNetConfig):
         super().__init__()
@@ -129,9 +144,12 @@ class RetNetLM(nn.Module, ModelParts):
     def _mode(self, t: int) -> str:
         return "parallel" if t <= self.config.chunk_size else "chunkwise"
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """(B, T) -> logits (B, T, V), parallel form."""
-        return self.head(self.hidden_states(input_ids))
+    def forward(self, input_ids: torch.Tensor, *, segment_ids: torch.Tensor | None = None,
+                allowed: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) -> logits (B, T, V), parallel form. ``segment_ids``, ``allowed`` and ``inputs_embeds``
+        are refused (retention's decay has no per-pair mask here): one-line ``ValueError``."""
+        return self.head(self.hidden_states(input_ids, segment_ids=segment_ids, allowed=allowed,
+                                            inputs_embeds=inputs_embeds))
 
     # -- the cache protocol ----------------------------------------------------------------------------
     def new_cache(self, batch: int, max_len: int | None = None, *, limit: int | None = None) -> RetentionCache:
@@ -140,11 +158,16 @@ class RetNetLM(nn.Module, ModelParts):
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None,
-                      cache: RetentionCache | None = None) -> torch.Tensor:
+                      cache: RetentionCache | None = None, *, segment_ids: torch.Tensor | None = None,
+                      allowed: torch.Tensor | None = None, inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
         """ids (B, T) -> (B, T, D). Without a cache: the parallel form over the whole sequence. With one:
         the T tokens continue each row's state (prefill: parallel/chunkwise; one token: a recurrent step)
         and ``cache.pos`` advances by T. A left-padded prefill (``attention_mask`` 0 on the leading pads)
-        runs each padded row on its real tokens only; its pad rows of the output are zeros."""
+        runs each padded row on its real tokens only; its pad rows of the output are zeros.
+        ``segment_ids`` / ``allowed`` / ``inputs_embeds``: refused (see :attr:`mask_rules`)."""
+        if (reason := refusal("RetNetLM", self.mask_rules, segment_ids=segment_ids, allowed=allowed,
+                              inputs_embeds=inputs_embeds)) is not None:
+            raise ValueError(reason)
         if cache is None:
             if attention_mask is not None and not bool(attention_mask.all()):
                 raise ValueError("attention_mask: RetNetLM's parallel forward takes no padding; "
