@@ -118,6 +118,8 @@ class PackedExamples(torch.utils.data.Dataset):
         out = {"input_ids": ids, "labels": labels, "segment_ids": segments, "position_ids": positions}
         return {k: torch.from_numpy(v) for k, v in out.items()}
 
+    batch = get_batch  # the data-kind registry's Split protocol
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.get_batch([index]).items()}
 
