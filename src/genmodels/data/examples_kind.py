@@ -22,9 +22,10 @@ from ..config import ConfigError, StrictConfig
 from .chat_template import read_chat_template
 from .example_cache import examples_fingerprint, prepare_examples
 from .example_pack import PackedExamples
+from .kinds import DataKind
 from .tokenizer import TOKENIZER_FILENAME, eos_id, load_tokenizer
 
-__all__ = ["ExampleData", "ExamplesDataConfig", "chat_template_for", "prepare_example_run"]
+__all__ = ["ExampleData", "ExamplesDataConfig", "chat_template_for", "examples_data_kind", "prepare_example_run"]
 
 
 @dataclass
@@ -118,3 +119,13 @@ def resumed(dc: ExamplesDataConfig, run_dir: Path) -> ExamplesDataConfig:
     """A resumed run reads the run folder's tokenizer, and so (unless the recipe names one) the chat template
     its fresh start wrote beside it."""
     return dc.replace(tokenizer=str(Path(run_dir) / TOKENIZER_FILENAME))
+
+
+def examples_data_kind(sample_class: type) -> DataKind:
+    """The ``examples`` kind for the registry (:mod:`.kinds`); ``sample_class``: the ``sample:`` section of a
+    token run (the end-of-run samples are text prompts, as on the corpus). Registered beside the ``tokens``
+    kind: ``register_data_kind(examples_data_kind(SampleConfig))``."""
+    return DataKind(name="examples", config_class=ExamplesDataConfig, sample_class=sample_class,
+                    prepare=lambda dc, say: prepare_example_run(dc, say),
+                    fingerprint=lambda dc: examples_fingerprint(dc.path), resumed=resumed, started=started,
+                    describe=lambda dc: f"examples (data.path={dc.path!r})")
