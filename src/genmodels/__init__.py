@@ -23,10 +23,9 @@ from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import generate
 from .generation.images import sample
-from .interop.diffusers_unet import export_diffusers
 from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
-from .io import export_hf, load, load_tokenizer, save
+from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"

@@ -9,15 +9,22 @@ link at the target is written through: the file it points to is replaced and the
 A failed write raises an OSError naming the file being written, whatever failed: a ``write()`` that
 finds the disk full names no file by itself, and safetensors reports one as ``SafetensorError``
 (which reads like a corrupt input); :func:`naming` and :func:`write_safetensors` fix both.
+
+Reading: :func:`read_json`, :func:`read_safetensors` and :func:`read_torch_bin` turn every failure into
+one line naming the file (weights are never unpickled); every loader and converter reads through them.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
 from pathlib import Path
-from typing import IO, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
 
 _CHUNK = 1 << 20
 
@@ -36,6 +43,27 @@ def fsync_path(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_files(folder: Path) -> None:
+    """Flush every file directly in ``folder`` to disk."""
+    for f in folder.iterdir():
+        if f.is_file():
+            fsync_path(f)
+
+
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
@@ -105,3 +133,70 @@ def write_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] 
             raise
         n = int(code.group(1))
         raise OSError(n, os.strerror(n), str(path)) from None
+
+
+# ---- reading files: every failure names the file ------------------------------------------------
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, shortened: a refusal is one line."""
+    lines = [s.strip() for s in str(e).splitlines() if s.strip()]
+    msg = lines[0] if lines else type(e).__name__
+    return msg if len(msg) <= limit else msg[:limit - 1] + "…"
+
+
+def read_json(file: Path, expect: type = dict) -> Any:
+    """A JSON object (or another ``expect`` type) from ``file``; a broken file is a ValueError naming
+    it and what is wrong."""
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{file}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{file}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(data, expect):
+        want = "a JSON object" if expect is dict else f"JSON {expect.__name__}"
+        raise ValueError(f"{file}: expected {want}, found {type(data).__name__}")
+    return data
+
+
+def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or garbage file is a ValueError naming it."""
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(file))
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # safetensors' own errors name neither the file nor the remedy
+        raise ValueError(f"{file}: not a readable safetensors file ({one_line(e)})") from None
+
+
+def read_torch_bin(file: Path) -> dict[str, torch.Tensor]:
+    """A legacy ``pytorch_model.bin`` through ``torch.load(weights_only=True)`` (never an unrestricted
+    unpickle); a corrupt file is a ValueError naming it."""
+    import torch
+    try:
+        sd = torch.load(file, map_location="cpu", weights_only=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # UnpicklingError, RuntimeError (zip), EOFError, …
+        raise ValueError(f"{file}: {_torch_load_failure(e)}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{file}: expected a state dict (names -> tensors), found {type(sd).__name__}")
+    return sd
+
+
+def _torch_load_failure(e: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in our words: torch's own message advises
+    ``weights_only=False`` (an unrestricted unpickle), which genmodels never does nor suggests."""
+    text = str(e)
+    if m := re.search(r"Unsupported global: GLOBAL ([\w.]+)", text):
+        return (f"holds pickled Python objects ({m.group(1)}), not only tensors; genmodels reads weights only "
+                "(never an unrestricted unpickle): save the state dict, torch.save(model.state_dict(), FILE)")
+    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = m.group(1).strip() if m else one_line(e)
+    if "weights_only" in reason or not m and "Weights only load failed" in text:
+        reason = type(e).__name__
+    elif isinstance(e, EOFError):
+        reason = "the file ends early: EOFError"
+    elif " " not in reason:  # a bare KeyError argument: say what kind of failure it is
+        reason = f"{type(e).__name__}: {reason}"
+    return f"not a readable PyTorch checkpoint ({reason})"

@@ -1,8 +1,8 @@
 """Which files in a model folder a write may replace — decided by what a file holds, not its name.
 
 A model write (``genmodels.save``, ``export_hf``, ``export_diffusers``, and so ``genmodels convert``)
-fills a folder in place (``io._atomic_dir_write``). A file there with a name genmodels writes
-(``io.WRITTEN_FILES``) is ours to replace only when its content says it is a model file of a format
+fills a folder in place (``folders.atomic_dir_write``). A file there with a name genmodels writes
+(``folders.WRITTEN_FILES``) is ours to replace only when its content says it is a model file of a format
 we write; a user's own ``config.json`` (``{"api_key": …}``) is not, and is never replaced or removed:
 
 =============================  ==============================================================
@@ -170,7 +170,7 @@ def check_same_kind(path: Path, ours: set[str], interrupted: bool, kind: str) ->
     another model too, unless a staging folder says they are our own interrupted write."""
     again = "pass --overwrite (overwrite=True) to replace it, or write into another folder"
     if "config.json" in ours:
-        from .io import read_json
+        from .files import read_json
         held = folder_kind(read_json(path / "config.json"))
         if held != kind:
             raise FileExistsError(f"{path} holds another model ({held}, per its config.json); writing a {kind} "

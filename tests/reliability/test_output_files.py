@@ -2,7 +2,7 @@
 umask, write through a symbolic link and name the file on a full disk; image outputs
 (``genmodels sample --out``, ``save_grid``) take their format from the suffix and replace only files
 genmodels wrote unless ``--overwrite``; model and checkpoint writes report a full disk as a full disk on
-the file being written. Code: files.py, generation/image_file.py, io.as_published."""
+the file being written. Code: files.py, generation/image_file.py, folders.as_published."""
 from __future__ import annotations
 
 import errno

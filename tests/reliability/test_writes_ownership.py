@@ -1,6 +1,6 @@
 """Issue #19, W-1 and B-12: a model write replaces a file only when its content says it is a model file of
 a format genmodels writes, and replaces another family's or architecture's model only with
-``overwrite=True`` (``genmodels convert --overwrite``). Code: ``io._atomic_dir_write``, genmodels/ownership.py."""
+``overwrite=True`` (``genmodels convert --overwrite``). Code: ``folders.atomic_dir_write``, genmodels/ownership.py."""
 from __future__ import annotations
 
 import json

@@ -56,7 +56,7 @@ def read_chat_template(folder: str | Path) -> str | None:
     config = folder / "tokenizer_config.json"
     if not config.is_file():
         return None
-    from ..io import read_json
+    from ..files import read_json
     value = read_json(config).get("chat_template")
     if isinstance(value, list):  # [{"name": "default", "template": …}, {"name": "tool_use", …}]
         named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}

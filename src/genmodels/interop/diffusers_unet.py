@@ -30,7 +30,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import ConfigError
-from ..files import write_safetensors
+from ..files import read_json, read_safetensors, read_torch_bin, write_safetensors
 from ..models.diffusion.config import DiffusionConfig
 from ..schedulers import DDPMScheduler
 from ..schedulers.config import CONFIG_NAME as SCHEDULER_CONFIG
@@ -294,7 +294,6 @@ def _read_scheduler(scheduler: dict[str, Any] | None, where: str) -> dict[str, A
 # ---- folders ------------------------------------------------------------------------------------
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The tensors of a diffusers model folder: safetensors first, else the legacy .bin (weights only)."""
-    from ..io import read_safetensors, read_torch_bin
     if (path / WEIGHTS).is_file():
         return read_safetensors(path / WEIGHTS)
     if (path / LEGACY_WEIGHTS).is_file():
@@ -306,7 +305,6 @@ def load_diffusers(path: str | Path, hf_config: dict[str, Any], build: Callable[
                    check: Callable[[Any], None] | None = None, sched_file: Path | None = None) -> torch.nn.Module:
     """Our UNet2D from a diffusers UNet2DModel folder; every key and shape is checked before loading. The
     schedule comes from ``sched_file`` (default: the folder's own scheduler_config.json) when it exists."""
-    from ..io import read_json
     path = Path(path)
     required = sched_file is not None  # a pipeline names its scheduler: it must be there
     sched_file = path / SCHEDULER_CONFIG if sched_file is None else sched_file
@@ -341,7 +339,6 @@ def load_pipeline(path: str | Path, build: Callable[[Any], torch.nn.Module],
     model_index.json, ``unet/``, ``scheduler/``): the unet as :func:`load_diffusers` reads a model folder,
     the schedule from ``scheduler/scheduler_config.json``. A pipeline with other parts (a VAE, a text
     encoder: latent or text-to-image models) or whose unet is not a UNet2DModel is refused, naming it."""
-    from ..io import read_json
     path = Path(path)
     index_file = path / PIPELINE_INDEX
     index = read_json(index_file)
@@ -368,13 +365,11 @@ def load_pipeline(path: str | Path, build: Callable[[Any], torch.nn.Module],
                           sched_file=path / "scheduler" / SCHEDULER_CONFIG)
 
 
-def export_diffusers(model: torch.nn.Module, path: str | Path, overwrite: bool = False) -> Path:
-    """Write ``model`` (a UNet2D) as a diffusers folder that ``diffusers.UNet2DModel.from_pretrained(path)``
-    loads with equal outputs (and ``DDPMScheduler.from_pretrained(path)`` with its schedule). Files
-    appear atomically; a config diffusers cannot express is refused, naming the field, before anything
-    is written; a folder holding a model of another family or architecture is replaced only with
-    ``overwrite=True`` (io._atomic_dir_write)."""
-    from ..io import _atomic_dir_write
+def diffusers_writer(model: torch.nn.Module) -> Callable[[Path], None]:
+    """What writes ``model`` (a UNet2D) into a folder as diffusers' files (``genmodels.export_diffusers``
+    fills the folder with it): ``diffusers.UNet2DModel.from_pretrained`` loads them with equal outputs (and
+    ``DDPMScheduler.from_pretrained`` the schedule). A config diffusers cannot express is refused here,
+    naming the field, before anything is written."""
     cfg = model.config
     if not isinstance(cfg, DiffusionConfig):
         raise ConversionError(f"cannot export as diffusers {CLASS_NAME}: model.family="
@@ -389,4 +384,4 @@ def export_diffusers(model: torch.nn.Module, path: str | Path, overwrite: bool =
         scheduler.save_config(d)  # scheduler_config.json
         (d / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
 
-    return _atomic_dir_write(Path(path), write, cfg, overwrite)
+    return write

@@ -113,7 +113,7 @@ def check_tensor_infos(path: Path, file_size: int, data_start: int, fields: list
 
 
 def _one_line(e: BaseException) -> str:
-    from ..io import one_line
+    from ..files import one_line
     return one_line(e)
 
 

@@ -61,7 +61,7 @@ def read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     """All tensors of a HF directory: ``*.safetensors`` (sharded or not), else ``pytorch_model.bin``
     through ``torch.load(weights_only=True)`` — never an unrestricted unpickle. A broken file is a
     one-line ValueError naming it."""
-    from ..io import read_json, read_safetensors, read_torch_bin
+    from ..files import read_json, read_safetensors, read_torch_bin
     index = path / "model.safetensors.index.json"
     if index.is_file():  # sharded: exactly the shards the index names
         weight_map = read_json(index).get("weight_map")
@@ -89,7 +89,7 @@ def load_hf(path: str | Path, build, check=None) -> torch.nn.Module:
 
     ``check(cfg)``, when given, vets the config before any weight is read or tensor built (the
     memory estimate of :func:`genmodels.load`)."""
-    from ..io import read_json
+    from ..files import read_json
     path = Path(path)
     hf_config = read_json(path / "config.json")
     from .diffusers_unet import is_diffusers_config, load_diffusers

@@ -36,7 +36,7 @@ def read_sentence_config(path: str | Path) -> dict[str, Any] | None:
     pooling (``1_Pooling/config.json``), whether it normalises (a Normalize module in ``modules.json``),
     ``max_seq_length`` and ``do_lower_case`` (``sentence_bert_config.json``). A broken or unsupported
     file is a ValueError naming it."""
-    from ..io import read_json
+    from ..files import read_json
     path = Path(path)
     modules_file = path / "modules.json"
     if not modules_file.is_file():

@@ -41,7 +41,7 @@ BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 def _state(sd: Any, who: str) -> dict[str, torch.Tensor]:
     """A state dict (or a path to a ``torch.save``'d one) as a plain dict we may pop from."""
     if isinstance(sd, (str, Path)):
-        from ..io import read_torch_bin
+        from ..files import read_torch_bin
         try:
             sd = read_torch_bin(Path(sd))  # the one safe reader: names the file, never unpickles objects
         except ValueError as e:

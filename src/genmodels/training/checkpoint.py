@@ -31,8 +31,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..files import write_safetensors
-from ..io import as_published, fsync_dir, fsync_files
+from ..files import fsync_dir, fsync_files, write_safetensors
+from ..folders import as_published
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
