@@ -106,20 +106,22 @@ def test_build_mask_allowed_pairs_alone_leave_the_mask_free_path():
     torch.testing.assert_close(mask, want)
 
 
-# ---- (d) the cache protocol, held by a recurrent state ------------------------------------------------
+# ---- (d) the cache protocol (v2), held by a recurrent state ------------------------------------------
 class _SumState:
-    """One layer's recurrent state: the running sum of its inputs ``(B, 1, D)``."""
+    """One layer's recurrent state: the running sum of its inputs ``(B, 1, D)`` and each row's count."""
 
     def __init__(self, batch: int, d: int):
         self.total = torch.zeros(batch, 1, d)
+        self.count = torch.zeros(batch, 1, 1)
 
 
 class _RecurrentCache:
-    """A :class:`DecodingCache` of fixed size: per-layer sums, no slots to grow."""
+    """A :class:`DecodingCache` (v2) of fixed size: per-layer sums, no slots to grow, rows of any length."""
 
     def __init__(self, n_layers: int, batch: int, d: int):
         self.layers = [_SumState(batch, d) for _ in range(n_layers)]
-        self.pos, self.key_mask, self.reserved = 0, None, 0
+        self.pos, self.key_mask, self.limit, self.reserved = 0, None, None, 0
+        self.row_pos = torch.zeros(batch, dtype=torch.long)
 
     def __getitem__(self, i: int) -> _SumState:
         return self.layers[i]
@@ -128,15 +130,25 @@ class _RecurrentCache:
         self.reserved += n  # nothing to grow: the state has a fixed size
 
     def set_key_mask(self, mask: torch.Tensor) -> None:
-        self.key_mask = mask
+        raise AssertionError("the toy takes no padding")
+
+    def select(self, rows: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.total, layer.count = layer.total.index_select(0, rows), layer.count.index_select(0, rows)
+        self.row_pos = self.row_pos.index_select(0, rows)
 
     def reorder(self, index: torch.Tensor) -> None:
-        for layer in self.layers:
-            layer.total = layer.total.index_select(0, index)
+        self.select(index)
+
+    def extend(self, other: "_RecurrentCache") -> None:
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.total, mine.count = torch.cat([mine.total, theirs.total]), torch.cat([mine.count, theirs.count])
+        self.row_pos = torch.cat([self.row_pos, other.row_pos])
+        self.pos = max(self.pos, other.pos)
 
 
 class _RunningMean(nn.Module):
-    """Token mixer y_t = W · mean(x_1 … x_t): causal, and recurrent through its running sum."""
+    """Token mixer y_t = W · mean(x_1 … x_t): causal, and recurrent through its running sum and count."""
 
     def __init__(self, c, layer_index: int = 0):
         super().__init__()
@@ -144,10 +156,10 @@ class _RunningMean(nn.Module):
 
     def forward(self, x, ctx, cache: _SumState | None = None):
         total = x.cumsum(1)  # (B, T, D)
+        count = torch.arange(1, x.shape[1] + 1, dtype=x.dtype)[None, :, None]  # (1, T, 1)
         if cache is not None:
-            total = total + cache.total
-            cache.total = total[:, -1:]
-        count = torch.arange(ctx.start + 1, ctx.start + x.shape[1] + 1, dtype=x.dtype)[None, :, None]
+            total, count = total + cache.total, count + cache.count  # each row continues its own sum
+            cache.total, cache.count = total[:, -1:], count[:, -1:]
         return self.proj(total / count)
 
 
@@ -157,11 +169,13 @@ class _RunningMeanLM(genmodels.models.decoder.DecoderLM):
     def __init__(self, c):
         super().__init__(c)
         self.blocks = nn.ModuleList(build_block(c, i, mixer=_RunningMean) for i in range(c.n_layers))
+        self.pos_embed = None  # the running mean carries the order
 
     def new_cache(self, batch, max_len=None, *, limit=None):
         return _RecurrentCache(len(self.blocks), batch, self.config.d_model)
 
-    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None):
+    def hidden_states(self, input_ids, attention_mask=None, position_ids=None, cache=None, **inputs):
+        assert not any(v is not None for v in inputs.values())  # inputs_embeds, segment_ids, allowed: not here
         start = cache.pos if cache is not None else 0
         x = self.embed(input_ids)  # (B, T, D)
         ctx = AttentionInputs(start=start)
@@ -169,20 +183,47 @@ class _RunningMeanLM(genmodels.models.decoder.DecoderLM):
             x = block(x, ctx, cache[i] if cache is not None else None)
         if cache is not None:
             cache.pos = start + input_ids.shape[1]
+            cache.row_pos = cache.row_pos + input_ids.shape[1]
         return self.norm(x)
 
 
+def _toy():
+    return randomise(_RunningMeanLM(tiny_config("gpt2", eos_token_id=None))).eval()
+
+
+def _greedy_by_full_forwards(model, ids, n):
+    with torch.no_grad():
+        for _ in range(n):  # the definition: the whole sequence again each step, no state kept
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return ids
+
+
 def test_generate_runs_through_a_recurrent_state_in_place_of_a_kv_cache():
-    model = randomise(_RunningMeanLM(tiny_config("gpt2", eos_token_id=None))).eval()
+    model = _toy()
     assert isinstance(model, CachingModel) and isinstance(model.new_cache(1), DecodingCache)
     prompt = random_ids(2, 5)
     out = genmodels.generate(model, prompt, max_new_tokens=8)
-    ids = prompt
-    with torch.no_grad():
-        for _ in range(8):  # the definition: the whole sequence again each step, no state kept
-            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
     assert out.shape == (2, 13)
-    torch.testing.assert_close(out, ids)
+    torch.testing.assert_close(out, _greedy_by_full_forwards(model, prompt, 8))
+
+
+def test_the_toy_cache_continues_and_holds_rows_of_different_lengths():
+    """Protocol v2 on the toy: generate(ids2, cache=prefix(ids1)) == generate(ids1 + ids2); a session whose
+    rows join and leave at different steps gives each row what it gives alone."""
+    from genmodels.generation import DecodeSession, Sampling
+    model, ids = _toy(), random_ids(2, 9)
+    _, cache = genmodels.generate(model, ids[:, :4], 0, return_cache=True)
+    assert cache.pos == 4 and cache.row_pos.tolist() == [4, 4]
+    out, cache = genmodels.generate(model, ids[:, 4:], 6, cache=cache, return_cache=True)
+    assert torch.equal(out, genmodels.generate(model, ids, 6)[:, 4:]) and cache.row_pos.tolist() == [15, 15]
+    session = DecodeSession(model)
+    a = session.add(ids[:1, :3], Sampling(max_new_tokens=7))
+    session.step(), session.step()
+    b = session.add(ids[1:, :6], Sampling(max_new_tokens=3))
+    while session.requests:
+        session.step()
+    assert torch.equal(a.output, _greedy_by_full_forwards(model, ids[:1, :3], 7))
+    assert torch.equal(b.output, _greedy_by_full_forwards(model, ids[1:, :6], 3))
 
 
 # ---- (e) parts named by methods ------------------------------------------------------------------------

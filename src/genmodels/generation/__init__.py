@@ -4,7 +4,7 @@ prompt as a source (:mod:`.seq2seq`), other token generators decode through thei
 (:mod:`.decode`)."""
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 import torch
 
@@ -12,6 +12,8 @@ from ..registry import GENERATES, SEQ2SEQ, capabilities, require
 from . import decode
 from .checks import check_token_ids, vocab_size
 from .sampling import choose_next, process_logits, repetition_penalty, top_k_filter, top_p_filter
+from .session import DecodeSession, Request, Sampling
+from .stop import StopStream, StopStrings
 
 
 def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: int = 32, *,
@@ -19,15 +21,19 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
              repetition_penalty: float | None = None, eos_token_id: int | Iterable[int] | None = None,
              stop_tokens: Iterable[int] | None = None, pad_token_id: int | None = None, seed: int | None = None,
              attention_mask: torch.Tensor | None = None, num_beams: int = 1, length_penalty: float = 1.0,
-             early_stopping: bool | str = False,
-             streamer: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` after each prompt (see :func:`.decode.generate`); for an
+             early_stopping: bool | str = False, streamer: Callable[[torch.Tensor], None] | None = None,
+             stop: str | Sequence[str] | None = None, cache=None, return_cache: bool = False):
+    """Generate up to ``max_new_tokens`` after each prompt (see :func:`.decode.generate`: stop strings,
+    continuing a ``cache`` and ``return_cache=True``, which returns ``(ids, cache)``); for an
     encoder–decoder the prompt is the source and the target ids ``(B, 1 + n)`` are returned
-    (:func:`.seq2seq.generate_seq2seq`; ``streamer`` is not used there). ``num_beams > 1`` is beam
-    search for both (:mod:`.beam`)."""
+    (:func:`.seq2seq.generate_seq2seq`; ``streamer``, ``stop``, ``cache`` and ``return_cache`` are not
+    taken there). ``num_beams > 1`` is beam search for both (:mod:`.beam`)."""
     require(model, GENERATES, "genmodels.generate")
     can = capabilities(model)
     if SEQ2SEQ in can:
+        if stop is not None or cache is not None or return_cache:
+            raise ValueError("stop, cache, return_cache: encoder–decoder generation takes none of them; "
+                             "use stop_tokens (ids)")
         return _generate_seq2seq(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                                  stop_tokens=stop_tokens, pad_token_id=pad_token_id, seed=seed,
@@ -37,7 +43,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
                            repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                            stop_tokens=stop_tokens, pad_token_id=pad_token_id, seed=seed,
                            attention_mask=attention_mask, num_beams=num_beams, length_penalty=length_penalty,
-                           early_stopping=early_stopping, streamer=streamer)
+                           early_stopping=early_stopping, streamer=streamer, stop=stop, cache=cache,
+                           return_cache=return_cache)
 
 
 def _generate_seq2seq(model, input_ids, max_new_tokens, *, stop_tokens, eos_token_id, **kw) -> torch.Tensor:
@@ -52,4 +59,5 @@ def _generate_seq2seq(model, input_ids, max_new_tokens, *, stop_tokens, eos_toke
     return generate_seq2seq(model, input_ids, max_new_tokens, eos_token_id=eos_token_id, **kw)
 
 
-__all__ = ["generate", "choose_next", "process_logits", "repetition_penalty", "top_k_filter", "top_p_filter"]
+__all__ = ["generate", "choose_next", "process_logits", "repetition_penalty", "top_k_filter", "top_p_filter",
+           "DecodeSession", "Request", "Sampling", "StopStream", "StopStrings"]

@@ -1,0 +1,235 @@
+"""The decode session: the one decode loop under :func:`genmodels.generate`, chat and the server.
+
+A session holds one cache (:mod:`genmodels.nn.kv_cache`, protocol v2) whose rows belong to
+requests. A request is one or more rows added together with their own settings
+(:class:`Sampling`: temperature, top-k, top-p, repetition penalty, ``max_new_tokens``, end tokens,
+an allowed-token set, a ``torch.Generator``, stop strings): ``add`` prefills it alone (or continues
+a cache it brings) and appends its rows to the session's cache; ``step`` chooses one token for
+every row of every request and feeds them all in one forward — the native step when
+:mod:`genmodels.native` supports the model, else the PyTorch one. Requests join and leave between
+steps; each row keeps its own positions (``cache.row_pos``), so what a row generates does not
+depend on the rows beside it (up to float rounding of the batched kernels).
+
+    session = DecodeSession(model)
+    a = session.add(ids_a, Sampling(max_new_tokens=20))
+    session.step(); session.step()
+    b = session.add(ids_b, Sampling(temperature=0.8, generator=torch.Generator().manual_seed(0)))
+    while session.requests:
+        session.step()
+    a.output, b.output                  # (B_r, T_r + n_r) token ids
+
+A request ends when each of its rows has ended (an end token, or a stop string in its text) or
+after ``max_new_tokens``; the last chosen token is fed only for a request that keeps its cache
+(``Sampling.keep_cache``: ``request.cache`` then holds every token it returned).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from ..native.step import fused_step, unsupported
+from ..nn import kv_cache
+from .sampling import choose_next
+from .stop import StopStream, check_stop
+
+
+@dataclass
+class Sampling:
+    """One request's settings (arguments are checked by the callers, :mod:`.checks`).
+
+    ``ends``: token ids that end a row (EOS and stop tokens); finished rows get ``pad``.
+    ``allowed (V,)`` bool: the tokens a row may choose (None: all). ``stop``: stop strings, matched on
+    each row's generated text decoded by ``tokenizer`` (:mod:`.stop`). ``streamer(tokens (B_r,))``
+    sees each step's tokens. ``keep_cache``: feed the last token too and keep the request's cache."""
+
+    max_new_tokens: int = 32
+    temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
+    repetition_penalty: float | None = None
+    ends: tuple[int, ...] = ()
+    pad: int = 0
+    allowed: torch.Tensor | None = None
+    generator: torch.Generator | None = None
+    stop: tuple[str, ...] = ()
+    tokenizer: Any = None
+    streamer: Callable[[torch.Tensor], None] | None = None
+    keep_cache: bool = False
+
+
+class Request:
+    """A request's rows in a session: ``output`` ``(B_r, T + n)`` ids, ``done (B_r,)``, ``texts`` (the
+    rows' text cut at a stop string, when stop strings are set), ``cache`` (kept caches only)."""
+
+    def __init__(self, input_ids: torch.Tensor, s: Sampling):
+        b, self.t = input_ids.shape
+        self.s, self.n, self.cache = s, 0, None
+        self.tokens = input_ids.new_empty(b, self.t + min(s.max_new_tokens, kv_cache.CHUNK))  # grown as they come
+        self.tokens[:, :self.t] = input_ids
+        self.done = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        self.end_ids = torch.tensor(list(s.ends), dtype=torch.long, device=input_ids.device)
+        self.streams = [StopStream(s.tokenizer, check_stop(s.stop)) for _ in range(b)] if s.stop else None
+        self.finished = s.max_new_tokens == 0
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def output(self) -> torch.Tensor:
+        return self.tokens[:, :self.t + self.n]
+
+    @property
+    def texts(self) -> list[str] | None:
+        return None if self.streams is None else [st.text for st in self.streams]
+
+    def choose(self, logits: torch.Tensor, choose: Callable = choose_next) -> torch.Tensor:
+        """The next token of each row ``(B_r,)`` from its logits ``(B_r, V)`` (``choose``: the token choice,
+        :func:`.sampling.choose_next`); records it and what ended."""
+        s, t, step = self.s, self.t, self.n
+        if s.allowed is not None:
+            logits = logits.masked_fill(~s.allowed.to(logits.device), float("-inf"))
+        seen = self.tokens[:, :t + step] if s.repetition_penalty else None
+        nxt = choose(logits, seen, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                          rep_penalty=s.repetition_penalty, generator=s.generator)
+        nxt = torch.where(self.done, torch.full_like(nxt, s.pad), nxt)
+        if t + step == self.tokens.shape[1]:
+            grow = min(self.tokens.shape[1], s.max_new_tokens - step)
+            self.tokens = torch.cat([self.tokens, self.tokens.new_empty(self.batch, grow)], dim=1)
+        self.tokens[:, t + step] = nxt
+        self.n = step + 1
+        if s.streamer is not None:
+            s.streamer(nxt)
+        before = self.done
+        if len(self.end_ids):
+            self.done = self.done | torch.isin(nxt, self.end_ids)
+        if self.streams is not None:
+            stopped = [not bool(before[i]) and (self.streams[i].push(int(nxt[i])), self.streams[i].stopped)[1]
+                       for i in range(self.batch)]
+            self.done = self.done | torch.tensor(stopped, dtype=torch.bool, device=self.done.device)
+        self.finished = bool(self.done.all()) or self.n == s.max_new_tokens
+        return nxt
+
+
+class DecodeSession:
+    """Requests decoding together over one cache (see the module). ``native``: take the native step
+    (None: when the model is on the CPU and :func:`genmodels.native.step.unsupported` finds no reason).
+    ``native_step(model, cache, batch)`` builds it and ``choose`` picks tokens (defaults:
+    :func:`genmodels.native.step.fused_step`, :func:`.sampling.choose_next`)."""
+
+    def __init__(self, model: torch.nn.Module, *, native: bool | None = None, native_step: Callable = fused_step,
+                 choose: Callable = choose_next):
+        self.model, self.native_step, self.choose = model, native_step, choose
+        if native is None:
+            native = next(model.parameters()).device.type == "cpu" and unsupported(model) is None
+        self.native = native
+        self.requests: list[Request] = []  # live, in row order
+        self.cache = None
+        self.logits: torch.Tensor | None = None  # (R, V): the next-token logits of every live row
+        self._step, self._step_rows = None, None
+
+    def add(self, input_ids: torch.Tensor, sampling: Sampling | None = None, *,
+            attention_mask: torch.Tensor | None = None, cache=None) -> Request:
+        """Prefill ``input_ids (B_r, T)`` (left-padded with ``attention_mask``; or the new tokens after what
+        ``cache`` holds, which is then used in place) and add its rows; returns the request."""
+        s = sampling if sampling is not None else Sampling()
+        req = Request(input_ids, s)
+        if req.finished and not s.keep_cache:
+            return req  # nothing to generate, nothing to keep
+        b, t = input_ids.shape
+        need = t + s.max_new_tokens - (0 if s.keep_cache else 1)  # the last token is fed only to keep it
+        if cache is None:
+            cache = self.model.new_cache(b, min(t + kv_cache.CHUNK, need), limit=need)
+        else:
+            if cache.pos and attention_mask is not None:
+                raise ValueError("attention_mask: tokens that continue a cache follow every row's cached tokens; "
+                                 "the padding lives in the cache (left-pad the first call)")
+            if cache.limit is not None:
+                cache.limit = max(cache.limit, cache.pos + need)
+            cache.reserve(t)
+            if cache.key_mask is not None:  # the padding of what the cache holds, then the new tokens
+                attention_mask = torch.cat([cache.key_mask[:, :cache.pos], input_ids.new_ones(b, t)], dim=1)
+        h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B_r, T, D)
+        if attention_mask is not None and cache.key_mask is None:
+            cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
+        logits = self.model.head(h[:, -1])  # only the last position's logits are needed
+        if req.finished:
+            req.cache = cache
+            return req
+        if self.cache is None:
+            self.cache, self.logits = cache, logits
+        else:
+            self.cache.extend(cache)
+            self.logits = torch.cat([self.logits, logits])
+        self.requests.append(req)
+        self._step = None  # the rows changed: the native step binds again
+        return req
+
+    def step(self) -> list[Request]:
+        """One token for every live row; returns the requests that finished (they leave the session)."""
+        spans, lo = [], 0
+        for req in self.requests:
+            spans.append((lo, lo + req.batch))
+            lo += req.batch
+        chosen = [req.choose(self.logits[a:z], self.choose) for req, (a, z) in zip(self.requests, spans)]
+        fed = [i for i, req in enumerate(self.requests) if not req.finished or req.s.keep_cache]
+        if len(fed) < len(self.requests):  # finished requests leave before the forward
+            self._select([r for i in fed for r in range(*spans[i])])
+        reqs = [self.requests[i] for i in fed]
+        if reqs:
+            self.logits = self._feed(torch.cat([chosen[i] for i in fed]))
+        ended = [req for req in self.requests if req.finished]
+        if any(req.finished for req in reqs):  # kept caches: theirs rows leave after the forward
+            self._detach(reqs)
+        self.requests = [req for req in reqs if not req.finished]
+        return ended
+
+    def run(self) -> None:
+        """Step until every request has finished."""
+        while self.requests:
+            self.step()
+
+    def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per row ``(R,)`` through the model -> next logits ``(R, V)``."""
+        cache = self.cache
+        cache.reserve(1)  # grow, or compact a sliding window
+        if self.native:
+            if self._step is None:
+                self._step = self.native_step(self.model, cache, tokens.shape[0])
+            return self._step(tokens, cache.row_pos, cache.key_mask)
+        mask = cache.key_mask[:, :cache.pos + 1] if cache.key_mask is not None else None
+        h = self.model.hidden_states(tokens[:, None], attention_mask=mask, cache=cache)
+        return self.model.head(h[:, -1])
+
+    def _select(self, rows: list[int]) -> None:
+        """Keep these rows of the cache and logits; then drop the front slots that are padding in every row."""
+        index = torch.tensor(rows, dtype=torch.long, device=self.logits.device)
+        self._step = None
+        if not rows:
+            self.cache, self.logits = None, None
+            return
+        self.cache.select(index)
+        self.logits = self.logits.index_select(0, index)
+        km = self.cache.key_mask
+        if km is not None and hasattr(self.cache, "keep"):
+            first = int(km[:, :self.cache.pos].any(0).long().argmax())
+            if first > 0:
+                self.cache.keep(torch.arange(first, self.cache.pos))
+
+    def _detach(self, reqs: list[Request]) -> None:
+        """Give each finished request (of those just fed) its rows of the cache, and drop them here."""
+        spans, lo = [], 0
+        for req in reqs:
+            spans.append(range(lo, lo + req.batch))
+            lo += req.batch
+        if all(req.finished for req in reqs) and len(reqs) == 1:
+            reqs[0].cache, self.cache, self.logits = self.cache, None, None
+            return
+        for req, span in zip(reqs, spans):
+            if req.finished:
+                req.cache = copy.deepcopy(self.cache)
+                req.cache.select(torch.tensor(list(span), dtype=torch.long))
+        self._select([r for req, span in zip(reqs, spans) if not req.finished for r in span])
