@@ -22,8 +22,9 @@ import ctypes
 import torch
 from torch import nn
 
-from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, MLP, RelativePositionBias, SelfAttention,
+from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, LMHead, MLP, RelativePositionBias, SelfAttention,
                   SinusoidalPositionalEmbedding, SparseMoE, StackedExperts, TopKRouter)
+from ..nn.masks import refusal
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
@@ -81,6 +82,18 @@ def _moe_unsupported(moe: SparseMoE, layer: int, d_model: int) -> str | None:
     return None
 
 
+# the mask rules and inputs (nn/masks.RULES) the fused step implements: causal, window, key padding,
+# positions per row, and a seq2seq memory key mask — not segments, not allowed pairs
+MASK_RULES = frozenset({"causal", "window", "padding", "positions", "memory"})
+
+
+def unsupported_inputs(**inputs) -> str | None:
+    """Why the fused step cannot take these forward inputs (``segment_ids=…``, ``allowed=…``; ``None``
+    values are absent): a one-line reason naming the input, or ``None``. Callers ask before choosing
+    this path — an input it does not implement is refused, never ignored."""
+    return refusal("the native decode step", MASK_RULES, **inputs)
+
+
 @never_raises
 def unsupported(model: nn.Module) -> str | None:
     """Why ``model`` cannot use the fused step (``None``: it can)."""
@@ -124,6 +137,9 @@ def unsupported(model: nn.Module) -> str | None:
             return "cross-attention scale differs from self-attention's"
     if (reason := unplain_projection(blocks)) is not None:
         return reason
+    head = model.output_head()
+    if type(head) is not LMHead or head.proj is not None:
+        return f"output head {type(getattr(head, 'proj', None) or head).__name__} is not a plain weight"
     if not isinstance(final_norm, nn.Identity):
         if norm_kind(final_norm) != kind:
             return "final norm differs from the block norms"
@@ -304,4 +320,5 @@ class FusedDecodeStep:
                                  key_mask.data_ptr() if key_mask is not None else None, start,
                                  self.logits.data_ptr())
         self.cache.pos = start + 1
+        self.cache.row_pos = positions + 1  # cache protocol v2: each row's next position
         return self.logits

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..nn import GatedMLP, LearnedPositionalEmbedding, MLP, SelfAttention
+from ..nn.masks import refusal
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
@@ -52,6 +53,15 @@ class _Encoder(ctypes.Structure):  # field order mirrors gm_encoder in csrc/enco
                 + [(n, _P) for n in ("embed", "type_table", "pos_table", "emb_norm_w", "emb_norm_b", "final_w",
                                      "final_b")]
                 + [("layers", ctypes.POINTER(_Layer))])
+
+
+MASK_RULES = frozenset({"padding"})  # nn/masks.RULES the native encoder implements: key padding only
+
+
+def unsupported_inputs(**inputs) -> str | None:
+    """Why the native encoder cannot take these inputs (``segment_ids=``, ``allowed=``, ``position_ids=``,
+    ``inputs_embeds=``; ``None`` = absent): a one-line reason, or ``None``."""
+    return refusal("the native encoder", MASK_RULES, **inputs)
 
 
 @never_raises
@@ -178,7 +188,9 @@ class NativeEncoder:
 
     @torch.inference_mode()
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+                 token_type_ids: torch.Tensor | None = None, **inputs) -> torch.Tensor:
+        if (reason := unsupported_inputs(**inputs)) is not None:  # segment_ids=, allowed=, …: refused
+            raise ValueError(reason)
         if self.stale():  # trained, edited or reloaded since packing
             self._build()
         c = self.model.config

@@ -29,7 +29,7 @@ class LMHead(nn.Module):
         self.proj = None
         if tie_to is not None:
             self.__dict__["_tied"] = tie_to  # not registered: avoids a duplicate key and parameter
-        elif linear is not None:
+        elif linear is not None and linear is not plain_linear:  # the plain factory: today's weight, same draws
             lin = linear(d_model, vocab_size, bias, role="head")
             if not is_plain(lin):
                 self.proj, self.bias = lin, None
