@@ -28,6 +28,9 @@ Sparse-MoE experts are stacked weights, not linears: the factory does not reach 
 
 The factory is called in the order the modules are built, exactly where ``nn.Linear`` was called
 before, so the default consumes the random generator as it always did (same init, same losses).
+The model's ``init_weights`` then draws every matrix it holds — an adapter's too — so an adapter
+sets its own init afterwards (LoRA: B = 0), or loads it. An untied head built by a factory draws its
+first weights from what the factory builds (``plain_linear`` keeps the head's own init).
 """
 from __future__ import annotations
 
