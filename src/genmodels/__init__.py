@@ -17,6 +17,7 @@ Public API (stable):
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
 """
 from . import models  # noqa: F401  (registers the built-in families: registry imports none)
+from .native import attention as _native_attention  # noqa: F401  (registers nn/attention's "native" kernel)
 from .config import ConfigError
 from .models.config import ModelConfig
 from .data.chat_template import apply_chat_template

@@ -312,75 +312,9 @@ def unavailable_reason() -> str | None:
     return None if library() is not None else _state.get("error")
 
 
-# ---- shared by decoder.py and encoder.py: how a model's modules map onto the C structs ------------
-ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}  # the ACT_* codes of csrc/common.h
-
-
-def norm_kind(m: torch.nn.Module) -> int | None:
-    """NORM_LAYER (0) / NORM_RMS (1) of csrc/common.h, or None for another module."""
-    from ..nn import LayerNorm, RMSNorm
-    return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
-
-
-def unsupported_tensors(tensors) -> str | None:
-    """Why the kernels cannot read these parameters/buffers in place (None: they can)."""
-    tensors = list(tensors)
-    if any(type(t.data) is not torch.Tensor for t in tensors):  # e.g. FSDP's DTensor shards
-        return "parameters are not plain tensors (sharded?)"
-    if any(t.dtype != torch.float32 or t.device.type != "cpu" or not t.is_contiguous() for t in tensors):
-        return "needs contiguous fp32 CPU weights"
-    return None
-
-
-def _projections(block: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
-    """The matrix products of a block that the kernels read as plain weights, by name."""
-    attn, mlp, cross = block.attn, block.mlp, getattr(block, "cross", None)
-    out = {"attn.qkv": getattr(attn, "qkv", None), "attn.out": getattr(attn, "out", None)}
-    # a sparse MoE has no linears: its stacked weights are read as such (decoder.unsupported checks its parts)
-    names = ("gate_up", "down") if hasattr(mlp, "gate_up") else () if hasattr(mlp, "router") else ("fc1", "fc2")
-    out.update({f"mlp.{n}": getattr(mlp, n, None) for n in names})
-    if cross is not None:
-        out.update({f"cross.{n}": getattr(cross, n, None) for n in ("q", "kv", "out")})
-    return out
-
-
-def unplain_projection(blocks) -> str | None:
-    """Why the kernels must not read these blocks' projections in place: one that is not exactly an
-    ``nn.Linear`` (an adapter, a quantised or otherwise wrapped linear computes something its base
-    weight alone does not), or ``None``."""
-    for i, block in enumerate(blocks):
-        for name, mod in _projections(block).items():
-            if type(mod) is not torch.nn.Linear:
-                return f"block {i} {name} is a {type(mod).__name__}, not a plain nn.Linear"
-    return None
-
-
-def never_raises(check):
-    """Wrap an ``unsupported(model)`` check so that a model it does not know is a reason, never an
-    exception (the PyTorch path then runs it)."""
-    import functools
-
-    @functools.wraps(check)
-    def wrapped(model):
-        try:
-            return check(model)
-        except Exception as e:  # an unknown model class or part: not ours to read
-            return f"model layout not recognised ({type(e).__name__}: {e})"
-    return wrapped
-
-
-class Pinned:
-    """Pointers for a C struct, with the tensors they point into kept alive (detached: kept even if
-    a parameter's ``.data`` is replaced while the struct lives)."""
-
-    def __init__(self):
-        self.tensors: list[torch.Tensor] = []
-
-    def __call__(self, t: torch.Tensor | None) -> int | None:
-        if t is None:
-            return None
-        self.tensors.append(t.detach())
-        return t.data_ptr()
+# shared by decoder.py, encoder.py and retnet.py (native/layout.py), importable from here as before
+from .layout import (ACTIVATIONS, Pinned, never_raises, norm_kind, unplain_projection,  # noqa: E402,F401
+                     unsupported_tensors)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -4,9 +4,10 @@
     O = softmax(s·Q Kᵀ) V,   saved for the backward: Q, K, V, O and L = logsumexp_j(s·Q Kᵀ)_ij
 
 The backward recomputes P from L (FlashAttention's algorithm 4) instead of storing the (B, H, T, T)
-probabilities. It is the ``"native"`` kernel of :mod:`genmodels.nn.attention`, which runs it when
-:func:`unsupported` finds nothing against the inputs and otherwise PyTorch's fused kernel; that one stays
-the definition: tests hold the two equal, values and gradients.
+probabilities. It is the ``"native"`` kernel of :mod:`genmodels.nn.attention` (:func:`native_attention`,
+registered into its kernel table when this module is imported, which ``import genmodels`` does): it runs
+inputs :func:`preferred` accepts and hands the others to PyTorch's fused kernel; that one stays the
+definition: tests hold the two equal, values and gradients.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import ctypes
 import torch
 from torch.autograd.function import once_differentiable
 
+from ..nn.attention import register_kernel, sdpa_attention
 from . import library
 
 HEAD_DIMS = (8, 16)  # the widths csrc/attention.c is specialised for; wider heads run PyTorch's fused kernel well
@@ -109,3 +111,14 @@ def narrow_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 def apply_checked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """:func:`narrow_attention` for inputs a caller has already checked (:func:`preferred`): no second check."""
     return _NarrowAttention.apply(q, k, v, q.shape[-1] ** -0.5 if scale is None else float(scale))
+
+
+def native_attention(q, k, v, mask=None, scale=None, is_causal=False):
+    """The ``"native"`` kernel of :mod:`genmodels.nn.attention`: unmasked attention with narrow heads
+    (d = 8 or 16) through the native kernel, forward and backward; other inputs go to ``sdpa_attention``."""
+    if not preferred(q, k, v, mask, is_causal):
+        return sdpa_attention(q, k, v, mask, scale, is_causal)
+    return apply_checked(q, k, v, scale)  # (preferred has checked the inputs)
+
+
+register_kernel("native", native_attention, preferred)

@@ -6,14 +6,18 @@ Q has H heads, K and V have H_kv heads (H_kv = H: multi-head; 1 < H_kv < H: grou
 H_kv = 1: multi-query); key/value head j serves query heads j·g … j·g+g−1 with g = H / H_kv.
 M is the additive mask of :mod:`genmodels.nn.masks`.
 
-Interchangeable kernels compute it: :func:`sdpa_attention` (PyTorch's fused
-``scaled_dot_product_attention``, the default), :func:`reference_attention` (plain matmuls,
-softmax in fp32 — the readable definition) and :func:`native_attention` (genmodels' CPU kernel for
-unmasked narrow heads, e.g. a diffusion UNet's; anything else goes to sdpa). Tests hold them equal.
+Interchangeable kernels compute it, by name in :data:`KERNELS`: ``"sdpa"`` (:func:`sdpa_attention`,
+PyTorch's fused ``scaled_dot_product_attention``, the default), ``"reference"``
+(:func:`reference_attention`: plain matmuls, softmax in fp32 — the readable definition) and
+``"native"`` (genmodels' CPU kernel for unmasked narrow heads, e.g. a diffusion UNet's; anything else
+goes to sdpa). Tests hold them equal. A kernel from above this floor registers itself
+(:func:`register_kernel`): :mod:`genmodels.native.attention` registers ``"native"`` when imported
+(``import genmodels`` does), so nn/ imports nothing above it; until then ``"native"`` is sdpa.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -48,16 +52,29 @@ def sdpa_attention(q, k, v, mask=None, scale=None, is_causal=False):
                                           enable_gqa=q.shape[1] != k.shape[1])
 
 
-def native_attention(q, k, v, mask=None, scale=None, is_causal=False):
-    """The same through genmodels' native CPU kernel for unmasked attention with narrow heads (d = 8 or 16;
-    :mod:`genmodels.native.attention`), forward and backward; other inputs go to :func:`sdpa_attention`."""
-    from ..native.attention import apply_checked, preferred
-    if not preferred(q, k, v, mask, is_causal):
-        return sdpa_attention(q, k, v, mask, scale, is_causal)
-    return apply_checked(q, k, v, scale)  # (preferred has checked the inputs)
+# name -> kernel(q, k, v, mask=None, scale=None, is_causal=False) -> (B, H, Tq, D)
+KERNELS: dict[str, Callable[..., torch.Tensor]] = {"sdpa": sdpa_attention, "reference": reference_attention,
+                                                   "native": sdpa_attention}  # until genmodels.native registers
+# name -> prefers(q, k, v, mask, is_causal): whether the kernel runs these inputs with its own code
+# (a registered kernel hands the others to sdpa)
+_PREFERS: dict[str, Callable[..., bool]] = {}
 
 
-KERNELS = {"sdpa": sdpa_attention, "reference": reference_attention, "native": native_attention}
+def register_kernel(name: str, kernel: Callable[..., torch.Tensor],
+                    prefers: Callable[..., bool] | None = None) -> None:
+    """Make ``kernel`` the attention kernel called ``name`` (``SelfAttention(kernel=name)``); ``prefers``
+    says which inputs it runs with its own code (:func:`kernel_prefers`)."""
+    KERNELS[name] = kernel
+    if prefers is not None:
+        _PREFERS[name] = prefers
+
+
+def kernel_prefers(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None,
+                   is_causal: bool = False) -> bool:
+    """Whether kernel ``name`` runs these inputs with its own code (False for sdpa and reference, which
+    register no preference, and for a kernel not registered yet)."""
+    prefers = _PREFERS.get(name)
+    return prefers is not None and bool(prefers(q, k, v, mask, is_causal))
 
 
 @dataclass

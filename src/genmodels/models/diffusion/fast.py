@@ -17,9 +17,10 @@ pixel attention; GroupNorm, SiLU, adds and Python are a few percent. The levers,
    no labels: the usual sampling loop) W_t·τ is folded into conv1's bias; the attention's output
    projection adds the residual in the same pass over its rows.
 4. **In place** SiLU after GroupNorm; no dropout (inference only).
-5. **Attention** of heads 8 or 16 wide (diffusers' default is 8) through the native kernel
-   (:mod:`genmodels.native.attention`: the vector lanes run along the pixels, ~5× PyTorch's fused kernel
-   at 16 heads × 256 pixels); other widths, or without the native library, :func:`attention_by_sample`.
+5. **Attention** of heads 8 or 16 wide (diffusers' default is 8) through the native kernel, taken from
+   nn/attention's kernel table (:mod:`genmodels.native.attention`: the vector lanes run along the pixels,
+   ~5× PyTorch's fused kernel at 16 heads × 256 pixels); other widths, or without the native library,
+   :func:`attention_by_sample`.
 
 The packed weights are a snapshot: a call after the parameters changed (an optimizer step, ``copy_``,
 ``load_state_dict``, ``.to``: version counter or data pointer) repacks them; an edit through ``p.data``
@@ -32,8 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...native.attention import apply_checked
-from ...native.attention import preferred as native_preferred
+from ...nn.attention import KERNELS, kernel_prefers
 from ...nn.conv import Downsample2D, ResnetBlock2D, Upsample2D
 from ...nn.spatial_attention import SpatialSelfAttention
 from .inputs import check_sample, conditioning
@@ -187,8 +187,8 @@ class FastUNet:
         qkv = F.linear(tokens.permute(0, 2, 3, 1).reshape(b, hh * ww, c), a.qkv.weight, a.qkv.bias)  # (B, HW, 3C)
         q, k, v = qkv.view(b, hh * ww, 3 * heads, d).transpose(1, 2).split(heads, dim=1)  # (B, heads, HW, d)
         scale = d ** -0.5 if a.scale is None else a.scale
-        if a.kernel == "native" and native_preferred(q, k, v, None, False):  # heads of 8 or 16, AVX2 or wider
-            y = apply_checked(q, k, v, scale).transpose(1, 2)  # (B, HW, heads, d): a view of its output
+        if kernel_prefers(a.kernel, q, k, v):  # native: heads of 8 or 16, AVX2 or wider
+            y = KERNELS[a.kernel](q, k, v, None, scale).transpose(1, 2)  # (B, HW, heads, d): a view of its output
         else:
             y = attention_by_sample(q, k, v, scale, self.work)  # (B, HW, heads·d)
         y = y.reshape(b * hh * ww, heads * d)
