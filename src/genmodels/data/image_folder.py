@@ -11,6 +11,10 @@ then resized to ``S×S``: with ``crop`` the shorter side goes to ``S`` and the c
 (``PIL.ImageOps.fit``: one resize of the centre box, whose filter reads the pixels just outside the
 box, as resizing the whole image before cropping would); without it the image is stretched.
 Pixels x in 0..255 become x/127.5 − 1 in [-1, 1].
+
+The settings come from a ``data:`` section (:class:`~genmodels.data.images.ImageDataConfig`: ``path``,
+``extensions``, ``image_size``, ``channels``, ``interpolation``, ``crop``); :mod:`genmodels.data.images`
+makes the dataset of what this module reads (this module imports nothing of it).
 """
 from __future__ import annotations
 
@@ -20,8 +24,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-from .images import ImageDataConfig, ImageDataset
 
 __all__ = ["image_files", "read_image_folder"]
 
@@ -52,7 +54,7 @@ def image_files(root: Path, extensions: list[str]) -> tuple[list[tuple[Path, str
     return labelled, sorted({c for _, c in labelled}), ignored
 
 
-def _read(path: Path, config: ImageDataConfig) -> np.ndarray:
+def _read(path: Path, config: Any) -> np.ndarray:
     """One image as uint8 ``(S, S, C)``; Pillow's errors propagate (the caller names the file)."""
     from PIL import Image, ImageOps
 
@@ -66,8 +68,9 @@ def _read(path: Path, config: ImageDataConfig) -> np.ndarray:
     return a.reshape(config.image_size, config.image_size, config.channels)
 
 
-def read_image_folder(config: ImageDataConfig) -> tuple[ImageDataset, dict[str, Any]]:
-    """All readable images of ``config.path`` and a summary (see :class:`~genmodels.data.images.ImageData`).
+def read_image_folder(config: Any) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...], dict[str, Any]]:
+    """All readable images of ``config.path`` (an ImageDataConfig) as ``(images (N, C, S, S) float32 in
+    [-1, 1], labels (N,) int64, class names)`` and a summary (see :class:`~genmodels.data.images.ImageData`).
 
     A file Pillow cannot decode (not an image, truncated, too large) is skipped, listed by its path
     relative to the folder with the reason in ``summary["skipped_files"]`` and in a warning, and
@@ -111,7 +114,6 @@ def read_image_folder(config: ImageDataConfig) -> tuple[ImageDataset, dict[str, 
         class_names = [class_names[i] for i in kept]
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()  # (N, C, S, S) in 0..255
     x = (x / 127.5 - 1.0).contiguous()
-    dataset = ImageDataset(x, torch.tensor(labels, dtype=torch.int64), tuple(class_names))
     summary = {"source": "folder", "path": str(root), "found": len(labelled), "loaded": len(arrays),
                "skipped": len(skipped), "skipped_files": skipped, "ignored": ignored}
-    return dataset, summary
+    return x, torch.tensor(labels, dtype=torch.int64), tuple(class_names), summary

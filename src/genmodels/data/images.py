@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import ConfigError, StrictConfig
+from .image_folder import read_image_folder
 from .packing import BatchSampler
 
 __all__ = ["IMAGE_EXTENSIONS", "IMAGE_SOURCES", "INTERPOLATIONS", "ImageBatches", "ImageData",
@@ -208,9 +209,8 @@ def load_images(config: ImageDataConfig | dict[str, Any] | None = None) -> Image
         summary: dict[str, Any] = {"source": "digits", "path": None, "found": len(full), "loaded": len(full),
                                    "skipped": 0, "skipped_files": [], "ignored": 0}
     else:
-        from .image_folder import read_image_folder
-
-        full, summary = read_image_folder(config)
+        images, labels, class_names, summary = read_image_folder(config)
+        full = ImageDataset(images, labels, class_names)
     train_idx, val_idx = stratified_split(full.labels.numpy(), config.val_fraction, config.seed, full.class_names)
     train, val = full.subset(train_idx), full.subset(val_idx)
     summary.update(classes=full.num_classes, train=len(train), val=len(val), image_shape=list(full.image_shape))
