@@ -131,6 +131,7 @@ class DecodeSession:
         self.logits: torch.Tensor | None = None  # (R, V): the next-token logits of every live row
         self._step, self._step_rows = None, None
 
+    @torch.inference_mode()
     def add(self, input_ids: torch.Tensor, sampling: Sampling | None = None, *,
             attention_mask: torch.Tensor | None = None, cache=None) -> Request:
         """Prefill ``input_ids (B_r, T)`` (left-padded with ``attention_mask``; or the new tokens after what
@@ -168,6 +169,7 @@ class DecodeSession:
         self._step = None  # the rows changed: the native step binds again
         return req
 
+    @torch.inference_mode()
     def step(self) -> list[Request]:
         """One token for every live row; returns the requests that finished (they leave the session)."""
         spans, lo = [], 0

@@ -16,6 +16,9 @@ plus :data:`CHUNK` and calls :meth:`KVCache.reserve` before each forward, which
   (A ring buffer would save the O(W) copy every ~W steps but would put slots out of position order,
   which the masks, SDPA and the native kernels' contiguous key ranges would all have to learn about.)
 
+The methods that change a cache run in inference mode (a cache that ``generate`` returned holds
+inference tensors, which may change only there).
+
 Rows. Every row has its own next position (``row_pos (B,)``); ``pos`` counts the filled *slots*,
 which all rows share. Rows of different lengths live in one cache left-padded in slot coordinates:
 ``key_mask`` (``(B, L)`` int64, 1 = real token) marks the pads, and it grows, compacts and moves
@@ -60,7 +63,8 @@ class DecodingCache(Protocol):
       side with fewer filled slots padded at the front; ``pos`` becomes the larger.
     * ``keep(slots (S,))`` (slot caches only): keep those filled slots, in order, as slots
       ``[0, S)`` in place; ``pos = S``. Dropping front slots every row has as padding, or the
-      sliding window's compaction, is ``keep(arange(first, pos))``.
+      sliding window's compaction, is ``keep(arange(first, pos))``; ``truncate(n)`` (slot caches
+      only) forgets slots ``[n, pos)`` and moves ``row_pos`` back (a recurrent state cannot).
     """
 
     pos: int
@@ -213,6 +217,7 @@ class KVCache:
         km[:, :mask.shape[1]] = mask
         self.key_mask = km
 
+    @torch.inference_mode()
     def select(self, rows: torch.Tensor) -> None:
         """Keep batch rows ``rows (R,)`` in that order (drop, reorder, repeat). With R equal to the
         batch size the buffers keep their storage (the native decode step holds pointers to them)."""
@@ -231,6 +236,7 @@ class KVCache:
         """Keep batch rows ``index (B,)`` (beam search), in place: :meth:`select` at the same batch size."""
         self.select(index)
 
+    @torch.inference_mode()
     def extend(self, other: KVCache) -> None:
         """Append the rows of ``other`` (a cache of the same model; it is consumed). The cache with fewer
         filled slots is padded at the front so both end at slot ``pos``, the larger of the two."""
@@ -257,6 +263,7 @@ class KVCache:
         self.row_pos = torch.cat([self.row_pos, other.row_pos.to(self.row_pos.device)])
         self.pos, self.offset = filled, max(self.offset - shifts[0], other.offset - shifts[1], 0)
 
+    @torch.inference_mode()
     def keep(self, slots: torch.Tensor) -> None:
         """Keep the filled slots ``slots (S,)`` (increasing) as slots ``[0, S)``, in place; ``pos = S``.
         ``offset`` advances by ``slots[0]`` (it is exact when the kept slots are a suffix, as here)."""
@@ -268,6 +275,19 @@ class KVCache:
             self.key_mask[:, :n] = self.key_mask.index_select(1, slots)
             self.key_mask[:, n:] = 1
         self.offset += int(slots[0]) if n else self.pos
+        self.pos = n
+
+    @torch.inference_mode()
+    def truncate(self, n: int) -> None:
+        """Forget the filled slots from ``n`` on (a conversation rolled back to a common prefix); each row's
+        next position moves back by the real tokens it loses. Nothing is copied."""
+        if not 0 <= n <= self.pos:
+            raise ValueError(f"truncate({n}): the cache holds {self.pos} slots; keep 0 to {self.pos}")
+        if self.key_mask is not None:
+            self.row_pos = self.row_pos - self.key_mask[:, n:self.pos].sum(1).to(self.row_pos.device)
+            self.key_mask[:, n:] = 1
+        else:
+            self.row_pos = self.row_pos - (self.pos - n)
         self.pos = n
 
     def reserve(self, n: int) -> None:

@@ -1,0 +1,143 @@
+"""Cache protocol v2 and the decode session (issue #20, deliverable 4): a prefilled cache continues as one
+call would, rows join and leave a session at different steps and each gets what it gets alone, each request
+keeps its own sampling settings, allowed tokens and generator — on the native and the PyTorch paths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genmodels
+from genmodels.generation import DecodeSession, Sampling
+from genmodels.nn import kv_cache
+from tests.helpers.tiny import left_pad_mask, random_ids, randomise, tiny_model
+
+torch.set_num_threads(1)
+
+
+def _retnet():
+    cfg = genmodels.preset("retnet-tiny", vocab_size=128, d_model=32, n_layers=2, n_heads=2, value_dim=48, d_ff=64,
+                           max_seq_len=256, eos_token_id=None)
+    return randomise(genmodels.build_model(cfg)).eval()
+
+
+MODELS = {
+    "llama": lambda: tiny_model("llama", eos_token_id=None),
+    "gpt2": lambda: tiny_model("gpt2", eos_token_id=None),
+    "mistral-window": lambda: tiny_model("llama", sliding_window=5, eos_token_id=None),
+    "retnet": _retnet,
+}
+
+
+@pytest.fixture(params=["native", "torch"])
+def path(request, monkeypatch):
+    if request.param == "torch":
+        monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    else:
+        from genmodels import native
+        if native.library() is None:
+            pytest.skip("native kernels unavailable")
+    return request.param
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_continuing_a_prefilled_cache_equals_one_call(kind, path, monkeypatch):
+    """generate(ids2, cache=prefix(ids1)) == generate(ids1 + ids2); the returned cache has consumed every
+    returned token, so a third call continues as well. Left-padded rows included; CHUNK 2 makes the cache
+    grow (and the window compact) between the calls."""
+    monkeypatch.setattr(kv_cache, "CHUNK", 2)
+    model, ids = MODELS[kind](), random_ids(2, 13)
+    mask = left_pad_mask([9, 6], 9)
+    full_mask = torch.cat([mask, torch.ones(2, 4, dtype=torch.long)], dim=1)
+    want = genmodels.generate(model, ids, 12, attention_mask=full_mask)               # (2, 25)
+    prefix, cache = genmodels.generate(model, ids[:, :9], 0, attention_mask=mask, return_cache=True)
+    assert torch.equal(prefix, ids[:, :9]) and cache.row_pos.tolist() == [9, 6]
+    out, cache = genmodels.generate(model, ids[:, 9:], 12, cache=cache, return_cache=True)
+    assert torch.equal(out, want[:, 9:])
+    assert cache.row_pos.tolist() == [25, 22]                                           # the last token fed too
+    more = random_ids(2, 3, seed=5)
+    again = genmodels.generate(model, more, 5, cache=cache)
+    whole = genmodels.generate(model, torch.cat([want, more], 1), 5, attention_mask=torch.cat(
+        [full_mask, torch.ones(2, 15, dtype=torch.long)], dim=1))
+    assert torch.equal(again, whole[:, 25:])
+
+
+def _alone(model, ids, mask, s: Sampling) -> torch.Tensor:
+    session = DecodeSession(model)
+    req = session.add(ids, s, attention_mask=mask)
+    session.run()
+    return req.output
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_rows_joining_and_leaving_get_what_they_get_alone(kind, path, monkeypatch):
+    """Three requests (one a left-padded pair) join at steps 0, 2 and 5 and leave at different steps (their
+    max_new_tokens, or an end token); each row's greedy tokens equal the row decoded alone."""
+    monkeypatch.setattr(kv_cache, "CHUNK", 2)
+    model = MODELS[kind]()
+    reqs = [(random_ids(1, 5, seed=2), None, dict(max_new_tokens=12)),
+            (random_ids(2, 9, seed=3), left_pad_mask([9, 4], 9), dict(max_new_tokens=4)),
+            (random_ids(1, 3, seed=4), None, dict(max_new_tokens=9))]
+    alone = [_alone(model, ids, mask, Sampling(**kw)) for ids, mask, kw in reqs]
+    end = int(alone[2][0, 3 + 5])  # the third request also ends on its 6th token
+    reqs[2][2]["ends"] = (end,)
+    want = alone[:2] + [_alone(model, reqs[2][0], None, Sampling(**reqs[2][2]))]
+    assert want[2].shape[1] <= 3 + 6
+    session, got, joins = DecodeSession(model), [], {0: 0, 2: 1, 5: 2}
+    step, finished = 0, []
+    while step in joins or session.requests:
+        if step in joins:
+            ids, mask, kw = reqs[joins[step]]
+            got.append(session.add(ids, Sampling(**kw), attention_mask=mask))
+        finished += session.step()
+        step += 1
+    assert finished == [got[1], got[2], got[0]] or set(map(id, finished)) == set(map(id, got))
+    for g, w in zip(got, want):
+        assert torch.equal(g.output, w)
+    assert session.cache is None and session.requests == []
+
+
+def test_each_request_keeps_its_sampling_settings_allowed_tokens_and_generator(path):
+    model = tiny_model("llama", eos_token_id=None)
+    a_ids, b_ids, c_ids = random_ids(1, 6, seed=2), random_ids(1, 4, seed=3), random_ids(1, 7, seed=4)
+    allowed = torch.zeros(128, dtype=torch.bool)
+    allowed[[3, 17, 40, 99]] = True
+    settings = [lambda: Sampling(10, temperature=0.9, top_k=30, generator=torch.Generator().manual_seed(7)),
+                lambda: Sampling(8, repetition_penalty=1.5),
+                lambda: Sampling(9, temperature=1.2, top_p=0.9, allowed=allowed,
+                                 generator=torch.Generator().manual_seed(8))]
+    want = [_alone(model, ids, None, s()) for ids, s in zip((a_ids, b_ids, c_ids), settings)]
+    assert torch.equal(want[0], genmodels.generate(model, a_ids, 10, temperature=0.9, top_k=30, seed=7))
+    session = DecodeSession(model)
+    got = [session.add(a_ids, settings[0]())]
+    session.step()
+    got += [session.add(b_ids, settings[1]()), session.add(c_ids, settings[2]())]
+    session.run()
+    for g, w in zip(got, want):
+        assert torch.equal(g.output, w)
+    assert set(got[2].output[0, 7:].tolist()) <= {3, 17, 40, 99}
+
+
+def test_a_kv_cache_truncated_to_a_common_prefix_continues_as_a_fresh_prefill():
+    """truncate(n) forgets the slots from n on and moves each row's position back by the real tokens lost."""
+    model, ids = tiny_model("llama", eos_token_id=None), random_ids(2, 10)
+    mask = left_pad_mask([10, 7], 10)
+    _, cache = genmodels.generate(model, ids, 4, attention_mask=mask, return_cache=True)
+    cache.truncate(8)
+    assert cache.pos == 8 and cache.row_pos.tolist() == [8, 5]
+    got = genmodels.generate(model, ids[:, 8:], 6, cache=cache)
+    assert torch.equal(got, genmodels.generate(model, ids, 6, attention_mask=mask)[:, 8:])
+    with pytest.raises(ValueError, match=r"truncate\(17\): the cache holds 16 slots"):
+        cache.truncate(cache.pos + 1)
+
+
+def test_continuing_a_cache_refuses_what_does_not_fit():
+    model, ids = tiny_model("llama", eos_token_id=None), random_ids(2, 6)
+    _, cache = genmodels.generate(model, ids, 0, return_cache=True)
+    with pytest.raises(ValueError, match="cache holds 2 rows; input_ids has 1"):
+        genmodels.generate(model, ids[:1], 2, cache=cache)
+    with pytest.raises(ValueError, match="attention_mask: tokens that continue a cache"):
+        genmodels.generate(model, ids, 2, cache=cache, attention_mask=left_pad_mask([6, 5], 6))
+    with pytest.raises(ValueError, match="beam search"):
+        genmodels.generate(model, ids, 2, num_beams=2, return_cache=True)
+    with pytest.raises(ValueError, match="pass a cache returned by generate"):
+        genmodels.generate(model, ids, 2, cache=object())
