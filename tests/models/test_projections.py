@@ -22,6 +22,7 @@ CONFIGS = {
                                         expert_d_ff=16),
     "bert": lambda: genmodels.preset("bert-tiny", **SMALL, d_ff=64, pooler=True),
     "t5": lambda: genmodels.preset("t5-tiny", **SMALL, d_ff=64, head_dim=8),
+    "retnet": lambda: genmodels.preset("retnet-tiny", vocab_size=128, d_model=32, n_layers=2, n_heads=2, d_ff=32),
 }
 ROLES = {
     "gpt2": {"q", "k", "v", "o", "up", "down", "head"},
@@ -30,6 +31,7 @@ ROLES = {
     "mixtral": {"q", "k", "v", "o", "router", "gate", "up", "down", "head"},
     "bert": {"q", "k", "v", "o", "up", "down", "pooler", "mlm_dense", "head"},
     "t5": {"q", "k", "v", "o", "up", "down", "head"},
+    "retnet": {"q", "k", "v", "g", "o", "gate", "up", "down", "head"},
 }
 
 
@@ -75,7 +77,14 @@ def test_slices_cover_each_fused_weight_exactly(name):
         torch.testing.assert_close(whole, full[parts[0].expert] if parts[0].expert is not None else full,
                                    rtol=0, atol=0)
         fused += len(parts) > 1
-    assert fused >= 2  # q|k|v at least in every model, gate|up where gated
+    assert fused >= (0 if name == "retnet" else 2)  # q|k|v in every transformer, gate|up where gated
+
+
+def test_a_linear_no_part_names_is_refused_not_left_out():
+    model = genmodels.build_model(CONFIGS["llama"]())
+    model.blocks[1].extra = nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="no role for the linear\\(s\\) blocks.1.extra"):
+        model.projections()
 
 
 def test_llama_slices_are_hf_widths():

@@ -17,6 +17,7 @@ gate, up   gate_proj, up_proj / — / intermediate / wi    ``mlp.gate_up`` rows;
 down       down_proj / mlp.c_proj / output.dense / wo    ``mlp.down``, ``mlp.fc2``
 router     block_sparse_moe.gate (Mixtral)               ``mlp.router``
 head       lm_head                                       ``head`` (tied: the embedding's matrix)
+g          g_proj (torchscale RetNet's swish gate)       ``retention.g_proj``
 pooler     pooler.dense                                  ``pooler.dense``
 mlm_dense  cls.predictions.transform.dense               ``mlm.dense``
 =========  ============================================  ===========================================
@@ -36,6 +37,7 @@ from ..nn.attention import CrossAttention, SelfAttention
 from ..nn.head import LMHead, MLMHead, Pooler
 from ..nn.mlp import MLP, GatedMLP
 from ..nn.moe import SparseMoE
+from ..nn.retention import MultiScaleRetention
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +119,12 @@ def _of(path: str, m: nn.Module) -> list[Projection]:
         return [_whole(p + "dense", m.dense, "pooler", "head")]
     if isinstance(m, MLMHead):
         return [_whole(p + "dense", m.dense, "mlm_dense", "head")]  # its LMHead is visited on its own
+    if isinstance(m, MultiScaleRetention):  # torchscale's q/k/v/g/out_proj; g: the swish gate
+        return [_whole(p + a, getattr(m, a), r, "self") for a, r in
+                (("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("g_proj", "g"), ("out_proj", "o"))]
+    roles = getattr(type(m), "projection_roles", None)  # a part outside nn/ names its own linears
+    if callable(roles):
+        return [_whole(p + a, getattr(m, a), r, "mlp") for a, r in m.projection_roles().items()]
     return []
 
 
@@ -135,5 +143,14 @@ def _experts(p: str, moe: SparseMoE) -> list[Projection]:
 
 def projections(model: nn.Module) -> list[Projection]:
     """Every projection of ``model`` in module order (forward order within a block: q, k, v, o,
-    then the feed-forward's), each fused weight's slices in row order."""
-    return [proj for path, m in model.named_modules() for proj in _of(path, m)]
+    then the feed-forward's), each fused weight's slices in row order. A plain ``nn.Linear`` that no
+    known part names is refused (``ValueError`` naming it), never left out silently."""
+    out = [proj for path, m in model.named_modules() for proj in _of(path, m)]
+    named = {id(p.module) for p in out}
+    inner = {id(c) for p in out for c in p.module.modules()}  # an adapter's own linears
+    missed = [n for n, m in model.named_modules() if type(m) is nn.Linear and id(m) not in named | inner]
+    if missed:
+        raise ValueError(f"projections(): no role for the linear(s) {', '.join(missed[:3])}"
+                         f"{' …' if len(missed) > 3 else ''} ({type(model).__name__}); name them in "
+                         "models/projections.py or by the part's projection_roles()")
+    return out

@@ -44,6 +44,10 @@ class GLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(_ACT[self.activation](self.fc1(x)) * self.gate(x))
 
+    def projection_roles(self) -> dict[str, str]:
+        """HF roles of the linears (models/projections.py): fc1 is activated (Llama's gate), gate multiplies (up)."""
+        return {"fc1": "gate", "gate": "up", "fc2": "down"}
+
 
 class RetNetBlock(nn.Module):
     """Pre-norm: x += MSR(RMSNorm(x)); x += GLU(RMSNorm(x))."""
