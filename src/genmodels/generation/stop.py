@@ -44,6 +44,11 @@ class StopStrings:
         hits = [i for i in (text.find(s, start) for s in self.stop) if i >= 0]
         return min(hits) if hits else -1
 
+    def before(self, text: str) -> str:
+        """``text`` up to where the earliest stop string starts (all of it when none occurs)."""
+        cut = self.find(text)
+        return text if cut < 0 else text[:cut]
+
     def pending(self, text: str) -> int:
         """Length of the longest end of ``text`` that a stop string starts with (it may yet complete)."""
         best = 0
