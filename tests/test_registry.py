@@ -216,6 +216,30 @@ def test_a_field_of_another_family_is_refused_not_ignored(preset_name, field, va
         registry.preset(preset_name, **{field: value})
 
 
+def test_a_field_no_family_reads_is_refused_until_one_lists_it(monkeypatch):
+    """Family.reads is a positive list: a field added to a shared config class later is read by no family
+    until one lists it, so a value set there is refused (a list of unread fields would let it pass, ignored)."""
+    @dataclass
+    class Wider(ModelConfig):
+        new_knob: int = 0
+
+    decoder = registry.get_family("decoder")
+    monkeypatch.setitem(registry._FAMILIES, "decoder", dataclasses.replace(decoder, config_class=Wider))
+    assert Wider(family="decoder").new_knob == 0
+    with pytest.raises(ConfigError, match=r"model\.new_knob=1 means nothing for family='decoder' \(no family reads it\); leave it at 0$"):
+        Wider(family="decoder", new_knob=1)
+    monkeypatch.setitem(registry._FAMILIES, "decoder", dataclasses.replace(
+        decoder, config_class=Wider, reads=decoder.reads + ("new_knob",)))
+    assert Wider(family="decoder", new_knob=1).new_knob == 1
+
+
+def test_a_family_reading_a_field_its_config_lacks_is_refused():
+    with pytest.raises(ValueError, match=r"family 'typo' reads 'd_modle', which is not a field of ModelConfig"):
+        registry.register(registry.Family(name="typo", config_class=ModelConfig, model_class=object,
+                                          reads=("d_model", "d_modle")))
+    assert "typo" not in registry.families()
+
+
 # ---- every registered family keeps the contract (families added later included) ---------------------
 def _smallest_preset(fam: registry.Family) -> str:
     """The family's smallest preset, found from its counts (nothing is built: some presets are 47B)."""

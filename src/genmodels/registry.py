@@ -16,7 +16,7 @@ The built-in families register themselves when :mod:`genmodels.models` is import
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
 from .config import ConfigError
@@ -49,12 +49,21 @@ class Family:
     objective: str | None = None  # default training objective (train.objective: auto)
     converters: tuple[str, ...] = ()  # interop model_types it exports through, in order of preference
     capabilities: frozenset[str] = frozenset()  # subset of CAPABILITIES
-    unused: tuple[str, ...] = ()  # fields of a shared config class that mean nothing to this family
+    reads: tuple[str, ...] | None = None  # the fields of config_class this family reads (None: every one)
     check: Callable[[Any], None] = _no_check  # family-only rules: ConfigError naming the field
     counts: Any = None  # parameter / FLOP counter (genmodels.models.flops): matmul_parameters, ...
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    @property
+    def unused(self) -> frozenset[str]:
+        """The fields of a shared config class this family does not read (all but :attr:`reads`): a value set
+        there must keep its default, or the config is refused naming it (never silently ignored). A field
+        added to the class later is unread by every family until one lists it."""
+        if self.reads is None:
+            return frozenset()
+        return frozenset(f.name for f in fields(self.config_class)) - set(self.reads)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -66,6 +75,11 @@ def register(family: Family, replace: bool = False) -> Family:
     bad = [c for c in family.capabilities if c not in CAPABILITIES]
     if bad:
         raise ValueError(f"family {family.name!r}: unknown capability {bad[0]!r}; have {', '.join(CAPABILITIES)}")
+    known = {f.name for f in fields(family.config_class)}
+    strays = [name for name in family.reads or () if name not in known]
+    if strays:
+        raise ValueError(f"family {family.name!r} reads {strays[0]!r}, which is not a field of "
+                         f"{family.config_class.__name__}")
     if not replace:
         if family.name in _FAMILIES:
             raise ValueError(f"family {family.name!r} is already registered")

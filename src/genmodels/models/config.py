@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..config import MAX_LAYERS, ConfigError, StrictConfig
-from ..registry import get_family
+from ..registry import families, get_family
 from ..registry import preset as registry_preset
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "relative", "none")
@@ -30,8 +30,9 @@ class ModelConfig(StrictConfig):
     The three transformer families share this one flat class, so that ``config.json`` keeps the
     layout every saved folder and checkpoint has; the fields only one family reads (token types,
     pooler and MLM head for encoders; decoder depth, relative buckets and the start id for
-    seq2seq) are listed by each family's registry entry (``Family.unused``), which also holds the
-    family's own checks (``Family.check``). A new family brings its own StrictConfig subclass.
+    seq2seq) are told apart by each family's registry entry, which lists the fields it reads
+    (``Family.reads``; any other must keep its default) and holds the family's own checks
+    (``Family.check``). A new family brings its own StrictConfig subclass.
     """
 
     family: str = "decoder"
@@ -211,7 +212,7 @@ _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_t
 
 
 def _check_unused_fields(cfg: "ModelConfig", family) -> None:
-    """A structural field that means nothing to this family (``Family.unused``: BERT's token types or
+    """A structural field that means nothing to this family (not in ``Family.reads``: BERT's token types or
     pooler on a decoder, T5's relative buckets on an encoder, …) must keep its default — a value set
     there would be silently ignored. Special token ids are left alone: foreign configs carry them
     whether or not the architecture reads them."""
@@ -220,5 +221,8 @@ def _check_unused_fields(cfg: "ModelConfig", family) -> None:
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             value = getattr(cfg, f.name)
             if value != default:
-                raise ConfigError(f"model.{f.name}={value!r} means nothing for family={cfg.family!r} (it is read by "
-                                  f"another family); leave it at {default!r} or choose that family")
+                readers = [n for n, fam in families().items() if fam.config_class is type(cfg) and fam.reads
+                           and f.name in fam.reads]
+                why = f"it is read by family {', '.join(map(repr, readers))}" if readers else "no family reads it"
+                raise ConfigError(f"model.{f.name}={value!r} means nothing for family={cfg.family!r} ({why}); "
+                                  f"leave it at {default!r}" + (" or choose that family" if readers else ""))
