@@ -171,3 +171,17 @@ def test_native_paths_refuse_inputs_they_do_not_implement():
         pytest.skip(f"native encoder unavailable: {native_encoder.unsupported(model)}")
     with pytest.raises(ValueError, match="the native encoder does not implement segment_ids"):
         fast(torch.zeros(1, 3, dtype=torch.long), segment_ids=seg)
+
+
+def test_allowed_pairs_continue_a_cache_in_slot_coordinates():
+    model = _model(DECODERS["llama"])
+    ids = random_ids(1, 6)
+    allowed = torch.ones(1, 6, 6, dtype=torch.bool)
+    allowed[0, 4:, 1] = False  # the last two tokens may not see token 1
+    with torch.no_grad():
+        full = model(ids, allowed=allowed)
+        cache = model.new_cache(1, 16)
+        model(ids[:, :4], allowed=allowed[:, :4, :4], cache=cache)
+        step = model(ids[:, 4:], allowed=allowed[:, 4:, :6], cache=cache)
+    _close(step, full[:, 4:])
+    assert (full[:, 4:] - model(ids)[:, 4:]).abs().max() > 1e-4
