@@ -15,6 +15,8 @@ import torch  # noqa: E402
 
 # GENMODELS_REQUIRE_REFERENCES=1 (.ci/run): a test skipped for a missing reference library fails
 from tests.helpers.references import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
+# the real chat model (SmolLM2-135M-Instruct's GGUF), loaded once per session for every test file that asks
+from tests.helpers.smollm2 import smollm2, smollm2_reference  # noqa: E402,F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -4,6 +4,8 @@ Public API (stable):
     load(path) -> model            genmodels directory, local Hugging Face directory, or a .gguf file
     apply_chat_template(model, messages, add_generation_prompt=True) -> str
                                    the prompt text of a conversation (the model's chat template)
+    chat(model, messages, **sampling) -> str   the reply to a conversation (genmodels.chat; Conversation
+    chat_stream(model, messages, **sampling)   keeps the KV cache between turns); chat_stream: text pieces
     save(model, path)              genmodels directory (config.json + model.safetensors [+ tokenizer.json])
     export_hf(model, path)         Hugging Face directory
     export_diffusers(model, path)  diffusers UNet2DModel directory (load reads one back)
@@ -20,6 +22,7 @@ from . import models  # noqa: F401  (registers the built-in families: registry i
 from .native import attention as _native_attention  # noqa: F401  (registers nn/attention's "native" kernel)
 from .config import ConfigError
 from .models.config import ModelConfig
+from .chat import chat, chat_stream
 from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import generate
@@ -30,6 +33,6 @@ from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
+__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
            "generate", "load", "load_tokenizer", "preset", "sample", "save"]

@@ -1,6 +1,7 @@
 """Command line: thin wrappers over the public API.
 
     genmodels generate PATH --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P ...]
+    genmodels chat PATH [--system TEXT] [--prompt TEXT] [sampling flags as generate's]
     genmodels convert SRC DST --to {hf,diffusers,genmodels}
     genmodels info PATH
     genmodels train CONFIG.yaml [--set key.sub=value ...]
@@ -32,7 +33,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import genmodels
-    from genmodels.generation.checks import check_generation_args
+    from genmodels.generation.stop import StopStream, StopStrings
     from genmodels.registry import GENERATES, SEQ2SEQ, capabilities, require
     model = genmodels.load(model_dir(args.path))
     require(model, GENERATES, "`genmodels generate`", args.path)  # refuse before the prompt is echoed
@@ -40,52 +41,55 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if tok is None:
         raise ValueError(f"{args.path} has no tokenizer.json, so a text prompt cannot be encoded")
     prompts = args.prompt or ["def "]
-    stops = [tok.token_to_id(s) for s in args.stop or []]
-    unknown = [s for s, i in zip(args.stop or [], stops) if i is None]
-    if unknown:
-        raise ValueError(f"--stop {unknown[0]!r} is not a single token of this tokenizer; "
-                         "give a token string (e.g. the EOS token)")
-    temperature = args.temperature if args.temperature is not None else (0.0 if args.num_beams > 1 else 0.8)
-    kw = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
-              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-              stop_tokens=stops, num_beams=args.num_beams)
-    try:  # every argument before any echo, named as its flag
-        check_generation_args(temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens,
-                              seed=args.seed, num_beams=args.num_beams)
-    except ValueError as e:
-        name = str(e).split("=", 1)[0]
-        raise ValueError(f"--{name.replace('_', '-')}={str(e).split('=', 1)[1]}" if name.isidentifier() else str(e)) \
-            from None
+    texts = args.stop or []  # stop strings, matched on the text; one that is a single token also stops by id
+    if "" in texts:
+        raise ValueError("--stop '' is empty; give the text that ends generation (e.g. --stop $'\\n\\n')")
+    stops = [i for i in (tok.token_to_id(s) for s in texts) if i is not None]
+    kw = dict(sampling_kwargs(args), stop_tokens=stops)  # every argument before any echo, named as its flag
     encoded = [tok.encode(prompt).ids for prompt in prompts]
     for prompt, ids in zip(prompts, encoded):
         if not ids:
             raise ValueError(f"--prompt {prompt!r} encodes to no tokens; give a non-empty prompt")
+    cut = StopStrings(texts)  # the stop string and what follows are not printed
     for prompt, ids in zip(prompts, encoded):
         if args.num_beams > 1 and SEQ2SEQ not in capabilities(model):  # beams settle at the end: no streaming
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
-            print(prompt + tok.decode(out[0, len(ids):].tolist()))
+            print(prompt + cut.before(tok.decode(out[0, len(ids):].tolist())))
             continue
         if SEQ2SEQ in capabilities(model):  # the prompt is the source; print the target
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
-            print(tok.decode(out[0].tolist(), skip_special_tokens=True))
+            print(cut.before(tok.decode(out[0].tolist(), skip_special_tokens=True)))
             continue
         sys.stdout.write(prompt)
         sys.stdout.flush()
-        emitted: list[int] = []
-        shown = ""
+        text = StopStream(tok, texts)  # never half a character, nothing of a stop string
 
-        def stream(new: torch.Tensor) -> None:  # print each token as soon as it is decoded
-            nonlocal shown
-            emitted.append(int(new[0]))
-            text = tok.decode(emitted)
-            if not text.endswith("\ufffd"):  # wait for complete UTF-8 characters
-                sys.stdout.write(text[len(shown):])
-                sys.stdout.flush()
-                shown = text
+        def stream(new: torch.Tensor) -> None:  # print each token as soon as its text is final
+            sys.stdout.write(text.push(int(new[0])))
+            sys.stdout.flush()
 
-        genmodels.generate(model, torch.tensor([ids]), streamer=stream, **kw)
-        sys.stdout.write(tok.decode(emitted)[len(shown):] + "\n")  # whatever was held back
+        genmodels.generate(model, torch.tensor([ids]), streamer=stream, stop=texts or None, **kw)
+        sys.stdout.write(text.finish() + "\n")  # whatever was held back
     return 0
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The sampling flags of :func:`add_sampling_args` as ``generate`` keywords, each checked
+    (``check_generation_args``) and a bad one refused naming its flag (``--top-p=…``). ``--temperature``
+    defaults to 0.8, or 0 (greedy) with ``--num-beams`` > 1."""
+    from genmodels.generation.checks import check_generation_args
+    beams = getattr(args, "num_beams", 1)
+    temperature = args.temperature if args.temperature is not None else (0.0 if beams > 1 else 0.8)
+    kw = dict(max_new_tokens=args.max_new_tokens, temperature=temperature, top_k=args.top_k,
+              top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed)
+    try:
+        check_generation_args(temperature, args.top_k, args.top_p, args.repetition_penalty, args.max_new_tokens,
+                              seed=args.seed, num_beams=beams)
+    except ValueError as e:
+        name = str(e).split("=", 1)[0]
+        raise ValueError(f"--{name.replace('_', '-')}={str(e).split('=', 1)[1]}" if name.isidentifier() else str(e)) \
+            from None
+    return {**kw, "num_beams": beams} if hasattr(args, "num_beams") else kw
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
@@ -179,6 +183,17 @@ def finite_float(text: str) -> float:
     return x
 
 
+def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> None:
+    """The sampling flags ``generate`` and ``chat`` share (read back by :func:`sampling_kwargs`)."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--temperature", type=finite_float, default=None,
+                   help="0 = greedy; default 0.8, or 0 with --num-beams > 1")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=finite_float, default=None)
+    p.add_argument("--repetition-penalty", type=finite_float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="genmodels", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,15 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="sample text from a model folder or training run")
     g.add_argument("path")
     g.add_argument("--prompt", action="append", help="prompt text (repeatable); default 'def '")
-    g.add_argument("--max-new-tokens", type=int, default=128)
-    g.add_argument("--temperature", type=finite_float, default=None,
-                   help="0 = greedy; default 0.8, or 0 with --num-beams > 1")
-    g.add_argument("--top-k", type=int, default=50)
-    g.add_argument("--top-p", type=finite_float, default=None)
-    g.add_argument("--repetition-penalty", type=finite_float, default=None)
-    g.add_argument("--seed", type=int, default=None)
+    add_sampling_args(g)
     g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = none)")
-    g.add_argument("--stop", action="append", help="a token string that ends generation (repeatable)")
+    g.add_argument("--stop", action="append",
+                   help="text that ends generation, not printed (repeatable; matched on the decoded text)")
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders")
@@ -224,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arena_parser(sub)
     from .cli_plan import add_plan_parser
     add_plan_parser(sub, finite_float)
+    from .cli_chat import add_chat_parser
+    add_chat_parser(sub)
     return p
 
 

@@ -1,7 +1,12 @@
-"""A tiny random chat model: a byte-level BPE tokenizer with ChatML markers, a 2-layer Llama over its
-vocabulary, and SmolLM2's chat template (so the chat mechanics run in milliseconds)."""
+"""A tiny random chat model: a tokenizer with ChatML markers, a 2-layer Llama over its vocabulary, and
+SmolLM2's chat template (so the chat mechanics run in milliseconds).
+
+Two tokenizers: byte-level BPE (:func:`chat_tokenizer`: what real models use; a random model's reply is
+bytes that need not form UTF-8) and one token per printable ASCII character (:func:`char_tokenizer`:
+any reply decodes and re-encodes to the same tokens, so cache reuse across turns is exact)."""
 from __future__ import annotations
 
+import string
 from functools import lru_cache
 
 from genmodels.data.tokenizer import train_bpe_tokenizer
@@ -25,11 +30,25 @@ def chat_tokenizer():
     return train_bpe_tokenizer(docs, vocab_size=300, special_tokens=SPECIALS, min_frequency=1)
 
 
-def tiny_chat_model(template: str | None = CHATML, seed: int = 0, **kw):
-    """A random 2-layer Llama (context ``max_seq_len``, default 256) with :func:`chat_tokenizer` and
-    ``template`` (None: no template, as our own runs); BOS <|im_start|>, EOS <|im_end|>."""
+@lru_cache(maxsize=1)
+def char_tokenizer():
+    """<|endoftext|> = 0, <|im_start|> = 1, <|im_end|> = 2, <unk> = 3, then one token per printable ASCII
+    character (no merges; decoding concatenates)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models
+    specials = [*SPECIALS, "<unk>"]
+    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
+    tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(specials + chars)}, merges=[], unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.decoder = decoders.Fuse()
+    return tok
+
+
+def tiny_chat_model(template: str | None = CHATML, seed: int = 0, tokenizer: str = "bpe", **kw):
+    """A random 2-layer Llama (context ``max_seq_len``, default 256) with :func:`chat_tokenizer` (``"bpe"``)
+    or :func:`char_tokenizer` (``"char"``) and ``template`` (None: no template, as our own runs);
+    BOS <|im_start|>, EOS <|im_end|>."""
     import genmodels
-    tok = chat_tokenizer()
+    tok = chat_tokenizer() if tokenizer == "bpe" else char_tokenizer()
     cfg = tiny_config("llama", **{"vocab_size": tok.get_vocab_size(), "max_seq_len": 256, "bos_token_id": 1,
                                   "eos_token_id": 2, **kw})
     model = randomise(genmodels.build_model(cfg), seed=seed).eval()

@@ -10,35 +10,21 @@ ids; the chat template renders transformers' prompt and the model answers "Paris
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import genmodels
 from genmodels import native
 
 from tests.helpers.gguf_files import SAMPLE
-from tests.parity.transformers.make_gguf_reference import QUESTION, sha256, smollm2_file
-
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "gguf"
+from tests.parity.transformers.make_gguf_reference import QUESTION
 
 
 @pytest.fixture(scope="session")
-def reference() -> dict:
-    record = json.loads((FIXTURES / "smollm2_transformers.json").read_text())
-    return {**record, **load_file(str(FIXTURES / "smollm2_logits.safetensors"))}
-
-
-@pytest.fixture(scope="session")
-def smollm2(reference):
-    """The installed file (missing: a failure naming the remedy, never a skip), loaded once."""
-    path = smollm2_file()
-    assert sha256(path) == reference["sha256"], f"{path} is not the file the reference was recorded from; " \
-        "rerun tests/parity/transformers/make_gguf_reference.py"
-    return genmodels.load(path)
+def reference(smollm2_reference) -> dict:
+    """transformers' outputs; ``smollm2`` (the file loaded once per session) and this come from
+    tests/helpers/smollm2.py through tests/conftest.py."""
+    return smollm2_reference
 
 
 def test_config_from_the_metadata(smollm2):
