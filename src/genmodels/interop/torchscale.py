@@ -6,7 +6,7 @@
 What maps (every tensor is copied, nothing is re-initialised)::
 
     torchscale RetNetDecoder                        RetNetLM
-    embed_tokens.weight            (V, D)           embed.weight          (× embed_scale when not 1)
+    embed_tokens.weight            (V, D)           embed.weight          (untied: × embed_scale when not 1)
     layers.i.retention_layer_norm.weight (D,)       blocks.i.norm1.weight
     layers.i.retention.{q,k,v,g,out}_proj.weight    blocks.i.retention.{q,k,v,g,out}_proj.weight
     layers.i.final_layer_norm.weight     (D,)       blocks.i.norm2.weight
@@ -21,8 +21,12 @@ n_heads, ``decoder_ffn_embed_dim``→d_ff, ``decoder_layers``→n_layers, ``acti
 →max_seq_len. torchscale runs its parallel form at every length unless ``chunkwise_recurrent``; ours switches
 to the chunkwise form beyond ``chunk_size`` — the two differ only by the head-norm ε (they are equal at ε = 0).
 
+torchscale's embedding scale (√d unless ``no_scale_embedding``) is folded into our table when the head
+has its own weight; a tied head reads the unscaled table (torchscale shares ``embed_tokens.weight``
+itself), so there the table stays as it is and the scale becomes ``model.embed_scale``.
+
 Refused, naming the ``args`` field: what our RetNet does not compute (post-norm / DeepNorm, multiway,
-MoE layers, an embedding LayerNorm, no output layer, a tied head with a scaled embedding). Dropout,
+MoE layers, an embedding LayerNorm, no output layer). Dropout,
 activation dropout and drop-path only act in training; our model has none, so a decoder trained with them
 converts to the same eval-mode function and a warning names the fields.
 """
@@ -78,10 +82,6 @@ def config_from_torchscale(decoder: nn.Module, **overrides: Any) -> RetNetConfig
         raise ConversionError(f"torchscale embed_tokens.weight is {tuple(decoder.embed_tokens.weight.shape)}, "
                               f"but args.decoder_embed_dim={args.decoder_embed_dim}")
     tied = decoder.output_projection.weight is decoder.embed_tokens.weight
-    if tied and decoder.embed_scale != 1.0:
-        raise ConversionError(f"torchscale args.no_scale_embedding={args.no_scale_embedding!r} with a shared "
-                              "input/output embedding: the √d embedding scale cannot be folded into a tied "
-                              "table, and RetNetLM has no embedding scale")
     used = [f for f in _TRAINING_ONLY if _arg(args, f, 0.0)]
     if used:
         warnings.warn("from_torchscale: " + ", ".join(f"args.{f}={_arg(args, f)}" for f in used)
@@ -91,7 +91,8 @@ def config_from_torchscale(decoder: nn.Module, **overrides: Any) -> RetNetConfig
                   value_dim=args.decoder_value_embed_dim, d_ff=args.decoder_ffn_embed_dim,
                   max_seq_len=args.max_target_positions, norm_eps=args.layernorm_eps,
                   retention_eps=args.layernorm_eps, chunk_size=args.recurrent_chunk_size,
-                  activation=args.activation_fn, tie_embeddings=tied)
+                  activation=args.activation_fn, tie_embeddings=tied,
+                  embed_scale=float(decoder.embed_scale) if tied else 1.0)  # untied: folded into the table
     return RetNetConfig(**{**fields, **overrides})
 
 
@@ -118,7 +119,7 @@ def _check_buffers(decoder: nn.Module, cfg: RetNetConfig) -> None:
 
 def state_from_torchscale(decoder: nn.Module, cfg: RetNetConfig) -> dict[str, torch.Tensor]:
     """Our state dict from the decoder's modules (fairscale wrappers included: read by attribute)."""
-    scale = float(decoder.embed_scale)
+    scale = 1.0 if cfg.tie_embeddings else float(decoder.embed_scale)  # tied: the scale stays cfg.embed_scale
     sd = {"embed.weight": decoder.embed_tokens.weight.detach() * scale,  # embed_scale·E[ids] = (embed_scale·E)[ids]
           "norm.weight": decoder.layer_norm.weight.detach()}
     if not cfg.tie_embeddings:

@@ -160,6 +160,24 @@ def test_unknown_config_key_is_refused_naming_model_key():
         RetNetConfig.from_dict({"activation": "relu"})
 
 
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("inf"), float("nan")])
+def test_embed_scale_must_be_a_finite_positive_number(bad):
+    with pytest.raises(ConfigError, match=r"^model\.embed_scale=.* must be a finite number > 0$"):
+        RetNetConfig.from_dict({"embed_scale": bad})
+
+
+def test_embed_scale_scales_the_embedding_and_not_a_tied_head():
+    """x_0 = s·E[ids]; a tied head reads E itself (torchscale's convention), so logits differ from s = 1 only
+    through the stack's input."""
+    m = _model()
+    cfg = m.config.replace(embed_scale=2.0, tie_embeddings=True)
+    scaled = genmodels.build_model(cfg)
+    scaled.load_state_dict(m.state_dict(), strict=False)
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.equal(scaled.embed(ids), 2.0 * m.embed(ids))
+    assert scaled.head.get_weight() is scaled.embed.weight
+
+
 def test_recipe_selects_retnet_tiny_with_llama_tinys_data_and_budget():
     rc, llama = load_config(ROOT / "configs/retnet-tiny.yaml"), load_config(ROOT / "configs/llama-tiny.yaml")
     cfg = rc.model_config()

@@ -103,11 +103,32 @@ def test_scaled_embedding_is_folded_into_an_untied_table():
         torch.testing.assert_close(ours(ids), dec(ids)[0], **TOL)
 
 
+def test_a_tied_head_with_the_scaled_embedding_equals_torchscale(tmp_path):
+    """torchscale's √d embedding scale with a shared input/output embedding (was refused): the table stays
+    unscaled (the head reads it so), the scale is model.embed_scale; parallel logits, greedy generation
+    (the native recurrent step where it is built) and a save/load round trip all equal torchscale."""
+    dec = _decoder(share=True, no_scale_embedding=False)
+    assert dec.embed_scale == 32 ** 0.5 and dec.output_projection.weight is dec.embed_tokens.weight
+    ours, ids = genmodels.from_torchscale(dec), _ids(2, 10)
+    assert ours.config.tie_embeddings and ours.config.embed_scale == dec.embed_scale
+    assert torch.equal(ours.embed.weight, dec.embed_tokens.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), dec(ids)[0], **TOL)
+        want = ids[:1, :5]
+        for _ in range(8):
+            want = torch.cat([want, dec(want)[0][:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(genmodels.generate(ours, ids[:1, :5], max_new_tokens=8, temperature=0), want)
+    genmodels.save(ours, tmp_path / "m")
+    back = genmodels.load(tmp_path / "m")
+    assert back.config.embed_scale == dec.embed_scale
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids), dec(ids)[0], **TOL)
+
+
 @pytest.mark.parametrize("kw, field", [
     (dict(deepnorm=True, subln=False), "args.deepnorm"),
     (dict(multiway=True), "args.multiway"),
     (dict(layernorm_embedding=True), "args.layernorm_embedding"),
-    (dict(no_scale_embedding=False, share=True), "args.no_scale_embedding"),
     (dict(activation_fn="gelu", decoder_value_embed_dim=47), "value_dim"),
 ])
 def test_what_our_retnet_does_not_compute_is_refused_naming_the_field(kw, field):

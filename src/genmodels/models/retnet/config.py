@@ -1,7 +1,8 @@
 """RetNetConfig: every choice of a Retentive Network (Sun et al., 2023, arXiv 2307.08621) as data.
 
 The architecture is fixed by the paper (pre-norm RMSNorm, multi-scale retention, gated FFN, final
-norm, untied head); the config only sizes it. What a transformer config could ask for and retention
+norm, untied head); the config only sizes it, and may scale the embedding and tie the head as torchscale
+does (``embed_scale``: torchscale's √d unless ``no_scale_embedding``; a tied head reads the unscaled table). What a transformer config could ask for and retention
 cannot honour (GQA, a sliding window, ALiBi, post-norm…) has no field here, so it is refused as an
 unknown key naming ``model.<key>``.
 """
@@ -29,7 +30,8 @@ class RetNetConfig(StrictConfig):
     retention_eps: float = 1e-6  # per-head norm ε inside the retention
     chunk_size: int = 512  # chunkwise form's chunk (prefills longer than this use it)
     activation: str = "gelu"  # gelu | swish (the FFN's act in fc2(act(fc1 x) ⊙ gate x))
-    tie_embeddings: bool = False
+    tie_embeddings: bool = False  # the head reads the embedding table (unscaled: embed_scale is not applied)
+    embed_scale: float = 1.0  # token embeddings × this (torchscale: √d_model unless args.no_scale_embedding)
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | None = None
@@ -54,6 +56,8 @@ class RetNetConfig(StrictConfig):
         for name in ("norm_eps", "retention_eps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.where(name)}={getattr(self, name)} must be >= 0")
+        if not 0 < self.embed_scale < float("inf"):
+            raise ConfigError(f"{self.where('embed_scale')}={self.embed_scale} must be a finite number > 0")
         if self.family != "retnet":
             raise ConfigError(f"{self.where('family')}={self.family!r} must be 'retnet' for a RetNetConfig")
         if self.activation not in ACTIVATIONS:

@@ -1,9 +1,9 @@
 """RetNetLM: the Retentive Network language model (Sun et al., 2023, arXiv 2307.08621; torchscale 0.3.0).
 
-    x_0 = Embed(ids)                                                   # (B, T, D)
+    x_0 = embed_scale · Embed(ids)                                     # (B, T, D); scale 1 unless set
     for each layer l:  x += MSR(RMSNorm(x))                            # multi-scale retention
                        x += GLU(RMSNorm(x)),  GLU(x) = fc2(act(fc1 x) ⊙ gate x)
-    logits = head(RMSNorm(x))                                          # (B, T, V), untied by default
+    logits = head(RMSNorm(x))                                          # (B, T, V); a tied head: E (unscaled)
 
 Training and ``forward`` use the parallel form. Generation goes through the cache protocol
 (:mod:`genmodels.nn.kv_cache`): a :class:`RetentionCache` holds per layer the recurrent state
@@ -125,7 +125,7 @@ class RetNetLM(nn.Module, ModelParts):
     def __init__(self, config: RetNetConfig):
         super().__init__()
         self.config = config
-        self.embed = TokenEmbedding(config.vocab_size, config.d_model)
+        self.embed = TokenEmbedding(config.vocab_size, config.d_model, scale=config.embed_scale)
         self.blocks = nn.ModuleList(RetNetBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.head = LMHead(config.d_model, config.vocab_size, tie_to=self.embed if config.tie_embeddings else None)
