@@ -21,7 +21,7 @@ RESET, EXITS = "/reset", ("/exit", "/quit")
 
 
 def add_chat_parser(sub) -> None:
-    from .cli import add_sampling_args
+    from .cli_common import add_sampling_args
     c = sub.add_parser("chat", help="chat with a model through its chat template (interactive, or --prompt once)")
     c.add_argument("path", help="a .gguf file, a Hugging Face or genmodels folder, or a training run")
     c.add_argument("--system", help="the system message (kept through /reset and when old turns are dropped)")
@@ -40,7 +40,7 @@ def cmd_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
     from genmodels.chat import Conversation
     from genmodels.registry import GENERATES, require
 
-    from .cli import model_dir, sampling_kwargs
+    from .cli_common import model_dir, sampling_kwargs
     stdin, stdout, stderr = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
     options = sampling_kwargs(args)  # every flag refused (named) before the model loads
     if args.stop and "" in args.stop:

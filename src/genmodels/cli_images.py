@@ -43,7 +43,7 @@ def _common(p: argparse.ArgumentParser, finite_float, n: int) -> None:
 def _load(path: str, command: str):
     """The model of PATH, refused in one line (naming the command that fits it) unless it samples images."""
     import genmodels
-    from .cli import model_dir
+    from .cli_common import model_dir
     from .registry import SAMPLES, require
     model = genmodels.load(model_dir(path))
     require(model, SAMPLES, f"`genmodels {command}`", path)

@@ -40,13 +40,13 @@ def train_command(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     """Run the recipe; a bad recipe, run dir, file or a diverged run prints ONE ``error: ...`` line and
-    returns 2 (the handler of ``genmodels.cli``: one source of truth for both entry points)."""
-    from .cli import run_command
+    returns 2 (the handler of ``genmodels.cli_common``: one source of truth for both entry points)."""
+    from .cli_common import run_command
     return run_command(train_command, args)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import ArgumentParser
+    from .cli_common import ArgumentParser
     p = ArgumentParser(prog="genmodels train")
     _add_arguments(p)
     p.set_defaults(command="train")
