@@ -24,9 +24,20 @@ def test_the_graph_sees_imports_inside_functions(graph):
     assert "genmodels.cli_train" in graph["genmodels.cli"]  # inside build_parser
 
 
+def _within_training(group: list[str]) -> bool:
+    return all(m.startswith("genmodels.training.") for m in group)
+
+
 def test_no_import_cycles(graph):
-    found = cycles(graph)
+    found = [g for g in cycles(graph) if not _within_training(g)]
     assert not found, "import cycles (imports inside functions count):\n" + "\n".join(map(", ".join, found))
+
+
+def test_no_import_cycles_inside_training(graph):
+    """training/ on its own (the run's config, recipe, steps, memory, distributed: 6 files in one cycle at
+    e15f1f6, untied by the objective-owns-its-run rebuild)."""
+    found = [g for g in cycles(graph) if _within_training(g)]
+    assert not found, "import cycles inside training/:\n" + "\n".join(map(", ".join, found))
 
 
 def test_nothing_climbs_from_nn_or_models(graph):
