@@ -8,6 +8,7 @@ import functools
 
 import torch
 
+from ..nn.linear import is_plain
 from ..nn.norm import LayerNorm, RMSNorm
 
 ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}  # the ACT_* codes of csrc/common.h
@@ -46,7 +47,7 @@ def unplain_projection(blocks) -> str | None:
     weight alone does not), or ``None``."""
     for i, block in enumerate(blocks):
         for name, mod in _projections(block).items():
-            if type(mod) is not torch.nn.Linear:
+            if not is_plain(mod):  # a merged LoRA linear is plain again (nn/linear.is_plain)
                 return f"block {i} {name} is a {type(mod).__name__}, not a plain nn.Linear"
     return None
 

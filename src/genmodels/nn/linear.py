@@ -54,8 +54,10 @@ def plain_linear(in_features: int, out_features: int, bias: bool = True, *, role
 
 def is_plain(module: nn.Module | None) -> bool:
     """True for exactly an ``nn.Linear`` (not a subclass: an adapter or quantised linear computes
-    something its ``weight`` alone does not, so kernels that read weights must refuse it)."""
-    return type(module) is nn.Linear
+    something its ``weight`` alone does not, so kernels that read weights must refuse it), or a module
+    that says its output is exactly ``F.linear(x, weight, bias)`` right now (``reads_as_linear``: a
+    LoRA linear once merged, :mod:`genmodels.nn.lora`)."""
+    return type(module) is nn.Linear or getattr(module, "reads_as_linear", False) is True
 
 
 def contiguous_slices(**widths: int) -> Slices:

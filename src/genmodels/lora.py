@@ -1,0 +1,125 @@
+"""LoRA adapters on any genmodels transformer (``genmodels.lora``); docs/lora.md tells the story.
+
+    model = genmodels.load("SmolLM2-135M")
+    genmodels.lora.apply(model, "q,v", r=8, alpha=16)    # base frozen, adapters trainable
+    ... train lora.trainable_parameters(model) ...
+    genmodels.lora.save(model, "adapter/")                # PEFT's adapter_config.json + adapter_model.safetensors
+    genmodels.lora.load(genmodels.load("SmolLM2-135M"), "adapter/")   # ours or PEFT's
+    with genmodels.lora.disabled(model): ...              # the base model, no copy
+    genmodels.lora.merge(model); genmodels.lora.unmerge(model)
+
+Two ways in, one adapter (:class:`~genmodels.nn.lora.LoRALinear`): :func:`build` passes the adapter
+in through the linear factory when the model is built (``build_model(config, linear=...)``);
+:func:`apply` adds it to a model already built or loaded (GGUF, Hugging Face, genmodels folders:
+their loaders built the plain model). ``apply`` runs the very wrapper the factory runs
+(:func:`~genmodels.nn.lora.adapt`) on each linear ``model.projections()`` names for the targeted
+roles — the factory's decision made after the fact, on the linears that exist, keeping their
+parameters (no copy, no rebuild); forward code is never patched. The head is never adapted, and a
+sparse MoE's stacked experts are not linears: ``all-linear`` passes over them (as PEFT's does).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from .interop import peft as _peft
+from .models.projections import projections
+from .nn.linear import LinearFactory, Slices, plain_linear
+from .nn.lora import (ALL_LINEAR, ROLES, LoRALinear, LoRASpec, adapt, adapted, adapter_state_dict, disabled,  # noqa: F401
+                      freeze, load_adapter_state_dict, lora_factory, merge, reset, trainable_parameters, unmerge)
+
+__all__ = ["ALL_LINEAR", "ROLES", "LoRALinear", "LoRASpec", "adapted", "adapter_state_dict", "apply", "build",
+           "disabled", "factory", "freeze", "load", "load_adapter_state_dict", "merge", "reset", "save",
+           "trainable_parameters", "unload", "unmerge"]
+
+
+def factory(targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0, rslora: bool = False,
+            init: str = "peft", base: LinearFactory = plain_linear) -> LinearFactory:
+    """The linear factory that adds adapters (for ``build_model(config, linear=...)``; then :func:`reset`)."""
+    return lora_factory(LoRASpec.make(targets, r, alpha, dropout, rslora, init), base)
+
+
+def build(config, targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0, rslora: bool = False,
+          init: str = "peft") -> nn.Module:
+    """``build_model(config, linear=factory(...))``, then PEFT's adapter init and the base frozen."""
+    from .registry import build_model
+    model = build_model(config, linear=factory(targets, r=r, alpha=alpha, dropout=dropout, rslora=rslora, init=init))
+    reset(model)
+    freeze(model)
+    return model
+
+
+def plan(model: nn.Module, spec: LoRASpec) -> dict[str, Slices]:
+    """``{module path: {slice: rows}}`` of ``model``'s linears ``spec`` targets, in module order."""
+    out: dict[str, Slices] = {}
+    for p in projections(model):
+        if p.role in spec.targets and p.kind != "head" and not p.stacked:
+            out.setdefault(p.path, {})[p.role] = p.rows
+    if not out:
+        have = sorted({p.role for p in projections(model) if not p.stacked and p.kind != "head"})
+        raise ValueError(f"lora targets {','.join(spec.targets)}: no such projection in {type(model).__name__} "
+                         f"(it has {', '.join(have) or 'none'})")
+    return out
+
+
+def _attach(model: nn.Module, where: dict[str, Slices], spec: LoRASpec) -> list[LoRALinear]:
+    """Replace each linear at ``where``'s paths by its adapted self (same parameters); the base frozen."""
+    if adapted(model):
+        raise ValueError(f"lora: {type(model).__name__} already has LoRA adapters "
+                         f"({adapted(model)[0][0]} …); one adapter set per model")
+    mods = dict(model.named_modules())
+    for path in where:
+        if type(mods[path]) is not nn.Linear:
+            raise ValueError(f"lora: {path} is a {type(mods[path]).__name__}, not a plain nn.Linear")
+    new = []
+    for path, rows in where.items():
+        parent, _, name = path.rpartition(".")
+        new.append(adapt(mods[path], rows, spec))
+        setattr(mods[parent] if parent else model, name, new[-1])
+    freeze(model)
+    return new
+
+
+def apply(model: nn.Module, targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0,
+          rslora: bool = False, init: str = "peft") -> nn.Module:
+    """Adapt ``model`` in place: LoRA on the ``targets`` roles ("q,v", ["q", "v"], "all-linear"),
+    PEFT's init (the same draws PEFT makes, module by module), the base frozen. Returns ``model``."""
+    spec = LoRASpec.make(targets, r, alpha, dropout, rslora, init)
+    for m in _attach(model, plan(model, spec), spec):
+        m.reset_adapters()
+    return model
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Merge the adapters and put plain ``nn.Linear`` layers back (the same parameters; PEFT's
+    ``merge_and_unload``): a model ``genmodels.save`` / ``export_hf`` write as the base family."""
+    merge(model)
+    mods = dict(model.named_modules())
+    for path, m in adapted(model):
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        lin.weight, lin.bias = m.weight, m.bias
+        parent, _, name = path.rpartition(".")
+        setattr(mods[parent] if parent else model, name, lin)
+    return model
+
+
+def save(model: nn.Module, path: str | Path) -> Path:
+    """The adapters as a PEFT adapter folder (:mod:`genmodels.interop.peft`), with the base's fingerprint."""
+    return _peft.save(model, path)
+
+
+def load(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a PEFT adapter folder (ours or PEFT's) into ``model``: adapters are added where the file
+    has them (or the model's own, which must be the same set) and filled. A file saved for another
+    base is refused. Returns ``model``."""
+    spec, where, tensors = _peft.read(model, path)
+    have = {p: dict(m.rows) for p, m in adapted(model)}
+    if not have:
+        _attach(model, where, spec)
+    elif have != where or any((m.spec.r, m.spec.alpha, m.spec.rslora) != (spec.r, spec.alpha, spec.rslora)
+                              for _, m in adapted(model)):
+        raise ValueError(f"lora.load: {path} adapts other projections or r/alpha than the model's adapters; "
+                         "load it on the plain model")
+    load_adapter_state_dict(model, tensors)
+    return model
