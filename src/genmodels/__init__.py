@@ -14,6 +14,7 @@ Public API (stable):
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
+    eval_tasks(model, records, batch=16) -> report   exact match on the task set (genmodels.data.tasks)
     sample(model, n=64, labels=None, steps=25, scheduler="ddim", guidance=1.0, seed=None) -> (N, C, H, W)
                                    images in [-1, 1] (diffusion; GANs through their own sample method)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
@@ -23,6 +24,7 @@ from .native import attention as _native_attention  # noqa: F401  (registers nn/
 from .config import ConfigError
 from .models.config import ModelConfig
 from .chat import chat, chat_stream
+from .task_eval import eval_tasks
 from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import generate
@@ -33,6 +35,6 @@ from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "export_diffusers", "export_hf", "from_torch_dcgan",
+__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
            "generate", "load", "load_tokenizer", "preset", "sample", "save"]

@@ -8,6 +8,8 @@
     genmodels embed PATH TEXT...
     genmodels plan PRESET --gpus N [--seq L --batch B --zero fsdp|ddp --checkpointing --tokens T --mfu M --gpu G]
     genmodels arena SPEC.yaml [--out DIR] [--resume]
+    genmodels tasks --out DIR [--seed 0 --per-task 100]          the task set (docs/tasks.md)
+    genmodels eval-tasks PATH --split unseen|seen-test [--limit N --batch 16 --out REPORT.json]
 """
 from __future__ import annotations
 
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_plan_parser(sub, finite_float)
     from .cli_chat import add_chat_parser
     add_chat_parser(sub)
+    from .cli_tasks import add_tasks_parsers
+    add_tasks_parsers(sub)
     return p
 
 
