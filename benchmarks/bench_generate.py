@@ -13,10 +13,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import bandwidth_gbs, step_bytes, sync  # noqa: E402  (what the benchmarks share)
 
 CONFIGS = {
     "A": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -24,24 +28,6 @@ CONFIGS = {
     "B": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4,
               intermediate_size=1376, vocab_size=8192),
 }
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def bandwidth_gbs(device: str) -> float:
-    x = torch.empty((256 if device == "cuda" else 64) * 2**20 // 4, device=device)
-    x.fill_(1.0)
-    best = float("inf")
-    for _ in range(5):
-        sync(device)
-        t = time.perf_counter()
-        x.sum()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best / 1e9
 
 
 def timed(fn, repeats: int, device: str = "cpu") -> float:
@@ -53,13 +39,6 @@ def timed(fn, repeats: int, device: str = "cpu") -> float:
         sync(device)
         times.append(time.perf_counter() - t)
     return statistics.median(times)
-
-
-def step_bytes(model) -> int:
-    """Bytes one decode step must read: every parameter except the input embedding table (one row
-    of it is read), unless the head is tied to it."""
-    skip = 0 if model.config.tie_embeddings else model.embed.weight.numel()
-    return (sum(p.numel() for p in model.parameters()) - skip) * 4
 
 
 def main() -> None:

@@ -223,3 +223,23 @@ def test_text_stream_never_splits_a_character(text):
     assert "".join(pieces) == tok.decode(ids) == text
     naive = [tok.decode([i]) for i in ids]
     assert any("\ufffd" in p for p in naive)  # decoding token by token would print broken characters
+
+
+@pytest.mark.parametrize("kind", ["retnet", "gpt2", "window"])
+def test_other_caches_continue_and_roll_back(kind):
+    """RetNet's recurrent state (nothing to truncate: rebuilt), GPT-2's learned positions, and a sliding window
+    that compacts (slots no longer its positions: rebuilt): turn 3 continues the cache and answers as a fresh
+    prefill; an edited history answers as a fresh prefill too."""
+    from tests.helpers.tiny import randomise
+    from tests.helpers.tiny_chat import CHATML, char_tokenizer
+    if kind == "window":
+        model = tiny_chat_model(tokenizer="char", max_seq_len=512, sliding_window=24)
+    else:
+        model = randomise(genmodels.build_model(genmodels.preset(f"{kind}-tiny", vocab_size=101, max_seq_len=512)))
+        model.eval().tokenizer, model.chat_template = char_tokenizer(), CHATML
+    conv = Conversation(model, max_new_tokens=16, eos_token_id=ENDS)
+    replies = ["".join(conv.say(text)) for text in TURNS[:3]]
+    assert conv.prefilled < 40 and replies[-1] == generate_reply(model, conv.messages[:-1], 16)
+    assert kind != "window" or conv.cache.offset > 0  # the window compacted
+    edited = conv.messages[:2] + [{"role": "assistant", "content": "Fine."}, {"role": "user", "content": TURNS[3]}]
+    assert "".join(conv.reply(edited)) == generate_reply(model, edited, 16)
