@@ -141,3 +141,20 @@ def test_continuing_a_cache_refuses_what_does_not_fit():
         genmodels.generate(model, ids, 2, num_beams=2, return_cache=True)
     with pytest.raises(ValueError, match="pass a cache returned by generate"):
         genmodels.generate(model, ids, 2, cache=object())
+
+
+@pytest.mark.parametrize("kind", ["llama", "retnet"])
+def test_a_request_that_keeps_its_cache_leaves_with_its_own_rows(kind, path):
+    """A request finishing while another decodes takes a cache of its rows only (every returned token
+    consumed): continuing it equals one call over everything."""
+    model = MODELS[kind]()
+    a_ids, b_ids, more = random_ids(1, 4, seed=2), random_ids(1, 8, seed=3), random_ids(1, 3, seed=4)
+    session = DecodeSession(model)
+    b = session.add(b_ids, Sampling(max_new_tokens=10))
+    session.step()
+    a = session.add(a_ids, Sampling(max_new_tokens=3, keep_cache=True))
+    session.run()
+    assert a.cache.row_pos.tolist() == [7] and b.cache is None
+    assert torch.equal(b.output, _alone(model, b_ids, None, Sampling(max_new_tokens=10)))
+    got = genmodels.generate(model, more, 4, cache=a.cache)
+    assert torch.equal(got, genmodels.generate(model, torch.cat([a.output, more], 1), 4)[:, 7:])

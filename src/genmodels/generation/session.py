@@ -135,7 +135,9 @@ class DecodeSession:
     def add(self, input_ids: torch.Tensor, sampling: Sampling | None = None, *,
             attention_mask: torch.Tensor | None = None, cache=None) -> Request:
         """Prefill ``input_ids (B_r, T)`` (left-padded with ``attention_mask``; or the new tokens after what
-        ``cache`` holds, which is then used in place) and add its rows; returns the request."""
+        ``cache`` holds) and add its rows; returns the request. A ``cache`` passed in is advanced in place and
+        is the session's cache while the session holds no other rows; joining other rows, its rows are
+        appended to theirs (``cache.extend``) and the request's kept cache is a copy of its rows."""
         s = sampling if sampling is not None else Sampling()
         req = Request(input_ids, s)
         if req.finished and not s.keep_cache:
