@@ -6,9 +6,11 @@ refactor of training/, models/ and generation/):
     windows, no time budget, one thread: ~35 s for all nine on 2 cores, tokenizers included). Losses depend on
     the CPU's kernels and torch's version, so the record is keyed by CPU (tests/helpers/recipe_losses.py:
     cpu_key): on a recorded key they must be bit-identical; on another CPU kind each must agree to
-    ``|got − want| ≤ 1e-4 · max(1, |want|)`` — float32 kernels that sum in another order (AVX2 / AVX-512 /
-    AMX) drift by ~1e-6 over 20 steps, while a changed learning rate, initialisation, data order or loss moves
-    them by far more. Never skipped.
+    ``|got − want| ≤ tolerance · max(1, |want|)``, tolerance 1e-4 (dcgan-digits 1e-3: the record's
+    "tolerance") — float32 kernels that sum in another order (measured: 2 threads instead of 1) drift by at
+    most 7e-7 over 20 steps (dcgan-digits 3e-5), while a learning rate changed by 1% moves them by >= 2e-4 by
+    step 3 (dcgan-digits: 4e-3 by step 20), and a changed initialisation, data order or loss by far more.
+    Never skipped.
 (ii) every recipe's config.yaml as e15f1f6 wrote it (tests/fixtures/runs-e15f1f6/configs) loads with today's
     code, and means what today's configs/<recipe>.yaml means.
 (iii) every run folder e15f1f6 wrote (tiny widths, killed after step 2's checkpoint) resumes with today's
@@ -30,13 +32,14 @@ from tests.helpers.recipe_losses import CONFIGS, CORPUS, FIXTURES, cpu_key, read
 
 RECORD = json.loads((FIXTURES / "recipe-losses-e15f1f6.json").read_text())
 RUNS = FIXTURES / "runs-e15f1f6"
-TOLERANCE = 1e-4  # relative, for a CPU kind not in the record (see the module docstring)
+TOLERANCE = RECORD["tolerance"]  # scaled, for a CPU kind not in the record: {"default": 1e-4, <recipe>: ...}
 RUN_NAMES = sorted(p.name for p in RUNS.iterdir() if (p / "recipe.json").is_file())
 
 
-def assert_losses_match(got: dict[str, list[float]], by_cpu: dict[str, dict[str, list[str]]], what: str) -> None:
-    """``got`` (loss field → values) against a record keyed by CPU: exact on this CPU's key, else the tolerance
-    against the first recorded CPU."""
+def assert_losses_match(got: dict[str, list[float]], by_cpu: dict[str, dict[str, list[str]]], what: str,
+                        tolerance: float) -> None:
+    """``got`` (loss field → values) against a record keyed by CPU: exact on this CPU's key, else within
+    ``tolerance · max(1, |recorded|)`` of the first recorded CPU's."""
     key = cpu_key()
     exact = key in by_cpu
     want = by_cpu[key] if exact else next(iter(by_cpu.values()))
@@ -50,9 +53,9 @@ def assert_losses_match(got: dict[str, list[float]], by_cpu: dict[str, dict[str,
                 assert g == w, (f"{what} {field} step {step}: {g!r} ({g.hex()}), e15f1f6 gave {w!r} ({w.hex()}) "
                                 f"on this CPU ({key})")
             else:
-                assert abs(g - w) <= TOLERANCE * max(1.0, abs(w)), (
+                assert abs(g - w) <= tolerance * max(1.0, abs(w)), (
                     f"{what} {field} step {step}: {g!r}, e15f1f6 gave {w!r} on another CPU kind (this one: {key}); "
-                    f"allowed relative difference {TOLERANCE}")
+                    f"allowed difference {tolerance} x max(1, |{w:.4g}|)")
 
 
 def test_the_record_covers_every_shipped_recipe():
@@ -64,7 +67,7 @@ def test_the_record_covers_every_shipped_recipe():
 def test_a_recipes_first_20_losses_equal_e15f1f6s(name, tmp_path):
     entry = RECORD["recipes"][name]
     got = train_recipe(name, entry["overrides"], tmp_path / "run")
-    assert_losses_match(got, entry["losses"], name)
+    assert_losses_match(got, entry["losses"], name, TOLERANCE.get(name, TOLERANCE["default"]))
 
 
 @pytest.mark.parametrize("name", sorted(RECORD["recipes"]))
@@ -89,6 +92,7 @@ def test_a_run_folder_written_by_e15f1f6_resumes(name, tmp_path):
     assert all(len(v) == 4 and all(math.isfinite(x) for x in v) for v in after.values()), after
     recorded = json.loads((old / "recipe.json").read_text())["cpu"]
     tail = {k: [v[2].hex(), v[3].hex()] for k, v in before.items()}
-    assert_losses_match({k: v[2:] for k, v in after.items()}, {recorded: tail}, f"{name} resumed")
+    assert_losses_match({k: v[2:] for k, v in after.items()}, {recorded: tail}, f"{name} resumed",
+                        TOLERANCE.get(name, TOLERANCE["default"]))
     assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in before.items()}
     assert (run / "final").is_dir()
