@@ -22,7 +22,6 @@ from typing import Callable, Iterable, Sequence
 import torch
 
 from ..native.step import fused_step, unsupported  # the transformer KV-cache step or RetNet's recurrent one
-from ..nn import kv_cache
 from ..nn.layout import decode_layout
 from ..registry import GENERATES, SEQ2SEQ, capabilities
 from .beam import beam_search, expand_beams
@@ -162,46 +161,18 @@ def _check_cache(cache, batch: int, attention_mask) -> int:
     return int(cache.pos)
 
 
-def _prefill(model, input_ids, max_new_tokens, mask, fused):
-    """The prompt through the model once: ``(cache, logits (B, V) of the next token, step)``, where
-    ``step(tokens (B,), positions (B,)) -> logits (B, V)`` feeds one token per row after it."""
-    b, t = input_ids.shape
-    # the last new token is never fed back: t + max_new_tokens − 1 positions at most
-    n_fed = t + max_new_tokens - 1  # within max_seq_len unless a sliding window bounds the cache (generate)
-    cache = model.new_cache(b, min(t + kv_cache.CHUNK, n_fed), limit=n_fed)
-    h = model.hidden_states(input_ids, attention_mask=mask, cache=cache)  # prefill (B, T, D)
-    if mask is not None:
-        cache.set_key_mask(mask)  # the padding, in slot coordinates from here on
-    native = fused_step(model, cache, b) if fused else None
-
-    def step(tokens, positions):
-        cache.reserve(1)  # grow, or compact a sliding window
-        if native is not None:
-            return native(tokens, positions, cache.key_mask)
-        step_mask = cache.key_mask[:, : cache.pos + 1] if cache.key_mask is not None else None
-        h = model.hidden_states(tokens[:, None], attention_mask=step_mask, position_ids=positions[:, None],
-                                cache=cache)
-        return model.head(h[:, -1])
-    return cache, model.head(h[:, -1]), step  # only the last position's logits are needed
-
-
 def _beam(model, input_ids, max_new_tokens, mask, ends, pad, k, length_penalty, early_stopping,
           repetition_penalty, fused):
-    """Beam search (:func:`.beam.beam_search`): K copies of each prompt prefilled, as transformers does."""
-    b, t = input_ids.shape
-    if mask is not None:
-        positions = mask.cumsum(-1)[:, -1] - 1  # (B,): position of each row's last prompt token
-    else:
-        positions = torch.full((b,), t - 1, dtype=torch.long, device=input_ids.device)
-    cache, logits, step_fn = _prefill(model, expand_beams(input_ids, k), max_new_tokens, expand_beams(mask, k),
-                                      fused)
-    positions = expand_beams(positions, k)  # (B·K,): beams of a source share their positions
+    """Beam search (:func:`.beam.beam_search`): K copies of each prompt prefilled, as transformers does; the
+    session's cache follows the beams (``cache.reorder``) and each step is the session's ``feed``."""
+    session = DecodeSession(model, native=fused, native_step=fused_step)
+    # the last new token is never fed back: t + max_new_tokens − 1 slots at most
+    session.cache, logits = session.prefill(expand_beams(input_ids, k), input_ids.shape[1] + max_new_tokens - 1,
+                                            attention_mask=expand_beams(mask, k))
 
     def advance(rows, tokens):
-        nonlocal positions
-        cache.reorder(rows)
-        positions = positions.index_select(0, rows) + 1
-        return step_fn(tokens, positions)
+        session.cache.reorder(rows)  # in place: the native step keeps its pointers
+        return session.feed(tokens)
     return beam_search(logits, advance, input_ids, max_new_tokens, num_beams=k, ends=ends, pad=pad,
                        length_penalty=length_penalty, early_stopping=early_stopping,
                        repetition_penalty=repetition_penalty)

@@ -129,7 +129,7 @@ class DecodeSession:
         self.requests: list[Request] = []  # live, in row order
         self.cache = None
         self.logits: torch.Tensor | None = None  # (R, V): the next-token logits of every live row
-        self._step, self._step_rows = None, None
+        self._step = None  # the native step, built at the first feed after the rows change
 
     @torch.inference_mode()
     def add(self, input_ids: torch.Tensor, sampling: Sampling | None = None, *,
@@ -142,23 +142,8 @@ class DecodeSession:
         req = Request(input_ids, s)
         if req.finished and not s.keep_cache:
             return req  # nothing to generate, nothing to keep
-        b, t = input_ids.shape
-        need = t + s.max_new_tokens - (0 if s.keep_cache else 1)  # the last token is fed only to keep it
-        if cache is None:
-            cache = self.model.new_cache(b, min(t + kv_cache.CHUNK, need), limit=need)
-        else:
-            if cache.pos and attention_mask is not None:
-                raise ValueError("attention_mask: tokens that continue a cache follow every row's cached tokens; "
-                                 "the padding lives in the cache (left-pad the first call)")
-            if cache.limit is not None:
-                cache.limit = max(cache.limit, cache.pos + need)
-            cache.reserve(t)
-            if cache.key_mask is not None:  # the padding of what the cache holds, then the new tokens
-                attention_mask = torch.cat([cache.key_mask[:, :cache.pos], input_ids.new_ones(b, t)], dim=1)
-        h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B_r, T, D)
-        if attention_mask is not None and cache.key_mask is None:
-            cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
-        logits = self.model.head(h[:, -1])  # only the last position's logits are needed
+        need = input_ids.shape[1] + s.max_new_tokens - (0 if s.keep_cache else 1)  # the last token: fed to keep it
+        cache, logits = self.prefill(input_ids, need, attention_mask=attention_mask, cache=cache)
         if req.finished:
             req.cache = cache
             return req
@@ -170,6 +155,28 @@ class DecodeSession:
         self.requests.append(req)
         self._step = None  # the rows changed: the native step binds again
         return req
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, need: int, *, attention_mask: torch.Tensor | None = None,
+                cache=None) -> tuple:
+        """``input_ids (B, T)`` through the model once, into a new cache that can grow to ``need`` slots, or after
+        what ``cache`` holds: ``(cache, logits (B, V) of the next token)``. The session's rows are not touched."""
+        b, t = input_ids.shape
+        if cache is None:
+            cache = self.model.new_cache(b, min(t + kv_cache.CHUNK, need), limit=need)
+        else:
+            if cache.pos and attention_mask is not None:
+                raise ValueError("attention_mask: tokens that continue a cache follow every row's cached tokens; "
+                                 "the padding lives in the cache (left-pad the first call)")
+            if cache.limit is not None:
+                cache.limit = max(cache.limit, cache.pos + need)
+            cache.reserve(t)
+            if cache.key_mask is not None:  # the padding of what the cache holds, then the new tokens
+                attention_mask = torch.cat([cache.key_mask[:, :cache.pos], input_ids.new_ones(b, t)], dim=1)
+        h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B, T, D)
+        if attention_mask is not None and cache.key_mask is None:
+            cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
+        return cache, self.model.head(h[:, -1])  # only the last position's logits are needed
 
     @torch.inference_mode()
     def step(self) -> list[Request]:
@@ -184,7 +191,7 @@ class DecodeSession:
             self._select([r for i in fed for r in range(*spans[i])])
         reqs = [self.requests[i] for i in fed]
         if reqs:
-            self.logits = self._feed(torch.cat([chosen[i] for i in fed]))
+            self.logits = self.feed(torch.cat([chosen[i] for i in fed]))
         ended = [req for req in self.requests if req.finished]
         if any(req.finished for req in reqs):  # kept caches: theirs rows leave after the forward
             self._detach(reqs)
@@ -196,8 +203,9 @@ class DecodeSession:
         while self.requests:
             self.step()
 
-    def _feed(self, tokens: torch.Tensor) -> torch.Tensor:
-        """One token per row ``(R,)`` through the model -> next logits ``(R, V)``."""
+    def feed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """One token per row of ``self.cache`` ``(R,)`` through the model -> next logits ``(R, V)`` (beam search
+        drives the session's cache through this and ``cache.reorder``)."""
         cache = self.cache
         cache.reserve(1)  # grow, or compact a sliding window
         if self.native:
