@@ -40,6 +40,19 @@ def test_generate_streams_the_same_text_as_the_api(model_dir, capsys):
     assert printed == model.tokenizer.decode(out[0].tolist()) + "\n"
 
 
+def test_generate_stop_text_ends_the_reply_and_is_not_printed(model_dir, capsys):
+    """--stop (repeatable) is matched on the text: what is printed ends where the first stop string starts."""
+    args = ["generate", str(model_dir), "--prompt", "def foo", "--max-new-tokens", "24", "--temperature", "0"]
+    assert main(args) == 0
+    reply = capsys.readouterr().out[len("def foo"):-1]
+    stop = reply[5:8]
+    assert len(reply) > 8 and stop.strip()
+    assert main(args + ["--stop", stop, "--stop", "no such text"]) == 0
+    assert capsys.readouterr().out == "def foo" + reply[:reply.find(stop)] + "\n"
+    assert main(args + ["--stop", ""]) == 2
+    assert capsys.readouterr().err == "error: --stop '' is empty; give the text that ends generation (e.g. --stop $'\\n\\n')\n"
+
+
 def test_info_reports_family_parameters_and_flops(model_dir, capsys):
     assert main(["info", str(model_dir), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
