@@ -24,6 +24,7 @@ MODELS = {
     "llama": lambda: tiny_model("llama", eos_token_id=None),
     "gpt2": lambda: tiny_model("gpt2", eos_token_id=None),
     "mistral-window": lambda: tiny_model("llama", sliding_window=5, eos_token_id=None),
+    "alibi": lambda: tiny_model("llama", position="alibi", eos_token_id=None),
     "retnet": _retnet,
 }
 
