@@ -120,6 +120,11 @@ def test_new_special_tokens_grow_the_vocabulary_with_the_mean_row(source, corpus
         assert torch.equal(seen[key][v:], old[key].mean(0, keepdim=True).expand(3, -1))
     assert all(torch.equal(seen[k], t) for k, t in old.items() if k not in ("embed.weight", "head.weight"))
     assert genmodels.load(tmp_path / "run" / "final").config.vocab_size == v + 3
+    from genmodels.training import load_config  # its config.yaml's model and RUN/tokenizer.json resume it
+    said.clear()
+    res = train(load_config(tmp_path / "run" / "config.yaml", ["train.max_steps=5"]), resume=True, progress=False,
+                log=said.append)
+    assert sorted(res.train_losses) == [4, 5] and not any("new embedding rows" in s for s in said)
 
 
 def test_an_objective_that_needs_an_id_the_source_lacks_grows_it(source, corpus_dir, tmp_path):
