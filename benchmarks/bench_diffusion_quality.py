@@ -144,12 +144,12 @@ def _train(side: str, args) -> dict:
 def _ours(cfg, max_steps: int):
     from genmodels.generation.images import sample
     from genmodels.models import build_model
-    from genmodels.objectives.diffusion import DiffusionObjective
+    from genmodels.objectives import build_objective
     from genmodels.training.optim import build_optimizer, lr_at, set_lr
     tc = cfg.train
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model_config())
-    objective = DiffusionObjective.from_config(model, tc).train()
+    objective = build_objective("diffusion", model, tc.objective).train()
     opt = build_optimizer(objective, tc.lr, tc.weight_decay, tc.betas, tc.eps)
     params = [p for p in objective.parameters() if p.requires_grad]
 

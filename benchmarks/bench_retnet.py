@@ -32,7 +32,7 @@ filled K/V, 2 · layers · KV heads · L · head_dim · 4 B), and, unless ``--no
 subprocess running ``genmodels.generate(prompt of L, 32 new tokens)`` minus its RSS after building the model
 (VmHWM, the kernel's high-water mark: prefill included, which dominates).
 
-Training: tokens/s of forward + backward + AdamW on batch 8 × 256 random tokens (``CausalLMLoss``, fused AdamW,
+Training: tokens/s of forward + backward + AdamW on batch 8 × 256 random tokens (the ``causal`` objective, fused AdamW,
 as ``genmodels train`` and benchmarks/bench_train.py run), retnet-tiny vs llama-tiny, each in its own
 subprocess, alternating for ``--train-rounds`` rounds; the fastest step of each side counts. ``--profile``
 prints torch.profiler's top operators of one RetNet training step.
@@ -189,18 +189,20 @@ def rss_side(model: str, length: int) -> dict:
 # ---- training ----------------------------------------------------------------------------------------------
 def train_side(model: str, steps: int, batch: int, seq: int) -> dict:
     from genmodels import build_model, preset
-    from genmodels.training import CausalLMLoss, TrainConfig, build_optimizer
+    from genmodels.objectives import CausalLM
+    from genmodels.training import TrainConfig, build_optimizer
     from genmodels.training.memory import keep_freed_memory
     keep_freed_memory()  # as `genmodels train` does on CPU
     torch.manual_seed(0)
     x = torch.randint(0, VOCAB, (batch, seq + 1))
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     m = build_model(preset(f"{model}-tiny"))
-    loss_mod = CausalLMLoss(m, chunk=TrainConfig().loss_chunk).train()
+    loss_mod = CausalLM(m, chunk=TrainConfig().loss_chunk).train()
     opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
+    batch = {"input_ids": inputs, "labels": targets}
 
     def step():
-        loss_mod(inputs, targets).backward()
+        loss_mod(batch)[0].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -214,14 +216,16 @@ def profile_retnet_step(batch: int, seq: int, top: int = 18) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from genmodels import build_model, preset
-    from genmodels.training import CausalLMLoss, TrainConfig
+    from genmodels.objectives import CausalLM
+    from genmodels.training import TrainConfig
     m = build_model(preset("retnet-tiny"))
-    loss_mod = CausalLMLoss(m, chunk=TrainConfig().loss_chunk).train()
+    loss_mod = CausalLM(m, chunk=TrainConfig().loss_chunk).train()
     x = torch.randint(0, VOCAB, (batch, seq + 1))
+    b = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
     for _ in range(2):
-        loss_mod(x[:, :-1], x[:, 1:]).backward()
+        loss_mod(b)[0].backward()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        loss_mod(x[:, :-1], x[:, 1:]).backward()
+        loss_mod(b)[0].backward()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
 
 

@@ -6,7 +6,7 @@ Work: one AdamW step (forward, backward, optimizer) on a batch of 8 × 256 rando
 CPU, the model of reference/machine.md "Llama config A" (hidden 256, 4 layers, 4 heads / 2 KV
 heads, intermediate 688, vocab 8192, untied head).
 
-* ours: ``build_model(preset("llama-tiny"))`` trained through ``CausalLMLoss`` (fused, chunked
+* ours: ``build_model(preset("llama-tiny"))`` trained through the ``causal`` objective (fused, chunked
   head + cross-entropy: full (B, T, V) logits never exist) and fused AdamW — what
   ``genmodels train`` runs.
 * reference: ``LlamaForCausalLM(config, attn_implementation="sdpa")`` with
@@ -55,7 +55,8 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
         from transformers import LlamaConfig, LlamaForCausalLM
     else:
         from genmodels import build_model, preset
-        from genmodels.training import CausalLMLoss, TrainConfig, build_optimizer
+        from genmodels.objectives import CausalLM
+        from genmodels.training import TrainConfig, build_optimizer
         from genmodels.training.memory import apply_activation_checkpointing, keep_freed_memory
         keep_freed_memory()  # as `genmodels train` does on CPU
     torch.manual_seed(0)
@@ -79,11 +80,12 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
     else:
         model = build_model(preset("llama-tiny"))
         apply_activation_checkpointing(model.blocks, ac)
-        loss_mod = CausalLMLoss(model, chunk=TrainConfig().loss_chunk).train()
+        loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
         opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
+        batch = {"input_ids": inputs, "labels": targets}
 
         def step():
-            loss = loss_mod(inputs, targets)
+            loss = loss_mod(batch)[0]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

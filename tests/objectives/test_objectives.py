@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import genmodels
-from genmodels.data.objectives import (IGNORE, MLMLoss, SpanCorruptionLoss, mask_tokens, random_spans_noise_mask,
-                                       span_corrupt, span_counts)
+from genmodels.data.objectives import IGNORE, mask_tokens, random_spans_noise_mask, span_corrupt, span_counts
+from genmodels.objectives import MaskedLM, SpanCorruption
 
 V = 1000  # ordinary tokens; [MASK] = V
 
@@ -72,8 +72,8 @@ def test_span_corruption_reconstructs_the_original():
 def test_losses_train_tiny_models():
     torch.manual_seed(0)
     ids = (torch.arange(32)[None] * 3 + torch.arange(8)[:, None] * 7) % 48 + 2  # learnable from context
-    for preset, wrap in (("bert-tiny", lambda m: MLMLoss(m, n_tokens=50, prob=0.3)),
-                         ("t5-tiny", lambda m: SpanCorruptionLoss(m, n_tokens=50, eos_id=1))):
+    for preset, wrap in (("bert-tiny", lambda m: MaskedLM(m, n_tokens=50, prob=0.3)),
+                         ("t5-tiny", lambda m: SpanCorruption(m, n_tokens=50, eos_id=1))):
         cfg = genmodels.preset(preset, vocab_size=50 + wrap(None).extra_tokens, d_model=32, n_heads=2, head_dim=16,
                                d_ff=64) if preset == "t5-tiny" else \
             genmodels.preset(preset, vocab_size=51, d_model=32, n_heads=2, d_ff=64)
@@ -81,7 +81,7 @@ def test_losses_train_tiny_models():
         opt = torch.optim.AdamW(loss_mod.parameters(), lr=1e-2)
         losses = []
         for _ in range(40):
-            loss = loss_mod(ids, None)
+            loss = loss_mod({"input_ids": ids})[0]
             opt.zero_grad()
             loss.backward()
             opt.step()

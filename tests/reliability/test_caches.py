@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from genmodels.files import file_sha256
-from genmodels.training.config import DataConfig
+from genmodels.training.data import DataConfig
 from genmodels.training.data import prepare_data, tokenizer_cache_path
 
 

@@ -17,7 +17,7 @@ from genmodels.cli import main as cli_main
 from genmodels.config import ConfigError
 from genmodels.objectives.diffusion import ema_decay_at
 from genmodels.training import RunConfig, latest_checkpoint, lr_at, train
-from genmodels.training.gan import GANDiverged
+from genmodels.objectives.gan_watch import GANDiverged
 from genmodels.training.rundir import RunDirError
 
 from .conftest import losses, tiny_config
@@ -249,7 +249,7 @@ def test_the_printed_sample_command_reproduces_the_grid_into_a_new_file(kind, em
 # ---- B-18: the run records where its data is ----------------------------------------------------------------
 def test_a_run_records_its_data_path_absolute_and_old_records_name_their_file(tmp_path, monkeypatch):
     from genmodels.cli_images import reference_config
-    from genmodels.training.config import dump_config
+    from genmodels.training.recipe import dump_config
     (tmp_path / "work" / "img" / "a").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "work")
     cfg = image_cfg("runs/x")

@@ -198,7 +198,7 @@ def test_resume_with_no_readable_checkpoint_names_them(reference, corpus_dir, tm
     def no_work(*a, **kw):
         raise AssertionError("data prepared although no checkpoint is readable")
 
-    monkeypatch.setattr("genmodels.training.trainer.prepare_data", no_work)
+    monkeypatch.setattr("genmodels.training.data.prepare_data", no_work)
     with pytest.raises(RunDirError) as e:
         _run(_cfg(corpus_dir, copy), resume=True)
     msg = str(e.value)

@@ -26,13 +26,13 @@ def _stop_at_data(monkeypatch, run=None, seen=None):
         if seen is not None:
             seen.append(json.loads((run / LOCK).read_text()))
         raise Stop
-    monkeypatch.setattr("genmodels.training.trainer.prepare_data", prepare)
+    monkeypatch.setattr("genmodels.training.data.prepare_data", prepare)
 
 
 def _no_work(monkeypatch):
     def prepare(*a, **kw):
         raise AssertionError("data prepared before the run folder was checked")
-    monkeypatch.setattr("genmodels.training.trainer.prepare_data", prepare)
+    monkeypatch.setattr("genmodels.training.data.prepare_data", prepare)
 
 
 def _cfg(corpus_dir, run, **over):

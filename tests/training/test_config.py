@@ -113,8 +113,8 @@ def test_mlm_needs_an_mlm_head(objective):
 
 
 @pytest.mark.parametrize("item, words", [
-    ("train.mlm_prob=abc", ["train.mlm_prob", "number"]),
-    ("train.span_mean_length=[3]", ["train.span_mean_length", "number"]),
+    ("train.mlm_prob=abc", ["train.mlm_prob"]),  # (a causal recipe: read by mlm only)
+    ("train.objective={name: causal, router_z_coef: [3]}", ["train.objective.router_z_coef"]),
     ("model.preset=[1]", ["model.preset", "string"]),
     ("train.device=[cpu]", ["train.device", "string"]),
     ("train.objective={a: 1}", ["train.objective"]),
@@ -146,7 +146,7 @@ def test_cuda_without_a_gpu_and_torchrun_without_distributed_are_config_errors(c
 def test_cli_bad_value_type_prints_error_and_exits_2(corpus_dir, tmp_path, capsys):
     f = tmp_path / "c.yaml"
     f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run")))
-    assert train_main([str(f), "--set", "train.mlm_prob=abc"]) == 2
-    assert "error: train.mlm_prob='abc' must be a number" in capsys.readouterr().err
+    assert train_main([str(f), "--set", "train.objective={name: causal, router_z_coef: abc}"]) == 2
+    assert "error: train.objective.router_z_coef='abc' must be" in capsys.readouterr().err
     assert train_main([str(tmp_path / "missing.yaml")]) == 2
     assert "error:" in capsys.readouterr().err

@@ -19,7 +19,9 @@ from genmodels.models.gan import DCGAN
 from genmodels.objectives.gan import GANObjective
 from genmodels.training import RunConfig, list_checkpoints, train
 from genmodels.training.distributed import DistInfo
-from genmodels.training.gan import GANDiverged, gan_train_step
+from genmodels.objectives import build_objective
+from genmodels.objectives.gan_watch import GANDiverged
+from genmodels.training.trainer import build_train_step
 
 from .conftest import losses, tiny_config
 
@@ -100,7 +102,7 @@ def test_genmodels_train_runs_a_gan_recipe_end_to_end(tmp_path, capsys):
 def test_each_player_gets_its_own_optimizer_settings(tmp_path):
     cfg = RunConfig.from_dict(gan_recipe(tmp_path))
     model = genmodels.build_model(cfg.model_config())
-    step = gan_train_step(GANObjective.from_config(model, cfg.train), cfg.train, DistInfo())
+    step = build_train_step(build_objective("gan", model, cfg.train.objective), cfg.train, DistInfo())[0]
     (d, g) = step.phases
     assert (d.name, d.module, d.lr, d.grad_clip) == ("D", model.discriminator, 8e-4, 5.0)
     assert (g.name, g.module, g.lr, g.grad_clip) == ("G", model.generator, 2e-4, None)
@@ -109,11 +111,11 @@ def test_each_player_gets_its_own_optimizer_settings(tmp_path):
     assert d.optimizer.param_groups[0]["betas"] == (0.0, 0.9) and g.optimizer.param_groups[0]["betas"] == (0.5, 0.999)
     # unset D fields follow G's
     plain = RunConfig.from_dict(gan_recipe(tmp_path, lr_d=None, betas_d=None, grad_clip_d=None, grad_clip=1.0)).train
-    d, g = gan_train_step(GANObjective.from_config(model, plain), plain, DistInfo()).phases
+    d, g = build_train_step(build_objective("gan", model, plain.objective), plain, DistInfo())[0].phases
     assert (d.lr, d.grad_clip, d.optimizer.param_groups[0]["betas"]) == (2e-4, 1.0, (0.5, 0.999))
     plain.distributed = "ddp"  # one process only, for now: refused by name before anything runs
     with pytest.raises(ConfigError, match=r"train\.distributed='ddp': GAN runs train in one process"):
-        gan_train_step(GANObjective.from_config(model, plain), plain, DistInfo(kind="ddp", world_size=2))
+        build_train_step(build_objective("gan", model, plain.objective), plain, DistInfo(kind="ddp", world_size=2))
 
 
 def test_the_bar_shows_d_real_d_fake_and_the_last_r1():

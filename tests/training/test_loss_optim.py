@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from genmodels import build_model, preset
-from genmodels.training import CausalLMLoss, build_optimizer, fused_linear_cross_entropy, lr_at, param_groups
-from genmodels.training.loss import reference_cross_entropy
+from genmodels.objectives import CausalLM
+from genmodels.objectives.losses import fused_linear_cross_entropy, reference_cross_entropy
+from genmodels.training import build_optimizer, lr_at, param_groups
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -41,7 +42,7 @@ def test_causal_lm_loss_matches_logits_path(name):
     y = torch.randint(0, 97, (2, 12))
     ref = reference_cross_entropy(model(x), y)
     ref_g = torch.autograd.grad(ref, list(model.parameters()))
-    got = CausalLMLoss(model, chunk=5)(x, y)
+    got = CausalLM(model, chunk=5)({"input_ids": x, "labels": y})[0]
     got_g = torch.autograd.grad(got, list(model.parameters()))
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
     for g, r in zip(got_g, ref_g):
@@ -87,7 +88,7 @@ def test_activation_checkpointing_gives_identical_gradients(mode, moe):
         torch.manual_seed(1)
         b = losses[1]({"input_ids": x, "labels": y})[0]
     else:
-        a, b = CausalLMLoss(ref)(x, y), CausalLMLoss(ckpt)(x, y)
+        a, b = (CausalLM(m)({"input_ids": x, "labels": y})[0] for m in (ref, ckpt))
     ga = torch.autograd.grad(a, list(ref.parameters()))
     gb = torch.autograd.grad(b, list(ckpt.parameters()))
     assert torch.equal(a, b) and all(torch.equal(p, q) for p, q in zip(ga, gb))

@@ -18,7 +18,8 @@ from genmodels.config import ConfigError
 from genmodels.models.config import preset
 from genmodels.objectives import build_objective
 from genmodels.objectives.router import router_z_loss, switch_balance_loss
-from genmodels.training import RunConfig, fused_linear_cross_entropy
+from genmodels.objectives.losses import fused_linear_cross_entropy
+from genmodels.training import RunConfig
 from genmodels.nn import record_routing
 
 from .conftest import tiny_config
@@ -94,4 +95,4 @@ def test_router_settings_on_a_dense_model_are_refused(corpus_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"train\.router_z_coef=0\.1 means nothing for a dense model"):
         RunConfig.from_dict(tiny_config(corpus_dir, tmp_path / "r", train={"router_z_coef": 0.1}))
     cfg = RunConfig.from_dict(tiny_config(corpus_dir, tmp_path / "r", model=MOE, train={"router_aux_loss": "mixtral"}))
-    assert cfg.train.router_losses() == {"router_aux_loss": "mixtral", "router_aux_coef": 1e-3, "router_z_coef": 1e-3}
+    assert cfg.train.objective.router_losses() == {"router_aux_loss": "mixtral", "router_aux_coef": 1e-3, "router_z_coef": 1e-3}

@@ -50,7 +50,8 @@ def batch_loss(objective: str) -> float:
     x = _batch()
     preset, kw = {"causal": ("llama-tiny", {"n_kv_heads": 1}), "mlm": ("bert-tiny", {}),
                   "span": ("t5-tiny", {"head_dim": 16})}[objective]
-    obj = build_objective(objective, _model(preset, **kw), n_tokens=N_TOKENS, eos_id=EOS, chunk=7, mlm_prob=0.3)
+    options = {"mlm_prob": 0.3} if objective == "mlm" else {}
+    obj = build_objective(objective, _model(preset, **kw), n_tokens=N_TOKENS, eos_id=EOS, loss_chunk=7, **options)
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]} if objective == "causal" else {"input_ids": x}
     torch.manual_seed(123)
     loss, metrics = obj(batch)

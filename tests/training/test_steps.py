@@ -17,7 +17,7 @@ from torch import nn
 
 from genmodels.training import RunConfig, train
 from genmodels.training.checkpoint import load_checkpoint, save_checkpoint
-from genmodels.training.loss import fused_linear_cross_entropy, token_logprobs
+from genmodels.objectives.losses import fused_linear_cross_entropy, token_logprobs
 from genmodels.training.steps import FrozenReference, NonFiniteError, Phase, TrainStep
 
 from .conftest import tiny_config
@@ -68,7 +68,7 @@ def test_token_logprobs_equal_log_softmax_gather_with_gradients():
 
 
 def test_token_logprobs_never_materialise_the_whole_logits(monkeypatch):
-    import genmodels.training.loss as loss_mod
+    import genmodels.objectives.losses as loss_mod
     rows = []
     real = loss_mod.F.linear
 

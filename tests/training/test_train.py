@@ -43,13 +43,13 @@ def test_short_run_learns_and_leaves_a_loadable_run_dir(finished_run):
     assert model.tokenizer is not None and model.config.vocab_size == 300
     assert res.samples and res.samples[0].startswith("the ")
     # the final model is the trained one: its validation loss is the one reported
-    from genmodels.training.loss import CausalLMLoss
+    from genmodels.objectives import CausalLM
     from genmodels.training.trainer import evaluate
     from genmodels.training.distributed import DistInfo
     resolved = RunConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     data = prepare_data(resolved.data, log=lambda s: None)
     assert "cached" in data.info["tokenizer"]  # the trained tokenizer is reused, not retrained
-    vl = evaluate(CausalLMLoss(model), data.val, 8, 2, DistInfo(), None)
+    vl = evaluate(lambda b: CausalLM(model)(b)[0], data.val, 8, 2, DistInfo(), None)
     assert vl == pytest.approx(val_l[30], abs=1e-5)
 
 
@@ -92,7 +92,7 @@ def test_resume_refuses_another_model_or_corpus(finished_run, corpus_dir, tmp_pa
     def no_work(*a, **kw):
         raise AssertionError("data prepared before the resume checks")
 
-    monkeypatch.setattr("genmodels.training.trainer.prepare_data", no_work)
+    monkeypatch.setattr("genmodels.training.data.prepare_data", no_work)  # (the tokens kind prepares through it)
     with pytest.raises(RunDirError) as e:
         train(RunConfig.from_dict(tiny_config(corpus_dir, copy, model={"d_model": 48, "d_ff": 96})),
               resume=True, progress=False, log=lambda s: None)

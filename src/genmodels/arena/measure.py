@@ -84,11 +84,10 @@ def held_out(model, cfg, run_dir: Path, m) -> tuple[dict, object]:
     data = prepare_data(data_cfg, log=lambda s: None)
     tc = cfg.train
     n_tokens = cfg.min_model_vocab(data.tokenizer.get_vocab_size())[0]
-    objective = build_objective(cfg.objective(), model, n_tokens=n_tokens, eos_id=data.eos_id, chunk=tc.loss_chunk,
-                                mlm_prob=tc.mlm_prob, noise_density=tc.span_noise_density,
-                                mean_span_length=tc.span_mean_length, **tc.router_losses())
+    objective = build_objective(cfg.objective(), model, tc.objective, n_tokens=n_tokens, eos_id=data.eos_id,
+                                loss_chunk=tc.loss_chunk)
     batches = -(-m.eval_windows // m.eval_batch)
-    loss = evaluate(lambda x, y: objective({"input_ids": x, "labels": y})[0], data.val, m.eval_batch, batches,
+    loss = evaluate(lambda b: objective(b)[0], data.val, m.eval_batch, batches,
                     DistInfo(), None, module=objective, seed=0)
     windows = min(batches, max(1, len(data.val) // m.eval_batch)) * m.eval_batch
     return {"held_out_loss": loss, "held_out_ppl": math.exp(min(loss, 50.0)), "held_out_windows": windows,
@@ -154,7 +153,7 @@ def image_measures(model, cfg, m, grid: Path, seed: int) -> dict:
     """Images/s of the recipe's sampler, the offline metrics of ``m.image_samples`` images, a grid."""
     from ..generation.images import sample, save_grid
     from ..metrics import evaluate_images
-    from ..training.image_run import sampler_options
+    from ..objectives.images import sampler_options
     k = getattr(model.config, "num_classes", 0)
     labels = torch.arange(m.image_samples) % k if k else None
     options = sampler_options(cfg.sample)
@@ -174,8 +173,8 @@ def measure_run(run_dir: Path, spec: ArenaSpec, grid: Path) -> dict:
     cfg = load_config(Path(run_dir) / "config.yaml")
     model = genmodels.load(Path(run_dir) / "final")
     out = {"threads": torch.get_num_threads(), "warmup_steps": cfg.train.warmup_steps, **run_records(run_dir),
-           **parameter_counts(model, cfg, None if cfg.images else cfg.data.seq_len)}
-    if cfg.images:
+           **parameter_counts(model, cfg, getattr(cfg.data, "seq_len", None))}
+    if getattr(cfg.data, "seq_len", None) is None:  # image data (no token windows)
         return {**out, **image_measures(model, cfg, spec.measure, grid, cfg.train.seed)}
     scores, data = held_out(model, cfg, run_dir, spec.measure)
     out.update(scores)

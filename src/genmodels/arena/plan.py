@@ -172,7 +172,7 @@ def activations(cfg: ModelConfig, seq: int, batch: int, a: int) -> Activations:
         outside += n * d  # embedding dropout's mask
     if cfg.final_norm:
         outside += n * _norm(cfg, a)
-    # the fused, chunked cross-entropy (training/loss.py) computes its gradients in the forward pass and
+    # the fused, chunked cross-entropy (objectives/losses.py) computes its gradients in the forward pass and
     # keeps them: dL/dh (N, D) and dL/dW (V, D) in fp32 (+ a bias's); the logits are never whole
     outside += a * n * d + 4 * v * d
     return Activations(layers=n * sum(per_layer), layer_inputs=n * a * d * cfg.n_layers, recompute=n * max(per_layer),

@@ -10,6 +10,7 @@ defines it (``register_data_kind(DataKind(...))``):
     dc = kind.resumed(dc, run_dir)     # a resumed run (tokens: the run's own RUN/tokenizer.json)
     dc = kind.started(dc, init_from)   # a fresh run from model.init_from (tokens: that folder's tokenizer)
     data = kind.prepare(dc, say)       # a RunData (below); ``say`` prints one line
+    kind.describe(dc)                  # how a refusal names the data: "corpus (data.corpus='stdlib', ...)"
 
 A :class:`RunData` holds ``train`` and ``val`` splits — ``len(split)`` and ``split.batch(indices) ->
 dict[str, Tensor]`` on the CPU (the trainer moves it to the device; the objective reads the keys it
@@ -59,6 +60,7 @@ class DataKind:
     fingerprint: Callable[[Any], str | None] = lambda dc: None  # None: known once prepared (data.fingerprint)
     resumed: Callable[[Any, Path], Any] = _same  # (data config, run_dir) -> what a resumed run reads
     started: Callable[[Any, str | None], Any] = _same  # (data config, model.init_from) -> a fresh run's
+    describe: Callable[[Any], str] = lambda dc: "data"  # how a refusal names the data ("corpus (data.corpus=…)")
 
 
 _KINDS: dict[str, DataKind] = {}

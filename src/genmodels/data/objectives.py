@@ -12,9 +12,6 @@ noise and kept tokens are each split into that many random non-empty runs and in
 ``<extra_id_1>``…); the target lists each sentinel followed by the tokens it hid, then EOS.
 
 These are data transforms; the losses live in :mod:`genmodels.objectives` (``mlm.py``, ``span.py``).
-The old names here (``mlm_loss``, ``span_loss``, ``MLMLoss``, ``SpanCorruptionLoss`` with the
-``forward(x, y) -> loss`` signature, ``objective_for``, ``extra_tokens``, ``objective_module``,
-``OBJECTIVES``) still import, from there.
 """
 from __future__ import annotations
 
@@ -112,16 +109,3 @@ def _span_targets(row: np.ndarray, noise: np.ndarray, starts: np.ndarray, sentin
     out[pos[noise]] = row[noise]
     out[(pos - 1)[starts]] = sentinel_start - span_id[starts]
     return out
-
-
-# ---- the old names, now in genmodels.objectives (imported lazily: objectives imports this module) --
-_MOVED = {"mlm_loss": "mlm", "span_loss": "span", "objective_for": "", "extra_tokens": "", "OBJECTIVES": "",
-          "MLMLoss": "legacy", "SpanCorruptionLoss": "legacy", "objective_module": "legacy"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-        module = importlib.import_module("genmodels.objectives" + (f".{_MOVED[name]}" if _MOVED[name] else ""))
-        return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

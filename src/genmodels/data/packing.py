@@ -69,6 +69,11 @@ class PackedDataset(torch.utils.data.Dataset):
         rows = torch.from_numpy(self._windows[idx].astype(np.int64))
         return rows[:, :-1], rows[:, 1:]
 
+    def batch(self, indices: Sequence[int] | np.ndarray) -> dict[str, torch.Tensor]:
+        """The windows as an objective's dict batch: ``input_ids`` and ``labels`` (the next tokens), ``(B, T)``."""
+        x, y = self.get_batch(indices)
+        return {"input_ids": x, "labels": y}
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self.get_batch([index])
         return x[0], y[0]

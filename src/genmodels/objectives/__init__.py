@@ -1,43 +1,46 @@
-"""Every training loss, one file per objective (:mod:`.base` holds the contract).
+"""Every way of training, one file per objective (:mod:`.base` holds the contract; losses in :mod:`.losses`).
 
-    causal  next-token cross-entropy (decoders)             causal.py
-    mlm     masked LM, BERT's 80/10/10 masking (encoders)   mlm.py
-    span    T5 span corruption (encoder–decoders)           span.py
-    diffusion  denoising loss, label dropout, EMA (images)  diffusion.py
-    gan     two players, D then G (images)                  gan.py
+    causal     next-token cross-entropy (decoders, RetNet)        causal.py   (+ router.py: MoE router losses)
+    mlm        masked LM, BERT's 80/10/10 masking (encoders)      mlm.py
+    span       T5 span corruption (encoder–decoders)              span.py
+    diffusion  denoising loss, label dropout, EMA (images)        diffusion.py (+ images.py)
+    gan        two players, D then G (images)                     gan.py (+ gan_losses, gan_ema, gan_watch)
 
-:func:`build_objective` makes the trainer's module for a recipe; data transforms (masking, span
-noising) stay in :mod:`genmodels.data.objectives`.
+An objective states what a model must offer (``requires``: registry capabilities, methods, config fields);
+any objective that fits trains any family, and a family names the default one (``train.objective: auto``).
+:func:`build_objective` is the one way to make one (the trainer's, the arena's, the tests').
 """
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from .base import Batch, Metrics, Objective
+from ..config import ConfigError
+from .base import Batch, Metrics, Objective, ObjectiveOptions, PhaseSpec, Watch, fits
 from .causal import CausalLM
 from .diffusion import DiffusionObjective
 from .gan import GANObjective
 from .mlm import MaskedLM
 from .span import SpanCorruption
 
-OBJECTIVES = {"causal": CausalLM, "mlm": MaskedLM, "span": SpanCorruption, "diffusion": DiffusionObjective,
-              "gan": GANObjective}
-_FAMILY_OBJECTIVE = {"decoder": "causal", "encoder": "mlm", "seq2seq": "span"}
+OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
+                                                                   DiffusionObjective, GANObjective)}
 
 
 def objective_for(family: str, objective: str = "auto") -> str:
-    """The objective a model family trains with (``auto``), or a check that ``objective`` fits it."""
-    from ..config import ConfigError
-    want = _FAMILY_OBJECTIVE.get(family)
-    if want is None:  # a family registered later (RetNet, …) names its own in its registry entry
-        from ..registry import families
-        fam = families().get(family)
-        want = fam.objective if fam is not None else None
+    """The objective a model family trains with (``auto``: the family's default), or a check that ``objective``
+    fits it: a one-line ConfigError naming train.objective and what the model lacks."""
+    from ..registry import get_family
+    fam = get_family(family)
     if objective == "auto":
-        return want
-    if objective != want:
-        raise ConfigError(f"train.objective={objective!r} does not fit model.family={family!r}; "
-                          f"use {want!r} (or auto)")
+        return fam.objective
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective={objective!r} is not allowed; choose one of auto, {', '.join(OBJECTIVES)}")
+    lacks = fits(OBJECTIVES[objective], fam)
+    if lacks is not None:
+        raise ConfigError(f"train.objective={objective!r} does not fit model.family={family!r}: it needs {lacks}; "
+                          f"use {fam.objective!r} (or auto)")
     return objective
 
 
@@ -47,20 +50,18 @@ def extra_tokens(objective: str) -> int:
     return cls.extra_tokens if cls is not None else 0
 
 
-def build_objective(objective: str, model: nn.Module, *, n_tokens: int, eos_id: int | None, chunk: int = 1024,
-                    mlm_prob: float = 0.15, noise_density: float = 0.15, mean_span_length: float = 3.0,
-                    router_aux_loss: str = "switch", router_aux_coef: float = 1e-2,
-                    router_z_coef: float = 1e-3) -> Objective:
-    """The trainer's module for ``objective`` (a name in :data:`OBJECTIVES`) around ``model``
-    (``router_*``: the sparse-MoE router losses of a causal objective, :mod:`.router`)."""
-    if objective == "causal":
-        return CausalLM(model, chunk, router_aux_loss, router_aux_coef, router_z_coef)
-    if objective == "mlm":
-        return MaskedLM(model, n_tokens, mlm_prob)
-    if objective == "span":
-        return SpanCorruption(model, n_tokens, eos_id, noise_density, mean_span_length)
-    raise ValueError(f"unknown objective {objective!r}; have {', '.join(OBJECTIVES)}")
+def build_objective(objective: str, model: nn.Module, options: ObjectiveOptions | None = None, *, n_tokens: int = 0,
+                    eos_id: int | None = None, loss_chunk: int = 256, **option_values: Any) -> Objective:
+    """The trainer's module for ``objective`` (a name in :data:`OBJECTIVES`) around ``model``: from ``options``
+    (its Options), or from ``option_values`` over the defaults (``mlm_prob=0.3``)."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; have {', '.join(OBJECTIVES)}")
+    cls = OBJECTIVES[objective]
+    if options is None:
+        options = cls.Options(**option_values)
+    return cls.build(model, options, n_tokens=n_tokens, eos_id=eos_id, loss_chunk=loss_chunk)
 
 
-__all__ = ["Batch", "CausalLM", "DiffusionObjective", "MaskedLM", "Metrics", "OBJECTIVES", "Objective",
-           "SpanCorruption", "build_objective", "extra_tokens", "objective_for"]
+__all__ = ["Batch", "CausalLM", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
+           "Objective", "ObjectiveOptions", "PhaseSpec", "SpanCorruption", "Watch", "build_objective",
+           "extra_tokens", "objective_for"]

@@ -25,17 +25,22 @@ evaluation samples from them.
 Randomness: t, ε and the dropout mask come from torch's global generator, whose state every
 checkpoint saves (``rng.safetensors``), so a resumed run draws the same noise as an unbroken one.
 Evaluation passes its own seeded ``generator`` and leaves the global one untouched.
+
+Options (``train.objective: {name: diffusion, …}``): ``class_dropout``, ``ema_decay``, ``min_snr_gamma``
+(null: the default) and the image objectives' ``eval_samples`` (:mod:`.images`).
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..config import ConfigError
 from ..schedulers import DDPMScheduler
-from .base import Batch, Metrics, Objective
+from .base import Batch, Metrics
+from .images import ImageObjective, ImageOptions
 
 
 DEFAULT_EMA_DECAY = 0.999
@@ -63,16 +68,19 @@ def ema_decay_at(decay: float, updates: int) -> float:
     return min(decay, (1.0 + updates) / (10.0 + updates))
 
 
-class DiffusionObjective(Objective):
+@dataclass
+class DiffusionOptions(ImageOptions):
+    name: str = "diffusion"
+    class_dropout: float | None = None  # label → null label with this probability (default 0.1 with a null class)
+    ema_decay: float | None = None  # EMA of the weights, up to this decay (default 0.999; 0: none)
+    min_snr_gamma: float | None = None  # min-SNR-γ loss weighting (Hang et al. 2023; 5 in the paper); null: off
+
+
+class DiffusionObjective(ImageObjective):
     name = "diffusion"
-    unit = "images"
-    flops_apply = False  # FLOPs per token do not describe a step (MFU is not shown)
-    perplexity = False
-    usage = "sample"
-    data = "images"
-    # train.* fields only this objective reads (refused for the other families)
-    train_options = ("class_dropout", "ema_decay", "min_snr_gamma")
-    ema_field = "train.ema_decay"  # the recipe field that turns the EMA on or off (named on resume)
+    Options = DiffusionOptions
+    requires = ImageObjective.requires + ("config:prediction_type",)
+    ema_field = "train.objective.ema_decay"  # the recipe field that turns the EMA on or off (named on resume)
 
     def __init__(self, model: nn.Module, *, class_dropout: float | None = None, ema_decay: float | None = None,
                  min_snr_gamma: float | None = None):
@@ -92,22 +100,22 @@ class DiffusionObjective(Objective):
             self.ema = copy.deepcopy(model).requires_grad_(False).eval()
 
     @classmethod
-    def check_config(cls, config, train) -> None:
-        """ConfigError naming the ``train`` field this model cannot use (before any work)."""
-        dropout = train.class_dropout if train.class_dropout is not None else (0.1 if config.null_label is not None
-                                                                               else 0.0)
-        check_options(config, dropout, train.ema_decay, train.min_snr_gamma)
+    def check(cls, options: DiffusionOptions, model_config, recipe) -> None:
+        """ConfigError naming the option this model cannot use (before any work)."""
+        super().check(options, model_config, recipe)
+        dropout = options.class_dropout if options.class_dropout is not None else (
+            0.1 if model_config.null_label is not None else 0.0)
+        check_options(model_config, dropout, options.ema_decay, options.min_snr_gamma, options.where)
 
     @classmethod
-    def from_config(cls, model: nn.Module, train) -> "DiffusionObjective":
-        """The objective a recipe's ``train:`` section describes (a TrainConfig) around ``model``."""
-        return cls(model, class_dropout=train.class_dropout, ema_decay=train.ema_decay,
-                   min_snr_gamma=train.min_snr_gamma)
+    def build(cls, model: nn.Module, options: DiffusionOptions, *, n_tokens: int = 0, eos_id: int | None = None,
+              loss_chunk: int = 256) -> "DiffusionObjective":
+        objective = cls(model, class_dropout=options.class_dropout, ema_decay=options.ema_decay,
+                        min_snr_gamma=options.min_snr_gamma)
+        objective.ema_field = options.where("ema_decay")
+        return objective
 
     # ---- the loss --------------------------------------------------------------------------
-    def units(self, batch: Batch) -> int:
-        return batch["images"].shape[0]
-
     def forward(self, batch: Batch, generator: torch.Generator | None = None) -> tuple[torch.Tensor, Metrics]:
         x0 = batch["images"]  # (B, C, H, W)
         b, dev = x0.shape[0], x0.device
@@ -167,18 +175,20 @@ class DiffusionObjective(Objective):
         return {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")}
 
 
-def check_options(c, class_dropout: float, ema_decay: float | None, min_snr_gamma: float | None) -> None:
-    """ConfigError naming the train field that the model cannot use or that is out of range."""
+def check_options(c, class_dropout: float, ema_decay: float | None, min_snr_gamma: float | None,
+                  where=lambda name: f"train.{name}") -> None:
+    """ConfigError naming the option (``where(name)``: its dotted path) that the model cannot use or that is out
+    of range."""
     if not isinstance(class_dropout, (int, float)) or isinstance(class_dropout, bool) or not 0 <= class_dropout < 1:
-        raise ConfigError(f"train.class_dropout={class_dropout!r} must be a number in [0, 1)")
+        raise ConfigError(f"{where('class_dropout')}={class_dropout!r} must be a number in [0, 1)")
     if class_dropout > 0 and c.null_label is None:
         why = ("unconditional (model.num_classes=0)" if c.num_classes == 0
                else "without a null class (model.null_class=false)")
-        raise ConfigError(f"train.class_dropout={class_dropout} needs a null label, but the model is {why}; "
+        raise ConfigError(f"{where('class_dropout')}={class_dropout} needs a null label, but the model is {why}; "
                           "set it to 0 or leave it out")
     if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
                                   or not 0 <= ema_decay < 1):
-        raise ConfigError(f"train.ema_decay={ema_decay!r} must be a number in [0, 1) (0 or null: no EMA)")
+        raise ConfigError(f"{where('ema_decay')}={ema_decay!r} must be a number in [0, 1) (0 or null: no EMA)")
     if min_snr_gamma is not None and (isinstance(min_snr_gamma, bool) or not isinstance(min_snr_gamma, (int, float))
                                       or not min_snr_gamma > 0):
-        raise ConfigError(f"train.min_snr_gamma={min_snr_gamma!r} must be a number > 0 (5 in the paper), or null")
+        raise ConfigError(f"{where('min_snr_gamma')}={min_snr_gamma!r} must be a number > 0 (5 in the paper), or null")

@@ -22,33 +22,75 @@ submodule ``ema`` (so its tensors are in every checkpoint, keys ``ema.*``, and i
 what sampling and the run's ``final/`` use (:meth:`sampling_model`, :meth:`final_state`). It stays in
 eval mode whatever ``train()`` is called with.
 
-On the trainer (``training/gan.py``): ``data = "images"`` (the image data and sample sections),
-``train_options`` the train fields only a GAN reads.
+On the trainer: the ``images`` data kind; two phases (:meth:`phases`: D with its own ``lr_d``, ``betas_d``,
+``grad_clip_d``, each unset one following G's ``train.*``; then G), one process; the divergence watch of
+:mod:`.gan_watch` (:meth:`watch`). Options (``train.objective: {name: gan, …}``): those and the watch's
+``collapse_d_loss``, ``collapse_steps``, ``stuck_steps``, and ``eval_samples`` (:mod:`.images`); the loss,
+R1 and EMA are the model's (GANConfig).
+
+One optimizer step of a GAN run (:class:`~genmodels.training.steps.TrainStep` with two phases, in order)::
+
+    D phase   L_D (+ N·R1 when step % N == 0)      on model.discriminator   clip grad_clip_d   Adam(lr_d, betas_d)
+    G phase   L_G through the D just updated       on model.generator       clip train.grad_clip   Adam(lr, betas)
+    then      θ_ema ← β·θ_ema + (1 − β)·θ_G        (after_step)
+
+Each optimizer is the trainer's AdamW (``train.weight_decay`` 0 makes it Adam, as in DCGAN) over its player's
+parameters only. The schedule (warm-up, cosine) scales both learning rates alike: lr_D(s) = lr_sched(s) · lr_d / lr.
+Both optimizers' states are in every checkpoint (keyed ``D/<i>`` and ``G/<i>``), with the EMA of G (the
+objective's ``ema.*`` tensors), so ``--resume`` continues exactly.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
-from .base import Batch, Metrics, Objective
+from ..config import ConfigError
+from ..values import integer, number
+from .base import Batch, Metrics, PhaseSpec, Watch
 from .diffusion import ema_decay_at
 from .gan_ema import ema_update_
 from .gan_losses import gan_loss, r1_due, r1_penalty
+from .gan_watch import CollapseWatch
+from .images import ImageObjective, ImageOptions
 
 PLAYERS = ("D", "G")
 
 
-class GANObjective(Objective):
+@dataclass
+class GANOptions(ImageOptions):
+    """A GAN's options: the D phase's optimizer (null: G's value), the divergence watch (null: the default)."""
+
+    name: str = "gan"
+    lr_d: float | None = None  # D's peak learning rate (null: train.lr)
+    betas_d: list[float] | None = None  # D's Adam betas (null: train.betas)
+    grad_clip_d: float | None = None  # D's gradient clipping (null: train.grad_clip)
+    collapse_d_loss: float | None = None  # D loss below this … (default 0.01; 0: no watch)
+    collapse_steps: int | None = None  # … for this many consecutive steps stops the run (default 200)
+    stuck_steps: int | None = None  # D loss above 1.5 × a no-judgement D's for this many steps stops it (100; 0: off)
+
+    def validate(self) -> None:
+        super().validate()
+        for name, lo_open in (("lr_d", True), ("grad_clip_d", True), ("collapse_d_loss", False)):
+            if getattr(self, name) is not None:
+                number(self.where(name), getattr(self, name), lo=0.0, lo_open=lo_open)
+        b = self.betas_d
+        if b is not None and (len(b) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                     and 0 <= x < 1 for x in b)):
+            raise ConfigError(f"{self.where('betas_d')}={b!r} must be two numbers in [0, 1), e.g. [0.5, 0.999]")
+        for name, lo in (("collapse_steps", 1), ("stuck_steps", 0)):
+            if getattr(self, name) is not None:
+                integer(self.where(name), getattr(self, name), lo)
+
+
+class GANObjective(ImageObjective):
     name = "gan"
-    unit = "images"
-    flops_apply = False
-    perplexity = False
-    usage = "sample"
-    data = "images"
-    # train.* fields only a GAN reads (training/gan.py; refused for the other families)
-    train_options = ("lr_d", "betas_d", "grad_clip_d", "collapse_d_loss", "collapse_steps", "stuck_steps")
+    Options = GANOptions
+    requires = ImageObjective.requires + ("config:z_dim",)
+    distributed = False  # GAN runs train in one process for now
     ema_field = "model.ema_decay"  # the config field that turns the EMA of G on or off (named on resume)
 
     def __init__(self, model: nn.Module, *, z_dim: int, loss: str = "non_saturating", r1_gamma: float = 0.0,
@@ -63,6 +105,7 @@ class GANObjective(Objective):
         self.step = 0
         self._bar_r1: float | None = None  # the last R1 the bar showed
         self.ema = None if ema_decay is None else copy.deepcopy(model.generator).requires_grad_(False).eval()
+        self.options = GANOptions()
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "GANObjective":
@@ -72,10 +115,22 @@ class GANObjective(Objective):
                    ema_decay=c.ema_decay)
 
     @classmethod
-    def from_config(cls, model: nn.Module, train=None) -> "GANObjective":
-        """The trainer's objective: everything it needs is in the model's GANConfig (the train fields a GAN
-        reads — lr_d, betas_d, … — are the optimizers', training/gan.py)."""
-        return cls.for_model(model)
+    def build(cls, model: nn.Module, options: GANOptions, *, n_tokens: int = 0, eos_id: int | None = None,
+              loss_chunk: int = 256) -> "GANObjective":
+        """The trainer's objective: the loss, R1 and EMA are the model's GANConfig; ``options`` set the D phase's
+        optimizer and the watch."""
+        objective = cls.for_model(model)
+        objective.options = options
+        return objective
+
+    def phases(self) -> list[PhaseSpec]:
+        """D (its own lr_d, betas_d, grad_clip_d: null follows G's) then G, each its player's parameters."""
+        o = self.options
+        return [PhaseSpec("D", self.model.discriminator, partial(self, player="D"), o.lr_d, o.betas_d, o.grad_clip_d),
+                PhaseSpec("G", self.model.generator, partial(self, player="G"))]
+
+    def watch(self) -> Watch:
+        return CollapseWatch.from_config(self.options, self.loss)
 
     def train(self, mode: bool = True) -> "GANObjective":
         super().train(mode)
@@ -117,12 +172,11 @@ class GANObjective(Objective):
         self._bar_r1 = shown.get("r1", self._bar_r1)
         return {**shown, **({"r1": self._bar_r1} if self._bar_r1 is not None else {})}
 
-    def set_step(self, step: int) -> None:
+    def before_step(self, step: int) -> None:
         """The number of steps done so far (decides lazy R1)."""
         self.step = step
 
-    def units(self, batch: Batch) -> int:
-        return batch["images"].shape[0]
+    set_step = before_step
 
     def noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I): (N, z_dim), on ``like``'s device and dtype (drawn with ``generator`` if given)."""

@@ -31,7 +31,8 @@ from typing import Sequence
 import torch
 
 from ..nn.moe import Routing
-from ..training.metrics import EXPERT_LOAD
+
+EXPERT_LOAD = "moe_load_e"  # metric moe_load_e<i>: expert i's share of the router's picks (training/metrics.py plots them)
 
 AUX_LOSSES = ("none", "switch", "mixtral")
 DEFAULT_AUX_COEF = {"switch": 1e-2, "mixtral": 1e-3}  # Switch's α; transformers' MixtralConfig default

@@ -9,33 +9,131 @@ tokenizer + split, checksummed the same way).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer
 
+from ..config import ConfigError
 from ..data import (CorpusSpec, PackedDataset, TokenCache, corpus_fingerprint, default_cache_root, eos_id,
                     load_documents, load_tokenizer, save_tokenizer, train_bpe_tokenizer)
-from ..data.corpus import TEXT_BLOCK_LINES
+from ..data.corpus import CORPUS_KINDS, TEXT_BLOCK_LINES
+from ..data.examples_kind import examples_data_kind
+from ..data.kinds import DataKind, register_data_kind
 from ..files import atomic_write_bytes, file_sha256
-from .config import DataConfig
+from ..values import integer, number, reject_unknown, string
 
 _TOKENIZER_CACHE_FORMAT = 2  # 2: a .sha256 sidecar, verified on load
 
 
+def _section(cls, d: Any, path: str):
+    """``cls(**d)`` for a recipe section, unknown keys refused by name."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must be a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}")
+    reject_unknown(d, cls, path + ".")
+    return cls(**d)
+
+
+@dataclass
+class DataConfig:
+    """The ``data:`` section of a token recipe (the ``tokens`` data kind)."""
+
+    corpus: str = "stdlib"  # stdlib | text | folder | jsonl
+    path: str | None = None
+    extensions: list[str] = field(default_factory=lambda: [".txt", ".md", ".py"])
+    text_field: str = "text"
+    exclude_tests: bool = True
+    val_fraction: float = 0.05
+    vocab_size: int = 8192  # BPE vocabulary trained when `tokenizer` is null
+    tokenizer: str | None = None  # an existing tokenizer.json (or a folder holding one)
+    tokenizer_max_mb: float | None = None  # cap on the text used to train the BPE (None: all)
+    seq_len: int = 256
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "data") -> "DataConfig":
+        out = _section(cls, d, path)
+        out.validate()
+        return out
+
+    def validate(self) -> None:
+        """ConfigError naming the data field that is bad."""
+        d = self
+        for k in ("corpus", "text_field"):
+            string(f"data.{k}", getattr(d, k))
+        for k in ("path", "tokenizer"):
+            if getattr(d, k) is not None:
+                string(f"data.{k}", getattr(d, k))
+        if not isinstance(d.exclude_tests, bool):
+            raise ConfigError(f"data.exclude_tests={d.exclude_tests!r} must be true or false")
+        if d.corpus not in CORPUS_KINDS:
+            raise ConfigError(f"data.corpus={d.corpus!r} is not allowed; choose one of {', '.join(CORPUS_KINDS)}")
+        if d.corpus != "stdlib":
+            if not d.path:
+                raise ConfigError(f"data.path is required when data.corpus is {d.corpus!r}")
+            p = Path(d.path)
+            if not p.exists():
+                raise ConfigError(f"data.path={d.path!r} does not exist")
+            if (d.corpus == "folder") != p.is_dir():
+                raise ConfigError(f"data.path={d.path!r} must be a {'folder' if d.corpus == 'folder' else 'file'} "
+                                  f"for data.corpus={d.corpus!r}")
+        if not isinstance(d.extensions, list) or not all(isinstance(e, str) and e for e in d.extensions):
+            raise ConfigError(f"data.extensions={d.extensions!r} must be a list of file endings like ['.txt', '.py']")
+        number("data.val_fraction", d.val_fraction, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+        integer("data.seq_len", d.seq_len, 1)
+        integer("data.vocab_size", d.vocab_size, 258)
+        if d.tokenizer is not None:
+            tp = Path(d.tokenizer)
+            if not (tp.is_file() or (tp / "tokenizer.json").is_file()):
+                raise ConfigError(f"data.tokenizer={d.tokenizer!r}: no tokenizer.json there "
+                                  "(give a tokenizer.json file, a folder holding one, or null to train a BPE)")
+        if d.tokenizer_max_mb is not None:
+            number("data.tokenizer_max_mb", d.tokenizer_max_mb, lo=0.0, lo_open=True)
+
+
+@dataclass
+class SampleConfig:
+    """The ``sample:`` section of a text recipe: the prompts generated from at the end of a run."""
+
+    prompts: list[str] = field(default_factory=lambda: ["def ", "import "])
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = None
+
+    def validate(self, model_config=None) -> None:
+        s = self
+        if not isinstance(s.prompts, list) or not all(isinstance(p, str) for p in s.prompts):
+            raise ConfigError(f"sample.prompts={s.prompts!r} must be a list of strings")
+        integer("sample.max_new_tokens", s.max_new_tokens, 0)
+        number("sample.temperature", s.temperature, lo=0.0)
+        if s.top_k is not None:
+            integer("sample.top_k", s.top_k, 1)
+        if s.top_p is not None:
+            number("sample.top_p", s.top_p, lo=0.0, hi=1.0, lo_open=True)
+
+
 @dataclass
 class TrainingData:
+    """A token run's data (a :class:`~genmodels.data.kinds.RunData`): tokenizer, train / val windows."""
+
     tokenizer: Tokenizer
     train: PackedDataset
     val: PackedDataset
     eos_id: int | None
     info: dict
 
+    @property
+    def fingerprint(self) -> str:
+        return self.info["corpus_fingerprint"]
+
 
 def corpus_spec(d: DataConfig) -> CorpusSpec:
+    """The corpus a token data section reads."""
     return CorpusSpec(kind=d.corpus, path=d.path, extensions=list(d.extensions), text_field=d.text_field,
                       exclude_tests=d.exclude_tests, val_fraction=d.val_fraction)
 
@@ -158,3 +256,35 @@ def prepare_data(d: DataConfig, log=print, cache_root: Path | None = None) -> Tr
     log(f"data: {info['tokenizer']}; train {len(train_tokens):,} tokens ({len(train):,} windows of {d.seq_len}), "
         f"val {len(val_tokens):,} tokens ({time.time() - t0:.1f}s)")
     return TrainingData(tok, train, val, eos, info)
+
+
+# ---- the tokens data kind -------------------------------------------------------------------------
+def _resumed(dc: DataConfig, run_dir: Path) -> DataConfig:
+    """A resumed run reads the tokenizer it was trained with (``RUN/tokenizer.json``)."""
+    return dataclasses.replace(dc, tokenizer=str(Path(run_dir) / "tokenizer.json"))
+
+
+def _started(dc: DataConfig, init_from: str | None) -> DataConfig:
+    """A run that starts from ``model.init_from`` reads that folder's tokenizer.json (ConfigError naming the
+    field when there is none); ``dc`` unchanged without init_from."""
+    if init_from is None:
+        return dc
+    tok_file = Path(init_from).expanduser() / "tokenizer.json"
+    if not tok_file.is_file():
+        raise ConfigError(f"model.init_from={init_from!r} has no tokenizer.json; the run needs the tokenizer the "
+                          "model was trained with (give a folder saved with its tokenizer)")
+    return dataclasses.replace(dc, tokenizer=str(tok_file))
+
+
+def _fingerprint(dc: DataConfig) -> str:
+    return corpus_fingerprint(corpus_spec(dc))
+
+
+def _describe(dc: DataConfig) -> str:
+    return f"corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...)"
+
+
+TOKENS = register_data_kind(DataKind(name="tokens", config_class=DataConfig, sample_class=SampleConfig,
+                                     prepare=lambda dc, say: prepare_data(dc, log=say), fingerprint=_fingerprint,
+                                     resumed=_resumed, started=_started, describe=_describe))
+EXAMPLES = register_data_kind(examples_data_kind(SampleConfig))  # JSONL examples; their samples are text too

@@ -22,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model
 from ..config import ConfigError
 from .memory import transformer_blocks
 
-PREFIX = "model."  # CausalLMLoss holds the LM as .model
+PREFIX = "model."  # an objective holds its model as .model
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """The loop of a training run and what it calls between steps: logging, the time budget (fitted after
-warm-up), evaluations, checkpoints, and a GAN's divergence stop. :mod:`.trainer` sets a run up
+warm-up), evaluations, checkpoints, and the objective's divergence watch. :mod:`.trainer` sets a run up
 (:class:`RunState`), calls :func:`run_loop`, then finishes it. Every time the loop reads comes from
 ``run.clock`` (injectable for tests).
 """
@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 
 from ..io import save
-from . import gan, image_run
 from .checkpoint import latest_checkpoint, save_checkpoint
 from .config import RunConfig
 from .distributed import DistInfo, full_model_state, full_optimizer_state
@@ -60,13 +59,14 @@ class RunState:
     micro_bs: int
     progress: bool = True
     fingerprint: str = ""
+    n_tokens: int = 0  # the tokenizer's ordinary ids (the objective's extra ids follow them)
     data: object = None  # training.data.Data: tokenizer, train/val windows, eos id
     mcfg: object = None
     objective: object = None  # an objectives.Objective holding the model
     optimizer: object = None
     step_fn: object = None  # the objective, DDP/FSDP-wrapped (and compiled)
     make_batch: Callable = None  # sampler indices -> the objective's dict batch, on the device
-    watch: object = None  # a GAN's divergence watch (training/gan.py); None for one-optimizer runs
+    watch: object = None  # the objective's divergence watch (objectives.base.Watch: by default none)
     train_step: object = None
     sampler: object = None
     metrics: object = None
@@ -80,6 +80,7 @@ class RunState:
     calibrated: bool = False
     step_times: list[float] = field(default_factory=list)  # this invocation's step times (the budget's fit)
     eval_s: float | None = None  # the last evaluation's duration, by ``clock`` (the budget's fit)
+    units_done: int = 0  # units this invocation trained (the summary's rate)
     last_ckpt_step: int = -1
     last_val_step: int = -1
     t_loop: float = 0.0
@@ -96,19 +97,67 @@ class RunState:
 
     @property
     def count_unit(self) -> str:
-        """What ``tokens`` counts, named so in every message, log key and summary: images or tokens."""
-        return "images" if self.cfg.images else "tokens"
+        """What ``tokens`` counts (the objective's unit), named so in every message, log key and summary."""
+        return self.objective.unit
+
+    def units(self, batches: list[dict]) -> int:
+        """How many units one optimizer step over ``batches`` (this process's micro-batches) takes, all processes."""
+        return sum(self.objective.units(b) for b in batches) * self.info.world_size
+
+
+@dataclass
+class EvalContext:
+    """What an objective's ``evaluate`` reads: the data, the batch sizes, the process, and ``mean_loss()``."""
+
+    run: RunState
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["run"], name)
 
     @property
-    def units_per_step(self) -> int:
-        """How many of ``count_unit`` one optimizer step takes (the global batch; × seq_len for tokens)."""
-        return self.cfg.train.batch_size * (1 if self.cfg.images else self.cfg.data.seq_len)
+    def n_batches(self) -> int:
+        return self.run.cfg.train.eval_batches
+
+    @property
+    def seed(self) -> int:
+        return self.run.cfg.train.seed
+
+    @property
+    def sample(self):
+        return self.run.cfg.sample
+
+    @property
+    def options(self):
+        return self.run.cfg.train.objective
+
+    def mean_loss(self, loss_fn: Callable | None = None) -> float:
+        """The mean validation loss of ``loss_fn(batch) -> loss`` (default: the wrapped objective's loss)."""
+        run = self.run
+        fn = loss_fn or (lambda b: run.step_fn(b)[0])
+        return evaluate(fn, run.data.val, run.micro_bs, run.cfg.train.eval_batches, run.info, run.amp_dtype,
+                        module=run.step_fn, seed=run.cfg.train.seed)
+
+
+def step_record(report, train_step) -> tuple[dict[str, float], str]:
+    """``(record, bar text)`` of a step. One phase: ``loss``, ``lr``, ``grad_norm``; several (a GAN's D, G):
+    ``<phase>/loss``, ``<phase>/grad_norm``, ``lr`` (the last phase's) and ``<phase>/lr`` for the others."""
+    phases = train_step.phases
+    lrs = {ph.name: ph.optimizer.param_groups[0]["lr"] for ph in phases}
+    if len(phases) == 1:
+        name = phases[0].name
+        loss = report.losses[name]
+        return {"loss": loss, "lr": lrs[name], "grad_norm": report.grad_norms[name]}, f"loss {loss:.3f}"
+    out = {f"{name}/loss": v for name, v in report.losses.items()}
+    out.update({f"{name}/grad_norm": v for name, v in report.grad_norms.items()})
+    out["lr"] = lrs[phases[-1].name]
+    out.update({f"{ph.name}/lr": lrs[ph.name] for ph in phases[:-1]})
+    return out, " ".join(f"{name} {v:.3f}" for name, v in report.losses.items())
 
 
 def run_loop(run: RunState) -> None:
     """The loop: steps (the train step's phases), logging, the time budget, evaluations, checkpoints."""
     tc, main = run.cfg.train, run.info.is_main
-    tokens_per_step, count_key = run.units_per_step, run.count_unit  # (images or tokens)
+    count_key = run.count_unit  # (images or tokens)
     unit = run.objective.unit
     rate_key = "tok_s" if unit == "tokens" else f"{unit}_s"
     run.result = TrainResult(run_dir=run.run_dir, final_dir=None, steps=run.step, tokens=run.tokens)
@@ -132,25 +181,21 @@ def run_loop(run: RunState) -> None:
             run.train_step.set_lr(lambda ph: lr_at(run.step, tc.lr, tc.min_lr, tc.warmup_steps, run.max_steps)
                                   * (ph.lr / tc.lr))
             batches = [run.make_batch(next(run.sampler)) for _ in range(tc.grad_accum)]
-            if run.watch is not None:
-                run.objective.set_step(run.step)  # lazy R1
+            tokens_per_step = run.units(batches)
+            run.objective.before_step(run.step)  # (a GAN's lazy R1)
             try:
                 report = run.train_step(batches, run.step, stop_flag=over_budget, where=lambda: last_good(run.run_dir))
             except NonFiniteError as e:
-                if run.watch is None:
+                if run.watch.error is None:
                     raise
                 diverged(run, str(e), whole_step=False)
             stop = report.stop
-            if run.watch is None:
-                loss_val, gnorm = report.losses["model"], report.grad_norms["model"]
-                record = {"loss": loss_val, "lr": run.optimizer.param_groups[0]["lr"], "grad_norm": gnorm}
-                shown = f"loss {loss_val:.3f}"
-            else:  # D/loss, G/loss, D/grad_norm, G/grad_norm, lr (G's), D/lr
-                loss_val = report.losses["D"]
-                record, shown = gan.step_record(report, run.train_step)
+            loss_val = report.losses[run.train_step.phases[0].name]
+            record, shown = step_record(report, run.train_step)
             run.step += 1
             run.objective.after_step(run.step)  # (the EMA of the weights, where the objective keeps one)
             run.tokens += tokens_per_step
+            run.units_done += tokens_per_step
             dt = run.clock() - t0
             run.train_time += dt
             run.result.train_losses[run.step] = loss_val
@@ -167,7 +212,7 @@ def run_loop(run: RunState) -> None:
                                                       for k, v in run.objective.bar_metrics(report.metrics).items())
                                             + (f" | MFU {100 * mfu:.0f}%" if mfu is not None else ""), refresh=False)
                     run.bar.update(1)
-            why = run.watch.update(loss_val) if run.watch is not None else None
+            why = run.watch.update(report.losses)
             if why is not None:
                 diverged(run, f"step {run.step}: {why}", whole_step=True)
             if deadline is not None:
@@ -187,8 +232,9 @@ def run_loop(run: RunState) -> None:
 
 
 def diverged(run: RunState, why: str, whole_step: bool) -> None:
-    """A GAN run diverged: save what can be saved, then stop with one clear message (training/gan.py).
-    ``whole_step``: the state is a finished step (a regular checkpoint); else the weights go to RUN/diverged/."""
+    """The run diverged (its objective's watch said so): save what can be saved, then stop with one clear message
+    (the watch's ``error``). ``whole_step``: the state is a finished step (a regular checkpoint); else the weights
+    go to RUN/diverged/."""
     if whole_step:
         if run.last_ckpt_step != run.step:
             write_checkpoint(run)
@@ -197,17 +243,16 @@ def diverged(run: RunState, why: str, whole_step: bool) -> None:
         saved = f"the weights before that update saved to {save(run.objective.model, run.run_dir / 'diverged')}"
     else:
         saved = "the weights are not finite: not saved"
-    raise gan.GANDiverged(f"training diverged: {why.rstrip('; ')}; {saved}; "
-                          f"{gan.advice(run.mcfg, stuck=run.watch is not None and run.watch.stuck)}")
+    raise run.watch.error(f"training diverged: {why.rstrip('; ')}; {saved}; {run.watch.advice(run.mcfg)}")
 
 
 def before_first_step(run: RunState, deadline: float | None) -> None:
-    """An image run under a budget loads its scoring classifier (trained once, on first use) before the budget's
-    fit, which then counts it; a run resumed from the checkpoint written just before an evaluation that did not
+    """A run under a budget has its objective load what evaluation needs (an image run's scoring classifier,
+    trained once, on first use) before the budget's fit, which then counts it; a run resumed from the checkpoint written just before an evaluation that did not
     finish (it failed, or the process was killed) evaluates that step now."""
     tc = run.cfg.train
-    if deadline is not None and run.cfg.images and tc.eval_every < run.max_steps and run.info.is_main:
-        image_run.prepare_metrics(run.data)
+    if deadline is not None and tc.eval_every < run.max_steps and run.info.is_main:
+        run.objective.prepare_evaluation(run.data)
     if 0 < run.step < run.max_steps and run.step % tc.eval_every == 0 and not evaluated(run):
         evaluate_in_loop(run, deadline)
 
@@ -264,22 +309,15 @@ def calibrate(run: RunState, deadline: float, step_times: list[float]) -> None:
 
 def evaluate_run(run: RunState) -> None:
     """Validation loss (and perplexity), logged, plotted (best-effort) and noted."""
-    tc, res = run.cfg.train, run.result
-    if run.cfg.images:  # validation loss (fixed noise) and the offline metrics of sampled images
-        vl = image_run.validation_loss(run.objective, run.data.val, run.micro_bs, tc.eval_batches, run.info.device,
-                                       tc.seed)
-        extra = image_run.evaluate_samples(run.objective, run.data, run.cfg) if run.info.is_main else {}
-        res.image_metrics = extra
-        record = {"step": run.step, run.count_unit: run.tokens, "val_loss": vl, **extra}
-    else:
-        vl = evaluate(lambda x, y: run.step_fn({"input_ids": x, "labels": y})[0], run.data.val, run.micro_bs,
-                      tc.eval_batches, run.info, run.amp_dtype, module=run.step_fn, seed=tc.seed)
-        record = {"step": run.step, run.count_unit: run.tokens, "val_loss": vl}
+    res = run.result
+    vl, extra = run.objective.evaluate(EvalContext(run))  # (images: fixed-noise loss, sampled images' metrics)
+    res.image_metrics = extra
+    record = {"step": run.step, run.count_unit: run.tokens, "val_loss": vl, **extra}
     res.val_loss = vl
     res.val_ppl = math.exp(min(vl, 50.0)) if run.objective.perplexity and vl is not None else None
     run.last_val_step = run.step
     if run.info.is_main:
-        run.metrics.append({**record, **({} if run.cfg.images else {"val_ppl": res.val_ppl}),
+        run.metrics.append({**record, **({"val_ppl": res.val_ppl} if run.objective.perplexity else {}),
                             "time_s": round(run.elapsed(), 3)})
         records, title = run.metrics.read(), f"{run.run_dir.name}: {run.n_params / 1e6:.2f}M params"
         for name, plot in (("loss.png", plot_losses), ("expert_load.png", plot_expert_load)):  # (MoE: the load)
@@ -305,7 +343,7 @@ def write_checkpoint(run: RunState) -> None:
     check_params(run, "checkpoint")  # before anything is written or pruned
     info, cfg = run.info, run.cfg
     msd = full_model_state(run.objective)
-    osd = (run.train_step.optimizer_state() if run.watch is not None  # a GAN: both optimizers, keyed by phase
+    osd = (run.train_step.optimizer_state() if len(run.train_step.phases) > 1  # each optimizer, keyed by phase
            else full_optimizer_state(run.objective, run.optimizer))
     rng = rng_state(info)
     if info.is_main:
@@ -313,7 +351,7 @@ def write_checkpoint(run: RunState) -> None:
                  "world_size": info.world_size, "max_steps": run.max_steps, "calibrated": run.calibrated,
                  "layout": info.kind if info.active else "single", "elapsed_s": run.elapsed(),
                  "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint,
-                 **(run.watch.state() if run.watch is not None else {})}
+                 **run.watch.state()}
         run.result.checkpoint = save_checkpoint(run.run_dir, run.step, msd, osd, rng, state, cfg.train.keep_last)
     run.last_ckpt_step = run.step
     info.barrier()

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from .config import CHECKPOINTING as MODES  # none | selective | full
+CHECKPOINTING = ("none", "selective", "full")  # train.activation_checkpointing
+MODES = CHECKPOINTING
 
 _aten = torch.ops.aten
 _SAVE = {

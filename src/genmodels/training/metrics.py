@@ -23,6 +23,7 @@ from torch import nn
 
 from ..files import atomic_write_bytes
 from ..models.flops import flops_per_token as _flops_per_token
+from ..objectives.router import EXPERT_LOAD  # metric moe_load_e<i>: expert i's share of the router's picks
 
 
 def cpu_name() -> str:
@@ -96,7 +97,6 @@ class MetricsLog:
 
 
 _STANDARD = {"step", "tokens", "images", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
-EXPERT_LOAD = "moe_load_e"  # metric moe_load_e<i>: expert i's share of the router's picks (objectives/router.py)
 
 
 def _names(records: list[dict], keep) -> list[str]:

@@ -6,17 +6,20 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from ..config import ConfigError
 from ..data import corpus_fingerprint, eos_id, load_tokenizer
 from ..models import build_model
+from ..objectives import extra_tokens
 from .checkpoint import (CheckpointUnreadable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint,
                          read_state, step_dirs)
 from .config import RunConfig
-from .data import corpus_spec
+from .data import DataConfig, corpus_spec
 from .distributed import DistInfo
+from .init_from import grown_source, vocab_for_source
 from .metrics import measure_matmul_peak
 from .rundir import RunDirError
 
@@ -74,13 +77,16 @@ def restore_rng(rng: dict[str, torch.Tensor], info: DistInfo, seed: int) -> None
 
 
 def model_config(cfg: RunConfig, tok, eos: int | None):
-    """``(ModelConfig, n_tokens)`` for the tokenizer ``tok``: the vocabulary is the tokenizer's
+    """``(model config, n_tokens)`` for the tokenizer ``tok``: the vocabulary is the tokenizer's
     (at least ``data.vocab_size`` for a trained BPE) plus the objective's [MASK] / sentinel ids,
-    unless the recipe sets ``model.vocab_size`` (which must hold them: ConfigError otherwise)."""
-    from ..objectives import extra_tokens  # (objectives import training: not at module level)
+    unless the recipe sets ``model.vocab_size`` (which must hold them: ConfigError otherwise).
+    Data without a tokenizer (images): the recipe's model config, and no token ids."""
+    if tok is None:
+        return cfg.model_config(), 0
     tok_vocab = tok.get_vocab_size()
     n_tokens, _ = cfg.min_model_vocab(tok_vocab)
     mcfg = cfg.model_config(vocab_size=n_tokens + extra_tokens(cfg.objective()), eos_id=eos)
+    mcfg = vocab_for_source(cfg, mcfg, tok_vocab)  # model.init_from: a vocabulary short of the ids grows
     cfg.check_model_vocab(mcfg.vocab_size, tok_vocab)
     return mcfg, n_tokens
 
@@ -119,30 +125,34 @@ def _param_shapes(mcfg) -> dict[str, tuple[int, ...]] | None:
 
 def _same_corpus(saved: str | None, fingerprint: str, dc) -> bool:
     """Whether a checkpoint's corpus fingerprint names this corpus: today's content hash, or — for a
-    checkpoint written before content hashing — the old one (paths, sizes, modification times)."""
+    checkpoint of a token corpus written before content hashing — the old one (paths, sizes, modification times)."""
     if saved is None or saved == fingerprint:
         return True
-    if fingerprint.startswith("images:"):  # an image run: the images' own hash, nothing older
+    if not isinstance(dc, DataConfig):  # other data kinds: their own content hash, nothing older
         return False
     return saved == corpus_fingerprint(corpus_spec(dc), version=1)
 
 
-def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo, say):
+def _resumed_model_config(cfg: RunConfig, rdc):
+    """The model config of a resumed run, whose data config ``rdc`` reads the run's own tokenizer (if any)."""
+    tok_file = getattr(rdc, "tokenizer", None)
+    if tok_file is None:  # no tokenizer
+        return cfg.model_config()
+    if not Path(tok_file).is_file():
+        raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints "
+                          "were trained with")
+    tok = load_tokenizer(tok_file)
+    return model_config(cfg, tok, eos_id(tok))[0]
+
+
+def resume_point(cfg: RunConfig, kind, run_dir: Path, fingerprint: str, info: DistInfo, say):
     """``(checkpoint, (model_sd, optim_sd, rng, state), data config)`` to resume from — the newest
     readable checkpoint, chosen by the main rank, which says which it skipped and why — or
-    ``(None, None, cfg.data)`` when the run has none. RunDirError when the corpus or model differs
-    from the checkpoint's, or when no checkpoint is readable."""
+    ``(None, None, cfg.data)`` when the run has none. RunDirError when the data or model differs
+    from the checkpoint's, or when no checkpoint is readable. ``kind``: the run's data kind."""
     dc, chosen, loaded = cfg.data, None, None
     if info.is_main and step_dirs(run_dir):
-        tok_file = run_dir / "tokenizer.json"
-        if cfg.images:  # no tokenizer
-            mcfg = cfg.model_config()
-        elif not tok_file.is_file():
-            raise RunDirError(f"--resume: {tok_file} is missing; it holds the tokenizer the checkpoints "
-                              "were trained with")
-        else:
-            tok = load_tokenizer(tok_file)
-            mcfg = model_config(cfg, tok, eos_id(tok))[0]
+        mcfg = _resumed_model_config(cfg, kind.resumed(dc, run_dir))
         shapes, skipped = _param_shapes(mcfg), []
         for path in reversed(step_dirs(run_dir)):
             try:
@@ -151,9 +161,7 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
                 skipped.append((path, str(e)))
                 continue
             if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
-                what = (f"image set (data.source={dc.source!r}, data.path={dc.path!r}, ...)" if cfg.images else
-                        f"corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...)")
-                raise RunDirError(f"--resume: the {what} differs from the one {path} was trained on; resume "
+                raise RunDirError(f"--resume: the {kind.describe(dc)} differs from the one {path} was trained on; resume "
                                   "with the same data, or start a new run_dir")
             _check_resumed_model(saved, mcfg, run_dir)
             try:
@@ -174,9 +182,7 @@ def resume_point(cfg: RunConfig, run_dir: Path, fingerprint: str, info: DistInfo
         return None, None, dc
     if loaded is None:  # ranks > 0 read what rank 0 chose
         loaded = load_checkpoint(chosen)
-    if cfg.images:
-        return Path(chosen), loaded, dc
-    return Path(chosen), loaded, dataclasses.replace(dc, tokenizer=str(run_dir / "tokenizer.json"))
+    return Path(chosen), loaded, kind.resumed(dc, run_dir)
 
 
 
@@ -233,21 +239,9 @@ def matmul_peak(tc, info: DistInfo, say) -> float | None:
 
 
 # ---- model.init_from: the run's first weights and its tokenizer from a model folder ---------------
-def init_from_data(cfg: RunConfig, dc):
-    """The data config for a run that starts from ``model.init_from``: the folder's tokenizer.json
-    (ConfigError naming the field when there is none); ``dc`` unchanged without init_from."""
-    path = getattr(cfg, "init_from", None)
-    if path is None:
-        return dc
-    tok_file = Path(path).expanduser() / "tokenizer.json"
-    if not tok_file.is_file():
-        raise ConfigError(f"model.init_from={path!r} has no tokenizer.json; the run needs the tokenizer the "
-                          "model was trained with (give a folder saved with its tokenizer)")
-    return dataclasses.replace(dc, tokenizer=str(tok_file))
-
-
-def init_from_model(cfg: RunConfig, mcfg) -> torch.nn.Module | None:
-    """The model at ``model.init_from`` (genmodels.load: genmodels or Hugging Face folder), or None.
+def init_from_model(cfg: RunConfig, mcfg, say: Callable[[str], None] = lambda s: None) -> torch.nn.Module | None:
+    """The model at ``model.init_from`` (genmodels.load: genmodels or Hugging Face folder), or None; grown
+    to ``mcfg``'s larger vocabulary (training/init_from.py, said with ``say``).
     ConfigError naming the field and listing the keys where its config differs from the recipe's."""
     path = getattr(cfg, "init_from", None)
     if path is None:
@@ -258,6 +252,7 @@ def init_from_model(cfg: RunConfig, mcfg) -> torch.nn.Module | None:
         raise ConfigError(f"model.init_from={path!r} is a {src.config.family} model; the recipe trains a "
                           f"{mcfg.family} model, so its weights cannot start this run (give a {mcfg.family} "
                           "model folder, or null for fresh weights)")
+    src = grown_source(src, mcfg, path, say)  # new special tokens: new rows = the mean row
     old = json.loads(json.dumps(src.config.to_dict()))  # as stored: tuples become lists
     new = json.loads(json.dumps(mcfg.to_dict()))
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))

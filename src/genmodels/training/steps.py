@@ -200,8 +200,8 @@ def first_non_finite_param(module: nn.Module, info: DistInfo) -> str | None:
 @torch.no_grad()
 def evaluate(loss_fn, val, micro_bs: int, n_batches: int, info: DistInfo, amp_dtype,
              module: nn.Module | None = None, seed: int | None = None) -> float:
-    """Mean loss over the first ``n_batches`` global batches of the (unshuffled) validation windows.
-    ``loss_fn(x, y) -> loss``; ``module`` (default: ``loss_fn`` when it is a module) is in eval mode meanwhile.
+    """Mean loss over the first ``n_batches`` global batches of the (unshuffled) validation split.
+    ``loss_fn(batch) -> loss`` (``batch``: the split's dict batch on the device); ``module`` (default: ``loss_fn`` when it is a module) is in eval mode meanwhile.
 
     With ``seed``, whatever the objective draws (masked-LM masks, corrupted spans) comes from a stream seeded
     ``seed + rank`` under a forked RNG: every evaluation scores the same masks, so validation losses compare
@@ -220,9 +220,9 @@ def evaluate(loss_fn, val, micro_bs: int, n_batches: int, info: DistInfo, amp_dt
         for i in range(n):
             start = i * global_bs + info.rank * micro_bs
             idx = [j % len(val) for j in range(start, start + micro_bs)]
-            x, y = val.get_batch(idx)
+            batch = {k: v.to(info.device) for k, v in val.batch(idx).items()}
             with torch.autocast(info.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = loss_fn(x.to(info.device), y.to(info.device))
+                loss = loss_fn(batch)
             total += loss.double().cpu()
     total = info.all_reduce_sum(total) / (n * info.world_size)
     if module is not None:

@@ -27,22 +27,26 @@ from typing import Callable
 
 import torch
 
+from types import SimpleNamespace
+
 from ..config import ConfigError
-from ..data import BatchSampler, corpus_fingerprint
+from ..data import BatchSampler
+from ..data.kinds import get_data_kind
+from ..files import atomic_write_bytes
 from ..io import attach_tokenizer, save
 from ..models import build_model
+from .. import objectives
 from .checkpoint import latest_checkpoint
-from .config import RunConfig, dump_config
-from .data import corpus_spec, prepare_data
+from .config import RunConfig
 from .distributed import DistInfo, full_model_state, init_distributed, load_full_state, wrap
 from .memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
 from .metrics import MetricsLog, flops_per_token
-from . import gan, image_run
 from .optim import build_optimizer
 from .loop import RunState, check_params, evaluate_run, run_loop, write_checkpoint
+from .recipe import dump_config
 from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
-from .setup import (TrainResult, autocast_dtype, ema_on_resume, init_from_data, init_from_model, matmul_peak,
-                    model_config, restore_rng, resume_point)
+from .setup import (TrainResult, autocast_dtype, ema_on_resume, init_from_model, matmul_peak, model_config,
+                    restore_rng, resume_point)
 from .steps import NonFiniteError, Phase, TrainStep, evaluate, first_non_finite_param  # noqa: F401  (re-exported)
 
 
@@ -86,118 +90,141 @@ def _train(cfg: RunConfig, resume: bool, info: DistInfo, log, progress: bool, t_
 
 def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_start: float,
          clock: Callable[[], float]) -> TrainResult:
-    """Set the run up (resume point, data, model, objective, optimizer, train step), then :func:`run_loop`."""
-    from ..objectives import OBJECTIVES, build_objective  # (objectives import training.loss: not at module level)
-    tc, dc = cfg.train, cfg.data
+    """Set the run up (data, model, objective, its phases, the resume point), then :func:`run_loop`."""
+    tc = cfg.train
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
     run = RunState(cfg=cfg, info=info, say=say, clock=clock, t_start=t_start, run_dir=Path(cfg.run_dir),
                    progress=progress, amp_dtype=autocast_dtype(tc.precision, info.device),
                    micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
-    if cfg.images:  # image families: no tokenizer; the images' own fingerprint
-        run.data = image_run.prepare_image_data(cfg, say if info.is_main else (lambda s: None))
-        run.fingerprint, run.mcfg, n_tokens = run.data.fingerprint, cfg.model_config(), 0
-        ckpt, loaded, _ = resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume else (None, None, dc)
-        run.make_batch = lambda idx: image_run.image_batch(run.data.train.get_batch(idx), info.device)
-    else:
-        run.fingerprint = corpus_fingerprint(corpus_spec(dc))
-        ckpt, loaded, data_cfg = (resume_point(cfg, run.run_dir, run.fingerprint, info, say) if resume
-                                  else (None, None, dc))
-        if ckpt is None:  # a fresh start: model.init_from gives the tokenizer (and, below, the weights)
-            data_cfg = init_from_data(cfg, data_cfg)
-        info.barrier()
-        if info.is_main:  # the main rank builds caches first; the others then read them
-            run.data = prepare_data(data_cfg, log=say)
-        info.barrier()
-        if not info.is_main:
-            run.data = prepare_data(data_cfg, log=lambda s: None)
-        run.mcfg, n_tokens = model_config(cfg, run.data.tokenizer, run.data.eos_id)
-        run.make_batch = lambda idx: _batch(run.data.train.get_batch(idx), info.device)
-    tok = run.data.tokenizer
-    if info.is_main:
-        dump_config(cfg, run.run_dir / "config.yaml")
-        if tok is not None:
-            tok.save(str(run.run_dir / "tokenizer.json"))
-
-    start = init_from_model(cfg, run.mcfg) if ckpt is None else None
-
+    kinds = objectives.OBJECTIVES[cfg.objective()].data_kinds
+    ckpt, loaded = _prepare_data(run, get_data_kind(getattr(cfg.data, "kind", kinds[0])), resume)
+    start = init_from_model(cfg, run.mcfg, say) if ckpt is None else None
     torch.manual_seed(tc.seed)
     model = build_model(run.mcfg)
     if start is not None:
         model.load_state_dict(start.state_dict())
         say(f"model: weights from model.init_from={cfg.init_from}")
     model = model.to(info.device)
-    if not cfg.images:  # (image recipes refuse train.activation_checkpointing)
+    if tc.activation_checkpointing != "none":
         apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
     if info.device.type == "cpu":
         keep_freed_memory()
-    if cfg.images:
-        run.objective = OBJECTIVES[cfg.objective()].from_config(model, tc).train()
-    else:
-        run.objective = build_objective(cfg.objective(), model, n_tokens=n_tokens, eos_id=run.data.eos_id,
-                                        chunk=tc.loss_chunk, mlm_prob=tc.mlm_prob,
-                                        noise_density=tc.span_noise_density, mean_span_length=tc.span_mean_length,
-                                        **tc.router_losses()).train()
+    run.objective = objectives.build_objective(cfg.objective(), model, tc.objective, n_tokens=run.n_tokens,
+                                    eos_id=run.data.eos_id, loss_chunk=tc.loss_chunk).train()
+    run.objective.check_data(run.data)
     run.n_params = sum(p.numel() for p in model.parameters())
-    run.fpt = 0.0 if cfg.images else flops_per_token(model, dc.seq_len)
+    seq_len = getattr(cfg.data, "seq_len", None)
+    run.fpt = flops_per_token(model, seq_len) if run.objective.flops_apply and seq_len else 0.0
     scaler = torch.amp.GradScaler("cuda") if run.amp_dtype == torch.float16 else None
-    if gan.two_player(run.objective):  # a GAN: D then G, one optimizer each (training/gan.py), one process
-        run.train_step = gan.gan_train_step(run.objective, tc, info, run.amp_dtype, scaler)
-        run.optimizer = run.train_step.phases[-1].optimizer
-        run.watch = gan.CollapseWatch.from_config(tc, run.objective.loss)
-    else:
-        wrapped = wrap(run.objective, info)
-        run.optimizer = build_optimizer(run.objective, tc.lr, tc.weight_decay, tc.betas, tc.eps,
-                                        distributed=info.kind == "fsdp" and info.active)
-        run.step_fn = torch.compile(wrapped) if tc.compile else wrapped
-        run.train_step = TrainStep([Phase("model", run.step_fn, run.objective, run.optimizer, tc.grad_clip, tc.lr,
-                                          sync_module=wrapped)], info, run.amp_dtype, scaler)
+    run.train_step, run.step_fn = build_train_step(run.objective, tc, info, run.amp_dtype, scaler)
+    run.optimizer, run.watch = run.train_step.phases[-1].optimizer, run.objective.watch()
     run.sampler = BatchSampler(len(run.data.train), run.micro_bs, seed=tc.seed, rank=info.rank,
                                world_size=info.world_size)
     run.metrics = MetricsLog(run.run_dir / "metrics.jsonl")
     run.max_steps = tc.max_steps  # with max_minutes, fitted to the budget after a few steps
     if ckpt is not None:
-        model_sd, optim_sd, rng, state = loaded
-        model_sd, restart_ema = ema_on_resume(run.objective, model_sd, ckpt, say)
-        absent_ok = ("ema.",) if restart_ema else ()
-        if run.watch is not None:  # two optimizers, keyed by phase
-            load_full_state(run.objective, None, model_sd, None, absent_ok)
-            run.train_step.load_optimizer_state(optim_sd)
-        else:
-            load_full_state(run.objective, run.optimizer, model_sd, optim_sd, absent_ok)
-        if restart_ema:
-            run.objective.restart_ema()
-        run.sampler.load_state_dict(state["sampler"])
-        restore_rng(rng, info, tc.seed)
-        run.step, run.tokens, run.prev_elapsed = int(state["step"]), int(state["tokens"]), float(
-            state.get("elapsed_s", 0.0))
-        if state.get("calibrated"):
-            run.max_steps, run.calibrated = int(state["max_steps"]), True
-        if run.watch is not None:  # a GAN's streaks of collapsed or stuck discriminator steps continue where they were
-            run.watch.load_state(state)
-        if info.is_main:
-            run.metrics.truncate_after(run.step)
-        run.last_ckpt_step = run.step
-        say(f"resumed from {ckpt} (step {run.step}, {run.tokens:,} {run.count_unit})")
+        _restore(run, ckpt, loaded)
     elif resume:
         say(f"no checkpoint in {run.run_dir}; starting from step 0")
     elif info.is_main and run.metrics.path.exists():
         run.metrics.path.unlink()
     info.barrier()
     run.peak = matmul_peak(tc, info, say)
-    per_token = "" if cfg.images else f" ({run.fpt / 1e6:.1f} MFLOP/token)"
-    say(f"model: {run.mcfg.family} {run.n_params / 1e6:.2f}M params{per_token}, "
-        f"{info.world_size} process(es) [{info.kind if info.active else 'single'}], device {info.device}, "
-        + (f"micro-batch {run.micro_bs} × accum {tc.grad_accum} = global {tc.batch_size} images" if cfg.images else
-           f"micro-batch {run.micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences"))
+    _say_model(run)
     run_loop(run)
     return _finish(run)
 
 
-def _batch(xy: tuple[torch.Tensor, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    """A window of token ids and its next tokens as the objectives' dict batch."""
-    x, y = xy
-    return {"input_ids": x.to(device, non_blocking=True), "labels": y.to(device, non_blocking=True)}
+def _prepare_data(run: RunState, kind, resume: bool):
+    """The run's data (the main rank builds caches first; the others then read them), the resume point and the
+    model config; ``(checkpoint, loaded state)`` (None, None on a fresh start). Writes config.yaml and the
+    tokenizer (and chat template) beside the run."""
+    cfg, info, say = run.cfg, run.info, run.say
+    dc = cfg.data
+    run.fingerprint = kind.fingerprint(dc)
+    if run.fingerprint is None:  # known once prepared (images)
+        run.data = kind.prepare(dc, say if info.is_main else (lambda s: None))
+        run.fingerprint = run.data.fingerprint
+    ckpt, loaded, dc = (resume_point(cfg, kind, run.run_dir, run.fingerprint, info, say) if resume
+                        else (None, None, dc))
+    if run.data is None:
+        if ckpt is None:  # a fresh start: model.init_from gives the tokenizer (and, later, the weights)
+            dc = kind.started(dc, cfg.init_from)
+        info.barrier()
+        if info.is_main:
+            run.data = kind.prepare(dc, say)
+        info.barrier()
+        if not info.is_main:
+            run.data = kind.prepare(dc, lambda s: None)
+    run.mcfg, run.n_tokens = model_config(cfg, run.data.tokenizer, run.data.eos_id)
+    run.make_batch = lambda idx: {k: v.to(info.device, non_blocking=True) for k, v in run.data.train.batch(idx).items()}
+    if info.is_main:
+        dump_config(cfg, run.run_dir / "config.yaml")
+        if run.data.tokenizer is not None:
+            run.data.tokenizer.save(str(run.run_dir / "tokenizer.json"))
+        template = getattr(run.data, "chat_template", None)
+        if template:
+            atomic_write_bytes(run.run_dir / "chat_template.jinja", template.encode())
+    return ckpt, loaded
+
+
+def build_train_step(objective, tc, info: DistInfo, amp_dtype=None, scaler=None) -> tuple[TrainStep, object]:
+    """``(train step, step_fn)``: the objective's phases, one optimizer each (``tc``: the recipe's train section);
+    a phase over the whole objective runs it DDP/FSDP-wrapped (and compiled): ``step_fn``, which evaluation calls
+    (the objective itself when no phase wraps it). ConfigError when the objective cannot run on these processes."""
+    if info.active and not objective.distributed:
+        raise ConfigError(f"train.distributed={tc.distributed!r}: {objective.name.upper()} runs train in one "
+                          "process for now (set train.distributed: none)")
+    phases, step_fn = [], objective
+    for spec in objective.phases():
+        lr = spec.lr if spec.lr is not None else tc.lr
+        clip = spec.grad_clip if spec.grad_clip is not None else tc.grad_clip
+        loss, sync = spec.loss, None
+        if loss is None:  # the objective itself: wrapped for DDP / FSDP
+            sync = wrap(objective, info)
+            step_fn = loss = torch.compile(sync) if tc.compile else sync
+        opt = build_optimizer(spec.module, lr, tc.weight_decay, spec.betas or tc.betas, tc.eps,
+                              distributed=info.kind == "fsdp" and info.active)
+        phases.append(Phase(spec.name, loss, spec.module, opt, clip, lr, sync_module=sync))
+    return TrainStep(phases, info, amp_dtype, scaler), step_fn
+
+
+def _restore(run: RunState, ckpt: Path, loaded) -> None:
+    """Load the checkpoint's weights, optimizer states, sampler position, RNG and counters into the run."""
+    tc, info, say = run.cfg.train, run.info, run.say
+    model_sd, optim_sd, rng, state = loaded
+    model_sd, restart_ema = ema_on_resume(run.objective, model_sd, ckpt, say)
+    absent_ok = ("ema.",) if restart_ema else ()
+    if len(run.train_step.phases) > 1:  # several optimizers, keyed by phase
+        load_full_state(run.objective, None, model_sd, None, absent_ok)
+        run.train_step.load_optimizer_state(optim_sd)
+    else:
+        load_full_state(run.objective, run.optimizer, model_sd, optim_sd, absent_ok)
+    if restart_ema:
+        run.objective.restart_ema()
+    run.sampler.load_state_dict(state["sampler"])
+    restore_rng(rng, info, tc.seed)
+    run.step, run.tokens, run.prev_elapsed = int(state["step"]), int(state["tokens"]), float(
+        state.get("elapsed_s", 0.0))
+    if state.get("calibrated"):
+        run.max_steps, run.calibrated = int(state["max_steps"]), True
+    run.watch.load_state(state)  # (a GAN's streaks of collapsed or stuck discriminator steps continue)
+    if info.is_main:
+        run.metrics.truncate_after(run.step)
+    run.last_ckpt_step = run.step
+    say(f"resumed from {ckpt} (step {run.step}, {run.tokens:,} {run.count_unit})")
+
+
+def _say_model(run: RunState) -> None:
+    tc, info, dc = run.cfg.train, run.info, run.cfg.data
+    per_token = f" ({run.fpt / 1e6:.1f} MFLOP/token)" if run.objective.flops_apply else ""
+    rows = (f"micro-batch {run.micro_bs}×{dc.seq_len} × accum {tc.grad_accum} = global {tc.batch_size} sequences"
+            if run.objective.unit == "tokens" else
+            f"micro-batch {run.micro_bs} × accum {tc.grad_accum} = global {tc.batch_size} {run.objective.unit}")
+    run.say(f"model: {run.mcfg.family} {run.n_params / 1e6:.2f}M params{per_token}, "
+            f"{info.world_size} process(es) [{info.kind if info.active else 'single'}], device {info.device}, "
+            + rows)
 
 
 def cli_program() -> str:
@@ -244,32 +271,25 @@ def _finish(run: RunState) -> TrainResult:
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
         res.final_dir = _save_final(final, run_dir, tok, res)
-        if cfg.images:
-            grid = image_run.write_samples(final, cfg, run_dir, say)
-            if grid is not None:
-                say(f"samples: {grid}")
-        elif cfg.sample.prompts and cfg.sample.max_new_tokens > 0:
-            res.samples = run.objective.samples(final, tok, cfg.sample, run.data.eos_id, tc.seed, say)
-            if res.samples:
-                say("samples:")
-                for prompt, text in zip(cfg.sample.prompts, res.samples):
-                    say(f"--- {prompt!r}\n{text}")
+        ctx = SimpleNamespace(tokenizer=tok, sample=cfg.sample, eos_id=run.data.eos_id, seed=tc.seed, say=say,
+                              run_dir=run_dir)
+        res.samples = run.objective.samples(final, ctx)
+        if res.samples:
+            say("samples:")
+            for prompt, text in zip(cfg.sample.prompts, res.samples):
+                say(f"--- {prompt!r}\n{text}")
         unit = run.count_unit
-        tps = len(res.train_losses) * run.units_per_step / max(run.train_time, 1e-9)
+        tps = run.units_done / max(run.train_time, 1e-9)
         ppl = f"{res.val_ppl:.2f}" if res.val_ppl is not None else "n/a"
         vl = "n/a" if res.val_loss is None else f"{res.val_loss:.4f}"
-        program, where = cli_program(), shlex.quote(str(run_dir))
-        usage = {"generate": f"  sample:     {program} generate {where}",
-                 "embed": f"  embed:      {program} embed {where} \"some text\"",
-                 "sample": None}[run.objective.usage]
-        usage = usage or f"  sample:     {image_run.sample_command(run_dir, cfg, program)}"
+        usage = run.objective.next_command(run_dir, cli_program(), cfg.sample)
         plots = [run_dir / n for n in ("loss.png", "expert_load.png") if (run_dir / n).is_file()]
         plot = f"plot {', '.join(map(str, plots))}" if not run.plot_error else f"no plot ({run.plot_error[0]})"
         say("\n".join([
             "summary:",
             f"  trained {run.step} steps, {run.tokens:,} {unit} ({len(res.train_losses)} steps this run, "
             f"{tps:,.0f} {'tok' if unit == 'tokens' else unit}/s while training), {res.seconds:.0f}s in all",
-            f"  final validation loss {vl}" + (f", perplexity {ppl}" if not cfg.images else "".join(
+            f"  final validation loss {vl}" + (f", perplexity {ppl}" if run.objective.perplexity else "".join(
                 f", {k} {v:.3g}" for k, v in (res.image_metrics or {}).items())),
             f"  checkpoint: {res.checkpoint or latest_checkpoint(run_dir)}",
             f"  model:      {res.final_dir}  (genmodels.load('{res.final_dir}'))",

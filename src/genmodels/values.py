@@ -5,7 +5,7 @@ import math
 from dataclasses import fields
 from typing import Any
 
-from ..config import ConfigError
+from .config import ConfigError
 
 
 def allowed(cls) -> str:
@@ -33,7 +33,7 @@ def integer(name: str, v: Any, lo: int) -> None:
 def seed(name: str, v: Any) -> None:
     """A recipe seed (``train.seed``, ``sample.seed``): an integer that every generator takes, checked by the one
     seed check of :mod:`genmodels.generation.checks` (0 <= seed < 2**64; a recipe seed is never None)."""
-    from ..generation.checks import check_seed
+    from .generation.checks import check_seed
     try:
         check_seed(v, name=name, optional=False)
     except ValueError as e:

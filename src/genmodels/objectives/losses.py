@@ -1,4 +1,5 @@
-"""Causal-LM objective: next-token cross-entropy, fused with the unembedding and chunked.
+"""The token losses every objective shares: next-token cross-entropy fused with the unembedding and chunked,
+and per-token log-probabilities.
 
     L = 1/N Σ_n [ logsumexp(h_n Wᵀ + b) − (h_n Wᵀ + b)_{y_n} ]
 
@@ -23,7 +24,6 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 IGNORE_INDEX = -100
 
@@ -151,22 +151,3 @@ def token_logprobs(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 def reference_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The readable definition (tests hold the fused path equal to it)."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-
-
-class CausalLMLoss(nn.Module):
-    """Wraps a decoder LM so that ``forward(inputs, targets)`` returns the mean next-token loss.
-
-    DDP and FSDP2 wrap *this* module: its forward is the one entry point, so their hooks fire
-    (FSDP2 unshards the root's embedding/norm/head in this module's pre-forward), and the head
-    weight is read directly by the fused loss without materialising full logits.
-    """
-
-    def __init__(self, model: nn.Module, chunk: int = 1024):
-        super().__init__()
-        self.model = model
-        self.chunk = chunk
-
-    def forward(self, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        h = self.model.hidden_states(input_ids)  # (B, T, D)
-        head = self.model.head
-        return fused_linear_cross_entropy(h, head.get_weight(), head.bias, targets, self.chunk)
