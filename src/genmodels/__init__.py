@@ -18,6 +18,8 @@ Public API (stable):
     sample(model, n=64, labels=None, steps=25, scheduler="ddim", guidance=1.0, seed=None) -> (N, C, H, W)
                                    images in [-1, 1] (diffusion; GANs through their own sample method)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
+    lora.apply(model, "q,v", r=8, alpha=16), lora.merge/unmerge/disabled(model), lora.save/load(model, dir)
+                                   LoRA adapters (genmodels.lora; PEFT's adapter files; docs/lora.md)
 """
 from . import models  # noqa: F401  (registers the built-in families: registry imports none)
 from .native import attention as _native_attention  # noqa: F401  (registers nn/attention's "native" kernel)
@@ -33,8 +35,9 @@ from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
 from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
+from . import lora  # noqa: E402  (genmodels.lora: adapters, after the families are registered)
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
-           "generate", "load", "load_tokenizer", "preset", "sample", "save"]
+           "generate", "load", "load_tokenizer", "lora", "preset", "sample", "save"]
