@@ -2,7 +2,8 @@
 
     genmodels tasks --out DIR [--seed 0] [--per-task 100]
     genmodels eval-tasks PATH --split unseen|seen-test|seen-val|seen-train [--limit N] [--batch 16]
-                         [--max-new-tokens 48] [--tasks DIR] [--seed 0] [--per-task 100] [--out REPORT.json]
+                         [--max-new-tokens 48] [--form messages|prompt] [--tasks DIR] [--seed 0] [--per-task 100]
+                         [--out REPORT.json]
 
 ``eval-tasks`` reads the split from ``--tasks DIR`` (a folder ``genmodels tasks`` wrote), or builds it
 in memory from ``--seed`` / ``--per-task`` (the default set unless told otherwise). ``--limit N`` keeps
@@ -44,6 +45,9 @@ def add_tasks_parsers(sub) -> None:
     e.add_argument("--limit", type=_non_negative, help="at most this many records per task")
     e.add_argument("--batch", type=_non_negative, default=16, help="prompts decoded together (left-padded)")
     e.add_argument("--max-new-tokens", type=_non_negative, default=48)
+    e.add_argument("--form", choices=("messages", "prompt"), default="messages",
+                   help="messages: the question through the model's chat template (default); prompt: the "
+                        "'<question>\\nAnswer:' text a model tuned on the prompt form saw")
     e.add_argument("--tasks", help="a folder genmodels tasks wrote (default: the set built from --seed/--per-task)")
     e.add_argument("--seed", type=_non_negative, default=DEFAULT_SEED)
     e.add_argument("--per-task", type=_non_negative, default=DEFAULT_PER_TASK)
@@ -116,13 +120,14 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
     model = genmodels.load(model_dir(args.path))
     require(model, GENERATES, "`genmodels eval-tasks`", args.path)
     report = genmodels.eval_tasks(model, records, batch=args.batch, max_new_tokens=args.max_new_tokens,
-                                  say=lambda line: print(line, file=sys.stderr))
+                                  form=args.form, say=lambda line: print(line, file=sys.stderr))
     for task, t in report["tasks"].items():
         print(f"{task:<20} {t['correct']:>4}/{t['n']:<4} {t['exact_match']:.3f}")
     print(f"{'overall':<20} {report['correct']:>4}/{report['records']:<4} {report['exact_match']:.3f}  "
           f"(macro over tasks {report['macro_exact_match']:.3f})")
     if args.out is not None:
-        full = {"format": REPORT_FORMAT, "model": args.path, "split": args.split, "limit": args.limit,
+        full = {"format": REPORT_FORMAT, "model": args.path, "split": args.split, "form": args.form,
+                "limit": args.limit,
                 "tasks_from": args.tasks or f"build_taskset(seed={args.seed}, per_task={args.per_task})", **report}
         atomic_write_bytes(args.out, (json.dumps(full, indent=2, ensure_ascii=False) + "\n").encode())
         print(f"wrote {args.out}")

@@ -3,12 +3,15 @@
     records = [r for r in build_taskset() if r.split == "unseen"]
     report = genmodels.eval_tasks(model, records, batch=16)    # report["exact_match"], report["tasks"]
 
-Each record's question is one user message rendered through the model's chat template exactly as
-:class:`genmodels.chat.Conversation` renders a first turn (``model.chat_template``, or the plain
-template for our own runs; one encoding rule: :meth:`Conversation.encode`). Prompts are sorted by
-length, cut into batches of ``batch``, left-padded, and decoded greedily together by
-:func:`genmodels.generate`; a row ends at the model's end token (``<|im_end|>`` for SmolLM2), at the
-plain template's next turn, or after ``max_new_tokens``. The reply is the text before its end and
+``form="messages"`` (the default): each record's question is one user message rendered through the
+model's chat template exactly as :class:`genmodels.chat.Conversation` renders a first turn
+(``model.chat_template``, or the plain template for our own runs; one encoding rule:
+:meth:`Conversation.encode`). ``form="prompt"``: the record's ``prompt`` form (``"<question>\nAnswer:"``)
+encoded as the ``examples`` data kind encodes it (no special tokens added), the reply ending at a
+newline too (for a model tuned on the prompt form). Prompts are sorted by length, cut into batches of
+``batch``, left-padded, and decoded greedily together by :func:`genmodels.generate`; a row ends at the
+model's end token (``<|im_end|>`` for SmolLM2), at a stop string (the plain template's next turn; a
+newline for the prompt form), or after ``max_new_tokens``. The reply is the text before its end and
 is scored by :func:`genmodels.data.tasks.exact_match` (normalised text equal to the answer).
 
 The report: ``records``, ``correct``, ``exact_match`` (over records), ``macro_exact_match`` (the
@@ -29,6 +32,8 @@ from .generation.stop import StopStrings
 __all__ = ["eval_tasks", "score_replies"]
 
 DEFAULT_MAX_NEW_TOKENS = 48  # the longest answers (sorted lists, dates) take about 30 tokens
+FORMS = ("messages", "prompt")
+PROMPT_STOP = ("\n",)  # every answer is one line
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -42,19 +47,19 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     return ids, mask
 
 
-def _replies(model, conversation: Conversation, prompts: list[list[int]], batch: int, max_new_tokens: int,
-             say: Callable[[str], None] | None) -> list[str]:
+def _replies(model, conversation: Conversation, prompts: list[list[int]], stop: tuple[str, ...], batch: int,
+             max_new_tokens: int, say: Callable[[str], None] | None) -> list[str]:
     """The greedy reply to each encoded prompt (module doc), in the order given."""
     ends = sorted(conversation.ends)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else ends[0]
-    cut = StopStrings(conversation.stop)
+    cut = StopStrings(stop)
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # similar lengths share a batch
     replies: list[str] = [""] * len(prompts)
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
         ids, mask = _left_pad([prompts[i] for i in rows], pad)
         out = generate(model, ids, max_new_tokens, attention_mask=mask, eos_token_id=ends, pad_token_id=pad,
-                       stop=conversation.stop or None)  # (B, T + n), greedy
+                       stop=stop or None)  # (B, T + n), greedy
         for row, i in enumerate(rows):
             new = out[row, ids.shape[1]:].tolist()
             end = next((k for k, tok in enumerate(new) if tok in conversation.ends), len(new))
@@ -84,20 +89,28 @@ def score_replies(records: Sequence[TaskRecord], replies: Sequence[str]) -> dict
 
 
 def eval_tasks(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int = 16, *,
-               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, template: str | None = None,
+               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, form: str = "messages", template: str | None = None,
                say: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Exact match of ``model``'s greedy replies on ``records`` (module doc); ``template`` overrides the
     model's chat template, ``say`` receives a progress line per batch."""
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} (--form): choose one of {', '.join(FORMS)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch={batch!r} (--batch): give a positive integer")
     records = list(records)
     if not records:
         raise ValueError("no task records to evaluate (an empty split, or --limit 0)")
     conversation = Conversation(model, template=template, max_new_tokens=max_new_tokens)
-    prompts = [conversation.encode([{"role": "user", "content": r.question}]) for r in records]
+    if form == "messages":
+        prompts = [conversation.encode([{"role": "user", "content": r.question}]) for r in records]
+        stop = conversation.stop
+    else:
+        encoded = conversation.tokenizer.encode_batch([r.prompt_form()["prompt"] for r in records],
+                                                      add_special_tokens=False)
+        prompts, stop = [e.ids for e in encoded], PROMPT_STOP
     room = conversation.context - max_new_tokens
     for r, p in zip(records, prompts):
         if len(p) > room:
             raise ValueError(f"record {r.id}: its prompt takes {len(p)} tokens and the model's context "
                              f"({conversation.context}) leaves {room} after max_new_tokens={max_new_tokens}")
-    return score_replies(records, _replies(model, conversation, prompts, batch, max_new_tokens, say))
+    return score_replies(records, _replies(model, conversation, prompts, stop, batch, max_new_tokens, say))

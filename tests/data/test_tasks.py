@@ -191,24 +191,35 @@ def tiny():
     return tiny_chat_model(tokenizer="char", max_seq_len=512)
 
 
-def test_batched_replies_equal_one_by_one(tiny, default_set):
+@pytest.mark.parametrize("form", ["messages", "prompt"])
+def test_batched_replies_equal_one_by_one(tiny, default_set, form):
     records = [r for r in default_set if r.split == "unseen"][::7]  # 18 records of every unseen task
-    batched = genmodels.eval_tasks(tiny, records, batch=5, max_new_tokens=6)
-    single = genmodels.eval_tasks(tiny, records, batch=1, max_new_tokens=6)
+    batched = genmodels.eval_tasks(tiny, records, batch=5, max_new_tokens=6, form=form)
+    single = genmodels.eval_tasks(tiny, records, batch=1, max_new_tokens=6, form=form)
     assert [r["reply"] for r in batched["replies"]] == [r["reply"] for r in single["replies"]]
     assert [r["id"] for r in batched["replies"]] == [r.id for r in records]  # in the order given
-    reply = genmodels.chat(tiny, [{"role": "user", "content": records[0].question}], max_new_tokens=6)
-    assert batched["replies"][0]["reply"] == reply  # rendered and stopped as a chat's first turn
     assert batched["records"] == len(records) and set(batched["tasks"]) == set(UNSEEN_TASKS)
+    first = records[0]
+    if form == "messages":  # rendered and stopped as a chat's first turn
+        reply = genmodels.chat(tiny, [{"role": "user", "content": first.question}], max_new_tokens=6)
+    else:  # the prompt form's text as the examples kind encodes it, cut at the end token or a newline
+        ids = tiny.tokenizer.encode(first.prompt_form()["prompt"], add_special_tokens=False).ids
+        new = genmodels.generate(tiny, torch.tensor([ids]), 6, stop="\n")[0, len(ids):].tolist()
+        new = new[:new.index(2)] if 2 in new else new
+        reply = tiny.tokenizer.decode(new).split("\n")[0]
+    assert batched["replies"][0]["reply"] == reply
 
 
-def test_a_model_answering_right_scores_one_and_the_reply_ends_at_the_end_token(tiny, default_set, monkeypatch):
+@pytest.mark.parametrize("form", ["messages", "prompt"])
+def test_a_model_answering_right_scores_one_and_the_reply_ends_at_the_end(tiny, default_set, monkeypatch, form):
     records = [r for r in default_set if r.split == "seen-test"][::10]
     tok = tiny.tokenizer
     by_prompt = {}
     for r in records:
-        text = genmodels.apply_chat_template(tiny, [{"role": "user", "content": r.question}])
+        text = (genmodels.apply_chat_template(tiny, [{"role": "user", "content": r.question}])
+                if form == "messages" else r.prompt_form()["prompt"])
         by_prompt[tuple(tok.encode(text, add_special_tokens=False).ids)] = r.answer
+    end = [2] if form == "messages" else tok.encode("\nz", add_special_tokens=False).ids  # <|im_end|> | newline
     calls = []
 
     def answering(model, ids, n, attention_mask=None, eos_token_id=None, pad_token_id=None, stop=None):
@@ -216,15 +227,15 @@ def test_a_model_answering_right_scores_one_and_the_reply_ends_at_the_end_token(
         rows = []
         for row, mask in zip(ids, attention_mask):
             answer = by_prompt[tuple(row[mask.bool()].tolist())]  # the left padding is masked out
-            rows.append(tok.encode(answer + ".", add_special_tokens=False).ids + [2, 5, 6] + [pad_token_id] * n)
+            rows.append(tok.encode(answer + ".", add_special_tokens=False).ids + end + [5, 6] + [pad_token_id] * n)
         new = torch.tensor([r[:n] for r in rows])
         return torch.cat([ids, new], dim=1)
 
     monkeypatch.setattr("genmodels.task_eval.generate", answering)
-    report = genmodels.eval_tasks(tiny, records, batch=4)
+    report = genmodels.eval_tasks(tiny, records, batch=4, form=form)
     assert report["exact_match"] == 1.0 and report["correct"] == len(records)
     assert all(t["exact_match"] == 1.0 for t in report["tasks"].values())
-    assert [r["reply"] for r in report["replies"]] == [r.answer + "." for r in records]  # cut at <|im_end|> (2)
+    assert [r["reply"] for r in report["replies"]] == [r.answer + "." for r in records]  # cut at the end
     assert calls == [4] * (len(records) // 4) + ([len(records) % 4] if len(records) % 4 else [])
 
 
