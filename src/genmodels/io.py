@@ -22,6 +22,7 @@ from .models.config import ModelConfig
 from .interop.base import check_state
 from .registry import build_model, config_from_dict, get_family
 from .models.flops import parameter_count, weight_bytes
+from .nn.lora import refuse_adapters
 
 FORMAT = "genmodels"
 
@@ -141,6 +142,7 @@ def save(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bo
     holding a model of another family or architecture is replaced only with ``overwrite=True``)."""
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
+    refuse_adapters(model, "genmodels.save")
 
     def write(d: Path) -> None:
         sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -166,6 +168,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrit
     from .interop.hf_tokenizer import write_tokenizer_config
     from .interop.base import ConversionError
     from .registry import family_of
+    refuse_adapters(model, "genmodels.export_hf")
     fam = family_of(model.config)
     if fam is not None and not fam.converters:  # RetNet, diffusion: no transformers architecture to become
         raise ConversionError(f"cannot export as Hugging Face transformers: model.family={fam.name!r} has no such "

@@ -168,6 +168,10 @@ def test_adapter_files_never_replace_a_file_that_is_not_one(tmp_path):
 def test_unload_gives_back_plain_linears_that_save_as_the_base_family(tmp_path):
     model = _randomise_adapters(lora.apply(tiny_model("llama"), "q,v,down", r=4))
     ids = random_ids(2, 9)
+    for write in (genmodels.save, genmodels.export_hf):  # adapters in a whole-model file: refused, naming the way
+        with pytest.raises(ValueError, match="blocks.0.attn.qkv and 3 more carry LoRA adapters; genmodels.lora.save"):
+            write(model, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
     with torch.no_grad():
         want = model(ids)
         lora.unload(model)

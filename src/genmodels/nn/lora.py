@@ -209,6 +209,16 @@ def _adapted_or_refuse(model: nn.Module, what: str) -> list[LoRALinear]:
     return mods
 
 
+def refuse_adapters(model: nn.Module, what: str) -> None:
+    """A whole-model writer's check: a model carrying adapters is not its family's plain model (its
+    state dict holds ``lora_A``/``lora_B`` keys no loader reads). One-line ``ValueError``."""
+    mods = adapted(model)
+    if mods:
+        more = f" and {len(mods) - 1} more" if len(mods) > 1 else ""
+        raise ValueError(f"{what}: {mods[0][0]}{more} carry LoRA adapters; genmodels.lora.save(model, DIR) writes "
+                         "the adapters, genmodels.lora.unload(model) merges them into plain linears to save the whole model")
+
+
 def reset(model: nn.Module) -> None:
     """PEFT's init on every adapter, in module order (PEFT's order: the same seed gives PEFT's A)."""
     for m in _adapted_or_refuse(model, "lora.reset"):
