@@ -110,7 +110,8 @@ class Request:
             stopped = [not bool(before[i]) and (self.streams[i].push(int(nxt[i])), self.streams[i].stopped)[1]
                        for i in range(self.batch)]
             self.done = self.done | torch.tensor(stopped, dtype=torch.bool, device=self.done.device)
-        self.finished = bool(self.done.all()) or self.n == s.max_new_tokens
+        self.finished = self.n == s.max_new_tokens or ((len(self.end_ids) > 0 or self.streams is not None)
+                                                       and bool(self.done.all()))
         return nxt
 
 
@@ -178,9 +179,19 @@ class DecodeSession:
             cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
         return cache, self.model.head(h[:, -1])  # only the last position's logits are needed
 
-    @torch.inference_mode()
     def step(self) -> list[Request]:
         """One token for every live row; returns the requests that finished (they leave the session)."""
+        if not torch.is_inference_mode_enabled():  # (entering it costs as much as a small model's step)
+            with torch.inference_mode():
+                return self.step()
+        if len(self.requests) == 1 and not self.requests[0].s.keep_cache:  # generate's loop: nothing moves
+            req = self.requests[0]
+            tokens = req.choose(self.logits, self.choose)
+            if req.finished:
+                self.requests, self.cache, self.logits, self._step = [], None, None, None
+                return [req]
+            self.logits = self.feed(tokens)
+            return []
         spans, lo = [], 0
         for req in self.requests:
             spans.append((lo, lo + req.batch))
