@@ -5,6 +5,7 @@ A new objective is held here as soon as it is registered (``genmodels.objectives
 adds its tiny overrides to ``TINY`` (the test names the family that lacks them)."""
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 
@@ -30,6 +31,7 @@ TINY = {
 }
 
 
+@functools.lru_cache(maxsize=None)
 def _n_params(name: str) -> int:
     from genmodels.registry import build_model, preset
     with torch.device("meta"):

@@ -3,7 +3,9 @@
     L = 1/N Σ_n −log softmax(h_n Wᵀ + b)_{y_n}
 
 (see :mod:`.losses` for the fused, chunked computation, ``train.loss_chunk`` rows at a time). Batch: ``input_ids (B, T)``
-and ``labels (B, T)``, the next token of each position.
+and ``labels (B, T)``, the next token of each position (``ignore_index`` −100: no loss there); packed examples
+(the ``examples`` data kind) add ``segment_ids (B, T)`` (0: padding) and ``position_ids (B, T)``, passed to the
+model, so attention never crosses examples and positions restart in each.
 
 A sparse MoE model (``model.n_experts > 0``) adds, in training, its router losses (:mod:`.router`):
 
@@ -57,6 +59,9 @@ class CausalOptions(ObjectiveOptions):
         return {"router_aux_loss": kind, "router_aux_coef": coef, "router_z_coef": z}
 
 
+PACKED = ("position_ids", "segment_ids")  # what a batch of packed examples adds (data kind examples)
+
+
 class CausalLM(Objective):
     name = "causal"
     Options = CausalOptions
@@ -84,14 +89,20 @@ class CausalLM(Objective):
                                       "model (model.n_experts is 0); leave it out or set model.n_experts")
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
+        packed = {k: batch[k] for k in PACKED if k in batch}  # examples: attention within each, positions restart
         with record_routing(self.model) as routing:  # one record per MoE layer (none: dense)
-            h = self.model.hidden_states(batch["input_ids"])  # (B, T, D)
+            h = self.model.hidden_states(batch["input_ids"], **packed)  # (B, T, D)
         head = self.model.head
         loss = fused_linear_cross_entropy(h, head.get_weight(), head.bias, batch["labels"], self.chunk)
         if not routing or not self.training:
             return loss, {}
         extra, metrics = router_losses(routing, self.router_aux_loss, self.router_aux_coef, self.router_z_coef)
         return loss + extra, {"lm_loss": loss.detach(), **metrics, **routing_metrics(routing)}
+
+    def units(self, batch: Batch) -> int:
+        """Tokens: every input id of a window; of packed examples, the real ones (``segment_ids > 0``)."""
+        segments = batch.get("segment_ids")
+        return batch["input_ids"].numel() if segments is None else int((segments > 0).sum())
 
     def bar_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """The progress bar leaves out the per-expert loads (the spread ``moe_load_cv`` stays)."""

@@ -270,6 +270,7 @@ def _finish(run: RunState) -> TrainResult:
         final = build_model(run.mcfg)
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
+        final.chat_template = getattr(run.data, "chat_template", None)  # (examples rendered with one)
         res.final_dir = _save_final(final, run_dir, tok, res)
         ctx = SimpleNamespace(tokenizer=tok, sample=cfg.sample, eos_id=run.data.eos_id, seed=tc.seed, say=say,
                               run_dir=run_dir)
