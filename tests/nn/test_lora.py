@@ -112,7 +112,8 @@ def test_dropout_acts_on_the_adapter_input_in_training_only():
     model = _randomise_adapters(lora.apply(tiny_model("llama"), "q,v", r=4, dropout=0.5))
     ids = random_ids(1, 9)
     with torch.no_grad():
-        evaluated = model(ids)
+        evaluated = model(ids)  # applied to a model in eval mode: the adapters are too (no dropout)
+        assert torch.equal(model(ids), evaluated)
         model.train()
         torch.manual_seed(0)
         assert not torch.allclose(model(ids), evaluated)

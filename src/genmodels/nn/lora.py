@@ -116,6 +116,7 @@ class LoRALinear(nn.Linear):
                                         for n, (a, b) in rows.items()])
         self.dropout = nn.Dropout(spec.dropout) if spec.dropout > 0 else nn.Identity()
         self.merged, self.enabled = False, True
+        self.train(base.training)  # a model in eval mode stays so: no dropout sneaking in after apply()
 
     @property
     def reads_as_linear(self) -> bool:

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.parity
 TOL = dict(atol=1e-5, rtol=1e-5)
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 CASES = {"q,v": (["q_proj", "v_proj"], {}), "all-linear": ("all-linear", {}),
-         "all-linear-rslora": ("all-linear", {"use_rslora": True}), "k,o,down-gqa": (["k_proj", "o_proj", "down_proj"], {})}
+         "all-linear-rslora": ("all-linear", {"use_rslora": True}), "k,o,down-gqa": (["k_proj", "o_proj", "down_proj"], {}),
+         "gate,up-layer1-dropout": (["gate_proj", "up_proj"], {"layers_to_transform": [1], "lora_dropout": 0.1})}
 
 
 def _randomise_adapters(model, seed: int) -> None:
@@ -66,7 +67,7 @@ def test_ours_saved_loads_in_peft_with_equal_logits(case, tmp_path):
     hf = hf_model("llama", seed=1, num_key_value_heads=2)
     ours = to_ours(hf, tmp_path / "base")
     roles = ",".join(t.removesuffix("_proj") for t in (ALL if targets == "all-linear" else targets))
-    lora.apply(ours, roles, r=4, alpha=8, rslora=kw.get("use_rslora", False))
+    lora.apply(ours, roles, r=4, alpha=8, rslora=kw.get("use_rslora", False), dropout=kw.get("lora_dropout", 0.0))
     _randomise_adapters(ours, seed=4)
     lora.save(ours, tmp_path / "adapter")
     pm = peft.PeftModel.from_pretrained(hf, tmp_path / "adapter").eval()
