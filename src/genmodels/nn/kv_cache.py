@@ -197,6 +197,148 @@ class KVCache:
     def advance(self, t: int, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None) -> torch.Tensor:
         """Positions ``(B, T)`` of ``t`` new tokens, and ``row_pos`` moved past them (the model calls this
+        before its forward). ``attention_mask (B, pos + T)`` marks the new tokens' pads: they do not count
+        (at prefill they take position 0). Given ``position_ids`` are used as they are (the last is real)."""
+        if position_ids is not None:
+            self.row_pos = position_ids[:, -1].to(self.row_pos.device) + 1
+            return position_ids
+        if t == 1:  # a decode step: no reduction, no sync
+            position_ids = self.row_pos[:, None]
+            real = attention_mask[:, self.pos].to(self.row_pos) if attention_mask is not None else 1
+            self.row_pos = self.row_pos + real
+            return position_ids
+        new = attention_mask[:, self.pos:].to(self.row_pos.device).long() if attention_mask is not None else None
+        if new is None or bool(new.all()):
+            position_ids = self.row_pos[:, None] + torch.arange(t, device=self.row_pos.device)
+            self.row_pos = self.row_pos + t
+        else:
+            position_ids = (self.row_pos[:, None] + new.cumsum(-1) - 1).masked_fill(new == 0, 0)
+            self.row_pos = self.row_pos + new.sum(-1)
+        return position_ids
+
+    def set_key_mask(self, mask: torch.Tensor) -> None: ...
+
+    def select(self, rows: torch.Tensor) -> None: ...
+
+    def reorder(self, index: torch.Tensor) -> None: ...
+
+    def extend(self, other) -> None: ...
+
+
+@runtime_checkable
+class CachingModel(Protocol):
+    """A decoder that :func:`genmodels.generate` drives (the PyTorch path; the native step also
+    needs ``decoder_view()``, see :mod:`genmodels.native.decoder`).
+
+    * ``new_cache(batch, max_len, *, limit)``: an empty :class:`DecodingCache` for ``batch`` rows,
+      room for ``max_len`` positions at first, growing (``reserve``) to at most ``limit``.
+    * ``hidden_states(input_ids (B, T), attention_mask=, position_ids=, cache=)`` -> ``(B, T, D)``:
+      consumes T tokens after ``cache.pos`` (prefill: T = prompt; decode: T = 1), sets
+      ``cache.pos += T`` and advances ``cache.row_pos``; without ``position_ids`` the tokens take
+      each row's next positions (``row_pos`` onwards, pads skipped).
+    * ``head(hidden (B, D)) -> logits (B, V)``.
+    """
+
+    def new_cache(self, batch: int, max_len: int | None = None, *, limit: int | None = None) -> DecodingCache: ...
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None,
+                      cache: DecodingCache | None = None) -> torch.Tensor: ...
+
+
+class LayerKVCache:
+    def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k, v (B, H_kv, T, D)`` at ``start``; return the filled prefix ``(B, H_kv, start+T, D)``."""
+        end = start + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache overflow: {end} positions > capacity {self.max_len}; "
+                             "allocate a larger cache (max_len)")
+        self.k.narrow(2, start, k.shape[2]).copy_(k)
+        self.v.narrow(2, start, v.shape[2]).copy_(v)
+        return self.k.narrow(2, 0, end), self.v.narrow(2, 0, end)
+
+    def resize(self, capacity: int, filled: int) -> None:
+        """New buffers of ``capacity`` slots holding the first ``filled`` slots of the old ones."""
+        k = self.k.new_zeros(*self.k.shape[:2], capacity, self.k.shape[3])
+        v = torch.zeros_like(k)
+        k[:, :, :filled] = self.k[:, :, :filled]
+        v[:, :, :filled] = self.v[:, :, :filled]
+        self.k, self.v = k, v
+
+    def keep(self, slots: torch.Tensor) -> None:
+        """Slots ``slots (S,)`` (increasing) become slots ``[0, S)``, in place (the storage stays put)."""
+        n = slots.shape[0]
+        self.k[:, :, :n] = self.k.index_select(2, slots)
+        self.v[:, :, :n] = self.v.index_select(2, slots)
+
+    def select(self, rows: torch.Tensor, filled: int) -> None:
+        """Batch rows ``rows (R,)``: in place when R is the batch size, else new buffers."""
+        k, v = self.k[:, :, :filled].index_select(0, rows), self.v[:, :, :filled].index_select(0, rows)
+        if rows.shape[0] != self.k.shape[0]:
+            self.k = self.k.new_zeros(rows.shape[0], *self.k.shape[1:])
+            self.v = torch.zeros_like(self.k)
+        self.k[:, :, :filled], self.v[:, :, :filled] = k, v
+
+    def stack(self, other: LayerKVCache, shift: int, other_shift: int, filled: int, capacity: int) -> None:
+        """New buffers: this cache's rows then ``other``'s, each moved ``shift`` slots later (front padding)."""
+        k = self.k.new_zeros(self.k.shape[0] + other.k.shape[0], *self.k.shape[1:2], capacity, self.k.shape[3])
+        v = torch.zeros_like(k)
+        b = self.k.shape[0]
+        for rows, src, s in ((slice(0, b), self, shift), (slice(b, None), other, other_shift)):
+            k[rows, :, s:filled] = src.k[:, :, :filled - s]
+            v[rows, :, s:filled] = src.v[:, :, :filled - s]
+        self.k, self.v = k, v
+
+
+class KVCache:
+    """The cache of a whole model: one :class:`LayerKVCache` per attention layer, the number of
+    slots already filled (``pos``), each row's next position (``row_pos (B,)``), and the absolute
+    position of slot 0 of an unpadded row (``offset``, > 0 only after a sliding-window compaction;
+    the length check of learned positions reads it).
+
+    ``limit``: the most slots :meth:`reserve` may grow to (None: it never grows; a fixed cache).
+    ``window``: the model's sliding window (positions a query sees, itself included), or None.
+    """
+
+    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None, *,
+                 limit: int | None = None, window: int | None = None):
+        self.layers = [LayerKVCache(batch, n_kv_heads, max_len, head_dim, dtype, device) for _ in range(n_layers)]
+        self.pos = 0
+        self.offset = 0
+        self.row_pos = torch.zeros(batch, dtype=torch.long, device=device)
+        self.limit, self.window = limit, window
+        self.key_mask: torch.Tensor | None = None
+
+    @property
+    def max_len(self) -> int:
+        return self.layers[0].max_len
+
+    @property
+    def batch(self) -> int:
+        return self.row_pos.shape[0]
+
+    def __getitem__(self, i: int) -> LayerKVCache:
+        return self.layers[i]
+
+    def reset(self) -> None:
+        self.pos = 0
+        self.offset = 0
+        self.row_pos = torch.zeros_like(self.row_pos)
+        self.key_mask = None
+
+    def advance(self, t: int, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None) -> torch.Tensor:
+        """Positions ``(B, T)`` of ``t`` new tokens, and ``row_pos`` moved past them (the model calls this
         before its forward). ``attention_mask (B, pos + T)`` marks the new tokens' pads (they take
         position 0 and do not count); given ``position_ids`` are used as they are."""
         new = attention_mask[:, self.pos:].to(self.row_pos.device).long() if attention_mask is not None else None
