@@ -200,3 +200,26 @@ def test_the_native_step_never_reads_an_unmerged_adapter_as_its_base_weight(monk
     lora.merge(model)
     assert unsupported(model) is None and DecodeSession(model).native
     assert torch.equal(genmodels.generate(model, ids, 8), want)
+
+
+def test_adapter_files_that_compute_something_else_are_refused_by_name(tmp_path):
+    from safetensors.torch import load_file, save_file
+    model = lora.apply(tiny_model("llama"), "q,v", r=4)
+    lora.save(model, tmp_path / "a")
+    cfg = json.loads((tmp_path / "a/adapter_config.json").read_text())
+    for change, match in [({"use_dora": True}, "use_dora=True is not supported"), ({"peft_type": "IA3"}, "peft_type='IA3'"),
+                          ({"bias": "all"}, "bias='all' is not supported"), ({"r": 8}, r"lora_A of blocks.0.attn.qkv\[q\] is shape")]:
+        (tmp_path / "a/adapter_config.json").write_text(json.dumps({**cfg, **change}))
+        with pytest.raises(ValueError, match=match):
+            lora.load(tiny_model("llama"), tmp_path / "a")
+    (tmp_path / "a/adapter_config.json").write_text(json.dumps(cfg))
+    weights = load_file(tmp_path / "a/adapter_model.safetensors")
+    key = "base_model.model.model.layers.0.self_attn.v_proj.lora_B.weight"
+    for tensors, match in [({**weights, key.replace("layers.0", "layers.9"): weights[key].clone()}, "layers.9.self_attn.v_proj.lora_B.weight names no projection"),
+                           ({k: v for k, v in weights.items() if k != key}, r"lora_B of blocks.0.attn.qkv\[v\] is missing")]:
+        save_file(tensors, tmp_path / "a/adapter_model.safetensors")
+        with pytest.raises(ValueError, match=match):
+            lora.load(tiny_model("llama"), tmp_path / "a")
+    (tmp_path / "a/adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors: no such file"):
+        lora.load(tiny_model("llama"), tmp_path / "a")
