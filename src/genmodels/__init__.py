@@ -12,6 +12,9 @@ Public API (stable):
     from_torchscale(decoder)       a live torchscale 0.3.0 RetNetDecoder -> RetNetLM
     from_torch_dcgan(netG_sd, netD_sd=None)  pytorch/examples DCGAN state dicts -> DCGAN
     generate(model, input_ids, max_new_tokens=..., temperature=0.0, top_k=None, top_p=None, seed=None, ...)
+                                   (stop=[...] strings; cache= / return_cache=True continue and return a cache)
+    DecodeSession(model)           the decode loop under generate and chat: requests with their own sampling
+                                   join and leave between steps over one cache (genmodels.generation.session)
     model(input_ids, attention_mask=None) -> logits (B, T, V)
     embed(model, texts) -> (N, D)  sentence embeddings (encoders; sentence-transformers recipe)
     eval_tasks(model, records, batch=16) -> report   exact match on the task set (genmodels.data.tasks)
@@ -29,7 +32,7 @@ from .chat import chat, chat_stream
 from .task_eval import eval_tasks
 from .data.chat_template import apply_chat_template
 from .embed import embed
-from .generation import generate
+from .generation import DecodeSession, generate
 from .generation.images import sample
 from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
@@ -38,6 +41,6 @@ from .registry import build_model, preset
 from . import lora  # noqa: E402  (genmodels.lora: adapters, after the families are registered)
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
+__all__ = ["ConfigError", "DecodeSession", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
            "generate", "load", "load_tokenizer", "lora", "preset", "sample", "save"]
