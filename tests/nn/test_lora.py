@@ -55,6 +55,8 @@ def test_merge_equals_unmerged_unmerge_restores_and_disabled_is_the_base():
         assert (adapted - base).abs().max() > 0.1
         with lora.disabled(model):
             assert torch.equal(model(ids), base)  # the base, exactly: adapters skipped, weights untouched
+            with pytest.raises(ValueError, match="disabled here"):
+                lora.merge(model)  # merged-but-disabled would be neither
         assert torch.equal(model(ids), adapted)  # and back on after the block
         lora.merge(model)
         _scaled_close(model(ids), adapted, 1e-5)
