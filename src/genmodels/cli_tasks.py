@@ -124,7 +124,7 @@ def cmd_eval_tasks(args: argparse.Namespace) -> int:
     for task, t in report["tasks"].items():
         print(f"{task:<20} {t['correct']:>4}/{t['n']:<4} {t['exact_match']:.3f}")
     print(f"{'overall':<20} {report['correct']:>4}/{report['records']:<4} {report['exact_match']:.3f}  "
-          f"(macro over tasks {report['macro_exact_match']:.3f})")
+          f"(macro over tasks {report['macro_exact_match']:.3f}; answer inside the reply {report['contains']:.3f})")
     if args.out is not None:
         full = {"format": REPORT_FORMAT, "model": args.path, "split": args.split, "form": args.form,
                 "limit": args.limit,

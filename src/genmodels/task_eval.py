@@ -15,8 +15,10 @@ newline for the prompt form), or after ``max_new_tokens``. The reply is the text
 is scored by :func:`genmodels.data.tasks.exact_match` (normalised text equal to the answer).
 
 The report: ``records``, ``correct``, ``exact_match`` (over records), ``macro_exact_match`` (the
-mean of the tasks'), ``tasks`` (per task: ``n``, ``correct``, ``exact_match``) and ``replies`` (per
-record, in the order given: ``id``, ``task``, ``answer``, ``reply``, ``correct``).
+mean of the tasks'), ``contains`` (the share of replies whose normalised text contains the normalised
+answer: a diagnostic for verbose untuned models, never the score), ``tasks`` (per task: ``n``,
+``correct``, ``exact_match``) and ``replies`` (per record, in the order given: ``id``, ``task``,
+``answer``, ``reply``, ``correct``).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .chat import Conversation
-from .data.tasks import TaskRecord, exact_match
+from .data.tasks import TaskRecord, exact_match, normalize
 from .generation import generate
 from .generation.stop import StopStrings
 
@@ -83,9 +85,10 @@ def score_replies(records: Sequence[TaskRecord], replies: Sequence[str]) -> dict
     for t in tasks.values():
         t["exact_match"] = t["correct"] / t["n"]
     correct = sum(row["correct"] for row in rows)
+    contains = sum(normalize(row["answer"]) in normalize(row["reply"]) for row in rows)
     return {"records": len(rows), "correct": correct, "exact_match": correct / len(rows) if rows else 0.0,
             "macro_exact_match": sum(t["exact_match"] for t in tasks.values()) / len(tasks) if tasks else 0.0,
-            "tasks": dict(sorted(tasks.items())), "replies": rows}
+            "contains": contains / len(rows) if rows else 0.0, "tasks": dict(sorted(tasks.items())), "replies": rows}
 
 
 def eval_tasks(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int = 16, *,

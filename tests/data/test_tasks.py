@@ -136,6 +136,18 @@ def test_exact_match_after_normalisation(reply, answer, right):
     assert normalize(" A  B. ") == "a b"
 
 
+def test_the_report_scores_per_task_and_counts_answers_inside_sentences(default_set):
+    from genmodels.task_eval import score_replies
+    add = [r for r in default_set if r.task == "add"][:2]
+    week = [r for r in default_set if r.task == "weekday"][:1]
+    replies = [f" {add[0].answer}. ", f"The sum is {add[1].answer}.", "Never."]
+    report = score_replies(add + week, replies)
+    assert [r["correct"] for r in report["replies"]] == [True, False, False]
+    assert report["tasks"] == {"add": {"n": 2, "correct": 1, "exact_match": 0.5},
+                               "weekday": {"n": 1, "correct": 0, "exact_match": 0.0}}
+    assert (report["exact_match"], report["macro_exact_match"], report["contains"]) == (1 / 3, 0.25, 2 / 3)
+
+
 # ---- files -------------------------------------------------------------------------------------------
 def test_written_files_are_examples_with_meta_and_a_manifest(tmp_path):
     out = tmp_path / "tasks"
@@ -199,6 +211,7 @@ def test_batched_replies_equal_one_by_one(tiny, default_set, form):
     assert [r["reply"] for r in batched["replies"]] == [r["reply"] for r in single["replies"]]
     assert [r["id"] for r in batched["replies"]] == [r.id for r in records]  # in the order given
     assert batched["records"] == len(records) and set(batched["tasks"]) == set(UNSEEN_TASKS)
+    assert batched["contains"] >= batched["exact_match"]
     first = records[0]
     if form == "messages":  # rendered and stopped as a chat's first turn
         reply = genmodels.chat(tiny, [{"role": "user", "content": first.question}], max_new_tokens=6)
@@ -233,7 +246,7 @@ def test_a_model_answering_right_scores_one_and_the_reply_ends_at_the_end(tiny, 
 
     monkeypatch.setattr("genmodels.task_eval.generate", answering)
     report = genmodels.eval_tasks(tiny, records, batch=4, form=form)
-    assert report["exact_match"] == 1.0 and report["correct"] == len(records)
+    assert report["exact_match"] == report["contains"] == 1.0 and report["correct"] == len(records)
     assert all(t["exact_match"] == 1.0 for t in report["tasks"].values())
     assert [r["reply"] for r in report["replies"]] == [r.answer + "." for r in records]  # cut at the end
     assert calls == [4] * (len(records) // 4) + ([len(records) % 4] if len(records) % 4 else [])
