@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .native.encoder import native_encoder
 from .registry import EMBEDS, require
 
-from .interop.sentence_transformers import KEY, POOLING_MODES, read_sentence_config  # noqa: F401  (re-exported)
+from .interop.sentence_transformers import KEY, POOLING_MODES
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, mode: str = "mean") -> torch.Tensor:

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 import genmodels
 from genmodels import cli, cli_train
-from genmodels.training.trainer import NonFiniteError
+from genmodels.training.steps import NonFiniteError
 
 from .conftest import tiny_config
 

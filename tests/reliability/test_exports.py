@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import genmodels
-from genmodels.embed import KEY
+from genmodels.interop.sentence_transformers import KEY
 from genmodels.interop.base import ConversionError
 from tests.helpers.tiny import randomise
 

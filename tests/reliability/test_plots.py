@@ -54,7 +54,7 @@ def test_a_failing_sample_never_loses_the_summary(corpus_dir, tmp_path, monkeypa
     def broken(*a, **kw):
         raise ValueError("generation broke")
 
-    monkeypatch.setattr("genmodels.generate", broken)
+    monkeypatch.setattr("genmodels.generation.generate", broken)  # (what the causal objective samples with)
     res, said = _run(corpus_dir, tmp_path / "run")
     assert res.samples == [""]
     assert any(s.startswith("warning: sample.prompts[0] not generated (ValueError: generation broke)") for s in said)

@@ -15,7 +15,7 @@ import yaml
 
 import genmodels
 from genmodels.training import RunConfig, latest_checkpoint, list_checkpoints, prepare_data, train
-from genmodels.training.trainer import RunDirError
+from genmodels.training.rundir import RunDirError
 
 from .conftest import losses, tiny_config
 
@@ -44,7 +44,7 @@ def test_short_run_learns_and_leaves_a_loadable_run_dir(finished_run):
     assert res.samples and res.samples[0].startswith("the ")
     # the final model is the trained one: its validation loss is the one reported
     from genmodels.objectives import CausalLM
-    from genmodels.training.trainer import evaluate
+    from genmodels.training.steps import evaluate
     from genmodels.training.distributed import DistInfo
     resolved = RunConfig.from_dict(yaml.safe_load((run / "config.yaml").read_text()))
     data = prepare_data(resolved.data, log=lambda s: None)

@@ -12,14 +12,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from .token_cache import (  # noqa: F401  (re-exported: their home before the split)
-    TokenCache,
-    check_token_file,
-    default_cache_root,
-    load_token_file,
-    token_dtype,
-    tokenize_to_cache,
-)
 
 __all__ = ["BatchSampler", "PackedDataset"]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import torch
 
-from .checks import check_generation_args  # noqa: F401  (re-exported: its old home)
 
 
 def repetition_penalty(scores: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

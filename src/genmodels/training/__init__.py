@@ -8,8 +8,9 @@ from .data import DataConfig, SampleConfig, prepare_data
 from .recipe import load_config
 from .metrics import flops_per_token, measure_matmul_peak
 from .optim import build_optimizer, lr_at, param_groups
-from .steps import FrozenReference, NonFiniteError, Phase, StepReport, TrainStep
-from .trainer import TrainResult, evaluate, train
+from .setup import TrainResult
+from .steps import FrozenReference, NonFiniteError, Phase, StepReport, TrainStep, evaluate
+from .trainer import train
 
 __all__ = ["DataConfig", "FrozenReference", "NonFiniteError", "Phase", "StepReport", "TrainStep",
            "RunConfig", "SampleConfig", "TrainConfig", "TrainResult",

@@ -44,10 +44,10 @@ from .metrics import MetricsLog, flops_per_token
 from .optim import build_optimizer
 from .loop import RunState, check_params, evaluate_run, run_loop, write_checkpoint
 from .recipe import dump_config
-from .rundir import RunDirError, RunLock, claim_run_dir  # noqa: F401  (RunDirError: also imported from here)
+from .rundir import RunDirError, RunLock, claim_run_dir
 from .setup import (TrainResult, autocast_dtype, ema_on_resume, init_from_model, matmul_peak, model_config,
                     restore_rng, resume_point)
-from .steps import NonFiniteError, Phase, TrainStep, evaluate, first_non_finite_param  # noqa: F401  (re-exported)
+from .steps import Phase, TrainStep
 
 
 def train(cfg: RunConfig, resume: bool = False, log=None, progress: bool = True,
