@@ -87,7 +87,8 @@ class Conversation:
         self.ends = set(check_token_ids("eos_token_id", cfg_eos, vocab_size(model)))
         self.sampling = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                              repetition_penalty=repetition_penalty)
-        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        device = next(model.parameters()).device  # the generator lives where the sampling runs (as generate's)
+        self.generator = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
         self.cache: Any = None
         self.cached: list[int] = []  # the token ids the cache has consumed (len == cache.offset + cache.pos)
         self.prefilled = 0           # tokens the last turn's prefill processed

@@ -58,6 +58,11 @@ def cmd_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
     if once:
         show(conversation.say(message), stdout)
         return 0
+    if read is None:
+        try:
+            import readline  # noqa: F401  (input() then edits the line and keeps a history)
+        except ImportError:  # not on every platform
+            pass
     return interactive(conversation, read or (lambda: input("> ")), stdout, stderr, args.path)
 
 
