@@ -275,3 +275,28 @@ def test_buffers_ignore_the_default_dtype():
     finally:
         torch.set_default_dtype(old)
     assert torch.equal(got, want)
+
+
+# ---- cache protocol v2: rows that change under a built step -----------------------------------------------
+def test_a_step_built_for_other_rows_refuses_the_cache_instead_of_reading_past_it():
+    """select/extend give the cache new buffers of another batch size: the step built for the old rows refuses
+    it (the session builds a new step); a same-size reorder keeps its buffers and the step goes on."""
+    from genmodels.native.retnet import FusedRetNetStep
+    model = tiny_model("llama", eos_token_id=None)
+    _, cache = genmodels.generate(model, random_ids(3, 6), 0, return_cache=True)
+    cache.limit = 16  # a returned cache was sized for what it holds; continuing raises its limit
+    cache.reserve(4)
+    step = FusedDecodeStep(model, cache, 3)
+    cache.reorder(torch.tensor([2, 0, 1]))
+    step(torch.tensor([1, 2, 3]), cache.row_pos)  # in place: same buffers
+    assert cache.row_pos.tolist() == [7, 7, 7]
+    cache.select(torch.tensor([0, 2]))
+    with pytest.raises(ValueError, match=r"contiguous fp32 CPU \(3, 2,"):
+        step(torch.tensor([1, 2]), cache.row_pos)
+    retnet = randomise(genmodels.build_model(genmodels.preset(
+        "retnet-tiny", vocab_size=VOCAB, d_model=32, n_layers=2, n_heads=2, d_ff=64, eos_token_id=None))).eval()
+    _, state = genmodels.generate(retnet, random_ids(3, 6), 0, return_cache=True)
+    rstep = FusedRetNetStep(retnet, state, 3)
+    state.select(torch.tensor([1]))
+    with pytest.raises(ValueError, match="ids must be"):
+        rstep(torch.tensor([1]), state.row_pos)
