@@ -70,6 +70,15 @@ def test_bad_input_is_one_error_line(folder, argv, words, capsys):
     assert err.startswith(words) and err.count("\n") == 1
 
 
+def test_model_without_tokenizer_is_named(tmp_path, capsys):
+    model = tiny_chat_model(tokenizer="char")
+    model.tokenizer = None
+    genmodels.save(model, tmp_path / "bare")
+    assert main(["chat", str(tmp_path / "bare"), "--prompt", "Hi"]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'bare'} has no tokenizer (tokenizer.json, or a GGUF " \
+        "file's tokenizer.ggml.* metadata), so messages cannot be encoded\n"
+
+
 def conversation(model):
     return Conversation(model, system="Be brief.", max_new_tokens=12, eos_token_id=ENDS)
 

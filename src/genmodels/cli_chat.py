@@ -54,6 +54,9 @@ def cmd_chat(args: argparse.Namespace, stdin: TextIO | None = None, stdout: Text
             raise ValueError(f"{where} holds no message; give the text to answer")
     model = genmodels.load(model_dir(args.path))
     require(model, GENERATES, "`genmodels chat`", args.path)
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError(f"{args.path} has no tokenizer (tokenizer.json, or a GGUF file's tokenizer.ggml.* metadata), "
+                         "so messages cannot be encoded")
     conversation = Conversation(model, system=args.system, stop=args.stop, **options)
     if once:
         show(conversation.say(message), stdout)
