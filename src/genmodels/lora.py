@@ -54,10 +54,10 @@ def plan(model: nn.Module, spec: LoRASpec) -> dict[str, Slices]:
     """``{module path: {slice: rows}}`` of ``model``'s linears ``spec`` targets, in module order."""
     out: dict[str, Slices] = {}
     for p in projections(model):
-        if p.role in spec.targets and p.kind != "head" and not p.stacked:
+        if p.role in spec.targets and not p.stacked:  # "head" is no target role: never adapted
             out.setdefault(p.path, {})[p.role] = p.rows
     if not out:
-        have = sorted({p.role for p in projections(model) if not p.stacked and p.kind != "head"})
+        have = sorted({p.role for p in projections(model) if not p.stacked and p.role != "head"})
         raise ValueError(f"lora targets {','.join(spec.targets)}: no such projection in {type(model).__name__} "
                          f"(it has {', '.join(have) or 'none'})")
     return out

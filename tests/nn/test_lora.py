@@ -18,6 +18,7 @@ import genmodels.lora as lora
 from genmodels.native.step import unsupported
 from genmodels.generation.session import DecodeSession
 from tests.helpers.tiny import random_ids, randomise, tiny_config, tiny_model
+from tests.models.test_projections import CONFIGS as FAMILIES
 
 
 def _randomise_adapters(model, seed: int = 3, std: float = 0.2):
@@ -67,6 +68,33 @@ def test_merge_equals_unmerged_unmerge_restores_and_disabled_is_the_base():
         _scaled_close(model(ids), adapted, 1e-5)
     for k, w in weights.items():  # the base back, to rounding
         torch.testing.assert_close(model.state_dict()[k], w, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_every_family_adapts_merges_and_disables(name):
+    """All-linear LoRA (BERT: its pooler and MLM transform too) on each family's tiny model: at init the
+    model is unchanged; with random adapters merged = unmerged, disabled = the base; the factory
+    (where the family takes one) adapts the same linears as apply."""
+    cfg = FAMILIES[name]()
+    targets = list(lora.ALL_LINEAR) + (["pooler", "mlm_dense"] if name == "bert" else [])
+    model = randomise(genmodels.build_model(cfg)).eval()
+    ids = random_ids(2, 7)
+    run = (lambda: model(ids, ids)) if name == "t5" else (lambda: model(ids))
+    with torch.no_grad():
+        base = run()
+        lora.apply(model, targets, r=2, alpha=4)
+        assert torch.equal(run(), base)
+        _randomise_adapters(model)
+        adapted = run()
+        assert (adapted - base).abs().max() > 1e-3
+        with lora.disabled(model):
+            assert torch.equal(run(), base)
+        lora.merge(model)
+        _scaled_close(run(), adapted, 1e-5)
+    paths = [p for p, _ in lora.adapted(model)]
+    assert len(paths) == len({p.path for p in model.projections() if p.role in targets and not p.stacked})
+    if name != "retnet":  # RetNet builds its own linears (no factory): apply is its only way in
+        assert [p for p, _ in lora.adapted(lora.build(cfg, targets, r=2))] == paths
 
 
 @pytest.mark.parametrize("rslora", [False, True])
