@@ -201,5 +201,31 @@ def test_the_shared_sampler_resumes_packed_batches_exactly(tmp_path, tok):
 
 
 def test_ignore_index_is_the_losss():
-    from genmodels.training.loss import IGNORE_INDEX as LOSS_IGNORE
+    from genmodels.objectives.losses import IGNORE_INDEX as LOSS_IGNORE
     assert IGNORE_INDEX == LOSS_IGNORE == -100
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "mixtral-tiny"])  # rotary; learned positions; MoE
+def test_the_causal_objective_on_packed_rows_equals_the_examples_one_by_one(tmp_path, tok, name):
+    from genmodels.models import build_model
+    from genmodels.objectives.causal import CausalLM
+    from genmodels.registry import preset
+    records = (RECORDS + [{"prompt": "Q: two?", "response": " A: four"}, {"text": "return x"}]) * 3
+    data = tokenize_examples(read_records(write_jsonl(tmp_path / "ex.jsonl", records)), tok, eos_id(tok))
+    packed = PackedExamples(data, range(len(data)), seq_len=48, pad_id=eos_id(tok))
+    batch = packed.get_batch(range(len(packed)))
+    assert int(batch["segment_ids"].max()) >= 3  # several examples share a row
+    cfg = preset(name).replace(vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, d_ff=64, max_seq_len=64)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()  # (eval: the MoE routes without jitter; no dropout)
+    with torch.no_grad():
+        packed_loss, _ = CausalLM(model).eval()(batch)
+        total, count = 0.0, 0
+        for i in range(len(data)):  # each example alone: inputs x[:-1], targets x[1:] where the record trains
+            x, m = (torch.from_numpy(a.astype(np.int64)) for a in data.example(i))
+            logits = model(x[None, :-1])[0].double()  # (n-1, V)
+            nll = torch.nn.functional.cross_entropy(logits, x[1:], reduction="none")
+            total += float(nll[m[1:].bool()].sum())
+            count += int(m[1:].sum())
+    assert count == int((batch["labels"] != IGNORE_INDEX).sum())
+    assert abs(float(packed_loss) - total / count) < 1e-6
