@@ -73,6 +73,7 @@ class Request:
         self.end_ids = torch.tensor(list(s.ends), dtype=torch.long, device=input_ids.device)
         self.streams = [StopStream(s.tokenizer, check_stop(s.stop)) for _ in range(b)] if s.stop else None
         self.finished = s.max_new_tokens == 0
+        self.can_end = bool(s.ends) or self.streams is not None  # something may end a row before max_new_tokens
 
     @property
     def batch(self) -> int:
@@ -104,14 +105,13 @@ class Request:
         if s.streamer is not None:
             s.streamer(nxt)
         before = self.done
-        if len(self.end_ids):
+        if s.ends:
             self.done = self.done | torch.isin(nxt, self.end_ids)
         if self.streams is not None:
             stopped = [not bool(before[i]) and (self.streams[i].push(int(nxt[i])), self.streams[i].stopped)[1]
                        for i in range(self.batch)]
             self.done = self.done | torch.tensor(stopped, dtype=torch.bool, device=self.done.device)
-        self.finished = self.n == s.max_new_tokens or ((len(self.end_ids) > 0 or self.streams is not None)
-                                                       and bool(self.done.all()))
+        self.finished = self.n == s.max_new_tokens or (self.can_end and bool(self.done.all()))
         return nxt
 
 
