@@ -117,9 +117,13 @@ def test_the_factory_and_apply_build_the_same_model():
     applied = lora.apply(genmodels.build_model(cfg), "q,v,gate,down", r=4, alpha=8)
     assert list(built.state_dict()) == list(applied.state_dict())
     assert [(p, m.rows) for p, m in lora.adapted(built)] == [(p, m.rows) for p, m in lora.adapted(applied)]
+    ids = random_ids(2, 7)
+    with torch.no_grad():  # build() redraws PEFT's init after init_weights drew every matrix: B = 0 again
+        with lora.disabled(built):
+            base = built(ids)
+        assert torch.equal(built(ids), base)
     randomise(built)
     applied.load_state_dict(built.state_dict())
-    ids = random_ids(2, 7)
     with torch.no_grad():
         torch.testing.assert_close(built(ids), applied(ids), atol=0, rtol=0)
     assert [n for n, p in built.named_parameters() if p.requires_grad] == [n for n, _ in lora.trainable_parameters(built)]
