@@ -92,8 +92,9 @@ class Conversation:
         self.cache: Any = None
         self.cached: list[int] = []  # the token ids the cache has consumed (len == cache.offset + cache.pos)
         self.prefilled = 0           # tokens the last turn's prefill processed
-        self.dropped = 0             # messages dropped from the front to fit the context
+        self.dropped = 0             # turns in which the oldest turns were dropped to fit the context
         self.messages: list[dict] = []
+        self.kept: list[dict] = []   # the conversation as the last reply was asked (after any drop)
         self.reset()
 
     # ---- the conversation -------------------------------------------------------------------------
