@@ -193,10 +193,12 @@ def test_the_shared_sampler_resumes_packed_batches_exactly(tmp_path, tok):
         next(sampler)
     state = sampler.state_dict()
     expected = [rows.get_batch(next(sampler)) for _ in range(4)]
-    resumed = BatchSampler(len(rows), 2, seed=3)
+    again = prepare_examples(tmp_path / "ex.jsonl", tok, 24, 0.2, eos_id(tok), root=tmp_path / "cache",
+                             say=lambda s: None).train  # as a resumed run reads them: from the cache
+    resumed = BatchSampler(len(again), 2, seed=3)
     resumed.load_state_dict(state)
     for want in expected:
-        got = rows.get_batch(next(resumed))
+        got = again.get_batch(next(resumed))
         assert all(torch.equal(got[k], want[k]) for k in want)
 
 
