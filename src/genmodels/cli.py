@@ -10,6 +10,7 @@
     genmodels arena SPEC.yaml [--out DIR] [--resume]
     genmodels tasks --out DIR [--seed 0 --per-task 100]          the task set (docs/tasks.md)
     genmodels eval-tasks PATH --split unseen|seen-test [--limit N --batch 16 --out REPORT.json]
+    genmodels serve PATH [--host 127.0.0.1 --port 8000 --max-batch 16 --api-key KEY]   OpenAI API (docs/serve.md)
 """
 from __future__ import annotations
 
@@ -180,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_chat_parser(sub)
     from .cli_tasks import add_tasks_parsers
     add_tasks_parsers(sub)
+    from .cli_serve import add_serve_parser
+    add_serve_parser(sub)
     return p
 
 
