@@ -152,9 +152,9 @@ def test_a_request_that_keeps_its_cache_leaves_with_its_own_rows(kind, path):
     model = MODELS[kind]()
     a_ids, b_ids, more = random_ids(1, 4, seed=2), random_ids(1, 8, seed=3), random_ids(1, 3, seed=4)
     session = DecodeSession(model)
-    b = session.add(b_ids, Sampling(max_new_tokens=10))
+    a = session.add(a_ids, Sampling(max_new_tokens=3, keep_cache=True))  # first in the rows, first to leave
     session.step()
-    a = session.add(a_ids, Sampling(max_new_tokens=3, keep_cache=True))
+    b = session.add(b_ids, Sampling(max_new_tokens=10))
     session.run()
     assert a.cache.row_pos.tolist() == [7] and b.cache is None
     assert torch.equal(b.output, _alone(model, b_ids, None, Sampling(max_new_tokens=10)))
