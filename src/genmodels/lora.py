@@ -19,9 +19,13 @@ sparse MoE's stacked experts are not linears: ``all-linear`` passes over them (a
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
+
+from .config import ConfigError, StrictConfig
 
 from .interop import peft as _peft
 from .models.projections import projections
@@ -29,9 +33,37 @@ from .nn.linear import LinearFactory, Slices, plain_linear
 from .nn.lora import (ALL_LINEAR, ROLES, LoRALinear, LoRASpec, adapt, adapted, adapter_state_dict, disabled,  # noqa: F401
                       freeze, load_adapter_state_dict, lora_factory, merge, reset, trainable_parameters, unmerge)
 
-__all__ = ["ALL_LINEAR", "ROLES", "LoRALinear", "LoRASpec", "adapted", "adapter_state_dict", "apply", "build",
+__all__ = ["ALL_LINEAR", "ROLES", "LoRAConfig", "LoRALinear", "LoRASpec", "adapted", "adapter_state_dict", "apply", "build",
            "disabled", "factory", "freeze", "load", "load_adapter_state_dict", "merge", "reset", "save",
            "trainable_parameters", "unload", "unmerge"]
+
+
+@dataclass
+class LoRAConfig(StrictConfig):
+    """A recipe's LoRA section (the trainer chooses where it lives, e.g. ``train.lora``): the
+    arguments of :func:`apply`, every refusal naming the field by its dotted path."""
+
+    section: ClassVar[str] = "lora"
+    targets: str = "q,v"  # "q,v", "all-linear", … (roles: genmodels.nn.lora.ROLES)
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    rslora: bool = False
+    init: str = "peft"
+
+    def validate(self) -> None:
+        try:
+            self.spec()
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+
+    def spec(self) -> LoRASpec:
+        return LoRASpec.make(self.targets, self.r, self.alpha, self.dropout, self.rslora, self.init, where=self.where)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """:func:`apply` with these settings."""
+        return apply(model, self.targets, r=self.r, alpha=self.alpha, dropout=self.dropout, rslora=self.rslora,
+                     init=self.init)
 
 
 def factory(targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0, rslora: bool = False,

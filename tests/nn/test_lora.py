@@ -257,3 +257,14 @@ def test_adapter_files_that_compute_something_else_are_refused_by_name(tmp_path)
     (tmp_path / "a/adapter_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors: no such file"):
         lora.load(tiny_model("llama"), tmp_path / "a")
+
+
+def test_a_recipe_section_names_the_field_it_refuses():
+    from genmodels.config import ConfigError
+    sec = lora.LoRAConfig.from_dict({"targets": "all-linear", "r": 4, "alpha": 16, "rslora": True}, "train.lora")
+    assert sec.spec() == lora.LoRASpec.make("all-linear", 4, 16, rslora=True)
+    assert lora.adapted(sec.apply(tiny_model("llama")))[0][1].scaling == {"q": 8.0, "k": 8.0, "v": 8.0}
+    for d, match in [({"r": 0}, "train.lora.r=0 must be a positive integer"), ({"targets": "q,lm_head"}, "train.lora.targets="),
+                     ({"dropout": 1.5}, r"train.lora.dropout=1.5 must be in \[0, 1\)"), ({"rank": 4}, "unknown train.lora config key")]:
+        with pytest.raises(ConfigError, match=match):
+            lora.LoRAConfig.from_dict(d, "train.lora")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -65,23 +65,25 @@ class LoRASpec:
 
     @classmethod
     def make(cls, targets: str | tuple[str, ...] | list[str] = "q,v", r: int = 8, alpha: float = 8,
-             dropout: float = 0.0, rslora: bool = False, init: str = "peft") -> "LoRASpec":
-        """A checked spec; ``targets``: "q,v", ["q", "v"] or "all-linear". Refusals are one line."""
+             dropout: float = 0.0, rslora: bool = False, init: str = "peft",
+             where: Callable[[str], str] = "lora {}".format) -> "LoRASpec":
+        """A checked spec; ``targets``: "q,v", ["q", "v"] or "all-linear". Refusals are one line
+        naming the field as ``where(name)`` says (a recipe section: ``train.lora.r``)."""
         names = [t.strip() for t in targets.split(",")] if isinstance(targets, str) else list(targets)
         if names == ["all-linear"]:
             names = list(ALL_LINEAR)
         bad = [t for t in names if t not in ROLES]
         if bad or not names:
-            raise ValueError(f"lora targets={targets!r}: unknown role {bad[0] if bad else '(none)'!r}; "
+            raise ValueError(f"{where('targets')}={targets!r}: unknown role {bad[0] if bad else '(none)'!r}; "
                              f"have {', '.join(ROLES)} or all-linear (the head is never adapted)")
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-            raise ValueError(f"lora r={r!r} must be a positive integer")
+            raise ValueError(f"{where('r')}={r!r} must be a positive integer")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-            raise ValueError(f"lora alpha={alpha!r} must be a positive number")
+            raise ValueError(f"{where('alpha')}={alpha!r} must be a positive number")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"lora dropout={dropout!r} must be in [0, 1)")
+            raise ValueError(f"{where('dropout')}={dropout!r} must be in [0, 1)")
         if init not in INITS:
-            raise ValueError(f"lora init={init!r} is not known; have {', '.join(INITS)}")
+            raise ValueError(f"{where('init')}={init!r} is not known; have {', '.join(INITS)}")
         return cls(tuple(dict.fromkeys(names)), r, alpha, float(dropout), bool(rslora), init)
 
     @property
