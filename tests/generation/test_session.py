@@ -160,3 +160,17 @@ def test_a_request_that_keeps_its_cache_leaves_with_its_own_rows(kind, path):
     assert torch.equal(b.output, _alone(model, b_ids, None, Sampling(max_new_tokens=10)))
     got = genmodels.generate(model, more, 4, cache=a.cache)
     assert torch.equal(got, genmodels.generate(model, torch.cat([a.output, more], 1), 4)[:, 7:])
+
+
+def test_retnet_refuses_positions_other_than_its_rows_own():
+    """Its decay and rotation count each row's tokens: other position_ids are refused, never ignored."""
+    model, ids = _retnet(), random_ids(2, 5)
+    with torch.no_grad():
+        model.hidden_states(ids, position_ids=torch.arange(5)[None])  # its own: taken
+        with pytest.raises(ValueError, match=r"position_ids: RetNetLM counts each row's own tokens"):
+            model.hidden_states(ids, position_ids=torch.arange(1, 6)[None])
+        cache = model.new_cache(2)
+        model.hidden_states(ids, attention_mask=left_pad_mask([3, 5], 5), cache=cache)
+        model.hidden_states(ids[:, :1], position_ids=torch.tensor([[3], [5]]), cache=cache)
+        with pytest.raises(ValueError, match=r"here \[\[4\], \[6\]\]"):
+            model.hidden_states(ids[:, :1], position_ids=torch.tensor([[6], [6]]), cache=cache)

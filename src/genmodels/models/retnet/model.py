@@ -168,10 +168,13 @@ class RetNetLM(nn.Module, ModelParts):
         the T tokens continue each row's state (prefill: parallel/chunkwise; one token: a recurrent step)
         and ``cache.pos`` advances by T. A left-padded prefill (``attention_mask`` 0 on the leading pads)
         runs each padded row on its real tokens only; its pad rows of the output are zeros.
-        ``segment_ids`` / ``allowed`` / ``inputs_embeds``: refused (see :attr:`mask_rules`)."""
+        ``segment_ids`` / ``allowed`` / ``inputs_embeds``: refused (see :attr:`mask_rules`). ``position_ids``:
+        a row's positions are its own token count (``cache.row_pos`` onwards, pads skipped); others are refused."""
         if (reason := refusal("RetNetLM", self.mask_rules, segment_ids=segment_ids, allowed=allowed,
                               inputs_embeds=inputs_embeds)) is not None:
             raise ValueError(reason)
+        if position_ids is not None:
+            self._check_positions(position_ids, attention_mask, cache, input_ids.shape)
         if cache is None:
             if attention_mask is not None and not bool(attention_mask.all()):
                 raise ValueError("attention_mask: RetNetLM's parallel forward takes no padding; "
@@ -190,6 +193,20 @@ class RetNetLM(nn.Module, ModelParts):
             h = self._rows(input_ids, real, cache)
         cache.pos += t
         return h
+
+    @staticmethod
+    def _check_positions(position_ids: torch.Tensor, attention_mask, cache, shape) -> None:
+        """The retention decay and rotation count each row's own tokens: ``position_ids`` must be those."""
+        b, t = shape
+        start = torch.zeros(b, 1, dtype=torch.long) if cache is None else cache.row_pos.reshape(b, 1).cpu()
+        real = torch.ones(b, t, dtype=torch.long)
+        if attention_mask is not None and (cache is None or cache.pos == 0):
+            real = attention_mask[:, -t:].cpu().long()
+        want = start + real.cumsum(-1) - 1
+        given = position_ids.cpu().long().expand(b, t)
+        if not bool(((given == want) | (real == 0)).all()):
+            raise ValueError(f"position_ids: RetNetLM counts each row's own tokens (cache.row_pos onwards, pads "
+                             f"skipped), here {want[:, :4].tolist()}…; it cannot take others — pass none")
 
     def _rows(self, ids: torch.Tensor, real: torch.Tensor | None, cache: RetentionCache) -> torch.Tensor:
         """Each row alone (its own real tokens and position): exact for left padding. (B, T) -> (B, T, D)."""
