@@ -150,3 +150,23 @@ def test_cli_bad_value_type_prints_error_and_exits_2(corpus_dir, tmp_path, capsy
     assert "error: train.objective.router_z_coef='abc' must be" in capsys.readouterr().err
     assert train_main([str(tmp_path / "missing.yaml")]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_objective_options_live_under_train_objective_and_old_train_level_ones_move_in(corpus_dir, tmp_path):
+    """train.objective: {name, <options>}; an option at train: level (every config.yaml before issue 20, or
+    --set train.<option>) moves in and wins; another objective's option at its default is what old run folders
+    list (dropped), at another value it is refused by name."""
+    base = tiny_config(corpus_dir, tmp_path / "run", model={"preset": "bert-tiny", "d_model": 32, "n_heads": 2,
+                                                                "d_ff": 64, "n_kv_heads": None})
+    base["model"].pop("n_kv_heads")
+    new = RunConfig.from_dict({**base, "train": {**base["train"], "objective": {"name": "mlm", "mlm_prob": 0.3}}})
+    old = RunConfig.from_dict({**base, "train": {**base["train"], "objective": "mlm", "mlm_prob": 0.3,
+                                                 "span_noise_density": 0.15, "class_dropout": None}})
+    assert new.train.objective == old.train.objective and new.train.objective.mlm_prob == 0.3
+    assert new.to_dict()["train"]["objective"] == {"name": "mlm", "mlm_prob": 0.3}
+    both = RunConfig.from_dict({**base, "train": {**base["train"], "objective": {"name": "mlm", "mlm_prob": 0.3},
+                                                  "mlm_prob": 0.2}})
+    assert both.train.objective.mlm_prob == 0.2
+    with pytest.raises(ConfigError, match=r"^train\.span_noise_density means nothing for objective 'mlm' "
+                                          r"\(read by span only\); remove it$"):
+        RunConfig.from_dict({**base, "train": {**base["train"], "span_noise_density": 0.3}})

@@ -12,8 +12,9 @@ The objective (``train.objective``; ``auto``: the model family's default) owns i
 (:mod:`genmodels.objectives`, each a StrictConfig) and names its data kind (:mod:`genmodels.data.kinds`),
 whose classes read the ``data:`` and ``sample:`` sections. An option written at ``train:`` level (every
 ``config.yaml`` written before the options moved, e.g. ``train.mlm_prob``) still loads: it moves into the
-objective's options; one that only another objective reads is refused, naming it, unless it holds that
-objective's default (old run folders list every field).
+objective's options (over the same option under ``train.objective``: ``--set train.eval_samples=10`` works on
+any recipe); one that only another objective reads is refused, naming it, unless it holds that objective's
+default (old run folders list every field).
 
 ``train.batch_size`` is the *global* batch (sequences per optimizer step, over all processes
 and accumulation micro-steps), so one recipe means the same optimisation on 1 or N processes.
@@ -326,11 +327,8 @@ def _objective_options(model: dict, train: dict) -> tuple[dict, ObjectiveOptions
             raise ConfigError(f"train.{key} means nothing for objective {name!r} (read by {', '.join(owners)} only); "
                               "remove it")
     _reject_unknown(train, TrainConfig, "train.")
-    both = sorted(set(moved) & set(section))
-    if both:
-        raise ConfigError(f"train.{both[0]} and train.objective.{both[0]} are both set; keep one")
     path = "train" if moved and not section else "train.objective"
-    return train, cls.from_dict({"name": name, **moved, **section}, path)
+    return train, cls.from_dict({"name": name, **section, **moved}, path)  # (--set train.<option> wins)
 
 
 def _data_kind(objective, section: Any):
