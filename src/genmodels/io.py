@@ -78,7 +78,8 @@ def check_fits_memory(cfg: ModelConfig, where: str | Path) -> None:
 def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
     """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected; diffusers
     UNet2DModel folders and DDPM/DDIM pipeline folders included), or a llama.cpp GGUF file
-    (interop/gguf.py: ``*.gguf`` or a file starting with ``GGUF``).
+    (interop/gguf.py: ``*.gguf`` or a file starting with ``GGUF``), or a LoRA adapter folder naming its
+    base (``adapter_config.json``'s ``base_model_name_or_path``: the base, then its adapters; docs/lora.md).
 
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
     is at ``model.tokenizer``, its chat template (or ``None``) at ``model.chat_template``. A config
@@ -103,6 +104,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
         with build_budget(stored_tensor_count(path / "unet"), path / "unet"):  # builds bounded by the weights
             model = load_pipeline(path, build_model, check=lambda cfg: vet(cfg, unet_config))
         return model.to(device).eval()
+    if not config_file.is_file() and (path / "adapter_config.json").is_file():  # a LoRA adapter folder (docs/lora.md)
+        from .lora import load_folder
+        return load_folder(path, lambda base: load(base, device))
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json — not a genmodels, Hugging Face or diffusers model folder")
     meta = read_json(config_file)  # read once: the format decides the path

@@ -34,7 +34,7 @@ from .nn.lora import (ALL_LINEAR, ROLES, LoRALinear, LoRASpec, adapt, adapted, a
                       freeze, load_adapter_state_dict, lora_factory, merge, reset, trainable_parameters, unmerge)
 
 __all__ = ["ALL_LINEAR", "ROLES", "LoRAConfig", "LoRALinear", "LoRASpec", "adapted", "adapter_state_dict", "apply", "build",
-           "disabled", "factory", "freeze", "load", "load_adapter_state_dict", "merge", "reset", "save",
+           "disabled", "factory", "freeze", "load", "load_adapter_state_dict", "load_folder", "merge", "reset", "save",
            "trainable_parameters", "unload", "unmerge"]
 
 
@@ -136,9 +136,16 @@ def unload(model: nn.Module) -> nn.Module:
     return model
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
-    """The adapters as a PEFT adapter folder (:mod:`genmodels.interop.peft`), with the base's fingerprint."""
-    return _peft.save(model, path)
+def save(model: nn.Module, path: str | Path, base: str | Path | None = None) -> Path:
+    """The adapters as a PEFT adapter folder (:mod:`genmodels.interop.peft`), with the base's
+    fingerprint; ``base`` (the base model's path) makes the folder loadable by ``genmodels.load``."""
+    return _peft.save(model, path, base)
+
+
+def load_folder(path: str | Path, load_model) -> nn.Module:
+    """An adapter folder as a model: ``load_model`` (``genmodels.load``) of the base it names, then
+    :func:`load` of the adapters (unmerged: :func:`merge` for the native decode step)."""
+    return load(load_model(_peft.base_of(path)), path)
 
 
 def load(model: nn.Module, path: str | Path) -> nn.Module:

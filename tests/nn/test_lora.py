@@ -268,3 +268,24 @@ def test_a_recipe_section_names_the_field_it_refuses():
                      ({"dropout": 1.5}, r"train.lora.dropout=1.5 must be in \[0, 1\)"), ({"rank": 4}, "unknown train.lora config key")]:
         with pytest.raises(ConfigError, match=match):
             lora.LoRAConfig.from_dict(d, "train.lora")
+
+
+def test_an_adapter_folder_naming_its_base_loads_as_a_model(tmp_path):
+    """lora.save(..., base=) records the base (absolute); genmodels.load(adapter folder) = base + adapters."""
+    genmodels.save(tiny_model("llama"), tmp_path / "base")
+    model = _randomise_adapters(lora.apply(genmodels.load(tmp_path / "base"), "q,v", r=4))
+    lora.save(model, tmp_path / "adapter", base=tmp_path / "base")
+    ids = random_ids(2, 9)
+    loaded = genmodels.load(tmp_path / "adapter")
+    assert [p for p, _ in lora.adapted(loaded)] == [p for p, _ in lora.adapted(model)]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids), model(ids), atol=0, rtol=0)
+    cfg = json.loads((tmp_path / "adapter/adapter_config.json").read_text())
+    for base, match in [(None, "base_model_name_or_path=None names no base model; load the base"),
+                        ("missing", "base_model_name_or_path='missing': no such file"),
+                        ("../adapter", "is itself an adapter folder")]:
+        (tmp_path / "adapter/adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": base}))
+        with pytest.raises((ValueError, FileNotFoundError), match=match):
+            genmodels.load(tmp_path / "adapter")
+    (tmp_path / "adapter/adapter_config.json").write_text(json.dumps({**cfg, "base_model_name_or_path": "../base"}))
+    assert lora.adapted(genmodels.load(tmp_path / "adapter"))  # relative to the adapter folder

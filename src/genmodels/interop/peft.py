@@ -96,6 +96,23 @@ def _spec_of(model: nn.Module) -> LoRASpec:
     return specs.pop()
 
 
+def base_of(folder: str | Path) -> Path:
+    """The base model an adapter folder names (``base_model_name_or_path``: absolute, or relative to
+    the folder), for loading the folder as a model. One-line refusals naming the field."""
+    folder = Path(folder)
+    base = read_json(folder / CONFIG).get("base_model_name_or_path")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{folder / CONFIG}: base_model_name_or_path={base!r} names no base model; load the base "
+                         f"with genmodels.load and add the adapter with genmodels.lora.load(model, {str(folder)!r})")
+    path = folder / base  # an absolute base stays itself
+    if not path.exists():
+        raise FileNotFoundError(f"{folder / CONFIG}: base_model_name_or_path={base!r}: no such file or folder "
+                                "(a local genmodels / Hugging Face folder or GGUF file; hub ids are not fetched)")
+    if (path / CONFIG).is_file() and not (path / "config.json").is_file():
+        raise ValueError(f"{folder / CONFIG}: base_model_name_or_path={base!r} is itself an adapter folder; name its base")
+    return path
+
+
 def _peft_config(spec: LoRASpec, targets: list[str], causal: bool) -> dict[str, Any]:
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM" if causal else None, "r": spec.r,
             "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "use_rslora": spec.rslora,
@@ -125,10 +142,11 @@ def _check_replaceable(folder: Path) -> None:
             raise FileExistsError(f"{weights} is not a safetensors file; not replacing it") from None
 
 
-def save(model: nn.Module, path: str | Path) -> Path:
+def save(model: nn.Module, path: str | Path, base: str | Path | None = None) -> Path:
     """Write ``model``'s adapters as a PEFT adapter folder (PEFT's ``PeftModel.from_pretrained`` on
     the transformers model loads it); other files in ``path`` are left alone. Each file is written
-    whole (weights first, the config last)."""
+    whole (weights first, the config last). ``base``: the base model's path, recorded (absolute) as
+    ``base_model_name_or_path`` so ``genmodels.load(path)`` can load base and adapter."""
     from safetensors.torch import save as to_bytes
     mods = adapted(model)
     if not mods:
@@ -150,7 +168,8 @@ def save(model: nn.Module, path: str | Path) -> Path:
     _check_replaceable(folder)
     atomic_write_bytes(folder / WEIGHTS, to_bytes(tensors, metadata=meta))
     causal = callable(getattr(model, "new_cache", None))
-    atomic_write_bytes(folder / CONFIG, (json.dumps(_peft_config(spec, targets, causal), indent=2) + "\n").encode())
+    config = {**_peft_config(spec, targets, causal), "base_model_name_or_path": str(Path(base).resolve()) if base else None}
+    atomic_write_bytes(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
 
