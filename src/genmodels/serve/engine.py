@@ -121,7 +121,8 @@ class Engine:
                 if self.closed:
                     return
             try:
-                self._tick()
+                with torch.inference_mode():  # the session's tensors are inference tensors
+                    self._tick()
             except Exception:  # a bug: every request in flight is answered 500; the server goes on
                 traceback.print_exc(file=sys.stderr)
                 for job in self._all_jobs():
