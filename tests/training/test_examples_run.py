@@ -15,11 +15,18 @@ from tests.training.conftest import losses
 FIXTURE = Path(__file__).parent.parent / "fixtures" / "examples" / "sft.jsonl"
 
 
-def recipe(tmp_path: Path, examples: Path, run: Path) -> Path:
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def recipe(tmp_path: Path, examples: Path, run: Path, template: str | None = None) -> Path:
     tok_dir = tmp_path / "tok"
     if not tok_dir.exists():
         text = FIXTURE.read_text().replace("\\n", "\n")
-        save_tokenizer(train_bpe_tokenizer([text] * 4, 300), tok_dir)
+        special = ("<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>")
+        save_tokenizer(train_bpe_tokenizer([text] * 4, 300, special_tokens=special), tok_dir)
+        if template is not None:  # the model's own template, kept beside its tokenizer
+            (tok_dir / "chat_template.jinja").write_text(template)
     cfg = {"model": {"preset": "llama-tiny", "d_model": 32, "n_layers": 2, "n_heads": 2, "n_kv_heads": 1, "d_ff": 64},
            "data": {"kind": "examples", "path": str(examples), "tokenizer": str(tok_dir), "seq_len": 48,
                     "val_fraction": 0.2},
@@ -53,3 +60,17 @@ def test_a_bad_record_stops_the_cli_in_one_line_naming_file_and_line(tmp_path, c
     assert main(["train", str(recipe(tmp_path, bad, tmp_path / "run")), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith(f"error: {bad}, line 7: keys ['id', 'prompt', 'response']: unknown ['id']"), err
+
+
+def test_a_run_on_the_tokenizers_template_keeps_it_for_resume_and_chat(tmp_path, capsys):
+    from genmodels import load
+    run = tmp_path / "run"
+    assert main(["train", str(recipe(tmp_path, FIXTURE, run, CHATML)), "--no-progress", "--set", "train.max_steps=2"]) == 0
+    assert "its own chat template" in capsys.readouterr().out
+    assert (run / "chat_template.jinja").read_text() == CHATML  # beside RUN/tokenizer.json: what a resume reads
+    assert load(run / "final").chat_template == CHATML  # genmodels chat renders as the run trained
+    (tmp_path / "tok" / "chat_template.jinja").unlink()  # a resume reads the run folder's own copy
+    assert main(["train", str(recipe(tmp_path, FIXTURE, run)), "--no-progress", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "its own chat template" in out
+    assert sorted(losses(run)) == [1, 2, 3, 4]
