@@ -174,3 +174,14 @@ def test_retnet_refuses_positions_other_than_its_rows_own():
         model.hidden_states(ids[:, :1], position_ids=torch.tensor([[3], [5]]), cache=cache)
         with pytest.raises(ValueError, match=r"here \[\[4\], \[6\]\]"):
             model.hidden_states(ids[:, :1], position_ids=torch.tensor([[6], [6]]), cache=cache)
+
+
+def test_a_step_is_choose_then_feed_so_a_front_end_can_show_the_token_before_the_forward():
+    model, ids = tiny_model("llama", eos_token_id=None), random_ids(1, 5)
+    session = DecodeSession(model)
+    req = session.add(ids, Sampling(max_new_tokens=3))
+    session.choose_tokens()
+    assert req.output.shape == (1, 6) and session.cache.pos == 5  # chosen, not yet through the model
+    assert session.feed_tokens() == [] and session.cache.pos == 6
+    session.run()
+    assert torch.equal(req.output, genmodels.generate(model, ids, 3))

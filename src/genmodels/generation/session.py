@@ -131,6 +131,7 @@ class DecodeSession:
         self.cache = None
         self.logits: torch.Tensor | None = None  # (R, V): the next-token logits of every live row
         self._step = None  # the native step, built at the first feed after the rows change
+        self._chosen: list[torch.Tensor] | None = None  # choose_tokens' tokens, per request, until fed
 
     @torch.inference_mode()
     def add(self, input_ids: torch.Tensor, sampling: Sampling | None = None, *,
@@ -180,23 +181,46 @@ class DecodeSession:
         return cache, self.model.head(h[:, -1])  # only the last position's logits are needed
 
     def step(self) -> list[Request]:
-        """One token for every live row; returns the requests that finished (they leave the session)."""
+        """One token for every live row; returns the requests that finished (they leave the session).
+        It is :meth:`choose_tokens` then :meth:`feed_tokens` (a streaming front end shows the tokens between)."""
         if not torch.is_inference_mode_enabled():  # (entering it costs as much as a small model's step)
             with torch.inference_mode():
                 return self.step()
+        self.choose_tokens()
+        return self.feed_tokens()
+
+    def choose_tokens(self) -> None:
+        """The first half of a step: a token for every live row, recorded in its request (``output``, ``done``,
+        ``finished``; streamers called). Nothing goes through the model yet."""
+        if not torch.is_inference_mode_enabled():  # the requests' buffers are inference tensors
+            with torch.inference_mode():
+                return self.choose_tokens()
+        if len(self.requests) == 1:
+            self._chosen = [self.requests[0].choose(self.logits, self.choose)]
+            return
+        self._chosen, lo = [], 0
+        for req in self.requests:
+            self._chosen.append(req.choose(self.logits[lo:lo + req.batch], self.choose))
+            lo += req.batch
+
+    def feed_tokens(self) -> list[Request]:
+        """The second half: finished requests leave, the chosen tokens of the others go through the model in one
+        forward; returns the requests that finished."""
+        if not torch.is_inference_mode_enabled():
+            with torch.inference_mode():
+                return self.feed_tokens()
+        chosen, self._chosen = self._chosen, None
         if len(self.requests) == 1 and not self.requests[0].s.keep_cache:  # generate's loop: nothing moves
             req = self.requests[0]
-            tokens = req.choose(self.logits, self.choose)
             if req.finished:
                 self.requests, self.cache, self.logits, self._step = [], None, None, None
                 return [req]
-            self.logits = self.feed(tokens)
+            self.logits = self.feed(chosen[0])
             return []
         spans, lo = [], 0
         for req in self.requests:
             spans.append((lo, lo + req.batch))
             lo += req.batch
-        chosen = [req.choose(self.logits[a:z], self.choose) for req, (a, z) in zip(self.requests, spans)]
         fed = [i for i, req in enumerate(self.requests) if not req.finished or req.s.keep_cache]
         if len(fed) < len(self.requests):  # finished requests leave before the forward
             self._select([r for i in fed for r in range(*spans[i])])
