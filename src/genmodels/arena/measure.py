@@ -169,7 +169,7 @@ def image_measures(model, cfg, m, grid: Path, seed: int) -> dict:
 def measure_run(run_dir: Path, spec: ArenaSpec, grid: Path) -> dict:
     """Every measure of one trained run (module docstring)."""
     import genmodels
-    from ..training.config import load_config
+    from ..training.recipe import load_config
     cfg = load_config(Path(run_dir) / "config.yaml")
     model = genmodels.load(Path(run_dir) / "final")
     out = {"threads": torch.get_num_threads(), "warmup_steps": cfg.train.warmup_steps, **run_records(run_dir),

@@ -154,7 +154,7 @@ class ArenaSpec(StrictConfig):
             raise ConfigError(f"{self.where('threads')}={self.threads} must be an integer >= 1")
         if self.rank_by is not None:
             self.check_choice("rank_by", tuple(LOWER_IS_BETTER))
-        kinds = {i: self.run_config(i, self.seeds[0]).images for i in range(len(self.contestants))}
+        kinds = {i: _trains_images(self.run_config(i, self.seeds[0])) for i in range(len(self.contestants))}
         if len(set(kinds.values())) > 1:
             odd = next(i for i, k in kinds.items() if k != kinds[0])
             raise ConfigError(f"arena.contestants[{odd}] ({self.contestants[odd].name}) trains "
@@ -259,3 +259,10 @@ def load_spec(path: str | Path) -> ArenaSpec:
         return ArenaSpec.from_dict({**_fix_floats(d), "base_dir": str(p.resolve().parent)})
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def _trains_images(cfg) -> bool:
+    """Whether a contestant's recipe trains on images (its objective counts images), not text."""
+    from ..objectives import OBJECTIVES
+    return OBJECTIVES[cfg.objective()].unit == "images"
+
