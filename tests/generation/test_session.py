@@ -185,3 +185,16 @@ def test_a_step_is_choose_then_feed_so_a_front_end_can_show_the_token_before_the
     assert session.feed_tokens() == [] and session.cache.pos == 6
     session.run()
     assert torch.equal(req.output, genmodels.generate(model, ids, 3))
+
+
+def test_a_request_with_bad_settings_is_refused_naming_the_setting():
+    model, ids = tiny_model("llama", eos_token_id=None), random_ids(1, 5)
+    session = DecodeSession(model)
+    for s, name in ((Sampling(temperature=-1.0), "temperature"), (Sampling(top_p=1.5), "top_p"),
+                    (Sampling(ends=(128,)), "ends"), (Sampling(pad=-1), "pad"),
+                    (Sampling(allowed=torch.zeros(128, dtype=torch.bool)), "allowed"),
+                    (Sampling(allowed=torch.ones(5, dtype=torch.bool)), "allowed"),
+                    (Sampling(stop=("x",)), "stop")):
+        with pytest.raises(ValueError, match=name):
+            session.add(ids, s)
+    assert session.requests == [] and session.cache is None

@@ -89,9 +89,10 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
                 return _beam(model, input_ids, max_new_tokens, mask, ends, pad, num_beams, length_penalty,
                              early_stopping, repetition_penalty, fused)
             session = DecodeSession(model, native=fused, native_step=fused_step, choose=choose_next)
-            settings = Sampling(max_new_tokens, temperature, top_k, top_p, repetition_penalty, tuple(ends), pad,
-                                generator=generator, stop=check_stop(stop), tokenizer=getattr(model, "tokenizer", None),
-                                streamer=streamer, keep_cache=return_cache or cache is not None)
+            settings = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                                repetition_penalty=repetition_penalty, ends=tuple(ends), pad=pad, generator=generator,
+                                stop=check_stop(stop), tokenizer=getattr(model, "tokenizer", None), streamer=streamer,
+                                keep_cache=return_cache or cache is not None)
             request = session.add(input_ids, settings, attention_mask=mask, cache=cache)
             session.run()
             return (request.output, request.cache) if return_cache else request.output

@@ -32,13 +32,14 @@ import torch
 
 from ..native.step import fused_step, unsupported
 from ..nn import kv_cache
+from .checks import check_generation_args, check_token_id, check_token_ids, vocab_size
 from .sampling import choose_next
 from .stop import StopStream, check_stop
 
 
 @dataclass
 class Sampling:
-    """One request's settings (arguments are checked by the callers, :mod:`.checks`).
+    """One request's settings (checked when the request is added: :meth:`check`).
 
     ``ends``: token ids that end a row (EOS and stop tokens); finished rows get ``pad``.
     ``allowed (V,)`` bool: the tokens a row may choose (None: all). ``stop``: stop strings, matched on
@@ -58,6 +59,19 @@ class Sampling:
     tokenizer: Any = None
     streamer: Callable[[torch.Tensor], None] | None = None
     keep_cache: bool = False
+
+    def check(self, vocab: int) -> None:
+        """Each setting in range (:mod:`.checks`, the messages ``generate`` gives), ``allowed`` a (V,) bool mask
+        allowing some token, stop strings with a tokenizer to decode the text."""
+        check_generation_args(self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.max_new_tokens)
+        check_token_ids("ends", self.ends, vocab)
+        check_token_id("pad", self.pad, vocab, allow_none=False)
+        if self.allowed is not None and (tuple(self.allowed.shape) != (vocab,) or self.allowed.dtype != torch.bool
+                                         or not bool(self.allowed.any())):
+            raise ValueError(f"allowed must be a ({vocab},) bool mask allowing at least one token, got "
+                             f"{tuple(self.allowed.shape)} {self.allowed.dtype}")
+        if check_stop(self.stop) and self.tokenizer is None:
+            raise ValueError(f"stop={list(self.stop)!r}: stop strings are matched on decoded text; give a tokenizer")
 
 
 class Request:
@@ -141,6 +155,7 @@ class DecodeSession:
         is the session's cache while the session holds no other rows; joining other rows, its rows are
         appended to theirs (``cache.extend``) and the request's kept cache is a copy of its rows."""
         s = sampling if sampling is not None else Sampling()
+        s.check(vocab_size(self.model))
         req = Request(input_ids, s)
         if req.finished and not s.keep_cache:
             return req  # nothing to generate, nothing to keep
