@@ -35,7 +35,8 @@ def cpu_key() -> str:
     """``"<cpu name> | <flags> | torch <version>"``: runs with equal keys give bit-identical losses."""
     import torch
     from genmodels.training.metrics import cpu_name
-    return f"{cpu_name()} | {','.join(cpu_flags()) or 'no-simd-flags'} | {platform.machine()} | torch {torch.__version__}"
+    flags = ",".join(cpu_flags()) or "no-simd-flags"
+    return f"{cpu_name()} | {flags} | {platform.machine()} | torch {torch.__version__}"
 
 
 def resolve(overrides: list[str]) -> list[str]:

@@ -23,12 +23,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from pathlib import Path
 
 import pytest
 
 from genmodels.training import load_config, train
-from tests.helpers.recipe_losses import CONFIGS, CORPUS, FIXTURES, cpu_key, read_losses, resolve, train_recipe
+from tests.helpers.recipe_losses import CONFIGS, CORPUS, FIXTURES, cpu_key, read_losses, train_recipe
 
 RECORD = json.loads((FIXTURES / "recipe-losses-e15f1f6.json").read_text())
 RUNS = FIXTURES / "runs-e15f1f6"
