@@ -183,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_tasks_parsers(sub)
     from .cli_serve import add_serve_parser
     add_serve_parser(sub)
+    from .cli_selfchat import add_selfchat_parser
+    add_selfchat_parser(sub)
     return p
 
 

@@ -1,0 +1,105 @@
+"""Self-chat's files: the seed questions read, the dialogues written (``genmodels selfchat``, docs/selfchat.md).
+
+**Seeds**: a ``.jsonl`` file of examples (any form :mod:`genmodels.data.examples` reads; a record's seed is
+its first user message, its ``prompt`` or its ``text``) — the task set's ``seen-train.messages.jsonl``
+(``genmodels tasks --out DIR``) gives the recipe's seeds — or any other text file, one question a line
+(blank lines skipped).
+
+**Output**: JSONL, one ``{"messages": [...]}`` record a line (the ``examples`` data kind reads it), and
+beside it ``<out>.selfchat.json``: ``"format": "genmodels-selfchat"``, the file's SHA-256, the settings and
+the counts. Both are written atomically, the data first. An existing ``<out>`` is replaced only when that
+record is ours and names the file with its current SHA-256 (so a file genmodels did not write, or one
+changed since, is never replaced); an existing record that is not ours is never replaced either. Each
+refusal is one line naming the file, given before the model loads.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .data.examples import read_records
+from .files import atomic_write_bytes, file_sha256
+
+__all__ = ["FORMAT", "check_out", "read_seeds", "record_path", "write_dialogues"]
+
+FORMAT = "genmodels-selfchat"
+
+
+def record_path(out: str | Path) -> Path:
+    """The record written beside the data file ``out``."""
+    out = Path(out)
+    return out.with_name(out.name + ".selfchat.json")
+
+
+def read_seeds(path: str | Path) -> list[str]:
+    """The seed questions of ``path`` (module doc), in order; an empty file is refused naming it."""
+    path = Path(path)
+    if path.suffix == ".jsonl":
+        seeds = []
+        for r in read_records(path):  # a bad record is refused naming the file and line
+            f = r.fields
+            if "messages" in f:
+                user = next((m["content"] for m in f["messages"] if m["role"] == "user"), None)
+                if user is None:
+                    raise ValueError(f"{r.where}: no user message to take as a seed question")
+                seeds.append(user)
+            else:
+                seeds.append(f.get("prompt", f.get("text")))
+    else:
+        seeds = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not seeds:
+        raise ValueError(f"--seeds {path}: no seed questions (one a line, or examples JSONL)")
+    return seeds
+
+
+def _ours(out: Path) -> dict[str, Any] | None:
+    """The record beside ``out`` when it is ours; None when there is none; refused when it is not ours."""
+    rec = record_path(out)
+    if not rec.exists() and not rec.is_symlink():
+        return None
+    try:
+        data = json.loads(rec.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise FileExistsError(f"{rec} exists and genmodels selfchat did not write it (no \"format\": \"{FORMAT}\"); "
+                              "it is never replaced: choose another --out")
+    return data
+
+
+def check_out(out: str | Path) -> None:
+    """Refuse, before any work, an ``--out`` this command may not write (module doc)."""
+    out = Path(out)
+    if out.suffix != ".jsonl":
+        raise ValueError(f"--out {out}: give a .jsonl file name (the examples data kind reads JSONL)")
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a .jsonl file name")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    ours = _ours(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_file():
+        raise FileExistsError(f"--out {out} exists and is not a file; choose another --out")
+    if ours is None or ours.get("file") != out.name:
+        raise FileExistsError(f"--out {out} exists and genmodels selfchat did not write it (no {record_path(out).name} "
+                              "naming it); it is never replaced: choose another --out")
+    if ours.get("sha256") != file_sha256(out):
+        raise FileExistsError(f"--out {out} was changed since genmodels selfchat wrote it (its SHA-256 differs from "
+                              f"{record_path(out).name}'s); it is never replaced: choose another --out")
+
+
+def write_dialogues(out: str | Path, conversations: list[list[dict]], info: dict[str, Any]) -> dict[str, Any]:
+    """Write the dialogues to ``out`` and the record beside it (``info``: settings and counts); returns the
+    record. Checks ``out`` again first (:func:`check_out`)."""
+    out = Path(out)
+    if not conversations:
+        raise ValueError(f"--out {out}: no conversation survived the filters (counts: {info.get('counts')}); "
+                         "nothing written (try more seeds, --max-new-tokens or another --temperature)")
+    check_out(out)
+    data = "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")
+    atomic_write_bytes(out, data)
+    record = {"format": FORMAT, "file": out.name, "sha256": file_sha256(out), **info}
+    atomic_write_bytes(record_path(out), (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+    return record
