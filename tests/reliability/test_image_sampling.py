@@ -89,10 +89,12 @@ def test_save_grid_refuses_non_finite_images(tmp_path):
 
 
 def test_the_end_of_run_grid_is_not_written_from_nan_weights_and_says_why(nan_folder, tmp_path):
-    from genmodels.training.image_run import write_samples
+    from genmodels.objectives import build_objective
     said: list[str] = []
-    cfg = types.SimpleNamespace(sample=types.SimpleNamespace(n=4, seed=0, steps=2, scheduler="ddim", guidance=None))
-    assert write_samples(genmodels.load(nan_folder), cfg, tmp_path, said.append) is None
+    model = genmodels.load(nan_folder)
+    ctx = types.SimpleNamespace(sample=types.SimpleNamespace(n=4, seed=0, steps=2, scheduler="ddim", guidance=None),
+                                say=said.append, run_dir=tmp_path)
+    assert build_objective("diffusion", model, ema_decay=0).samples(model, ctx) == []  # (the image objectives' grid)
     assert not (tmp_path / "samples.png").exists()
     assert len(said) == 1 and "samples.png not written" in said[0] and "time_embed.fc1.weight" in said[0]
 
