@@ -81,6 +81,23 @@ def test_turn_two_prefills_only_its_new_tokens(model, native, sampling, monkeypa
     assert third and third == generate_reply(model, conv.messages[:6], 24, **sampling)
 
 
+def test_each_token_is_shown_before_its_forward(model, monkeypatch):
+    """The first piece comes right after the prefill, not after a decode step (time to first token)."""
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")  # every forward through hidden_states, so they can be counted
+    forwards, forward = [], model.hidden_states
+
+    def counting(input_ids=None, *a, **kw):
+        forwards.append(input_ids.shape[1])
+        return forward(input_ids, *a, **kw)
+    monkeypatch.setattr(model, "hidden_states", counting)
+    conv = Conversation(model, max_new_tokens=8, eos_token_id=ENDS)
+    stream = conv.say(TURNS[0])
+    assert next(stream) and forwards == [conv.prefilled]  # the prefill only
+    next(stream)
+    assert forwards == [conv.prefilled, 1]  # the first token went through the model after it was shown
+    stream.close()
+
+
 def test_changed_history_rolls_the_cache_back_to_the_common_prefix(model, monkeypatch):
     conv = Conversation(model, system=SYSTEM, max_new_tokens=16, eos_token_id=ENDS)
     "".join(conv.say(TURNS[0]))

@@ -202,10 +202,11 @@ class Conversation:
 
     @torch.inference_mode()
     def _tokens(self, new: list[int]) -> Iterator[int]:
-        """Prefill ``new`` after what the cache holds, then yield each chosen token: one request of a
-        :class:`~genmodels.generation.session.DecodeSession` over the kept cache (the native step when the
-        model has one; else PyTorch, with the column-major decode layout as ``generate`` takes it).
-        ``self.cached`` grows with every chosen token (the ones fed are what the cache holds)."""
+        """Prefill ``new`` after what the cache holds, then yield each chosen token before it goes through
+        the model: one request of a :class:`~genmodels.generation.session.DecodeSession` over the kept cache
+        (the native step when the model has one; else PyTorch, with the column-major decode layout as
+        ``generate`` takes it). ``self.cached`` grows with every chosen token (the ones fed are what the
+        cache holds)."""
         device = next(self.model.parameters()).device
         held = torch.tensor([self.cached[:len(self.cached) - len(new)]], dtype=torch.long, device=device)
         history = held if self.sampling["repetition_penalty"] else None
@@ -218,10 +219,11 @@ class Conversation:
                            self.max_new_tokens >= 16):
             request = session.add(torch.tensor([new], dtype=torch.long, device=device), settings, cache=self.cache)
             while not request.finished:
-                session.step()
+                session.choose_tokens()  # a step's first half: the token is shown before its forward
                 token = int(request.output[0, -1])
                 self.cached.append(token)
                 yield token
+                session.feed_tokens()
 
 
 def _roll_back(cache: Any, n: int) -> bool:
