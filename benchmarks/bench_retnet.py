@@ -199,10 +199,10 @@ def train_side(model: str, steps: int, batch: int, seq: int) -> dict:
     m = build_model(preset(f"{model}-tiny"))
     loss_mod = CausalLM(m, chunk=TrainConfig().loss_chunk).train()
     opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
-    batch = {"input_ids": inputs, "labels": targets}
+    feed = {"input_ids": inputs, "labels": targets}
 
     def step():
-        loss_mod(batch)[0].backward()
+        loss_mod(feed)[0].backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 

@@ -82,10 +82,10 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
         apply_activation_checkpointing(model.blocks, ac)
         loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
         opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
-        batch = {"input_ids": inputs, "labels": targets}
+        feed = {"input_ids": inputs, "labels": targets}
 
         def step():
-            loss = loss_mod(batch)[0]
+            loss = loss_mod(feed)[0]
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
