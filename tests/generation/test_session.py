@@ -117,6 +117,10 @@ def test_each_request_keeps_its_sampling_settings_allowed_tokens_and_generator(p
     for g, w in zip(got, want):
         assert torch.equal(g.output, w)
     assert set(got[2].output[0, 7:].tolist()) <= {3, 17, 40, 99}
+    rows = torch.zeros(2, 128, dtype=torch.bool)  # one allowed set per row of a request
+    rows[0, [5, 6]], rows[1, [7]] = True, True
+    pair = _alone(model, random_ids(2, 4), None, Sampling(4, allowed=rows))
+    assert set(pair[0, 4:].tolist()) <= {5, 6} and pair[1, 4:].tolist() == [7] * 4
 
 
 def test_a_kv_cache_truncated_to_a_common_prefix_continues_as_a_fresh_prefill():
@@ -194,6 +198,7 @@ def test_a_request_with_bad_settings_is_refused_naming_the_setting():
                     (Sampling(ends=(128,)), "ends"), (Sampling(pad=-1), "pad"),
                     (Sampling(allowed=torch.zeros(128, dtype=torch.bool)), "allowed"),
                     (Sampling(allowed=torch.ones(5, dtype=torch.bool)), "allowed"),
+                    (Sampling(allowed=torch.ones(2, 128, dtype=torch.bool)), "allowed"),
                     (Sampling(stop=("x",)), "stop")):
         with pytest.raises(ValueError, match=name):
             session.add(ids, s)

@@ -42,7 +42,7 @@ class Sampling:
     """One request's settings (checked when the request is added: :meth:`check`).
 
     ``ends``: token ids that end a row (EOS and stop tokens); finished rows get ``pad``.
-    ``allowed (V,)`` bool: the tokens a row may choose (None: all). ``stop``: stop strings, matched on
+    ``allowed`` (V,) or (B_r, V) bool: the tokens a row may choose (None: all). ``stop``: stop strings, matched on
     each row's generated text decoded by ``tokenizer`` (:mod:`.stop`). ``streamer(tokens (B_r,))``
     sees each step's tokens. ``keep_cache``: feed the last token too and keep the request's cache."""
 
@@ -60,16 +60,17 @@ class Sampling:
     streamer: Callable[[torch.Tensor], None] | None = None
     keep_cache: bool = False
 
-    def check(self, vocab: int) -> None:
-        """Each setting in range (:mod:`.checks`, the messages ``generate`` gives), ``allowed`` a (V,) bool mask
-        allowing some token, stop strings with a tokenizer to decode the text."""
+    def check(self, vocab: int, batch: int = 1) -> None:
+        """Each setting in range (:mod:`.checks`, the messages ``generate`` gives), ``allowed`` a (V,) or
+        (B_r, V) bool mask allowing some token in each row, stop strings with a tokenizer to decode the text."""
         check_generation_args(self.temperature, self.top_k, self.top_p, self.repetition_penalty, self.max_new_tokens)
         check_token_ids("ends", self.ends, vocab)
         check_token_id("pad", self.pad, vocab, allow_none=False)
-        if self.allowed is not None and (tuple(self.allowed.shape) != (vocab,) or self.allowed.dtype != torch.bool
-                                         or not bool(self.allowed.any())):
-            raise ValueError(f"allowed must be a ({vocab},) bool mask allowing at least one token, got "
-                             f"{tuple(self.allowed.shape)} {self.allowed.dtype}")
+        a = self.allowed
+        if a is not None and (tuple(a.shape) not in ((vocab,), (batch, vocab)) or a.dtype != torch.bool
+                              or not bool(a.any(-1).all())):
+            raise ValueError(f"allowed must be a ({vocab},) or ({batch}, {vocab}) bool mask allowing at least one "
+                             f"token per row, got {tuple(a.shape)} {a.dtype}")
         if check_stop(self.stop) and self.tokenizer is None:
             raise ValueError(f"stop={list(self.stop)!r}: stop strings are matched on decoded text; give a tokenizer")
 
@@ -155,7 +156,7 @@ class DecodeSession:
         is the session's cache while the session holds no other rows; joining other rows, its rows are
         appended to theirs (``cache.extend``) and the request's kept cache is a copy of its rows."""
         s = sampling if sampling is not None else Sampling()
-        s.check(vocab_size(self.model))
+        s.check(vocab_size(self.model), input_ids.shape[0])
         req = Request(input_ids, s)
         if req.finished and not s.keep_cache:
             return req  # nothing to generate, nothing to keep
