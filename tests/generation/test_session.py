@@ -62,6 +62,16 @@ def test_continuing_a_prefilled_cache_equals_one_call(kind, path, monkeypatch):
     assert torch.equal(again, whole[:, 25:])
 
 
+@pytest.mark.parametrize("kind", MODELS)
+def test_a_prefill_that_continues_a_cache_gives_the_logits_of_one_prefill(kind):
+    model, ids, mask = MODELS[kind](), random_ids(2, 13), left_pad_mask([13, 10], 13)
+    session = DecodeSession(model, native=False)
+    cache, _ = session.prefill(ids[:, :9], 30, attention_mask=mask[:, :9])
+    cache, logits = session.prefill(ids[:, 9:], 30, cache=cache)
+    _, want = session.prefill(ids, 30, attention_mask=mask)
+    torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-4)
+
+
 def _alone(model, ids, mask, s: Sampling) -> torch.Tensor:
     session = DecodeSession(model)
     req = session.add(ids, s, attention_mask=mask)
