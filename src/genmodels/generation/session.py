@@ -110,7 +110,7 @@ class Request:
             logits = logits.masked_fill(~s.allowed.to(logits.device), float("-inf"))
         seen = self.tokens[:, :t + step] if s.repetition_penalty else None
         nxt = choose(logits, seen, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                          rep_penalty=s.repetition_penalty, generator=s.generator)
+                     rep_penalty=s.repetition_penalty, generator=s.generator)
         nxt = torch.where(self.done, torch.full_like(nxt, s.pad), nxt)
         if t + step == self.tokens.shape[1]:
             grow = min(self.tokens.shape[1], s.max_new_tokens - step)
@@ -122,9 +122,12 @@ class Request:
         before = self.done
         if s.ends:
             self.done = self.done | torch.isin(nxt, self.end_ids)
-        if self.streams is not None:
-            stopped = [not bool(before[i]) and (self.streams[i].push(int(nxt[i])), self.streams[i].stopped)[1]
-                       for i in range(self.batch)]
+        if self.streams is not None:  # each live row's text, and whether it reached a stop string
+            stopped = []
+            for row, (stream, was_done) in enumerate(zip(self.streams, before.tolist())):
+                if not was_done:
+                    stream.push(int(nxt[row]))
+                stopped.append(stream.stopped)
             self.done = self.done | torch.tensor(stopped, dtype=torch.bool, device=self.done.device)
         self.finished = self.n == s.max_new_tokens or (self.can_end and bool(self.done.all()))
         return nxt
