@@ -16,9 +16,12 @@ from typing import Callable
 
 
 def model_dir(path: str) -> Path:
-    """A model folder, or a training run folder (its final model lives in ``final/``)."""
+    """A model folder, or a training run folder (its final model lives in ``final/``: a model, or a LoRA run's
+    adapter over its base)."""
     p = Path(path)
-    if (p / "final" / "config.json").is_file() and not (p / "config.json").is_file():
+    final = p / "final"
+    has_final = (final / "config.json").is_file() or (final / "adapter_config.json").is_file()
+    if has_final and not (p / "config.json").is_file():
         return p / "final"
     return p
 

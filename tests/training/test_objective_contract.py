@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -59,12 +60,28 @@ def recipe(objective: str, corpus_dir, run) -> dict:
     if kind == "images":
         data, sample = {"source": "digits"}, {"n": 2, **({"steps": 2} if objective == "diffusion" else {})}
         train_over["objective"] = {"name": objective, "eval_samples": min_samples()}
+    elif kind == "examples":  # (tests/fixtures/examples/sft.jsonl, with a tokenizer trained on it)
+        data = {"kind": "examples", "path": str(EXAMPLES), "tokenizer": str(examples_tokenizer(run.parent)),
+                "seq_len": 128, "val_fraction": 0.2}
+        sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
     else:
         data = {"corpus": "folder", "path": str(corpus_dir), "vocab_size": 300, "seq_len": 16, "val_fraction": 0.2}
         sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
     assert get_data_kind(kind).name == kind
     return {"model": {"preset": name, **over}, "data": data, "train": train_over, "sample": sample,
             "run_dir": str(run)}
+
+
+EXAMPLES = Path(__file__).parent.parent / "fixtures" / "examples" / "sft.jsonl"
+
+
+def examples_tokenizer(where: Path) -> Path:
+    """A 300-id BPE trained on the examples fixture, saved under ``where`` (once)."""
+    from genmodels.data import save_tokenizer, train_bpe_tokenizer
+    folder = where / "examples-tokenizer"
+    if not folder.exists():
+        save_tokenizer(train_bpe_tokenizer([EXAMPLES.read_text().replace("\\n", "\n")] * 4, 300), folder)
+    return folder
 
 
 def _losses(run) -> dict[int, float]:

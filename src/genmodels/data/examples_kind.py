@@ -85,6 +85,7 @@ class ExampleData:
     fingerprint: str
     chat_template: str | None
     info: dict
+    path: str | None = None  # the examples file (refusals name it)
 
 
 def prepare_example_run(dc: ExamplesDataConfig, say: Callable[[str], Any] = print,
@@ -101,7 +102,7 @@ def prepare_example_run(dc: ExamplesDataConfig, say: Callable[[str], Any] = prin
     say(f"data: {i['examples']} examples from {dc.path} ({'its own' if template else 'the plain'} chat template); "
         f"train {i['train_examples']} in {i['train_rows']} rows of {dc.seq_len} ({i['train_tokens']:,} tokens), "
         f"val {i['val_examples']} in {i['val_rows']} rows")
-    return ExampleData(splits.train, splits.val, tok, eos, examples_fingerprint(dc.path), template, i)
+    return ExampleData(splits.train, splits.val, tok, eos, examples_fingerprint(dc.path), template, i, dc.path)
 
 
 def started(dc: ExamplesDataConfig, init_from: str | None) -> ExamplesDataConfig:

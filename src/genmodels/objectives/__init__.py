@@ -1,6 +1,8 @@
 """Every way of training, one file per objective (:mod:`.base` holds the contract; losses in :mod:`.losses`).
 
     causal     next-token cross-entropy (decoders, RetNet)        causal.py   (+ router.py: MoE router losses)
+    sft        causal loss on examples' labelled (assistant) tokens,  sft.py
+               normalised per token over the global batch
     mlm        masked LM, BERT's 80/10/10 masking (encoders)      mlm.py
     span       T5 span corruption (encoder–decoders)              span.py
     diffusion  denoising loss, label dropout, EMA (images)        diffusion.py (+ images.py)
@@ -22,10 +24,11 @@ from .causal import CausalLM
 from .diffusion import DiffusionObjective
 from .gan import GANObjective
 from .mlm import MaskedLM
+from .sft import SFT
 from .span import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
-                                                                   DiffusionObjective, GANObjective)}
+                                                                   DiffusionObjective, GANObjective, SFT)}
 
 
 def objective_for(family: str, objective: str = "auto") -> str:
@@ -63,5 +66,5 @@ def build_objective(objective: str, model: nn.Module, options: ObjectiveOptions 
 
 
 __all__ = ["Batch", "CausalLM", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
-           "Objective", "ObjectiveOptions", "PhaseSpec", "SpanCorruption", "Watch", "build_objective",
+           "Objective", "ObjectiveOptions", "PhaseSpec", "SFT", "SpanCorruption", "Watch", "build_objective",
            "extra_tokens", "objective_for"]

@@ -57,6 +57,10 @@ class PhaseSpec:
     lr: float | None = None
     betas: list[float] | None = None
     grad_clip: float | None = None
+    # tokens(batch): what the loss of ``batch`` is a mean over (labelled tokens). Set: the step's loss is the sum
+    # over the GLOBAL batch's tokens / their number (each micro-batch weighed by its share); None: the mean of
+    # the micro-batches' means (each weighs 1/n)
+    tokens: Callable[[dict], int] | None = None
 
 
 class Watch:

@@ -39,6 +39,7 @@ from ..registry import DEFAULT_FAMILY, config_from_dict, preset, presets
 from ..values import allowed as _allowed, integer as _integer, number as _number
 from ..values import reject_unknown as _reject_unknown, seed as _seed, string as _string
 from . import image_run  # noqa: F401  (registers the images data kind)
+from .adapters import check_recipe as check_lora, lora_section
 from .data import DataConfig, SampleConfig  # (registers the tokens and examples data kinds)
 from .init_from import source_model_section
 from .memory import CHECKPOINTING
@@ -79,6 +80,7 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     # auto = the model family's default objective; or {name: NAME, <its options>}
     objective: Any = "auto"
+    lora: Any = None  # LoRA adapters on a frozen model.init_from: {targets, r, alpha, dropout, rslora} (adapters.py)
 
 
 @dataclass
@@ -128,6 +130,8 @@ class RunConfig:
             self.train.objective = _objective_options(self.model, {"objective": self.train.objective})[1]
         self.data.validate()
         self._validate_train()
+        self.train.lora = lora_section(self.train.lora)
+        check_lora(self.train.lora, self.init_from)
         if not isinstance(self.run_dir, str) or not self.run_dir:
             raise ConfigError(f"run_dir={self.run_dir!r} must be a non-empty path")
         self._check_init_from()

@@ -88,6 +88,8 @@ class RunState:
     bar: object = None
     result: TrainResult | None = None
     plot_error: list[str] = field(default_factory=list)  # the first failure to draw loss.png (warned once)
+    frozen: frozenset[str] = frozenset()  # model keys checkpoints leave out (LoRA: the base, from model.init_from)
+    extra_state: dict = field(default_factory=dict)  # what else state.json keeps (LoRA: the base's fingerprint)
 
     def note(self, msg: str) -> None:
         (self.bar.write(msg) if self.bar is not None else self.say(msg))
@@ -342,7 +344,7 @@ def check_params(run: RunState, what: str) -> None:
 def write_checkpoint(run: RunState) -> None:
     check_params(run, "checkpoint")  # before anything is written or pruned
     info, cfg = run.info, run.cfg
-    msd = full_model_state(run.objective)
+    msd = {k: v for k, v in full_model_state(run.objective).items() if k not in run.frozen}
     osd = (run.train_step.optimizer_state() if len(run.train_step.phases) > 1  # each optimizer, keyed by phase
            else full_optimizer_state(run.objective, run.optimizer))
     rng = rng_state(info)
@@ -351,7 +353,7 @@ def write_checkpoint(run: RunState) -> None:
                  "world_size": info.world_size, "max_steps": run.max_steps, "calibrated": run.calibrated,
                  "layout": info.kind if info.active else "single", "elapsed_s": run.elapsed(),
                  "config": cfg.to_dict(), "model_config": run.mcfg.to_dict(), "corpus_fingerprint": run.fingerprint,
-                 **run.watch.state()}
+                 **run.watch.state(), **run.extra_state}
         run.result.checkpoint = save_checkpoint(run.run_dir, run.step, msd, osd, rng, state, cfg.train.keep_last)
     run.last_ckpt_step = run.step
     info.barrier()

@@ -11,13 +11,13 @@ from typing import Callable
 import torch
 
 from ..config import ConfigError
-from ..data import corpus_fingerprint, eos_id, load_tokenizer
+from ..data import eos_id, load_tokenizer
 from ..models import build_model
 from ..objectives import extra_tokens
+from .adapters import checkpoint_shapes
 from .checkpoint import (CheckpointUnreadable, checkpoint_dir, latest_checkpoint, load_checkpoint, read_checkpoint,
                          read_state, step_dirs)
 from .config import RunConfig
-from .data import DataConfig, corpus_spec
 from .distributed import DistInfo
 from .init_from import grown_source, vocab_for_source
 from .metrics import measure_matmul_peak
@@ -123,14 +123,6 @@ def _param_shapes(mcfg) -> dict[str, tuple[int, ...]] | None:
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def _same_corpus(saved: str | None, fingerprint: str, dc) -> bool:
-    """Whether a checkpoint's corpus fingerprint names this corpus: today's content hash, or — for a
-    checkpoint of a token corpus written before content hashing — the old one (paths, sizes, modification times)."""
-    if saved is None or saved == fingerprint:
-        return True
-    if not isinstance(dc, DataConfig):  # other data kinds: their own content hash, nothing older
-        return False
-    return saved == corpus_fingerprint(corpus_spec(dc), version=1)
 
 
 def _resumed_model_config(cfg: RunConfig, rdc):
@@ -153,14 +145,15 @@ def resume_point(cfg: RunConfig, kind, run_dir: Path, fingerprint: str, info: Di
     dc, chosen, loaded = cfg.data, None, None
     if info.is_main and step_dirs(run_dir):
         mcfg = _resumed_model_config(cfg, kind.resumed(dc, run_dir))
-        shapes, skipped = _param_shapes(mcfg), []
+        shapes, skipped = checkpoint_shapes(cfg.train.lora, _param_shapes(mcfg), mcfg), []  # (LoRA: adapters only)
         for path in reversed(step_dirs(run_dir)):
             try:
                 saved = read_state(path)
             except CheckpointUnreadable as e:
                 skipped.append((path, str(e)))
                 continue
-            if not _same_corpus(saved.get("corpus_fingerprint"), fingerprint, dc):
+            saved_fp = saved.get("corpus_fingerprint")
+            if saved_fp not in (None, fingerprint) and saved_fp not in kind.older(dc):
                 raise RunDirError(f"--resume: the {kind.describe(dc)} differs from the one {path} was trained on; resume "
                                   "with the same data, or start a new run_dir")
             _check_resumed_model(saved, mcfg, run_dir)

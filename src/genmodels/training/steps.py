@@ -9,7 +9,8 @@
                         trainable weights (DPO-shaped: policy vs reference log-probabilities)
 
 A phase's step: from zero gradients on its module (another phase's backward may have reached its
-parameters: G's loss flows through D), forward + backward over the micro-batches (the loss divided by their number),
+parameters: G's loss flows through D), forward + backward over the micro-batches (the loss divided by their number;
+or, for a phase that counts tokens, weighed by the micro-batch's share of the global batch's tokens: ``Phase.tokens``),
 the gradient norm (clipped when the phase clips), one all-reduce of the loss, the metrics and the
 time-budget flag (the mean over micro-steps and processes), then — only when the loss and the
 gradient norm are finite — the optimizer step. Anything non-finite raises :class:`NonFiniteError`
@@ -43,6 +44,7 @@ class Phase:
     grad_clip: float | None = None
     lr: float | None = None  # this phase's peak learning rate (the schedule scales it)
     sync_module: nn.Module | None = None  # the DDP-wrapped module whose all-reduce waits for the last micro-step
+    tokens: Callable[[dict], int] | None = None  # per-token normalisation over the global batch (PhaseSpec.tokens)
 
 
 @dataclass
@@ -101,16 +103,27 @@ class TrainStep:
             p.grad = None
         loss_sum = torch.zeros((), dtype=torch.float64)
         metric_sums: dict[str, torch.Tensor] = {}
+        weights = self._token_weights(ph, batches)
         for micro, batch in enumerate(batches):
             with no_sync(ph.sync_module or ph.loss_fn, micro == n - 1):
                 with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     loss, metrics = ph.loss_fn(batch)
-                    loss = loss / n
+                    loss = loss / n if weights is None else loss * weights[micro]
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().double().cpu()
             for k, v in metrics.items():
                 metric_sums[k] = metric_sums.get(k, 0.0) + float(v.detach()) / n
         return loss_sum, metric_sums
+
+    def _token_weights(self, ph: Phase, batches: list[dict]) -> list[float] | None:
+        """Per-token normalisation (``ph.tokens`` set): micro-batch ``m``, whose loss is the mean over its ``c_m``
+        tokens, weighs ``c_m · world / C`` (``C``: the tokens of the global batch, one all-reduce), so that after
+        data parallelism's mean over processes the gradient is that of Σ token losses / C. None: 1/n each."""
+        if ph.tokens is None:
+            return None
+        counts = [ph.tokens(b) for b in batches]
+        total = float(self.info.all_reduce_sum(torch.tensor([float(sum(counts))], dtype=torch.float64))[0])
+        return [c * self.info.world_size / total for c in counts]
 
     def _check_finite(self, ph: Phase, step: int, loss_val: float, gnorm: float, where: Callable[[], str]) -> None:
         # nothing non-finite is applied (with fp16 AMP, inf gradients are the scaler's: it skips the step)

@@ -36,6 +36,7 @@ from ..files import atomic_write_bytes
 from ..io import attach_tokenizer, save
 from ..models import build_model
 from .. import objectives
+from . import adapters
 from .checkpoint import latest_checkpoint
 from .config import RunConfig
 from .distributed import DistInfo, full_model_state, init_distributed, load_full_state, wrap
@@ -99,12 +100,18 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
                    micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
     kinds = objectives.OBJECTIVES[cfg.objective()].data_kinds
     ckpt, loaded = _prepare_data(run, get_data_kind(getattr(cfg.data, "kind", kinds[0])), resume)
-    start = init_from_model(cfg, run.mcfg, say) if ckpt is None else None
+    # (a LoRA run's checkpoints hold only its adapters: the base comes from model.init_from on --resume too)
+    start = init_from_model(cfg, run.mcfg, say) if ckpt is None or tc.lora is not None else None
     torch.manual_seed(tc.seed)
     model = build_model(run.mcfg)
     if start is not None:
         model.load_state_dict(start.state_dict())
         say(f"model: weights from model.init_from={cfg.init_from}")
+    if tc.lora is not None:  # adapters on the frozen base (training/adapters.py); checkpoints leave the base out
+        run.extra_state["lora_base"] = adapters.attach(tc.lora, model, say)
+        run.frozen = adapters.frozen_keys(model)
+        if ckpt is not None:
+            adapters.check_base(loaded[3], run.extra_state["lora_base"], ckpt, cfg.init_from)
     model = model.to(info.device)
     if tc.activation_checkpointing != "none":
         apply_activation_checkpointing(transformer_blocks(model), tc.activation_checkpointing)
@@ -186,7 +193,7 @@ def build_train_step(objective, tc, info: DistInfo, amp_dtype=None, scaler=None)
             step_fn = loss = torch.compile(sync) if tc.compile else sync
         opt = build_optimizer(spec.module, lr, tc.weight_decay, spec.betas or tc.betas, tc.eps,
                               distributed=info.kind == "fsdp" and info.active)
-        phases.append(Phase(spec.name, loss, spec.module, opt, clip, lr, sync_module=sync))
+        phases.append(Phase(spec.name, loss, spec.module, opt, clip, lr, sync_module=sync, tokens=spec.tokens))
     return TrainStep(phases, info, amp_dtype, scaler), step_fn
 
 
@@ -195,6 +202,8 @@ def _restore(run: RunState, ckpt: Path, loaded) -> None:
     tc, info, say = run.cfg.train, run.info, run.say
     model_sd, optim_sd, rng, state = loaded
     model_sd, restart_ema = ema_on_resume(run.objective, model_sd, ckpt, say)
+    if run.frozen:  # (LoRA: the base the checkpoint left out is the one loaded from model.init_from)
+        model_sd = {**{k: v for k, v in full_model_state(run.objective).items() if k in run.frozen}, **model_sd}
     absent_ok = ("ema.",) if restart_ema else ()
     if len(run.train_step.phases) > 1:  # several optimizers, keyed by phase
         load_full_state(run.objective, None, model_sd, None, absent_ok)
@@ -268,10 +277,13 @@ def _finish(run: RunState) -> TrainResult:
     if run.info.is_main:
         tok = run.data.tokenizer
         final = build_model(run.mcfg)
+        if tc.lora is not None:
+            tc.lora.apply(final)
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
         final.chat_template = getattr(run.data, "chat_template", None)  # (examples rendered with one)
-        res.final_dir = _save_final(final, run_dir, tok, res)
+        res.final_dir = (_save_final(final, run_dir, tok, res) if tc.lora is None else  # (LoRA: PEFT's files)
+                         adapters.write_final(final, run_dir / "final", cfg.init_from, tok, final.chat_template))
         ctx = SimpleNamespace(tokenizer=tok, sample=cfg.sample, eos_id=run.data.eos_id, seed=tc.seed, say=say,
                               run_dir=run_dir)
         res.samples = run.objective.samples(final, ctx)
