@@ -213,3 +213,21 @@ def test_a_request_with_bad_settings_is_refused_naming_the_setting():
         with pytest.raises(ValueError, match=name):
             session.add(ids, s)
     assert session.requests == [] and session.cache is None
+
+
+@pytest.mark.parametrize("kind", ["llama", "retnet"])
+def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(kind, path):
+    model = MODELS[kind]()
+    ids = [random_ids(1, 5, seed=2), random_ids(2, 6, seed=3), random_ids(1, 4, seed=4)]
+    session = DecodeSession(model)
+    reqs = [session.add(i, Sampling(max_new_tokens=6)) for i in ids]
+    session.step(), session.step()
+    session.cancel(reqs[0])                       # between steps, from the front
+    session.choose_tokens()
+    session.cancel(reqs[2])                       # between the halves of a step, from the back
+    assert session.feed_tokens() == [] and [id(r) for r in session.requests] == [id(reqs[1])]
+    assert session.cache.row_pos.shape == (2,)
+    session.run()
+    assert reqs[0].output.shape == (1, 7) and reqs[2].output.shape == (1, 7) and reqs[0].finished
+    assert torch.equal(reqs[1].output, _alone(model, ids[1], None, Sampling(max_new_tokens=6)))
+    session.cancel(reqs[1])  # no longer live: nothing to do

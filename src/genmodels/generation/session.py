@@ -252,6 +252,20 @@ class DecodeSession:
         self.requests = [req for req in reqs if not req.finished]
         return ended
 
+    def cancel(self, request: Request) -> None:
+        """Drop a live request's rows now (its client went away), between steps or between the halves of one;
+        its output so far stays, ``finished`` turns True, no cache is kept."""
+        index = next((i for i, r in enumerate(self.requests) if r is request), None)
+        if index is None:
+            return
+        lo = sum(r.batch for r in self.requests[:index])
+        total = sum(r.batch for r in self.requests)
+        self._select([r for r in range(total) if not lo <= r < lo + request.batch])
+        if self._chosen is not None:
+            del self._chosen[index]
+        del self.requests[index]
+        request.finished = True
+
     def run(self) -> None:
         """Step until every request has finished."""
         while self.requests:
