@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import Pinned, library, never_raises, unavailable_reason, unsupported_tensors
+from ..nn.linear import is_plain
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _LAYER_FIELDS = ("norm1_w", "q_w", "k_w", "v_w", "g_w", "out_w", "norm2_w", "fc1_w", "gate_w", "fc2_w", "gamma",
@@ -69,7 +70,7 @@ def unsupported(model: nn.Module) -> str | None:
         if blk.ffn.activation not in _ACT:
             return f"block {i} FFN activation {blk.ffn.activation!r} not supported ({', '.join(_ACT)})"
         for name, lin in _linears(blk).items():
-            if type(lin) is not nn.Linear or lin.bias is not None:
+            if not is_plain(lin) or lin.bias is not None:  # a merged LoRA linear is plain (nn/linear.is_plain)
                 return f"block {i} {name} is not a plain bias-free nn.Linear ({type(lin).__name__})"
         norms += [blk.norm1, blk.norm2]
     if any(type(n) is not RMSNorm for n in norms) or len({n.eps for n in norms}) != 1:
