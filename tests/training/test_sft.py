@@ -50,7 +50,7 @@ def base(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sft")
     text = "\n".join(json.dumps(c) for c in conversations()) + " User: Assistant:"
     tok = train_bpe_tokenizer([text] * 4, 300)
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # (not train.seed: a base the run's own fresh initialisation could not stand for)
     model = genmodels.build_model(genmodels.preset("llama-tiny", **TINY, vocab_size=tok.get_vocab_size(),
                                                    max_seq_len=128))
     return genmodels.save(model, root / "base", tok)
@@ -247,14 +247,15 @@ def test_truncate_true_cuts_an_example_over_the_context(examples, base, tmp_path
 
 
 # ---- end to end: genmodels train (SFT + LoRA, 2 steps) then genmodels eval-tasks on final/ --------------
-def test_cli_sft_lora_run_then_eval_tasks(tmp_path, capsys):
+def test_cli_sft_lora_run_then_eval_tasks(tmp_path, capsys, monkeypatch):
     from genmodels.cli import main
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")  # (an unmerged adapter decodes on the PyTorch path: no kernel build)
     tasks = tmp_path / "tasks"
     assert main(["tasks", "--out", str(tasks), "--per-task", "10"]) == 0
     train_file = tasks / "seen-train.messages.jsonl"
     text = train_file.read_text()
     tok = train_bpe_tokenizer([text] * 2, 400)
-    torch.manual_seed(0)
+    torch.manual_seed(123)  # (not train.seed: a base the run's own fresh initialisation could not stand for)
     model = genmodels.build_model(genmodels.preset("llama-tiny", **TINY, vocab_size=tok.get_vocab_size(),
                                                    max_seq_len=128))
     base = genmodels.save(model, tmp_path / "base", tok)
