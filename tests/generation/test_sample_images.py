@@ -63,15 +63,17 @@ def test_a_model_with_its_own_sampler_gets_only_its_options(monkeypatch):
             self.config = genmodels.preset("unet-digits")
             self.seen = None
 
-        def sample(self, n, labels=None, seed=None, **options):
-            self.seen = (n, labels, seed, options)
+        def sample(self, n, labels=None, seed=None, batch_size=None, **options):
+            self.seen = (n, labels, seed, batch_size, options)
             return torch.zeros(n, 1, 8, 8)
 
     from genmodels import registry
     fam = registry.get_family("diffusion")
     monkeypatch.setitem(registry._FAMILIES, "diffusion", registry.Family(**{**fam.__dict__, "model_class": Own}))
     own = Own()
-    assert sample(own, n=3, labels=2, seed=5).shape == (3, 1, 8, 8) and own.seen == (3, 2, 5, {})
+    assert sample(own, n=3, labels=2, seed=5).shape == (3, 1, 8, 8) and own.seen == (3, 2, 5, None, {})
+    sample(own, n=3, seed=5, batch_size=2)  # the contract's batch_size reaches the model's own sampler
+    assert own.seen == (3, None, 5, 2, {})
     with pytest.raises(ValueError, match="--steps"):
         sample(own, n=3, steps=10)
 
