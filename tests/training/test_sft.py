@@ -276,3 +276,22 @@ def test_cli_sft_lora_run_then_eval_tasks(tmp_path, capsys, monkeypatch):
                  "--max-new-tokens", "4"]) == 0
     out = capsys.readouterr().out
     assert "overall" in out
+
+
+# ---- data parallelism: 2 gloo processes compute what one does ------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_two_processes_equal_one_for_an_sft_lora_run(kind, examples, base, tmp_path):
+    from tests.training.test_distributed import torchrun
+    over = {"batch_size": 8, "max_steps": 3, "eval_every": 3, "ckpt_every": 3,
+            "lora": {"targets": "q,v", "r": 4, "alpha": 8}}  # (no dropout: each process draws its own)
+    alone = tmp_path / "alone"
+    train(RunConfig.from_dict(lora_recipe(examples, base, alone, **over)), progress=False, log=lambda s: None)
+    two = tmp_path / kind
+    out = torchrun(lora_recipe(examples, base, two, **over, distributed=kind), tmp_path)
+    assert f"2 process(es) [{kind}]" in out.stdout
+    a, b = losses(alone), losses(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-5, (a, b)
+    x, y = (load_file(r / "final" / "adapter_model.safetensors") for r in (alone, two))
+    assert max(float((x[k] - y[k]).abs().max()) for k in x) < 1e-5
