@@ -33,6 +33,7 @@ from .task_eval import eval_tasks
 from .data.chat_template import apply_chat_template
 from .embed import embed
 from .generation import DecodeSession, generate
+from .gist import GistCache, compress
 from .generation.images import sample
 from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
@@ -41,6 +42,6 @@ from .registry import build_model, preset
 from . import lora  # noqa: E402  (genmodels.lora: adapters, after the families are registered)
 
 __version__ = "0.1.0"
-__all__ = ["ConfigError", "DecodeSession", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
+__all__ = ["ConfigError", "DecodeSession", "GistCache", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "compress", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
            "generate", "load", "load_tokenizer", "lora", "preset", "sample", "save"]

@@ -26,6 +26,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
     import genmodels
+    from genmodels.cli_gist import gist_for
     from genmodels.generation.stop import StopStream, StopStrings
     from genmodels.registry import GENERATES, SEQ2SEQ, capabilities, require
     model = genmodels.load(model_dir(args.path))
@@ -39,6 +40,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError("--stop '' is empty; give the text that ends generation (e.g. --stop $'\\n\\n')")
     stops = [i for i in (tok.token_to_id(s) for s in texts) if i is not None]
     kw = dict(sampling_kwargs(args), stop_tokens=stops)  # every argument before any echo, named as its flag
+    gist = gist_for(args, model)  # --gist FILE: the prompts follow that compressed instruction
     encoded = [tok.encode(prompt).ids for prompt in prompts]
     for prompt, ids in zip(prompts, encoded):
         if not ids:
@@ -61,7 +63,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             sys.stdout.write(text.push(int(new[0])))
             sys.stdout.flush()
 
-        genmodels.generate(model, torch.tensor([ids]), streamer=stream, stop=texts or None, **kw)
+        genmodels.generate(model, torch.tensor([ids]), streamer=stream, stop=texts or None, cache=gist, **kw)
         sys.stdout.write(text.finish() + "\n")  # whatever was held back
     return 0
 
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-beams", type=int, default=1, help="beam search with this many beams (1 = none)")
     g.add_argument("--stop", action="append",
                    help="text that ends generation, not printed (repeatable; matched on the decoded text)")
+    g.add_argument("--gist", metavar="FILE", help="a gist cache (`genmodels compress`): each prompt follows the "
+                                                  "instruction compressed in it")
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders")
@@ -185,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_serve_parser(sub)
     from .cli_selfchat import add_selfchat_parser
     add_selfchat_parser(sub)
+    from .cli_gist import add_compress_parser
+    add_compress_parser(sub)
     return p
 
 

@@ -60,6 +60,9 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     ``pad_token_id`` after their end. ``generate(ids2, cache=prefix(ids1))`` gives the tokens of
     ``generate(ids1 + ids2)``, with ``ids2`` (not ``ids1 + ids2``) first in the returned ids.
 
+    ``cache`` may also be a :class:`genmodels.gist.GistCache` (an instruction compressed into its gist
+    tokens): ``input_ids`` follow the gist, and each call decodes in a fresh copy (the gist cache is reused).
+
     ``num_beams > 1`` (with ``temperature=0``): beam search (:mod:`.beam`, as transformers'
     ``generate(num_beams=K, do_sample=False)``, ``length_penalty`` and ``early_stopping`` too): the
     prompt is prefilled once per beam and the cache follows the beams (``cache.reorder``); each step
@@ -67,6 +70,8 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     else the PyTorch forward. No ``streamer``, ``stop``, ``cache`` or ``return_cache`` (beams are
     only settled at the end).
     """
+    if hasattr(cache, "decoding_cache"):  # a reusable prefix (genmodels.gist.GistCache): a fresh cache per call
+        cache = cache.decoding_cache(model, len(input_ids), len(input_ids[0]) + max_new_tokens)
     input_ids, attention_mask, max_new_tokens, ends, pad = _checked(
         model, input_ids, max_new_tokens, temperature, top_k, top_p, repetition_penalty, eos_token_id, stop_tokens,
         pad_token_id, seed, attention_mask, num_beams, length_penalty, early_stopping, streamer, stop, cache,

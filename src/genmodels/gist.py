@@ -1,0 +1,213 @@
+"""Gist caching (Mu, Li, Goodman 2023): an instruction compressed into the keys and values of its ``k`` gist
+tokens, kept instead of the instruction's own, reused for every input that follows it.
+
+A model trained under the gist mask (:mod:`genmodels.nn.gist_mask`) reads the instruction only through
+the gist positions. So :func:`compress` runs ``[instruction, <GIST> × k]`` through the model once (plain
+causal attention: the gist tokens see the instruction, as in training) and keeps, per layer, the k gist
+slots' keys and values and each row's next position. ``genmodels.generate(model, ids, cache=gist)`` then
+decodes ``ids`` after the gist slots with positions continuing from ``gist_start + k``: the tokens and
+logits of the full gist-masked forward (the instruction's keys, masked there, are simply absent here),
+batched over different instructions (each row keeps its own next position, ``KVCache.row_pos``). A
+:class:`GistCache` is reusable: each ``generate`` decodes in a fresh copy (:meth:`GistCache.decoding_cache`).
+
+Refused, with the reason: schemes that read cache *slots* rather than positions (ALiBi's distances;
+a sliding window shorter than what it must span), RetNet (its state sums every position: it cannot keep
+only the gist) and, for now, encoder–decoders. A GistCache carries the fingerprint of the model that made
+it (config and weights) and is refused for any other. Saved as one safetensors file: the tensors, and the
+metadata as JSON in its header (``genmodels.gist``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .nn.kv_cache import CHUNK, KVCache
+
+GIST_TOKEN = "<GIST>"
+FORMAT = 1
+_META = "genmodels.gist"
+
+
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """SHA-256 over the model's family, config and every tensor (name, shape, float32 value)."""
+    h = hashlib.sha256()
+    cfg = model.config
+    fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else vars(cfg)
+    h.update(f"{getattr(model, 'family', type(model).__name__)}|{json.dumps(fields, sort_keys=True, default=str)}"
+             .encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def refusal(model: torch.nn.Module) -> str | None:
+    """Why gist caching cannot serve ``model`` (one line), or ``None``."""
+    from .registry import SEQ2SEQ, capabilities
+    family = getattr(model, "family", type(model).__name__)
+    if SEQ2SEQ in capabilities(model):
+        return (f"gist caching for an encoder–decoder ({family}: the encoder outputs at the gist positions) is not "
+                "implemented; train and evaluate it with the full gist mask (genmodels.nn.gist_mask)")
+    if not hasattr(model, "new_cache") or not isinstance(model.new_cache(1, 1), KVCache):
+        return (f"gist caching needs a key/value cache; {family} keeps a recurrent state that sums every position, "
+                "so it cannot keep the gist tokens alone")
+    if getattr(model.config, "position", None) == "alibi":
+        return ("gist caching: ALiBi biases scores by cache-slot distance, and dropping the instruction's slots "
+                "changes those distances from what the model saw (position='alibi')")
+    return None
+
+
+@dataclass
+class GistCache:
+    """The k gist slots of each row: ``keys[i]``, ``values[i]`` ``(B, H_kv, k, D)`` for attention layer i,
+    ``next_pos (B,)`` (each row's gist start + k: the position of what follows), the making model's
+    ``fingerprint`` and, for the record, the instruction ``texts`` (or None)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    next_pos: torch.Tensor
+    fingerprint: str
+    texts: list[str] | None = None
+
+    @property
+    def k(self) -> int:
+        return self.keys[0].shape[2]
+
+    @property
+    def batch(self) -> int:
+        return self.next_pos.shape[0]
+
+    def check_model(self, model: torch.nn.Module, where: str = "gist cache") -> None:
+        """Refuse (ValueError, one line) a model other than the one that made this cache."""
+        reason = refusal(model)
+        if reason is not None:
+            raise ValueError(reason)
+        if model_fingerprint(model) != self.fingerprint:
+            raise ValueError(f"{where} was made by another model (fingerprint {self.fingerprint[:12]}…, this model's "
+                             f"{model_fingerprint(model)[:12]}…); compress the instruction with this model")
+
+    def decoding_cache(self, model: torch.nn.Module, batch: int, need: int) -> KVCache:
+        """A fresh :class:`KVCache` holding the gist slots for ``batch`` rows (one cache row repeats), with
+        room for ``need`` more tokens; what :func:`genmodels.generate` continues (this cache stays as is)."""
+        self.check_model(model)
+        if batch != self.batch and self.batch != 1:
+            raise ValueError(f"input_ids has {batch} rows; the gist cache holds {self.batch} (one per row, or one "
+                             "for every row)")
+        window = model.config.sliding_window
+        furthest = int(self.next_pos.max()) + need
+        if window is not None and window < furthest:
+            raise ValueError(f"gist caching: the sliding window ({window}) is shorter than the prompt it must span "
+                             f"({furthest} positions), and a window counts cache slots, not positions")
+        k = self.k
+        cache = model.new_cache(batch, k + min(need, CHUNK), limit=k + need)
+        device = cache.row_pos.device
+        with torch.inference_mode():
+            for layer, key, value in zip(cache.layers, self.keys, self.values):
+                layer.k[:, :, :k] = key.to(layer.k)
+                layer.v[:, :, :k] = value.to(layer.v)
+        cache.pos = k
+        cache.row_pos = self.next_pos.to(device).expand(batch).clone()
+        cache.offset = int(self.next_pos.max()) - k  # slot 0's position in the longest row (learned positions' check)
+        return cache
+
+    def save(self, path: str | Path) -> Path:
+        """Write one safetensors file: ``k.<i>``, ``v.<i>``, ``next_pos``; the rest as JSON metadata."""
+        from safetensors.torch import save
+        from .files import atomic_write_bytes
+        tensors = {"next_pos": self.next_pos.cpu().contiguous()}
+        for i, (key, value) in enumerate(zip(self.keys, self.values)):
+            tensors[f"k.{i}"], tensors[f"v.{i}"] = key.cpu().contiguous(), value.cpu().contiguous()
+        meta = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": len(self.keys), "texts": self.texts}
+        path = Path(path)
+        atomic_write_bytes(path, save(tensors, metadata={_META: json.dumps(meta)}))  # never half a file
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> GistCache:
+        """Read a file :meth:`save` wrote (refused, naming it, when it is not one); with ``model``, also
+        refused for any model but the one that made it."""
+        from safetensors import safe_open
+        from .files import read_safetensors
+        path = Path(path)
+        tensors = read_safetensors(path)
+        with safe_open(str(path), "pt") as f:
+            raw = (f.metadata() or {}).get(_META)
+        try:
+            meta = json.loads(raw) if raw is not None else None
+        except json.JSONDecodeError:
+            meta = None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a gist cache (no {_META} metadata of format {FORMAT}); make one with "
+                             "`genmodels compress`")
+        n = int(meta["layers"])
+        gist = cls([tensors[f"k.{i}"] for i in range(n)], [tensors[f"v.{i}"] for i in range(n)],
+                   tensors["next_pos"], meta["fingerprint"], meta.get("texts"))
+        if model is not None:
+            gist.check_model(model, where=str(path))
+        return gist
+
+
+def _rows(model, instruction, gist_id: int | None) -> tuple[list[list[int]], int, list[str] | None]:
+    """``(token ids per row, gist id, texts or None)`` of ``instruction``: text(s) or id list(s)."""
+    tok = getattr(model, "tokenizer", None)
+    texts = [instruction] if isinstance(instruction, str) else None
+    if texts is None and isinstance(instruction, Sequence) and instruction and all(isinstance(s, str)
+                                                                                  for s in instruction):
+        texts = list(instruction)
+    if texts is not None and tok is None:
+        raise ValueError("compress: the model has no tokenizer (model.tokenizer), so a text instruction cannot be "
+                         "encoded; pass token ids")
+    if gist_id is None:
+        gist_id = tok.token_to_id(GIST_TOKEN) if tok is not None else None
+        if gist_id is None:
+            raise ValueError(f"compress: the model's tokenizer has no {GIST_TOKEN} token; train with "
+                             "train.objective {name: gist} (it adds one) or pass gist_id=")
+    if texts is not None:
+        rows = [tok.encode(s).ids for s in texts]
+    elif isinstance(instruction, torch.Tensor):
+        rows = [instruction.tolist()] if instruction.dim() == 1 else instruction.tolist()
+    else:  # ids, or a list of id lists (rows of different lengths)
+        rows = [list(r) for r in instruction] if instruction and not isinstance(instruction[0], int) else [list(instruction)]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("compress: an instruction encodes to no tokens; give a non-empty instruction")
+    return rows, int(gist_id), texts
+
+
+@torch.inference_mode()
+def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | None = None) -> GistCache:
+    """Compress ``instruction`` (a text, a list of texts, ids ``(T,)`` or a list of id lists — one row each)
+    into a :class:`GistCache`: ``[instruction, gist_id × k]`` run once (rows left-padded), the last k slots
+    of every layer kept with each row's next position. ``gist_id``: default the tokenizer's ``<GIST>``."""
+    reason = refusal(model)
+    if reason is not None:
+        raise ValueError(reason)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"compress: k={k!r} gist tokens; expected an integer >= 1")
+    rows, gist_id, texts = _rows(model, instruction, gist_id)
+    width = max(len(r) for r in rows) + k
+    window = model.config.sliding_window
+    if window is not None and window < width:
+        raise ValueError(f"gist caching: the sliding window ({window}) is shorter than the instruction and its gist "
+                         f"({width} tokens), and a window counts cache slots, not positions")
+    device = next(model.parameters()).device
+    ids = torch.zeros(len(rows), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):  # left-padded: the gist slots line up at the end of every row
+        ids[i, width - len(r) - k:] = torch.tensor(r + [gist_id] * k, device=device)
+        mask[i, width - len(r) - k:] = 1
+    was = model.training
+    model.eval()
+    try:
+        cache = model.new_cache(len(rows), width)
+        model.hidden_states(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache)
+    finally:
+        model.train(was)
+    keys = [layer.k[:, :, width - k:width].clone() for layer in cache.layers]
+    values = [layer.v[:, :, width - k:width].clone() for layer in cache.layers]
+    return GistCache(keys, values, cache.row_pos.clone(), model_fingerprint(model), texts)
