@@ -64,6 +64,10 @@ def recipe(objective: str, corpus_dir, run) -> dict:
         data = {"kind": "examples", "path": str(EXAMPLES), "tokenizer": str(examples_tokenizer(run.parent)),
                 "seq_len": 128, "val_fraction": 0.2}
         sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
+    elif kind == "pairs":  # (tests/fixtures/pairs/pairs.jsonl, with a tokenizer trained on it)
+        data = {"kind": "pairs", "path": str(PAIRS), "tokenizer": str(examples_tokenizer(run.parent, PAIRS)),
+                "seq_len": 160, "val_fraction": 0.25}
+        sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
     else:
         data = {"corpus": "folder", "path": str(corpus_dir), "vocab_size": 300, "seq_len": 16, "val_fraction": 0.2}
         sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
@@ -73,14 +77,15 @@ def recipe(objective: str, corpus_dir, run) -> dict:
 
 
 EXAMPLES = Path(__file__).parent.parent / "fixtures" / "examples" / "sft.jsonl"
+PAIRS = Path(__file__).parent.parent / "fixtures" / "pairs" / "pairs.jsonl"
 
 
-def examples_tokenizer(where: Path) -> Path:
-    """A 300-id BPE trained on the examples fixture, saved under ``where`` (once)."""
+def examples_tokenizer(where: Path, source: Path = EXAMPLES) -> Path:
+    """A 300-id BPE trained on the examples (or pairs) fixture, saved under ``where`` (once)."""
     from genmodels.data import save_tokenizer, train_bpe_tokenizer
-    folder = where / "examples-tokenizer"
+    folder = where / f"{source.stem}-tokenizer"
     if not folder.exists():
-        save_tokenizer(train_bpe_tokenizer([EXAMPLES.read_text().replace("\\n", "\n")] * 4, 300), folder)
+        save_tokenizer(train_bpe_tokenizer([source.read_text().replace("\\n", "\n")] * 4, 300), folder)
     return folder
 
 

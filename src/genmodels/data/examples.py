@@ -85,25 +85,33 @@ def _check_messages(messages: Any, where: str) -> None:
                            "so there is nothing to train on)")
 
 
-def parse_record(line: str, path: str, lineno: int) -> Record:
-    """The :class:`Record` on one line, or :class:`ExampleError` naming ``path`` and ``lineno``."""
-    where = f"{path}, line {lineno}"
+def json_form(line: str, where: str, forms: tuple[set[str], ...], shapes: str,
+              error: type[ExampleError] = ExampleError, what: str = "example") -> tuple[dict, set[str]]:
+    """``(object, its form)`` of a JSONL line whose keys are exactly one of ``forms``, else ``error`` naming
+    ``where`` and what is missing or unknown against the form sharing the most keys (``shapes`` says the forms)."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
-        raise ExampleError(f"{where}: invalid JSON ({e.msg}); expected one object per line: {_SHAPES}") from None
+        raise error(f"{where}: invalid JSON ({e.msg}); expected one object per line: {shapes}") from None
     if not isinstance(obj, dict):
-        raise ExampleError(f"{where}: expected a JSON object ({_SHAPES}), got {type(obj).__name__}")
+        raise error(f"{where}: expected a JSON object ({shapes}), got {type(obj).__name__}")
     keys = set(obj)
-    form = next((f for f in FORMS if f == keys), None)
+    form = next((f for f in forms if f == keys), None)
     if form is None:
-        near = next((f for f in FORMS if f & keys), None)
-        if near is None:
-            raise ExampleError(f"{where}: keys {sorted(keys)} match no example form; expected {_SHAPES}")
+        near = max(forms, key=lambda f: len(f & keys))  # (the first of the forms sharing the most keys)
+        if not near & keys:
+            raise error(f"{where}: keys {sorted(keys)} match no {what} form; expected {shapes}")
         missing, extra = sorted(near - keys), sorted(keys - near)
-        what = "; ".join(x for x in (f"missing {missing}" if missing else "",
-                                     f"unknown {extra}" if extra else "") if x)
-        raise ExampleError(f"{where}: keys {sorted(keys)}: {what} (the form {sorted(near)} has exactly those keys)")
+        why = "; ".join(x for x in (f"missing {missing}" if missing else "",
+                                    f"unknown {extra}" if extra else "") if x)
+        raise error(f"{where}: keys {sorted(keys)}: {why} (the form {sorted(near)} has exactly those keys)")
+    return obj, form
+
+
+def parse_record(line: str, path: str, lineno: int) -> Record:
+    """The :class:`Record` on one line, or :class:`ExampleError` naming ``path`` and ``lineno``."""
+    where = f"{path}, line {lineno}"
+    obj, form = json_form(line, where, FORMS, _SHAPES)
     if form == {"messages"}:
         _check_messages(obj["messages"], where)
     else:

@@ -25,7 +25,8 @@ from .example_pack import PackedExamples
 from .kinds import DataKind
 from .tokenizer import TOKENIZER_FILENAME, eos_id, load_tokenizer
 
-__all__ = ["ExampleData", "ExamplesDataConfig", "chat_template_for", "examples_data_kind", "prepare_example_run"]
+__all__ = ["ExampleData", "ExamplesDataConfig", "chat_template_for", "examples_data_kind", "prepare_example_run",
+           "run_tokenizer"]
 
 
 @dataclass
@@ -41,8 +42,8 @@ class ExamplesDataConfig(StrictConfig):
     chat_template: str | None = None
 
     def validate(self) -> None:
-        if self.kind != "examples":
-            raise ConfigError(f"{self.where('kind')}={self.kind!r}: this section is for kind 'examples'")
+        if self.kind != type(self).kind:  # (the class default: "examples"; the pairs kind's subclass: "pairs")
+            raise ConfigError(f"{self.where('kind')}={self.kind!r}: this section is for kind {type(self).kind!r}")
         if not self.path:
             raise ConfigError(f"{self.where('path')} is required: a JSONL file of examples (one record a line)")
         if not Path(self.path).is_file():
@@ -88,15 +89,19 @@ class ExampleData:
     path: str | None = None  # the examples file (refusals name it)
 
 
+def run_tokenizer(dc: ExamplesDataConfig) -> tuple[Any, int | None, str | None]:
+    """``(tokenizer, its EOS id, chat template)`` a run on ``dc`` reads (data.tokenizer is required)."""
+    if dc.tokenizer is None:
+        raise ConfigError(f"data.tokenizer is required for data.kind={dc.kind}: a tokenizer.json (or a folder "
+                          "holding one), or model.init_from (its folder's tokenizer)")
+    tok = load_tokenizer(_tokenizer_file(dc.tokenizer) or dc.tokenizer)
+    return tok, eos_id(tok), chat_template_for(dc)
+
+
 def prepare_example_run(dc: ExamplesDataConfig, say: Callable[[str], Any] = print,
                         root: Path | None = None) -> ExampleData:
     """The tokenizer, the template and the packed train/validation rows of ``dc`` (one line said)."""
-    if dc.tokenizer is None:
-        raise ConfigError("data.tokenizer is required for data.kind=examples: a tokenizer.json (or a folder "
-                          "holding one), or model.init_from (its folder's tokenizer)")
-    tok = load_tokenizer(_tokenizer_file(dc.tokenizer) or dc.tokenizer)
-    template = chat_template_for(dc)
-    eos = eos_id(tok)
+    tok, eos, template = run_tokenizer(dc)
     splits = prepare_examples(dc.path, tok, dc.seq_len, dc.val_fraction, eos, template, root, say)
     i = splits.info
     say(f"data: {i['examples']} examples from {dc.path} ({'its own' if template else 'the plain'} chat template); "

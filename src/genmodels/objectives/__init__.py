@@ -7,6 +7,8 @@
     span       T5 span corruption (encoder–decoders)              span.py
     diffusion  denoising loss, label dropout, EMA (images)        diffusion.py (+ images.py)
     gan        two players, D then G (images)                     gan.py (+ gan_losses, gan_ema, gan_watch)
+    dpo        DPO / IPO / hinge on preference pairs against a     dpo.py (+ pairwise.py: one forward per pair)
+               frozen or adapters-off reference
 
 An objective states what a model must offer (``requires``: registry capabilities, methods, config fields);
 any objective that fits trains any family, and a family names the default one (``train.objective: auto``).
@@ -22,13 +24,14 @@ from ..config import ConfigError
 from .base import Batch, Metrics, Objective, ObjectiveOptions, PhaseSpec, Watch, fits
 from .causal import CausalLM
 from .diffusion import DiffusionObjective
+from .dpo import DPO
 from .gan import GANObjective
 from .mlm import MaskedLM
 from .sft import SFT
 from .span import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
-                                                                   DiffusionObjective, GANObjective, SFT)}
+                                                                   DiffusionObjective, GANObjective, SFT, DPO)}
 
 
 def objective_for(family: str, objective: str = "auto") -> str:
@@ -65,6 +68,6 @@ def build_objective(objective: str, model: nn.Module, options: ObjectiveOptions 
     return cls.build(model, options, n_tokens=n_tokens, eos_id=eos_id, loss_chunk=loss_chunk)
 
 
-__all__ = ["Batch", "CausalLM", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
+__all__ = ["Batch", "CausalLM", "DPO", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
            "Objective", "ObjectiveOptions", "PhaseSpec", "SFT", "SpanCorruption", "Watch", "build_objective",
            "extra_tokens", "objective_for"]

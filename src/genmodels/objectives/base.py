@@ -100,6 +100,8 @@ class Objective(nn.Module):
     extra_tokens = 0  # ids added after the tokenizer's ordinary ones ([MASK], sentinels)
     usage = "generate"  # what the run summary suggests doing with the model: generate | embed | sample
     distributed = True  # whether DDP / FSDP runs it (False: one process, said in one line)
+    initial_weights = False  # whether it keeps the run's starting weights (DPO's frozen reference): a resume loads
+    # model.init_from again before the checkpoint, so what it kept is what the fresh run kept
 
     def __init__(self, model: nn.Module):
         super().__init__()

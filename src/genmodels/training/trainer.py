@@ -101,7 +101,8 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     kinds = objectives.OBJECTIVES[cfg.objective()].data_kinds
     ckpt, loaded = _prepare_data(run, get_data_kind(getattr(cfg.data, "kind", kinds[0])), resume)
     # (a LoRA run's checkpoints hold only its adapters: the base comes from model.init_from on --resume too)
-    start = init_from_model(cfg, run.mcfg, say) if ckpt is None or tc.lora is not None else None
+    again = tc.lora is not None or objectives.OBJECTIVES[cfg.objective()].initial_weights  # (DPO's reference)
+    start = init_from_model(cfg, run.mcfg, say) if ckpt is None or again else None
     torch.manual_seed(tc.seed)
     model = build_model(run.mcfg)
     if start is not None:
