@@ -11,6 +11,7 @@ defines it (``register_data_kind(DataKind(...))``):
     dc = kind.started(dc, init_from)   # a fresh run from model.init_from (tokens: that folder's tokenizer)
     data = kind.prepare(dc, say)       # a RunData (below); ``say`` prints one line
     kind.describe(dc)                  # how a refusal names the data: "corpus (data.corpus='stdlib', ...)"
+    kind.older(dc)                     # the same data's fingerprints as older versions wrote them (resume accepts)
 
 A :class:`RunData` holds ``train`` and ``val`` splits — ``len(split)`` and ``split.batch(indices) ->
 dict[str, Tensor]`` on the CPU (the trainer moves it to the device; the objective reads the keys it
@@ -61,6 +62,7 @@ class DataKind:
     resumed: Callable[[Any, Path], Any] = _same  # (data config, run_dir) -> what a resumed run reads
     started: Callable[[Any, str | None], Any] = _same  # (data config, model.init_from) -> a fresh run's
     describe: Callable[[Any], str] = lambda dc: "data"  # how a refusal names the data ("corpus (data.corpus=…)")
+    older: Callable[[Any], tuple[str, ...]] = lambda dc: ()  # fingerprints older versions wrote of the same data
 
 
 _KINDS: dict[str, DataKind] = {}

@@ -284,7 +284,12 @@ def _describe(dc: DataConfig) -> str:
     return f"corpus (data.corpus={dc.corpus!r}, data.path={dc.path!r}, ...)"
 
 
+def _older(dc: DataConfig) -> tuple[str, ...]:
+    """The fingerprint checkpoints written before content hashing hold (paths, sizes, modification times)."""
+    return (corpus_fingerprint(corpus_spec(dc), version=1),)
+
+
 TOKENS = register_data_kind(DataKind(name="tokens", config_class=DataConfig, sample_class=SampleConfig,
                                      prepare=lambda dc, say: prepare_data(dc, log=say), fingerprint=_fingerprint,
-                                     resumed=_resumed, started=_started, describe=_describe))
+                                     resumed=_resumed, started=_started, describe=_describe, older=_older))
 EXAMPLES = register_data_kind(examples_data_kind(SampleConfig))  # JSONL examples; their samples are text too
