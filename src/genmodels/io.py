@@ -105,8 +105,15 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
             model = load_pipeline(path, build_model, check=lambda cfg: vet(cfg, unet_config))
         return model.to(device).eval()
     if not config_file.is_file() and (path / "adapter_config.json").is_file():  # a LoRA adapter folder (docs/lora.md)
+        from .data.chat_template import read_chat_template
         from .lora import load_folder
-        return load_folder(path, lambda base: load(base, device))
+        model = load_folder(path, lambda base: load(base, device))
+        tokenizer, template = load_tokenizer(path), read_chat_template(path)  # (a LoRA run's final/ keeps its own)
+        if tokenizer is not None:
+            attach_tokenizer(model, tokenizer)
+        if template is not None:
+            model.chat_template = template
+        return model
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json — not a genmodels, Hugging Face or diffusers model folder")
     meta = read_json(config_file)  # read once: the format decides the path
