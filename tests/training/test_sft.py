@@ -197,6 +197,18 @@ def test_a_lora_run_checkpoints_adapters_only_resumes_bit_for_bit_and_loads_back
         assert not torch.allclose(loaded(ids), genmodels.load(base)(ids))  # the adapter changes the outputs
 
 
+def test_a_lora_runs_final_keeps_the_template_it_was_trained_with(examples, base, tmp_path):
+    template = tmp_path / "chat.jinja"
+    template.write_text("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+                        "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    run = tmp_path / "run"
+    cfg = lora_recipe(examples, base, run, max_steps=1)
+    cfg["data"]["chat_template"] = str(template)
+    train(RunConfig.from_dict(cfg), progress=False, log=lambda s: None)
+    assert genmodels.load(base).chat_template is None
+    assert genmodels.load(run / "final").chat_template == template.read_text()  # (not the base's)
+
+
 def test_a_lora_resume_on_another_base_is_refused(examples, base, tmp_path):
     run = tmp_path / "run"
     train(RunConfig.from_dict(lora_recipe(examples, base, run, max_steps=2)), progress=False, log=lambda s: None)
