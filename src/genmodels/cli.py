@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_selfchat_parser(sub)
     from .cli_gist import add_compress_parser
     add_compress_parser(sub)
+    from .cli_score import add_score_parser
+    add_score_parser(sub)
     return p
 
 

@@ -24,7 +24,9 @@ WRITTEN_FILES = frozenset({"config.json", "model.safetensors", "tokenizer.json",
                            "modules.json", "sentence_bert_config.json", "1_Pooling/config.json",
                            "tokenizer_config.json",
                            # diffusers export (interop/diffusers_unet.py)
-                           "diffusion_pytorch_model.safetensors", "scheduler_config.json"})
+                           "diffusion_pytorch_model.safetensors", "scheduler_config.json",
+                           # a reward model's score head (genmodels/reward.py)
+                           "score.safetensors"})
 WRITTEN_DIRS = frozenset(str(Path(f).parent) for f in WRITTEN_FILES if "/" in f)
 # The staging folder a write uses inside the target; one left by a killed write is genmodels' own.
 PARTIAL = ".genmodels-partial-"

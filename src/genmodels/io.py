@@ -154,16 +154,18 @@ def save(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bo
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
     refuse_adapters(model, "genmodels.save")
+    return atomic_dir_write(Path(path), lambda d: write_model_files(model, d, tokenizer), model.config, overwrite)
 
-    def write(d: Path) -> None:
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        write_safetensors(sd, d / "model.safetensors", metadata={"format": "pt"})
-        (d / "config.json").write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=2))
-        if tokenizer is not None:
-            tokenizer.save(str(d / "tokenizer.json"))
-        write_chat_template(model, d)
 
-    return atomic_dir_write(Path(path), write, model.config, overwrite)
+def write_model_files(model: torch.nn.Module, d: Path, tokenizer=None) -> None:
+    """The files of a genmodels directory for ``model`` into the (staging) folder ``d`` (:func:`save`; a reward
+    model's save adds its score head beside them)."""
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    write_safetensors(sd, d / "model.safetensors", metadata={"format": "pt"})
+    (d / "config.json").write_text(json.dumps({"format": FORMAT, "model": model.config.to_dict()}, indent=2))
+    if tokenizer is not None:
+        tokenizer.save(str(d / "tokenizer.json"))
+    write_chat_template(model, d)
 
 
 def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bool = False) -> Path:

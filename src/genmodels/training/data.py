@@ -24,6 +24,7 @@ from ..data import (CorpusSpec, PackedDataset, TokenCache, corpus_fingerprint, d
                     load_documents, load_tokenizer, save_tokenizer, train_bpe_tokenizer)
 from ..data.corpus import CORPUS_KINDS, TEXT_BLOCK_LINES
 from ..data.examples_kind import examples_data_kind
+from ..data.pairs_kind import pairs_data_kind
 from ..data.kinds import DataKind, register_data_kind
 from ..files import atomic_write_bytes, file_sha256
 from ..values import integer, number, reject_unknown, string
@@ -293,3 +294,4 @@ TOKENS = register_data_kind(DataKind(name="tokens", config_class=DataConfig, sam
                                      prepare=lambda dc, say: prepare_data(dc, log=say), fingerprint=_fingerprint,
                                      resumed=_resumed, started=_started, describe=_describe, older=_older))
 EXAMPLES = register_data_kind(examples_data_kind(SampleConfig))  # JSONL examples; their samples are text too
+PAIRS = register_data_kind(pairs_data_kind(SampleConfig))  # preference pairs (DPO, reward models)
