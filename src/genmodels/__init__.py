@@ -39,9 +39,10 @@ from .interop.torch_dcgan import from_torch_dcgan
 from .interop.torchscale import from_torchscale
 from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
+from .quantize import quantize
 from . import lora  # noqa: E402  (genmodels.lora: adapters, after the families are registered)
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "DecodeSession", "GistCache", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "compress", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
-           "generate", "load", "load_tokenizer", "lora", "preset", "sample", "save"]
+           "generate", "load", "load_tokenizer", "lora", "preset", "quantize", "sample", "save"]

@@ -74,7 +74,12 @@ def test_linear_rejects_mismatched_features():
 ], ids=lambda v: v if isinstance(v, str) else ",".join(f"{a}={b}" for a, b in v.items()) or "default")
 @pytest.mark.usefixtures("threads")  # 1 and 2 threads (tests/native/conftest.py)
 def test_fused_step_equals_torch(kind, kw):
-    model, t, steps = tiny_model(kind, **kw), 9, 4
+    fused_step_equals_torch(tiny_model(kind, **kw), steps=4, tol=TOL)
+
+
+def fused_step_equals_torch(model, steps: int, tol: dict) -> None:
+    """Prefill 3 left-padded rows, then ``steps`` fused steps, each equal to the PyTorch forward with the cache."""
+    t = 9
     assert unsupported(model) is None
     ids, mask = random_ids(3, t), left_pad_mask([9, 6, 3], t)  # (B, T)
     full_mask = torch.ones(3, t + steps, dtype=torch.long)
@@ -91,7 +96,7 @@ def test_fused_step_equals_torch(kind, kw):
             want = model(nxt[:, None], attention_mask=full_mask[:, :t + s + 1], position_ids=pos[:, None],
                          cache=cache2)[:, -1]  # (B, V)
             got = step(nxt, pos, full_mask)
-            torch.testing.assert_close(got, want, **TOL)
+            torch.testing.assert_close(got, want, **tol)
             assert cache.pos == cache2.pos == t + s + 1
             nxt = want.argmax(-1)
 

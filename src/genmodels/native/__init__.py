@@ -41,7 +41,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ moe.c), encoder.c, retnet.c,
-# attention.c
+# attention.c, quant.c (+ quant.h)
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -273,6 +273,12 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_attention_forward.restype = c_int
     lib.gm_attention_backward.argtypes = [i64, i64, i64, i64, f32, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, c_int]
     lib.gm_attention_backward.restype = c_int
+    lib.gm_quant_lanes.argtypes = []  # quant.c: GGUF block formats (native/quant.py)
+    lib.gm_quant_lanes.restype = i64
+    lib.gm_qlinear.argtypes = [vp, i64, i64, vp, i64, vp, vp, i64, c_int]
+    lib.gm_qlinear.restype = c_int
+    lib.gm_dequantize.argtypes = [vp, i64, i64, i64, vp]
+    lib.gm_dequantize.restype = c_int
     return lib
 
 

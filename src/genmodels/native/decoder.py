@@ -25,6 +25,7 @@ from torch import nn
 from ..nn import (ALiBi, GatedMLP, LearnedPositionalEmbedding, LMHead, MLP, RelativePositionBias, SelfAttention,
                   SinusoidalPositionalEmbedding, SparseMoE, StackedExperts, TopKRouter)
 from ..nn.masks import refusal
+from ..nn.quantized import QuantizedLinear
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 
@@ -42,7 +43,8 @@ class _Moe(ctypes.Structure):  # gm_moe in csrc/moe.h
 
 
 class _Layer(ctypes.Structure):
-    _fields_ = [(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS] + [("moe", _Moe)]
+    _fields_ = ([(n, _P) for n in _LAYER_FIELDS + _CROSS_FIELDS] + [("moe", _Moe)]
+                + [(n, _I) for n in ("qkv_t", "out_t", "fc1_t", "fc2_t")])  # weight formats: 0 fp32, else GGML's
 
 
 class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.c
@@ -52,7 +54,7 @@ class _Model(ctypes.Structure):  # field order mirrors gm_model in csrc/decoder.
                 + [(n, _D) for n in ("norm_eps", "attn_scale", "emb_scale", "out_scale")]
                 + [(n, _P) for n in ("embed", "pos_table", "rope_cos", "rope_sin", "inv_freq", "alibi", "final_w",
                                      "final_b", "head_w", "head_b", "dist_bias", "mem_mask")]
-                + [("layers", ctypes.POINTER(_Layer)), ("scratch", _P)])
+                + [("layers", ctypes.POINTER(_Layer)), ("scratch", _P), ("head_t", _I)])
 
 
 def _decoder_parts(model: nn.Module):
@@ -107,7 +109,8 @@ def unsupported(model: nn.Module) -> str | None:
         return f"{type(model).__name__} names no decoder parts (decoder_view())"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
-    params = list(model.parameters()) + list(model.buffers())
+    blocks_q = {id(m.blocks) for m in model.modules() if type(m) is QuantizedLinear}  # read as blocks (quant.c)
+    params = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in blocks_q]
     if (reason := unsupported_tensors(params)) is not None:
         return reason
     blocks, final_norm, pos, rotary, score_bias = _decoder_parts(model)
@@ -135,7 +138,7 @@ def unsupported(model: nn.Module) -> str | None:
             return "head_dim > 512"
         if seq2seq and blk.cross.scale != blk.attn.scale:
             return "cross-attention scale differs from self-attention's"
-    if (reason := unplain_projection(blocks)) is not None:
+    if (reason := unplain_projection(blocks, quantized=True)) is not None:
         return reason
     head = model.output_head()
     if type(head) is not LMHead or head.proj is not None:
@@ -153,6 +156,13 @@ def unsupported(model: nn.Module) -> str | None:
     if rotary is not None and rotary.rot_dim > 512:
         return "rotary dimension > 512"
     return None
+
+
+def _weight(linear: nn.Module, ptr: Pinned) -> tuple[int | None, int]:
+    """(pointer, format) of a projection's weight: fp32 (0) or a QuantizedLinear's GGUF blocks."""
+    if type(linear) is QuantizedLinear:
+        return ptr(linear.blocks), linear.ggml_type
+    return ptr(linear.weight), 0
 
 
 def _bind_moe(s: _Moe, moe: SparseMoE, ptr: Pinned) -> None:
@@ -194,17 +204,22 @@ class FusedDecodeStep:
                 _bind_moe(layers[i].moe, blk.mlp, ptr)
             else:
                 fc1, fc2 = (blk.mlp.gate_up, blk.mlp.down) if type(blk.mlp) is GatedMLP else (blk.mlp.fc1, blk.mlp.fc2)
-                fc = (fc1.weight, fc1.bias, fc2.weight, fc2.bias)
-            vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv.weight, blk.attn.qkv.bias,
-                    blk.attn.out.weight, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
-                    *fc, None, None)  # k/v cache: _bind_cache
+                fc = (fc1, fc1.bias, fc2, fc2.bias)
+            vals = (blk.norm1.weight, getattr(blk.norm1, "bias", None), blk.attn.qkv, blk.attn.qkv.bias,
+                    blk.attn.out, blk.attn.out.bias, blk.norm2.weight, getattr(blk.norm2, "bias", None),
+                    *fc, None, None)  # k/v cache: _bind_cache; linears: _weight
             if seq2seq:
                 mem_k, mem_v = cache.memory_kv[i]
                 vals += (blk.norm_cross.weight, getattr(blk.norm_cross, "bias", None), blk.cross.q.weight,
                          blk.cross.q.bias, blk.cross.out.weight, blk.cross.out.bias, mem_k.contiguous(),
                          mem_v.contiguous())
             for name, t in zip(_LAYER_FIELDS + _CROSS_FIELDS, vals):
-                setattr(layers[i], name, ptr(t))
+                if isinstance(t, nn.Module):  # a projection: fp32 weight or quantised blocks
+                    t, fmt = _weight(t, ptr)
+                    setattr(layers[i], name[:-2] + "_t", fmt)
+                    setattr(layers[i], name, t)
+                else:
+                    setattr(layers[i], name, ptr(t))
         m = _Model()
         m.n_layers, m.batch, m.d, m.n_heads, m.n_kv, m.dh = (len(blocks), batch, c.d_model, a0.n_heads, a0.n_kv_heads,
                                                               a0.head_dim)

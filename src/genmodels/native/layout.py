@@ -9,6 +9,7 @@ import functools
 import torch
 
 from ..nn.linear import is_plain
+from ..nn.quantized import QuantizedLinear
 from ..nn.norm import LayerNorm, RMSNorm
 
 ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}  # the ACT_* codes of csrc/common.h
@@ -41,12 +42,15 @@ def _projections(block: torch.nn.Module) -> dict[str, torch.nn.Module | None]:
     return out
 
 
-def unplain_projection(blocks) -> str | None:
+def unplain_projection(blocks, quantized: bool = False) -> str | None:
     """Why the kernels must not read these blocks' projections in place: one that is not exactly an
     ``nn.Linear`` (an adapter, a quantised or otherwise wrapped linear computes something its base
-    weight alone does not), or ``None``."""
+    weight alone does not), or ``None``. ``quantized``: the caller reads a self-attention or MLP
+    :class:`QuantizedLinear`'s blocks as such (the decode step, csrc/quant.c)."""
     for i, block in enumerate(blocks):
         for name, mod in _projections(block).items():
+            if quantized and type(mod) is QuantizedLinear and not name.startswith("cross."):
+                continue
             if not is_plain(mod):  # a merged LoRA linear is plain again (nn/linear.is_plain)
                 return f"block {i} {name} is a {type(mod).__name__}, not a plain nn.Linear"
     return None

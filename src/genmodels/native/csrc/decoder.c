@@ -1,5 +1,6 @@
 #include "common.h"
 #include "moe.h"
+#include "quant.h"
 
 /* Fused decode step of a decoder: decoder-only (GPT-2 / Llama / Mistral) or the decoder of an
  * encoder–decoder (T5, the original Transformer), whose blocks add cross-attention over the memory.
@@ -13,6 +14,7 @@ typedef struct {
     /* cross-attention (NULL cross_q_w: none): q from Norm_x(x), k/v of the memory (B, H_kv, S, dh) */
     const float *normx_w, *normx_b, *cross_q_w, *cross_q_b, *cross_out_w, *cross_out_b, *mem_k, *mem_v;
     gm_moe moe; /* a sparse MoE feed-forward (moe.c) in place of fc1/fc2 when moe.router_w ≠ NULL */
+    int64_t qkv_t, out_t, fc1_t, fc2_t; /* weight formats (quant.h: 0 fp32, else GGUF blocks read as such) */
 } gm_layer;
 
 enum { POS_NONE = 0, POS_TABLE = 1, POS_ROPE = 2, POS_ALIBI = 3 };
@@ -27,6 +29,7 @@ typedef struct {
     const int64_t *mem_mask; /* (B, mem_len), 1 = real memory token, or NULL */
     gm_layer *layers;
     float *scratch; /* gm_scratch_floats() floats */
+    int64_t head_t; /* the head weight's format (quant.h) */
 } gm_model;
 
 /* The dense part of the scratch (floats); the MoE layers' part follows it, at an even offset. */
@@ -108,7 +111,7 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
     } while (0)
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
-            linear_team(GM_SUBLAYER_IN(ly->norm1_w, ly->norm1_b), B, D, ly->qkv_w, ly->qkv_b, qkv, QKV, 0);
+            any_linear_team(GM_SUBLAYER_IN(ly->norm1_w, ly->norm1_b), B, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, 0);
             /* rotate q and k heads, append k and v to the cache */
 #pragma omp for schedule(static)
             for (int64_t b = 0; b < B; b++) {
@@ -130,7 +133,7 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
                        key_mask ? key_mask + b * m->mask_stride : 0, lo, slope, m->dist_bias ? m->dist_bias + h * L : 0,
                        scores, att + (b * H + h) * DH);
             }
-            linear_team(att, B, H * DH, ly->out_w, ly->out_b, x, D, 1); /* x += out(att) */
+            any_linear_team(att, B, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, 1); /* x += out(att) */
             GM_SUBLAYER_OUT(ly->norm1_w, ly->norm1_b);
             if (ly->cross_q_w) { /* x += Cross(Norm_x(x), memory) */
                 const int64_t S = m->mem_len;
@@ -148,13 +151,13 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
             if (ly->moe.router_w) {
                 moe_team(&ly->moe, ffn_in, B, D, x, moe_scratch); /* x += MoE(ffn_in) */
             } else {
-                linear_team(ffn_in, B, D, ly->fc1_w, ly->fc1_b, ff, FF, 0);
+                any_linear_team(ffn_in, B, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, 0);
 #pragma omp for schedule(static)
                 for (int64_t b = 0; b < B; b++) {
                     const float *g = ff + b * FF;
                     activate(hid + b * F, g, m->gated ? g + F : 0, F, (int)m->act);
                 }
-                linear_team(hid, B, F, ly->fc2_w, ly->fc2_b, x, D, 1); /* x += fc2(act) */
+                any_linear_team(hid, B, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, 1); /* x += fc2(act) */
             }
             GM_SUBLAYER_OUT(ly->norm2_w, ly->norm2_b);
         }
@@ -167,7 +170,7 @@ GM_API int gm_decoder_step(const gm_model *m, const int64_t *ids, const int64_t 
             if (m->out_scale != 1.0)
                 for (int64_t i = 0; i < D; i++) xn[b * D + i] *= (float)m->out_scale;
         }
-        linear_team(xn, B, D, m->head_w, m->head_b, logits, m->vocab, 0);
+        any_linear_team(xn, B, D, m->head_w, m->head_t, m->head_b, logits, m->vocab, 0);
     }
     return 0;
 }

@@ -1,0 +1,176 @@
+/* Quantised linear layers: weights in GGUF's block formats, read in place, activations in fp32.
+ *
+ *   Q8_0: fp16 d, 32 × int8 q             value = q · d              (34 bytes / 32 values)
+ *   Q4_0: fp16 d, 16 bytes of nibbles     value = (q − 8) · d        (18 bytes)
+ *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q · d + m          (20 bytes)
+ *
+ * Nibbles: byte j holds value j (low 4 bits) and value j + 16 (high 4 bits), as gguf/quants.py reads them.
+ * A team of threads splits the output rows in blocks of 8; each thread dequantises its 8 rows into an
+ * L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, so the result is the fp32
+ * product with the dequantised matrix (only the summation order of the tiles, as in the fp32 path).
+ * Activations stay fp32 (llama.cpp's int8 activations with per-block scales would add an activation
+ * rounding error of ~1e-3 relative; here a quantised product equals dequantise-then-fp32 to ~1e-6).
+ * Dequantisation has AVX-512, AVX2 and scalar paths, chosen at build time (-march=native).
+ */
+#include "common.h"
+#include "quant.h"
+#include <stdlib.h>
+
+#if defined(__AVX512F__)
+#define GM_QLANES 16
+#elif defined(GM_AVX2)
+#define GM_QLANES 8
+#else
+#define GM_QLANES 1
+#endif
+
+int64_t quant_block_bytes(int64_t type) {
+    switch (type) {
+    case GM_Q8_0: return 34;
+    case GM_Q4_0: return 18;
+    case GM_Q4_1: return 20;
+    default: return 0;
+    }
+}
+
+/* IEEE half -> float (exact; subnormals, infinities and NaN included) */
+static inline float half_to_float(const uint8_t *p) {
+    uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13);
+    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
+    else if (!man) bits = sign;
+    else { /* subnormal: normalise */
+        exp = 113;
+        while (!(man & 0x400)) man <<= 1, exp--;
+        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* One block of 32 values -> out[0:32]. */
+static inline void dequant_block(const uint8_t *b, int64_t type, float *out) {
+    const float d = half_to_float(b);
+#if GM_QLANES == 16
+    const __m512 vd = _mm512_set1_ps(d);
+    if (type == GM_Q8_0) {
+        for (int j = 0; j < 2; j++) {
+            __m128i q = _mm_loadu_si128((const __m128i *)(b + 2 + 16 * j));
+            _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), vd));
+        }
+        return;
+    }
+    const uint8_t *qs = b + (type == GM_Q4_1 ? 4 : 2);
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
+    __m128i nib[2] = {_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)};
+    for (int j = 0; j < 2; j++) {
+        __m512i q = _mm512_cvtepu8_epi32(nib[j]);
+        if (type == GM_Q4_0)
+            _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(q, _mm512_set1_epi32(8))), vd));
+        else
+            _mm512_storeu_ps(out + 16 * j, _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(q), vd),
+                                                         _mm512_set1_ps(half_to_float(b + 2))));
+    }
+#elif GM_QLANES == 8
+    const __m256 vd = _mm256_set1_ps(d);
+    if (type == GM_Q8_0) {
+        for (int j = 0; j < 4; j++) {
+            __m128i q = _mm_loadl_epi64((const __m128i *)(b + 2 + 8 * j));
+            _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), vd));
+        }
+        return;
+    }
+    const uint8_t *qs = b + (type == GM_Q4_1 ? 4 : 2);
+    __m128i raw = _mm_loadu_si128((const __m128i *)qs), mask = _mm_set1_epi8(0x0f);
+    __m128i nib[2] = {_mm_and_si128(raw, mask), _mm_and_si128(_mm_srli_epi16(raw, 4), mask)};
+    const __m256 vm = _mm256_set1_ps(type == GM_Q4_1 ? half_to_float(b + 2) : 0.0f);
+    for (int j = 0; j < 4; j++) {
+        __m128i src = j & 1 ? _mm_srli_si128(nib[j >> 1], 8) : nib[j >> 1];
+        __m256i q = _mm256_cvtepu8_epi32(src);
+        if (type == GM_Q4_0)
+            _mm256_storeu_ps(out + 8 * j, _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(q, _mm256_set1_epi32(8))), vd));
+        else
+            _mm256_storeu_ps(out + 8 * j, _mm256_add_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(q), vd), vm));
+    }
+#else
+    if (type == GM_Q8_0) {
+        for (int j = 0; j < 32; j++) out[j] = (float)(int8_t)b[2 + j] * d;
+        return;
+    }
+    const uint8_t *qs = b + (type == GM_Q4_1 ? 4 : 2);
+    const float m = type == GM_Q4_1 ? half_to_float(b + 2) : 0.0f;
+    for (int j = 0; j < 16; j++) {
+        int lo = qs[j] & 0x0f, hi = qs[j] >> 4;
+        if (type == GM_Q4_0) out[j] = (float)(lo - 8) * d, out[j + 16] = (float)(hi - 8) * d;
+        else out[j] = (float)lo * d + m, out[j + 16] = (float)hi * d + m;
+    }
+#endif
+}
+
+static void dequant_row(const uint8_t *row, int64_t type, int64_t K, float *out) {
+    const int64_t bb = quant_block_bytes(type);
+    for (int64_t k = 0; k < K; k += GM_QK) dequant_block(row + (k / GM_QK) * bb, type, out + k);
+}
+
+/* this thread's dequantisation buffer, grown as needed (kept for the thread's life) */
+static float *thread_buffer(int64_t floats) {
+    static __thread float *buf;
+    static __thread int64_t cap;
+    if (floats > cap) {
+        free(buf);
+        buf = aligned_alloc(64, (size_t)((floats * 4 + 63) / 64 * 64));
+        cap = buf ? floats : 0;
+    }
+    return buf;
+}
+
+/* Rows [n0, n1) (at most 8) of y (M, N) (+)= x · Wᵀ + bias, W in blocks of `type`. */
+static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
+                         float *y, int64_t N, int64_t n0, int64_t n1, int accumulate) {
+    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
+    float *w = thread_buffer((n1 - n0) * K);
+    if (!w) abort(); /* out of memory for a few rows */
+    for (int64_t n = n0; n < n1; n++) dequant_row(Wq + n * row_bytes, type, K, w + (n - n0) * K);
+    linear_rows_ld(x, K, M, K, w, K, bias ? bias + n0 : 0, y + n0, N, 0, n1 - n0, accumulate);
+}
+
+void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias, float *y,
+                     int64_t N, int accumulate) {
+    if (type == GM_F32) {
+        linear_team(x, M, K, (const float *)W, bias, y, N, accumulate);
+        return;
+    }
+    const int64_t nb = (N + 7) / 8;
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t n0 = b * 8, n1 = n0 + 8 < N ? n0 + 8 : N;
+        qlinear_rows(x, M, K, (const uint8_t *)W, type, bias, y, N, n0, n1, accumulate);
+    }
+}
+
+/* The lanes the dequantisation was built for (16 AVX-512, 8 AVX2, 1 scalar). */
+GM_API int64_t gm_quant_lanes(void) { return GM_QLANES; }
+
+/* y (M, N) = x (M, K) · W (N, K)ᵀ + bias, W as N rows of K / 32 blocks of `type`; returns -1 for an
+ * unknown type or K not a multiple of 32, else 0. */
+GM_API int gm_qlinear(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias, float *y,
+                      int64_t N, int n_threads) {
+    if ((type != GM_F32 && !quant_block_bytes(type)) || K % GM_QK) return -1;
+#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1)
+    any_linear_team(x, M, K, W, type, bias, y, N, 0);
+    return 0;
+}
+
+/* out (N, K) = the fp32 values of N rows of blocks (the C dequantisation, for tests). */
+GM_API int gm_dequantize(const void *W, int64_t type, int64_t N, int64_t K, float *out) {
+    if (!quant_block_bytes(type) || K % GM_QK) return -1;
+    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
+    for (int64_t n = 0; n < N; n++) dequant_row((const uint8_t *)W + n * row_bytes, type, K, out + n * K);
+    return 0;
+}

@@ -1,0 +1,13 @@
+/* GGUF block formats read in place by the decode step (quant.c). Type codes are GGML's. */
+#ifndef GM_QUANT_H
+#define GM_QUANT_H
+#include <stdint.h>
+
+enum { GM_F32 = 0, GM_Q4_0 = 2, GM_Q4_1 = 3, GM_Q8_0 = 8 };
+#define GM_QK 32 /* values per block of Q4_0, Q4_1, Q8_0 */
+
+int64_t quant_block_bytes(int64_t type); /* 0: not a block format */
+/* y (M, N) (+)= x (M, K) · W (N, K)ᵀ + bias inside a parallel region; W fp32 (type 0) or blocks of `type`. */
+void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias, float *y,
+                     int64_t N, int accumulate);
+#endif

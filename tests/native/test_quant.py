@@ -1,0 +1,146 @@
+"""Quantised weights (GGUF's Q8_0, Q4_0, Q4_1 blocks): the block maths against gguf-py, the native
+quantised products against dequantise-then-fp32, the fused decode step on a quantised tiny llama against
+the PyTorch path of the same model, ``genmodels.quantize`` and the training refusal."""
+from __future__ import annotations
+
+import os
+import shlex
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import genmodels
+from genmodels import native
+from genmodels.generation import decode as decode_mod
+from genmodels.native import quant
+from genmodels.nn.quantized import QTYPES, QuantizedLinear, dequantize_rows, quantize_rows
+
+from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
+from tests.native.test_decoder_step import fused_step_equals_torch
+from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
+
+skip_if_disabled()
+
+GGUF_TYPE = {"q8_0": "Q8_0", "q4_0": "Q4_0", "q4_1": "Q4_1"}
+
+
+def random_blocks(n: int, k: int, qtype: str, seed: int) -> torch.Tensor:
+    """Blocks of random bytes with finite fp16 scales (every nibble and int8 value reachable)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = quantize_rows(torch.randn(n, k, generator=g), qtype).view(n, k // 32, -1)
+    raw = torch.randint(0, 256, blocks.shape, generator=g, dtype=torch.uint8)
+    head = 4 if qtype == "q4_1" else 2
+    blocks[..., head:] = raw[..., head:]  # random quants, the scales (d, m) of real data
+    return blocks.reshape(n, -1).contiguous()
+
+
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max().clamp_min(1e-30))
+
+
+# ---- the block maths: byte for byte gguf-py ----------------------------------------------------------
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_quantize_and_dequantize_equal_gguf_py(qtype):
+    import gguf
+    gt = getattr(gguf.GGMLQuantizationType, GGUF_TYPE[qtype])
+    w = torch.randn(37, 96, generator=torch.Generator().manual_seed(3))
+    w[0, :32] = 0.0  # an all-zero block: d = 0
+    w[1, 5] = 40.0  # an outlier
+    blocks = quantize_rows(w, qtype)
+    assert np.array_equal(blocks.numpy(), gguf.quants.quantize(w.numpy(), gt))
+    want = gguf.quants.dequantize(blocks.numpy(), gt)
+    assert np.array_equal(dequantize_rows(blocks, qtype, 96).numpy(), want)
+    assert np.array_equal(quant.dequantize(blocks, qtype, 96).numpy(), want)  # the C dequantisation
+
+
+# ---- the native quantised product == dequantise-then-fp32 -------------------------------------------
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.parametrize("n,k", [(1, 32), (7, 64), (37, 96), (333, 160)])  # odd row counts; 333 × 160 threaded
+@pytest.mark.usefixtures("threads")  # 1 and 2 threads
+def test_quantized_product_equals_dequantised_fp32(qtype, n, k):
+    blocks = random_blocks(n, k, qtype, seed=n * 1000 + k)
+    w = dequantize_rows(blocks, qtype, k)  # (N, K) fp32
+    g = torch.Generator().manual_seed(k)
+    bias = torch.randn(n, generator=g)
+    for m in (1, 2, 3, 5, 8, 13):
+        x = torch.randn(m, k, generator=g)  # (M, K)
+        assert relative_error(quant.qlinear(x, blocks, qtype, bias), F.linear(x, w, bias)) < 1e-5
+        assert relative_error(quant.qlinear(x, blocks, qtype), F.linear(x, w)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def eight_lanes():
+    """The kernels built with AVX-512 off (8 lanes, the path of AVX2-only CPUs), as test_attention_avx2.py."""
+    if native.library().gm_quant_lanes() != 16:
+        pytest.skip("the default build is already the 8-lane (or scalar) one: the tests above hold it")
+    lib = native._bind(native._load([*shlex.split(os.environ.get("CC") or "cc"), "-mno-avx512f"]))
+    assert lib.gm_quant_lanes() == 8
+    return lib
+
+
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_eight_lane_build_equals_dequantised_fp32(qtype, eight_lanes):
+    blocks = random_blocks(37, 96, qtype, seed=9)
+    w = dequantize_rows(blocks, qtype, 96)
+    assert torch.equal(quant.dequantize(blocks, qtype, 96, lib=eight_lanes), w)
+    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
+    assert relative_error(quant.qlinear(x, blocks, qtype, threads=2, lib=eight_lanes), F.linear(x, w)) < 1e-5
+
+
+# ---- the fused decode step on a quantised model == its PyTorch path --------------------------------
+@pytest.mark.parametrize("qtype", QTYPES)
+@pytest.mark.usefixtures("threads")
+def test_fused_step_on_quantized_llama_equals_torch(qtype):
+    model = genmodels.quantize(tiny_model("llama", d_ff=96, vocab_size=131), qtype)
+    assert any(type(m) is QuantizedLinear for m in model.modules())
+    fused_step_equals_torch(model, steps=5, tol=dict(atol=1e-4, rtol=1e-4))
+
+
+def test_generate_on_a_quantized_model_takes_the_native_step_and_equals_torch(monkeypatch):
+    model = genmodels.quantize(tiny_model("llama", d_ff=96, eos_token_id=None), "q4_1")
+    ids, mask = random_ids(2, 6), left_pad_mask([6, 3], 6)
+    calls, fused_cls = [], decode_mod.fused_step
+    monkeypatch.setattr(decode_mod, "fused_step", lambda *a, **k: calls.append(1) or fused_cls(*a, **k))
+    native_out = genmodels.generate(model, ids, attention_mask=mask, max_new_tokens=8)
+    assert calls  # the quantised model went through the native step
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    assert torch.equal(native_out, genmodels.generate(model, ids, attention_mask=mask, max_new_tokens=8))
+
+
+# ---- genmodels.quantize ----------------------------------------------------------------------------
+@pytest.mark.parametrize("qtype", QTYPES)
+def test_quantize_round_trip(qtype):
+    model = tiny_model("llama", d_ff=96)
+    q = genmodels.quantize(model, qtype)
+    names = {n for n, m in q.named_modules() if type(m) is QuantizedLinear}
+    assert names == {f"blocks.{i}.{p}" for i in range(2) for p in ("attn.qkv", "attn.out", "mlp.gate_up", "mlp.down")}
+    for name in names:
+        original = model.get_submodule(name).weight.detach()
+        ql = q.get_submodule(name)
+        assert torch.equal(ql.blocks, quantize_rows(original, qtype))  # the original is left as it was
+        step = original.abs().amax() / (127 if qtype == "q8_0" else 7)
+        assert float((ql.dequantize() - original).abs().max()) <= float(step)  # within a rounding step
+        assert torch.equal(quantize_rows(ql.dequantize(), qtype), ql.blocks)  # re-quantising is stable
+    assert not any(type(m) is QuantizedLinear for m in model.modules())
+    with torch.no_grad():
+        ids = random_ids(2, 7)
+        a, b = model(ids), q(ids)
+    assert float((a - b).norm() / a.norm()) < (0.05 if qtype == "q8_0" else 0.5)  # close: random tiny weights
+
+
+def test_quantize_refuses_an_unknown_type_in_one_line():
+    with pytest.raises(ValueError, match=r"^quantisation type 'q5_k' is not supported; use one of q8_0, q4_0, "
+                                         r"q4_1$"):
+        genmodels.quantize(tiny_model("llama", d_ff=96), "q5_k")
+
+
+# ---- training refuses quantised weights ------------------------------------------------------------
+def test_training_through_quantized_weights_is_refused_in_one_line():
+    model = genmodels.quantize(tiny_model("llama", d_ff=96), "q8_0").train()
+    with pytest.raises(RuntimeError) as e:
+        model(random_ids(1, 4)).sum().backward()
+    assert "\n" not in str(e.value) and "q8_0 blocks" in str(e.value) and "inference only" in str(e.value)
+    with torch.no_grad():  # inference in train mode (no gradient) still runs
+        model(random_ids(1, 4))
