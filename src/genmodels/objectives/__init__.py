@@ -9,6 +9,8 @@
     gan        two players, D then G (images)                     gan.py (+ gan_losses, gan_ema, gan_watch)
     dpo        DPO / IPO / hinge on preference pairs against a     dpo.py (+ pairwise.py: one forward per pair)
                frozen or adapters-off reference
+    reward     Bradley–Terry on preference pairs, a score head    reward.py (final/: a reward folder)
+               over the decoder (a reward model)
 
 An objective states what a model must offer (``requires``: registry capabilities, methods, config fields);
 any objective that fits trains any family, and a family names the default one (``train.objective: auto``).
@@ -27,11 +29,13 @@ from .diffusion import DiffusionObjective
 from .dpo import DPO
 from .gan import GANObjective
 from .mlm import MaskedLM
+from .reward import RewardObjective
 from .sft import SFT
 from .span import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
-                                                                   DiffusionObjective, GANObjective, SFT, DPO)}
+                                                                   DiffusionObjective, GANObjective, SFT, DPO,
+                                                                   RewardObjective)}
 
 
 def objective_for(family: str, objective: str = "auto") -> str:
@@ -69,5 +73,5 @@ def build_objective(objective: str, model: nn.Module, options: ObjectiveOptions 
 
 
 __all__ = ["Batch", "CausalLM", "DPO", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
-           "Objective", "ObjectiveOptions", "PhaseSpec", "SFT", "SpanCorruption", "Watch", "build_objective",
-           "extra_tokens", "objective_for"]
+           "Objective", "ObjectiveOptions", "PhaseSpec", "RewardObjective", "SFT", "SpanCorruption", "Watch",
+           "build_objective", "extra_tokens", "objective_for"]

@@ -155,6 +155,13 @@ class Objective(nn.Module):
         """The state dict ``final/`` holds, from the objective's full state (model keys): all of it by default."""
         return state
 
+    def save_final(self, model: nn.Module, folder, tokenizer):
+        """Write the final ``model`` (built from :meth:`final_state`) to ``folder`` (``RUN/final``): a genmodels
+        folder by default; an objective whose model has more than the family's files (a reward model's score
+        head) writes its own. Returns the folder."""
+        from ..io import save
+        return save(model, folder, tokenizer)
+
     def samples(self, model: nn.Module, ctx) -> list[str]:
         """End-of-run samples of the final ``model`` (none unless the objective generates); ``ctx`` holds
         ``tokenizer``, ``sample`` (the recipe's sample: section), ``eos_id``, ``seed``, ``say``, ``run_dir``."""

@@ -250,7 +250,7 @@ def cli_program() -> str:
         return shlex.quote(str(script))
 
 
-def _save_final(model, run_dir: Path, tok, res: TrainResult) -> Path:
+def _save_final(model, run_dir: Path, tok, res: TrainResult, save=save) -> Path:
     """``RUN/final/``; a file there that genmodels did not write (dropped in during the run) is kept, and the run
     stops naming it (RunDirError: one line), its work safe in the last checkpoint."""
     try:
@@ -283,7 +283,8 @@ def _finish(run: RunState) -> TrainResult:
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
         final.chat_template = getattr(run.data, "chat_template", None)  # (examples rendered with one)
-        res.final_dir = (_save_final(final, run_dir, tok, res) if tc.lora is None else  # (LoRA: PEFT's files)
+        res.final_dir = (_save_final(final, run_dir, tok, res, run.objective.save_final) if tc.lora is None else
+                         # (LoRA: PEFT's files)
                          adapters.write_final(final, run_dir / "final", cfg.init_from, tok, final.chat_template))
         ctx = SimpleNamespace(tokenizer=tok, sample=cfg.sample, eos_id=run.data.eos_id, seed=tc.seed, say=say,
                               run_dir=run_dir)
