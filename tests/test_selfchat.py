@@ -104,11 +104,14 @@ def test_batched_equals_one_conversation_at_a_time(model, sampling):
 def test_the_output_is_read_by_the_examples_kind(model, tmp_path):
     r = run_script(model, ["OK one", "OK two"], batch=2)
     out = tmp_path / "chat.jsonl"
-    record = write_dialogues(out, r.conversations, {"counts": r.counts})
+    tasks = tmp_path / "seen-train.messages.jsonl"  # --include: the recipe's task-set records follow, as they are
+    task = {"messages": [{"role": "user", "content": "Reverse 'ab'."}, {"role": "assistant", "content": "ba"}]}
+    tasks.write_text(json.dumps(task) + "\n")
+    record = write_dialogues(out, r.conversations, {"counts": r.counts}, include=[tasks])
     records = read_records(out)  # the examples kind's reader: every line a valid messages record
-    assert [rec.fields["messages"] for rec in records] == r.conversations
+    assert [rec.fields["messages"] for rec in records] == r.conversations + [task["messages"]]
     tokens = tokenize_examples(records, model.tokenizer, EOS, template=CHATML)
-    assert len(tokens) == 2 and tokens.loss.sum() > 0  # loss on the assistant turns
+    assert len(tokens) == 3 and tokens.loss.sum() > 0  # loss on the assistant turns
     assert json.loads(record_path(out).read_text())["sha256"] == record["sha256"]
 
 
@@ -156,7 +159,8 @@ def test_cli_refuses_another_out_before_the_model_loads(tmp_path, capsys):
     for argv, expect in [([f"--out={user}"], "notes.jsonl exists and genmodels selfchat did not write it"),
                          ([f"--out={tmp_path / 'x.txt'}"], "give a .jsonl file name"),
                          ([f"--out={tmp_path / 'o.jsonl'}", "--turns=0"], "--turns 0: give at least 1"),
-                         ([f"--out={tmp_path / 'o.jsonl'}", "--top-p=2"], "--top-p")]:
+                         ([f"--out={tmp_path / 'o.jsonl'}", "--top-p=2"], "--top-p"),
+                         ([f"--out={tmp_path / 'o.jsonl'}", f"--include={user}"], "notes.jsonl, line 1: invalid JSON")]:
         argv = ["selfchat", str(missing), "--seeds", str(seeds), "--turns", "1", *argv]
         assert main(argv) == 2
         err = capsys.readouterr().err

@@ -2,7 +2,8 @@
 questions (genmodels.selfchat; docs/selfchat.md).
 
     genmodels selfchat model.gguf --seeds tasks/seen-train.messages.jsonl --turns 2 --out data.jsonl
-                       [--limit N] [--batch 8] [--form roles|transcript] [--max-new-tokens 64]
+                       [--include tasks/seen-train.messages.jsonl] [--limit N] [--batch 8]
+                       [--form roles|transcript] [--max-new-tokens 64]
                        [--temperature 0.8 --top-k 50 --top-p P --repetition-penalty R --seed 0]
 
 It prints the counts (kept, cut short, dropped; messages filtered as empty, looping, over-long) and
@@ -25,6 +26,9 @@ def add_selfchat_parser(sub) -> None:
     c.add_argument("--turns", type=int, required=True, help="assistant replies per conversation (the seed is the "
                                                             "first user message)")
     c.add_argument("--out", required=True, help="the .jsonl file to write (new, or one genmodels selfchat wrote)")
+    c.add_argument("--include", action="append", default=[],
+                   help="an examples JSONL file whose records follow the dialogues in --out (repeatable; the recipe "
+                        "adds the task set's seen-train.messages.jsonl)")
     c.add_argument("--limit", type=int, help="use only the first N seeds")
     c.add_argument("--batch", type=int, default=8, help="conversations decoding together")
     c.add_argument("--form", choices=FORMS, default="roles",
@@ -40,7 +44,7 @@ def cmd_selfchat(args: argparse.Namespace) -> int:
 
     from .cli_common import model_dir, sampling_kwargs
     from .selfchat import self_chat, summary
-    from .selfchat_files import check_out, read_seeds, write_dialogues
+    from .selfchat_files import check_out, included, read_seeds, write_dialogues
     options = sampling_kwargs(args)  # every flag refused (named) before the model loads
     options["seed"] = 0 if options["seed"] is None else options["seed"]
     for name in ("turns", "batch", "limit"):
@@ -48,6 +52,7 @@ def cmd_selfchat(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise ValueError(f"--{name} {value}: give at least 1")
     check_out(args.out)
+    extra = len(included(args.include))  # a bad record is refused (file, line) before the model loads
     seeds = read_seeds(args.seeds)[:args.limit]
     model = genmodels.load(model_dir(args.path))
     require(model, GENERATES, "`genmodels selfchat`", args.path)
@@ -55,6 +60,7 @@ def cmd_selfchat(args: argparse.Namespace) -> int:
     print(summary(result.counts))
     info = {"model": args.path, "seeds": args.seeds, "limit": args.limit, "turns": args.turns, "form": args.form,
             "batch": args.batch, "sampling": options, "counts": result.counts}
-    write_dialogues(args.out, result.conversations, info)
-    print(f"wrote {len(result.conversations)} conversations to {args.out}")
+    write_dialogues(args.out, result.conversations, info, args.include)
+    print(f"wrote {len(result.conversations)} conversations" + (f" and {extra} included records" if extra else "")
+          + f" to {args.out}")
     return 0

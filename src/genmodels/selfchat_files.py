@@ -7,7 +7,8 @@ its first user message, its ``prompt`` or its ``text``) — the task set's ``see
 
 **Output**: JSONL, one ``{"messages": [...]}`` record a line (the ``examples`` data kind reads it), and
 beside it ``<out>.selfchat.json``: ``"format": "genmodels-selfchat"``, the file's SHA-256, the settings and
-the counts. Both are written atomically, the data first. An existing ``<out>`` is replaced only when that
+the counts. ``--include FILE`` appends the records of an examples file as they are, after the dialogues (the
+Baize recipe's mix: its dialogues plus the task set's training split). Both are written atomically, the data first. An existing ``<out>`` is replaced only when that
 record is ours and names the file with its current SHA-256 (so a file genmodels did not write, or one
 changed since, is never replaced); an existing record that is not ours is never replaced either. Each
 refusal is one line naming the file, given before the model loads.
@@ -21,7 +22,7 @@ from typing import Any
 from .data.examples import read_records
 from .files import atomic_write_bytes, file_sha256
 
-__all__ = ["FORMAT", "check_out", "read_seeds", "record_path", "write_dialogues"]
+__all__ = ["FORMAT", "check_out", "included", "read_seeds", "record_path", "write_dialogues"]
 
 FORMAT = "genmodels-selfchat"
 
@@ -90,16 +91,25 @@ def check_out(out: str | Path) -> None:
                               f"{record_path(out).name}'s); it is never replaced: choose another --out")
 
 
-def write_dialogues(out: str | Path, conversations: list[list[dict]], info: dict[str, Any]) -> dict[str, Any]:
-    """Write the dialogues to ``out`` and the record beside it (``info``: settings and counts); returns the
-    record. Checks ``out`` again first (:func:`check_out`)."""
+def included(paths: list[str | Path]) -> list[dict]:
+    """The records of examples files (``--include``), each checked as the examples kind checks it."""
+    return [r.fields for p in paths for r in read_records(p)]
+
+
+def write_dialogues(out: str | Path, conversations: list[list[dict]], info: dict[str, Any],
+                    include: list[str | Path] = ()) -> dict[str, Any]:
+    """Write the dialogues to ``out``, then the records of the ``include`` examples files as they are (the
+    recipe's mix: self-chat plus the task set's training split), and the record beside it (``info``: settings
+    and counts; the included files' SHA-256 are added); returns the record. Checks ``out`` again first."""
     out = Path(out)
     if not conversations:
         raise ValueError(f"--out {out}: no conversation survived the filters (counts: {info.get('counts')}); "
                          "nothing written (try more seeds, --max-new-tokens or another --temperature)")
     check_out(out)
-    data = "".join(json.dumps({"messages": c}, ensure_ascii=False) + "\n" for c in conversations).encode("utf-8")
+    rows = [{"messages": c} for c in conversations] + included(list(include))
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     atomic_write_bytes(out, data)
-    record = {"format": FORMAT, "file": out.name, "sha256": file_sha256(out), **info}
+    record = {"format": FORMAT, "file": out.name, "sha256": file_sha256(out), **info,
+              "included": {str(p): file_sha256(p) for p in include}}
     atomic_write_bytes(record_path(out), (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
     return record
