@@ -74,3 +74,26 @@ def test_a_bad_pair_is_refused_naming_file_and_line(base, tmp_path, capsys):
     assert main(["train", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"error: {bad}, line 5: \"chosen\" and \"rejected\" are the same reply (a pair must prefer one)"
+
+
+# ---- data parallelism: 2 gloo processes compute what one does ------------------------------------------
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, lora", [("ddp", False), ("fsdp", False), ("fsdp", True)])
+def test_two_processes_equal_one_for_a_dpo_run(kind, lora, base, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.training.test_distributed import torchrun
+    over = {"batch_size": 4, "max_steps": 3, "eval_every": 3, "ckpt_every": 3}
+    alone = tmp_path / "alone"
+    train(RunConfig.from_dict(recipe(base, alone, lora=lora, **over)), progress=False, log=lambda s: None)
+    two = tmp_path / kind
+    out = torchrun(recipe(base, two, lora=lora, **over, distributed=kind), tmp_path)
+    assert f"2 process(es) [{kind}]" in out.stdout
+    a, b = rows(alone), rows(two)
+    assert sorted(a) == sorted(b) == [1, 2, 3]
+    for step in a:
+        for k in SAME[:-2]:  # the loss and TRL's metrics (means over the global batch's pairs)
+            assert abs(a[step][k] - b[step][k]) < 1e-5, (step, k, a[step][k], b[step][k])
+    name = "adapter_model.safetensors" if lora else "model.safetensors"
+    x, y = (load_file(r / "final" / name) for r in (alone, two))
+    assert max(float((x[k] - y[k]).abs().max()) for k in x) < 1e-5

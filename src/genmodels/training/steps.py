@@ -97,7 +97,8 @@ class TrainStep:
         return report
 
     def _accumulate(self, ph: Phase, batches: list[dict]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward + backward of every micro-batch; the summed loss/n and metrics/n (float64, CPU)."""
+        """Forward + backward of every micro-batch; the summed loss/n and metrics/n (float64, CPU; a phase counting
+        tokens weighs each micro-batch's loss and metrics by its share of the global count instead)."""
         n, dev = len(batches), self.info.device
         for p in ph.module.parameters():  # another phase's backward may have reached them (G's loss through D)
             p.grad = None
@@ -111,8 +112,9 @@ class TrainStep:
                     loss = loss / n if weights is None else loss * weights[micro]
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
             loss_sum += loss.detach().double().cpu()
-            for k, v in metrics.items():
-                metric_sums[k] = metric_sums.get(k, 0.0) + float(v.detach()) / n
+            for k, v in metrics.items():  # (weighed as the loss: with token weights, a mean over the global batch)
+                v = float(v.detach())
+                metric_sums[k] = metric_sums.get(k, 0.0) + (v / n if weights is None else v * weights[micro])
         return loss_sum, metric_sums
 
     def _token_weights(self, ph: Phase, batches: list[dict]) -> list[float] | None:
