@@ -27,9 +27,8 @@ from typing import Sequence
 
 import torch
 
+from .data.gist_examples import GIST_TOKEN
 from .nn.kv_cache import CHUNK, KVCache
-
-GIST_TOKEN = "<GIST>"
 FORMAT = 1
 _META = "genmodels.gist"
 
@@ -166,8 +165,8 @@ def _rows(model, instruction, gist_id: int | None) -> tuple[list[list[int]], int
     if gist_id is None:
         gist_id = tok.token_to_id(GIST_TOKEN) if tok is not None else None
         if gist_id is None:
-            raise ValueError(f"compress: the model's tokenizer has no {GIST_TOKEN} token; train with "
-                             "train.objective {name: gist} (it adds one) or pass gist_id=")
+            raise ValueError(f"compress: the model's tokenizer has no {GIST_TOKEN} token; train it with "
+                             "train.objective {name: gist} (genmodels.data.gist_examples) or pass gist_id=")
     if texts is not None:
         rows = [tok.encode(s).ids for s in texts]
     elif isinstance(instruction, torch.Tensor):

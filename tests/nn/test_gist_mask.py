@@ -129,3 +129,26 @@ def test_the_encoder_decoder_takes_the_gist_masks():
             a = model(src, tgt, allowed=enc, memory_mask=cross)
             b = model(other, tgt, allowed=enc, memory_mask=cross)
             assert torch.allclose(a, b, atol=1e-6) is same, mode
+
+
+def test_packed_examples_each_get_their_own_gist_mask():
+    from genmodels.nn.gist_mask import gist_allowed_packed
+    gist = 9
+    # two examples in one row: [a b G x] [c G G y z] (segments 1 and 2), then a pad (segment 0), and a row
+    # whose single example has no gist (unrestricted)
+    ids = torch.tensor([[5, 6, gist, 7, 5, gist, gist, 7, 8, 0], [5, 6, 7, 8, 5, 6, 7, 8, 5, 6]])
+    seg = torch.tensor([[1, 1, 1, 1, 2, 2, 2, 2, 2, 0], [1] * 10])
+    allowed = gist_allowed_packed(ids, gist, seg)
+    mask, _ = build_mask(10, 10, causal=True, allowed=allowed & (seg[:, :, None] == seg[:, None, :]))
+    seen = (mask == 0)[:, 0]
+    assert torch.equal(seen[0], m("1000000000", "1100000000", "1110000000", "0011000000",
+                                  "0000100000", "0000110000", "0000111000", "0000011100", "0000011110",
+                                  "0000000001"))
+    assert torch.equal(seen[1], torch.ones(10, 10, dtype=torch.bool).tril())
+    neg = gist_allowed_packed(ids, gist, seg, mode="neg_control")
+    mask, _ = build_mask(10, 10, causal=True, allowed=neg & (seg[:, :, None] == seg[:, None, :]))
+    assert torch.equal((mask == 0)[0, 0, 7:9], m("0000000100", "0000000110"))
+    # one example per row: the same pairs as the span form
+    row = torch.tensor([[5, 6, 7, gist, 8]])
+    for mode in ("gist", "neg_control", "pos_control"):
+        assert torch.equal(decoder_pairs(gist_allowed_packed(row, gist, mode=mode))[0], DECODER_5[mode])

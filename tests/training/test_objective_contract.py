@@ -60,8 +60,9 @@ def recipe(objective: str, corpus_dir, run) -> dict:
     if kind == "images":
         data, sample = {"source": "digits"}, {"n": 2, **({"steps": 2} if objective == "diffusion" else {})}
         train_over["objective"] = {"name": objective, "eval_samples": min_samples()}
-    elif kind == "examples":  # (tests/fixtures/examples/sft.jsonl, with a tokenizer trained on it)
-        data = {"kind": "examples", "path": str(EXAMPLES), "tokenizer": str(examples_tokenizer(run.parent)),
+    elif kind == "examples":  # (fixtures/examples/sft.jsonl, gist.jsonl for gist, with a tokenizer trained on it)
+        source = GIST_EXAMPLES if objective == "gist" else EXAMPLES
+        data = {"kind": "examples", "path": str(source), "tokenizer": str(examples_tokenizer(run.parent, source)),
                 "seq_len": 128, "val_fraction": 0.2}
         sample, train_over["objective"] = {"prompts": ["the "], "max_new_tokens": 2}, objective
     elif kind == "pairs":  # (tests/fixtures/pairs/pairs.jsonl, with a tokenizer trained on it)
@@ -77,15 +78,19 @@ def recipe(objective: str, corpus_dir, run) -> dict:
 
 
 EXAMPLES = Path(__file__).parent.parent / "fixtures" / "examples" / "sft.jsonl"
+GIST_EXAMPLES = EXAMPLES.parent / "gist.jsonl"  # instruction → <GIST> → input → output (data/gist_examples.py)
 PAIRS = Path(__file__).parent.parent / "fixtures" / "pairs" / "pairs.jsonl"
 
 
 def examples_tokenizer(where: Path, source: Path = EXAMPLES) -> Path:
-    """A 300-id BPE trained on the examples (or pairs) fixture, saved under ``where`` (once)."""
+    """A 300-id BPE trained on the examples (or pairs) fixture, saved under ``where`` (once); for the gist
+    fixture, with its <GIST> token added."""
     from genmodels.data import save_tokenizer, train_bpe_tokenizer
+    from genmodels.data.gist_examples import add_gist_token
     folder = where / f"{source.stem}-tokenizer"
     if not folder.exists():
-        save_tokenizer(train_bpe_tokenizer([source.read_text().replace("\\n", "\n")] * 4, 300), folder)
+        tok = train_bpe_tokenizer([source.read_text().replace("\\n", "\n")] * 4, 300)
+        save_tokenizer(add_gist_token(tok) if source == GIST_EXAMPLES else tok, folder)
     return folder
 
 

@@ -99,3 +99,25 @@ def gist_allowed_for(input_ids: torch.Tensor, gist_id: int, *, mode: str = "gist
     a = None if attention_mask is None else attention_mask.long().argmax(-1)
     a = None if a is None else torch.minimum(a, g.clamp(min=0))
     return gist_allowed(g, k.clamp(min=1), input_ids.shape[1], mode=mode, instruction_start=a)
+
+
+def gist_allowed_packed(input_ids: torch.Tensor, gist_id: int, segment_ids: torch.Tensor | None = None, *,
+                        mode: str = "gist") -> torch.Tensor:
+    """:func:`gist_allowed` for packed rows (training): ``input_ids (B, T)`` holding several examples, told apart
+    by ``segment_ids (B, T)`` (a run of equal ids; None: one per row). In each example everything before its
+    gist tokens is its instruction; an example without a gist token is unrestricted. ``(B, T, T)`` bool."""
+    if mode not in MODES:
+        raise ValueError(f"gist mask mode={mode!r}: expected one of {', '.join(MODES)}")
+    b, t = input_ids.shape
+    seg = torch.zeros_like(input_ids) if segment_ids is None else segment_ids
+    same = seg[:, :, None] == seg[:, None, :]  # (B, T, T)
+    if mode == "pos_control":
+        return torch.ones(b, t, t, dtype=torch.bool, device=input_ids.device)
+    is_gist = input_ids == gist_id  # (B, T)
+    # gist tokens of my example up to me, and in all of it (per query position, via the same-segment pairs)
+    upto = (same & is_gist[:, None, :]).tril().sum(-1)  # (B, T): upto[i] = gists j <= i in i's example
+    total = (same & is_gist[:, None, :]).sum(-1)  # (B, T)
+    x = (total > 0) & (upto == total) & ~is_gist  # after the example's last gist token
+    hide = ~x & ~is_gist if mode == "gist" else ~x  # keys an X query of the same example may not see
+    q_x = x[:, :, None]
+    return ~(q_x & same & hide[:, None, :]) & ~(~q_x & same & x[:, None, :])

@@ -7,6 +7,8 @@
     span       T5 span corruption (encoder–decoders)              span.py
     diffusion  denoising loss, label dropout, EMA (images)        diffusion.py (+ images.py)
     gan        two players, D then G (images)                     gan.py (+ gan_losses, gan_ema, gan_watch)
+    gist       SFT under the gist mask: instruction → <GIST>×k → input,  gist.py
+               output (mask gist | pos_control | neg_control)
     dpo        DPO / IPO / hinge on preference pairs against a     dpo.py (+ pairwise.py: one forward per pair)
                frozen or adapters-off reference
     reward     Bradley–Terry on preference pairs, a score head    reward.py (final/: a reward folder)
@@ -28,13 +30,14 @@ from .causal import CausalLM
 from .diffusion import DiffusionObjective
 from .dpo import DPO
 from .gan import GANObjective
+from .gist import Gist
 from .mlm import MaskedLM
 from .reward import RewardObjective
 from .sft import SFT
 from .span import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
-                                                                   DiffusionObjective, GANObjective, SFT, DPO,
+                                                                   DiffusionObjective, GANObjective, SFT, DPO, Gist,
                                                                    RewardObjective)}
 
 

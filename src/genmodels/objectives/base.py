@@ -93,7 +93,8 @@ class Objective(nn.Module):
     name = ""
     Options: type[ObjectiveOptions] = ObjectiveOptions
     data_kinds: tuple[str, ...] = ("tokens",)  # the data kinds it reads; a recipe's data.kind picks (default: first)
-    requires: tuple[str, ...] = ()  # registry capabilities, "method:<name>" of the model class, "config:<field>"
+    requires: tuple[str, ...] = ()  # registry capabilities, "method:<name>" of the model class, "config:<field>",
+    # "mask:<rule>" a mask rule its forward implements (nn/masks.RULES, the class's mask_rules)
     unit = "tokens"  # what throughput counts: tokens, images, pairs
     flops_apply = True  # whether FLOPs per token (and MFU) describe a step
     perplexity = True  # whether exp(validation loss) means something
@@ -188,7 +189,9 @@ def fits(objective: type[Objective], family) -> str | None:
             return f"{what}() ({family.model_class.__name__} has none)"
         if kind == "config" and what not in {f.name for f in dataclasses.fields(family.config_class)}:
             return f"the model field {what!r} ({family.config_class.__name__} has none)"
-        if kind in ("method", "config"):
+        if kind == "mask" and what not in getattr(family.model_class, "mask_rules", ()):
+            return f"the {what!r} mask rule ({family.model_class.__name__} does not implement it)"
+        if kind in ("method", "config", "mask"):
             continue
         if not family.can(need):
             return f"the {need!r} capability"

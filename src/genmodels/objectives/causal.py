@@ -59,7 +59,8 @@ class CausalOptions(ObjectiveOptions):
         return {"router_aux_loss": kind, "router_aux_coef": coef, "router_z_coef": z}
 
 
-PACKED = ("position_ids", "segment_ids")  # what a batch of packed examples adds (data kind examples)
+PACKED = ("position_ids", "segment_ids", "allowed")  # what a batch of packed examples adds (data kind
+# examples); allowed (B, T, T) pairs: an objective's own mask (gist.py)
 
 
 class CausalLM(Objective):
