@@ -75,7 +75,7 @@ def check_fits_memory(cfg: ModelConfig, where: str | Path) -> None:
                           f"parameters in fp32), more than this machine's {_gb(have)} of memory")
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+def load(path: str | Path, device: str | torch.device = "cpu", quantized: bool = False) -> torch.nn.Module:
     """Load a model from a genmodels directory or a local Hugging Face directory (auto-detected; diffusers
     UNet2DModel folders and DDPM/DDIM pipeline folders included), or a llama.cpp GGUF file
     (interop/gguf.py: ``*.gguf`` or a file starting with ``GGUF``), or a LoRA adapter folder naming its
@@ -84,11 +84,17 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Modul
     The returned model is in eval mode; its tokenizer (if the directory has ``tokenizer.json``)
     is at ``model.tokenizer``, its chat template (or ``None``) at ``model.chat_template``. A config
     whose weights would not fit in this machine's memory is refused before anything is allocated.
+    ``quantized=True`` (GGUF files): Q8_0 / Q4_0 / Q4_1 projections keep their blocks, for inference
+    (docs/quantization.md); another model is quantised with ``genmodels.quantize(model, qtype)``.
     """
     path = Path(path)
     from .interop.gguf import is_gguf, load_gguf
     if is_gguf(path):  # llama.cpp's one-file format: weights, tokenizer and chat template (interop/gguf.py)
-        return load_gguf(path, build_model, check=lambda cfg: check_fits_memory(cfg, path)).to(device).eval()
+        return load_gguf(path, build_model, check=lambda cfg: check_fits_memory(cfg, path),
+                         quantized=quantized).to(device).eval()
+    if quantized:
+        raise ValueError(f"{path}: quantized=True keeps a GGUF file's blocks; this is not a GGUF file — "
+                         "quantise a loaded model with genmodels.quantize(model, 'q8_0' | 'q4_0' | 'q4_1')")
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder, "
                                 "or a .gguf file)")

@@ -15,6 +15,7 @@ import genmodels
 from genmodels import native
 from genmodels.generation import decode as decode_mod
 from genmodels.native import quant
+from genmodels.native.decoder import unsupported
 from genmodels.nn.quantized import QTYPES, QuantizedLinear, dequantize_rows, quantize_rows
 
 from tests.helpers.tiny import left_pad_mask, random_ids, tiny_model
@@ -144,3 +145,37 @@ def test_training_through_quantized_weights_is_refused_in_one_line():
     assert "\n" not in str(e.value) and "q8_0 blocks" in str(e.value) and "inference only" in str(e.value)
     with torch.no_grad():  # inference in train mode (no gradient) still runs
         model(random_ids(1, 4))
+
+
+# ---- a real file: SmolLM2-135M-Instruct's Q4_1 GGUF, blocks kept ----------------------------------
+@pytest.fixture(scope="module")
+def smollm2_q4_1():
+    from tests.parity.transformers.make_gguf_reference import smollm2_file
+    return genmodels.load(smollm2_file(), quantized=True)
+
+
+def test_smollm2_blocks_kept_dequantise_to_the_fp32_load(smollm2_q4_1, smollm2):
+    kept = {n: m for n, m in smollm2_q4_1.named_modules() if type(m) is QuantizedLinear}
+    assert len(kept) == 30 * 4 and {m.qtype for m in kept.values()} == {"q4_1"}  # qkv, out, gate_up, down
+    for name, m in kept.items():  # fused q|k|v and gate|up, llama.cpp's q/k row order undone
+        assert torch.equal(m.dequantize(), smollm2.get_submodule(name).weight), name
+
+
+def test_smollm2_q4_1_greedy_64_tokens_equal_its_dequantised_fp32_model(smollm2_q4_1, smollm2):
+    assert unsupported(smollm2_q4_1) is None  # the native step reads the blocks
+    ids = torch.tensor([smollm2.tokenizer.encode("def fibonacci(n):\n").ids])
+    with torch.inference_mode():
+        got = genmodels.generate(smollm2_q4_1, ids, max_new_tokens=64)
+        want = genmodels.generate(smollm2, ids, max_new_tokens=64)
+        if not torch.equal(got, want):  # name the first divergence and the fp32 model's logit margin there
+            at = int((got != want).nonzero()[0, 1])
+            top = smollm2(want[:, :at])[0, -1].topk(2).values
+            pytest.fail(f"first divergence at token {at - ids.shape[1]}: q4_1 {int(got[0, at])}, fp32 "
+                        f"{int(want[0, at])}; fp32 logit margin there {float(top[0] - top[1]):.3g}")
+
+
+def test_load_quantized_refuses_a_folder_in_one_line(tmp_path):
+    genmodels.save(tiny_model("llama", d_ff=96), tmp_path / "m")
+    with pytest.raises(ValueError, match=r"m: quantized=True keeps a GGUF file's blocks; this is not a GGUF file — "
+                                         r"quantise a loaded model with genmodels.quantize\(model, 'q8_0'"):
+        genmodels.load(tmp_path / "m", quantized=True)

@@ -268,29 +268,55 @@ def dequantised(path: Path, tensor, cfg: ModelConfig) -> torch.Tensor:
 
 
 def load_gguf(path: str | Path, build: Callable[[ModelConfig], torch.nn.Module],
-              check: Callable[[ModelConfig], None] | None = None) -> torch.nn.Module:
+              check: Callable[[ModelConfig], None] | None = None, quantized: bool = False) -> torch.nn.Module:
     """Our decoder from a llama-architecture GGUF file, weights dequantised to fp32; its tokenizer at
     ``model.tokenizer`` and its chat template (``tokenizer.chat_template``) at ``model.chat_template``.
-    ``check(cfg)`` vets the config before any tensor is built (the memory estimate of ``load``)."""
+    ``check(cfg)`` vets the config before any tensor is built (the memory estimate of ``load``).
+    ``quantized``: the attention and MLP projections stored as Q8_0 / Q4_0 / Q4_1 keep their blocks
+    (interop/gguf_quant.py), for inference."""
     from .decoder_hf import LlamaConverter
     from .hf import build_from_hf_state
     path = Path(path)
     reader = open_gguf(path)
     meta = Metadata(reader, path)
-    names = {t.name for t in reader.tensors}
-    conv = LlamaConverter()
-    try:
-        cfg = conv.config_from_hf(hf_llama_config(meta, names))
-    except ConversionError as e:
-        raise e if str(e).startswith(str(path)) else ConversionError(f"{path}: {e}") from None
+    cfg = read_config(path, reader)
     if check is not None:
         check(cfg)
     check_tensors(path, reader.tensors, cfg)
-    from ..data.gguf_tokenizer import tokenizer_from_gguf
-    tokenizer = tokenizer_from_gguf(meta)  # refuse an unreadable tokenizer before the weights
-    cfg.extra = {**cfg.extra, "hf_architecture": "LlamaForCausalLM"}
+    tokenizer, template = _tokenizer_and_template(meta)  # refuse an unreadable tokenizer before the weights
     sd = {hf_name(t.name): dequantised(path, t, cfg) for t in reader.tensors}
-    model = build_from_hf_state(conv, cfg, sd, build, str(path))
+    model = build_from_hf_state(LlamaConverter(), cfg, sd, build, str(path))
+    if quantized:
+        from .gguf_quant import keep_blocks
+        del sd
+        keep_blocks(model, reader.tensors, cfg)
     model.tokenizer = tokenizer
-    model.chat_template = meta.get("tokenizer.chat_template", None, str)
+    model.chat_template = template
     return model
+
+
+def read_config(path: str | Path, reader=None) -> ModelConfig:
+    """The config of the model a llama-architecture GGUF file holds, from its metadata and tensor names alone
+    (no tensor is read): what :func:`load_gguf` builds (a run's ``model.init_from`` section reads it so).
+    ``reader``: the file already opened (:func:`open_gguf`)."""
+    from .decoder_hf import LlamaConverter
+    path = Path(path)
+    reader = open_gguf(path) if reader is None else reader
+    try:
+        cfg = LlamaConverter().config_from_hf(hf_llama_config(Metadata(reader, path), {t.name for t in reader.tensors}))
+    except ConversionError as e:
+        raise e if str(e).startswith(str(path)) else ConversionError(f"{path}: {e}") from None
+    cfg.extra = {**cfg.extra, "hf_architecture": "LlamaForCausalLM"}
+    return cfg
+
+
+def _tokenizer_and_template(meta: Metadata) -> tuple[Any, str | None]:
+    from ..data.gguf_tokenizer import tokenizer_from_gguf
+    return tokenizer_from_gguf(meta), meta.get("tokenizer.chat_template", None, str)
+
+
+def read_tokenizer(path: str | Path) -> tuple[Any, str | None]:
+    """``(tokenizer or None, chat template or None)`` a GGUF file's metadata describes (no tensor is read): what
+    :func:`load_gguf` attaches to the model (``data.tokenizer`` / ``model.init_from`` as a tokenizer source)."""
+    path = Path(path)
+    return _tokenizer_and_template(Metadata(open_gguf(path), path))

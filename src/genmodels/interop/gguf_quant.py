@@ -1,0 +1,54 @@
+"""``genmodels.load(path.gguf, quantized=True)``: keep a GGUF file's Q8_0 / Q4_0 / Q4_1 blocks as they lie
+in the file (:class:`~genmodels.nn.quantized.QuantizedLinear`), re-laid once for our modules:
+
+* our fused ``attn.qkv`` = the rows of ``attn_q | attn_k | attn_v`` (block rows concatenate: each
+  output row is its own run of blocks), ``mlp.gate_up`` = ``ffn_gate | ffn_up``;
+* llama.cpp's q/k row permutation undone on whole rows of blocks (interop/gguf.unpermute_rows).
+
+A fused projection whose parts are stored in different types, or in a type other than these three
+(e.g. Q6_K, F16), stays fp32 (dequantised as before); so do the embedding and the (tied) head.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn.quantized import QuantizedLinear
+from .gguf import unpermute_rows
+
+KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # ggml type name -> our qtype
+# our module (in a block) -> the llama.cpp tensors whose rows it stacks, in order
+FUSED = {"attn.qkv": ("attn_q", "attn_k", "attn_v"), "attn.out": ("attn_output",),
+         "mlp.gate_up": ("ffn_gate", "ffn_up"), "mlp.down": ("ffn_down",)}
+
+
+def _rows(tensor, heads: int | None) -> torch.Tensor:
+    """A quantised tensor's bytes (rows, row bytes) in HF's row order (a copy: the file stays mapped read-only)."""
+    import numpy as np
+    raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True))
+    return unpermute_rows(raw, heads) if heads is not None else raw
+
+
+def keep_blocks(model: nn.Module, tensors: list, cfg) -> list[str]:
+    """Replace ``model``'s attention and MLP projections by the file's blocks where every part is Q8_0,
+    Q4_0 or Q4_1 of one type; returns the module paths kept quantised."""
+    by_name = {t.name: t for t in tensors}
+    kept = []
+    for i, block in enumerate(model.decoder_view().blocks):
+        for path, parts in FUSED.items():
+            ts = [by_name[f"blk.{i}.{p}.weight"] for p in parts]
+            kinds = {t.tensor_type.name for t in ts}
+            if len(kinds) != 1 or (kind := kinds.pop()) not in KEPT:
+                continue
+            heads = {"attn_q": cfg.n_heads, "attn_k": cfg.kv_heads}
+            blocks = torch.cat([_rows(t, heads.get(p)) for t, p in zip(ts, parts)]).contiguous()
+            owner_path, _, name = path.rpartition(".")
+            owner = block.get_submodule(owner_path)
+            old = getattr(owner, name)
+            q = QuantizedLinear(old.in_features, old.out_features, bias=old.bias is not None, qtype=KEPT[kind],
+                                blocks=blocks)
+            if old.bias is not None:
+                q.bias.data.copy_(old.bias.detach())
+            setattr(owner, name, q)
+            kept.append(f"blocks.{i}.{path}")
+    return kept
