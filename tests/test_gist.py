@@ -169,3 +169,14 @@ def test_the_cli_refuses_a_gist_of_another_model_and_beams_in_one_line(tmp_path,
                                        "use --num-beams 1\n")
     assert main(["compress", str(path), "--prompt", "x", "--k", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err == "error: --k 0: expected an integer >= 1 (gist tokens)\n"
+
+
+def test_a_model_changed_in_place_after_compress_is_refused():
+    model = _model()
+    gist = compress(model, [5, 6, 7], gist_id=GIST)
+    x = torch.tensor([INPUTS[0]])
+    genmodels.generate(model, x, 2, cache=gist)  # (its fingerprint is remembered here)
+    with torch.no_grad():
+        model.embed.weight[3, 0] += 1.0  # a training step would do this: same tensors, new values
+    with pytest.raises(ValueError, match="made by another model"):
+        genmodels.generate(model, x, 2, cache=gist)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -33,16 +34,26 @@ FORMAT = 1
 _META = "genmodels.gist"
 
 
+_FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (what it hashed, the hash)
+
+
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 over the model's family, config and every tensor (name, shape, float32 value)."""
-    h = hashlib.sha256()
+    """SHA-256 over the model's family, config and every tensor (name, shape, float32 value). Hashed again
+    only when a tensor was replaced or changed in place (its storage or version counter moved) or the
+    config changed, so a generate loop over one gist cache does not re-read the weights each call."""
     cfg = model.config
     fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else vars(cfg)
-    h.update(f"{getattr(model, 'family', type(model).__name__)}|{json.dumps(fields, sort_keys=True, default=str)}"
-             .encode())
-    for name, t in model.state_dict().items():
+    head = f"{getattr(model, 'family', type(model).__name__)}|{json.dumps(fields, sort_keys=True, default=str)}"
+    state = model.state_dict()
+    key = (head, tuple((name, t.data_ptr(), t._version) for name, t in state.items()))
+    seen = _FINGERPRINTS.get(model)
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    h = hashlib.sha256(head.encode())
+    for name, t in state.items():
         h.update(f"{name}{tuple(t.shape)}".encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    _FINGERPRINTS[model] = (key, h.hexdigest())
     return h.hexdigest()
 
 
