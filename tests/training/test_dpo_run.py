@@ -78,7 +78,7 @@ def test_a_bad_pair_is_refused_naming_file_and_line(base, tmp_path, capsys):
 
 # ---- data parallelism: 2 gloo processes compute what one does ------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("kind, lora", [("ddp", False), ("fsdp", False), ("fsdp", True)])
+@pytest.mark.parametrize("kind, lora", [("ddp", False), ("fsdp", True)])  # (FSDP2 with LoRA: the adapters-off reference)
 def test_two_processes_equal_one_for_a_dpo_run(kind, lora, base, tmp_path):
     from safetensors.torch import load_file
 
