@@ -180,3 +180,22 @@ def test_a_model_changed_in_place_after_compress_is_refused():
         model.embed.weight[3, 0] += 1.0  # a training step would do this: same tensors, new values
     with pytest.raises(ValueError, match="made by another model"):
         genmodels.generate(model, x, 2, cache=gist)
+
+
+def test_the_native_decode_step_serves_the_cached_gist(monkeypatch):
+    from genmodels.generation import decode
+    from genmodels.native.step import unsupported
+    model = _model()
+    if unsupported(model) is not None:
+        pytest.skip(f"no native decode step here: {unsupported(model)}")
+    built, real = [], decode.fused_step
+
+    def spy(*args, **kw):  # the native step, counted
+        built.append(1)
+        return real(*args, **kw)
+    monkeypatch.setattr(decode, "fused_step", spy)
+    gist = compress(model, INSTRUCTIONS[:2], gist_id=GIST)
+    out = genmodels.generate(model, torch.tensor(INPUTS[:2]), 5, cache=gist)
+    assert built, "generate did not take the native step"
+    for row in range(2):
+        assert out[row].tolist() == _full_greedy(model, INSTRUCTIONS[row], 1, INPUTS[row], 5)
