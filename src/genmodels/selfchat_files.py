@@ -8,8 +8,8 @@ its first user message, its ``prompt`` or its ``text``) — the task set's ``see
 **Output**: JSONL, one ``{"messages": [...]}`` record a line (the ``examples`` data kind reads it), and
 beside it ``<out>.selfchat.json``: ``"format": "genmodels-selfchat"``, the file's SHA-256, the settings and
 the counts. ``--include FILE`` appends the records of an examples file as they are, after the dialogues (the
-Baize recipe's mix: its dialogues plus the task set's training split). Both are written atomically, the data first. An existing ``<out>`` is replaced only when that
-record is ours and names the file with its current SHA-256 (so a file genmodels did not write, or one
+Baize recipe's mix: its dialogues plus the task set's training split). Both are written atomically, the data
+first. An existing ``<out>`` is replaced only when that record is ours and names the file with its current SHA-256 (so a file genmodels did not write, or one
 changed since, is never replaced); an existing record that is not ours is never replaced either. Each
 refusal is one line naming the file, given before the model loads.
 """
