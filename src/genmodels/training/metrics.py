@@ -96,7 +96,8 @@ class MetricsLog:
             fh.write(json.dumps(record) + "\n")
 
 
-_STANDARD = {"step", "tokens", "images", "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
+UNITS = ("images", "pairs", "tokens")  # what a run counts (Objective.unit): the x axis of its plots
+_STANDARD = {"step", *UNITS, "loss", "lr", "grad_norm", "mfu", "time_s", "val_loss", "val_ppl"}
 
 
 def _names(records: list[dict], keep) -> list[str]:
@@ -169,7 +170,7 @@ def plot_losses(records: list[dict], path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = "images" if any("images" in r for r in records) else "tokens"  # what the run counts
+    x = next((u for u in UNITS if any(u in r for r in records)), "tokens")  # what the run counts
     # the train loss, or each phase's (a GAN: D/loss, G/loss)
     train = {k: [(r[x], r[k]) for r in records if r.get(k) is not None]
              for k in _names(records, lambda k: k == "loss" or k.endswith("/loss"))}
