@@ -49,6 +49,10 @@ def test_quantize_and_dequantize_equal_gguf_py(qtype):
     w = torch.randn(37, 96, generator=torch.Generator().manual_seed(3))
     w[0, :32] = 0.0  # an all-zero block: d = 0
     w[1, 5] = 40.0  # an outlier
+    halves = torch.arange(32) % 7 - 3.5  # exact halves once scaled by 1/d = 1: rounding direction matters
+    w[2, :32], w[2, 0] = halves, 127.0  # q8_0: d = 127 / 127 = 1
+    w[3, :32], w[3, 0] = halves, -8.0  # q4_0: d = -8 / -8 = 1
+    w[4, :32], w[4, 0], w[4, 1] = halves + 4.0, 0.0, 15.0  # q4_1: m = 0, d = 15 / 15 = 1
     blocks = quantize_rows(w, qtype)
     assert np.array_equal(blocks.numpy(), gguf.quants.quantize(w.numpy(), gt))
     want = gguf.quants.dequantize(blocks.numpy(), gt)
