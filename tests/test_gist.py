@@ -169,6 +169,12 @@ def test_the_cli_refuses_a_gist_of_another_model_and_beams_in_one_line(tmp_path,
                                        "use --num-beams 1\n")
     assert main(["compress", str(path), "--prompt", "x", "--k", "0", "--out", str(out)]) == 2
     assert capsys.readouterr().err == "error: --k 0: expected an integer >= 1 (gist tokens)\n"
+    assert main(["generate", str(path), "--gist", str(tmp_path / "none.gist"), "--prompt", "x"]) == 2
+    assert capsys.readouterr().err == (f"error: --gist {tmp_path / 'none.gist'}: no such file (make one with "
+                                       "`genmodels compress PATH --prompt TEXT --out FILE`)\n")
+    assert main(["compress", str(path), "--prompt", "x", "--out", str(tmp_path / "no" / "g.gist")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "no") in err and err.count("\n") == 1
 
 
 def test_a_model_changed_in_place_after_compress_is_refused():

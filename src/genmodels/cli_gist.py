@@ -40,5 +40,10 @@ def gist_for(args: argparse.Namespace, model):
     if args.num_beams > 1:
         raise ValueError(f"--gist with --num-beams {args.num_beams}: beam search does not continue a cache; "
                          "use --num-beams 1")
+    from pathlib import Path
+
     from genmodels.gist import GistCache
+    if not Path(args.gist).is_file():
+        raise ValueError(f"--gist {args.gist}: no such file (make one with `genmodels compress PATH --prompt TEXT "
+                         "--out FILE`)")
     return GistCache.load(args.gist, model)
