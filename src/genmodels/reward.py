@@ -50,6 +50,8 @@ def load_reward(path: str | Path) -> RewardModel:
     from .io import load
     from .registry import build_model
     path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder (a reward model is a folder)")
     if is_reward_folder(path):
         model = load_reward_hf(path, build_model)
         if (path / "tokenizer.json").is_file():

@@ -126,3 +126,8 @@ def test_score_refuses_a_folder_without_a_score_head(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == (f"error: {tmp_path / 'lm'} is not a reward model: it has no score.safetensors (a genmodels reward "
                    "folder) and its config.json does not name LlamaForSequenceClassification")
+
+
+def test_score_refuses_a_missing_folder(tmp_path, capsys):
+    assert main(["score", str(tmp_path / "nope"), "--prompt", "a", "--response", "b"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: no such folder (a reward model is a folder)"

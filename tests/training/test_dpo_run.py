@@ -98,3 +98,11 @@ def test_two_processes_equal_one_for_a_dpo_run(kind, lora, base, tmp_path):
     name = "adapter_model.safetensors" if lora else "model.safetensors"
     x, y = (load_file(r / "final" / name) for r in (alone, two))
     assert max(float((x[k] - y[k]).abs().max()) for k in x) < 1e-5
+
+
+def test_the_adapters_off_reference_without_train_lora_is_refused_before_any_work(base, tmp_path):
+    cfg = recipe(base, tmp_path / "run", lora=True)
+    del cfg["train"]["lora"]
+    with pytest.raises(genmodels.config.ConfigError, match=r"^train\.objective\.reference=adapters_off needs train\.lora"):
+        train(RunConfig.from_dict(cfg), progress=False, log=lambda s: None)
+    assert not (tmp_path / "run").exists()
