@@ -72,7 +72,7 @@ def test_messages_use_the_template_beside_the_tokenizer_else_the_plain_one(folde
 
 def test_a_fresh_start_from_init_from_takes_its_tokenizer_and_a_resume_the_run_folders(folder):
     dc = config(folder)
-    assert started(dc, str(folder / "model")).tokenizer == str(folder / "model")
+    assert started(dc, str(folder / "model")).tokenizer == str(folder / "model" / "tokenizer.json")
     assert started(config(folder, tokenizer=str(folder / "model")), "elsewhere").tokenizer == str(folder / "model")
     with pytest.raises(ConfigError, match=r"model\.init_from='.*ex\.jsonl' has no tokenizer\.json"):
         started(dc, str(folder / "ex.jsonl"))

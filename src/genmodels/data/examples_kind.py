@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from ..config import ConfigError, StrictConfig
+from ..interop.gguf import is_gguf, read_tokenizer
 from .chat_template import read_chat_template
 from .example_cache import examples_fingerprint, prepare_examples
 from .example_pack import PackedExamples
 from .kinds import DataKind
-from .tokenizer import TOKENIZER_FILENAME, eos_id, load_tokenizer
+from .tokenizer import TOKENIZER_FILENAME, eos_id, load_tokenizer, source_tokenizer
 
 __all__ = ["ExampleData", "ExamplesDataConfig", "chat_template_for", "examples_data_kind", "prepare_example_run",
            "run_tokenizer"]
@@ -72,6 +73,8 @@ def chat_template_for(dc: ExamplesDataConfig) -> str | None:
     if dc.chat_template is not None:
         return Path(dc.chat_template).read_text(encoding="utf-8")
     file = _tokenizer_file(dc.tokenizer) if dc.tokenizer is not None else None
+    if file is not None and is_gguf(file):  # a GGUF file keeps its template in its metadata
+        return read_tokenizer(file)[1]
     return read_chat_template(file.parent) if file is not None else None
 
 
@@ -111,14 +114,15 @@ def prepare_example_run(dc: ExamplesDataConfig, say: Callable[[str], Any] = prin
 
 
 def started(dc: ExamplesDataConfig, init_from: str | None) -> ExamplesDataConfig:
-    """A fresh run from ``model.init_from``: that folder's tokenizer (and so its chat template) unless the
-    recipe names one."""
+    """A fresh run from ``model.init_from``: that folder's (or GGUF file's) tokenizer, and so its chat template,
+    unless the recipe names one."""
     if init_from is None or dc.tokenizer is not None:
         return dc
-    if not (Path(init_from).expanduser() / TOKENIZER_FILENAME).is_file():
+    tokenizer = source_tokenizer(init_from)
+    if tokenizer is None:
         raise ConfigError(f"model.init_from={init_from!r} has no tokenizer.json; data.kind=examples needs the "
                           "tokenizer the model was trained with (give data.tokenizer, or a folder saved with it)")
-    return dc.replace(tokenizer=str(Path(init_from).expanduser()))
+    return dc.replace(tokenizer=tokenizer)
 
 
 def resumed(dc: ExamplesDataConfig, run_dir: Path) -> ExamplesDataConfig:

@@ -22,6 +22,7 @@ __all__ = [
     "eos_id",
     "load_tokenizer",
     "save_tokenizer",
+    "source_tokenizer",
     "tokenizer_fingerprint",
     "train_bpe_tokenizer",
 ]
@@ -79,14 +80,33 @@ def _tokenizer_file(path: Path | str) -> Path:
 
 
 def load_tokenizer(path: Path | str) -> Tokenizer:
-    """Load a tokenizer from a ``tokenizer.json`` file or a directory holding one."""
+    """Load a tokenizer from a ``tokenizer.json`` file, a directory holding one, or a GGUF file (the tokenizer
+    its metadata describes, as ``genmodels.load`` attaches it; it saves as an equal tokenizer.json)."""
     file = _tokenizer_file(path)
     if not file.is_file():
         raise FileNotFoundError(
-            f"no tokenizer at {path}: expected a {TOKENIZER_FILENAME} file "
-            f"or a directory containing one"
+            f"no tokenizer at {path}: expected a {TOKENIZER_FILENAME} file, "
+            f"a directory containing one, or a GGUF file"
         )
+    from ..interop.gguf import is_gguf, read_tokenizer
+    if is_gguf(file):
+        tok = read_tokenizer(file)[0]
+        if tok is None:
+            raise ValueError(f"{file}: holds no tokenizer (no tokenizer.ggml.tokens in its metadata)")
+        return tok
     return Tokenizer.from_file(str(file))
+
+
+def source_tokenizer(source: Path | str) -> str | None:
+    """Where a model (``model.init_from``) keeps the tokenizer it was trained with, as a path
+    :func:`load_tokenizer` reads: a folder's ``tokenizer.json``, or a GGUF file itself (its metadata);
+    None when it keeps none. The data kinds' fresh start from ``model.init_from`` reads it."""
+    p = Path(source).expanduser()
+    from ..interop.gguf import is_gguf
+    if p.is_file() and is_gguf(p):
+        return str(p)
+    file = p / TOKENIZER_FILENAME
+    return str(file) if file.is_file() else None
 
 
 def save_tokenizer(tok: Tokenizer, path: Path | str) -> Path:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -41,7 +40,7 @@ from ..values import reject_unknown as _reject_unknown, seed as _seed, string as
 from . import image_run  # noqa: F401  (registers the images data kind)
 from .adapters import check_recipe as check_lora, lora_section
 from .data import DataConfig, SampleConfig  # (registers the tokens and examples data kinds)
-from .init_from import source_model_section
+from .init_from import check_source, source_model_section
 from .memory import CHECKPOINTING
 
 DISTRIBUTED = ("none", "ddp", "fsdp")
@@ -216,19 +215,12 @@ class RunConfig:
 
     @property
     def init_from(self) -> str | None:
-        """``model.init_from``: a model folder (genmodels or Hugging Face) whose weights and tokenizer
-        start the run, or None (fresh weights)."""
+        """``model.init_from``: a model folder (genmodels or Hugging Face) or a GGUF file whose weights and
+        tokenizer start the run, or None (fresh weights)."""
         return self.model.get("init_from")
 
     def _check_init_from(self) -> None:
-        path = self.model.get("init_from")
-        if path is None:
-            return
-        if not isinstance(path, str) or not path:
-            raise ConfigError(f"model.init_from={path!r} must be a path to a model folder, or null")
-        if not Path(path).expanduser().is_dir():
-            raise ConfigError(f"model.init_from={path!r} is not an existing folder; give a genmodels or "
-                              "Hugging Face model folder (or null for fresh weights)")
+        check_source(self.model.get("init_from"))  # a model folder or a GGUF file (training/init_from.py)
 
     def objective(self) -> str:
         """The resolved objective's name (``train.objective``, or the model family's for auto)."""

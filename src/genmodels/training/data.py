@@ -25,6 +25,7 @@ from ..data import (CorpusSpec, PackedDataset, TokenCache, corpus_fingerprint, d
 from ..data.corpus import CORPUS_KINDS, TEXT_BLOCK_LINES
 from ..data.examples_kind import examples_data_kind
 from ..data.pairs_kind import pairs_data_kind
+from ..data.tokenizer import source_tokenizer
 from ..data.kinds import DataKind, register_data_kind
 from ..files import atomic_write_bytes, file_sha256
 from ..values import integer, number, reject_unknown, string
@@ -266,15 +267,15 @@ def _resumed(dc: DataConfig, run_dir: Path) -> DataConfig:
 
 
 def _started(dc: DataConfig, init_from: str | None) -> DataConfig:
-    """A run that starts from ``model.init_from`` reads that folder's tokenizer.json (ConfigError naming the
-    field when there is none); ``dc`` unchanged without init_from."""
+    """A run that starts from ``model.init_from`` reads that folder's tokenizer.json, or the GGUF file's tokenizer
+    (ConfigError naming the field when there is none); ``dc`` unchanged without init_from."""
     if init_from is None:
         return dc
-    tok_file = Path(init_from).expanduser() / "tokenizer.json"
-    if not tok_file.is_file():
+    tok_file = source_tokenizer(init_from)  # the folder's tokenizer.json, or the GGUF file's own
+    if tok_file is None:
         raise ConfigError(f"model.init_from={init_from!r} has no tokenizer.json; the run needs the tokenizer the "
                           "model was trained with (give a folder saved with its tokenizer)")
-    return dataclasses.replace(dc, tokenizer=str(tok_file))
+    return dataclasses.replace(dc, tokenizer=tok_file)
 
 
 def _fingerprint(dc: DataConfig) -> str:

@@ -19,7 +19,7 @@ from .checkpoint import (CheckpointUnreadable, checkpoint_dir, latest_checkpoint
                          read_state, step_dirs)
 from .config import RunConfig
 from .distributed import DistInfo
-from .init_from import grown_source, vocab_for_source
+from .init_from import grown_source, open_source, vocab_for_source
 from .metrics import measure_matmul_peak
 from .rundir import RunDirError
 
@@ -233,14 +233,13 @@ def matmul_peak(tc, info: DistInfo, say) -> float | None:
 
 # ---- model.init_from: the run's first weights and its tokenizer from a model folder ---------------
 def init_from_model(cfg: RunConfig, mcfg, say: Callable[[str], None] = lambda s: None) -> torch.nn.Module | None:
-    """The model at ``model.init_from`` (genmodels.load: genmodels or Hugging Face folder), or None; grown
-    to ``mcfg``'s larger vocabulary (training/init_from.py, said with ``say``).
+    """The model at ``model.init_from`` (genmodels or Hugging Face folder, or GGUF file: init_from.open_source), or
+    None; grown to ``mcfg``'s larger vocabulary (training/init_from.py, said with ``say``).
     ConfigError naming the field and listing the keys where its config differs from the recipe's."""
     path = getattr(cfg, "init_from", None)
     if path is None:
         return None
-    from ..io import load
-    src = load(Path(path).expanduser())
+    src = open_source(path)
     if src.config.family != mcfg.family:
         raise ConfigError(f"model.init_from={path!r} is a {src.config.family} model; the recipe trains a "
                           f"{mcfg.family} model, so its weights cannot start this run (give a {mcfg.family} "
