@@ -50,8 +50,9 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _replies(model, conversation: Conversation, prompts: list[list[int]], stop: tuple[str, ...], batch: int,
-             max_new_tokens: int, say: Callable[[str], None] | None) -> list[str]:
-    """The greedy reply to each encoded prompt (module doc), in the order given."""
+             max_new_tokens: int, say: Callable[[str], None] | None, sampling: dict | None = None) -> list[str]:
+    """The greedy reply to each encoded prompt (module doc), in the order given; ``sampling``: generate's
+    sampling arguments instead (``temperature``, ``top_p``, ``seed``: each batch draws with ``seed + batch``)."""
     ends = sorted(conversation.ends)
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else ends[0]
     cut = StopStrings(stop)
@@ -60,8 +61,9 @@ def _replies(model, conversation: Conversation, prompts: list[list[int]], stop: 
     for start in range(0, len(order), batch):
         rows = order[start:start + batch]
         ids, mask = _left_pad([prompts[i] for i in rows], pad)
+        draw = {} if sampling is None else {**sampling, "seed": sampling.get("seed", 0) + start}
         out = generate(model, ids, max_new_tokens, attention_mask=mask, eos_token_id=ends, pad_token_id=pad,
-                       stop=stop or None)  # (B, T + n), greedy
+                       stop=stop or None, **draw)  # (B, T + n), greedy unless sampling
         for row, i in enumerate(rows):
             new = out[row, ids.shape[1]:].tolist()
             end = next((k for k, tok in enumerate(new) if tok in conversation.ends), len(new))
@@ -104,6 +106,14 @@ def eval_tasks(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int
     if not records:
         raise ValueError("no task records to evaluate (an empty split, or --limit 0)")
     conversation = Conversation(model, template=template, max_new_tokens=max_new_tokens)
+    prompts, stop = task_prompts(conversation, records, form, max_new_tokens)
+    return score_replies(records, _replies(model, conversation, prompts, stop, batch, max_new_tokens, say))
+
+
+def task_prompts(conversation: Conversation, records: Sequence[TaskRecord], form: str,
+                 max_new_tokens: int) -> tuple[list[list[int]], tuple[str, ...]]:
+    """``(encoded prompts, stop strings)`` of ``records`` in ``form`` (module doc); a prompt leaving no room for
+    ``max_new_tokens`` in the model's context is refused naming its record."""
     if form == "messages":
         prompts = [conversation.encode([{"role": "user", "content": r.question}]) for r in records]
         stop = conversation.stop
@@ -116,4 +126,4 @@ def eval_tasks(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int
         if len(p) > room:
             raise ValueError(f"record {r.id}: its prompt takes {len(p)} tokens and the model's context "
                              f"({conversation.context}) leaves {room} after max_new_tokens={max_new_tokens}")
-    return score_replies(records, _replies(model, conversation, prompts, stop, batch, max_new_tokens, say))
+    return prompts, stop

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .tasks import TaskRecord, normalize
 
-__all__ = ["task_pairs", "write_task_pairs"]
+__all__ = ["task_pairs", "write_pairs", "write_task_pairs"]
 
 FORMS = ("prompt", "messages")
 
@@ -56,8 +56,12 @@ def task_pairs(records: list[TaskRecord], form: str = "messages") -> list[dict]:
     return out
 
 
-def write_task_pairs(records: list[TaskRecord], path: str | Path, form: str = "messages") -> int:
-    """Write :func:`task_pairs` as JSONL to ``path``; the number of pairs."""
-    pairs = task_pairs(records, form)
+def write_pairs(pairs: list[dict], path: str | Path) -> int:
+    """Write pairs (the ``pairs`` kind's forms) as JSONL to ``path``; their number."""
     Path(path).write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs), encoding="utf-8")
     return len(pairs)
+
+
+def write_task_pairs(records: list[TaskRecord], path: str | Path, form: str = "messages") -> int:
+    """Write :func:`task_pairs` as JSONL to ``path``; the number of pairs."""
+    return write_pairs(task_pairs(records, form), path)
