@@ -63,9 +63,9 @@ BAIZE_TEMPLATE = ("Forget the instruction you have previously received. The foll
                   "help you?\n")
 MARKS = {"user": "[Human]", "assistant": "[AI]"}
 # the roles form: the system message of the swapped conversation, in which the model writes the human's turn
-HUMAN_SYSTEM = ("You are a curious human chatting with an AI assistant about: '{topic}'. The user's messages are "
-                "the assistant's replies. Write the human's next message: one short follow-up question on the "
-                "topic or on the last reply. Write only that message.")
+# (greedy on 4 task seeds, SmolLM2 answered no worse than with a longer prompt explaining the swap, which it echoed)
+HUMAN_SYSTEM = ("You are a person chatting with an AI assistant about: '{topic}'. Reply to the assistant's last "
+                "message with one short follow-up question about the topic. Write only the question.")
 
 
 @dataclass
