@@ -167,6 +167,7 @@ def test_smollm2_blocks_kept_dequantise_to_the_fp32_load(smollm2_q4_1, smollm2):
 
 def test_smollm2_q4_1_greedy_64_tokens_equal_its_dequantised_fp32_model(smollm2_q4_1, smollm2):
     assert unsupported(smollm2_q4_1) is None  # the native step reads the blocks
+    assert smollm2_q4_1.quantized_head[1] == 8  # and the tied head from token_embd's Q8_0 blocks
     ids = torch.tensor([smollm2.tokenizer.encode("def fibonacci(n):\n").ids])
     with torch.inference_mode():
         got = genmodels.generate(smollm2_q4_1, ids, max_new_tokens=64)

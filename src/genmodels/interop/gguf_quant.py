@@ -6,14 +6,17 @@ in the file (:class:`~genmodels.nn.quantized.QuantizedLinear`), re-laid once for
 * llama.cpp's q/k row permutation undone on whole rows of blocks (interop/gguf.unpermute_rows).
 
 A fused projection whose parts are stored in different types, or in a type other than these three
-(e.g. Q6_K, F16), stays fp32 (dequantised as before); so do the embedding and the (tied) head.
+(e.g. Q6_K, F16), stays fp32 (dequantised as before); so does the embedding. A tied head whose
+``token_embd`` is Q8_0 / Q4_0 / Q4_1 is also kept as ``model.quantized_head = (blocks, GGML type)``:
+the native decode step reads the head from these blocks (the same values as the fp32 embedding, a
+quarter or less of the bytes per token); the PyTorch path keeps reading the embedding.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..nn.quantized import QuantizedLinear
+from ..nn.quantized import GGML_TYPES, QuantizedLinear, dequantize_rows
 from .gguf import unpermute_rows
 
 KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # ggml type name -> our qtype
@@ -51,4 +54,12 @@ def keep_blocks(model: nn.Module, tensors: list, cfg) -> list[str]:
                 q.bias.data.copy_(old.bias.detach())
             setattr(owner, name, q)
             kept.append(f"blocks.{i}.{path}")
+    embed = by_name["token_embd.weight"]
+    if cfg.tie_embeddings and embed.tensor_type.name in KEPT:  # the head reads the embedding's blocks
+        blocks = _rows(embed, None)
+        if not torch.equal(dequantize_rows(blocks, KEPT[embed.tensor_type.name], cfg.d_model),
+                           model.output_head().get_weight()):
+            raise AssertionError("token_embd blocks do not dequantise to the embedding")  # a bug of ours
+        model.quantized_head = (blocks, GGML_TYPES[KEPT[embed.tensor_type.name]])  # a plain attribute
+        kept.append("head")
     return kept

@@ -262,6 +262,9 @@ class FusedDecodeStep:
         if m.final_norm:
             m.final_w, m.final_b = ptr(final_norm.weight), ptr(getattr(final_norm, "bias", None))
         m.head_w, m.head_b = ptr(model.output_head().get_weight()), ptr(model.output_head().bias)
+        head_blocks = getattr(model, "quantized_head", None)  # (blocks, GGML type): the same weight's GGUF blocks
+        if head_blocks is not None:  # (interop/gguf_quant.py: a tied head read from the file's blocks)
+            m.head_w, m.head_t = ptr(head_blocks[0]), head_blocks[1]
         m.layers = layers
         self.logits = torch.empty(batch, m.vocab, dtype=torch.float32, device="cpu")
         self.n_embed = model.embedding().weight.shape[0]
