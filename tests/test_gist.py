@@ -205,3 +205,31 @@ def test_the_native_decode_step_serves_the_cached_gist(monkeypatch):
     assert built, "generate did not take the native step"
     for row in range(2):
         assert out[row].tolist() == _full_greedy(model, INSTRUCTIONS[row], 1, INPUTS[row], 5)
+
+
+@pytest.mark.parametrize("mode, slots", [("pos_control", 7 + 2), ("neg_control", 0), ("gist", 2)])
+def test_each_mask_has_its_cache_equal_to_its_full_masked_forward(mode, slots, tmp_path):
+    model = _model()
+    gist = compress(model, INSTRUCTIONS, k=2, gist_id=GIST, mode=mode)  # rows of 7, 3 and 5 instruction tokens
+    assert gist.slots == slots and gist.k == 2 and gist.mode == mode
+    gist = GistCache.load(gist.save(tmp_path / "g.safetensors"), model)  # (the key mask and mode travel)
+    x = torch.tensor(INPUTS)
+    cache = gist.decoding_cache(model, 3, x.shape[1])
+    mask = None if cache.key_mask is None else torch.cat([cache.key_mask[:, :cache.pos], torch.ones_like(x)], 1)
+    assert (mask is not None) is (mode == "pos_control")  # the shorter instructions' front padding
+    with torch.no_grad():
+        cached = model(x, mask, cache=cache)
+    for row, (p, xs) in enumerate(zip(INSTRUCTIONS, INPUTS)):
+        ids = torch.tensor([p + [GIST] * 2 + xs])
+        with torch.no_grad():
+            full = model(ids, allowed=gist_allowed(torch.tensor([len(p)]), 2, ids.shape[1], mode=mode))
+        torch.testing.assert_close(cached[row], full[0, len(p) + 2:], rtol=0, atol=1e-5)
+    out = genmodels.generate(model, x, 4, cache=gist)
+    for row, (p, xs) in enumerate(zip(INSTRUCTIONS, INPUTS)):
+        seq = list(xs)
+        for _ in range(4):
+            ids = torch.tensor([p + [GIST] * 2 + seq])
+            with torch.no_grad():
+                logits = model(ids, allowed=gist_allowed(torch.tensor([len(p)]), 2, ids.shape[1], mode=mode))
+            seq.append(int(logits[0, -1].argmax()))
+        assert out[row].tolist() == seq, (mode, row)

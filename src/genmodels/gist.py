@@ -29,6 +29,7 @@ from typing import Sequence
 import torch
 
 from .data.gist_examples import GIST_TOKEN
+from .nn.gist_mask import MODES
 from .nn.kv_cache import CHUNK, KVCache
 FORMAT = 1
 _META = "genmodels.gist"
@@ -75,18 +76,29 @@ def refusal(model: torch.nn.Module) -> str | None:
 
 @dataclass
 class GistCache:
-    """The k gist slots of each row: ``keys[i]``, ``values[i]`` ``(B, H_kv, k, D)`` for attention layer i,
+    """The cached slots of each row: ``keys[i]``, ``values[i]`` ``(B, H_kv, S, D)`` for attention layer i,
     ``next_pos (B,)`` (each row's gist start + k: the position of what follows), the making model's
-    ``fingerprint`` and, for the record, the instruction ``texts`` (or None)."""
+    ``fingerprint``, for the record the instruction ``texts`` (or None), ``k`` (gist tokens) and ``mode``:
+    what an input after it may see, as the mask of that name (:mod:`genmodels.nn.gist_mask`) — ``gist``: the k
+    gist slots (S = k); ``pos_control``: instruction and gist (S = the longest |P| + k, ``key_mask (B, S)``
+    marking each shorter row's front padding); ``neg_control``: nothing (S = 0, the positions only)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     next_pos: torch.Tensor
     fingerprint: str
     texts: list[str] | None = None
+    k: int | None = None  # (None: the slots, the gist mode's k)
+    mode: str = "gist"
+    key_mask: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.k is None:
+            self.k = self.slots
 
     @property
-    def k(self) -> int:
+    def slots(self) -> int:
+        """Cached positions per row and layer (the KV storage a prompt costs)."""
         return self.keys[0].shape[2]
 
     @property
@@ -114,16 +126,18 @@ class GistCache:
         if window is not None and window < furthest:
             raise ValueError(f"gist caching: the sliding window ({window}) is shorter than the prompt it must span "
                              f"({furthest} positions), and a window counts cache slots, not positions")
-        k = self.k
-        cache = model.new_cache(batch, k + min(need, CHUNK), limit=k + need)
+        s = self.slots
+        cache = model.new_cache(batch, s + min(need, CHUNK), limit=s + need)
         device = cache.row_pos.device
         with torch.inference_mode():
             for layer, key, value in zip(cache.layers, self.keys, self.values):
-                layer.k[:, :, :k] = key.to(layer.k)
-                layer.v[:, :, :k] = value.to(layer.v)
-        cache.pos = k
+                layer.k[:, :, :s] = key.to(layer.k)
+                layer.v[:, :, :s] = value.to(layer.v)
+        cache.pos = s
         cache.row_pos = self.next_pos.to(device).expand(batch).clone()
-        cache.offset = int(self.next_pos.max()) - k  # slot 0's position in the longest row (learned positions' check)
+        cache.offset = int(self.next_pos.max()) - s  # slot 0's position in the longest row (learned positions' check)
+        if self.key_mask is not None and not bool(self.key_mask.all()):
+            cache.set_key_mask(self.key_mask.to(device).expand(batch, s))
         return cache
 
     def save(self, path: str | Path) -> Path:
@@ -131,9 +145,12 @@ class GistCache:
         from safetensors.torch import save
         from .files import atomic_write_bytes
         tensors = {"next_pos": self.next_pos.cpu().contiguous()}
+        if self.key_mask is not None:
+            tensors["key_mask"] = self.key_mask.cpu().contiguous()
         for i, (key, value) in enumerate(zip(self.keys, self.values)):
             tensors[f"k.{i}"], tensors[f"v.{i}"] = key.cpu().contiguous(), value.cpu().contiguous()
-        meta = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": len(self.keys), "texts": self.texts}
+        meta = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": len(self.keys), "texts": self.texts,
+                "k": self.k, "mode": self.mode}
         path = Path(path)
         atomic_write_bytes(path, save(tensors, metadata={_META: json.dumps(meta)}))  # never half a file
         return path
@@ -157,7 +174,8 @@ class GistCache:
                              "`genmodels compress`")
         n = int(meta["layers"])
         gist = cls([tensors[f"k.{i}"] for i in range(n)], [tensors[f"v.{i}"] for i in range(n)],
-                   tensors["next_pos"], meta["fingerprint"], meta.get("texts"))
+                   tensors["next_pos"], meta["fingerprint"], meta.get("texts"), meta.get("k"), meta.get("mode", "gist"),
+                   tensors.get("key_mask"))
         if model is not None:
             gist.check_model(model, where=str(path))
         return gist
@@ -190,13 +208,19 @@ def _rows(model, instruction, gist_id: int | None) -> tuple[list[list[int]], int
 
 
 @torch.inference_mode()
-def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | None = None) -> GistCache:
+def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | None = None,
+             mode: str = "gist") -> GistCache:
     """Compress ``instruction`` (a text, a list of texts, ids ``(T,)`` or a list of id lists — one row each)
     into a :class:`GistCache`: ``[instruction, gist_id × k]`` run once (rows left-padded), the last k slots
-    of every layer kept with each row's next position. ``gist_id``: default the tokenizer's ``<GIST>``."""
+    of every layer kept with each row's next position. ``gist_id``: default the tokenizer's ``<GIST>``.
+    ``mode``: what is kept, as the mask of that name — ``gist`` the k gist slots, ``pos_control`` every slot
+    (the whole prompt), ``neg_control`` none (the positions only): a model trained under that mask decodes
+    after it as under the full masked forward."""
     reason = refusal(model)
     if reason is not None:
         raise ValueError(reason)
+    if mode not in MODES:
+        raise ValueError(f"compress: mode={mode!r}; expected one of {', '.join(MODES)}")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"compress: k={k!r} gist tokens; expected an integer >= 1")
     rows, gist_id, texts = _rows(model, instruction, gist_id)
@@ -218,6 +242,8 @@ def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | 
         model.hidden_states(ids, attention_mask=None if bool(mask.all()) else mask, cache=cache)
     finally:
         model.train(was)
-    keys = [layer.k[:, :, width - k:width].clone() for layer in cache.layers]
-    values = [layer.v[:, :, width - k:width].clone() for layer in cache.layers]
-    return GistCache(keys, values, cache.row_pos.clone(), model_fingerprint(model), texts)
+    first = {"gist": width - k, "pos_control": 0, "neg_control": width}[mode]  # the slots kept: [first, width)
+    keys = [layer.k[:, :, first:width].clone() for layer in cache.layers]
+    values = [layer.v[:, :, first:width].clone() for layer in cache.layers]
+    key_mask = mask[:, first:].clone() if mode == "pos_control" else None
+    return GistCache(keys, values, cache.row_pos.clone(), model_fingerprint(model), texts, k, mode, key_mask)
