@@ -145,8 +145,8 @@ def test_the_cli_compresses_an_instruction_and_generates_after_it(tmp_path, caps
     out = tmp_path / "g.safetensors"
     assert main(["compress", str(path), "--prompt", "Translate to French:", "--out", str(out)]) == 0
     n = len(model.tokenizer.encode("Translate to French:").ids)
-    assert capsys.readouterr().out == (f"wrote {out}: {n} instruction tokens + 1 gist -> 1 cached position(s) per layer "
-                                       f"({n + 1:.1f}x fewer)\n")
+    assert capsys.readouterr().out == (f"wrote {out}: {n} instruction tokens + 1 gist -> 1 cached position(s) "
+                                       f"per layer ({n + 1:.1f}x fewer)\n")
     assert main(["generate", str(path), "--gist", str(out), "--prompt", " the cat", "--max-new-tokens", "5",
                  "--temperature", "0"]) == 0
     printed = capsys.readouterr().out

@@ -201,7 +201,8 @@ def _rows(model, instruction, gist_id: int | None) -> tuple[list[list[int]], int
     elif isinstance(instruction, torch.Tensor):
         rows = [instruction.tolist()] if instruction.dim() == 1 else instruction.tolist()
     else:  # ids, or a list of id lists (rows of different lengths)
-        rows = [list(r) for r in instruction] if instruction and not isinstance(instruction[0], int) else [list(instruction)]
+        one = not instruction or isinstance(instruction[0], int)
+        rows = [list(instruction)] if one else [list(r) for r in instruction]
     if not rows or any(len(r) == 0 for r in rows):
         raise ValueError("compress: an instruction encodes to no tokens; give a non-empty instruction")
     return rows, int(gist_id), texts

@@ -44,7 +44,8 @@ def test_the_five_token_row_matches_the_hand_drawn_masks(mode):
 def test_a_batch_with_different_gist_positions_k_a_prefix_and_a_row_without_a_gist():
     # row 0: a b G G x y z (gist at 2, k = 2); row 1: s a b G x y z (prefix s, instruction [1, 3), gist at 3,
     # k = 1: x y z still see s); row 2: no gist — unrestricted (plain causal)
-    allowed = gist_allowed(torch.tensor([2, 3, -1]), torch.tensor([2, 1, 1]), 7, instruction_start=torch.tensor([0, 1, 0]))
+    allowed = gist_allowed(torch.tensor([2, 3, -1]), torch.tensor([2, 1, 1]), 7,
+                           instruction_start=torch.tensor([0, 1, 0]))
     want = torch.stack([
         m("1000000", "1100000", "1110000", "1111000", "0011100", "0011110", "0011111"),
         m("1000000", "1100000", "1110000", "1111000", "1001100", "1001110", "1001111"),

@@ -89,14 +89,12 @@ def test_the_controls_on_packed_rows(folders):
             cols = (seg[b] == s).nonzero()[:, 0]
             g = cols[ids[b, cols] == gist][0] if s else cols[0]
             ids[b, cols[cols < g]] = 7
-    sft = build_objective("sft", _objective(folders, data)[1], loss_chunk=16).eval()
     with torch.no_grad():
         for mask, reads_instruction in (("neg_control", False), ("gist", True), ("pos_control", True)):
             obj, model = _objective(folders, data, mask=mask)
             a, b = obj(batch)[0], obj(other)[0]
             assert bool(a != b) is reads_instruction, mask
         assert torch.equal(obj(batch)[0], build_objective("sft", model, loss_chunk=16).eval()(batch)[0])
-        assert sft is not None
 
 
 def test_a_tokenizer_without_gist_or_an_example_without_k_gists_is_refused_in_one_line(folders, tmp_path):
