@@ -13,7 +13,8 @@ def tiny_encoder(seed: int = 0):
 
     from tests.helpers.tiny import randomise
     from tests.helpers.tiny_chat import char_tokenizer
-    tok = char_tokenizer()
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(char_tokenizer().to_str())  # its own copy: embed() sets truncation on its tokenizer
     cfg = genmodels.preset("minilm-l6", vocab_size=tok.get_vocab_size(), d_model=32, n_layers=2, n_heads=2, d_ff=64,
                            max_seq_len=64)
     model = randomise(genmodels.build_model(cfg), seed=seed).eval()

@@ -25,6 +25,27 @@ def _wait(condition, what: str, polls: int = 2000) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
+class hold:
+    """From decode step ``at`` on, the engine waits inside its step until :meth:`set`: the test's "meanwhile"
+    happens while the batch is running, however fast or slow the machine is."""
+
+    def __init__(self, engine, at: int):
+        self.released, self.holding, step = threading.Event(), threading.Event(), engine.session.step
+
+        def held():
+            if engine.steps >= at and not self.released.is_set():
+                self.holding.set()
+                self.released.wait(timeout=60)
+            return step()
+        engine.session.step = held
+
+    def wait_holding(self) -> None:
+        _wait(self.holding.is_set, "the engine held at its step")
+
+    def set(self) -> None:
+        self.released.set()
+
+
 def _stream_in_thread(client, out: dict, key: str, **kw) -> threading.Thread:
     def run():
         stream = client.completions.create(model="tiny", temperature=0, stream=True, **kw)
@@ -34,20 +55,23 @@ def _stream_in_thread(client, out: dict, key: str, **kw) -> threading.Thread:
     return t
 
 
-def test_requests_joining_a_running_batch_give_what_they_give_alone(client, server, chat_model):
+def test_requests_joining_a_running_batch_give_what_they_give_alone(chat_model):
     prompts = ["Hello", "Once upon", "abc", "Paris is"]
-    expected = alone(chat_model, prompts + [LONG], 12)
-    long_alone = alone(chat_model, [LONG], 120)[0]
-    out: dict = {}
-    steps = server.service.engine.steps
-    t = _stream_in_thread(client, out, "long", prompt=LONG, max_tokens=120)
-    _wait(lambda: server.service.engine.rows() == 1, "the long request running")
-    threads = [_stream_in_thread(client, out, p, prompt=p, max_tokens=12) for p in prompts]
-    for th in threads + [t]:
-        th.join()
-    assert [out[p] for p in prompts] == expected[:4]
-    assert out["long"] == long_alone
-    assert server.service.engine.steps - steps < 120 + 4 * 12  # they shared steps
+    service = Service(chat_model, "tiny", max_batch=8)
+    engine, out = service.engine, {}
+    gate = hold(engine, 3)
+    with ServerThread(build_app(service)) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        t = _stream_in_thread(c, out, "long", prompt=LONG, max_tokens=120)
+        gate.wait_holding()
+        threads = [_stream_in_thread(c, out, p, prompt=p, max_tokens=12) for p in prompts]
+        _wait(lambda: len(engine.waiting) == 4, "the four requests queued while the long one runs")
+        gate.set()
+        for th in threads + [t]:
+            th.join()
+    assert [out[p] for p in prompts] == alone(chat_model, prompts, 12)
+    assert out["long"] == alone(chat_model, [LONG], 120)[0]
+    assert engine.steps < 120 + 12  # they joined the long one's steps
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(chat_model):
@@ -58,36 +82,46 @@ def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(chat_model):
                                                                len(engine.session.requests))), prefill(ids, *a, **k))[1]
     prompt = "Once upon a time there was a small cat who sat on a mat all day."  # 64 tokens
     out: dict = {}
+    gate = hold(engine, 3)
     with ServerThread(build_app(service)) as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
         t = _stream_in_thread(c, out, "long", prompt=LONG, max_tokens=200)
-        _wait(lambda: engine.rows() == 1, "the long request running")
-        r = c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0)
+        gate.wait_holding()
+        t2 = _stream_in_thread(c, out, "prompt", prompt=prompt, max_tokens=8)
+        _wait(lambda: len(engine.waiting) == 1, "the long prompt queued while the long request runs")
+        gate.set()
         t.join()
-    assert r.choices[0].text == alone(chat_model, [prompt], 8)[0]
+        t2.join()
+    assert out["prompt"] == alone(chat_model, [prompt], 8)[0]
     assert out["long"] == alone(chat_model, [LONG], 200)[0]
     chunks = log[1:]  # after the long request's own prefill
     assert [n for n, _, _ in chunks] == [8] * 8, log  # the prompt went in 8 chunks of 8 (the last through add)
     for (_, before, running), (_, after, _) in zip(chunks, chunks[1:]):
         assert running == 0 or after > before, log  # never two chunks without a decode step of the running row
-    assert any(running for _, _, running in chunks), log
+    assert all(running for _, _, running in chunks), log  # all while the long request ran
 
 
-def test_a_client_that_disconnects_frees_its_row(client, server):
-    engine = server.service.engine
-    steps = engine.steps
-    stream = client.completions.create(model="tiny", prompt=LONG, max_tokens=200, temperature=0, stream=True)
-    for _, _ in zip(stream, range(3)):
-        pass
-    assert engine.rows() == 1
-    stream.close()
-    _wait(lambda: engine.rows() == 0, "the row freed")
-    assert engine.steps - steps < 150  # it did not run to its 200 tokens
+def test_a_client_that_disconnects_frees_its_row(chat_model):
+    service = Service(chat_model, "tiny", max_batch=8)
+    engine = service.engine
+    gate = hold(engine, 3)
+    with ServerThread(build_app(service)) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
+        stream = c.completions.create(model="tiny", prompt=LONG, max_tokens=200, temperature=0, stream=True)
+        next(iter(stream))
+        (job,) = engine.running.values()
+        stream.close()
+        _wait(lambda: job.cancelled, "the server saw the client go")
+        gate.set()
+        _wait(lambda: engine.rows() == 0, "the row freed")
+        assert engine.steps <= 4 and job.request.finished  # the row left at the next tick, not at 200 tokens
+        assert engine.session.requests == []
 
 
 def test_a_full_queue_answers_429_and_the_waiting_request_completes(chat_model):
     service = Service(chat_model, "tiny", max_batch=1, max_queue=1)
     engine = service.engine
+    gate = hold(engine, 3)
     with ServerThread(build_app(service)) as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
         running = c.completions.create(model="tiny", prompt=LONG, max_tokens=200, temperature=0, stream=True)
@@ -96,9 +130,10 @@ def test_a_full_queue_answers_429_and_the_waiting_request_completes(chat_model):
         waiting = _stream_in_thread(c, out, "waiting", prompt="Hello", max_tokens=5)
         _wait(lambda: len(engine.waiting) == 1, "the second request queued")
         with pytest.raises(openai.RateLimitError) as e:
-            c.completions.create(model="tiny", prompt="abc", max_tokens=5)
+            c.with_options(timeout=20).completions.create(model="tiny", prompt="abc", max_tokens=5)
         assert e.value.body["code"] == "queue_full" and e.value.status_code == 429
         running.close()  # frees the only row: the waiting request runs
+        gate.set()
         waiting.join()
     assert out["waiting"] == alone(chat_model, ["Hello"], 5)[0]
 

@@ -4,7 +4,7 @@ and every request's rows in it.
 Each turn of the engine's loop (a *tick*):
 
 1. requests whose client went away leave: a waiting one is dropped, the one being prefilled loses its
-   cache, a running one ends at the next step before the forward (its row is never fed again);
+   cache, a running one's rows leave the batch (:meth:`DecodeSession.cancel`) before the next forward;
 2. **chunked prefill**: the request at the head of the queue, when its rows fit under ``max_batch``,
    gets at most ``prefill_chunk`` of its prompt tokens through the model (into a cache of its own,
    :meth:`DecodeSession.prefill`); its last chunk joins the running batch (:meth:`DecodeSession.add`
@@ -123,14 +123,14 @@ class Engine:
             try:
                 with torch.inference_mode():  # the session's tensors are inference tensors
                     self._tick()
-            except Exception:  # a bug: every request in flight is answered 500; the server goes on
+            except Exception:  # a bug: the requests in the batch are answered 500; the queue and the server go on
                 traceback.print_exc(file=sys.stderr)
-                for job in self._all_jobs():
+                failed = ([self.prefilling] if self.prefilling else []) + list(self.running.values())
+                self.session = DecodeSession(self.model, choose=self._choose)
+                self.prefilling, self.running = None, {}
+                for job in failed:  # (after the reset: a client answered may send its next request at once)
                     _emit(job, ("error", APIError(500, "internal error while decoding (see the server's log)",
                                                   None, "internal_error")))
-                self.session = DecodeSession(self.model, choose=self._choose)
-                self.waiting.clear()
-                self.prefilling, self.running = None, {}
 
     def _all_jobs(self) -> list[Job]:
         return list(self.waiting) + ([self.prefilling] if self.prefilling else []) + list(self.running.values())
@@ -154,10 +154,10 @@ class Engine:
                 self.waiting.remove(job)
         if self.prefilling is not None and self.prefilling.cancelled:
             self.prefilling = None  # its cache goes with it
-        for job in self.running.values():
-            if job.cancelled and job.request is not None:
-                # the request's last token: at the next step it chooses one, finishes and leaves before the forward
-                job.request.s.max_new_tokens = job.request.n + 1
+        for key, job in list(self.running.items()):
+            if job.cancelled:  # its rows leave now: the next forward runs without them
+                self.session.cancel(job.request)
+                del self.running[key]
 
     def _prefill(self) -> None:
         """One chunk of the head request's prompt; its last chunk joins the batch (module, 2)."""
