@@ -23,6 +23,7 @@ from .interop.base import check_state
 from .registry import build_model, config_from_dict, get_family
 from .models.flops import parameter_count, weight_bytes
 from .nn.lora import refuse_adapters
+from .nn.quantized import refuse_quantized
 
 FORMAT = "genmodels"
 
@@ -160,6 +161,7 @@ def save(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrite: bo
     tokenizer = tokenizer or getattr(model, "tokenizer", None)
     get_family(getattr(model.config, "family", None))  # refuse a model that load could not build back
     refuse_adapters(model, "genmodels.save")
+    refuse_quantized(model, "genmodels.save")
     return atomic_dir_write(Path(path), lambda d: write_model_files(model, d, tokenizer), model.config, overwrite)
 
 
@@ -188,6 +190,7 @@ def export_hf(model: torch.nn.Module, path: str | Path, tokenizer=None, overwrit
     from .interop.base import ConversionError
     from .registry import family_of
     refuse_adapters(model, "genmodels.export_hf")
+    refuse_quantized(model, "genmodels.export_hf")
     fam = family_of(model.config)
     if fam is not None and not fam.converters:  # RetNet, diffusion: no transformers architecture to become
         raise ConversionError(f"cannot export as Hugging Face transformers: model.family={fam.name!r} has no such "

@@ -184,3 +184,12 @@ def test_load_quantized_refuses_a_folder_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"m: quantized=True keeps a GGUF file's blocks; this is not a GGUF file — "
                                          r"quantise a loaded model with genmodels.quantize\(model, 'q8_0'"):
         genmodels.load(tmp_path / "m", quantized=True)
+
+
+@pytest.mark.parametrize("writer", ["save", "export_hf"])
+def test_writing_a_quantized_model_is_refused_in_one_line(writer, tmp_path):
+    q = genmodels.quantize(tiny_model("llama", d_ff=96), "q4_0")
+    with pytest.raises(ValueError, match=rf"^genmodels.{writer}: blocks.0.attn.qkv and 7 more hold q4_0 blocks "
+                                         r"\(QuantizedLinear\), which genmodels' folders do not store; save the fp32"):
+        getattr(genmodels, writer)(q, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

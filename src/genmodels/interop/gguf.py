@@ -289,7 +289,7 @@ def load_gguf(path: str | Path, build: Callable[[ModelConfig], torch.nn.Module],
     if quantized:
         from .gguf_quant import keep_blocks
         del sd
-        keep_blocks(model, reader.tensors, cfg)
+        keep_blocks(model, reader.tensors, cfg, unpermute_rows)
     model.tokenizer = tokenizer
     model.chat_template = template
     return model

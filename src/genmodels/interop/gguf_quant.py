@@ -3,7 +3,7 @@ in the file (:class:`~genmodels.nn.quantized.QuantizedLinear`), re-laid once for
 
 * our fused ``attn.qkv`` = the rows of ``attn_q | attn_k | attn_v`` (block rows concatenate: each
   output row is its own run of blocks), ``mlp.gate_up`` = ``ffn_gate | ffn_up``;
-* llama.cpp's q/k row permutation undone on whole rows of blocks (interop/gguf.unpermute_rows).
+* llama.cpp's q/k row permutation undone on whole rows of blocks (interop/gguf.unpermute_rows, passed in).
 
 A fused projection whose parts are stored in different types, or in a type other than these three
 (e.g. Q6_K, F16), stays fp32 (dequantised as before); so does the embedding. A tied head whose
@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from ..nn.quantized import GGML_TYPES, QuantizedLinear, dequantize_rows
-from .gguf import unpermute_rows
 
 KEPT = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_1": "q4_1"}  # ggml type name -> our qtype
 # our module (in a block) -> the llama.cpp tensors whose rows it stacks, in order
@@ -25,16 +24,17 @@ FUSED = {"attn.qkv": ("attn_q", "attn_k", "attn_v"), "attn.out": ("attn_output",
          "mlp.gate_up": ("ffn_gate", "ffn_up"), "mlp.down": ("ffn_down",)}
 
 
-def _rows(tensor, heads: int | None) -> torch.Tensor:
+def _rows(tensor, heads: int | None, unpermute=None) -> torch.Tensor:
     """A quantised tensor's bytes (rows, row bytes) in HF's row order (a copy: the file stays mapped read-only)."""
     import numpy as np
     raw = torch.from_numpy(np.array(tensor.data, dtype=np.uint8, copy=True))
-    return unpermute_rows(raw, heads) if heads is not None else raw
+    return unpermute(raw, heads) if heads is not None else raw
 
 
-def keep_blocks(model: nn.Module, tensors: list, cfg) -> list[str]:
+def keep_blocks(model: nn.Module, tensors: list, cfg, unpermute) -> list[str]:
     """Replace ``model``'s attention and MLP projections by the file's blocks where every part is Q8_0,
-    Q4_0 or Q4_1 of one type; returns the module paths kept quantised."""
+    Q4_0 or Q4_1 of one type; returns the module paths kept quantised. ``unpermute``: interop/gguf's
+    ``unpermute_rows`` (passed in: gguf.py imports this module)."""
     by_name = {t.name: t for t in tensors}
     kept = []
     for i, block in enumerate(model.decoder_view().blocks):
@@ -44,7 +44,7 @@ def keep_blocks(model: nn.Module, tensors: list, cfg) -> list[str]:
             if len(kinds) != 1 or (kind := kinds.pop()) not in KEPT:
                 continue
             heads = {"attn_q": cfg.n_heads, "attn_k": cfg.kv_heads}
-            blocks = torch.cat([_rows(t, heads.get(p)) for t, p in zip(ts, parts)]).contiguous()
+            blocks = torch.cat([_rows(t, heads.get(p), unpermute) for t, p in zip(ts, parts)]).contiguous()
             owner_path, _, name = path.rpartition(".")
             owner = block.get_submodule(owner_path)
             old = getattr(owner, name)

@@ -171,3 +171,13 @@ def quantized_factory(qtype: str):
 
 def quantized_modules(model: nn.Module) -> list[tuple[str, QuantizedLinear]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, QuantizedLinear)]
+
+
+def refuse_quantized(model: nn.Module, what: str) -> None:
+    """A whole-model writer's check: quantised blocks are not the family's weights (its loaders read fp32
+    ``weight`` keys), so writing them would give a folder that does not load back. One-line ``ValueError``."""
+    mods = quantized_modules(model)
+    if mods:
+        more = f" and {len(mods) - 1} more" if len(mods) > 1 else ""
+        raise ValueError(f"{what}: {mods[0][0]}{more} hold {mods[0][1].qtype} blocks (QuantizedLinear), which "
+                         "genmodels' folders do not store; save the fp32 model (genmodels.load without quantized=True)")
