@@ -160,6 +160,7 @@ def test_cli_refuses_another_out_before_the_model_loads(tmp_path, capsys):
                          ([f"--out={tmp_path / 'x.txt'}"], "give a .jsonl file name"),
                          ([f"--out={tmp_path / 'o.jsonl'}", "--turns=0"], "--turns 0: give at least 1"),
                          ([f"--out={tmp_path / 'o.jsonl'}", "--top-p=2"], "--top-p"),
+                         ([f"--out={tmp_path / 'o.jsonl'}", "--threads=0"], "--threads 0: give at least 1"),
                          ([f"--out={tmp_path / 'o.jsonl'}", f"--include={user}"], "notes.jsonl, line 1: invalid JSON")]:
         argv = ["selfchat", str(missing), "--seeds", str(seeds), "--turns", "1", *argv]
         assert main(argv) == 2

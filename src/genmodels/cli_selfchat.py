@@ -4,7 +4,7 @@ questions (genmodels.selfchat; docs/selfchat.md).
     genmodels selfchat model.gguf --seeds tasks/seen-train.messages.jsonl --turns 2 --out data.jsonl
                        [--include tasks/seen-train.messages.jsonl] [--limit N] [--batch 8]
                        [--form roles|transcript] [--max-new-tokens 64]
-                       [--temperature 0.8 --top-k 50 --top-p P --repetition-penalty R --seed 0]
+                       [--temperature 0.8 --top-k 50 --top-p P --repetition-penalty R --seed 0] [--threads N]
 
 It prints the counts (kept, cut short, dropped; messages filtered as empty, looping, over-long) and
 writes ``--out`` (``{"messages": …}`` JSONL) with its record ``<out>.selfchat.json`` beside it; an
@@ -35,6 +35,8 @@ def add_selfchat_parser(sub) -> None:
                    help="roles: each turn through the model's chat template, the roles swapped for the user's "
                         "(default); transcript: Baize's [Human]/[AI] transcript as raw text")
     add_sampling_args(c, max_new_tokens=64)
+    c.add_argument("--threads", type=int, help="CPU threads (default: torch's); 1 on a machine whose other cores "
+                                               "are busy, where threads wait on each other at every step")
     c.set_defaults(func=cmd_selfchat)
 
 
@@ -47,13 +49,16 @@ def cmd_selfchat(args: argparse.Namespace) -> int:
     from .selfchat_files import check_out, included, read_seeds, write_dialogues
     options = sampling_kwargs(args)  # every flag refused (named) before the model loads
     options["seed"] = 0 if options["seed"] is None else options["seed"]
-    for name in ("turns", "batch", "limit"):
+    for name in ("turns", "batch", "limit", "threads"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} {value}: give at least 1")
     check_out(args.out)
     extra = len(included(args.include))  # a bad record is refused (file, line) before the model loads
     seeds = read_seeds(args.seeds)[:args.limit]
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
     model = genmodels.load(model_dir(args.path))
     require(model, GENERATES, "`genmodels selfchat`", args.path)
     result = self_chat(model, seeds, args.turns, batch=args.batch, form=args.form, progress=True, **options)
