@@ -132,6 +132,7 @@ def test_the_cli_refuses_a_garbled_file_in_one_line(tmp_path, capsys):
     assert main(["train", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: model.init_from=") and "\n" not in err and "Traceback" not in err, err
+    assert "is not a readable GGUF file (" in err, err
 
 
 def test_smollm2_as_init_from_gives_its_config_tokenizer_and_template(smollm2_reference):

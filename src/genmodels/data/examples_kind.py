@@ -5,7 +5,7 @@
       path: sft.jsonl            # one record a line (genmodels.data.examples)
       seq_len: 256               # the packed rows' length
       val_fraction: 0.05         # records to validation, by a hash of their index
-      tokenizer: null            # a tokenizer.json or a folder holding one; null: model.init_from's
+      tokenizer: null            # a tokenizer.json, a folder holding one, or a .gguf; null: model.init_from's
       chat_template: null        # a Jinja file for "messages"; null: the tokenizer folder's, else the plain one
 
 Unlike the ``tokens`` kind, no tokenizer is trained here: examples fine-tune a model, whose tokenizer they
