@@ -3,7 +3,7 @@ concurrent clients (the official ``openai`` client) to ``genmodels serve`` over 
 Checks that every response is complete and equal to the prompt's greedy completion generated alone,
 that none is lost, and reports the server's RSS over the run (sampled after every finished request).
 
-    .venv/bin/python benchmarks/serve_load.py [--requests 256 --clients 64 --max-tokens 16 --max-batch 16]
+    .venv/bin/python benchmarks/serve_load.py [--requests 256 --clients 64 --max-tokens 8 --max-batch 16]
 
 CI runs the same check scaled down on a tiny model (tests/serve/test_load.py)."""
 from __future__ import annotations
@@ -24,7 +24,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--clients", type=int, default=64)
-    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--max-batch", type=int, default=16)
     args = p.parse_args()
     from tests.parity.transformers.make_gguf_reference import smollm2_file
@@ -33,6 +33,7 @@ def main() -> int:
     t0 = time.perf_counter()
     expected = alone(model, prompts, args.max_tokens)
     t_alone = time.perf_counter() - t0
+    print(f"alone: {t_alone:.1f} s", flush=True)
     with ServerThread(build_app(Service(model, "smollm2", max_batch=args.max_batch,
                                         max_queue=args.requests))) as server:
         t0 = time.perf_counter()
