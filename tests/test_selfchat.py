@@ -96,6 +96,11 @@ def test_batched_equals_one_conversation_at_a_time(model, sampling):
     seeds = ["What is 2+2?", "Sort 3 1 2.", "Reverse abc.", "Hello there", "Count to five.", "Name a colour."]
     runs = [self_chat(model, seeds, turns=2, batch=b, max_new_tokens=12, choose=ends_sooner(2.5), **sampling)
             for b in (4, 1)]
+    # a model in training mode decodes in eval mode (no dropout), and gets its mode back
+    noisy = tiny_chat_model(tokenizer="char", max_seq_len=1024, dropout=0.5)
+    evaluated = self_chat(noisy.eval(), seeds, turns=2, batch=4, max_new_tokens=12, choose=ends_sooner(2.5), **sampling)
+    trained = self_chat(noisy.train(), seeds, turns=2, batch=4, max_new_tokens=12, choose=ends_sooner(2.5), **sampling)
+    assert noisy.training and trained.conversations == evaluated.conversations
     assert runs[0].counts["replies"] >= 3  # something survives the filters, so the comparison means something
     assert runs[0].conversations == runs[1].conversations
     assert runs[0].counts == runs[1].counts

@@ -201,14 +201,19 @@ def self_chat(model: torch.nn.Module, seeds: Sequence[str], turns: int = 3, *, b
         if len(d.messages) < 2 * turns:
             waiting.append(d)
 
-    with decode_layout(model, enabled=device.type == "cpu" and not session.native and max_new_tokens >= 16):
-        while waiting or session.requests:
-            while waiting and len(session.requests) < batch:
-                start(waiting.pop(0))
-            if session.requests:
-                for req in session.step():
-                    finish(*live.pop(id(req)))
-    bar.close()
+    was_training = model.training
+    model.eval()  # (as generate: no dropout while decoding)
+    try:
+        with decode_layout(model, enabled=device.type == "cpu" and not session.native and max_new_tokens >= 16):
+            while waiting or session.requests:
+                while waiting and len(session.requests) < batch:
+                    start(waiting.pop(0))
+                if session.requests:
+                    for req in session.step():
+                        finish(*live.pop(id(req)))
+    finally:
+        model.train(was_training)
+        bar.close()
     kept = [d.kept() for d in dialogues]
     counts["kept"] = sum(k is not None for k in kept)
     counts["cut"] = sum(k is not None and d.ended is not None for k, d in zip(kept, dialogues))
