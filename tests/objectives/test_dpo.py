@@ -138,3 +138,13 @@ def test_bad_options_are_refused_by_name(opts, says):
 def test_adapters_off_without_adapters_is_refused():
     with pytest.raises(ConfigError, match="reference=adapters_off needs LoRA adapters"):
         build_objective("dpo", tiny(), DPOOptions(reference="adapters_off"))
+
+
+@pytest.mark.parametrize("objective", ["dpo", "reward"])
+def test_a_model_without_the_pairs_masks_is_refused_by_name(objective):
+    """RetNet keeps no allowed pairs or segments: one ConfigError naming train.objective, before any work."""
+    from genmodels.objectives import objective_for
+    with pytest.raises(ConfigError, match=f"train.objective='{objective}' does not fit model.family='retnet': "
+                                          "it needs the 'segments' mask rule"):
+        objective_for("retnet", objective)
+    assert objective_for("decoder", objective) == objective

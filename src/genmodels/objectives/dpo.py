@@ -42,7 +42,7 @@ from ..nn.lora import adapted, disabled
 from ..registry import GENERATES
 from .base import Batch, Metrics, Objective, ObjectiveOptions, PhaseSpec, check_number
 from .causal import CausalLM
-from .pairwise import count_pairs, pair_hidden, reply_logps
+from .pairwise import MASK_NEEDS, count_pairs, pair_hidden, reply_logps
 
 LOSSES = ("sigmoid", "ipo", "hinge")
 REFERENCES = ("frozen", "adapters_off")
@@ -94,7 +94,7 @@ def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.T
 class DPO(Objective):
     name = "dpo"
     Options = DPOOptions
-    requires = (GENERATES, "method:hidden_states")
+    requires = (GENERATES, "method:hidden_states", *MASK_NEEDS)  # (one forward per pair: .pairwise)
     data_kinds = ("pairs",)
     unit = "pairs"
     flops_apply = False  # (FLOPs per token do not describe a step counted in pairs)

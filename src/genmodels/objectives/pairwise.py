@@ -19,6 +19,8 @@ from .base import Batch
 from .losses import IGNORE_INDEX, token_logprobs
 
 CHOSEN, REJECTED = 1, 2  # the data kind's branch values
+# what the pairs' one forward asks of the model (an objective's ``requires``: nn/masks.RULES a model implements)
+MASK_NEEDS = ("mask:segments", "mask:allowed", "mask:positions")
 PAIR_KEYS = ("input_ids", "position_ids", "segment_ids", "branch", "chosen_labels", "rejected_labels")
 
 

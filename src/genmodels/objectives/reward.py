@@ -20,14 +20,14 @@ import torch
 from ..models.score_head import RewardModel, bradley_terry
 from ..registry import GENERATES
 from .base import Batch, Metrics, Objective, PhaseSpec
-from .pairwise import count_pairs, last_slots, pair_hidden
+from .pairwise import MASK_NEEDS, count_pairs, last_slots, pair_hidden
 
 SCORE_KEY = "score.weight"
 
 
 class RewardObjective(Objective):
     name = "reward"
-    requires = (GENERATES, "method:hidden_states")
+    requires = (GENERATES, "method:hidden_states", *MASK_NEEDS)  # (one forward per pair: .pairwise)
     data_kinds = ("pairs",)
     unit = "pairs"
     flops_apply = False
