@@ -146,6 +146,8 @@ def main() -> None:
     import torch
 
     from genmodels.training.metrics import cpu_name
+    if a.threads:
+        torch.set_num_threads(a.threads)  # (the sides set their own; this one is printed)
     folder = model_folder()
     sides = [s for s in a.sides.split(",") if s]
     best: dict[str, dict] = {}
