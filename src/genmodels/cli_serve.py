@@ -62,5 +62,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} at http://{shown}:{port} (OpenAI API under /v1, playground at /); Ctrl-C stops",
           file=sys.stderr, flush=True)
-    uvicorn_server(build_app(service, api_key=args.api_key), log_level="info").run(sockets=[sock])
+    try:
+        uvicorn_server(build_app(service, api_key=args.api_key), log_level="info").run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn shut down gracefully, then raised the signal again: a normal stop
+        pass
+    print("stopped", file=sys.stderr)
     return 0
