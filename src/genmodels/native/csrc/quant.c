@@ -5,9 +5,11 @@
  *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q · d + m          (20 bytes)
  *
  * Nibbles: byte j holds value j (low 4 bits) and value j + 16 (high 4 bits), as gguf/quants.py reads them.
- * A team of threads splits the output rows in blocks of 8; each thread dequantises its 8 rows into an
- * L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, so the result is the fp32
- * product with the dequantised matrix (only the summation order of the tiles, as in the fp32 path).
+ * A team of threads splits the output rows in blocks of 8. Batch 1 (AVX2/AVX-512 builds): each row's
+ * blocks are dotted with x straight away (d · Σ q·x per block). Batches > 1: each thread dequantises
+ * its 8 rows into an L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, every
+ * input row reusing them. Either way the result is the fp32 product with the dequantised matrix up
+ * to summation order (~1e-7 relative).
  * Activations stay fp32 (llama.cpp's int8 activations with per-block scales would add an activation
  * rounding error of ~1e-3 relative; here a quantised product equals dequantise-then-fp32 to ~1e-6).
  * Dequantisation has AVX-512, AVX2 and scalar paths, chosen at build time (-march=native).
@@ -130,9 +132,80 @@ static float *thread_buffer(int64_t floats) {
     return buf;
 }
 
+#ifdef GM_AVX2
+/* 8 nibbles (bytes 0..7 of v, values 0..15) or int8s as floats */
+static inline __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
+
+/* One row of blocks · x (K,) straight from the blocks (batch 1: no buffer): per block d · Σ q·x
+ * (+ m · Σ x for Q4_1, xsum[j] = Σ of block j of x). Measured ~3.5× the buffered path's speed on one
+ * core (a 3072 × 576 Q8_0 product: 173 µs against 601 µs, AVX2 code on an AMD EPYC Zen 4). */
+static float dot_row(const uint8_t *row, int64_t type, const float *x, const float *xsum, int64_t K) {
+    const int64_t bb = quant_block_bytes(type), nb = K / GM_QK;
+    const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
+    __m256 acc = _mm256_setzero_ps();
+    float msum = 0.0f;
+    for (int64_t j = 0; j < nb; j++) {
+        const uint8_t *b = row + j * bb;
+        const float *xb = x + j * GM_QK;
+        __m256 s;
+        if (type == GM_Q8_0) {
+            s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)))),
+                              _mm256_loadu_ps(xb));
+            for (int i = 1; i < 4; i++)
+                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i)))),
+                                    _mm256_loadu_ps(xb + 8 * i), s);
+        } else {
+            __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == GM_Q4_1 ? 4 : 2)));
+            __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+            if (type == GM_Q4_0) { /* q − 8 as signed bytes */
+                lo = _mm_sub_epi8(lo, eight), hi = _mm_sub_epi8(hi, eight);
+                s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xb + 8), s);
+                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(xb + 16), s);
+                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xb + 24), s);
+            } else {
+                s = _mm256_mul_ps(u8_to_ps(lo), _mm256_loadu_ps(xb));
+                s = _mm256_fmadd_ps(u8_to_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xb + 8), s);
+                s = _mm256_fmadd_ps(u8_to_ps(hi), _mm256_loadu_ps(xb + 16), s);
+                s = _mm256_fmadd_ps(u8_to_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xb + 24), s);
+                msum += half_to_float(b + 2) * xsum[j];
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(b)), s, acc);
+    }
+    return hsum8(acc) + msum;
+}
+
+/* Batch 1: rows [n0, n1) of y (N,) (+)= W x + bias, each row read from its blocks once. */
+static void qgemv_rows(const float *x, int64_t K, const uint8_t *Wq, int64_t type, const float *bias, float *y,
+                       int64_t n0, int64_t n1, int accumulate) {
+    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
+    float *xsum = 0;
+    if (type == GM_Q4_1) {
+        xsum = thread_buffer(K / GM_QK);
+        if (!xsum) abort();
+        for (int64_t j = 0; j < K / GM_QK; j++) {
+            float t = 0.0f;
+            for (int i = 0; i < GM_QK; i++) t += x[j * GM_QK + i];
+            xsum[j] = t;
+        }
+    }
+    for (int64_t n = n0; n < n1; n++) {
+        float v = dot_row(Wq + n * row_bytes, type, x, xsum, K) + (bias ? bias[n] : 0.0f);
+        y[n] = accumulate ? y[n] + v : v;
+    }
+}
+#endif
+
 /* Rows [n0, n1) (at most 8) of y (M, N) (+)= x · Wᵀ + bias, W in blocks of `type`. */
 static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
                          float *y, int64_t N, int64_t n0, int64_t n1, int accumulate) {
+#ifdef GM_AVX2
+    if (M == 1) {
+        qgemv_rows(x, K, Wq, type, bias, y, n0, n1, accumulate);
+        return;
+    }
+#endif
     const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
     float *w = thread_buffer((n1 - n0) * K);
     if (!w) abort(); /* out of memory for a few rows */
