@@ -185,3 +185,13 @@ def test_smollm2_writes_a_short_dialogue(smollm2):
         assert conv[0]["content"] in seeds and [m["role"] for m in conv] == ["user", "assistant"] * (len(conv) // 2)
         # the assistant's first reply is the model's chat reply (greedy)
         assert conv[1]["content"] == genmodels.chat(smollm2, conv[:1], max_new_tokens=16).strip()
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+def test_a_model_still_trains_after_self_chat(native, monkeypatch):
+    monkeypatch.setenv("GENMODELS_NATIVE", native)  # "0": the PyTorch path, with the column-major decode layout
+    m = tiny_chat_model(tokenizer="char", max_seq_len=1024).train()
+    self_chat(m, ["Hello there", "Sort 3 1 2."], turns=2, batch=2, max_new_tokens=16, choose=ends_sooner(1.0))
+    assert m.training and all(p.is_contiguous() and not p.is_inference() for p in m.parameters())
+    m(torch.tensor([[5, 6, 7, 8]])).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
