@@ -101,7 +101,7 @@ class Engine:
 
     def rows(self) -> int:
         """Rows decoding now."""
-        return sum(job.params.n for job in self.running.values())
+        return sum(job.params.n for job in list(self.running.values()))  # (a copy: other threads ask too)
 
     def close(self) -> None:
         """Stop the loop; requests still queued or running get a 503."""
