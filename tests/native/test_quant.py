@@ -75,23 +75,28 @@ def test_quantized_product_equals_dequantised_fp32(qtype, n, k):
         assert relative_error(quant.qlinear(x, blocks, qtype), F.linear(x, w)) < 1e-5
 
 
-@pytest.fixture(scope="module")
-def eight_lanes():
-    """The kernels built with AVX-512 off (8 lanes, the path of AVX2-only CPUs), as test_attention_avx2.py."""
-    if native.library().gm_quant_lanes() != 16:
-        pytest.skip("the default build is already the 8-lane (or scalar) one: the tests above hold it")
-    lib = native._bind(native._load([*shlex.split(os.environ.get("CC") or "cc"), "-mno-avx512f"]))
-    assert lib.gm_quant_lanes() == 8
+@pytest.fixture(scope="module", params=[8, 1], ids=["8lanes", "scalar"])
+def narrower_build(request):
+    """The kernels built with AVX-512 off (8 lanes, the path of AVX2-only CPUs), as test_attention_avx2.py,
+    and with AVX2 and F16C off too (the scalar dequantisation and fp16 conversion, the buffered path at batch 1)."""
+    lanes = request.param
+    if native.library().gm_quant_lanes() <= lanes:
+        pytest.skip(f"the default build already has {native.library().gm_quant_lanes()} lanes: the tests above hold it")
+    flags = ["-mno-avx512f"] + (["-mno-avx2", "-mno-f16c"] if lanes == 1 else [])  # scalar: software fp16 too
+    lib = native._bind(native._load([*shlex.split(os.environ.get("CC") or "cc"), *flags]))
+    assert lib.gm_quant_lanes() == lanes
     return lib
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
-def test_eight_lane_build_equals_dequantised_fp32(qtype, eight_lanes):
+def test_narrower_builds_equal_dequantised_fp32(qtype, narrower_build):
     blocks = random_blocks(37, 96, qtype, seed=9)
     w = dequantize_rows(blocks, qtype, 96)
-    assert torch.equal(quant.dequantize(blocks, qtype, 96, lib=eight_lanes), w)
-    x = torch.randn(3, 96, generator=torch.Generator().manual_seed(1))
-    assert relative_error(quant.qlinear(x, blocks, qtype, threads=2, lib=eight_lanes), F.linear(x, w)) < 1e-5
+    assert torch.equal(quant.dequantize(blocks, qtype, 96, lib=narrower_build), w)
+    for m in (1, 3):
+        x = torch.randn(m, 96, generator=torch.Generator().manual_seed(m))
+        got = quant.qlinear(x, blocks, qtype, threads=2, lib=narrower_build)
+        assert relative_error(got, F.linear(x, w)) < 1e-5
 
 
 # ---- the fused decode step on a quantised model == its PyTorch path --------------------------------

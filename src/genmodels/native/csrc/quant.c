@@ -17,6 +17,9 @@
 #include "common.h"
 #include "quant.h"
 #include <stdlib.h>
+#if defined(__F16C__) || defined(__AVX512F__)
+#include <immintrin.h> /* _cvtsh_ss (F16C, present on CPUs without AVX2 too) */
+#endif
 
 #if defined(__AVX512F__)
 #define GM_QLANES 16
