@@ -198,3 +198,13 @@ def test_writing_a_quantized_model_is_refused_in_one_line(writer, tmp_path):
                                          r"\(QuantizedLinear\), which genmodels' folders do not store; save the fp32"):
         getattr(genmodels, writer)(q, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_quantized_cross_attention_is_refused_by_the_native_step_and_runs_in_pytorch():
+    from tests.native.test_decoder_step import t5_sources, t5_tiny
+    model = genmodels.quantize(t5_tiny(), "q8_0")
+    assert unsupported(model) == "block 0 cross.q is a QuantizedLinear, not a plain nn.Linear"
+    src, mask = t5_sources()
+    with torch.inference_mode():
+        out = genmodels.generate(model, src, attention_mask=mask, max_new_tokens=4)
+    assert out.shape[0] == 3
