@@ -14,7 +14,7 @@ import copy
 from torch import nn
 
 from .nn.linear import is_plain
-from .nn.quantized import QK, QuantizedLinear, check_qtype
+from .nn.quantized import QK, QuantizedLinear, check_qtype, quantized_modules
 
 KINDS = ("self", "cross", "mlp")  # projections (models/projections.py) that are quantised
 
@@ -26,6 +26,10 @@ def quantize(model: nn.Module, qtype: str) -> nn.Module:
     if not callable(getattr(model, "projections", None)):
         raise ValueError(f"{type(model).__name__} lists no projections (model.projections()); "
                          "genmodels.quantize takes genmodels' transformer models")
+    held = quantized_modules(model)
+    if held:
+        raise ValueError(f"genmodels.quantize: {held[0][0]} already holds {held[0][1].qtype} blocks; quantise the fp32 "
+                         "model (genmodels.load without quantized=True), not a quantised one")
     paths = {p.path for p in model.projections() if p.kind in KINDS and not p.stacked and is_plain(p.module)
              and p.module.in_features % QK == 0}
     out = copy.deepcopy(model)

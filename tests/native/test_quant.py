@@ -140,10 +140,14 @@ def test_quantize_round_trip(qtype):
     assert float((a - b).norm() / a.norm()) < (0.05 if qtype == "q8_0" else 0.5)  # close: random tiny weights
 
 
-def test_quantize_refuses_an_unknown_type_in_one_line():
+def test_quantize_refuses_an_unknown_type_or_a_quantised_model_in_one_line():
     with pytest.raises(ValueError, match=r"^quantisation type 'q5_k' is not supported; use one of q8_0, q4_0, "
                                          r"q4_1$"):
         genmodels.quantize(tiny_model("llama", d_ff=96), "q5_k")
+    once = genmodels.quantize(tiny_model("llama", d_ff=96), "q8_0")
+    with pytest.raises(ValueError, match=r"^genmodels.quantize: blocks.0.attn.qkv already holds q8_0 blocks; quantise "
+                                         r"the fp32 model"):
+        genmodels.quantize(once, "q4_0")  # never a silent copy of the q8_0 blocks
 
 
 # ---- training refuses quantised weights ------------------------------------------------------------
