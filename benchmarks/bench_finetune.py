@@ -69,23 +69,13 @@ def _gguf() -> str:
 def _ours(side: str, folder: Path, inputs, targets):
     import genmodels
     import genmodels.lora as lora
-    from genmodels.objectives import CausalLM
-    from genmodels.training import TrainConfig, build_optimizer
     from genmodels.training.memory import keep_freed_memory
+    from common import causal_train_step  # what the benchmarks share (this script's folder)
     keep_freed_memory()  # as `genmodels train` does on CPU
     model = genmodels.load(folder)
     if side == "lora":
         lora.apply(model, targets="q,v", r=R, alpha=ALPHA)
-    loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
-    opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.0)
-    feed = {"input_ids": inputs, "labels": targets}
-
-    def step():
-        loss = loss_mod(feed)[0]
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return model, step
+    return model, causal_train_step(model, inputs, targets, weight_decay=0.0)
 
 
 def _peft(folder: Path, inputs):

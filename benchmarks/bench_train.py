@@ -55,9 +55,8 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
         from transformers import LlamaConfig, LlamaForCausalLM
     else:
         from genmodels import build_model, preset
-        from genmodels.objectives import CausalLM
-        from genmodels.training import TrainConfig, build_optimizer
         from genmodels.training.memory import apply_activation_checkpointing, keep_freed_memory
+        from common import causal_train_step  # what the benchmarks share (this script's folder)
         keep_freed_memory()  # as `genmodels train` does on CPU
     torch.manual_seed(0)
     x = torch.randint(0, 8192, (batch, seq + 1))
@@ -80,16 +79,7 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
     else:
         model = build_model(preset("llama-tiny"))
         apply_activation_checkpointing(model.blocks, ac)
-        loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
-        opt = build_optimizer(loss_mod, lr=1e-4, weight_decay=0.1)
-        feed = {"input_ids": inputs, "labels": targets}
-
-        def step():
-            loss = loss_mod(feed)[0]
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return loss
+        step = causal_train_step(model, inputs, targets, weight_decay=0.1)
         n_params = sum(p.numel() for p in model.parameters())
     for _ in range(2):
         step()

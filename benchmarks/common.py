@@ -22,6 +22,25 @@ def step_times(step: Callable[[], object], n: int, warmup: int = 2) -> list[floa
     return times
 
 
+def causal_train_step(model, inputs: torch.Tensor, targets: torch.Tensor, *, weight_decay: float,
+                      lr: float = 1e-4) -> Callable[[], torch.Tensor]:
+    """One training step of genmodels' causal objective as ``genmodels train`` runs it (fused, chunked head and
+    cross-entropy; fused AdamW over the trainable parameters): forward, backward, optimizer step. Returns the loss."""
+    from genmodels.objectives import CausalLM
+    from genmodels.training import TrainConfig, build_optimizer
+    loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
+    opt = build_optimizer(loss_mod, lr=lr, weight_decay=weight_decay)
+    feed = {"input_ids": inputs, "labels": targets}
+
+    def step() -> torch.Tensor:
+        loss = loss_mod(feed)[0]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
