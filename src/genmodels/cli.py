@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_compress_parser(sub)
     from .cli_score import add_score_parser
     add_score_parser(sub)
+    from .cli_critic import add_critic_parsers
+    add_critic_parsers(sub)
     return p
 
 

@@ -22,15 +22,21 @@ from typing import Any
 from .data.examples import read_records
 from .files import atomic_write_bytes, file_sha256
 
-__all__ = ["FORMAT", "check_out", "included", "read_seeds", "record_path", "write_dialogues"]
+__all__ = ["FORMAT", "check_out", "included", "read_seeds", "record_path", "write_dialogues", "write_owned"]
 
 FORMAT = "genmodels-selfchat"
 
 
-def record_path(out: str | Path) -> Path:
-    """The record written beside the data file ``out``."""
+def _command(fmt: str) -> str:
+    """The command that writes files of ``fmt`` (``genmodels-selfchat`` -> ``genmodels selfchat``)."""
+    return fmt.replace("-", " ", 1)
+
+
+def record_path(out: str | Path, fmt: str = FORMAT) -> Path:
+    """The record written beside the data file ``out`` (``<out>.selfchat.json`` for self-chat; another
+    command that writes JSONL the same way, e.g. ``genmodels-critique-data``, gets its own suffix)."""
     out = Path(out)
-    return out.with_name(out.name + ".selfchat.json")
+    return out.with_name(f"{out.name}.{fmt.split('-', 1)[1]}.json")
 
 
 def read_seeds(path: str | Path) -> list[str]:
@@ -54,23 +60,23 @@ def read_seeds(path: str | Path) -> list[str]:
     return seeds
 
 
-def _ours(out: Path) -> dict[str, Any] | None:
+def _ours(out: Path, fmt: str = FORMAT) -> dict[str, Any] | None:
     """The record beside ``out`` when it is ours; None when there is none; refused when it is not ours."""
-    rec = record_path(out)
+    rec = record_path(out, fmt)
     if not rec.exists() and not rec.is_symlink():
         return None
     try:
         data = json.loads(rec.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         data = None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise FileExistsError(f"{rec} exists and genmodels selfchat did not write it (no \"format\": \"{FORMAT}\"); "
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise FileExistsError(f"{rec} exists and {_command(fmt)} did not write it (no \"format\": \"{fmt}\"); "
                               "it is never replaced: choose another --out")
     return data
 
 
-def check_out(out: str | Path) -> None:
-    """Refuse, before any work, an ``--out`` this command may not write (module doc)."""
+def check_out(out: str | Path, fmt: str = FORMAT) -> None:
+    """Refuse, before any work, an ``--out`` the command writing ``fmt`` may not write (module doc)."""
     out = Path(out)
     if out.suffix != ".jsonl":
         raise ValueError(f"--out {out}: give a .jsonl file name (the examples data kind reads JSONL)")
@@ -78,17 +84,18 @@ def check_out(out: str | Path) -> None:
         raise ValueError(f"--out {out} is a folder; give a .jsonl file name")
     if not out.parent.is_dir():
         raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
-    ours = _ours(out)
+    ours = _ours(out, fmt)
+    who, rec = _command(fmt), record_path(out, fmt).name
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_file():
         raise FileExistsError(f"--out {out} exists and is not a file; choose another --out")
     if ours is None or ours.get("file") != out.name:
-        raise FileExistsError(f"--out {out} exists and genmodels selfchat did not write it (no {record_path(out).name} "
+        raise FileExistsError(f"--out {out} exists and {who} did not write it (no {rec} "
                               "naming it); it is never replaced: choose another --out")
     if ours.get("sha256") != file_sha256(out):
-        raise FileExistsError(f"--out {out} was changed since genmodels selfchat wrote it (its SHA-256 differs from "
-                              f"{record_path(out).name}'s); it is never replaced: choose another --out")
+        raise FileExistsError(f"--out {out} was changed since {who} wrote it (its SHA-256 differs from "
+                              f"{rec}'s); it is never replaced: choose another --out")
 
 
 def included(paths: list[str | Path]) -> list[dict]:
@@ -107,9 +114,16 @@ def write_dialogues(out: str | Path, conversations: list[list[dict]], info: dict
                          "nothing written (try more seeds, --max-new-tokens or another --temperature)")
     check_out(out)
     rows = [{"messages": c} for c in conversations] + included(list(include))
+    return write_owned(out, rows, {**info, "included": {str(p): file_sha256(p) for p in include}})
+
+
+def write_owned(out: str | Path, rows: list[dict], info: dict[str, Any], fmt: str = FORMAT) -> dict[str, Any]:
+    """Write ``rows`` as JSONL to ``out`` (checked again first), then the record beside it (``fmt``, the file's
+    name and SHA-256, ``info``); returns the record. The one writer of an owned JSONL file."""
+    out = Path(out)
+    check_out(out, fmt)
     data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
     atomic_write_bytes(out, data)
-    record = {"format": FORMAT, "file": out.name, "sha256": file_sha256(out), **info,
-              "included": {str(p): file_sha256(p) for p in include}}
-    atomic_write_bytes(record_path(out), (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+    record = {"format": fmt, "file": out.name, "sha256": file_sha256(out), **info}
+    atomic_write_bytes(record_path(out, fmt), (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
     return record

@@ -1,0 +1,132 @@
+"""A Shepherd-style critic (Wang et al. 2023; issue 23 d4): a model tuned to judge an answer to a question.
+
+    from genmodels.data.tasks import build_taskset
+    rows = triples([r for r in build_taskset() if r.split == "seen-train"], seed=0)   # question, answer, critique
+    critique(model, "What is 2 + 3?", "6")            # -> "Verdict: wrong. The answer is 5."
+    parse_verdict("Verdict: correct. ...")            # -> True (False: wrong; None: no verdict read)
+    agreement(model, held_out_records, batch=16)      # how often its verdict is the checker's
+
+**Triples** (:func:`triples`): per record of the task set one right answer (its own) and one wrong answer of
+the same form (:mod:`genmodels.data.task_pairs`: another instance's answer), each with a fixed-form critique:
+``"Verdict: correct. <answer> answers the question."`` or ``"Verdict: wrong. The answer is <true answer>."``.
+A record whose task has no other answer is skipped. ``seed`` shuffles their order (right and wrong answers of
+one question are not next to each other). :func:`critic_messages` is the SFT example: the user's message
+(:func:`critic_prompt`: the question and the answer to judge), the critique as the assistant's reply.
+``genmodels critique-data`` writes them as messages JSONL (the ``examples`` data kind reads it), with an
+ownership record beside it (:func:`genmodels.selfchat_files.write_owned`: a file it did not write is never
+replaced).
+
+**Verdicts** (:func:`parse_verdict`): the first ``Verdict: correct|right|wrong|incorrect`` in the text (any
+case); None when there is none. The checker's verdict is :func:`genmodels.data.tasks.exact_match`.
+
+**Agreement** (:func:`agreement`): the critic's greedy critique of every held-out (question, answer) pair
+(half right answers, half wrong: the triples of the records given), decoded in batches through the model's chat
+template as ``genmodels eval-tasks`` decodes; the share whose parsed verdict equals the checker's, with the
+count of critiques whose verdict could not be read (counted as disagreeing).
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .chat import Conversation, chat
+from .data.task_pairs import task_pairs
+from .data.tasks import TaskRecord, exact_match
+from .task_eval import _replies
+
+__all__ = ["FORMAT", "agreement", "critic_messages", "critic_prompt", "critique", "critique_text", "parse_verdict",
+           "triples", "write_critique_data"]
+
+FORMAT = "genmodels-critique-data"  # the record beside a critique-data file
+DEFAULT_MAX_NEW_TOKENS = 48  # "Verdict: wrong. The answer is <the longest answer>." fits
+_VERDICT = re.compile(r"verdict\s*:\s*\**\s*(correct|right|wrong|incorrect)\b", re.IGNORECASE)
+
+
+def critic_prompt(question: str, answer: str) -> str:
+    """The user's message to the critic: the question and the answer to judge."""
+    return (f"Question: {question}\nAnswer to judge: {answer}\n"
+            "Is this answer correct? Reply with a verdict and, if it is wrong, the right answer.")
+
+
+def critique_text(answer: str, right_answer: str) -> str:
+    """The fixed-form critique of ``answer`` given the checker's ``right_answer`` (module doc)."""
+    if exact_match(answer, right_answer):
+        return f"Verdict: correct. {answer} answers the question."
+    return f"Verdict: wrong. The answer is {right_answer}."
+
+
+def parse_verdict(text: str) -> bool | None:
+    """True (correct), False (wrong) or None (no verdict read) from a critique (module doc)."""
+    m = _VERDICT.search(text)
+    return None if m is None else m.group(1).lower() in ("correct", "right")
+
+
+def triples(records: Sequence[TaskRecord], seed: int = 0) -> list[dict[str, Any]]:
+    """``{"question", "answer", "critique", "correct", "id"}`` per right and wrong answer of each record, in an
+    order shuffled by ``seed`` (module doc); ``correct`` is the checker's verdict."""
+    wrong = {p["messages"][0]["content"]: p["rejected"] for p in task_pairs(list(records), form="messages")}
+    rows = []
+    for r in records:
+        if r.question not in wrong:
+            continue
+        for answer in (r.answer, wrong[r.question]):
+            rows.append({"id": r.id, "question": r.question, "answer": answer,
+                         "critique": critique_text(answer, r.answer), "correct": exact_match(answer, r.answer)})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+def critic_messages(row: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """The SFT example of a triple: the critic's prompt as the user's turn, the critique as the reply."""
+    return {"messages": [{"role": "user", "content": critic_prompt(row["question"], row["answer"])},
+                         {"role": "assistant", "content": row["critique"]}]}
+
+
+def write_critique_data(records: Sequence[TaskRecord], out: str, seed: int = 0,
+                        source: str | None = None) -> dict[str, Any]:
+    """Write the triples of ``records`` as messages JSONL to ``out`` (never replacing a file genmodels
+    critique-data did not write); returns the record written beside it."""
+    from .selfchat_files import check_out, write_owned
+    check_out(out, FORMAT)
+    rows = triples(records, seed)
+    if not rows:
+        raise ValueError(f"--out {out}: no triples (no record's task has a second answer); nothing written")
+    info = {"seed": seed, "records": len(records), "triples": len(rows),
+            "right": sum(r["correct"] for r in rows), "source": source}
+    return write_owned(out, [critic_messages(r) for r in rows], info, FORMAT)
+
+
+def critique(model: torch.nn.Module, question: str, answer: str,
+             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> str:
+    """The critic's greedy critique of ``answer`` to ``question`` (through the model's chat template)."""
+    return chat(model, [{"role": "user", "content": critic_prompt(question, answer)}], max_new_tokens=max_new_tokens)
+
+
+def agreement(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int = 16, *, seed: int = 0,
+              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+              say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """How often the critic's verdict agrees with the checker on the triples of ``records`` (module doc):
+    ``pairs``, ``right_answers``, ``agree``, ``agreement``, ``unparsable`` and ``rows`` (per pair: ``id``,
+    ``answer``, ``correct``, ``critique``, ``verdict``)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r} (--batch): give a positive integer")
+    rows = triples(records, seed)
+    if not rows:
+        raise ValueError("no (question, answer) pairs to judge: no record's task has a second answer")
+    conversation = Conversation(model, max_new_tokens=max_new_tokens)
+    prompts = [conversation.encode([{"role": "user", "content": critic_prompt(r["question"], r["answer"])}])
+               for r in rows]
+    room = conversation.context - max_new_tokens
+    for r, p in zip(rows, prompts):
+        if len(p) > room:
+            raise ValueError(f"record {r['id']}: its critic prompt takes {len(p)} tokens and the model's context "
+                             f"({conversation.context}) leaves {room} after max_new_tokens={max_new_tokens}")
+    texts = _replies(model, conversation, prompts, conversation.stop, batch, max_new_tokens, say)
+    out = [{"id": r["id"], "answer": r["answer"], "correct": r["correct"], "critique": t,
+            "verdict": parse_verdict(t)} for r, t in zip(rows, texts)]
+    agree = sum(o["verdict"] == o["correct"] for o in out)
+    return {"pairs": len(out), "right_answers": sum(o["correct"] for o in out), "agree": agree,
+            "agreement": agree / len(out), "unparsable": sum(o["verdict"] is None for o in out), "rows": out}
