@@ -65,11 +65,16 @@ def test_quantize_and_dequantize_equal_gguf_py(qtype):
 @pytest.mark.parametrize("n,k", [(1, 32), (7, 64), (37, 96), (333, 160)])  # odd row counts; 333 × 160 threaded
 @pytest.mark.usefixtures("threads")  # 1 and 2 threads
 def test_quantized_product_equals_dequantised_fp32(qtype, n, k):
-    blocks = random_blocks(n, k, qtype, seed=n * 1000 + k)
+    products_equal_dequantised_fp32(random_blocks(n, k, qtype, seed=n * 1000 + k), qtype, k, (1, 2, 3, 5, 8, 13))
+
+
+def products_equal_dequantised_fp32(blocks: torch.Tensor, qtype: str, k: int, batches: tuple) -> None:
+    """``quant.qlinear`` (with and without a bias) == ``F.linear`` on the dequantised blocks to 1e-5, for M in
+    ``batches``."""
     w = dequantize_rows(blocks, qtype, k)  # (N, K) fp32
     g = torch.Generator().manual_seed(k)
-    bias = torch.randn(n, generator=g)
-    for m in (1, 2, 3, 5, 8, 13):
+    bias = torch.randn(blocks.shape[0], generator=g)
+    for m in batches:
         x = torch.randn(m, k, generator=g)  # (M, K)
         assert relative_error(quant.qlinear(x, blocks, qtype, bias), F.linear(x, w, bias)) < 1e-5
         assert relative_error(quant.qlinear(x, blocks, qtype), F.linear(x, w)) < 1e-5

@@ -1,4 +1,5 @@
-"""Linear layers whose weight is kept in GGUF's block formats (Q8_0, Q4_0, Q4_1): inference only.
+"""Linear layers whose weight is kept in GGUF's block formats (Q8_0, Q4_0, Q4_1; Q6_K, Q4_K read from
+files only, see :func:`_dequantize_k`): inference only.
 
     QuantizedLinear(in_features, out_features, bias, qtype)   blocks: uint8 (out, in / 32 · block bytes)
 
@@ -25,10 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-QK = 32  # values per block
-BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20}
-GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 8}  # GGML's type ids (also csrc/quant.h's codes)
-QTYPES = tuple(BLOCK_BYTES)
+QK = 32  # values per block (Q8_0, Q4_0, Q4_1)
+QK_K = 256  # values per super-block (Q6_K, Q4_K: read from GGUF files, not written here)
+BLOCK_BYTES = {"q8_0": 34, "q4_0": 18, "q4_1": 20, "q6_k": 210, "q4_k": 144}
+BLOCK_VALUES = {"q8_0": QK, "q4_0": QK, "q4_1": QK, "q6_k": QK_K, "q4_k": QK_K}
+GGML_TYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 8, "q4_k": 12, "q6_k": 14}  # GGML's type ids (also csrc/quant.h's)
+QTYPES = ("q8_0", "q4_0", "q4_1")  # what quantize_rows writes
+KQTYPES = ("q6_k", "q4_k")  # kept from a GGUF file only (no quantiser here)
 
 
 def check_qtype(qtype: str) -> str:
@@ -40,10 +44,11 @@ def check_qtype(qtype: str) -> str:
 
 
 def row_bytes(in_features: int, qtype: str) -> int:
-    """Bytes of one row of ``in_features`` values (a multiple of 32) in ``qtype`` blocks."""
-    if in_features % QK:
-        raise ValueError(f"{in_features} input features are not a multiple of the block size {QK}")
-    return in_features // QK * BLOCK_BYTES[check_qtype(qtype)]
+    """Bytes of one row of ``in_features`` values (a multiple of the block size) in ``qtype`` blocks."""
+    qk = BLOCK_VALUES[check_qtype(qtype)]
+    if in_features % qk:
+        raise ValueError(f"{in_features} input features are not a multiple of the {qtype} block size {qk}")
+    return in_features // qk * BLOCK_BYTES[check_qtype(qtype)]
 
 
 def _halves(b: torch.Tensor) -> torch.Tensor:
@@ -54,6 +59,8 @@ def _halves(b: torch.Tensor) -> torch.Tensor:
 def dequantize_rows(blocks: torch.Tensor, qtype: str, in_features: int) -> torch.Tensor:
     """(N, row bytes) uint8 -> (N, in_features) fp32, as gguf-py's ``dequantize``."""
     qtype = check_qtype(qtype)
+    if qtype in KQTYPES:
+        return _dequantize_k(blocks, qtype, in_features)
     n = blocks.shape[0]
     b = blocks.reshape(n, in_features // QK, BLOCK_BYTES[qtype])  # (N, K/32, bytes)
     d = _halves(b[..., 0:2])
@@ -65,6 +72,35 @@ def dequantize_rows(blocks: torch.Tensor, qtype: str, in_features: int) -> torch
     if qtype == "q4_0":
         return ((q.to(torch.int8) - 8).float() * d).reshape(n, in_features)
     return (d * q.float() + _halves(b[..., 2:4])).reshape(n, in_features)
+
+
+def _dequantize_k(blocks: torch.Tensor, qtype: str, in_features: int) -> torch.Tensor:
+    """Q6_K / Q4_K super-blocks of 256 values -> (N, in_features) fp32, the operations of gguf-py's
+    ``dequantize_blocks`` in its order (bit for bit).
+
+    Q6_K (210 bytes): ql[128] (low nibbles), qh[64] (2 high bits), int8 scales[16], fp16 d;
+      value h·128 + r (h < 2, r < 128): low = ql[h·64 + r % 64] >> 4·(r // 64) & 15,
+      high = qh[h·32 + r % 32] >> 2·(r // 32) & 3, q = low | high << 4; y = (d · scales[v // 16]) · (q − 32).
+    Q4_K (144 bytes): fp16 d, fp16 dmin, 12 bytes of 6-bit scales / mins (8 each), qs[128];
+      value c·64 + h·32 + i: q = qs[c·32 + i] >> 4·h & 15; sub-block s = 2c + h: y = (d·sc[s])·q − dmin·m[s].
+    """
+    n = blocks.shape[0]
+    b = blocks.reshape(n, in_features // QK_K, BLOCK_BYTES[qtype]).to(torch.int32)  # (N, B, bytes)
+    if qtype == "q6_k":
+        ql, qh, sc, d = b[..., :128], b[..., 128:192], b[..., 192:208], _halves(blocks.reshape(b.shape)[..., 208:210])
+        low = (ql.reshape(n, -1, 2, 1, 64) >> torch.tensor([0, 4]).reshape(2, 1)) & 15  # (N, B, 2, 2, 64)
+        high = (qh.reshape(n, -1, 2, 1, 32) >> torch.tensor([0, 2, 4, 6]).reshape(4, 1)) & 3  # (N, B, 2, 4, 32)
+        q = (low.reshape(n, -1, 256) | (high.reshape(n, -1, 256) << 4)) - 32
+        scale = d * (sc - (sc >> 7 << 8)).float()  # int8 scales; (N, B, 16)
+        return (scale.unsqueeze(-1) * q.reshape(n, -1, 16, 16).float()).reshape(n, in_features)
+    raw = blocks.reshape(b.shape)
+    d, dmin, s = _halves(raw[..., 0:2]), _halves(raw[..., 2:4]), b[..., 4:16]
+    lo, mn, md = s[..., 0:4], s[..., 4:8], s[..., 8:12]
+    sc = torch.cat([lo & 0x3F, (md & 0x0F) | ((lo >> 2) & 0x30)], dim=-1).float()  # (N, B, 8)
+    m = torch.cat([mn & 0x3F, (md >> 4) | ((mn >> 2) & 0x30)], dim=-1).float()
+    q = (b[..., 16:].reshape(n, -1, 4, 1, 32) >> torch.tensor([0, 4]).reshape(2, 1)) & 15  # (N, B, 4, 2, 32)
+    q = q.reshape(n, -1, 8, 32).float()
+    return ((d * sc).unsqueeze(-1) * q - (dmin * m).unsqueeze(-1)).reshape(n, in_features)
 
 
 def _roundf(v: torch.Tensor) -> torch.Tensor:
@@ -90,6 +126,9 @@ def _half_bytes(v: torch.Tensor) -> torch.Tensor:
 def quantize_rows(weight: torch.Tensor, qtype: str) -> torch.Tensor:
     """(N, K) float -> (N, row bytes) uint8 blocks, rounding as gguf-py (llama.cpp's reference) does."""
     qtype = check_qtype(qtype)
+    if qtype not in QTYPES:
+        raise ValueError(f"quantising to {qtype} is not supported (its blocks are read from GGUF files only); "
+                         f"use one of {', '.join(QTYPES)}")
     n, k = weight.shape
     row_bytes(k, qtype)
     x = weight.detach().to("cpu", torch.float32).reshape(n, k // QK, QK)  # (N, K/32, 32)

@@ -5,6 +5,8 @@
  *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q · d + m          (20 bytes)
  *
  * Nibbles: byte j holds value j (low 4 bits) and value j + 16 (high 4 bits), as gguf/quants.py reads them.
+ * Q6_K / Q4_K (super-blocks of 256 values, dequant_kblock): batch 1 dequantises one super-block at a time
+ * into a stack buffer and dots it with x (kgemv_rows); batches > 1 take the 8-row buffered path below.
  * A team of threads splits the output rows in blocks of 8. Batch 1 (AVX2/AVX-512 builds): each row's
  * blocks are dotted with x straight away (d · Σ q·x per block). Batches > 1: each thread dequantises
  * its 8 rows into an L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, every
@@ -34,9 +36,13 @@ int64_t quant_block_bytes(int64_t type) {
     case GM_Q8_0: return 34;
     case GM_Q4_0: return 18;
     case GM_Q4_1: return 20;
+    case GM_Q4_K: return 144;
+    case GM_Q6_K: return 210;
     default: return 0;
     }
 }
+
+int64_t quant_block_values(int64_t type) { return type == GM_Q4_K || type == GM_Q6_K ? GM_QK_K : GM_QK; }
 
 /* IEEE half -> float (exact; subnormals, infinities and NaN included) */
 static inline float half_to_float(const uint8_t *p) {
@@ -118,9 +124,62 @@ static inline void dequant_block(const uint8_t *b, int64_t type, float *out) {
 #endif
 }
 
+/* One super-block of 256 values (Q6_K or Q4_K, layouts of gguf/quants.py) -> out[0:256]; scalar code
+ * (the compiler vectorises the inner loops).
+ *   Q6_K: ql[128], qh[64], int8 sc[16], fp16 d. Value h·128 + r: low = ql[h·64 + r%64] >> 4·(r/64) & 15,
+ *         high = qh[h·32 + r%32] >> 2·(r/32) & 3; y = (d · sc[v/16]) · ((low | high << 4) − 32).
+ *   Q4_K: fp16 d, fp16 dmin, 12 bytes of 6-bit scales/mins, qs[128]. Value c·64 + h·32 + i:
+ *         q = qs[c·32 + i] >> 4h & 15, sub-block s = 2c + h: y = (d · sc[s]) · q − dmin · m[s]. */
+static void dequant_kblock(const uint8_t *b, int64_t type, float *out) {
+    if (type == GM_Q6_K) {
+        const uint8_t *ql = b, *qh = b + 128;
+        const int8_t *sc = (const int8_t *)(b + 192);
+        const float d = half_to_float(b + 208);
+        for (int h = 0; h < 2; h++)
+            for (int r = 0; r < 128; r++) {
+                int low = (ql[h * 64 + r % 64] >> (4 * (r / 64))) & 15;
+                int high = (qh[h * 32 + r % 32] >> (2 * (r / 32))) & 3;
+                int v = h * 128 + r;
+                out[v] = (d * (float)sc[v / 16]) * (float)((low | (high << 4)) - 32);
+            }
+        return;
+    }
+    const float d = half_to_float(b), dmin = half_to_float(b + 2);
+    const uint8_t *s = b + 4, *qs = b + 16;
+    for (int j = 0; j < 8; j++) {
+        int c = j / 2, h = j % 2;
+        int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
+        int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
+        const float ds = d * (float)sc, dm = dmin * (float)m;
+        for (int i = 0; i < 32; i++) out[j * 32 + i] = ds * (float)((qs[c * 32 + i] >> (4 * h)) & 15) - dm;
+    }
+}
+
 static void dequant_row(const uint8_t *row, int64_t type, int64_t K, float *out) {
-    const int64_t bb = quant_block_bytes(type);
-    for (int64_t k = 0; k < K; k += GM_QK) dequant_block(row + (k / GM_QK) * bb, type, out + k);
+    const int64_t bb = quant_block_bytes(type), qk = quant_block_values(type);
+    for (int64_t k = 0; k < K; k += qk) {
+        if (qk == GM_QK_K) dequant_kblock(row + (k / qk) * bb, type, out + k);
+        else dequant_block(row + (k / qk) * bb, type, out + k);
+    }
+}
+
+/* Batch 1 for the K formats: rows [n0, n1) of y (+)= W x + bias, each super-block dequantised into a
+ * 256-float stack buffer and dotted with x at once (no row buffer; the same sums as the fp32 product). */
+static void kgemv_rows(const float *x, int64_t K, const uint8_t *Wq, int64_t type, const float *bias, float *y,
+                       int64_t n0, int64_t n1, int accumulate) {
+    const int64_t bb = quant_block_bytes(type), row_bytes = K / GM_QK_K * bb;
+    float w[GM_QK_K] __attribute__((aligned(64)));
+    for (int64_t n = n0; n < n1; n++) {
+        float acc[16] = {0};
+        for (int64_t k = 0; k < K; k += GM_QK_K) {
+            dequant_kblock(Wq + n * row_bytes + (k / GM_QK_K) * bb, type, w);
+            for (int i = 0; i < GM_QK_K; i += 16)
+                for (int l = 0; l < 16; l++) acc[l] += w[i + l] * x[k + i + l];
+        }
+        float v = bias ? bias[n] : 0.0f;
+        for (int l = 0; l < 16; l++) v += acc[l];
+        y[n] = accumulate ? y[n] + v : v;
+    }
 }
 
 /* this thread's dequantisation buffer, grown as needed (kept for the thread's life) */
@@ -203,13 +262,17 @@ static void qgemv_rows(const float *x, int64_t K, const uint8_t *Wq, int64_t typ
 /* Rows [n0, n1) (at most 8) of y (M, N) (+)= x · Wᵀ + bias, W in blocks of `type`. */
 static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
                          float *y, int64_t N, int64_t n0, int64_t n1, int accumulate) {
+    if (M == 1 && quant_block_values(type) == GM_QK_K) {
+        kgemv_rows(x, K, Wq, type, bias, y, n0, n1, accumulate);
+        return;
+    }
 #ifdef GM_AVX2
     if (M == 1) {
         qgemv_rows(x, K, Wq, type, bias, y, n0, n1, accumulate);
         return;
     }
 #endif
-    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
+    const int64_t row_bytes = K / quant_block_values(type) * quant_block_bytes(type);
     float *w = thread_buffer((n1 - n0) * K);
     if (!w) abort(); /* out of memory for a few rows */
     for (int64_t n = n0; n < n1; n++) dequant_row(Wq + n * row_bytes, type, K, w + (n - n0) * K);
@@ -233,11 +296,11 @@ void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_
 /* The lanes the dequantisation was built for (16 AVX-512, 8 AVX2, 1 scalar). */
 GM_API int64_t gm_quant_lanes(void) { return GM_QLANES; }
 
-/* y (M, N) = x (M, K) · W (N, K)ᵀ + bias, W as N rows of K / 32 blocks of `type`; returns -1 for an
- * unknown type or K not a multiple of 32, else 0. */
+/* y (M, N) = x (M, K) · W (N, K)ᵀ + bias, W as N rows of K / 32 (K formats: K / 256) blocks of `type`;
+ * returns -1 for an unknown type or K not a multiple of the block size, else 0. */
 GM_API int gm_qlinear(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias, float *y,
                       int64_t N, int n_threads) {
-    if ((type != GM_F32 && !quant_block_bytes(type)) || K % GM_QK) return -1;
+    if ((type != GM_F32 && !quant_block_bytes(type)) || K % quant_block_values(type)) return -1;
 #pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1)
     any_linear_team(x, M, K, W, type, bias, y, N, 0);
     return 0;
@@ -245,8 +308,8 @@ GM_API int gm_qlinear(const float *x, int64_t M, int64_t K, const void *W, int64
 
 /* out (N, K) = the fp32 values of N rows of blocks (the C dequantisation, for tests). */
 GM_API int gm_dequantize(const void *W, int64_t type, int64_t N, int64_t K, float *out) {
-    if (!quant_block_bytes(type) || K % GM_QK) return -1;
-    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
+    if (!quant_block_bytes(type) || K % quant_block_values(type)) return -1;
+    const int64_t row_bytes = K / quant_block_values(type) * quant_block_bytes(type);
     for (int64_t n = 0; n < N; n++) dequant_row((const uint8_t *)W + n * row_bytes, type, K, out + n * K);
     return 0;
 }
