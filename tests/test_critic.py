@@ -24,7 +24,8 @@ FEW = [r for r in RECORDS if r.task in ("add", "reverse_word")][:4]
     ("Verdict: correct. 5 answers the question.", True), ("verdict: WRONG. The answer is 5.", False),
     ("Verdict: incorrect, it is 4", False), ("Verdict: right", True), ("**Verdict:** wrong", False),
     ("Verdict: **wrong**", False), ("The answer looks correct.", None), ("", None),
-    ("Verdict: correctly guessed", None), ("I think so. Verdict: wrong. Verdict: correct.", False)])
+    ("Verdict: correctly guessed", None), ("The answer is incorrect. 17 + 25 equals 32.", False),
+    ("The correct answer is 42.", None), ("This is not correct", False), ("It is right. Verdict: wrong", False), ("I think so. Verdict: wrong. Verdict: correct.", False)])
 def test_verdicts_parse(text, verdict):
     assert critic.parse_verdict(text) is verdict
 

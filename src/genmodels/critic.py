@@ -17,7 +17,8 @@ ownership record beside it (:func:`genmodels.selfchat_files.write_owned`: a file
 replaced).
 
 **Verdicts** (:func:`parse_verdict`): the first ``Verdict: correct|right|wrong|incorrect`` in the text (any
-case); None when there is none. The checker's verdict is :func:`genmodels.data.tasks.exact_match`.
+case); without one, the first ``answer|it|this is correct|right|wrong|incorrect|not correct|not right`` (an
+untuned chat model's way of saying it, so its agreement is read fairly); None when there is neither. The checker's verdict is :func:`genmodels.data.tasks.exact_match`.
 
 **Agreement** (:func:`agreement`): the critic's greedy critique of every held-out (question, answer) pair
 (half right answers, half wrong: the triples of the records given), decoded in batches through the model's chat
@@ -43,6 +44,9 @@ __all__ = ["FORMAT", "agreement", "critic_messages", "critic_prompt", "critique"
 FORMAT = "genmodels-critique-data"  # the record beside a critique-data file
 DEFAULT_MAX_NEW_TOKENS = 48  # "Verdict: wrong. The answer is <the longest answer>." fits
 _VERDICT = re.compile(r"verdict\s*:\s*\**\s*(correct|right|wrong|incorrect)\b", re.IGNORECASE)
+# an untuned chat model's free form ("The answer is incorrect."), read only when no "Verdict:" is there
+_FREE = re.compile(r"\b(?:answer|it|this) is (correct|right|wrong|incorrect|not correct|not right)\b", re.IGNORECASE)
+_TRUE = ("correct", "right")
 
 
 def critic_prompt(question: str, answer: str) -> str:
@@ -60,8 +64,8 @@ def critique_text(answer: str, right_answer: str) -> str:
 
 def parse_verdict(text: str) -> bool | None:
     """True (correct), False (wrong) or None (no verdict read) from a critique (module doc)."""
-    m = _VERDICT.search(text)
-    return None if m is None else m.group(1).lower() in ("correct", "right")
+    m = _VERDICT.search(text) or _FREE.search(text)
+    return None if m is None else m.group(1).lower() in _TRUE
 
 
 def triples(records: Sequence[TaskRecord], seed: int = 0) -> list[dict[str, Any]]:
