@@ -20,9 +20,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import genmodels  # noqa: E402
-from benchmarks.common import cpu_name  # noqa: E402
+from common import cpu_name  # noqa: E402  (what the benchmarks share)
 from genmodels.serve import ServerThread, Service, build_app  # noqa: E402
 
 
