@@ -5,8 +5,9 @@
  *   Q4_1: fp16 d, fp16 m, 16 bytes        value = q · d + m          (20 bytes)
  *
  * Nibbles: byte j holds value j (low 4 bits) and value j + 16 (high 4 bits), as gguf/quants.py reads them.
- * Q6_K / Q4_K (super-blocks of 256 values, dequant_kblock): batch 1 dequantises one super-block at a time
- * into a stack buffer and dots it with x (kgemv_rows); batches > 1 take the 8-row buffered path below.
+ * Q6_K / Q4_K (super-blocks of 256 values, dequant_kblock: AVX2 or scalar unpacking): batch 1 dequantises
+ * one super-block at a time into a stack buffer and dots it with x (kgemv_rows); batches > 1 take the
+ * 8-row buffered path below.
  * A team of threads splits the output rows in blocks of 8. Batch 1 (AVX2/AVX-512 builds): each row's
  * blocks are dotted with x straight away (d · Σ q·x per block). Batches > 1: each thread dequantises
  * its 8 rows into an L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, every
@@ -124,24 +125,41 @@ static inline void dequant_block(const uint8_t *b, int64_t type, float *out) {
 #endif
 }
 
-/* One super-block of 256 values (Q6_K or Q4_K, layouts of gguf/quants.py) -> out[0:256]; scalar code
- * (the compiler vectorises the inner loops).
+/* One super-block of 256 values (Q6_K or Q4_K, layouts of gguf/quants.py) -> out[0:256]; AVX2 or scalar
+ * code, the same products ((d · scale) · q, then − dmin · m) either way.
  *   Q6_K: ql[128], qh[64], int8 sc[16], fp16 d. Value h·128 + r: low = ql[h·64 + r%64] >> 4·(r/64) & 15,
  *         high = qh[h·32 + r%32] >> 2·(r/32) & 3; y = (d · sc[v/16]) · ((low | high << 4) − 32).
  *   Q4_K: fp16 d, fp16 dmin, 12 bytes of 6-bit scales/mins, qs[128]. Value c·64 + h·32 + i:
  *         q = qs[c·32 + i] >> 4h & 15, sub-block s = 2c + h: y = (d · sc[s]) · q − dmin · m[s]. */
-static void dequant_kblock(const uint8_t *b, int64_t type, float *out) {
+static void dequant_kblock(const uint8_t *restrict b, int64_t type, float *restrict out) {
     if (type == GM_Q6_K) {
-        const uint8_t *ql = b, *qh = b + 128;
-        const int8_t *sc = (const int8_t *)(b + 192);
+        const uint8_t *restrict ql = b, *restrict qh = b + 128;
+        const int8_t *restrict sc = (const int8_t *)(b + 192);
         const float d = half_to_float(b + 208);
-        for (int h = 0; h < 2; h++)
-            for (int r = 0; r < 128; r++) {
-                int low = (ql[h * 64 + r % 64] >> (4 * (r / 64))) & 15;
-                int high = (qh[h * 32 + r % 32] >> (2 * (r / 32))) & 3;
-                int v = h * 128 + r;
-                out[v] = (d * (float)sc[v / 16]) * (float)((low | (high << 4)) - 32);
+        for (int h = 0; h < 2; h++, ql += 64, qh += 32, sc += 8, out += 128) /* r = 32·t + l, t < 4 */
+#ifdef GM_AVX2
+            for (int l = 0; l < 32; l += 8) { /* 8 values of each of the 4 runs; the same products as below */
+                const __m256i a = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l)));
+                const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(ql + l + 32)));
+                const __m256i hb = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qh + l)));
+                const __m256i m15 = _mm256_set1_epi32(15), m3 = _mm256_set1_epi32(3), k32 = _mm256_set1_epi32(32);
+                const __m256i lo[4] = {_mm256_and_si256(a, m15), _mm256_and_si256(c, m15), _mm256_srli_epi32(a, 4),
+                                       _mm256_srli_epi32(c, 4)};
+                for (int t = 0; t < 4; t++) {
+                    __m256i hi = _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(hb, 2 * t), m3), 4);
+                    __m256 q = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_or_si256(lo[t], hi), k32));
+                    _mm256_storeu_ps(out + 32 * t + l, _mm256_mul_ps(_mm256_set1_ps(d * (float)sc[l / 16 + 2 * t]), q));
+                }
             }
+#else
+            for (int l = 0; l < 32; l++) {
+                const int is = l / 16;
+                out[l] = (d * (float)sc[is]) * (float)(((ql[l] & 15) | ((qh[l] & 3) << 4)) - 32);
+                out[l + 32] = (d * (float)sc[is + 2]) * (float)(((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                out[l + 64] = (d * (float)sc[is + 4]) * (float)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                out[l + 96] = (d * (float)sc[is + 6]) * (float)(((ql[l + 32] >> 4) | ((qh[l] >> 6) << 4)) - 32);
+            }
+#endif
         return;
     }
     const float d = half_to_float(b), dmin = half_to_float(b + 2);
@@ -151,7 +169,16 @@ static void dequant_kblock(const uint8_t *b, int64_t type, float *out) {
         int sc = j < 4 ? s[j] & 63 : (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4);
         int m = j < 4 ? s[j + 4] & 63 : (s[j + 4] >> 4) | ((s[j] >> 6) << 4);
         const float ds = d * (float)sc, dm = dmin * (float)m;
+#ifdef GM_AVX2
+        for (int i = 0; i < 32; i += 8) {
+            __m256i q = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(qs + c * 32 + i)));
+            q = _mm256_and_si256(_mm256_srli_epi32(q, 4 * h), _mm256_set1_epi32(15));
+            _mm256_storeu_ps(out + j * 32 + i, _mm256_sub_ps(_mm256_mul_ps(_mm256_set1_ps(ds), _mm256_cvtepi32_ps(q)),
+                                                             _mm256_set1_ps(dm)));
+        }
+#else
         for (int i = 0; i < 32; i++) out[j * 32 + i] = ds * (float)((qs[c * 32 + i] >> (4 * h)) & 15) - dm;
+#endif
     }
 }
 
