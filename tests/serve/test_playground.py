@@ -75,6 +75,12 @@ def test_stop_ends_the_reply_and_frees_the_row(browser, chat_model):
         page.wait_for_function("document.getElementById('stopbtn').disabled === false")
         page.click("#stopbtn")
         page.wait_for_function("document.getElementById('status').textContent === 'stopped'")
+        (job,) = engine.running.values()
+        for _ in range(2000):  # bounded polling: the server sees the closed stream
+            if job.cancelled:
+                break
+            page.wait_for_timeout(5)
+        assert job.cancelled
         gate.set()
         for _ in range(2000):  # bounded polling: the row leaves at the engine's next step
             if engine.rows() == 0:
