@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test]"
 	# the playground's browser test drives Debian's Chromium (browser downloads are unreachable here; CI fails without it)
-	command -v chromium >/dev/null || apt-get install -y -q chromium || sudo -n apt-get install -y -q chromium
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) || (sudo -n apt-get update -q && sudo -n apt-get install -y -q chromium)
 	# the RetNet reference for the parity tests: without its dependencies (timm would pull torchvision and a
 	# CUDA torch); tests/helpers/torchscale.py stands in for the one timm function it imports
 	$(PY) -m pip install -q --no-deps torchscale==0.3.0 fairscale==0.4.0
