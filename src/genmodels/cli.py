@@ -2,7 +2,7 @@
 
     genmodels generate PATH --prompt TEXT [--max-new-tokens N --temperature T --top-k K --top-p P ...]
     genmodels chat PATH [--system TEXT] [--prompt TEXT] [sampling flags as generate's]
-    genmodels convert SRC DST --to {hf,diffusers,genmodels}
+    genmodels convert SRC DST --to {hf,diffusers,genmodels,gguf} [--outtype f32|f16|q8_0|q4_0|q4_1]
     genmodels info PATH
     genmodels train CONFIG.yaml [--set key.sub=value ...]
     genmodels embed PATH TEXT...
@@ -70,8 +70,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     import genmodels
+    from genmodels.interop.gguf_write import write_gguf
+    if args.outtype is not None and args.to != "gguf":
+        raise ValueError(f"--outtype applies to --to gguf only (got --to {args.to})")
     model = genmodels.load(model_dir(args.src))
-    write = {"hf": genmodels.export_hf, "diffusers": genmodels.export_diffusers, "genmodels": genmodels.save}[args.to]
+    write = {"hf": genmodels.export_hf, "diffusers": genmodels.export_diffusers, "genmodels": genmodels.save,
+             "gguf": lambda m, p, overwrite: write_gguf(m, p, args.outtype or "f32", overwrite)}[args.to]
     out = write(model, args.dst, overwrite=args.overwrite)
     print(f"wrote {args.to} model to {out}")
     return 0
@@ -157,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders")
     c.add_argument("src")
     c.add_argument("dst")
-    c.add_argument("--to", choices=("hf", "diffusers", "genmodels"), required=True)
+    c.add_argument("--to", choices=("hf", "diffusers", "genmodels", "gguf"), required=True)
+    c.add_argument("--outtype", choices=("f32", "f16", "q8_0", "q4_0", "q4_1"),
+                   help="--to gguf: the 2-D weights' type (1-D tensors stay F32; default f32)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace a model of another family or architecture already in DST (files that are "
                         "not model files are never replaced)")

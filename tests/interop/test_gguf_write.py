@@ -1,0 +1,155 @@
+"""GGUF out (interop/gguf_write.py, `genmodels convert … --to gguf`): a tiny Llama loaded from a GGUF with a
+byte-level tokenizer and a chat template, written in every --outtype, read back through genmodels.load and
+the gguf package's own reader; refusals one line, exit 2."""
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf import GGUFReader
+
+import genmodels
+from genmodels.cli import main
+from genmodels.interop.base import ConversionError
+from genmodels.interop.decoder_hf import LlamaConverter
+from genmodels.interop.gguf import unpermute_rows
+from genmodels.interop.gguf_write import permute_rows, write_gguf
+from genmodels.nn.quantized import dequantize_rows, quantize_rows
+
+from tests.helpers.gguf_files import SAMPLE, byte_level_tokenizer, tiny_llama, write_llama_gguf
+
+TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """A GQA Llama (4 query / 2 key-value heads, untied) read from a GGUF with tokenizer and template."""
+    d = tmp_path_factory.mktemp("gguf_src")
+    add, n = byte_level_tokenizer(add_bos=True)
+
+    def tokenizer(w):
+        add(w)
+        w.add_chat_template(TEMPLATE)
+    cfg, sd = tiny_llama(vocab=n, d=64, heads=4, kv_heads=2, d_ff=96, layers=2)
+    write_llama_gguf(d / "src.gguf", cfg, sd, tokenizer=tokenizer)
+    return d / "src.gguf"
+
+
+def _hf(model) -> dict[str, torch.Tensor]:
+    return LlamaConverter().state_to_hf(model.state_dict(), model.config)
+
+
+def test_permute_is_the_readers_inverse():
+    w = torch.randn(4 * 16, 8)
+    assert torch.equal(unpermute_rows(permute_rows(w, 4), 4), w)
+    assert not torch.equal(permute_rows(w, 4), w)
+
+
+def test_f32_reads_back_equal_logits_tokenizer_template(source, tmp_path):
+    model = genmodels.load(source)
+    write_gguf(model, tmp_path / "out.gguf", "f32")
+    back = genmodels.load(tmp_path / "out.gguf")
+    x = torch.randint(0, model.config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model(x) - back(x)).abs().max() <= 1e-6
+    for text in (SAMPLE, "<tool> hi <|im_end|> 12345"):
+        assert back.tokenizer.encode(text).ids == model.tokenizer.encode(text).ids
+    assert back.tokenizer.encode("a").ids[0] == 1  # add_bos kept
+    assert back.chat_template == model.chat_template == TEMPLATE
+    assert (back.config.bos_token_id, back.config.eos_token_id) == (1, 2)
+
+
+@pytest.mark.parametrize("qtype", ["q8_0", "q4_0", "q4_1", "f16"])
+def test_quantised_reads_back_as_quantise_then_dequantise(source, tmp_path, qtype):
+    model = genmodels.load(source)
+    write_gguf(model, tmp_path / "q.gguf", qtype)
+    got, want = _hf(genmodels.load(tmp_path / "q.gguf")), _hf(model)
+    assert set(got) == set(want)
+    for k, w in want.items():
+        if w.dim() == 1:
+            expected = w
+        elif qtype == "f16":
+            expected = w.half().float()
+        else:
+            expected = dequantize_rows(quantize_rows(w, qtype), qtype, w.shape[1])
+        assert torch.equal(got[k], expected), k
+
+
+def test_gguf_reader_sees_llama_keys_and_types(source, tmp_path):
+    write_gguf(genmodels.load(source), tmp_path / "q.gguf", "q4_1")
+    r = GGUFReader(tmp_path / "q.gguf")
+    f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
+    assert f["general.architecture"] == "llama" and f["general.file_type"] == 3
+    assert (f["llama.block_count"], f["llama.embedding_length"], f["llama.feed_forward_length"]) == (2, 64, 96)
+    assert (f["llama.attention.head_count"], f["llama.attention.head_count_kv"]) == (4, 2)
+    assert f["llama.context_length"] == 128 and f["llama.rope.freq_base"] == 10000.0
+    assert abs(f["llama.attention.layer_norm_rms_epsilon"] - 1e-5) < 1e-12
+    assert f["tokenizer.ggml.model"] == "gpt2" and f["tokenizer.ggml.pre"] == "smollm"
+    assert f["tokenizer.ggml.add_bos_token"] is True and f["tokenizer.chat_template"] == TEMPLATE
+    assert len(f["tokenizer.ggml.tokens"]) == len(f["tokenizer.ggml.token_type"]) == f["llama.vocab_size"]
+    types = {t.name: t.tensor_type.name for t in r.tensors}
+    assert types["token_embd.weight"] == types["blk.0.attn_q.weight"] == types["output.weight"] == "Q4_1"
+    assert types["blk.0.attn_norm.weight"] == types["output_norm.weight"] == "F32"
+
+
+def test_tied_model_has_no_output_weight(tmp_path):
+    cfg, sd = tiny_llama(vocab=64, d=64, d_ff=64, layers=1, tied=True)
+    write_llama_gguf(tmp_path / "t.gguf", cfg, sd)
+    model = genmodels.load(tmp_path / "t.gguf")
+    write_gguf(model, tmp_path / "o.gguf", "f32")
+    assert "output.weight" not in {t.name for t in GGUFReader(tmp_path / "o.gguf").tensors}
+    back = genmodels.load(tmp_path / "o.gguf")
+    x = torch.arange(10)[None]
+    with torch.no_grad():
+        assert torch.equal(model(x), back(x))
+
+
+def test_cli_writes_and_replaces_only_its_own_file(source, tmp_path, capsys):
+    out = tmp_path / "m.gguf"
+    assert main(["convert", str(source), str(out), "--to", "gguf", "--outtype", "q8_0"]) == 0
+    assert main(["convert", str(source), str(out), "--to", "gguf"]) == 0  # ours: replaced
+    assert GGUFReader(out).fields["general.file_type"].contents() == 0
+    foreign = tmp_path / "foreign.gguf"
+    foreign.write_bytes(source.read_bytes())  # a GGUF genmodels did not write
+    capsys.readouterr()
+    assert main(["convert", str(source), str(foreign), "--to", "gguf", "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "genmodels did not write it" in err and "\n" not in err
+    assert foreign.read_bytes() == source.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("argv_tail, words", [
+    (["--to", "gguf", "--outtype", "q5_0"], "invalid choice"),
+    (["--to", "hf", "--outtype", "q8_0"], "--outtype applies to --to gguf only"),
+])
+def test_cli_flag_refusals(source, tmp_path, capsys, argv_tail, words):
+    with pytest.raises(SystemExit) if "invalid" in words else _nothing():
+        code = main(["convert", str(source), str(tmp_path / "x"), *argv_tail])
+        assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert words in err and err.startswith(("error: ", "genmodels"))
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_unsupported_family_refused_in_one_line(tmp_path, capsys):
+    gpt2 = genmodels.build_model(genmodels.preset("gpt2-tiny"))
+    with pytest.raises(ConversionError, match="^GGUF export.*position") as e:
+        write_gguf(gpt2, tmp_path / "g.gguf")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "g.gguf").exists()
+    with pytest.raises(ConversionError, match="outtype"):
+        write_gguf(gpt2, tmp_path / "g.gguf", "q5_0")
+
+
+def test_mixture_of_experts_refused(tmp_path):
+    moe = genmodels.build_model(genmodels.preset("mixtral-tiny"))
+    with pytest.raises(ConversionError, match="^GGUF export.*n_experts"):
+        write_gguf(moe, tmp_path / "m.gguf")
