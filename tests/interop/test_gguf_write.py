@@ -153,3 +153,29 @@ def test_mixture_of_experts_refused(tmp_path):
     moe = genmodels.build_model(genmodels.preset("mixtral-tiny"))
     with pytest.raises(ConversionError, match="^GGUF export.*n_experts"):
         write_gguf(moe, tmp_path / "m.gguf")
+
+
+def test_sentencepiece_tokenizer_refused(tmp_path):
+    from tests.helpers.gguf_files import sentencepiece_tokenizer
+    add, n = sentencepiece_tokenizer()
+    cfg, sd = tiny_llama(vocab=n, d=64, d_ff=64, layers=1)
+    write_llama_gguf(tmp_path / "sp.gguf", cfg, sd, tokenizer=add)
+    with pytest.raises(ConversionError, match="^GGUF export: tokenizer .*have: byte-level BPE"):
+        write_gguf(genmodels.load(tmp_path / "sp.gguf"), tmp_path / "o.gguf")
+    assert not (tmp_path / "o.gguf").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_smollm2_written_as_q8_0_keeps_greedy_tokens_and_tokenizer(smollm2, tmp_path):
+    """The real model (its file: Q4_1/Q8_0), written back as Q8_0: the same 16 greedy tokens, the same
+    tokenizer metadata as the file it came from (~13 s: write + load)."""
+    from tests.parity.transformers.make_gguf_reference import smollm2_file
+    write_gguf(smollm2, tmp_path / "s.gguf", "q8_0")
+    back = genmodels.load(tmp_path / "s.gguf")
+    x = torch.tensor([smollm2.tokenizer.encode("The capital of France is").ids])
+    with torch.no_grad():
+        assert genmodels.generate(back, x, 16).tolist() == genmodels.generate(smollm2, x, 16).tolist()
+    src, out = GGUFReader(smollm2_file()).fields, GGUFReader(tmp_path / "s.gguf").fields
+    for key in ("model", "pre", "tokens", "merges", "bos_token_id", "eos_token_id", "add_bos_token"):
+        k = f"tokenizer.ggml.{key}"
+        assert (src[k].contents() if k in src else False) == out[k].contents(), k
+    assert out["tokenizer.chat_template"].contents() == src["tokenizer.chat_template"].contents()

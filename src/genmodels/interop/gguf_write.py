@@ -89,8 +89,7 @@ def tensors(model: torch.nn.Module, cfg: ModelConfig, outtype: str) -> list[tupl
     from ..nn.quantized import QK, quantize_rows
     from .decoder_hf import LlamaConverter
     sd = LlamaConverter().state_to_hf({k: v.detach().cpu().float() for k, v in model.state_dict().items()}, cfg)
-    if cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)
+    # a tied model has no lm_head.weight here (state_to_hf): the file then has no output.weight
     heads = {"attn_q": cfg.n_heads, "attn_k": cfg.kv_heads}
     out = []
     for hf, w in sd.items():
