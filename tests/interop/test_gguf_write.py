@@ -80,6 +80,7 @@ def test_gguf_reader_sees_llama_keys_and_types(source, tmp_path):
     r = GGUFReader(tmp_path / "q.gguf")
     f = {k: v.contents() for k, v in r.fields.items() if not k.startswith("GGUF.")}
     assert f["general.architecture"] == "llama" and f["general.file_type"] == 3
+    assert f["general.quantization_version"] == 2 and f["genmodels.writer"].startswith("genmodels ")
     assert (f["llama.block_count"], f["llama.embedding_length"], f["llama.feed_forward_length"]) == (2, 64, 96)
     assert (f["llama.attention.head_count"], f["llama.attention.head_count_kv"]) == (4, 2)
     assert f["llama.context_length"] == 128 and f["llama.rope.freq_base"] == 10000.0

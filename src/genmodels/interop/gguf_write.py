@@ -155,6 +155,9 @@ def _add_metadata(w, model: torch.nn.Module, cfg: ModelConfig, outtype: str) -> 
     p = "llama."
     w.add_string("general.name", str(cfg.extra.get("name", "genmodels")))
     w.add_uint32("general.file_type", FILE_TYPES[outtype])
+    if outtype not in ("f32", "f16"):
+        import gguf
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)  # as llama.cpp's converter writes for block types
     w.add_string(WRITER_KEY, f"genmodels {__version__}")
     for key, value in (("context_length", cfg.max_seq_len), ("embedding_length", cfg.d_model),
                        ("block_count", cfg.n_layers), ("feed_forward_length", cfg.d_ff),
