@@ -180,3 +180,18 @@ def test_smollm2_written_as_q8_0_keeps_greedy_tokens_and_tokenizer(smollm2, tmp_
         k = f"tokenizer.ggml.{key}"
         assert (src[k].contents() if k in src else False) == out[k].contents(), k
     assert out["tokenizer.chat_template"].contents() == src["tokenizer.chat_template"].contents()
+
+
+def test_our_preset_without_tokenizer_round_trips_and_odd_rows_refused_for_blocks(tmp_path):
+    """build_model(preset('llama-tiny')): no tokenizer (written without one), d_ff 688 (rows of 688 cannot be
+    cut into 32-value blocks: refused for q4_0, nothing left behind)."""
+    model = genmodels.build_model(genmodels.preset("llama-tiny")).eval()
+    write_gguf(model, tmp_path / "f.gguf", "f16")
+    back = genmodels.load(tmp_path / "f.gguf")
+    assert back.tokenizer is None
+    got = _hf(back)
+    for k, w in _hf(model).items():
+        assert torch.equal(got[k], w.half().float() if w.dim() == 2 else w), k
+    with pytest.raises(ConversionError, match="^GGUF export: tensor blk.0.ffn_down.weight has rows of 688 values"):
+        write_gguf(model, tmp_path / "q.gguf", "q4_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gguf"]
