@@ -195,3 +195,18 @@ def test_our_preset_without_tokenizer_round_trips_and_odd_rows_refused_for_block
     with pytest.raises(ConversionError, match="^GGUF export: tensor blk.0.ffn_down.weight has rows of 688 values"):
         write_gguf(model, tmp_path / "q.gguf", "q4_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gguf"]
+
+
+def test_transformers_gguf_reader_agrees_on_the_written_file(source, tmp_path):
+    """A reader that is not ours (transformers' GGUF loader, which follows llama.cpp's conventions: names, the
+    q/k permutation, tokenizer.ggml.*) reads the written Q8_0 file to the same logits and token ids."""
+    import transformers
+    write_gguf(genmodels.load(source), tmp_path / "q.gguf", "q8_0")
+    ours = genmodels.load(tmp_path / "q.gguf")
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="q.gguf", dtype=torch.float32,
+                                                               attn_implementation="eager").eval()
+    ids = torch.randint(0, ours.config.vocab_size, (2, 13), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids), theirs(ids).logits, atol=1e-5, rtol=1e-4)
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="q.gguf")
+    assert tok(SAMPLE)["input_ids"] == ours.tokenizer.encode(SAMPLE).ids
