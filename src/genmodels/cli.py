@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "instruction compressed in it")
     g.set_defaults(func=cmd_generate)
 
-    c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders")
+    c = sub.add_parser("convert", help="convert between Hugging Face and genmodels folders (and to GGUF files)")
     c.add_argument("src")
     c.add_argument("dst")
     c.add_argument("--to", choices=("hf", "diffusers", "genmodels", "gguf"), required=True)
