@@ -50,7 +50,7 @@ def add_sampling_args(p: argparse.ArgumentParser, max_new_tokens: int = 128) -> 
     """The sampling flags ``generate`` and ``chat`` share (read back by :func:`sampling_kwargs`)."""
     p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     p.add_argument("--temperature", type=finite_float, default=None,
-                   help="0 = greedy; default 0.8, or 0 with --num-beams > 1")
+                   help="0 = greedy; default 0.8 (0 with --num-beams > 1, where the command has it)")
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--top-p", type=finite_float, default=None)
     p.add_argument("--repetition-penalty", type=finite_float, default=None)
