@@ -33,7 +33,6 @@ import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 SIDES = ("lora", "peft", "full")
@@ -110,12 +109,8 @@ def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads:
     model, step = _peft(folder, inputs) if side == "peft" else _ours(side, folder, inputs, targets)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _reset_peak()
-    times = []
-    for i in range(steps + 2):
-        t0 = time.perf_counter()
-        step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
+    from common import step_times  # what the benchmarks share (this script's folder)
+    times = step_times(step, steps, warmup=2)
     return {"side": side, "trainable": trainable, "s_per_step": min(times), "median_s": statistics.median(times),
             "peak_mb": _status_mb("VmHWM"), "base_mb": base}
 

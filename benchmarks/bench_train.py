@@ -34,7 +34,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 
 def _rss_now_mb() -> float:
@@ -81,13 +80,8 @@ def run_side(side: str, steps: int, batch: int, seq: int, threads: int | None, a
         apply_activation_checkpointing(model.blocks, ac)
         step = causal_train_step(model, inputs, targets, weight_decay=0.1)
         n_params = sum(p.numel() for p in model.parameters())
-    for _ in range(2):
-        step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
+    from common import step_times  # what the benchmarks share (this script's folder)
+    times = step_times(step, steps, warmup=2)
     dt = min(times)
     return {"side": side, "params": n_params, "s_per_step": dt, "tok_s": batch * seq / dt,
             "median_tok_s": batch * seq / statistics.median(times),
