@@ -17,6 +17,8 @@ import json
 import sys
 from pathlib import Path
 
+from .files import check_out_name
+
 REPORT_FORMAT = "genmodels-eval-tasks"  # an --out file holding this "format" is ours to replace
 
 
@@ -86,13 +88,7 @@ def _check_out(out: str | None) -> None:
     """--out before any work: a JSON file name whose folder exists; an existing file must be a report."""
     if out is None:
         return
-    p = Path(out)
-    if p.suffix != ".json":
-        raise ValueError(f"--out {out}: give a .json file name")
-    if p.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a .json file name")
-    if not p.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {p.parent} does not exist")
+    p = check_out_name(out, ".json")
     if p.exists():
         try:
             ours = json.loads(p.read_text(encoding="utf-8")).get("format") == REPORT_FORMAT

@@ -76,6 +76,19 @@ def naming(e: OSError, path: str | Path) -> OSError:
     return e
 
 
+def check_out_name(out: str | Path, suffix: str, why: str = "") -> Path:
+    """An ``--out`` file name checked before any work: it ends in ``suffix`` (``why`` says why, after the name),
+    is not a folder, and its folder exists; ValueError naming the flag otherwise."""
+    p = Path(out)
+    if p.suffix != suffix:
+        raise ValueError(f"--out {out}: give a {suffix} file name{why}")
+    if p.is_dir():
+        raise ValueError(f"--out {out} is a folder; give a {suffix} file name")
+    if not p.parent.is_dir():
+        raise ValueError(f"--out {out}: the folder {p.parent} does not exist")
+    return p
+
+
 def write_target(path: str | Path) -> Path:
     """Where a write to ``path`` lands: through a symbolic link, the file it points to (module docstring)."""
     path = Path(path)

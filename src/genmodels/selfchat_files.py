@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.examples import read_records
-from .files import atomic_write_bytes, file_sha256
+from .files import atomic_write_bytes, check_out_name, file_sha256
 
 __all__ = ["FORMAT", "check_out", "included", "read_seeds", "record_path", "write_dialogues", "write_owned"]
 
@@ -77,13 +77,7 @@ def _ours(out: Path, fmt: str = FORMAT) -> dict[str, Any] | None:
 
 def check_out(out: str | Path, fmt: str = FORMAT) -> None:
     """Refuse, before any work, an ``--out`` the command writing ``fmt`` may not write (module doc)."""
-    out = Path(out)
-    if out.suffix != ".jsonl":
-        raise ValueError(f"--out {out}: give a .jsonl file name (the examples data kind reads JSONL)")
-    if out.is_dir():
-        raise ValueError(f"--out {out} is a folder; give a .jsonl file name")
-    if not out.parent.is_dir():
-        raise ValueError(f"--out {out}: the folder {out.parent} does not exist")
+    out = check_out_name(out, ".jsonl", " (the examples data kind reads JSONL)")
     ours = _ours(out, fmt)
     who, rec = _command(fmt), record_path(out, fmt).name
     if not out.exists() and not out.is_symlink():
