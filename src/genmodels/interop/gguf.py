@@ -69,6 +69,20 @@ def open_gguf(path: str | Path):
     if head != MAGIC:
         raise ValueError(f"{path}: not a GGUF file (starts with {head!r}, a GGUF file starts with {MAGIC!r})")
 
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _READERS:
+        while len(_READERS) >= 2:  # the last two files: a run's init_from reads one file's metadata several times
+            _READERS.pop(next(iter(_READERS)))
+        _READERS[key] = _reader(path, gguf, np)
+    return _READERS[key]
+
+
+_READERS: dict[tuple[str, int, int], Any] = {}  # (resolved path, size, mtime) -> the reader of that file
+
+
+def _reader(path: Path, gguf, np):
+    """A new ``gguf.GGUFReader`` over ``path`` (already known to start with the magic)."""
     class Reader(gguf.GGUFReader):
         def _get(self, *args, **kwargs):
             # Slices of a plain array view of the memory map: slicing np.memmap itself costs ~5 µs a slice
