@@ -233,3 +233,68 @@ def test_each_mask_has_its_cache_equal_to_its_full_masked_forward(mode, slots, t
                 logits = model(ids, allowed=gist_allowed(torch.tensor([len(p)]), 2, ids.shape[1], mode=mode))
             seq.append(int(logits[0, -1].argmax()))
         assert out[row].tolist() == seq, (mode, row)
+
+
+def _full_greedy_mode(model, p, k, xs, n, mode):
+    """``n`` greedy tokens after ``xs`` by the full forward under ``mode``'s mask, one row."""
+    seq = list(xs)
+    for _ in range(n):
+        ids = torch.tensor([p + [GIST] * k + seq])
+        with torch.no_grad():
+            logits = model(ids, allowed=gist_allowed(torch.tensor([len(p)]), k, ids.shape[1], mode=mode))
+        seq.append(int(logits[0, -1].argmax()))
+    return seq
+
+
+RAGGED = [[30, 31, 32, 33, 34], [35], [36, 37, 38]]
+
+
+def _left_padded(rows):
+    width = max(len(r) for r in rows)
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros_like(x)
+    for i, r in enumerate(rows):
+        x[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return x, mask
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("mode", ["gist", "pos_control", "neg_control"])
+def test_inputs_of_different_lengths_after_the_gist_decode_as_each_row_alone(name, mode):
+    """Left pads sit between the gist slots and each row's input, masked; positions continue from next_pos."""
+    model = _model(name)
+    gist = compress(model, INSTRUCTIONS, k=2, gist_id=GIST, mode=mode)
+    x, mask = _left_padded(RAGGED)
+    cache = gist.decoding_cache(model, 3, x.shape[1])
+    held = cache.key_mask[:, :cache.pos] if cache.key_mask is not None else torch.ones(3, cache.pos, dtype=torch.long)
+    with torch.no_grad():
+        cached = model(x, torch.cat([held, mask], 1), cache=cache)  # (3, T, V)
+    for row, (p, xs) in enumerate(zip(INSTRUCTIONS, RAGGED)):
+        ids = torch.tensor([p + [GIST] * 2 + xs])
+        with torch.no_grad():
+            full = model(ids, allowed=gist_allowed(torch.tensor([len(p)]), 2, ids.shape[1], mode=mode))
+        torch.testing.assert_close(cached[row, x.shape[1] - len(xs):], full[0, len(p) + 2:], rtol=0, atol=1e-5)
+    out = genmodels.generate(model, x, 5, cache=gist, attention_mask=mask, eos_token_id=[])
+    for row, (p, xs) in enumerate(zip(INSTRUCTIONS, RAGGED)):
+        alone = genmodels.generate(model, torch.tensor([xs]), 5, eos_token_id=[],
+                                   cache=compress(model, [p], k=2, gist_id=GIST, mode=mode))
+        assert out[row, x.shape[1]:].tolist() == alone[0, len(xs):].tolist() == \
+            _full_greedy_mode(model, p, 2, xs, 5, mode)[len(xs):], (mode, row)
+
+
+def test_padded_inputs_continue_a_plain_cache_too_and_a_window_is_refused_with_the_reason():
+    model = _model()
+    prefix = [[5, 6, 7], [8, 9, 10]]
+    _, cache = genmodels.generate(model, torch.tensor(prefix), 0, return_cache=True)
+    x, mask = _left_padded([[30, 31, 32], [33]])
+    out = genmodels.generate(model, x, 4, cache=cache, attention_mask=mask, eos_token_id=[])
+    for row, xs in enumerate([[30, 31, 32], [33]]):
+        alone = genmodels.generate(model, torch.tensor([prefix[row] + xs]), 4, eos_token_id=[])
+        assert out[row, 3:].tolist() == alone[0, len(prefix[row]) + len(xs):].tolist(), row
+    mistral = randomise(genmodels.build_model(genmodels.preset("mistral-7b", **SMALL, n_kv_heads=2, d_ff=48,
+                                                               sliding_window=40))).eval()
+    gist = compress(mistral, [5, 6, 7], gist_id=GIST)
+    with pytest.raises(ValueError, match=r"attention_mask: padded new tokens after a cache .* a sliding window "
+                                         r"counts slots, not positions \(sliding_window=40\)") as e:
+        genmodels.generate(mistral, x, 2, cache=gist, attention_mask=mask)
+    assert "\n" not in str(e.value)

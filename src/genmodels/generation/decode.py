@@ -52,8 +52,10 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     string starts; the ids themselves run up to the token that completed it (tokens are not cut).
 
     ``cache`` (from an earlier ``return_cache=True`` call, e.g. ``generate(model, ids1, 0,
-    return_cache=True)``): continue what it holds; ``input_ids`` are then only the NEW tokens (no
-    ``attention_mask``: the padding lives in the cache), and the cache is used and advanced in place.
+    return_cache=True)``): continue what it holds; ``input_ids`` are then only the NEW tokens, and the cache
+    is used and advanced in place. New tokens of different lengths may be left-padded (``attention_mask``): the
+    pads sit between the cached slots and each row's tokens, masked, and positions continue from each row's own
+    (refused, with the reason, for ALiBi, sliding windows and recurrent states, which read slots, not positions).
     ``return_cache=True`` returns ``(ids (B, T + n), cache)`` instead of the ids alone: a cache that
     has consumed everything it was given and every returned token (the last one included), so the
     next call passes only the tokens after them. Rows that ended before the others consumed
@@ -131,7 +133,7 @@ def _checked(model, input_ids, max_new_tokens, temperature, top_k, top_p, repeti
     ends = list(dict.fromkeys(ends + check_token_ids("stop_tokens", stop_tokens, vocab)))  # ordered, unique
     input_ids = input_ids.to(next(model.parameters()).device)
     b, t = input_ids.shape
-    held = _check_cache(cache, b, attention_mask)
+    held = _check_cache(model, cache, b, attention_mask)
     if held + t + max_new_tokens > cfg.max_seq_len and cfg.position in ("learned", "sinusoidal"):
         raise ValueError(f"prompt ({held + t}) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"{cfg.max_seq_len} {cfg.position} positions (max_seq_len)")
@@ -152,7 +154,7 @@ def _checked(model, input_ids, max_new_tokens, temperature, top_k, top_p, repeti
     return input_ids, attention_mask, max_new_tokens, ends, pad
 
 
-def _check_cache(cache, batch: int, attention_mask) -> int:
+def _check_cache(model, cache, batch: int, attention_mask) -> int:
     """The slots a cache passed to :func:`generate` holds (0 without one), after checking it fits."""
     if cache is None:
         return 0
@@ -162,9 +164,24 @@ def _check_cache(cache, batch: int, attention_mask) -> int:
     if rows.shape[0] != batch:
         raise ValueError(f"cache holds {rows.shape[0]} rows; input_ids has {batch} (one row of new tokens per row)")
     if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError("attention_mask: tokens that continue a cache follow every row's cached tokens; the "
-                         "padding lives in the cache (left-pad the first call)")
+        reason = _padding_after_cache(model, cache)
+        if reason is not None:
+            raise ValueError(f"attention_mask: padded new tokens after a cache sit between its slots and the tokens, "
+                             f"and {reason}; pad the first call instead (the padding then lives in the cache)")
     return int(cache.pos)
+
+
+def _padding_after_cache(model, cache) -> str | None:
+    """Why new tokens left-padded after ``cache`` (pads between its slots and the tokens) would not decode as each
+    row alone, or None: a key/value cache on a model that reads positions, not slot distances."""
+    from ..nn.kv_cache import KVCache
+    if not isinstance(cache, KVCache):
+        return f"{type(cache).__name__} is not a key/value cache (a recurrent state cannot hold them)"
+    if model.config.position == "alibi":
+        return "ALiBi biases scores by slot distance (position='alibi')"
+    if model.config.sliding_window is not None:
+        return f"a sliding window counts slots, not positions (sliding_window={model.config.sliding_window})"
+    return None
 
 
 def _beam(model, input_ids, max_new_tokens, mask, ends, pad, k, length_penalty, early_stopping,

@@ -181,21 +181,23 @@ class DecodeSession:
     def prefill(self, input_ids: torch.Tensor, need: int, *, attention_mask: torch.Tensor | None = None,
                 cache=None) -> tuple:
         """``input_ids (B, T)`` through the model once, into a new cache that can grow to ``need`` slots, or after
-        what ``cache`` holds: ``(cache, logits (B, V) of the next token)``. The session's rows are not touched."""
+        what ``cache`` holds: ``(cache, logits (B, V) of the next token)``. The session's rows are not touched.
+        After a filled cache, ``attention_mask (B, T)`` marks left pads of the new tokens: they sit between the
+        cached slots and each row's tokens, masked, and the tokens take each row's next positions (exact where
+        the model reads positions, not slot distances: :func:`.decode.generate` checks it)."""
         b, t = input_ids.shape
         if cache is None:
             cache = self.model.new_cache(b, min(t + kv_cache.CHUNK, need), limit=need)
         else:
-            if cache.pos and attention_mask is not None:
-                raise ValueError("attention_mask: tokens that continue a cache follow every row's cached tokens; "
-                                 "the padding lives in the cache (left-pad the first call)")
             if cache.limit is not None:
                 cache.limit = max(cache.limit, cache.pos + need)
             cache.reserve(t)
-            if cache.key_mask is not None:  # the padding of what the cache holds, then the new tokens
-                attention_mask = torch.cat([cache.key_mask[:, :cache.pos], input_ids.new_ones(b, t)], dim=1)
+            if cache.pos and (cache.key_mask is not None or attention_mask is not None):
+                held = cache.key_mask[:, :cache.pos] if cache.key_mask is not None else input_ids.new_ones(b, cache.pos)
+                new = attention_mask[:, -t:] if attention_mask is not None else input_ids.new_ones(b, t)
+                attention_mask = torch.cat([held.to(new), new], dim=1)  # (B, pos + T): what is held, then the new
         h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B, T, D)
-        if attention_mask is not None and cache.key_mask is None:
+        if attention_mask is not None and (cache.key_mask is None or not bool(attention_mask.all())):
             cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
         return cache, self.model.head(h[:, -1])  # only the last position's logits are needed
 
