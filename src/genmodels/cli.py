@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_score_parser(sub)
     from .cli_critic import add_critic_parsers
     add_critic_parsers(sub)
+    from .cli_perplexity import add_perplexity_parser
+    add_perplexity_parser(sub)
     return p
 
 
