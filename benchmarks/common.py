@@ -61,7 +61,25 @@ def bandwidth_gbs(device: str = "cpu") -> float:
 
 
 def step_bytes(model) -> int:
-    """Bytes one decode step must read: every parameter except the input embedding table (one row
-    of it is read), unless the head is tied to it."""
-    skip = 0 if model.config.tie_embeddings else model.embed.weight.numel()
-    return sum(p.numel() * p.element_size() for p in model.parameters()) - skip * model.embed.weight.element_size()
+    """Bytes one decode step must read: every parameter and every quantised linear's GGUF ``blocks``, except
+    the input embedding table (one row of it is read) unless the head reads it (tied); a tied head kept as
+    blocks (``model.quantized_head``, a quantised GGUF load) reads those instead of the fp32 table."""
+    blocks = [b for name, b in model.named_buffers() if name.endswith("blocks")]
+    head = getattr(model, "quantized_head", None)
+    read_embed = model.config.tie_embeddings and head is None
+    skip = 0 if read_embed else model.embed.weight.numel()
+    return (sum(p.numel() * p.element_size() for p in model.parameters()) - skip * model.embed.weight.element_size()
+            + sum(b.numel() for b in blocks) + (head[0].numel() if head is not None else 0))
+
+
+def cpu_flags() -> str:
+    """What the CPU offers for the kernels (from /proc/cpuinfo): AVX2, AVX-512 (F, VNNI, BF16), AMX; "none of
+    avx2/avx512/amx" elsewhere (benchmarks print it beside cpu_name: issue 26 asks every figure to say)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        have = []
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+    found = [f for f in wanted if f in have]
+    return " ".join(found) if found else "none of avx2/avx512/amx"
