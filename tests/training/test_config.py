@@ -74,11 +74,12 @@ def test_cli_config_error_exits_before_any_work(corpus_dir, tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_refuses_bf16_on_cpu(corpus_dir, tmp_path, capsys):
+def test_cli_refuses_fp16_on_cpu(corpus_dir, tmp_path, capsys):
+    """(bf16 on a CPU without bf16 hardware: tests/training/test_precision.py)"""
     f = tmp_path / "c.yaml"
-    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run", train={"precision": "bf16"})))
+    f.write_text(yaml.safe_dump(tiny_config(corpus_dir, tmp_path / "run", train={"precision": "fp16"})))
     assert train_main([str(f), "--set", "train.device=cpu"]) == 2
-    assert "train.precision=bf16" in capsys.readouterr().err
+    assert "train.precision=fp16" in capsys.readouterr().err
 
 
 def test_span_corruption_needs_no_more_spans_than_sentinels():

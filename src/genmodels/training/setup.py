@@ -1,4 +1,4 @@
-"""Setting a run up: precision, the model config for the tokenizer, the resume point (the newest
+"""Setting a run up: the model config for the tokenizer, the resume point (the newest
 readable checkpoint of the same corpus and model), RNG states, the peak FLOP/s for MFU."""
 from __future__ import annotations
 
@@ -39,19 +39,6 @@ class TrainResult:
     samples: list[str] = field(default_factory=list)
     image_metrics: dict[str, float] = field(default_factory=dict)  # image runs: the last evaluation's metrics
     checkpoint: Path | None = None
-
-
-def autocast_dtype(cfg_precision: str, device: torch.device):
-    if device.type != "cuda":
-        if cfg_precision in ("bf16", "fp16"):
-            raise ConfigError(f"train.precision={cfg_precision} needs a GPU; on CPU training computes in fp32 "
-                               "(use precision: auto or fp32)")
-        return None
-    if cfg_precision == "fp32":
-        return None
-    if cfg_precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cfg_precision == "bf16" else torch.float16
 
 
 def rng_state(info: DistInfo) -> dict[str, torch.Tensor]:

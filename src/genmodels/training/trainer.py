@@ -46,8 +46,9 @@ from .optim import build_optimizer
 from .loop import RunState, check_params, evaluate_run, run_loop, write_checkpoint
 from .recipe import dump_config
 from .rundir import RunDirError, RunLock, claim_run_dir
-from .setup import (TrainResult, autocast_dtype, ema_on_resume, init_from_model, matmul_peak, model_config,
-                    restore_rng, resume_point)
+from .precision import autocast_dtype, precision_note
+from .setup import (TrainResult, ema_on_resume, init_from_model, matmul_peak, model_config, restore_rng,
+                    resume_point)
 from .steps import Phase, TrainStep
 
 
@@ -95,6 +96,9 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     tc = cfg.train
     if tc.threads is not None:
         torch.set_num_threads(tc.threads)
+    note = precision_note(tc.precision, info.device)
+    if note:
+        say(note)
     run = RunState(cfg=cfg, info=info, say=say, clock=clock, t_start=t_start, run_dir=Path(cfg.run_dir),
                    progress=progress, amp_dtype=autocast_dtype(tc.precision, info.device),
                    micro_bs=tc.batch_size // (tc.grad_accum * info.world_size))
