@@ -38,8 +38,8 @@ from .data.task_pairs import task_pairs
 from .data.tasks import TaskRecord, exact_match
 from .task_eval import _replies
 
-__all__ = ["FORMAT", "agreement", "critic_messages", "critic_prompt", "critique", "critique_text", "parse_verdict",
-           "triples", "write_critique_data"]
+__all__ = ["FORMAT", "agreement", "critic_judge", "critic_messages", "critic_prompt", "critique", "critique_text",
+           "critiques", "parse_verdict", "triples", "write_critique_data"]
 
 FORMAT = "genmodels-critique-data"  # the record beside a critique-data file
 DEFAULT_MAX_NEW_TOKENS = 48  # "Verdict: wrong. The answer is <the longest answer>." fits
@@ -109,6 +109,33 @@ def critique(model: torch.nn.Module, question: str, answer: str,
     return chat(model, [{"role": "user", "content": critic_prompt(question, answer)}], max_new_tokens=max_new_tokens)
 
 
+def critiques(model: torch.nn.Module, rows: Sequence[dict[str, Any]], batch: int = 16, *,
+              max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, say: Callable[[str], None] | None = None) -> list[str]:
+    """The critic's greedy critique of each row's ``answer`` to its ``question`` (``id`` names it in a refusal),
+    decoded in left-padded batches through the model's chat template as ``genmodels eval-tasks`` decodes."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch={batch!r} (--batch): give a positive integer")
+    conversation = Conversation(model, max_new_tokens=max_new_tokens)
+    prompts = [conversation.encode([{"role": "user", "content": critic_prompt(r["question"], r["answer"])}])
+               for r in rows]
+    room = conversation.context - max_new_tokens
+    for r, p in zip(rows, prompts):
+        if len(p) > room:
+            raise ValueError(f"record {r['id']}: its critic prompt takes {len(p)} tokens and the model's context "
+                             f"({conversation.context}) leaves {room} after max_new_tokens={max_new_tokens}")
+    return _replies(model, conversation, prompts, conversation.stop, batch, max_new_tokens, say)
+
+
+def critic_judge(model: torch.nn.Module, batch: int = 16, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 say: Callable[[str], None] | None = None) -> Callable[[Sequence[TaskRecord], Sequence[str]], list]:
+    """A judge for :func:`genmodels.sampled_pairs.sampled_pairs`: ``judge(records, replies)`` -> the critic's
+    parsed verdict (True, False or None) on ``replies[i]`` answering ``records[i]`` (it never sees the answer)."""
+    def judge(records: Sequence[TaskRecord], replies: Sequence[str]) -> list[bool | None]:
+        rows = [{"id": r.id, "question": r.question, "answer": a} for r, a in zip(records, replies)]
+        return [parse_verdict(t) for t in critiques(model, rows, batch, max_new_tokens=max_new_tokens, say=say)]
+    return judge
+
+
 def agreement(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int = 16, *, seed: int = 0,
               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
               say: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -120,15 +147,7 @@ def agreement(model: torch.nn.Module, records: Sequence[TaskRecord], batch: int 
     rows = triples(records, seed)
     if not rows:
         raise ValueError("no (question, answer) pairs to judge: no record's task has a second answer")
-    conversation = Conversation(model, max_new_tokens=max_new_tokens)
-    prompts = [conversation.encode([{"role": "user", "content": critic_prompt(r["question"], r["answer"])}])
-               for r in rows]
-    room = conversation.context - max_new_tokens
-    for r, p in zip(rows, prompts):
-        if len(p) > room:
-            raise ValueError(f"record {r['id']}: its critic prompt takes {len(p)} tokens and the model's context "
-                             f"({conversation.context}) leaves {room} after max_new_tokens={max_new_tokens}")
-    texts = _replies(model, conversation, prompts, conversation.stop, batch, max_new_tokens, say)
+    texts = critiques(model, rows, batch, max_new_tokens=max_new_tokens, say=say)
     out = [{"id": r["id"], "answer": r["answer"], "correct": r["correct"], "critique": t,
             "verdict": parse_verdict(t)} for r, t in zip(rows, texts)]
     agree = sum(o["verdict"] == o["correct"] for o in out)
