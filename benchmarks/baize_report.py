@@ -1,0 +1,130 @@
+"""The Baize recipe's results (issue #22 d4/d6) from a measurement folder: a table and a bar chart.
+
+    .venv/bin/python benchmarks/baize_report.py OUT [--png docs/img/baize-exact-match.png]
+
+``OUT`` is what ``benchmarks/baize_recipe.py OUT`` filled: ``eval/{base,baize-s<k>,no-selfchat-s<k>}-{seen-test,
+unseen}.json`` (``genmodels eval-tasks --out`` reports), ``runs/*/final/adapter_model.safetensors`` and
+``phases.json`` (each phase's wall seconds and the load average). Prints a Markdown table — per seed, exact
+match on seen-test and unseen with and without the self-chat data, the adapter's bytes; mean ± standard
+deviation (sample, n − 1) over seeds; the gain over the base in standard deviations — and each phase's time.
+The issue's target: the mean gain on seen-test ≥ 0.2 and more than 2 standard deviations of the seeds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+SPLITS = ("seen-test", "unseen")
+ARMS = ("baize", "no-selfchat")
+LABELS = {"base": "base (untuned)", "baize": "Baize: self-chat + task data", "no-selfchat": "task data only"}
+
+
+def load(out: Path) -> dict:
+    """``{arm: {seed: {split: report}}}`` (the base under seed None) for every eval report in ``out/eval``."""
+    found: dict = {}
+    for f in sorted((out / "eval").glob("*.json")):
+        m = re.fullmatch(r"(base|baize|no-selfchat)(?:-s(\d+))?-(seen-test|unseen)", f.stem)
+        if m:
+            arm, seed, split = m.group(1), m.group(2), m.group(3)
+            found.setdefault(arm, {}).setdefault(None if seed is None else int(seed), {})[split] = \
+                json.loads(f.read_text())
+    return found
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
+
+
+def fmt(r: dict | None) -> str:
+    return "—" if r is None else f"{r['exact_match']:.3f} ({r['correct']}/{r['records']})"
+
+
+def adapter_bytes(out: Path, arm: str, seed: int) -> int | None:
+    f = out / "runs" / f"{arm}-s{seed}" / "final" / "adapter_model.safetensors"
+    return f.stat().st_size if f.exists() else None
+
+
+def table(out: Path, found: dict) -> list[str]:
+    base = found.get("base", {}).get(None, {})
+    lines = ["| run | seed | seen-test exact match | unseen exact match | adapter bytes |", "|---|---|---|---|---|",
+             f"| base (untuned) | — | {fmt(base.get('seen-test'))} | {fmt(base.get('unseen'))} | — |"]
+    for arm in ARMS:
+        for seed, reps in sorted(found.get(arm, {}).items()):
+            size = adapter_bytes(out, arm, seed)
+            lines.append(f"| {LABELS[arm]} | {seed} | {fmt(reps.get('seen-test'))} | {fmt(reps.get('unseen'))} | "
+                         f"{size if size is None else f'{size:,}'} |")
+    lines += ["", "| run | seeds | seen-test mean ± std | gain over base (in std) | unseen mean ± std | gain |",
+              "|---|---|---|---|---|---|"]
+    for arm in ARMS:
+        cells = []
+        for split in SPLITS:
+            xs = [r[split]["exact_match"] for r in found.get(arm, {}).values() if split in r]
+            if not xs or split not in base:
+                cells += ["—", "—"]
+                continue
+            m, s = mean_std(xs)
+            gain = m - base[split]["exact_match"]
+            cells += [f"{m:.3f} ± {s:.3f}", f"{gain:+.3f} ({gain / s:.1f} std)" if s == s and s > 0 else f"{gain:+.3f}"]
+        n = len(found.get(arm, {}))
+        lines.append(f"| {LABELS[arm]} | {n} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
+    return lines
+
+
+def phase_lines(out: Path) -> list[str]:
+    f = out / "phases.json"
+    if not f.exists():
+        return []
+    phases = json.loads(f.read_text())
+    lines = ["", "| phase | wall s | load before → after | threads |", "|---|---|---|---|"]
+    for name, p in phases.items():
+        lines.append(f"| {name} | {p['seconds']:.0f} | {p['load_before']:.1f} → {p['load_after']:.1f} | {p['threads']} |")
+    cpu = {p.get("cpu") for p in phases.values()} - {None}
+    return lines + ([f"", f"CPU: {', '.join(sorted(cpu))}"] if cpu else [])
+
+
+def plot(found: dict, png: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    base = found.get("base", {}).get(None, {})
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    width = 0.26
+    for i, arm in enumerate(("base",) + ARMS):
+        for j, split in enumerate(SPLITS):
+            reports = [base] if arm == "base" else list(found.get(arm, {}).values())
+            xs = [r[split]["exact_match"] for r in reports if split in r]
+            if not xs:
+                continue
+            m, s = mean_std(xs)
+            x = j + (i - 1) * width
+            ax.bar(x, m, width, yerr=s if s == s else None, capsize=4, color=f"C{i}",
+                   label=LABELS[arm])
+            ax.scatter([x] * len(xs), xs, color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(SPLITS)), SPLITS)
+    ax.set_ylabel("exact match")
+    ax.set_title("SmolLM2-135M-Instruct + LoRA (mean ± std over seeds; dots: seeds)", fontsize=9)
+    handles, labels = ax.get_legend_handles_labels()
+    uniq = dict(zip(labels, handles))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("out", type=Path)
+    p.add_argument("--png", type=Path, default=None, help="write the bar chart here")
+    args = p.parse_args()
+    found = load(args.out)
+    print("\n".join(table(args.out, found) + phase_lines(args.out)))
+    if args.png is not None:
+        plot(found, args.png)
+        print(f"wrote {args.png}")
+
+
+if __name__ == "__main__":
+    main()
