@@ -20,6 +20,8 @@ Public API (stable):
     eval_tasks(model, records, batch=16) -> report   exact match on the task set (genmodels.data.tasks)
     sample(model, n=64, labels=None, steps=25, scheduler="ddim", guidance=1.0, seed=None) -> (N, C, H, W)
                                    images in [-1, 1] (diffusion; GANs through their own sample method)
+    image_to_words(model, images) -> words per image per pyramid layer    an SPAE model (genmodels.spae;
+    words_to_image(model, words, depth=None) -> (N, C, H, W)               docs/spae.md)
     build_model(config), preset(name, **overrides)   through the family registry (genmodels.registry)
     lora.apply(model, "q,v", r=8, alpha=16), lora.merge/unmerge/disabled(model), lora.save/load(model, dir)
                                    LoRA adapters (genmodels.lora; PEFT's adapter files; docs/lora.md)
@@ -40,9 +42,11 @@ from .interop.torchscale import from_torchscale
 from .io import export_diffusers, export_hf, load, load_tokenizer, save
 from .registry import build_model, preset
 from .quantize import quantize
+from .spae import image_to_words, words_to_image
 from . import lora  # noqa: E402  (genmodels.lora: adapters, after the families are registered)
 
 __version__ = "0.1.0"
 __all__ = ["ConfigError", "DecodeSession", "GistCache", "ModelConfig", "apply_chat_template", "build_model", "chat", "chat_stream", "compress", "embed", "eval_tasks", "export_diffusers", "export_hf", "from_torch_dcgan",
            "from_torchscale",
-           "generate", "load", "load_tokenizer", "lora", "preset", "quantize", "sample", "save"]
+           "generate", "image_to_words", "load", "load_tokenizer", "lora", "preset", "quantize", "sample", "save",
+           "words_to_image"]

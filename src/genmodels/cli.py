@@ -11,6 +11,7 @@
     genmodels tasks --out DIR [--seed 0 --per-task 100]          the task set (docs/tasks.md)
     genmodels eval-tasks PATH --split unseen|seen-test [--limit N --batch 16 --out REPORT.json]
     genmodels serve PATH [--host 127.0.0.1 --port 8000 --max-batch 16 --api-key KEY]   OpenAI API (docs/serve.md)
+    genmodels tokenize-image PATH IMAGE [--recon OUT.png]     an image as an SPAE model's words (docs/spae.md)
 """
 from __future__ import annotations
 
@@ -203,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_critic_parsers(sub)
     from .cli_perplexity import add_perplexity_parser
     add_perplexity_parser(sub)
+    from .cli_spae import add_spae_parsers
+    add_spae_parsers(sub)
     return p
 
 

@@ -57,10 +57,17 @@ def assert_losses_match(got: dict[str, list[float]], by_cpu: dict[str, dict[str,
                     f"allowed difference {tolerance} x max(1, |{w:.4g}|)")
 
 
+# recipes of families that came after e15f1f6 (no record can exist; each is held by its own tests)
+AFTER_E15F1F6 = {"spae-digits": "issue #28 (tests/training/test_objective_contract.py, tests/objectives/test_spae.py)"}
+
+
 def from_scratch(recipe) -> bool:
     """A recipe that trains a model it builds. One that tunes a model it is given (``model.init_from``: a folder
-    made by commands first, e.g. configs/baize-smollm2.yaml) came after e15f1f6 (sft, LoRA) and has no record."""
+    made by commands first, e.g. configs/baize-smollm2.yaml) came after e15f1f6 (sft, LoRA) and has no record;
+    nor has a recipe of a family e15f1f6 did not have (:data:`AFTER_E15F1F6`)."""
     import yaml
+    if recipe.stem in AFTER_E15F1F6:
+        return False
     return not (yaml.safe_load(recipe.read_text()).get("model") or {}).get("init_from")
 
 

@@ -29,6 +29,9 @@ TINY = {
     "retnet": {"d_model": 32, "n_layers": 1, "n_heads": 2, "d_ff": 64},
     "diffusion": {"block_out_channels": [8, 16], "norm_num_groups": 4, "d_model": 16, "n_layers": 1, "n_heads": 2},
     "gan": {"z_dim": 8, "g_width": 8, "d_width": 8},
+    # (the lexicon from a 48-token stand-in LM folder: tests/fixtures/make_spae_lm.py)
+    "spae": {"lexicon": str(Path(__file__).parent.parent / "fixtures" / "spae" / "tiny-lm"), "lm_dim": 16,
+             "codebook_size": 20},
 }
 
 
@@ -60,6 +63,9 @@ def recipe(objective: str, corpus_dir, run) -> dict:
     if kind == "images":
         data, sample = {"source": "digits"}, {"n": 2, **({"steps": 2} if objective == "diffusion" else {})}
         train_over["objective"] = {"name": objective, "eval_samples": min_samples()}
+    elif kind == "spae_images":  # (no semantic loss: it would read MiniLM; tests/objectives/test_spae.py holds it)
+        data, sample = {"source": "digits"}, {"n": 2}
+        train_over["objective"] = {"name": objective, "semantic_weight": 0.0, "eval_images": 20}
     elif kind == "examples":  # (fixtures/examples/sft.jsonl, gist.jsonl for gist, with a tokenizer trained on it)
         source = GIST_EXAMPLES if objective == "gist" else EXAMPLES
         data = {"kind": "examples", "path": str(source), "tokenizer": str(examples_tokenizer(run.parent, source)),

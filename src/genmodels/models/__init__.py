@@ -76,3 +76,4 @@ __all__ = ["DecoderLM", "EncoderModel", "Seq2SeqCache", "Seq2SeqLM", "build_mode
 from . import retnet  # noqa: E402,F401  (registers the RetNet family; after the transformers)
 from . import diffusion  # noqa: E402,F401  (registers the diffusion family)
 from . import gan  # noqa: E402,F401  (registers the GAN family)
+from . import spae  # noqa: E402,F401  (registers the SPAE family)

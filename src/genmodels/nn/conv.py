@@ -8,6 +8,9 @@ Residual block, with τ = SiLU(emb(t)) the activated time embedding:
     h = Conv₃ₓ₃(Dropout(SiLU(GN₂(h))))
     y = S(x) + h,   S = 1×1 conv when the channel count changes, else the identity
 
+Without a time embedding (``temb_dim=0``, an autoencoder's blocks: SPAE's encoder and decoder) the block has no
+``time_proj`` and ``tau`` is None: the same block with the W_t·τ term left out.
+
 Downsampling is a 3×3 convolution of stride 2; upsampling is nearest-neighbour ×2, then a 3×3
 convolution. These are diffusers' ``ResnetBlock2D`` (``time_embedding_norm="default"``),
 ``Downsample2D`` and ``Upsample2D`` with ``use_conv=True``.
@@ -22,21 +25,22 @@ from torch import nn
 class ResnetBlock2D(nn.Module):
     """``x`` (B, C_in, H, W), ``tau`` = SiLU(time embedding) (B, T) -> (B, C_out, H, W).
 
-    The model computes ``tau`` once per forward and hands it to every block."""
+    The model computes ``tau`` once per forward and hands it to every block (None with ``temb_dim=0``)."""
 
     def __init__(self, c_in: int, c_out: int, temb_dim: int, groups: int, eps: float, dropout: float = 0.0):
         super().__init__()
         self.norm1 = nn.GroupNorm(groups, c_in, eps=eps)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.time_proj = nn.Linear(temb_dim, c_out)
+        self.time_proj = nn.Linear(temb_dim, c_out) if temb_dim else None
         self.norm2 = nn.GroupNorm(groups, c_out, eps=eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.shortcut = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
-    def forward(self, x: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, tau: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))  # (B, C_out, H, W)
-        h = h + self.time_proj(tau)[:, :, None, None]
+        if self.time_proj is not None:
+            h = h + self.time_proj(tau)[:, :, None, None]
         h = self.conv2(self.dropout(F.silu(self.norm2(h))))
         return self.shortcut(x) + h
 

@@ -13,6 +13,7 @@
                frozen or adapters-off reference
     reward     Bradley–Terry on preference pairs, a score head    reward.py (final/: a reward folder)
                over the decoder (a reward model)
+    spae       pixel + VQ terms per pyramid depth + semantic loss  spae.py (a frozen LM's words as the codebook)
 
 An objective states what a model must offer (``requires``: registry capabilities, methods, config fields);
 any objective that fits trains any family, and a family names the default one (``train.objective: auto``).
@@ -34,11 +35,12 @@ from .gist import Gist
 from .mlm import MaskedLM
 from .reward import RewardObjective
 from .sft import SFT
+from .spae import SPAEObjective
 from .span import SpanCorruption
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (CausalLM, MaskedLM, SpanCorruption,
                                                                    DiffusionObjective, GANObjective, SFT, DPO, Gist,
-                                                                   RewardObjective)}
+                                                                   RewardObjective, SPAEObjective)}
 
 
 def objective_for(family: str, objective: str = "auto") -> str:
@@ -76,5 +78,5 @@ def build_objective(objective: str, model: nn.Module, options: ObjectiveOptions 
 
 
 __all__ = ["Batch", "CausalLM", "DPO", "DiffusionObjective", "GANObjective", "MaskedLM", "Metrics", "OBJECTIVES",
-           "Objective", "ObjectiveOptions", "PhaseSpec", "RewardObjective", "SFT", "SpanCorruption", "Watch",
+           "Objective", "ObjectiveOptions", "PhaseSpec", "RewardObjective", "SFT", "SPAEObjective", "SpanCorruption", "Watch",
            "build_objective", "extra_tokens", "objective_for"]
