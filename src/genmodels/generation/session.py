@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 import torch
 
+from ..native import prefill as native_prefill
 from ..native.step import fused_step, unsupported
 from ..nn import kv_cache
 from .checks import check_generation_args, check_token_id, check_token_ids, vocab_size
@@ -168,14 +169,41 @@ class DecodeSession:
         if req.finished:
             req.cache = cache
             return req
+        self._join([req], cache, logits)
+        return req
+
+    @torch.inference_mode()
+    def add_many(self, prompts: list[tuple[torch.Tensor, Sampling]]) -> list[Request]:
+        """Several new requests ``[(input_ids (B_r, T_r), sampling), …]`` prefilled in ONE forward and added
+        together (the server's joins of a tick): prompts of different lengths are left-padded to the longest
+        (masked; each row's positions count its own tokens), so each row gets what it gets alone (up to the
+        float rounding of a batched forward). Same as :meth:`add` of each in turn; no kept caches here."""
+        reqs = []
+        for ids, s in prompts:
+            s.check(vocab_size(self.model), ids.shape[0])
+            if s.keep_cache:
+                raise ValueError("add_many: keep_cache requests are added one at a time (add)")
+            reqs.append(Request(ids, s))
+        live = [(ids, req) for (ids, _), req in zip(prompts, reqs) if not req.finished]
+        if not live:
+            return reqs
+        t = max(ids.shape[1] for ids, _ in live)
+        rows = [torch.nn.functional.pad(ids, (t - ids.shape[1], 0)) for ids, _ in live]  # (B_r, t) each
+        mask = torch.cat([torch.nn.functional.pad(torch.ones_like(ids), (t - ids.shape[1], 0)) for ids, _ in live])
+        need = max(t + req.s.max_new_tokens - 1 for _, req in live)
+        cache, logits = self.prefill(torch.cat(rows), need, attention_mask=None if bool(mask.all()) else mask)
+        self._join([req for _, req in live], cache, logits)
+        return reqs
+
+    def _join(self, reqs: list[Request], cache, logits: torch.Tensor) -> None:
+        """The rows of ``cache`` / ``logits (R, V)`` (the requests' rows, in order) join the session's."""
         if self.cache is None:
             self.cache, self.logits = cache, logits
         else:
             self.cache.extend(cache)
             self.logits = torch.cat([self.logits, logits])
-        self.requests.append(req)
+        self.requests.extend(reqs)
         self._step = None  # the rows changed: the native step binds again
-        return req
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, need: int, *, attention_mask: torch.Tensor | None = None,
@@ -196,10 +224,14 @@ class DecodeSession:
                 held = cache.key_mask[:, :cache.pos] if cache.key_mask is not None else input_ids.new_ones(b, cache.pos)
                 new = attention_mask[:, -t:] if attention_mask is not None else input_ids.new_ones(b, t)
                 attention_mask = torch.cat([held.to(new), new], dim=1)  # (B, pos + T): what is held, then the new
-        h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B, T, D)
+        if self.native and native_prefill.unsupported(self.model, cache) is None:  # packed GEMMs (native/prefill.py)
+            logits = native_prefill.prefill(self.model, cache, input_ids, attention_mask)
+        else:  # the PyTorch path (the reference the native prefill is held equal to)
+            h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B, T, D)
+            logits = self.model.head(h[:, -1])  # only the last position's logits are needed
         if attention_mask is not None and (cache.key_mask is None or not bool(attention_mask.all())):
             cache.set_key_mask(attention_mask)  # the padding, in slot coordinates from here on
-        return cache, self.model.head(h[:, -1])  # only the last position's logits are needed
+        return cache, logits
 
     def step(self) -> list[Request]:
         """One token for every live row; returns the requests that finished (they leave the session).

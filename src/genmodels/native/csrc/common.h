@@ -34,6 +34,7 @@ enum { NORM_LAYER = 0, NORM_RMS = 1 };
 enum { ACT_GELU = 0, ACT_GELU_TANH = 1, ACT_RELU = 2, ACT_SILU = 3 };
 
 int thread_id(void);
+int omp_threads(void); /* the team's size (1 outside a parallel region) */
 
 /* ---------------------------------------------------------------------------------------------
  * Dot-product tiles: out[i, j] = Σ_k x[i, k] · w[j, k] for i < MR inputs and j < NR weight rows.
@@ -210,6 +211,7 @@ void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const fl
 void norm_rows(const float *x, float *y, int64_t B, int64_t d, int kind, float eps, const float *w,
                const float *bias);
 void activate(float *h, const float *g, const float *up, int64_t n, int act);
+float exp_row(float *p, int64_t n, float mx); /* p[j] <- exp(p[j] − mx), −inf -> 0; returns Σ p */
 void attend(const float *q, const float *K, const float *V, int64_t ldk, int64_t n_keys, int64_t dh, float scale,
             const int64_t *key_ok, int64_t lo, float slope, const float *dist_bias, float *scores, float *out);
 void attend_block(const float *Q, const float *K, const float *V, int64_t ld, int64_t T, int64_t dh, float scale,

@@ -10,6 +10,14 @@ int thread_id(void) {
 #endif
 }
 
+int omp_threads(void) {
+#ifdef _OPENMP
+    return omp_get_num_threads();
+#else
+    return 1;
+#endif
+}
+
 /* Columns [n0, n1) of y (M, N) = x (M, K) · W (N, K)ᵀ + bias, rows of x, W, y ldx, ldw, ldy apart.
  * Each block of weight rows is read from memory once and used for every input row while in L1. */
 void linear_rows_ld(const float *x, int64_t ldx, int64_t M, int64_t K, const float *W, int64_t ldw,

@@ -62,6 +62,28 @@ void activate(float *h, const float *g, const float *up, int64_t n, int act) {
     for (; i < n; i++) h[i] = up ? activation(g[i], act) * up[i] : activation(g[i], act);
 }
 
+/* p[j] <- exp(p[j] − mx) for j < n (−inf: 0); returns Σ p */
+float exp_row(float *p, int64_t n, float mx) {
+    int64_t j = 0;
+    float total = 0.0f;
+#ifdef GM_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
+    for (; j + 8 <= n; j += 8) {
+        __m256 s = _mm256_loadu_ps(p + j);
+        __m256 e = _mm256_and_ps(exp8(_mm256_sub_ps(s, vmx)), _mm256_cmp_ps(s, ninf, _CMP_GT_OQ));
+        _mm256_storeu_ps(p + j, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    total = hsum8(acc);
+#endif
+    for (; j < n; j++) {
+        p[j] = p[j] == -INFINITY ? 0.0f : expf(p[j] - mx);
+        total += p[j];
+    }
+    return total;
+}
+
 /* softmax(q·Kᵀ·scale + bias) V for one query head over keys [lo, n_keys) of its KV head; the query
  * sits at n_keys − 1 and bias(j) = slope·(j − q) + dist_bias[q − j] (ALiBi, T5). */
 void attend(const float *q, const float *K, const float *V, int64_t ldk, int64_t n_keys, int64_t dh,
@@ -82,7 +104,6 @@ void attend(const float *q, const float *K, const float *V, int64_t ldk, int64_t
         scores[j] = s;
         if (s > mx) mx = s;
     }
-    float total = 0.0f;
     for (int64_t i = 0; i < dh; i++) out[i] = 0.0f;
     if (mx == -INFINITY) { /* no visible key: PyTorch's finfo.min mask makes the row uniform over all keys */
         for (int64_t j = 0; j < n_keys; j++)
@@ -90,23 +111,8 @@ void attend(const float *q, const float *K, const float *V, int64_t ldk, int64_t
         for (int64_t i = 0; i < dh; i++) out[i] /= (float)(n_keys > 0 ? n_keys : 1);
         return;
     }
-    int64_t j = lo; /* scores[j] <- exp(scores[j] − max), masked keys (−inf) <- 0 */
-#ifdef GM_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    const __m256 vmx = _mm256_set1_ps(mx), ninf = _mm256_set1_ps(-INFINITY);
-    for (; j + 8 <= n_keys; j += 8) {
-        __m256 s = _mm256_loadu_ps(scores + j);
-        __m256 p = _mm256_and_ps(exp8(_mm256_sub_ps(s, vmx)), _mm256_cmp_ps(s, ninf, _CMP_GT_OQ));
-        _mm256_storeu_ps(scores + j, p);
-        acc = _mm256_add_ps(acc, p);
-    }
-    total = hsum8(acc);
-#endif
-    for (; j < n_keys; j++) {
-        float p = scores[j] == -INFINITY ? 0.0f : expf(scores[j] - mx);
-        scores[j] = p;
-        total += p;
-    }
+    float total = exp_row(scores + lo, n_keys - lo, mx);
+    int64_t j;
     for (j = lo; j < n_keys; j++) {
         const float p = scores[j];
         if (p == 0.0f) continue;

@@ -182,12 +182,18 @@ static void dequant_kblock(const uint8_t *restrict b, int64_t type, float *restr
     }
 }
 
-static void dequant_row(const uint8_t *row, int64_t type, int64_t K, float *out) {
+/* Values [k0, k1) of one row of blocks -> out[0 : k1 − k0]; k0 and k1 multiples of the block's values
+ * (the prefill's panels, prefill.c, take a span of rows at a time). */
+void quant_dequant_span(const uint8_t *row, int64_t type, int64_t k0, int64_t k1, float *out) {
     const int64_t bb = quant_block_bytes(type), qk = quant_block_values(type);
-    for (int64_t k = 0; k < K; k += qk) {
-        if (qk == GM_QK_K) dequant_kblock(row + (k / qk) * bb, type, out + k);
-        else dequant_block(row + (k / qk) * bb, type, out + k);
+    for (int64_t k = k0; k < k1; k += qk) {
+        if (qk == GM_QK_K) dequant_kblock(row + (k / qk) * bb, type, out + (k - k0));
+        else dequant_block(row + (k / qk) * bb, type, out + (k - k0));
     }
+}
+
+static void dequant_row(const uint8_t *row, int64_t type, int64_t K, float *out) {
+    quant_dequant_span(row, type, 0, K, out);
 }
 
 /* Batch 1 for the K formats: rows [n0, n1) of y (+)= W x + bias, each super-block dequantised into a

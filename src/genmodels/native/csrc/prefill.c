@@ -1,0 +1,160 @@
+/* Prefill of a decoder-only model: T new tokens of each of the B rows through every layer in one native
+ * call, their keys and values written into the KV cache at slots [start, start + T), and the logits of
+ * each row's last token. The same model struct as the decode step (decoder.h); the products over all
+ * B·T rows are packed matrix products (gemm.c), attention runs per (row, head, block of queries):
+ *
+ *     S = Q Kᵀ · scale (+ ALiBi slope · (j − i))      keys j of the cache, slots [lo, start + t1)
+ *     P = softmax over the keys query i may see:       j ≤ i (causal), i − j < window, key_mask[b, j] = 1
+ *     O = P V
+ *
+ * A query that sees no key (a left pad) attends uniformly over every key of the call, as PyTorch's
+ * finfo.min mask makes it (its slot is padding: nothing ever reads what it writes).
+ * Not computed here (the caller refuses them: native/prefill.py): sparse MoE feed-forwards,
+ * cross-attention, T5's relative bias.
+ */
+#include "decoder.h"
+#include "prefill.h"
+#include "quant.h"
+
+#define PF_QB 64 /* queries per attention task */
+
+/* Floats of the scratch for B·T = rows new tokens over n_keys = start + T keys. */
+GM_API int64_t gm_prefill_scratch_floats(const gm_model *m, int64_t rows, int64_t n_keys) {
+    const int64_t qkv = (m->n_heads + 2 * m->n_kv) * m->dh, ff = (m->gated ? 2 : 1) * m->d_ff;
+    const int64_t per_thread = (PF_QB * n_keys + 15) / 16 * 16 + gemm_pack_floats(rows);
+    return rows * (2 * m->d + qkv + m->n_heads * m->dh + ff + m->d_ff) + m->n_threads * per_thread + 16;
+}
+
+/* One attention task: row b, query head h, queries t0 ≤ t < t1 of the call (slots start + t). Q rows of
+ * qkv (ld QKV), K/V from the layer's cache (slots [0, start + T) filled), out rows of att (ld H·dh). */
+static void attend_queries(const gm_model *m, const gm_layer *ly, const float *qkv, const int64_t *key_mask,
+                           int64_t b, int64_t h, int64_t start, int64_t T, int64_t t0, int64_t t1, float *S,
+                           float *att) {
+    const int64_t H = m->n_heads, HKV = m->n_kv, DH = m->dh, L = m->max_len, QKV = (H + 2 * HKV) * DH;
+    const int64_t W = m->window, hi = start + t1, lo = W > 0 && start + t0 + 1 > W ? start + t0 + 1 - W : 0;
+    const int64_t nk = hi - lo, nq = t1 - t0, ldo = H * DH;
+    const float *Kc = ly->k_cache + ((b * HKV + h / (H / HKV)) * L) * DH, *Vc = ly->v_cache + ((b * HKV + h / (H / HKV)) * L) * DH;
+    const float *Q = qkv + (b * T + t0) * QKV + h * DH;
+    const int64_t *km = key_mask ? key_mask + b * m->mask_stride : 0;
+    const float scale = (float)m->attn_scale, slope = m->pos_kind == POS_ALIBI ? m->alibi[h] : 0.0f;
+    float *O = att + (b * T + t0) * ldo + h * DH, inv[PF_QB];
+    int uniform[PF_QB];
+    linear_rows_ld(Q, QKV, nq, DH, Kc + lo * DH, DH, 0, S, nk, 0, nk, 0); /* S = Q Kᵀ (nq × nk) */
+    for (int64_t i = 0; i < nq; i++) {
+        const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
+        float *s = S + i * nk, mx = -INFINITY;
+        for (int64_t j = lo; j < hi; j++) {
+            float v = -INFINITY;
+            if (j >= a && j <= q && (!km || km[j])) v = s[j - lo] * scale + slope * (float)(j - q);
+            s[j - lo] = v;
+            mx = v > mx ? v : mx;
+        }
+        uniform[i] = mx == -INFINITY;
+        inv[i] = uniform[i] ? 0.0f : 1.0f / exp_row(s, nk, mx);
+    }
+    if (DH % 16 == 0) { /* O = P V by 16-wide panels of V read in place */
+        for (int64_t p = 0; p < DH; p += 16) panel_rows(S, nk, nq, nk, Vc + lo * DH + p, DH, O + p, ldo, 16, 0, 0);
+    } else {
+        for (int64_t i = 0; i < nq; i++) {
+            float *o = O + i * ldo;
+            for (int64_t c = 0; c < DH; c++) o[c] = 0.0f;
+            for (int64_t j = 0; j < nk; j++) {
+                const float pj = S[i * nk + j];
+                if (pj != 0.0f)
+                    for (int64_t c = 0; c < DH; c++) o[c] += pj * Vc[(lo + j) * DH + c];
+            }
+        }
+    }
+    for (int64_t i = 0; i < nq; i++) {
+        float *o = O + i * ldo;
+        if (uniform[i]) { /* no visible key: the mean of every value of the call */
+            for (int64_t c = 0; c < DH; c++) o[c] = 0.0f;
+            for (int64_t j = 0; j < start + T; j++)
+                for (int64_t c = 0; c < DH; c++) o[c] += Vc[j * DH + c];
+            for (int64_t c = 0; c < DH; c++) o[c] /= (float)(start + T);
+        } else {
+            for (int64_t c = 0; c < DH; c++) o[c] *= inv[i];
+        }
+    }
+}
+
+/* Rotate q and k heads (RoPE) and write k, v of rows [0, N) into the cache at slots start + t. */
+static void rope_and_cache(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions,
+                           int64_t start, int64_t T) {
+    const int64_t H = m->n_heads, HKV = m->n_kv, DH = m->dh, L = m->max_len, QKV = (H + 2 * HKV) * DH;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->batch * T; r++) {
+        const int64_t b = r / T, slot = start + r % T;
+        float *row = qkv + r * QKV;
+        if (m->pos_kind == POS_ROPE)
+            for (int64_t h = 0; h < H + HKV; h++) rope_head(row + h * DH, m, positions[r]);
+        for (int64_t h = 0; h < HKV; h++) {
+            const int64_t at = ((b * HKV + h) * L + slot) * DH;
+            memcpy(ly->k_cache + at, row + (H + h) * DH, DH * sizeof(float));
+            memcpy(ly->v_cache + at, row + (H + HKV + h) * DH, DH * sizeof(float));
+        }
+    }
+}
+
+/* x (N, D) = embed[ids] · emb_scale (+ pos_table[positions]) */
+static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *positions, int64_t N, float *x) {
+    const int64_t D = m->d;
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < N; r++) {
+        const float *e = m->embed + ids[r] * D, *p = m->pos_kind == POS_TABLE ? m->pos_table + positions[r] * D : 0;
+        for (int64_t i = 0; i < D; i++) x[r * D + i] = e[i] * (float)m->emb_scale + (p ? p[i] : 0.0f);
+    }
+}
+
+/* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
+ * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
+ * floats; logits (B, V) of each row's last token. Returns 0, or -1 for a part it does not compute. */
+GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
+                              const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits) {
+    const int64_t B = m->batch, N = B * T, D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
+    const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, nb = (T + PF_QB - 1) / PF_QB;
+    if (m->dist_bias || T < 1 || start + T > m->max_len) return -1;
+    for (int64_t l = 0; l < m->n_layers; l++)
+        if (m->layers[l].moe.router_w || m->layers[l].cross_q_w) return -1;
+    float *x = scratch, *xn = x + N * D, *qkv = xn + N * D, *att = qkv + N * QKV, *ff = att + N * H * DH;
+    float *hid = ff + N * FF, *per = hid + N * F;
+    per += (16 - ((uintptr_t)per / 4) % 16) % 16; /* 64-byte aligned */
+    const int64_t s_floats = (PF_QB * (start + T) + 15) / 16 * 16; /* each thread's S, then the packing buffers */
+    float *pack = per + m->n_threads * s_floats;
+    const float eps = (float)m->norm_eps;
+    const int post = (int)m->post_norm;
+#pragma omp parallel num_threads(m->n_threads)
+    {
+        float *S = per + thread_id() * s_floats;
+        embed_rows(m, ids, positions, N, x);
+        for (int64_t l = 0; l < m->n_layers; l++) {
+            const gm_layer *ly = &m->layers[l];
+            if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack);
+            rope_and_cache(m, ly, qkv, positions, start, T);
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t task = 0; task < B * H * nb; task++) {
+                const int64_t b = task / (H * nb), h = task / nb % H, t0 = task % nb * PF_QB;
+                attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att);
+            }
+            prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack);
+            if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+            if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack);
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < N; r++) activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
+            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack);
+            if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < B; b++) { /* each row's last token -> final norm (× output scale) */
+            const float *xr = x + (b * T + T - 1) * D;
+            if (m->final_norm) norm_row(xr, xn + b * D, D, (int)m->norm, eps, m->final_w, m->final_b);
+            else memcpy(xn + b * D, xr, D * sizeof(float));
+            if (m->out_scale != 1.0)
+                for (int64_t i = 0; i < D; i++) xn[b * D + i] *= (float)m->out_scale;
+        }
+        any_linear_team(xn, B, D, m->head_w, m->head_t, m->head_b, logits, m->vocab, 0);
+    }
+    return 0;
+}

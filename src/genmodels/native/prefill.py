@@ -1,0 +1,119 @@
+"""Native prefill: a prompt through a decoder-only model in one native call per chunk (``gm_decoder_prefill``,
+csrc/prefill.c), its keys and values written into the KV cache, the next-token logits of each row returned.
+
+    ids (B, T) ─ embed (+ positions) ─ N × [x += Attn(Norm x) over cache slots [0, start + T);  x += FFN(Norm x)]
+             ─ each row's last token ─ Norm ─ head ─▶ logits (B, V)
+
+It computes what ``model.head(model.hidden_states(ids, attention_mask, cache=cache)[:, -1])`` computes (the
+PyTorch path, kept as the reference: tests/native/test_prefill.py holds them equal to 1e-5 in fp32, logits
+and cache), with the matrix products over all B·T rows as packed GEMMs (csrc/gemm.c: panels of W packed
+on the fly, so quantised weights are dequantised one panel at a time and never copied whole) and attention
+per (row, head, block of 64 queries). It reads the same struct as the decode step
+(:class:`.decoder.FusedDecodeStep`), so it covers what the step covers — pre/post-norm, LayerNorm/RMSNorm,
+learned/sinusoidal/RoPE/ALiBi positions, MHA/GQA/MQA, sliding windows, plain and gated MLPs, fp32 and GGUF
+block weights — except sparse MoE feed-forwards, T5's relative bias and encoder–decoder models
+(:func:`unsupported` names the reason; generation then prefills through PyTorch).
+
+Rows of different lengths (left padding, ``attention_mask``) are handled: positions come from the cache
+(``cache.advance``, as the PyTorch forward takes them), padded keys are masked, and a padding query attends
+uniformly over the call's keys as PyTorch's ``finfo.min`` mask makes it (its slot is never read).
+``GENMODELS_NATIVE_PREFILL=0`` turns it off (the decode step stays native), for A/B measurements.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+from torch import nn
+
+from ..nn import KVCache, RelativePositionBias, SparseMoE
+from . import library, never_raises
+from .decoder import FusedDecodeStep, unsupported as step_unsupported
+
+ROWS = 512  # new tokens (B·T) per native call: a chunk's activations stay a few MB, its GEMMs near peak
+
+
+def enabled() -> bool:
+    """False when ``GENMODELS_NATIVE_PREFILL`` is 0/false/off/no (read at every prefill)."""
+    return os.environ.get("GENMODELS_NATIVE_PREFILL", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def unsupported(model: nn.Module, cache=None) -> str | None:
+    """Why ``model``'s prompts (into ``cache``, when given) cannot be prefilled natively (``None``: they can)."""
+    if not enabled():
+        return "native prefill turned off (GENMODELS_NATIVE_PREFILL=0)"
+    if cache is not None and type(cache) is not KVCache:
+        return f"the cache is a {type(cache).__name__}, not a KVCache"
+    return _model_unsupported(model)
+
+
+@never_raises
+def _model_unsupported(model: nn.Module) -> str | None:
+    from ..models.decoder import DecoderLM
+    if not isinstance(model, DecoderLM) or type(model).hidden_states is not DecoderLM.hidden_states:
+        return f"{type(model).__name__} is not a decoder-only DecoderLM with its forward"
+    if (reason := step_unsupported(model)) is not None:
+        return reason
+    blocks, _, _, _, score_bias = model.decoder_view()
+    for i, blk in enumerate(blocks):
+        if type(blk.mlp) is SparseMoE:
+            return f"block {i} has a sparse MoE feed-forward (the native prefill computes dense ones)"
+    if type(score_bias) is RelativePositionBias:
+        return "T5 relative position bias (the native prefill computes ALiBi only)"
+    return None
+
+
+def _inputs(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, n_embed: int):
+    """Checked (ids, padding mask (B, start + T) int64 or None) before anything moves."""
+    b, t = input_ids.shape
+    if t < 1:
+        raise ValueError("native prefill needs at least one new token per row")
+    if cache.batch != b:
+        raise ValueError(f"the cache has {cache.batch} rows, input_ids {b}")
+    if cache.pos + t > cache.max_len:
+        raise ValueError(f"KV cache overflow: {cache.pos + t} positions > capacity {cache.max_len} (reserve first)")
+    ids = input_ids.to("cpu", torch.long).contiguous()
+    if int(ids.min()) < 0 or int(ids.max()) >= n_embed:
+        raise ValueError(f"token ids must be in [0, {n_embed})")
+    if attention_mask is None:
+        return ids, None
+    if tuple(attention_mask.shape) != (b, cache.pos + t):
+        raise ValueError(f"attention_mask must be ({b}, {cache.pos + t}) (the cache's slots, then the new tokens), "
+                         f"got {tuple(attention_mask.shape)}")
+    mask = attention_mask.ne(0).to("cpu", torch.long).contiguous()
+    return ids, None if bool(mask.all()) else mask
+
+
+def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+            rows: int = ROWS) -> torch.Tensor:
+    """``input_ids (B, T)`` after what ``cache`` holds -> next-token logits ``(B, V)``; writes the keys and
+    values at slots ``[cache.pos, cache.pos + T)`` and advances ``cache.pos`` and ``cache.row_pos`` as
+    ``model.hidden_states(..., cache=cache)`` does. ``attention_mask (B, cache.pos + T)``: 1 = token, 0 =
+    padding. ``rows``: new tokens per native call (B·T is cut into chunks of whole columns). The caller
+    checks :func:`unsupported` first; a cache with too few slots is refused (``cache.reserve(T)`` first)."""
+    from ..models.blocks import check_length
+    b, t = input_ids.shape
+    step = FusedDecodeStep(model, cache, b)  # the model struct, bound to the cache's buffers
+    ids, mask = _inputs(cache, input_ids, attention_mask, step.n_embed)
+    start = cache.pos
+    check_length(model.config, cache.offset + start + t)
+    m, lib = step.model_struct, step.lib
+    if m.pos_kind == 1 and int(cache.row_pos.max()) + t > step.pos_len:
+        raise ValueError(f"position ids must be in [0, {step.pos_len}) (the position table)")
+    positions = cache.advance(t, attention_mask, None).to("cpu", torch.long)  # (B, T); row_pos moves on
+    positions = positions.expand(b, t).contiguous()
+    m.mask_stride = mask.shape[1] if mask is not None else 0
+    chunk = max(1, rows // b)
+    for c0 in range(0, t, chunk):
+        tc = min(chunk, t - c0)
+        cid, cpos = ids[:, c0:c0 + tc].contiguous(), positions[:, c0:c0 + tc].contiguous()
+        scratch = torch.empty(lib.gm_prefill_scratch_floats(ctypes.byref(m), b * tc, start + c0 + tc),
+                              dtype=torch.float32)
+        rc = lib.gm_decoder_prefill(ctypes.byref(m), cid.data_ptr(), cpos.data_ptr(),
+                                    mask.data_ptr() if mask is not None else None, start + c0, tc,
+                                    scratch.data_ptr(), step.logits.data_ptr())
+        if rc != 0:  # unsupported() refuses these models first; the C code checks again
+            raise ValueError("gm_decoder_prefill refused the model (MoE, cross-attention or relative bias)")
+        cache.pos = start + c0 + tc
+    return step.logits
