@@ -233,3 +233,27 @@ def test_a_cancelled_request_leaves_at_once_and_the_others_go_on(kind, path):
     assert reqs[0].output.shape == (1, 8) and reqs[2].output.shape == (1, 6) and reqs[0].finished
     assert torch.equal(reqs[1].output, _alone(model, ids[1], None, Sampling(max_new_tokens=6)))
     session.cancel(reqs[1])  # no longer live: nothing to do
+
+
+@pytest.mark.parametrize("kind", MODELS)
+def test_requests_added_together_take_one_forward_and_each_gets_what_it_gets_alone(kind, path, monkeypatch):
+    """add_many: prompts of different lengths (one of two rows) are left-padded into ONE prefill and join a
+    running request; each row's greedy tokens equal the request decoded alone (the server's joins of a tick)."""
+    monkeypatch.setattr(kv_cache, "CHUNK", 2)
+    model = MODELS[kind]()
+    running = random_ids(1, 6, seed=1)
+    new = [(random_ids(1, 5, seed=2), 4), (random_ids(2, 9, seed=3), 7), (random_ids(1, 3, seed=4), 5)]
+    session = DecodeSession(model)
+    first = session.add(running, Sampling(max_new_tokens=9))
+    session.step(), session.step()
+    forwards = []
+    prefill = session.prefill
+    monkeypatch.setattr(session, "prefill", lambda ids, *a, **k: (forwards.append(ids.shape), prefill(ids, *a, **k))[1])
+    got = session.add_many([(ids, Sampling(max_new_tokens=n)) for ids, n in new])
+    assert forwards == [(4, 9)]                                     # one forward, every new row, padded to 9
+    session.run()
+    assert torch.equal(first.output, _alone(model, running, None, Sampling(max_new_tokens=9)))
+    for req, (ids, n) in zip(got, new):
+        assert torch.equal(req.output, _alone(model, ids, None, Sampling(max_new_tokens=n)))
+    with pytest.raises(ValueError, match="keep_cache"):
+        session.add_many([(running, Sampling(keep_cache=True))])

@@ -59,6 +59,19 @@ def test_linear_equals_torch(k, n):
         torch.testing.assert_close(native.linear(x, w), F.linear(x, w), **TOL)
 
 
+@pytest.mark.usefixtures("threads")
+def test_each_row_of_a_batched_linear_is_that_row_alone_bit_for_bit():
+    """The decode step's rows do not depend on the rows beside them: whatever tile shape a row lands in
+    (4-row tiles, the 1-row rest; 4-, 3-, 2- or 1-wide weight tiles at the end of a block of 8), each output
+    keeps its own accumulator and order over k."""
+    g = torch.Generator().manual_seed(7)
+    w = torch.randn(333, 101, generator=g)  # 333 = 41 blocks of 8 + 5: every tail width
+    x = torch.randn(13, 101, generator=g)
+    alone = torch.cat([native.linear(x[i:i + 1], w) for i in range(13)])
+    for m in (2, 5, 8, 13):
+        assert torch.equal(native.linear(x[:m], w), alone[:m])
+
+
 def test_linear_rejects_mismatched_features():
     with pytest.raises(ValueError, match="features"):
         native.linear(torch.randn(2, 37), torch.randn(5, 36))

@@ -58,7 +58,9 @@ def _stream_in_thread(client, out: dict, key: str, **kw) -> threading.Thread:
 def test_requests_joining_a_running_batch_give_what_they_give_alone(chat_model):
     prompts = ["Hello", "Once upon", "abc", "Paris is"]
     service = Service(chat_model, "tiny", max_batch=8)
-    engine, out = service.engine, {}
+    engine, out, rows = service.engine, {}, []  # rows: of each prefill forward
+    prefill = engine.session.prefill
+    engine.session.prefill = lambda ids, *a, **k: (rows.append(ids.shape[0]), prefill(ids, *a, **k))[1]
     gate = hold(engine, 3)
     with ServerThread(build_app(service)) as s:
         c = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
@@ -72,6 +74,7 @@ def test_requests_joining_a_running_batch_give_what_they_give_alone(chat_model):
     assert [out[p] for p in prompts] == alone(chat_model, prompts, 12)
     assert out["long"] == alone(chat_model, [LONG], 120)[0]
     assert engine.steps < 120 + 12  # they joined the long one's steps
+    assert rows == [1, 4]  # the four queued requests were prefilled together, in one forward
 
 
 def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(chat_model):

@@ -5,10 +5,12 @@ Each turn of the engine's loop (a *tick*):
 
 1. requests whose client went away leave: a waiting one is dropped, the one being prefilled loses its
    cache, a running one's rows leave the batch (:meth:`DecodeSession.cancel`) before the next forward;
-2. **chunked prefill**: the request at the head of the queue, when its rows fit under ``max_batch``,
-   gets at most ``prefill_chunk`` of its prompt tokens through the model (into a cache of its own,
-   :meth:`DecodeSession.prefill`); its last chunk joins the running batch (:meth:`DecodeSession.add`
-   with that cache). So running rows wait for at most one chunk between two of their tokens;
+2. **batched, chunked prefill**: the waiting requests, in arrival order while their rows fit under
+   ``max_batch`` and the padded batch (rows x longest prompt) under ``prefill_chunk`` tokens, go through
+   the model in ONE forward and join the running batch together (:meth:`DecodeSession.add_many`); a
+   head request whose prompt alone is longer gets at most ``prefill_chunk`` tokens a tick (into a cache
+   of its own, :meth:`DecodeSession.prefill`), its last chunk joining through :meth:`DecodeSession.add`.
+   So running rows wait for at most one ``prefill_chunk`` of work between two of their tokens;
 3. one decode step for every running row (:meth:`DecodeSession.step`: each request with its own
    temperature, top-p, stop strings, end tokens and ``torch.Generator``; the native step where
    :mod:`genmodels.native` supports the model). Finished requests leave the batch.
@@ -160,27 +162,63 @@ class Engine:
                 del self.running[key]
 
     def _prefill(self) -> None:
-        """One chunk of the head request's prompt; its last chunk joins the batch (module, 2)."""
+        """This tick's prefill (module, 2): one chunk of a long prompt, or every waiting request that fits."""
         if self.prefilling is None:
             with self.cond:
-                if not self.waiting or self.rows() + self.waiting[0].params.n > self.max_batch:
-                    return
-                self.prefilling = self.waiting.popleft()
+                batch = self._admit()
+            if batch:
+                reqs = self.session.add_many([(self._ids(job, len(job.params.ids)), self._sampling(job))
+                                              for job in batch])
+                for job, req in zip(batch, reqs):
+                    self._joined(job, req)
+                return
         job = self.prefilling
+        if job is None:
+            return
         p = job.params
-        ids = torch.tensor([p.ids[job.fed:job.fed + self.prefill_chunk]] * p.n, dtype=torch.long, device=self.device)
+        ids = self._ids(job, self.prefill_chunk)
         if job.fed + ids.shape[1] < len(p.ids):  # not the last chunk: into the request's own cache
             need = len(p.ids) - job.fed + p.max_tokens
             job.cache, _ = self.session.prefill(ids, need, cache=job.cache)
             job.fed += ids.shape[1]
             return
+        self._joined(job, self.session.add(ids, self._sampling(job), cache=job.cache))
+        self.prefilling = None
+
+    def _admit(self) -> list[Job]:
+        """(Under the lock.) The waiting requests prefilled together this tick, in arrival order while their
+        rows fit under ``max_batch`` and the padded batch (rows x longest prompt) under ``prefill_chunk``
+        tokens; a head request whose prompt alone is longer becomes ``prefilling``, in chunks."""
+        batch: list[Job] = []
+        rows, longest = self.rows(), 0
+        while self.waiting:
+            p = self.waiting[0].params
+            if rows + p.n > self.max_batch:
+                break
+            t = max(longest, len(p.ids))
+            if (sum(j.params.n for j in batch) + p.n) * t > self.prefill_chunk:
+                if not batch:  # too long for one tick: chunked, alone
+                    self.prefilling = self.waiting.popleft()
+                break
+            batch.append(self.waiting.popleft())
+            rows, longest = rows + p.n, t
+        return batch
+
+    def _ids(self, job: Job, most: int) -> torch.Tensor:
+        """The next ``most`` (at most) prompt tokens of ``job``, one row per choice ``(n, t)``."""
+        p = job.params
+        return torch.tensor([p.ids[job.fed:job.fed + most]] * p.n, dtype=torch.long, device=self.device)
+
+    def _sampling(self, job: Job) -> Sampling:
+        p = job.params
         generator = torch.Generator(device=self.device).manual_seed(p.seed) if p.seed is not None else None
-        sampling = Sampling(p.max_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty, self.ends,
-                            generator=generator, stop=p.stop, tokenizer=self.tokenizer,
-                            streamer=lambda tokens: self._tokens(job, tokens))
-        job.request = self.session.add(ids, sampling, cache=job.cache)
-        job.cache, job.fed, self.prefilling = None, len(p.ids), None
-        self.running[id(job.request)] = job
+        return Sampling(p.max_tokens, p.temperature, p.top_k, p.top_p, p.repetition_penalty, self.ends,
+                        generator=generator, stop=p.stop, tokenizer=self.tokenizer,
+                        streamer=lambda tokens: self._tokens(job, tokens))
+
+    def _joined(self, job: Job, request: Request) -> None:
+        job.request, job.cache, job.fed = request, None, len(job.params.ids)
+        self.running[id(request)] = job
 
     def _choose(self, logits: torch.Tensor, seen, **kw) -> torch.Tensor:
         self._logits = logits  # for the logprobs of what is chosen (the streamer runs right after)
