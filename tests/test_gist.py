@@ -96,7 +96,6 @@ def test_saved_and_loaded_it_is_the_same_and_another_model_is_refused(tmp_path):
 @pytest.mark.parametrize("make, reason", [
     (lambda: genmodels.preset("gpt2-tiny", **SMALL, d_ff=64, position="alibi"), "ALiBi biases scores by cache-slot"),
     (lambda: genmodels.preset("retnet-tiny", **SMALL), "recurrent state"),
-    (lambda: genmodels.preset("t5-tiny", **SMALL, d_ff=64, head_dim=8), "encoder–decoder"),
 ])
 def test_what_cannot_be_cached_is_refused_with_the_reason(make, reason):
     model = genmodels.build_model(make()).eval()

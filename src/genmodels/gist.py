@@ -10,9 +10,11 @@ logits of the full gist-masked forward (the instruction's keys, masked there, ar
 batched over different instructions (each row keeps its own next position, ``KVCache.row_pos``). A
 :class:`GistCache` is reusable: each ``generate`` decodes in a fresh copy (:meth:`GistCache.decoding_cache`).
 
-Refused, with the reason: schemes that read cache *slots* rather than positions (ALiBi's distances;
-a sliding window shorter than what it must span), RetNet (its state sums every position: it cannot keep
-only the gist) and, for now, encoder–decoders. A GistCache carries the fingerprint of the model that made
+Encoder–decoders (T5): the gist's keys and values per *encoder* layer and its encoder outputs
+(:mod:`genmodels.gist_seq2seq`); ``generate`` encodes the input against them and decodes over the memory of
+the full masked forward. Refused, with the reason: schemes that read cache *slots* rather than positions
+(ALiBi's distances; a sliding window shorter than what it must span) and RetNet (its state sums every
+position: it cannot keep only the gist). A GistCache carries the fingerprint of the model that made
 it (config and weights) and is refused for any other. Saved as one safetensors file: the tensors, and the
 metadata as JSON in its header (``genmodels.gist``).
 """
@@ -60,11 +62,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 def refusal(model: torch.nn.Module) -> str | None:
     """Why gist caching cannot serve ``model`` (one line), or ``None``."""
-    from .registry import SEQ2SEQ, capabilities
     family = getattr(model, "family", type(model).__name__)
-    if SEQ2SEQ in capabilities(model):
-        return (f"gist caching for an encoder–decoder ({family}: the encoder outputs at the gist positions) is not "
-                "implemented; train and evaluate it with the full gist mask (genmodels.nn.gist_mask)")
+    if _seq2seq(model):
+        return None
     if not hasattr(model, "new_cache") or not isinstance(model.new_cache(1, 1), KVCache):
         return (f"gist caching needs a key/value cache; {family} keeps a recurrent state that sums every position, "
                 "so it cannot keep the gist tokens alone")
@@ -74,6 +74,11 @@ def refusal(model: torch.nn.Module) -> str | None:
     return None
 
 
+def _seq2seq(model: torch.nn.Module) -> bool:
+    from .registry import SEQ2SEQ, capabilities
+    return SEQ2SEQ in capabilities(model)
+
+
 @dataclass
 class GistCache:
     """The cached slots of each row: ``keys[i]``, ``values[i]`` ``(B, H_kv, S, D)`` for attention layer i,
@@ -81,7 +86,9 @@ class GistCache:
     ``fingerprint``, for the record the instruction ``texts`` (or None), ``k`` (gist tokens) and ``mode``:
     what an input after it may see, as the mask of that name (:mod:`genmodels.nn.gist_mask`) — ``gist``: the k
     gist slots (S = k); ``pos_control``: instruction and gist (S = the longest |P| + k, ``key_mask (B, S)``
-    marking each shorter row's front padding); ``neg_control``: nothing (S = 0, the positions only)."""
+    marking each shorter row's front padding); ``neg_control``: nothing (S = 0, the positions only).
+    Encoder–decoders: ``keys``/``values`` are the gist's per *encoder* layer and ``memory (B, S, D)`` its encoder
+    outputs (:mod:`genmodels.gist_seq2seq`)."""
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
@@ -91,6 +98,7 @@ class GistCache:
     k: int | None = None  # (None: the slots, the gist mode's k)
     mode: str = "gist"
     key_mask: torch.Tensor | None = None
+    memory: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.k is None:
@@ -118,6 +126,9 @@ class GistCache:
         """A fresh :class:`KVCache` holding the gist slots for ``batch`` rows (one cache row repeats), with
         room for ``need`` more tokens; what :func:`genmodels.generate` continues (this cache stays as is)."""
         self.check_model(model)
+        if self.memory is not None:
+            raise ValueError("an encoder–decoder's gist cache holds encoder states, not a decoding cache: "
+                             "use GistCache.encoded(model, input_ids) or genmodels.generate(model, ids, cache=gist)")
         if batch != self.batch and self.batch != 1:
             raise ValueError(f"input_ids has {batch} rows; the gist cache holds {self.batch} (one per row, or one "
                              "for every row)")
@@ -140,13 +151,22 @@ class GistCache:
             cache.set_key_mask(self.key_mask.to(device).expand(batch, s))
         return cache
 
+    def encoded(self, model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+        """Encoder–decoders: ``(memory, memory mask)`` of the inputs after this gist (:func:`.gist_seq2seq.encode_after`),
+        what :func:`genmodels.generate` decodes over."""
+        if self.memory is None:
+            raise ValueError("this gist cache was made by a decoder-only model; generate continues its decoding_cache")
+        from .gist_seq2seq import encode_after
+        return encode_after(model, self, input_ids, attention_mask)
+
     def save(self, path: str | Path) -> Path:
         """Write one safetensors file: ``k.<i>``, ``v.<i>``, ``next_pos``; the rest as JSON metadata."""
         from safetensors.torch import save
         from .files import atomic_write_bytes
         tensors = {"next_pos": self.next_pos.cpu().contiguous()}
-        if self.key_mask is not None:
-            tensors["key_mask"] = self.key_mask.cpu().contiguous()
+        for name in ("key_mask", "memory"):
+            if getattr(self, name) is not None:
+                tensors[name] = getattr(self, name).cpu().contiguous()
         for i, (key, value) in enumerate(zip(self.keys, self.values)):
             tensors[f"k.{i}"], tensors[f"v.{i}"] = key.cpu().contiguous(), value.cpu().contiguous()
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": len(self.keys), "texts": self.texts,
@@ -175,7 +195,7 @@ class GistCache:
         n = int(meta["layers"])
         gist = cls([tensors[f"k.{i}"] for i in range(n)], [tensors[f"v.{i}"] for i in range(n)],
                    tensors["next_pos"], meta["fingerprint"], meta.get("texts"), meta.get("k"), meta.get("mode", "gist"),
-                   tensors.get("key_mask"))
+                   tensors.get("key_mask"), tensors.get("memory"))
         if model is not None:
             gist.check_model(model, where=str(path))
         return gist
@@ -216,7 +236,8 @@ def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | 
     of every layer kept with each row's next position. ``gist_id``: default the tokenizer's ``<GIST>``.
     ``mode``: what is kept, as the mask of that name — ``gist`` the k gist slots, ``pos_control`` every slot
     (the whole prompt), ``neg_control`` none (the positions only): a model trained under that mask decodes
-    after it as under the full masked forward."""
+    after it as under the full masked forward. Encoder–decoders: :func:`genmodels.gist_seq2seq.compress_seq2seq`
+    (``pos_control`` refused there: nothing of the encoder can be computed before the input)."""
     reason = refusal(model)
     if reason is not None:
         raise ValueError(reason)
@@ -225,6 +246,11 @@ def compress(model: torch.nn.Module, instruction, *, k: int = 1, gist_id: int | 
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"compress: k={k!r} gist tokens; expected an integer >= 1")
     rows, gist_id, texts = _rows(model, instruction, gist_id)
+    if _seq2seq(model):
+        from .gist_seq2seq import compress_seq2seq
+        parts = compress_seq2seq(model, rows, gist_id, k, mode)
+        return GistCache(parts["keys"], parts["values"], parts["next_pos"], model_fingerprint(model), texts, k, mode,
+                         memory=parts["memory"])
     width = max(len(r) for r in rows) + k
     window = model.config.sliding_window
     if window is not None and window < width:

@@ -26,15 +26,18 @@ def generate(model: torch.nn.Module, input_ids: torch.Tensor, max_new_tokens: in
     """Generate up to ``max_new_tokens`` after each prompt (see :func:`.decode.generate`: stop strings,
     continuing a ``cache`` and ``return_cache=True``, which returns ``(ids, cache)``); for an
     encoder–decoder the prompt is the source and the target ids ``(B, 1 + n)`` are returned
-    (:func:`.seq2seq.generate_seq2seq`; ``streamer``, ``stop``, ``cache`` and ``return_cache`` are not
-    taken there). ``num_beams > 1`` is beam search for both (:mod:`.beam`)."""
+    (:func:`.seq2seq.generate_seq2seq`; ``streamer``, ``stop`` and ``return_cache`` are not taken there, and
+    ``cache`` only as a :class:`genmodels.gist.GistCache`: the inputs are encoded after the gist). ``num_beams > 1`` is beam search for both (:mod:`.beam`)."""
     require(model, GENERATES, "genmodels.generate")
     can = capabilities(model)
     if SEQ2SEQ in can:
+        encoded = None
+        if hasattr(cache, "encoded"):  # a gist cache (genmodels.gist): the inputs encoded after the gist
+            encoded, cache = cache.encoded(model, input_ids, attention_mask), None
         if stop is not None or cache is not None or return_cache:
-            raise ValueError("stop, cache, return_cache: encoder–decoder generation takes none of them; "
-                             "use stop_tokens (ids)")
-        return _generate_seq2seq(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
+            raise ValueError("stop, cache, return_cache: encoder–decoder generation takes none of them (a cache "
+                             "only as a gist cache); use stop_tokens (ids)")
+        return _generate_seq2seq(model, input_ids, max_new_tokens, encoded=encoded, temperature=temperature, top_k=top_k,
                                  top_p=top_p, repetition_penalty=repetition_penalty, eos_token_id=eos_token_id,
                                  stop_tokens=stop_tokens, pad_token_id=pad_token_id, seed=seed,
                                  attention_mask=attention_mask, num_beams=num_beams, length_penalty=length_penalty,

@@ -36,13 +36,16 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
                      top_p: float | None = None, repetition_penalty: float | None = None, num_beams: int = 1,
                      length_penalty: float = 1.0, early_stopping: bool | str = False,
                      eos_token_id: int | Iterable[int] | None = None, pad_token_id: int | None = None,
-                     decoder_start_token_id: int | None = None, seed: int | None = None) -> torch.Tensor:
+                     decoder_start_token_id: int | None = None, seed: int | None = None,
+                     encoded: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
     """Target ids ``(B, 1 + n)`` — the start token, then up to ``max_new_tokens`` generated ones —
     for the sources ``input_ids (B, S)`` (right-padded, ``attention_mask`` 0 on pads).
 
     ``temperature=0`` and ``num_beams=1`` is greedy (equal to transformers'
     ``generate(do_sample=False)``); ``temperature > 0`` samples (reproducible with ``seed``);
     ``num_beams > 1`` is beam search (``length_penalty``, ``early_stopping`` as in transformers).
+    ``encoded``: ``(memory (B, S', D), memory mask (B, S') or None)`` already computed from the sources (a gist
+    cache's :meth:`genmodels.gist.GistCache.encoded`); the encoder is then not run.
     """
     if SEQ2SEQ not in capabilities(model):
         raise ValueError("generate_seq2seq needs an encoder–decoder model, "
@@ -79,7 +82,8 @@ def generate_seq2seq(model: torch.nn.Module, input_ids: torch.Tensor, max_new_to
     fused = device.type == "cpu" and max_new_tokens > 1 and unsupported(model) is None
     try:
         with decode_layout(model, enabled=device.type == "cpu" and max_new_tokens >= 16 and not fused):
-            memory = model.encode(input_ids, mask)  # (B, S, D)
+            memory, mask = (model.encode(input_ids, mask), mask) if encoded is None else encoded  # (B, S, D)
+            mask = mask.to(device) if mask is not None else None
             if num_beams == 1:
                 return _sample(model, memory, mask, max_new_tokens, start, ends, pad, temperature, top_k, top_p,
                                repetition_penalty, seed, fused)
