@@ -57,3 +57,13 @@ def test_tokenize_image_bad_inputs_are_one_line(which, message, spae_dir, digit_
     assert main(["tokenize-image", path, image]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top", "0"], "--top 0 must be >= 1"),
+    (["--lm", "no-such-lm"], "no-such-lm: no such file or folder"),
+])
+def test_neurons_bad_inputs_are_one_line(argv, message, spae_dir, tmp_path, capsys):
+    assert main(["neurons", str(spae_dir), "--out", str(tmp_path / "o"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err

@@ -12,6 +12,7 @@
     genmodels eval-tasks PATH --split unseen|seen-test [--limit N --batch 16 --out REPORT.json]
     genmodels serve PATH [--host 127.0.0.1 --port 8000 --max-batch 16 --api-key KEY]   OpenAI API (docs/serve.md)
     genmodels tokenize-image PATH IMAGE [--recon OUT.png]     an image as an SPAE model's words (docs/spae.md)
+    genmodels neurons PATH --out DIR [--lm smollm2 --top 20]   multimodal neurons of the LM (docs/spae.md)
 """
 from __future__ import annotations
 
