@@ -114,6 +114,12 @@ class AttentionInputs:
     packed: PackedRows | None = None  # hidden states arrive packed (1, N, D) (encoders, no cache)
 
 
+def _own(v: torch.Tensor) -> torch.Tensor:
+    """A ``(B, H, T, D)`` head-major view of a ``(B, T, ·)`` projection, copied into its own ``(B, T, H, D)``
+    storage (the view's layout: the kernels compute the same bits), so keeping it keeps nothing else."""
+    return v.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 class SelfAttention(nn.Module):
     """Multi-/grouped-/multi-query self-attention with fused QKV projection.
 
@@ -154,6 +160,8 @@ class SelfAttention(nn.Module):
         qk, v = qkv.split((h + hkv, hkv), dim=1)
         if ctx.rope is not None:
             qk = apply_rotary(qk, *ctx.rope)  # q and k heads rotated in one pass
+            if v.requires_grad and torch.is_grad_enabled():
+                v = _own(v)  # the kernel's backward keeps v: alone, not the whole qkv (same values)
         q, k = qk.split((h, hkv), dim=1)
         if cache is not None:
             k, v = cache.update(k, v, ctx.start)  # (B, Hkv, start+T, D)

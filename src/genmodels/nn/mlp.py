@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .lean import gated_product
 from .linear import LinearFactory, Slices, contiguous_slices, plain_linear
 
 ACTIVATIONS = {
@@ -55,8 +56,8 @@ class GatedMLP(nn.Module):
         return contiguous_slices(gate=self.d_ff, up=self.d_ff)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).split(self.d_ff, dim=-1)  # (B, T, F) each
-        return self.down(self.act(gate) * up)
+        # act(gate) * up of gate_up (B, T, 2F) -> (B, T, F); the backward keeps gate_up alone (nn/lean.py)
+        return self.down(gated_product(self.gate_up(x), self.d_ff, self.act))
 
 
 GATED = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}  # gated kind -> gate activation
