@@ -95,11 +95,12 @@ def llama_build_flags(exe: str) -> str:
     return "unknown (no CMakeCache.txt beside the binary)"
 
 
-def files(workdir: Path, fp32) -> dict[str, Path]:
-    """The three GGUF files (module doc): Q4_1 as shipped, f32 and Q8_0 written by our writer."""
+def files(workdir: Path, fp32, qtypes) -> dict[str, Path]:
+    """``fp32`` written by our writer (``genmodels convert --to gguf --outtype q``) as ``workdir/smollm2-q.gguf``
+    for each of ``qtypes`` (a file already there is reused)."""
     from genmodels.interop.gguf_write import write_gguf
-    out = {"q4_1": smollm2_file()}
-    for qtype in ("f32", "q8_0"):
+    out = {}
+    for qtype in qtypes:
         path = workdir / f"smollm2-{qtype}.gguf"
         if not path.is_file():
             write_gguf(fp32, path, qtype)
@@ -150,8 +151,8 @@ def report(rows: dict, cpp: dict, bw: float, q41_bytes: int) -> None:
                 print(f"  {q.upper()} decode b=1 / llama.cpp: {ours['decode_b1'] / cpp[q]['decode_b1']:.2f}x; "
                       f"prefill / pp512 {ours['prefill'] / cpp[q]['prefill']:.2f}x")
     limit = bw * 1e9 / q41_bytes
-    print(f"  Q4_1 decode b=1 at {q41['decode_b1'] / limit:.0%} of the bandwidth limit ({q41_bytes / 1e6:.0f} MB read per "
-          f"token / {bw:.1f} GB/s = {limit:.0f} tok/s)"
+    print(f"  Q4_1 decode b=1 at {q41['decode_b1'] / limit:.0%} of the bandwidth limit ({q41_bytes / 1e6:.0f} MB "
+          f"read per token / {bw:.1f} GB/s = {limit:.0f} tok/s)"
           + (f"; llama.cpp at {cpp['q4_1']['decode_b1'] / limit:.0%}" if "q4_1" in cpp else ""))
 
 
@@ -163,7 +164,8 @@ def main() -> None:
     ap.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary (absent: llama.cpp skipped)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
-    ap.add_argument("--workdir", help="where the written GGUF files and the HF folder go (kept; default: a temporary folder)")
+    ap.add_argument("--workdir", help="where the written GGUF files and the HF folder go (kept; default: a "
+                                      "temporary folder)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,7 +182,7 @@ def run(args, threads: int, workdir: Path) -> None:
     print(f"{cpu_name()} ({cpu_flags()}), torch {torch.__version__}, {threads} threads, "
           f"read bandwidth {bw:.1f} GB/s")
     fp32 = genmodels.load(smollm2_file())
-    paths = files(workdir, fp32)
+    paths = {"q4_1": smollm2_file(), **files(workdir, fp32, ("f32", "q8_0"))}  # Q4_1: the file as shipped
     ids = fp32.tokenizer.encode(genmodels.apply_chat_template(fp32, QUESTION)).ids
     prompt = torch.tensor([ids])
     long = torch.randint(0, fp32.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))

@@ -103,8 +103,8 @@ def _gz(path, records):
 
 
 def test_humaneval_text_is_prompt_then_solution(tmp_path):
-    path = _gz(tmp_path / "h.jsonl.gz", [{"task_id": "a", "prompt": "def f():\n", "canonical_solution": "    pass\n"},
-                                         {"task_id": "b", "prompt": "def g():\n", "canonical_solution": "    return 1\n"}])
+    path = _gz(tmp_path / "h.jsonl.gz", [{"prompt": "def f():\n", "canonical_solution": "    pass\n"},
+                                         {"prompt": "def g():\n", "canonical_solution": "    return 1\n"}])
     assert humaneval_text(path) == "def f():\n    pass\n\n\ndef g():\n    return 1\n"
 
 

