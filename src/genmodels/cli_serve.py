@@ -1,7 +1,7 @@
 """``genmodels serve PATH``: an OpenAI-compatible HTTP server over one model (docs/serve.md).
 
     genmodels serve model.gguf [--host 127.0.0.1] [--port 8000] [--max-batch 16] [--api-key KEY]
-                               [--name NAME] [--max-queue 256] [--prefill-chunk 256]
+                               [--name NAME] [--max-queue 256] [--prefill-chunk 256] [--quantized] [--threads N]
 
 Text models answer /v1/completions and /v1/chat/completions (continuous batching, streaming),
 sentence encoders /v1/embeddings; /v1/models, /health, and the playground at /. It listens on
@@ -26,6 +26,10 @@ def add_serve_parser(sub) -> None:
                    help="prompt tokens prefilled between two decode steps (default 256)")
     s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on every request (401 otherwise)")
     s.add_argument("--name", help="the model's id in the API (default: PATH's file or folder name)")
+    s.add_argument("--quantized", action="store_true",
+                   help="a .gguf's Q8_0/Q4_0/Q4_1/Q4_K/Q6_K projections keep their blocks (docs/quantization.md); "
+                        "default: fp32 weights")
+    s.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's, one per core)")
     s.set_defaults(func=cmd_serve)
 
 
@@ -36,6 +40,10 @@ def check_serve_args(args: argparse.Namespace) -> None:
     for flag in ("max_batch", "max_queue", "prefill_chunk"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag.replace('_', '-')} {getattr(args, flag)} must be an integer >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads} must be an integer >= 1")
+    if args.quantized and not args.path.endswith(".gguf"):
+        raise ValueError(f"--quantized keeps a GGUF file's blocks; {args.path} is not a .gguf file")
     if args.api_key is not None and not args.api_key.strip():
         raise ValueError("--api-key is empty; give the key clients must send")
     try:
@@ -54,7 +62,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .cli_common import model_dir
     check_serve_args(args)
     sock = bind(args.host, args.port)  # a taken port is refused before the model loads
-    model = genmodels.load(model_dir(args.path))
+    if args.threads is not None:
+        import torch
+        torch.set_num_threads(args.threads)
+    model = genmodels.load(model_dir(args.path), quantized=args.quantized)
     name = args.name or Path(args.path.rstrip("/")).name
     service = Service(model, name, max_batch=args.max_batch, max_queue=args.max_queue,
                       prefill_chunk=args.prefill_chunk)

@@ -79,7 +79,9 @@ def test_with_an_api_key_every_request_without_it_gets_401(chat_model):
 
 @pytest.mark.parametrize("flags,words", [(["--port", "70000"], "--port 70000 must be in [0, 65535]"),
                                          (["--max-batch", "0"], "--max-batch 0 must be an integer >= 1"),
-                                         (["--api-key", " "], "--api-key is empty")])
+                                         (["--api-key", " "], "--api-key is empty"),
+                                         (["--threads", "0"], "--threads 0 must be an integer >= 1"),
+                                         (["--quantized"], "--quantized keeps a GGUF file's blocks; nowhere is not")])
 def test_serve_flags_are_refused_in_one_line(flags, words, capsys):
     assert main(["serve", "nowhere", *flags]) == 2
     err = capsys.readouterr().err
