@@ -16,7 +16,8 @@ refusal of over-long examples are :mod:`.sft`'s. Each packed example gets its ow
 
 The same data trains all three, so runs at equal steps and seeds compare. Options
 ``train.objective: {name: gist, k: 1, mask: gist}``. Requires a model whose forward takes ``allowed``
-pairs (decoders; RetNet does not; encoder–decoders: not yet). After training, :func:`genmodels.compress`
+pairs (decoders; RetNet does not). Encoder–decoders (T5) train on the same data with the prompt as the
+source and the response as the target (:mod:`.gist_seq2seq`). After training, :func:`genmodels.compress`
 caches the gist and ``genmodels.generate(..., cache=)`` decodes after it.
 """
 from __future__ import annotations
@@ -30,7 +31,9 @@ from ..config import ConfigError
 from ..data.examples import ExampleError
 from ..data.gist_examples import GIST_TOKEN, gist_id
 from ..nn.gist_mask import MODES, gist_allowed_packed
+from ..registry import SEQ2SEQ, capabilities
 from .base import Batch, Metrics
+from .gist_seq2seq import seq2seq_gist_loss
 from .sft import SFT, SFTOptions
 
 
@@ -50,7 +53,9 @@ class GistOptions(SFTOptions):
 class Gist(SFT):
     name = "gist"
     Options = GistOptions
-    requires = (*SFT.requires, "mask:allowed")  # the gist mask reaches the model as allowed pairs
+    # the gist mask reaches the model as allowed pairs; decoders through SFT's path (hidden_states), encoder–decoders
+    # through their forward (.gist_seq2seq)
+    requires = (SFT.requires[0], "mask:allowed")
 
     def __init__(self, model, chunk: int = 1024, truncate: bool = False, k: int = 1, mask: str = "gist", **router):
         super().__init__(model, chunk, truncate, **router)
@@ -92,7 +97,12 @@ class Gist(SFT):
         return gist_allowed_packed(batch["input_ids"], self.gist_id, batch.get("segment_ids"), mode=self.mask)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
-        """SFT's loss with the mask's pairs in the batch (``allowed``; none for ``pos_control``)."""
+        """SFT's loss with the mask's pairs in the batch (``allowed``; none for ``pos_control``); an
+        encoder–decoder's loss over its unpacked source/target pairs (:func:`.gist_seq2seq.seq2seq_gist_loss`)."""
+        if SEQ2SEQ in capabilities(self.model):
+            if self.gist_id is None:
+                raise RuntimeError("Gist.check_data(data) must run first: it reads the tokenizer's <GIST> id")
+            return seq2seq_gist_loss(self.model, batch, self.gist_id, self.mask), {}
         if self.mask == "pos_control":
             return super().forward(batch)
         return super().forward({**batch, "allowed": self.allowed(batch)})
