@@ -83,3 +83,25 @@ def test_one_gist_row_serves_every_input_and_pos_control_is_refused():
         gist.encoded(model, x, mask.flip(1))
     with pytest.raises(ValueError, match="made by another model"):
         genmodels.generate(_model("t5", seed=1), x, 2, cache=gist, attention_mask=mask)
+
+
+def test_the_cli_compresses_for_t5_and_generates_after_the_gist(tmp_path, capsys, monkeypatch):
+    from genmodels.cli import main
+    from genmodels.data.tokenizer import train_bpe_tokenizer
+    tok = train_bpe_tokenizer(["Translate to French: the cat. Le chat. Reverse the word: abc cba. " * 3],
+                              vocab_size=300, special_tokens=("<|endoftext|>", "<GIST>"), min_frequency=1)
+    model = randomise(genmodels.build_model(genmodels.preset("t5-tiny", **{**SMALL, "vocab_size": tok.get_vocab_size()},
+                                                             d_ff=64, head_dim=8))).eval()
+    model.tokenizer = tok
+    path = genmodels.save(model, tmp_path / "m")
+    out = tmp_path / "g.safetensors"
+    assert main(["compress", str(path), "--prompt", "Translate to French:", "--out", str(out)]) == 0
+    capsys.readouterr()
+    seen, real = [], genmodels.generate
+    monkeypatch.setattr(genmodels, "generate", lambda *a, **kw: seen.append(kw.get("cache")) or real(*a, **kw))
+    assert main(["generate", str(path), "--gist", str(out), "--prompt", " the cat", "--max-new-tokens", "5",
+                 "--temperature", "0"]) == 0
+    assert len(seen) == 1 and isinstance(seen[0], GistCache) and seen[0].memory is not None  # the gist is used
+    want = genmodels.generate(model, torch.tensor([tok.encode(" the cat").ids]), 5,
+                              cache=compress(model, "Translate to French:"))
+    assert capsys.readouterr().out == tok.decode(want[0].tolist(), skip_special_tokens=True) + "\n"

@@ -53,8 +53,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
             out = genmodels.generate(model, torch.tensor([ids]), **kw)
             print(prompt + cut.before(tok.decode(out[0, len(ids):].tolist())))
             continue
-        if SEQ2SEQ in capabilities(model):  # the prompt is the source; print the target
-            out = genmodels.generate(model, torch.tensor([ids]), **kw)
+        if SEQ2SEQ in capabilities(model):  # the prompt is the source (after the gist, with --gist); print the target
+            out = genmodels.generate(model, torch.tensor([ids]), cache=gist, **kw)
             print(cut.before(tok.decode(out[0].tolist(), skip_special_tokens=True)))
             continue
         sys.stdout.write(prompt)
