@@ -5,7 +5,7 @@ without the cache at batch 1 and 16, plus batched compression's throughput again
 
 Analytic count (models/flops.py's convention, the reference kernel computing every score of its Tq × Tk block):
 a prefill of T new tokens after C cached ones costs 2·(N_matmul − N_head)·T + 2·N_head (the head on the last
-token only) + 4·L·H·d·T·(C + T) FLOPs.
+token only; compress computes no logits) + 4·L·H·d·T·(C + T) FLOPs.
 """
 from __future__ import annotations
 
@@ -25,11 +25,12 @@ from genmodels.models.flops import matmul_parameters
 KS = (1, 2, 5, 10)
 
 
-def analytic_prefill(cfg, new: int, cached: int) -> int:
-    """FLOPs of a prefill of ``new`` tokens after ``cached`` slots, the head on the last token (module doc)."""
-    head = cfg.vocab_size * cfg.d_model
+def analytic_prefill(cfg, new: int, cached: int, head: bool = True) -> int:
+    """FLOPs of a prefill of ``new`` tokens after ``cached`` slots, the head on the last token (module doc);
+    ``head=False``: no logits (compress keeps the keys and values only)."""
+    n_head = cfg.vocab_size * cfg.d_model
     attn = 4 * cfg.n_layers * cfg.n_heads * cfg.dim_head * new * (cached + new)
-    return 2 * (matmul_parameters(cfg) - head) * new + 2 * head + attn
+    return 2 * (matmul_parameters(cfg) - n_head) * new + 2 * n_head * head + attn
 
 
 def counted(fn) -> int:
@@ -64,7 +65,7 @@ def flops(model, head: str, tail: str, k: int) -> dict:
     rows = {"full": (counted(_prefill(model, full)), analytic_prefill(cfg, full.shape[1], 0)),
             "after_gist": (counted(_prefill(model, torch.tensor([x]), gist.decoding_cache(model, 1, len(x)))),
                            analytic_prefill(cfg, len(x), k)),
-            "compress": (counted(lambda: genmodels.compress(model, head, k=k)), analytic_prefill(cfg, len(p) + k, 0))}
+            "compress": (counted(lambda: genmodels.compress(model, head, k=k)), analytic_prefill(cfg, len(p) + k, 0, head=False))}
     return {name: {"counted": c, "analytic": a, "ratio": round(c / a, 4)} for name, (c, a) in rows.items()}
 
 
@@ -99,7 +100,7 @@ def wall_clock(model, rows: list[dict], k: int, new_tokens: int, repeats: int) -
         out[batch] = {"full_s_per_prompt": min(plain) / batch, "cached_s_per_prompt": min(cached) / batch,
                       "speedup": min(plain) / min(cached), "compress_s_per_prompt": min(comp) / batch,
                       "prompt_tokens": int(full_mask.sum()) / batch, "after_gist_tokens": int(x_mask.sum()) / batch,
-                      "compress_gflops_per_s": batch * analytic_prefill(model.config, width, 0) / min(comp) / 1e9}
+                      "compress_gflops_per_s": batch * analytic_prefill(model.config, width, 0, head=False) / min(comp) / 1e9}
     return out
 
 
