@@ -1,6 +1,7 @@
 """Fine-tuning SmolLM2-135M on the CPU: our LoRA step vs PEFT + transformers, and vs our full fine-tuning.
 
     .venv/bin/python benchmarks/bench_finetune.py [--batch 4] [--seq 256] [--steps 4] [--rounds 1] [--threads N]
+        [--precision fp32|bf16|both] [--ac none|selective|full]
 
 Issue #22 d6. One run prints the step time and peak memory of three sides and their ratios, with the CPU:
 
@@ -22,6 +23,12 @@ Memory: the kernel's RSS high-water mark of the training steps: after the model 
 the mark is reset (``/proc/self/clear_refs`` ← 5), and ``VmHWM`` is read after the steps — the weights,
 gradients, optimizer state and the step's activations, without the loading transients. The RSS just
 before the model loads (imports only) is printed too.
+
+``--precision bf16`` runs every side's forward under ``torch.autocast("cpu", torch.bfloat16)`` (as
+``train.precision: bf16`` does; weights and AdamW state stay fp32), ``both`` runs each side in fp32 and bf16
+and prints bf16 / fp32 per side (issue #26: ≥ 1.6× where the CPU has bf16 hardware) and our LoRA in bf16
+against PEFT in fp32 (its default) as well as in bf16. ``--ac`` checkpoints our sides' blocks
+(``train.activation_checkpointing``). The CPU's name and its AVX-512 / bf16 / AMX flags are printed.
 
 Targets (issue #22): lora ≥ 1.3× peft's step speed at ≤ 0.8× its peak memory; lora's peak ≤ 0.5× full's.
 """
@@ -65,19 +72,35 @@ def _gguf() -> str:
     return str(smollm2_file())
 
 
-def _ours(side: str, folder: Path, inputs, targets):
+def _ours(side: str, folder: Path, inputs, targets, amp, ac: str):
     import genmodels
     import genmodels.lora as lora
-    from genmodels.training.memory import keep_freed_memory
+    from genmodels.training.memory import apply_activation_checkpointing, keep_freed_memory, transformer_blocks
     from common import causal_train_step  # what the benchmarks share (this script's folder)
     keep_freed_memory()  # as `genmodels train` does on CPU
     model = genmodels.load(folder)
     if side == "lora":
         lora.apply(model, targets="q,v", r=R, alpha=ALPHA)
-    return model, causal_train_step(model, inputs, targets, weight_decay=0.0)
+    apply_activation_checkpointing(transformer_blocks(model), ac)
+    return model, causal_train_step(model, inputs, targets, weight_decay=0.0, amp=amp)
 
 
-def _peft(folder: Path, inputs):
+def _amp_step(forward, opt, amp):
+    """forward (under ``torch.autocast("cpu", amp)`` unless ``amp`` is None, as the trainer runs it), backward,
+    optimizer step."""
+    import torch
+
+    def step():
+        with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+            loss = forward()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
+def _peft(folder: Path, inputs, amp):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
@@ -85,15 +108,11 @@ def _peft(folder: Path, inputs):
     model = get_peft_model(hf, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"],
                                           lora_dropout=0.0, task_type="CAUSAL_LM")).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-
-    def step():
-        model(input_ids=inputs, labels=inputs).loss.backward()  # transformers shifts the labels
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return model, step
+    return model, _amp_step(lambda: model(input_ids=inputs, labels=inputs).loss, opt, amp)  # (HF shifts labels)
 
 
-def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads: int | None) -> dict:
+def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads: int | None,
+             precision: str = "fp32", ac: str = "none") -> dict:
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -106,12 +125,13 @@ def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads:
     x = torch.randint(0, 49152, (batch, seq + 1))
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     base = _status_mb("VmRSS")
-    model, step = _peft(folder, inputs) if side == "peft" else _ours(side, folder, inputs, targets)
+    amp = torch.bfloat16 if precision == "bf16" else None
+    model, step = _peft(folder, inputs, amp) if side == "peft" else _ours(side, folder, inputs, targets, amp, ac)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _reset_peak()
     from common import step_times  # what the benchmarks share (this script's folder)
     times = step_times(step, steps, warmup=2)
-    return {"side": side, "trainable": trainable, "s_per_step": min(times), "median_s": statistics.median(times),
+    return {"side": side, "precision": precision, "trainable": trainable, "s_per_step": min(times), "median_s": statistics.median(times),
             "peak_mb": _status_mb("VmHWM"), "base_mb": base}
 
 
@@ -123,42 +143,71 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--sides", default=",".join(SIDES), help="a comma-separated subset of " + ",".join(SIDES))
+    ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32",
+                    help="forward under bf16 autocast (train.precision: bf16); both: each side in fp32 and bf16")
+    ap.add_argument("--ac", choices=["none", "selective", "full"], default="none",
+                    help="our sides' activation checkpointing (train.activation_checkpointing)")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
-        print(json.dumps(run_side(a.side, model_folder(), a.steps, a.batch, a.seq, a.threads)))
+        print(json.dumps(run_side(a.side, model_folder(), a.steps, a.batch, a.seq, a.threads, a.precision, a.ac)))
         return
     import torch
 
-    from genmodels.training.metrics import cpu_name
+    from common import cpu_flags, cpu_name  # what the benchmarks share (this script's folder)
     if a.threads:
         torch.set_num_threads(a.threads)  # (the sides set their own; this one is printed)
     folder = model_folder()
-    sides = [s for s in a.sides.split(",") if s]
-    best: dict[str, dict] = {}
+    runs = [(side, p) for p in (["fp32", "bf16"] if a.precision == "both" else [a.precision])
+            for side in a.sides.split(",") if side]
+    best: dict[tuple[str, str], dict] = {}
     for r in range(a.rounds):
-        for side in sides:
+        for side, prec in runs:
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch", str(a.batch),
-                   "--seq", str(a.seq)] + (["--threads", str(a.threads)] if a.threads else [])
+                   "--seq", str(a.seq), "--precision", prec, "--ac", a.ac] + (
+                       ["--threads", str(a.threads)] if a.threads else [])
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
-            print(f"round {r + 1} {side:4s}: {1000 * res['s_per_step']:7.0f} ms best step "
+            print(f"round {r + 1} {side:4s} {prec}: {1000 * res['s_per_step']:7.0f} ms best step "
                   f"({1000 * res['median_s']:.0f} median), peak RSS of the steps {res['peak_mb']:.0f} MB "
                   f"(imports {res['base_mb']:.0f} MB), {res['trainable'] / 1e6:.2f}M trainable", flush=True)
-            old = best.get(side)
-            best[side] = {**res, "s_per_step": min(res["s_per_step"], old["s_per_step"]) if old else res["s_per_step"],
-                          "peak_mb": min(res["peak_mb"], old["peak_mb"]) if old else res["peak_mb"]}
+            old = best.get((side, prec))
+            best[side, prec] = {**res, "s_per_step": min(res["s_per_step"], old["s_per_step"]) if old
+                                else res["s_per_step"], "peak_mb": min(res["peak_mb"], old["peak_mb"]) if old
+                                else res["peak_mb"]}
     print()
-    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, AdamW, fp32, {torch.get_num_threads()} threads, {cpu_name()}")
-    for side, res in best.items():
-        print(f"{side:5s} {1000 * res['s_per_step']:7.0f} ms/step {a.batch * a.seq / res['s_per_step']:7.0f} tok/s "
-              f"peak {res['peak_mb']:6.0f} MB")
-    if "lora" in best and "peft" in best:
-        lo, pe = best["lora"], best["peft"]
-        print(f"lora vs peft: speed {pe['s_per_step'] / lo['s_per_step']:.2f}x (target >= 1.3), "
-              f"peak memory {lo['peak_mb'] / pe['peak_mb']:.2f}x (target <= 0.8)")
-    if "lora" in best and "full" in best:
-        print(f"lora vs full: peak memory {best['lora']['peak_mb'] / best['full']['peak_mb']:.2f}x (target <= 0.5), "
-              f"speed {best['full']['s_per_step'] / best['lora']['s_per_step']:.2f}x")
+    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, AdamW, {torch.get_num_threads()} threads, our activation "
+          f"checkpointing: {a.ac}; {cpu_name()} ({cpu_flags()})")
+    for (side, prec), res in best.items():
+        print(f"{side:5s} {prec} {1000 * res['s_per_step']:7.0f} ms/step {a.batch * a.seq / res['s_per_step']:7.0f} "
+              f"tok/s peak {res['peak_mb']:6.0f} MB")
+    for line in summary(best):
+        print(line)
+
+
+def summary(best: dict[tuple[str, str], dict]) -> list[str]:
+    """The ratios (issue #22 d6: lora vs peft and full at the same precision; issue #26 d3: bf16 vs fp32 per
+    side; our bf16 LoRA vs PEFT's fp32 default)."""
+    def speed(a, b):  # how much faster side a runs than side b
+        return best[b]["s_per_step"] / best[a]["s_per_step"]
+
+    def mem(a, b):
+        return best[a]["peak_mb"] / best[b]["peak_mb"]
+    out = []
+    for prec in ("fp32", "bf16"):
+        lo, pe, fu = ("lora", prec), ("peft", prec), ("full", prec)
+        if lo in best and pe in best:
+            out.append(f"{prec}: lora vs peft: speed {speed(lo, pe):.2f}x (target >= 1.3), peak memory "
+                       f"{mem(lo, pe):.2f}x (target <= 0.8)")
+        if lo in best and fu in best:
+            out.append(f"{prec}: lora vs full: peak memory {mem(lo, fu):.2f}x (target <= 0.5), speed {speed(lo, fu):.2f}x")
+    for side in SIDES:
+        if (side, "fp32") in best and (side, "bf16") in best:
+            out.append(f"{side} bf16 vs fp32: speed {speed((side, 'bf16'), (side, 'fp32')):.2f}x (target >= 1.6), "
+                       f"peak memory {mem((side, 'bf16'), (side, 'fp32')):.2f}x")
+    if ("lora", "bf16") in best and ("peft", "fp32") in best:
+        out.append(f"lora bf16 vs peft fp32 (its default): speed {speed(('lora', 'bf16'), ('peft', 'fp32')):.2f}x, "
+                   f"peak memory {mem(('lora', 'bf16'), ('peft', 'fp32')):.2f}x")
+    return out
 
 
 if __name__ == "__main__":

@@ -23,9 +23,10 @@ def step_times(step: Callable[[], object], n: int, warmup: int = 2) -> list[floa
 
 
 def causal_train_step(model, inputs: torch.Tensor, targets: torch.Tensor, *, weight_decay: float,
-                      lr: float = 1e-4) -> Callable[[], torch.Tensor]:
+                      lr: float = 1e-4, amp: torch.dtype | None = None) -> Callable[[], torch.Tensor]:
     """One training step of genmodels' causal objective as ``genmodels train`` runs it (fused, chunked head and
-    cross-entropy; fused AdamW over the trainable parameters): forward, backward, optimizer step. Returns the loss."""
+    cross-entropy; fused AdamW over the trainable parameters): forward (under ``torch.autocast`` in ``amp``
+    unless None, as ``train.precision: bf16``), backward, optimizer step. Returns the loss."""
     from genmodels.objectives import CausalLM
     from genmodels.training import TrainConfig, build_optimizer
     loss_mod = CausalLM(model, chunk=TrainConfig().loss_chunk).train()
@@ -33,7 +34,8 @@ def causal_train_step(model, inputs: torch.Tensor, targets: torch.Tensor, *, wei
     feed = {"input_ids": inputs, "labels": targets}
 
     def step() -> torch.Tensor:
-        loss = loss_mod(feed)[0]
+        with torch.autocast(inputs.device.type, dtype=amp, enabled=amp is not None):
+            loss = loss_mod(feed)[0]
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
