@@ -39,13 +39,18 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def folders(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama saved with a BPE that has no <GIST> (the init_from), the same BPE with <GIST> (the run's
     tokenizer) and the examples (k = 1)."""
-    root = tmp_path_factory.mktemp("gist")
-    tok = train_bpe_tokenizer(["\n".join(json.dumps(r) for r in records())] * 4, 300)
-    torch.manual_seed(123)
-    model = genmodels.build_model(genmodels.preset("llama-tiny", **TINY, vocab_size=tok.get_vocab_size()))
-    base = genmodels.save(model, root / "base", tok)
+    return make_folders(tmp_path_factory.mktemp("gist"), lambda v: genmodels.preset("llama-tiny", **TINY, vocab_size=v),
+                        records(), seed=123)
+
+
+def make_folders(root: Path, config, rows: list[dict], seed: int) -> dict[str, Path]:
+    """``root/base`` (a model of ``config(vocab_size)`` with a BPE trained on ``rows``, no <GIST>), ``root/gist-tok``
+    (that BPE + <GIST>) and ``root/gist.jsonl`` (the rows)."""
+    tok = train_bpe_tokenizer(["\n".join(json.dumps(r) for r in rows)] * 4, 300)
+    torch.manual_seed(seed)
+    base = genmodels.save(genmodels.build_model(config(tok.get_vocab_size())), root / "base", tok)
     save_tokenizer(add_gist_token(tok), root / "gist-tok")
-    return {"base": base, "tok": root / "gist-tok", "data": write_jsonl(root / "gist.jsonl", records())}
+    return {"base": base, "tok": root / "gist-tok", "data": write_jsonl(root / "gist.jsonl", rows)}
 
 
 def _data(folders, path=None):

@@ -4,7 +4,6 @@ controls; a 2-step run from a T5 model.init_from grows <GIST> (the mean row) and
 `compress` as the full masked forward does."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -12,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 import genmodels
-from genmodels.data import save_tokenizer, train_bpe_tokenizer
 from genmodels.data.examples_kind import ExamplesDataConfig, prepare_example_run
-from genmodels.data.gist_examples import GIST_TOKEN, add_gist_token, gist_record
+from genmodels.data.gist_examples import GIST_TOKEN, gist_record
 from genmodels.nn.gist_mask import gist_allowed, gist_cross_allowed
 from genmodels.objectives import build_objective
 from genmodels.objectives.gist_seq2seq import unpack
 from genmodels.training import RunConfig, train
+from tests.training.test_gist_run import make_folders
 
 TINY = {"d_model": 32, "n_layers": 2, "n_heads": 2, "head_dim": 16, "d_ff": 64, "max_seq_len": 64}
 WORDS = ["cat", "dog", "bird", "fish", "lion", "bear", "wolf", "frog"]
@@ -31,15 +30,8 @@ def _records() -> list[dict]:
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("gist-t5")
-    tok = train_bpe_tokenizer(["\n".join(json.dumps(r) for r in _records())] * 4, 300)
-    torch.manual_seed(5)
-    model = genmodels.build_model(genmodels.preset("t5-tiny", **TINY, vocab_size=tok.get_vocab_size()))
-    base = genmodels.save(model, root / "base", tok)
-    save_tokenizer(add_gist_token(tok), root / "gist-tok")
-    data = root / "gist.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in _records()))
-    return {"base": base, "tok": root / "gist-tok", "data": data}
+    return make_folders(tmp_path_factory.mktemp("gist-t5"), lambda v: genmodels.preset("t5-tiny", **TINY, vocab_size=v),
+                        _records(), seed=5)
 
 
 def _setup(folders, mask="gist"):
