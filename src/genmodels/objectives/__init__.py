@@ -8,7 +8,7 @@
     diffusion  denoising loss, label dropout, EMA (images)        diffusion.py (+ images.py)
     gan        two players, D then G (images)                     gan.py (+ gan_losses, gan_ema, gan_watch)
     gist       SFT under the gist mask: instruction → <GIST>×k → input,  gist.py
-               output (mask gist | pos_control | neg_control)
+               output (mask gist | pos_control | neg_control); T5: prompt = source
     dpo        DPO / IPO / hinge on preference pairs against a     dpo.py (+ pairwise.py: one forward per pair)
                frozen or adapters-off reference
     reward     Bradley–Terry on preference pairs, a score head    reward.py (final/: a reward folder)
