@@ -91,3 +91,34 @@ def test_auto_says_once_and_computes_in_fp32(has_bf16, corpus_dir, tmp_path):
                                           sample=no_samples)), progress=False, log=lambda s: None)
     assert sum("train.precision=auto" in s for s in said) == 1
     assert losses(tmp_path / "auto") == losses(tmp_path / "fp32")
+
+
+def test_the_fused_head_loss_runs_its_gradient_products_in_bf16_under_autocast():
+    """Under bf16 autocast the chunked head loss's ∂L/∂h and ∂L/∂W products run in bf16 (mm with out= / addmm_
+    would bypass autocast: fp32 at half the speed), agreeing with F.cross_entropy's autocast gradients."""
+    import torch.nn.functional as F
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from genmodels.objectives.losses import fused_linear_cross_entropy
+
+    class MatmulDtypes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                self.seen.append(args[-1].dtype)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    h, w = torch.randn(48, 32, requires_grad=True), torch.randn(100, 32, requires_grad=True)
+    y = torch.randint(0, 100, (48,))
+    with torch.autocast("cpu", dtype=torch.bfloat16), MatmulDtypes() as mode:
+        loss = fused_linear_cross_entropy(h, w, None, y, chunk=16)
+    assert mode.seen and set(mode.seen) == {torch.bfloat16}, mode.seen  # forward logits and both gradient products
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.cross_entropy(F.linear(h, w).float(), y)
+    for got, want in zip(torch.autograd.grad(loss, [h, w]), torch.autograd.grad(ref, [h, w])):
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))

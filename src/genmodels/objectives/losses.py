@@ -42,6 +42,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
+        amp = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
         inv_n = 1.0 / n if n else math.nan  # all ignored: nan, as F.cross_entropy
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk], targets[s:s + chunk]
@@ -57,10 +58,13 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if valid is not None:
                 p.mul_(valid[s:s + chunk, None])
             pc = p.to(h.dtype)
-            if grad_h is not None:
-                torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
-            if grad_w is not None:
-                grad_w.addmm_(pc.t().float(), hc.float())
+            if amp is not None:  # under autocast (train.precision: bf16) the gradient products in its dtype too
+                _amp_grads(pc, hc, weight, grad_h[s:s + chunk] if grad_h is not None else None, grad_w)
+            else:
+                if grad_h is not None:
+                    torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
+                if grad_w is not None:
+                    grad_w.addmm_(pc.t().float(), hc.float())
             if grad_b is not None:
                 grad_b += p.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -74,6 +78,16 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
         out_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
         out_b = (grad_b * g).to(ctx.weight_dtype) if grad_b is not None else None
         return out_h, out_w, out_b, None, None, None
+
+
+def _amp_grads(p: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
+               grad_w: torch.Tensor | None) -> None:
+    """A chunk's ``∂L/∂h = p W`` (into ``grad_h``) and ``∂L/∂W += pᵀ h`` (fp32 ``grad_w``) as autocast runs
+    products: in its dtype (``torch.mm`` with ``out=`` or ``addmm_`` would bypass autocast and run in fp32)."""
+    if grad_h is not None:
+        grad_h.copy_(torch.mm(p, weight))  # (c, V) @ (V, D)
+    if grad_w is not None:
+        grad_w += torch.mm(p.t(), h)  # (V, c) @ (c, D)
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
