@@ -73,6 +73,20 @@ def table(out: Path, found: dict) -> list[str]:
     return lines
 
 
+def task_lines(found: dict, split: str = "seen-test") -> list[str]:
+    """Per task of ``split``: the base's exact match and each arm's mean over its seeds."""
+    arms = [a for a in ("base",) + ARMS if found.get(a)]
+    tasks = sorted({t for a in arms for r in found[a].values() if split in r for t in r[split]["tasks"]})
+    lines = ["", f"| {split} task | " + " | ".join(LABELS[a] for a in arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    for t in tasks:
+        cells = []
+        for a in arms:
+            xs = [r[split]["tasks"][t]["exact_match"] for r in found[a].values() if split in r and t in r[split]["tasks"]]
+            cells.append(f"{statistics.mean(xs):.2f}" if xs else "—")
+        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def phase_lines(out: Path) -> list[str]:
     f = out / "phases.json"
     if not f.exists():
@@ -120,7 +134,7 @@ def main() -> None:
     p.add_argument("--png", type=Path, default=None, help="write the bar chart here")
     args = p.parse_args()
     found = load(args.out)
-    print("\n".join(table(args.out, found) + phase_lines(args.out)))
+    print("\n".join(table(args.out, found) + task_lines(found) + task_lines(found, "unseen") + phase_lines(args.out)))
     if args.png is not None:
         plot(found, args.png)
         print(f"wrote {args.png}")
