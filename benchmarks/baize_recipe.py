@@ -19,8 +19,9 @@ Work is bounded, not time: ``train.max_steps`` is the config's (or ``--max-steps
 null, so the figures do not depend on the machine's speed or load. ``--threads`` goes to every command
 (``train.threads``, ``selfchat --threads``, ``OMP_NUM_THREADS`` for eval-tasks); ``--jobs`` chains run at once
 (a chain: one seed's self-chat, training and evaluations); every command runs under ``nice -n --nice``.
-A phase whose output exists is skipped (its time kept from the run that made it), so an interrupted
-measurement is continued by running the same command again. ``OUT/phases.json`` records each phase's
+A phase whose output exists is skipped (its time kept from the run that made it), and a training run
+with a checkpoint but no ``final/`` resumes (``--resume``: the same losses), so an interrupted measurement
+is continued by running the same command again. ``OUT/phases.json`` records each phase's
 command, wall seconds, the load average before and after, and the CPU.
 """
 from __future__ import annotations
@@ -115,6 +116,8 @@ def train(tag: str, seed: int, data: str, args) -> tuple[str, list[str], str]:
     if args.max_steps is not None:
         sets["train.max_steps"] = args.max_steps
     cmd = gm("train", str(CONFIG), "--no-progress", *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")])
+    if any((args.out / "runs" / tag / "checkpoints").glob("step-*")):
+        cmd.append("--resume")  # an interrupted run goes on from its last checkpoint (the same losses)
     return f"train-{tag}", cmd, f"runs/{tag}/final/adapter_model.safetensors"
 
 
