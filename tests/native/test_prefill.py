@@ -2,12 +2,16 @@
 to the PyTorch path — logits of each row's last token and the KV cache — and chosen by the decode session."""
 from __future__ import annotations
 
+import os
+import shlex
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import genmodels
 from genmodels.generation.session import DecodeSession
+from genmodels import native
 from genmodels.native import library
 from genmodels.native import prefill as native_prefill
 from genmodels.nn.quantized import GGML_TYPES, dequantize_rows, quantize_rows, row_bytes
@@ -24,7 +28,9 @@ KINDS = [("llama", {}), ("gpt2", {}), ("llama", dict(n_kv_heads=1)), ("llama", d
          ("llama", dict(rotary_fraction=0.5)), ("gpt2", dict(position="alibi")),
          ("gpt2", dict(mlp="gelu", tie_embeddings=False)), ("llama", dict(mlp="geglu_tanh")),
          ("gpt2", dict(position="sinusoidal", norm_bias=False)), ("gpt2", dict(norm_placement="post", final_norm=False)),
-         ("llama", dict(d_model=36, n_heads=2, n_kv_heads=1, d_ff=68)), ("gpt2", dict(d_model=36, n_heads=3, d_ff=100))]
+         ("llama", dict(d_model=36, n_heads=2, n_kv_heads=1, d_ff=68)), ("gpt2", dict(d_model=36, n_heads=3, d_ff=100)),
+         ("llama", dict(n_heads=2, n_kv_heads=1)), ("gpt2", dict(n_heads=1))]  # heads of 18, 12 (scalar P V), 16
+# (16-wide panels), 32 and 64 (P V through the packed tiles, V read in place)
 
 
 def _id(v):
@@ -32,11 +38,11 @@ def _id(v):
 
 
 # ---- the packed product ------------------------------------------------------------------------
-def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None) -> torch.Tensor:
+def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None, lib=None) -> torch.Tensor:
     """gm_prefill_gemm: x (M, K) · W (N, K)ᵀ + bias, W fp32 or the (N, row bytes) blocks of ``qtype``."""
     n = w.shape[0]
     y = torch.empty(x.shape[0], n)
-    rc = library().gm_prefill_gemm(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), GGML_TYPES[qtype] if qtype
+    rc = (lib or library()).gm_prefill_gemm(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), GGML_TYPES[qtype] if qtype
                                    else 0, bias.data_ptr() if bias is not None else None, y.data_ptr(), n,
                                    torch.get_num_threads())
     assert rc == 0
@@ -73,6 +79,34 @@ def test_quantised_gemm_equals_dequantise_then_fp32(qtype):
         x = torch.randn(m, k, generator=g)
         want = x @ dense.T
         torch.testing.assert_close(gemm(x, blocks, qtype), want, atol=1e-5 * float(want.abs().max()), rtol=1e-5)
+
+
+@pytest.fixture(scope="module", params=["avx2", "scalar"])
+def narrower_build(request):
+    """The kernels built as on an AVX2-only CPU (AVX-512 off: 6 × 16 tiles) and with no vector unit at all
+    (the plain C tiles), as tests/native/test_quant.py builds them (the same cached libraries)."""
+    if request.param == "avx2" and not library().gm_quant_lanes() > 8:
+        pytest.skip("the default build is the AVX2 build: the tests above hold it")
+    flags = ["-mno-avx512f"] + (["-mno-avx2", "-mno-f16c"] if request.param == "scalar" else [])
+    return native._bind(native._load([*shlex.split(os.environ.get("CC") or "cc"), *flags]))
+
+
+@pytest.mark.parametrize("qtype", [None, "q4_1"])
+def test_narrower_builds_prefill_as_torch(narrower_build, qtype):
+    g = torch.Generator().manual_seed(5)
+    x, w = torch.randn(37, 96, generator=g), torch.randn(45, 96, generator=g)
+    blocks = quantize_rows(w, qtype) if qtype else w
+    want = x @ (dequantize_rows(blocks, qtype, 96) if qtype else w).T
+    torch.testing.assert_close(gemm(x, blocks, qtype, lib=narrower_build), want, atol=1e-4, rtol=1e-5)
+    model = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)
+    model = genmodels.quantize(model, qtype).eval() if qtype else model
+    ids, mask = random_ids(2, 30), left_pad_mask([30, 17], 30)
+    with torch.inference_mode():
+        cw, cg = model.new_cache(2, 30), model.new_cache(2, 30)
+        want = model.head(model.hidden_states(ids, attention_mask=mask, cache=cw)[:, -1])
+        got = native_prefill.prefill(model, cg, ids, mask, lib=narrower_build)
+    torch.testing.assert_close(got, want, **TOL)
+    assert_caches_equal(cw, cg)
 
 
 # ---- the prefill == the PyTorch forward into the cache ------------------------------------------

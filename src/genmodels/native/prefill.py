@@ -86,19 +86,20 @@ def _inputs(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
 
 
 def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            rows: int = ROWS) -> torch.Tensor:
+            rows: int = ROWS, lib=None) -> torch.Tensor:
     """``input_ids (B, T)`` after what ``cache`` holds -> next-token logits ``(B, V)``; writes the keys and
     values at slots ``[cache.pos, cache.pos + T)`` and advances ``cache.pos`` and ``cache.row_pos`` as
     ``model.hidden_states(..., cache=cache)`` does. ``attention_mask (B, cache.pos + T)``: 1 = token, 0 =
     padding. ``rows``: new tokens per native call (B·T is cut into chunks of whole columns). The caller
-    checks :func:`unsupported` first; a cache with too few slots is refused (``cache.reserve(T)`` first)."""
+    checks :func:`unsupported` first; a cache with too few slots is refused (``cache.reserve(T)`` first).
+    ``lib``: another build of the kernels (tests of the AVX2 and scalar builds), else the loaded one."""
     from ..models.blocks import check_length
     b, t = input_ids.shape
     step = FusedDecodeStep(model, cache, b)  # the model struct, bound to the cache's buffers
     ids, mask = _inputs(cache, input_ids, attention_mask, step.n_embed)
     start = cache.pos
     check_length(model.config, cache.offset + start + t)
-    m, lib = step.model_struct, step.lib
+    m, lib = step.model_struct, lib or step.lib
     if m.pos_kind == 1 and int(cache.row_pos.max()) + t > step.pos_len:
         raise ValueError(f"position ids must be in [0, {step.pos_len}) (the position table)")
     positions = cache.advance(t, attention_mask, None).to("cpu", torch.long)  # (B, T); row_pos moves on

@@ -26,6 +26,7 @@ typedef __m512 pf_v;
 #define pf_store _mm512_storeu_ps
 #define pf_set1 _mm512_set1_ps
 #define pf_fma _mm512_fmadd_ps
+#define pf_add _mm512_add_ps
 #define pf_zero _mm512_setzero_ps
 #elif defined(GM_AVX2)
 #define PF_MR 6
@@ -35,23 +36,45 @@ typedef __m256 pf_v;
 #define pf_store _mm256_storeu_ps
 #define pf_set1 _mm256_set1_ps
 #define pf_fma _mm256_fmadd_ps
+#define pf_add _mm256_add_ps
 #define pf_zero _mm256_setzero_ps
 #else
 #define PF_MR 4
 #define PF_VW 8
 #endif
 #define PF_NR (2 * PF_VW)
-#define PF_KC 256      /* multiple of 256: a K-block holds whole GGUF blocks and super-blocks */
+#define PF_KC 384      /* most values of a K-block (a product's blocks are split evenly, whole GGUF blocks) */
 #define PF_MIN_ROWS 24 /* below: any_linear_team */
 
-/* floats of one thread's packing buffers for M rows (A slivers, the B panel, one dequantised row) */
+/* floats of one thread's packing buffers for M rows (A slivers, the B panel, the panel's dequantised rows) */
 int64_t gemm_pack_floats(int64_t M) {
     const int64_t slivers = (M + PF_MR - 1) / PF_MR;
-    return (slivers * PF_MR * PF_KC + PF_KC * PF_NR + PF_KC + 63) / 16 * 16;
+    return (slivers * PF_MR * PF_KC + 2 * PF_KC * PF_NR + 63) / 16 * 16;
 }
 
-/* t (MR × NR) = Σ_k a[k][0:MR] ⊗ b[k][0:NR] over kc steps */
-static void micro(const float *restrict a, const float *restrict b, int64_t kc, float *restrict t) {
+/* Values per K-block: K split evenly into blocks of at most PF_KC, each a multiple of 16 (fp32) or of the
+ * format's block (32 values, 256 for the K formats). */
+static int64_t k_block(int64_t K, int64_t type) {
+    const int64_t g = type == GM_F32 ? 16 : quant_block_values(type), nb = (K + PF_KC - 1) / PF_KC;
+    const int64_t kc = ((K + nb - 1) / nb + g - 1) / g * g;
+    return kc <= PF_KC ? kc : PF_KC / g * g;
+}
+
+/* y[0:rows, 0:cols] (ld ldy) = (add ? y : 0) + t + bias, t an MR × NR tile */
+static void store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_t cols, const float *bias,
+                       int add) {
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++) {
+            const float v = t[i * PF_NR + j] + (bias ? bias[j] : 0.0f);
+            y[i * ldy + j] = add ? y[i * ldy + j] + v : v;
+        }
+}
+
+/* y[0:rows, 0:cols] (+)= Σ_k a[k][0:MR] ⊗ b[k][0:NR] (+ bias) over kc steps, b's rows ldb apart: a full tile straight from the
+ * registers, a partial one through store_tile */
+static void micro(const float *restrict a, const float *restrict b, int64_t ldb, int64_t kc, float *y, int64_t ldy,
+                  int64_t rows, int64_t cols, const float *bias, int add) {
+    float t[PF_MR * PF_NR] __attribute__((aligned(64)));
 #if defined(__AVX512F__) || defined(GM_AVX2)
 #define PF_ROW(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #if PF_MR == 12
@@ -67,10 +90,22 @@ static void micro(const float *restrict a, const float *restrict b, int64_t kc, 
         c##i##1 = pf_fma(ai, b1, c##i##1);                                                                \
     }
 #define PF_OUT(i) pf_store(t + (i) * PF_NR, c##i##0), pf_store(t + (i) * PF_NR + PF_VW, c##i##1);
+#define PF_Y(i)                                                                                           \
+    {                                                                                                     \
+        float *yr = y + (i) * ldy;                                                                        \
+        pf_v v0 = c##i##0, v1 = c##i##1;                                                                  \
+        if (bias) v0 = pf_add(v0, pf_load(bias)), v1 = pf_add(v1, pf_load(bias + PF_VW));                 \
+        if (add) v0 = pf_add(v0, pf_load(yr)), v1 = pf_add(v1, pf_load(yr + PF_VW));                      \
+        pf_store(yr, v0), pf_store(yr + PF_VW, v1);                                                       \
+    }
     PF_ROWS(PF_DECL)
-    for (int64_t k = 0; k < kc; k++, a += PF_MR, b += PF_NR) {
+    for (int64_t k = 0; k < kc; k++, a += PF_MR, b += ldb) {
         const pf_v b0 = pf_load(b), b1 = pf_load(b + PF_VW);
         PF_ROWS(PF_FMA)
+    }
+    if (rows == PF_MR && cols == PF_NR) {
+        PF_ROWS(PF_Y)
+        return;
     }
     PF_ROWS(PF_OUT)
 #undef PF_ROW
@@ -78,66 +113,117 @@ static void micro(const float *restrict a, const float *restrict b, int64_t kc, 
 #undef PF_DECL
 #undef PF_FMA
 #undef PF_OUT
+#undef PF_Y
 #else
     for (int i = 0; i < PF_MR * PF_NR; i++) t[i] = 0.0f;
-    for (int64_t k = 0; k < kc; k++, a += PF_MR, b += PF_NR)
+    for (int64_t k = 0; k < kc; k++, a += PF_MR, b += ldb)
         for (int i = 0; i < PF_MR; i++)
             for (int j = 0; j < PF_NR; j++) t[i * PF_NR + j] += a[i] * b[j];
 #endif
+    store_tile(t, y, ldy, rows, cols, bias, add);
 }
 
-/* Slivers of rows [0, M), columns [k0, k0 + kc) of x, rows past M zero. */
+/* Slivers of rows [0, M), columns [k0, k0 + kc) of x, rows past M zero: ap[s][k][MR]. */
 static void pack_a(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float *ap) {
     for (int64_t s = 0; s * PF_MR < M; s++) {
+        const float *src[PF_MR];
         float *dst = ap + s * PF_MR * kc;
-        for (int i = 0; i < PF_MR; i++) {
-            const int64_t m = s * PF_MR + i;
-            if (m < M) {
-                const float *src = x + m * ldx + k0;
-                for (int64_t k = 0; k < kc; k++) dst[k * PF_MR + i] = src[k];
-            } else {
-                for (int64_t k = 0; k < kc; k++) dst[k * PF_MR + i] = 0.0f;
+        const int64_t rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
+        for (int i = 0; i < PF_MR; i++) src[i] = x + (s * PF_MR + (i < rows ? i : 0)) * ldx + k0;
+        for (int64_t k = 0; k < kc; k++, dst += PF_MR)
+            for (int i = 0; i < PF_MR; i++) dst[i] = i < rows ? src[i][k] : 0.0f;
+    }
+}
+
+#ifdef GM_AVX2
+/* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
+static inline void transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
+    __m256 r[8], t[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src[j] + k);
+    for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    for (int j = 0; j < 8; j += 4)
+        for (int h = 0; h < 2; h++) {
+            r[j + h] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            r[j + h + 2] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+    /* r[0] = rows 0-3 of k+0 | k+4, r[2] = k+1 | k+5, r[1] = k+2 | k+6, r[3] = k+3 | k+7 (and r[4..7] rows 4-7) */
+    const int order[4] = {0, 2, 1, 3};
+    for (int i = 0; i < 4; i++) {
+        const __m256 lo = r[order[i]], hi = r[order[i] + 4];
+        _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+}
+#endif
+
+/* The panel of W rows [n0, n0 + nv) (columns past nv zero), values [k0, k0 + kc), as bp[k][NR]; a quantised
+ * W's rows are dequantised into `rows` (NR × kc) first. */
+static void pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
+                   float *bp, float *rows) {
+    const int64_t row_bytes = type == GM_F32 ? K * 4 : K / quant_block_values(type) * quant_block_bytes(type);
+    const float *src[PF_NR];
+    for (int64_t j = 0; j < PF_NR; j++) {
+        const int64_t n = n0 + (j < nv ? j : 0);
+        if (type == GM_F32) {
+            src[j] = (const float *)W + n * K + k0;
+        } else {
+            src[j] = rows + j * kc;
+            if (j < nv) quant_dequant_span((const uint8_t *)W + n * row_bytes, type, k0, k0 + kc, rows + j * kc);
+        }
+    }
+    int64_t k = 0;
+#ifdef GM_AVX2
+    if (nv == PF_NR) /* 8 × 8 blocks transposed in registers */
+        for (; k + 8 <= kc; k += 8)
+            for (int64_t j = 0; j < PF_NR; j += 8) transpose8(src + j, k, bp + k * PF_NR + j, PF_NR);
+#endif
+    for (bp += k * PF_NR; k < kc; k++, bp += PF_NR)
+        for (int64_t j = 0; j < PF_NR; j++) bp[j] = j < nv ? src[j][k] : 0.0f;
+}
+
+/* One thread: columns of panels [p0, p1) of y (M, N) (+)= x (M, K) · Wᵀ + bias, rows ldx / ldy apart, W fp32
+ * (type 0, rows K apart) or blocks of `type`; mine: gemm_pack_floats(M) floats. */
+void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
+                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine) {
+    const int64_t KB = k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
+    float *ap = mine, *bp = ap + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
+    for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
+        const int64_t kc = K - k0 < KB ? K - k0 : KB;
+        pack_a(x, ldx, M, k0, kc, ap);
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
+            pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
+            for (int64_t s = 0; s < slivers; s++) {
+                const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+                micro(ap + s * PF_MR * kc, bp, PF_NR, kc, y + m0 * ldy + n0, ldy, rows_s, nv,
+                      k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
             }
         }
     }
 }
 
-/* The panel of W rows [n0, n0 + nv) (columns past nv zero), values [k0, k0 + kc), as Bp[k][NR]. */
-static void pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
-                   float *bp, float *row) {
-    const int64_t row_bytes = type == GM_F32 ? K * 4 : K / quant_block_values(type) * quant_block_bytes(type);
-    for (int64_t j = 0; j < PF_NR; j++) {
-        const float *src = row;
-        if (j >= nv) {
-            for (int64_t k = 0; k < kc; k++) bp[k * PF_NR + j] = 0.0f;
-            continue;
-        }
-        if (type == GM_F32) src = (const float *)W + (n0 + j) * K + k0;
-        else quant_dequant_span((const uint8_t *)W + (n0 + j) * row_bytes, type, k0, k0 + kc, row);
-        for (int64_t k = 0; k < kc; k++) bp[k * PF_NR + j] = src[k];
+/* One thread: y (M, N) = x (M, K) · V, V (K, N) row-major with rows ldv apart, read in place (N a multiple of
+ * gemm_nn_width()); mine: gemm_pack_floats(M) floats. (Attention's P V.) */
+void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y, int64_t ldy,
+             int64_t N, float *mine) {
+    const int64_t slivers = (M + PF_MR - 1) / PF_MR;
+    for (int64_t k0 = 0; k0 < K; k0 += PF_KC) {
+        const int64_t kc = K - k0 < PF_KC ? K - k0 : PF_KC;
+        pack_a(x, ldx, M, k0, kc, mine);
+        for (int64_t n0 = 0; n0 < N; n0 += PF_NR)
+            for (int64_t s = 0; s < slivers; s++) {
+                const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+                micro(mine + s * PF_MR * kc, V + k0 * ldv + n0, ldv, kc, y + m0 * ldy + n0, ldy, rows_s, PF_NR, 0,
+                      k0 > 0);
+            }
     }
 }
 
-/* y[0:rows, 0:cols] (ld ldy) = (add ? y : 0) + t + bias */
-static void store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_t cols, const float *bias,
-                       int add) {
-    for (int64_t i = 0; i < rows; i++) {
-        float *yr = y + i * ldy;
-        const float *tr = t + i * PF_NR;
-        if (add && bias)
-            for (int64_t j = 0; j < cols; j++) yr[j] += tr[j] + bias[j];
-        else if (add)
-            for (int64_t j = 0; j < cols; j++) yr[j] += tr[j];
-        else if (bias)
-            for (int64_t j = 0; j < cols; j++) yr[j] = tr[j] + bias[j];
-        else
-            for (int64_t j = 0; j < cols; j++) yr[j] = tr[j];
-    }
-}
+int64_t gemm_nn_width(void) { return PF_NR; }
 
-/* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias, rows ldx / ldy
- * apart, W fp32 (type 0) or blocks of `type`; pack: gemm_pack_floats(M) floats per thread, thread-major.
- * Ends with the team's barrier. */
+/* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias (gemm_panels, the
+ * panels split over the team); pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the
+ * team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack) {
     if (M < PF_MIN_ROWS && ldx == K && ldy == N) {
@@ -145,23 +231,8 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
         return;
     }
     const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
-    const int64_t p0 = P * me / nt, p1 = P * (me + 1) / nt, slivers = (M + PF_MR - 1) / PF_MR;
-    float *ap = pack + me * gemm_pack_floats(M), *bp = ap + slivers * PF_MR * PF_KC, *row = bp + PF_KC * PF_NR;
-    float tile[PF_MR * PF_NR] __attribute__((aligned(64)));
-    for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += PF_KC) {
-        const int64_t kc = K - k0 < PF_KC ? K - k0 : PF_KC;
-        pack_a(x, ldx, M, k0, kc, ap);
-        for (int64_t p = p0; p < p1; p++) {
-            const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-            pack_b(W, type, K, n0, nv, k0, kc, bp, row);
-            for (int64_t s = 0; s < slivers; s++) {
-                const int64_t m0 = s * PF_MR, rows = M - m0 < PF_MR ? M - m0 : PF_MR;
-                micro(ap + s * PF_MR * kc, bp, kc, tile);
-                store_tile(tile, y + m0 * ldy + n0, ldy, rows, nv, k0 == 0 && bias ? bias + n0 : 0,
-                           accumulate || k0 > 0);
-            }
-        }
-    }
+    gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt,
+                pack + me * gemm_pack_floats(M));
 #pragma omp barrier
 }
 

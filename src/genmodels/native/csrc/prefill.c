@@ -29,7 +29,7 @@ GM_API int64_t gm_prefill_scratch_floats(const gm_model *m, int64_t rows, int64_
  * qkv (ld QKV), K/V from the layer's cache (slots [0, start + T) filled), out rows of att (ld H·dh). */
 static void attend_queries(const gm_model *m, const gm_layer *ly, const float *qkv, const int64_t *key_mask,
                            int64_t b, int64_t h, int64_t start, int64_t T, int64_t t0, int64_t t1, float *S,
-                           float *att) {
+                           float *att, float *mine) {
     const int64_t H = m->n_heads, HKV = m->n_kv, DH = m->dh, L = m->max_len, QKV = (H + 2 * HKV) * DH;
     const int64_t W = m->window, hi = start + t1, lo = W > 0 && start + t0 + 1 > W ? start + t0 + 1 - W : 0;
     const int64_t nk = hi - lo, nq = t1 - t0, ldo = H * DH;
@@ -39,7 +39,8 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     const float scale = (float)m->attn_scale, slope = m->pos_kind == POS_ALIBI ? m->alibi[h] : 0.0f;
     float *O = att + (b * T + t0) * ldo + h * DH, inv[PF_QB];
     int uniform[PF_QB];
-    linear_rows_ld(Q, QKV, nq, DH, Kc + lo * DH, DH, 0, S, nk, 0, nk, 0); /* S = Q Kᵀ (nq × nk) */
+    const int64_t nr = gemm_nn_width();
+    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine); /* S = Q Kᵀ */
     for (int64_t i = 0; i < nq; i++) {
         const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
         float *s = S + i * nk, mx = -INFINITY;
@@ -52,7 +53,9 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
         uniform[i] = mx == -INFINITY;
         inv[i] = uniform[i] ? 0.0f : 1.0f / exp_row(s, nk, mx);
     }
-    if (DH % 16 == 0) { /* O = P V by 16-wide panels of V read in place */
+    if (DH % nr == 0) { /* O = P V, V read in place */
+        gemm_nn(S, nk, nq, nk, Vc + lo * DH, DH, O, ldo, DH, mine);
+    } else if (DH % 16 == 0) { /* by 16-wide panels of V */
         for (int64_t p = 0; p < DH; p += 16) panel_rows(S, nk, nq, nk, Vc + lo * DH + p, DH, O + p, ldo, 16, 0, 0);
     } else {
         for (int64_t i = 0; i < nq; i++) {
@@ -135,7 +138,8 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
                 const int64_t b = task / (H * nb), h = task / nb % H, t0 = task % nb * PF_QB;
-                attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att);
+                attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
+                               pack + thread_id() * gemm_pack_floats(N));
             }
             prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
