@@ -76,5 +76,5 @@ def precision_note(cfg_precision: str, device: torch.device) -> str | None:
     hw = bf16_hardware() if device.type == "cpu" and cfg_precision == "auto" else None
     if hw is None:
         return None
-    return (f"note: train.precision=auto computes in fp32 on CPU; this CPU has {hw}, where train.precision: bf16 "
-            "(autocast; weights and optimizer state stay fp32) runs the matrix products about 2x faster")
+    return (f"note: train.precision=auto computes in fp32 on CPU; this CPU has {hw}: train.precision: bf16 would "
+            "run the matrix products at about twice the fp32 rate (autocast; weights and optimizer state stay fp32)")
