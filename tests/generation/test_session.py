@@ -257,3 +257,39 @@ def test_requests_added_together_take_one_forward_and_each_gets_what_it_gets_alo
         assert torch.equal(req.output, _alone(model, ids, None, Sampling(max_new_tokens=n)))
     with pytest.raises(ValueError, match="keep_cache"):
         session.add_many([(running, Sampling(keep_cache=True))])
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "alibi"])
+def test_a_request_that_joins_after_one_left_takes_its_rows_in_place(kind, path):
+    """The rows a request leaves are taken by the next one to join (no copy into new buffers, the native step
+    stays bound); free rows no request takes are dropped at the next step; a prompt longer than what the cache
+    holds is appended. Every request gets what it gets alone."""
+    model = MODELS[kind]()
+    a, b = (random_ids(1, 4, seed=2), 3), (random_ids(2, 9, seed=3), 30)
+    c, d, e = (random_ids(1, 6, seed=4), 5), (random_ids(1, 5, seed=5), 4), (random_ids(1, 30, seed=6), 10)
+    session = DecodeSession(model)
+    ra = session.add(a[0], Sampling(max_new_tokens=a[1]))
+    rb = session.add(b[0], Sampling(max_new_tokens=b[1]), attention_mask=left_pad_mask([9, 5], 9))
+    assert ra.rows == [0] and rb.rows == [1, 2]
+    while not ra.finished:
+        session.step()
+    step, buffer = session._step, session.cache.layers[0].k
+    rc = session.add(c[0], Sampling(max_new_tokens=c[1]))           # into a's free row
+    assert rc.rows == [0] and session.cache.batch == 3 and session.free == []
+    assert session.cache.layers[0].k is buffer
+    session.step()
+    assert session._step is step or not session.native              # not bound again
+    while not rc.finished:
+        session.step()
+    re_ = session.add(e[0], Sampling(max_new_tokens=e[1]))         # longer than the cache holds: appended
+    rd = session.add(d[0], Sampling(max_new_tokens=d[1]))          # c's free row
+    assert re_.rows == [3] and rd.rows == [0]
+    while not rd.finished:
+        session.step()
+    session.step()                                                   # d's row, untaken, is dropped
+    assert session.cache.batch == 3 and rb.rows == [0, 1] and re_.rows == [2]
+    session.run()
+    mask_b = left_pad_mask([9, 5], 9)
+    assert torch.equal(rb.output, _alone(model, b[0], mask_b, Sampling(max_new_tokens=b[1])))
+    for r, (ids, n) in ((ra, a), (rc, c), (rd, d), (re_, e)):
+        assert torch.equal(r.output, _alone(model, ids, None, Sampling(max_new_tokens=n)))

@@ -4,7 +4,8 @@ A session holds one cache (:mod:`genmodels.nn.kv_cache`, protocol v2) whose rows
 requests. A request is one or more rows added together with their own settings
 (:class:`Sampling`: temperature, top-k, top-p, repetition penalty, ``max_new_tokens``, end tokens,
 an allowed-token set, a ``torch.Generator``, stop strings): ``add`` prefills it alone (or continues
-a cache it brings) and appends its rows to the session's cache; ``step`` chooses one token for
+a cache it brings; ``add_many``: several in one forward) and its rows join the session's cache — into rows
+a request just left where they fit (:mod:`.rows`), else appended; ``step`` chooses one token for
 every row of every request and feeds them all in one forward — the native step when
 :mod:`genmodels.native` supports the model, else the PyTorch one. Requests join and leave between
 steps; each row keeps its own positions (``cache.row_pos``), so what a row generates does not
@@ -33,6 +34,7 @@ import torch
 from ..native import prefill as native_prefill
 from ..native.step import fused_step, unsupported
 from ..nn import kv_cache
+from . import rows as reuse
 from .checks import check_generation_args, check_token_id, check_token_ids, vocab_size
 from .sampling import choose_next
 from .stop import StopStream, check_stop
@@ -89,6 +91,7 @@ class Request:
         self.end_ids = torch.tensor(list(s.ends), dtype=torch.long, device=input_ids.device)
         self.streams = [StopStream(s.tokenizer, check_stop(s.stop)) for _ in range(b)] if s.stop else None
         self.finished = s.max_new_tokens == 0
+        self.rows: list[int] = []  # its rows of the session's cache, in order (set by the session)
         self.can_end = bool(s.ends) or self.streams is not None  # something may end a row before max_new_tokens
 
     @property
@@ -146,7 +149,8 @@ class DecodeSession:
         if native is None:
             native = next(model.parameters()).device.type == "cpu" and unsupported(model) is None
         self.native = native
-        self.requests: list[Request] = []  # live, in row order
+        self.requests: list[Request] = []  # live (each knows its rows of the cache: request.rows)
+        self.free: list[int] = []  # rows no request owns (one that left), kept one step for a request that joins
         self.cache = None
         self.logits: torch.Tensor | None = None  # (R, V): the next-token logits of every live row
         self._step = None  # the native step, built at the first feed after the rows change
@@ -196,14 +200,28 @@ class DecodeSession:
         return reqs
 
     def _join(self, reqs: list[Request], cache, logits: torch.Tensor) -> None:
-        """The rows of ``cache`` / ``logits (R, V)`` (the requests' rows, in order) join the session's."""
+        """The rows of ``cache`` / ``logits (R, V)`` (the requests' rows, in order) join the session's: into
+        free rows where they fit (:mod:`.rows`: in place, the native step stays bound), the rest appended."""
+        n, rows = logits.shape[0], []
         if self.cache is None:
-            self.cache, self.logits = cache, logits
+            self.cache, self.logits, rows = cache, logits, list(range(n))
         else:
-            self.cache.extend(cache)
-            self.logits = torch.cat([self.logits, logits])
+            k = min(len(self.free), n) if self.free and reuse.placeable(self.cache, cache) else 0
+            if k:
+                rows, self.free = self.free[:k], self.free[k:]
+                reuse.place(self.cache, cache, list(range(k)), rows)
+                self.logits[rows] = logits[:k]
+            if k < n:
+                if k:
+                    cache.select(torch.arange(k, n, device=logits.device))
+                b = self.logits.shape[0]
+                self.cache.extend(cache)
+                self.logits = torch.cat([self.logits, logits[k:]])
+                rows += list(range(b, b + n - k))
+                self._step = None  # the rows changed: the native step binds again
+        for req in reqs:
+            req.rows, rows = rows[:req.batch], rows[req.batch:]
         self.requests.extend(reqs)
-        self._step = None  # the rows changed: the native step binds again
 
     @torch.inference_mode()
     def prefill(self, input_ids: torch.Tensor, need: int, *, attention_mask: torch.Tensor | None = None,
@@ -248,57 +266,68 @@ class DecodeSession:
         if not torch.is_inference_mode_enabled():  # the requests' buffers are inference tensors
             with torch.inference_mode():
                 return self.choose_tokens()
-        if len(self.requests) == 1:
+        if len(self.requests) == 1 and not self.free:  # (its rows are all the rows, in order)
             self._chosen = [self.requests[0].choose(self.logits, self.choose)]
             return
-        self._chosen, lo = [], 0
-        for req in self.requests:
-            self._chosen.append(req.choose(self.logits[lo:lo + req.batch], self.choose))
-            lo += req.batch
+        self._chosen = [req.choose(self._logits_of(req), self.choose) for req in self.requests]
+
+    def _logits_of(self, req: Request) -> torch.Tensor:
+        r = req.rows
+        if r[-1] - r[0] == len(r) - 1:  # consecutive rows: a view
+            return self.logits[r[0]:r[-1] + 1]
+        return self.logits[r]
 
     def feed_tokens(self) -> list[Request]:
-        """The second half: finished requests leave, the chosen tokens of the others go through the model in one
-        forward; returns the requests that finished."""
+        """The second half: finished requests leave (their rows free for a request that joins before the next
+        step; else dropped then), the chosen tokens of the others go through the model in one forward; returns
+        the requests that finished."""
         if not torch.is_inference_mode_enabled():
             with torch.inference_mode():
                 return self.feed_tokens()
         chosen, self._chosen = self._chosen, None
-        if len(self.requests) == 1 and not self.requests[0].s.keep_cache:  # generate's loop: nothing moves
+        if len(self.requests) == 1 and not self.free and not self.requests[0].s.keep_cache:  # generate's loop
             req = self.requests[0]
             if req.finished:
                 self.requests, self.cache, self.logits, self._step = [], None, None, None
                 return [req]
             self.logits = self.feed(chosen[0])
             return []
-        spans, lo = [], 0
-        for req in self.requests:
-            spans.append((lo, lo + req.batch))
-            lo += req.batch
-        fed = [i for i, req in enumerate(self.requests) if not req.finished or req.s.keep_cache]
-        if len(fed) < len(self.requests):  # finished requests leave before the forward
-            self._select([r for i in fed for r in range(*spans[i])])
-        reqs = [self.requests[i] for i in fed]
-        if reqs:
-            self.logits = self.feed(torch.cat([chosen[i] for i in fed]))
         ended = [req for req in self.requests if req.finished]
-        if any(req.finished for req in reqs):  # kept caches: theirs rows leave after the forward
-            self._detach(reqs)
-        self.requests = [req for req in reqs if not req.finished]
+        fed = [(req, c) for req, c in zip(self.requests, chosen) if not req.finished or req.s.keep_cache]
+        stale = bool(self.free)  # rows left before this step that no joining request took
+        for req in ended:
+            if not req.s.keep_cache:
+                self._release(req)
+        self.requests = [req for req, _ in fed]
+        if not self.requests:
+            self.cache, self.logits, self.free, self._step = None, None, [], None
+            return ended
+        if stale or not reuse.reusable(self.cache):
+            self._compact()
+        tokens = torch.zeros(self.logits.shape[0], dtype=chosen[0].dtype, device=chosen[0].device)  # free rows: 0
+        for req, c in fed:
+            tokens[req.rows] = c
+        self.logits = self.feed(tokens)
+        if any(req.finished for req, _ in fed):  # kept caches: their rows leave after the forward
+            self._detach([req for req, _ in fed if req.finished])
+        self.requests = [req for req in self.requests if not req.finished]
         return ended
 
+    @torch.inference_mode()
     def cancel(self, request: Request) -> None:
-        """Drop a live request's rows now (its client went away), between steps or between the halves of one;
-        its output so far stays, ``finished`` turns True, no cache is kept."""
+        """Drop a live request's rows now (its client went away), between steps or between the halves of one:
+        they are free for a request that joins before the next forward, else dropped then; its output so far
+        stays, ``finished`` turns True, no cache is kept."""
         index = next((i for i, r in enumerate(self.requests) if r is request), None)
         if index is None:
             return
-        lo = sum(r.batch for r in self.requests[:index])
-        total = sum(r.batch for r in self.requests)
-        self._select([r for r in range(total) if not lo <= r < lo + request.batch])
+        self._release(request)
         if self._chosen is not None:
             del self._chosen[index]
         del self.requests[index]
         request.finished = True
+        if not self.requests:
+            self.cache, self.logits, self.free, self._step = None, None, [], None
 
     def run(self) -> None:
         """Step until every request has finished."""
@@ -333,17 +362,29 @@ class DecodeSession:
             if first > 0:
                 self.cache.keep(torch.arange(first, self.cache.pos))
 
+    def _release(self, req: Request) -> None:
+        """``req``'s rows become free: fed a 0 token (their output never read) until taken or dropped."""
+        self.free = sorted(self.free + req.rows)
+        if reuse.reusable(self.cache):
+            self.cache.row_pos[req.rows] = 0  # (a learned position table never runs out under a free row)
+
+    def _compact(self) -> None:
+        """Drop the free rows (:meth:`_select` of the owned ones); each request's rows renumbered."""
+        owned = sorted(r for req in self.requests for r in req.rows)
+        rank = {r: i for i, r in enumerate(owned)}
+        self._select(owned)
+        for req in self.requests:
+            req.rows = [rank[r] for r in req.rows]
+        self.free = []
+
     def _detach(self, reqs: list[Request]) -> None:
-        """Give each finished request (of those just fed) its rows of the cache, and drop them here."""
-        spans, lo = [], 0
-        for req in reqs:
-            spans.append(range(lo, lo + req.batch))
-            lo += req.batch
-        if all(req.finished for req in reqs) and len(reqs) == 1:
-            reqs[0].cache, self.cache, self.logits = self.cache, None, None
+        """Give each finished request (of those just fed) its rows of the cache; they leave (free)."""
+        if len(reqs) == 1 and len(self.requests) == 1 and not self.free:  # the only rows: the cache itself
+            reqs[0].cache, self.cache, self.logits, self._step = self.cache, None, None, None
             return
-        for req, span in zip(reqs, spans):
-            if req.finished:
-                req.cache = copy.deepcopy(self.cache)
-                req.cache.select(torch.tensor(list(span), dtype=torch.long))
-        self._select([r for req, span in zip(reqs, spans) if not req.finished for r in span])
+        for req in reqs:
+            req.cache = copy.deepcopy(self.cache)
+            req.cache.select(torch.tensor(req.rows, dtype=torch.long))
+            self._release(req)
+        if len(self.free) == self.logits.shape[0]:
+            self.cache, self.logits, self.free, self._step = None, None, [], None
