@@ -116,7 +116,8 @@ def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_token
     """Exact match of greedy replies decoded after each row's ``compress(mode=mask)`` cache, batched (rows of
     different instructions and input lengths together)."""
     tok = model.tokenizer
-    eos = [i for i in (model.config.eos_token_id, tok.token_to_id("\n"), tok.token_to_id("Ċ")) if i is not None]
+    ends = (model.config.eos_token_id, *(tok.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>", "</s>", "Ċ")))
+    eos = sorted({i for i in ends if i is not None})  # the examples kind ends a response with the tokenizer's own
     right, per_task, samples = 0, {}, []
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
@@ -130,6 +131,7 @@ def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_token
             x[i, width - len(r):], am[i, width - len(r):] = torch.tensor(r), 1
         out = genmodels.generate(model, x, new_tokens, cache=gist, attention_mask=am, stop_tokens=eos)
         for r, o in zip(chunk, out[:, width:].tolist()):
+            o = o[:next((j for j, i in enumerate(o) if i in eos), len(o))]  # up to the first end token
             reply = tok.decode(o).split("\n")[0]
             ok = exact_match(reply, r["answer"])
             if len(samples) < 6:
@@ -157,9 +159,10 @@ def run(args) -> None:
     model = genmodels.load(final).eval()
     evals = json.loads((out / "eval.json").read_text())["splits"]
     result = {"mask": args.mask, "k": args.k, "seed": args.seed, "steps": args.steps, "train_s": round(trained, 1),
+              "stride": args.stride, "limit": args.limit,
               "batch": args.batch, "lora": args.lora, "lr": args.lr}
     for split in SPLITS:
-        rows = evals[split][:args.limit] if args.limit else evals[split]
+        rows = evals[split][::args.stride][:args.limit or None]
         result[split] = score(model, rows, args.mask, args.k)
         print(f"{name} {split}: exact match {result[split]['exact_match']:.3f} (n={result[split]['n']})", flush=True)
     (out / "results").mkdir(exist_ok=True)
@@ -232,6 +235,7 @@ def main() -> None:
     r.add_argument("--lora", default="all-linear", help="LoRA targets ('' for full tuning)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--limit", type=int, default=0, help="score only the first N rows of each split (0: all)")
+    r.add_argument("--stride", type=int, default=1, help="score every Nth row of each split (1: all)")
     c = sub.add_parser("cost")
     c.add_argument("--out", required=True)
     c.add_argument("--threads", type=int, default=1)
