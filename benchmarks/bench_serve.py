@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import socket
 import statistics
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import torch  # noqa: E402
 from common import cpu_flags, cpu_name  # noqa: E402  (what the benchmarks share)
 
 BUSY = 8  # streams decoding beside the new request whose TTFT is measured (a row left for it: max_batch > BUSY)
@@ -137,9 +137,10 @@ def server(cmd: list[str], port: int, log: Path):
             proc.wait()
 
 
-def ours_cmd(gguf: str, port: int, max_batch: int, threads: int, quantized: bool) -> list[str]:
-    return [sys.executable, "-m", "genmodels.cli", "serve", gguf, "--port", str(port), "--name", "m",
-            "--max-batch", str(max_batch), "--threads", str(threads)] + (["--quantized"] if quantized else [])
+def ours_cmd(gguf: str, port: int, max_batch: int, threads: int | None, quantized: bool) -> list[str]:
+    return ([sys.executable, "-m", "genmodels.cli", "serve", gguf, "--port", str(port), "--name", "m",
+             "--max-batch", str(max_batch)] + (["--threads", str(threads)] if threads else [])
+            + (["--quantized"] if quantized else []))
 
 
 def llama_cmd(binary: str, gguf: str, port: int, slots: int, threads: int, per_slot: int) -> list[str]:
@@ -174,7 +175,7 @@ def main() -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--requests-per-stream", type=int, default=2)
     p.add_argument("--gguf", help="the model file both servers serve (default: SmolLM2-135M-Instruct Q4_1)")
-    p.add_argument("--threads", type=int, default=os.cpu_count(), help="each server's threads (default: all cores)")
+    p.add_argument("--threads", type=int, help="each server's threads (default: one per core, PyTorch's default)")
     p.add_argument("--quantized", action="store_true", help="ours keeps the GGUF blocks (default: fp32 weights)")
     p.add_argument("--llama-server", help="llama.cpp's llama-server binary: compare with it")
     args = p.parse_args()
@@ -183,9 +184,10 @@ def main() -> int:
         from tests.parity.transformers.make_gguf_reference import smollm2_file
         args.gguf = str(smollm2_file())
     tok = read_tokenizer(args.gguf)[0]
+    threads = args.threads or torch.get_num_threads()  # (the server's default too: OMP_NUM_THREADS or a core each)
     counts = [int(s) for s in args.streams.split(",")]
     log = Path(tempfile.mkdtemp(prefix="bench_serve_")) / "servers.log"
-    print(f"# {cpu_name()} ({cpu_flags()}), {args.threads} threads a server; {Path(args.gguf).name}; prompts "
+    print(f"# {cpu_name()} ({cpu_flags()}), {threads} threads a server; {Path(args.gguf).name}; prompts "
           f"{args.prompt_tokens} tokens, {args.new_tokens} new, greedy, {args.requests_per_stream} requests a stream")
     print(f"# ours: genmodels serve, {'GGUF blocks (--quantized)' if args.quantized else 'fp32 weights from the GGUF'}"
           f"; llama-server: {args.llama_server or 'not run (--llama-server PATH)'}, the GGUF's own blocks; "
@@ -205,7 +207,7 @@ def main() -> int:
 
         def restart(n):
             lport = free_port()
-            return server(llama_cmd(args.llama_server, args.gguf, lport, n, args.threads, per_slot), lport, log)
+            return server(llama_cmd(args.llama_server, args.gguf, lport, n, threads, per_slot), lport, log)
         theirs = sweep("", tok, counts, args, "llama-server (-np streams -cb)", restart)
         for n in counts:
             print(f"{n} streams: ours / llama-server aggregate tokens/s = {ours[n]['tok_s']:.1f} / "
