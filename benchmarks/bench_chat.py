@@ -7,7 +7,7 @@ between turns, ``genmodels.chat.Conversation``), and turn 5 re-prefilled without
 
     .venv/bin/python benchmarks/bench_chat.py [--new-tokens 128] [--repeats 3] [--threads N]
         [--skip-transformers]
-    .venv/bin/python benchmarks/bench_chat.py --prefill 512 [--threads 1 --cpu-clock]   (prefill only, issue 26)
+    .venv/bin/python benchmarks/bench_chat.py --prefill 512 [--quantized] [--threads 1 --cpu-clock]   (issue 26)
 
 Decode rate = (n − 1) / (time of the n-th token − time of the first), from per-token timestamps (so
 prefill is not in it), median of the repeats, greedy, no early stop; the first 32 greedy tokens of
@@ -133,7 +133,7 @@ def prefill_flops(model, t: int) -> float:
     """FLOPs of a prefill of t tokens (one row): every block's products on each token, causal attention
     (QKᵀ and PV over j ≤ i), and the head on the last token only."""
     c, blocks = model.config, list(model.decoder_view()[0])
-    linear = sum(p.numel() for b in blocks for n, p in b.named_parameters() if p.dim() == 2)
+    linear = sum(m.in_features * m.out_features for b in blocks for m in b.modules() if hasattr(m, "out_features"))
     a = blocks[0].attn
     attention = len(blocks) * a.n_heads * a.head_dim * 2 * 2 * t * (t + 1) / 2
     return 2 * linear * t + attention + 2 * c.d_model * model.output_head().get_weight().shape[0]
@@ -197,6 +197,8 @@ def main() -> None:
     ap.add_argument("--skip-transformers", action="store_true", help="transformers' GGUF load takes 25-50 s")
     ap.add_argument("--prefill", type=int, default=None, metavar="T",
                     help="only the prefill of a T-token prompt: native vs PyTorch path vs transformers (issue 26)")
+    ap.add_argument("--quantized", action="store_true", help="keep the file's Q4_1/Q8_0 blocks (load(quantized=True)); "
+                    "transformers stays fp32 on its own dequantisation")
     ap.add_argument("--cpu-clock", action="store_true", help="time by process CPU time (with --threads 1: figures "
                     "a loaded machine does not cut; the other processes' time is not counted)")
     args = ap.parse_args()
@@ -211,8 +213,8 @@ def main() -> None:
     bw = bandwidth_gbs()
     print(f"{cpu_name()}, torch {torch.__version__}, {threads} threads, measured read bandwidth {bw:.1f} GB/s")
     t = time.perf_counter()
-    model = genmodels.load(path)
-    print(f"genmodels.load({NAME}): {time.perf_counter() - t:.1f} s")
+    model = genmodels.load(path, quantized=args.quantized)
+    print(f"genmodels.load({NAME}{', quantized=True' if args.quantized else ''}): {time.perf_counter() - t:.1f} s")
     if args.prefill:
         print(f"CPU flags: {cpu_flags()}; clock: {'process CPU time' if args.cpu_clock else 'wall'}")
         prefill_mode(model, None if args.skip_transformers else transformers_model(path), args.prefill, args.repeats,
