@@ -186,6 +186,9 @@ def test_unsupported_reasons(monkeypatch):
     assert "not a decoder-only DecoderLM" in native_prefill.unsupported(t5)
     llama = tiny_model("llama")
     assert "not a KVCache" in native_prefill.unsupported(llama, cache=object())
+    wrapped = tiny_model("llama")
+    wrapped.hidden_states = wrapped.hidden_states  # a wrapper on the instance (e.g. a counter) must be called
+    assert "replaced on this instance" in native_prefill.unsupported(wrapped)
     monkeypatch.setenv("GENMODELS_NATIVE_PREFILL", "0")
     assert "GENMODELS_NATIVE_PREFILL=0" in native_prefill.unsupported(llama)
 
