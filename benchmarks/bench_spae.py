@@ -1,6 +1,7 @@
 """SPAE on the digits (issue #28 d6): what trained SPAE runs reach, one run per seed, as JSON lines and a summary.
 
-    python benchmarks/bench_spae.py RUN [RUN ...] [--shots 0 2 5] [--queries 5] [--top 20] [--skip-lm] [--out F.json]
+    python benchmarks/bench_spae.py RUN [RUN ...] [--shots 0 2 5] [--queries 5] [--top 20] [--probe-images 360]
+                                   [--skip-lm] [--out F.json]
 
 Each RUN is a finished ``genmodels train configs/spae-digits.yaml`` run (``--set train.seed=S --set run_dir=RUN``).
 For each it measures, on the digits' validation split (360 images):
@@ -47,7 +48,8 @@ def top_word_scores(spae, images: torch.Tensor, labels: torch.Tensor) -> dict[st
             "top_distinct_words": len(set(top))}
 
 
-def lm_scores(spae, lm, data, clf, shots: list[int], queries: int, top: int, seed: int) -> dict[str, float]:
+def lm_scores(spae, lm, data, clf, shots: list[int], queries: int, top: int, seed: int,
+              probe_images: int) -> dict[str, float]:
     from genmodels.neurons import probe
     from genmodels.spae_icl import in_context_accuracy
     out = {}
@@ -55,7 +57,8 @@ def lm_scores(spae, lm, data, clf, shots: list[int], queries: int, top: int, see
         r = in_context_accuracy(lm, spae, data.train.images, data.train.labels, clf, list(DIGIT_WORDS), s,
                                 queries_per_class=queries, seed=seed)
         out[f"icl_accuracy_{s}"], out[f"icl_top_named_{s}"] = r.accuracy, r.top_word_named
-    _, share = probe(lm, spae, data.val.images, data.val.labels, list(DIGIT_WORDS), top=top)
+    _, share = probe(lm, spae, data.val.images[:probe_images], data.val.labels[:probe_images], list(DIGIT_WORDS),
+                     top=top)
     out["probe_share"], out["probe_random_share"] = share["share"], share["random_share"]
     return out
 
@@ -73,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", type=int, nargs="+", default=[0, 2, 5])
     ap.add_argument("--queries", type=int, default=5, help="prompts per class for each shot count")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--probe-images", type=int, default=360, help="validation images the probe reads")
     ap.add_argument("--skip-lm", action="store_true")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -91,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         row.update(reconstruction_scores(spae, data.val.images, data.val.labels, clf))
         row.update(top_word_scores(spae, data.val.images, data.val.labels))
         if lm is not None:
-            row.update(lm_scores(spae, lm, data, clf, args.shots, args.queries, args.top, seed))
+            row.update(lm_scores(spae, lm, data, clf, args.shots, args.queries, args.top, seed, args.probe_images))
         print(json.dumps(row), flush=True)
         rows.append(row)
     keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)]
