@@ -154,9 +154,10 @@ def test_prefill_equals_torch(kind, kw):
     (_, _), (got, cg) = both(model, ids, mask, rows=48)  # 16 tokens a row per call: chunks continue the cache
     torch.testing.assert_close(got, want, **TOL)
     assert_caches_equal(cw, cg, real=mask)
-    (want, cw), (got, cg) = both(model, ids[:1, :40])  # one row, no mask
-    torch.testing.assert_close(got, want, **TOL)
-    assert_caches_equal(cw, cg)
+    for short in (ids[:1, :40], ids[:2, 60:65]):  # one row, no mask; 10 tokens (the unpacked small-M products)
+        (want, cw), (got, cg) = both(model, short)
+        torch.testing.assert_close(got, want, **TOL)
+        assert_caches_equal(cw, cg)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
@@ -173,9 +174,10 @@ def test_prefill_of_a_quantised_model_equals_torch(qtype):
     model = genmodels.quantize(tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96), qtype).eval()
     assert native_prefill.unsupported(model) is None
     ids, mask = random_ids(2, 50), left_pad_mask([50, 30], 50)
-    (want, cw), (got, cg) = both(model, ids, mask)
-    torch.testing.assert_close(got, want, **TOL)
-    assert_caches_equal(cw, cg)
+    for i, m in ((ids, mask), (ids[:, :4], None)):  # 100 rows (packed panels) and 8 (the decode step's tiles)
+        (want, cw), (got, cg) = both(model, i, m)
+        torch.testing.assert_close(got, want, **TOL)
+        assert_caches_equal(cw, cg)
 
 
 def test_unsupported_reasons(monkeypatch):
