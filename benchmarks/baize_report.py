@@ -67,7 +67,7 @@ def table(out: Path, found: dict) -> list[str]:
                 continue
             m, s = mean_std(xs)
             gain = m - base[split]["exact_match"]
-            cells += [f"{m:.3f} ± {s:.3f}", f"{gain:+.3f} ({gain / s:.1f} std)" if s == s and s > 0 else f"{gain:+.3f}"]
+            cells += [f"{m:.3f} ± {s:.3f}" if s == s else f"{m:.3f} (one seed)", f"{gain:+.3f} ({gain / s:.1f} std)" if s == s and s > 0 else f"{gain:+.3f}"]
         n = len(found.get(arm, {}))
         lines.append(f"| {LABELS[arm]} | {n} | {cells[0]} | {cells[1]} | {cells[2]} | {cells[3]} |")
     return lines
