@@ -84,14 +84,16 @@ def llama_bench(exe: str, path: Path, threads: int, repeats: int) -> dict:
 
 
 def llama_build_flags(exe: str) -> str:
-    """The GGML options the binary was configured with (its build folder's CMakeCache.txt), else unknown."""
+    """The build type and the GGML CPU options switched on (its build folder's CMakeCache.txt; GGML_NATIVE=ON
+    means -march=native, the others then unused), else unknown."""
+    keys = ("GGML_NATIVE", "GGML_AVX", "GGML_FMA", "GGML_F16C", "GGML_AMX", "GGML_OPENMP", "GGML_BMI2")
     for folder in Path(exe).resolve().parents[:3]:
         cache = folder / "CMakeCache.txt"
         if cache.is_file():
-            opts = [line.split(":", 1)[0] + "=" + line.rsplit("=", 1)[1].strip() for line in cache.read_text().splitlines()
-                    if line.startswith(("GGML_NATIVE:", "GGML_AVX", "GGML_FMA:", "GGML_F16C:", "GGML_AMX", "GGML_OPENMP:",
-                                        "CMAKE_BUILD_TYPE:"))]
-            return ", ".join(o.replace(":BOOL", "").replace(":STRING", "") for o in opts)
+            values = dict(line.split("=", 1) for line in cache.read_text().splitlines() if "=" in line
+                          and not line.startswith(("#", "//")))
+            on = [k.split(":")[0] for k, v in values.items() if k.startswith(keys) and v.strip() == "ON"]
+            return ", ".join([f"{values.get('CMAKE_BUILD_TYPE:STRING', '?')} build"] + sorted(on))
     return "unknown (no CMakeCache.txt beside the binary)"
 
 
