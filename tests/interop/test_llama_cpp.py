@@ -82,15 +82,9 @@ def divergence(tokenizer, tokens: list[int], text: str, end: int) -> int | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def written(smollm2, tmp_path_factory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("llama_cpp")
-    return {t: write_gguf(smollm2, folder / f"smollm2-{t}.gguf", t) for t in OUTTYPES}
-
-
 @pytest.mark.parametrize("outtype", OUTTYPES)
-def test_llama_cpp_reads_our_file_and_decodes_our_greedy_tokens(written, outtype, tmp_path):
-    path = written[outtype]
+def test_llama_cpp_reads_our_file_and_decodes_our_greedy_tokens(smollm2, outtype, tmp_path):
+    path = write_gguf(smollm2, tmp_path / f"smollm2-{outtype}.gguf", outtype)  # one file per test (-k picks)
     model, tokens, logits = check(path, outtype, tmp_path)
     theirs = (tmp_path / "theirs.txt").read_text(encoding="utf-8")
     first = divergence(model.tokenizer, tokens, theirs, model.config.eos_token_id)
