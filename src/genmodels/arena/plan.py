@@ -92,11 +92,11 @@ def _norm(cfg: ModelConfig, a: int) -> int:
 def _attention(cfg: ModelConfig, a: int) -> list[tuple[str, int]]:
     """Self-attention with a flash / memory-efficient kernel: nothing of size T² per layer."""
     d_model, h, hkv, d = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.dim_head
-    terms = [("attention: norm", _norm(cfg, a)),
-             ("attention: qkv input", a * d_model),
-             ("attention: q|k|v", a * (h + 2 * hkv) * d)]  # v (and q, k without RoPE) are views of it
-    if cfg.position == "rope":
-        terms.append(("attention: rotated q|k", a * (h + hkv) * d))
+    terms = [("attention: norm", _norm(cfg, a)), ("attention: qkv input", a * d_model)]
+    if cfg.position == "rope":  # v copied into its own storage (nn/attention._own): qkv's output is not kept
+        terms += [("attention: rotated q|k", a * (h + hkv) * d), ("attention: v (own copy)", a * hkv * d)]
+    else:  # q, k, v are views of qkv's output: the kernel keeps it whole
+        terms.append(("attention: q|k|v", a * (h + 2 * hkv) * d))
     terms.append(("attention: output (= out-proj input)", a * h * d))
     terms.append(("attention: softmax log-sum-exp (fp32)", 4 * h))
     if cfg.dropout > 0:
@@ -105,12 +105,12 @@ def _attention(cfg: ModelConfig, a: int) -> list[tuple[str, int]]:
 
 
 def _dense_ffn(cfg: ModelConfig, a: int) -> list[tuple[str, int]]:
-    """Gated: input, gate|up, act(gate), the product; plain: input, fc1's output (the activation's
-    input; ReLU saves its output instead, which is fc2's input) and fc2's input."""
+    """Gated: input, gate|up, the product (act(gate) is recomputed in the backward: nn/lean.py); plain:
+    input, fc1's output (the activation's input; ReLU saves its output instead, which is fc2's input) and
+    fc2's input."""
     f = cfg.d_ff
     if cfg.mlp in GATED:
-        return [("ffn: input", a * cfg.d_model), ("ffn: gate|up", 2 * a * f), ("ffn: act(gate)", a * f),
-                ("ffn: act(gate)*up", a * f)]
+        return [("ffn: input", a * cfg.d_model), ("ffn: gate|up", 2 * a * f), ("ffn: act(gate)*up", a * f)]
     return [("ffn: input", a * cfg.d_model), ("ffn: fc1 output", a * f)] + (
         [("ffn: act output", a * f)] if cfg.mlp != "relu" else [])
 
