@@ -17,6 +17,8 @@ import re
 import statistics
 from pathlib import Path
 
+from seed_bars import mean_std, seed_bars
+
 SPLITS = ("seen-test", "unseen")
 ARMS = ("baize", "no-selfchat")
 LABELS = {"base": "base (untuned)", "baize": "Baize: self-chat + task data", "no-selfchat": "task data only"}
@@ -32,10 +34,6 @@ def load(out: Path) -> dict:
             found.setdefault(arm, {}).setdefault(None if seed is None else int(seed), {})[split] = \
                 json.loads(f.read_text())
     return found
-
-
-def mean_std(xs: list[float]) -> tuple[float, float]:
-    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else float("nan"))
 
 
 def fmt(r: dict | None) -> str:
@@ -100,32 +98,12 @@ def phase_lines(out: Path) -> list[str]:
 
 
 def plot(found: dict, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     base = found.get("base", {}).get(None, {})
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    width = 0.26
-    for i, arm in enumerate(("base",) + ARMS):
-        for j, split in enumerate(SPLITS):
-            reports = [base] if arm == "base" else list(found.get(arm, {}).values())
-            xs = [r[split]["exact_match"] for r in reports if split in r]
-            if not xs:
-                continue
-            m, s = mean_std(xs)
-            x = j + (i - 1) * width
-            ax.bar(x, m, width, yerr=s if s == s else None, capsize=4, color=f"C{i}",
-                   label=LABELS[arm])
-            ax.scatter([x] * len(xs), xs, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(SPLITS)), SPLITS)
-    ax.set_ylabel("exact match")
-    ax.set_title("SmolLM2-135M-Instruct + LoRA (mean ± std over seeds; dots: seeds)", fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
-    uniq = dict(zip(labels, handles))
-    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+    groups = []
+    for arm in ("base",) + ARMS:
+        reports = [base] if arm == "base" else list(found.get(arm, {}).values())
+        groups.append((LABELS[arm], {split: [r[split]["exact_match"] for r in reports if split in r] for split in SPLITS}))
+    seed_bars(groups, SPLITS, "SmolLM2-135M-Instruct + LoRA (mean ± std over seeds; dots: seeds)", png)
 
 
 def main() -> None:

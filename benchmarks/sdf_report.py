@@ -16,6 +16,8 @@ import re
 import statistics
 from pathlib import Path
 
+from seed_bars import seed_bars
+
 STAGES = {"base": "base (untuned)", "sft": "SFT (LoRA, task data)", "sdf": "SDF: DPO on sampled pairs"}
 SPLITS = ("seen-test", "unseen")
 NAME = re.compile(r"(base|sft|sdf)(?:-s(\d+))?-(seen-test|unseen)")
@@ -58,25 +60,9 @@ def table(found: dict) -> list[str]:
 
 
 def plot(found: dict, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    for i, (stage, label) in enumerate(STAGES.items()):
-        for j, split in enumerate(SPLITS):
-            xs = list(found.get(stage, {}).get(split, {}).values())
-            if xs:
-                m, s = spread(xs)
-                x = j + (i - 1) * 0.26
-                ax.bar(x, m, 0.26, yerr=s, capsize=4, color=f"C{i}", label=label if j == 0 else None)
-                ax.scatter([x] * len(xs), xs, color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(SPLITS)), SPLITS)
-    ax.set_ylabel("exact match")
-    ax.set_title("SmolLM2-135M-Instruct: base → SFT → SDF (mean ± std over seeds; dots: seeds)", fontsize=9)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png)
+    groups = [(label, {split: list(found.get(stage, {}).get(split, {}).values()) for split in SPLITS})
+              for stage, label in STAGES.items()]
+    seed_bars(groups, SPLITS, "SmolLM2-135M-Instruct: base → SFT → SDF (mean ± std over seeds; dots: seeds)", png)
 
 
 def main() -> None:
