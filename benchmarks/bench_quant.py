@@ -1,7 +1,7 @@
 """Quantised decoding on a real model (issue #26 d5): SmolLM2-135M-Instruct decode tokens/s at batch 1 and 8,
 prefill tokens/s of a 512-token prompt, for genmodels Q4_1 / Q8_0 / fp32 (GGUF blocks kept, the native step),
 transformers fp32 on the same dequantised weights, and llama.cpp on the same GGUF files (``llama-bench``, a
-benchmark-only dependency: ``--llama-bench PATH``); then training tokens/s (fp32; bf16 where the tree has it).
+benchmark-only dependency: ``--llama-bench PATH``); then training tokens/s (fp32; bf16 where the CPU has it).
 
     .venv/bin/python benchmarks/bench_quant.py [--threads N] [--new-tokens 64] [--repeats 3]
         [--llama-bench PATH/llama-bench] [--skip-transformers] [--skip-train] [--workdir DIR]
@@ -126,13 +126,27 @@ def transformers_row(fp32, prompt, long, n, repeats, workdir: Path) -> dict:
                    prompt, long, n, repeats)
 
 
-def train_rate(fp32, steps: int = 3, seq: int = 256) -> float:
-    """fp32 training tokens/s of SmolLM2 (batch 1 × ``seq``, the causal objective + fused AdamW, as
-    ``genmodels train``), the fastest of ``steps`` steps after 1 warm-up; trains ``fp32`` itself (its last use)."""
+def train_rate(fp32, steps: int = 3, seq: int = 256, amp: torch.dtype | None = None) -> float:
+    """Training tokens/s of SmolLM2 (batch 1 × ``seq``, the causal objective + fused AdamW, as
+    ``genmodels train``; under bf16 autocast where ``amp``, as ``train.precision: bf16``), the fastest of
+    ``steps`` steps after 1 warm-up; trains ``fp32`` itself (its last uses)."""
     model = fp32.train()
     x = torch.randint(0, model.config.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
-    step = causal_train_step(model, x[:, :-1].contiguous(), x[:, 1:].contiguous(), weight_decay=0.0)
+    step = causal_train_step(model, x[:, :-1].contiguous(), x[:, 1:].contiguous(), weight_decay=0.0, amp=amp)
     return seq / min(step_times(step, steps, warmup=1))
+
+
+def train_line(fp32) -> str:
+    """fp32 training tokens/s, and bf16's beside it where the CPU has bf16 hardware (training/precision.py)."""
+    from genmodels.training.precision import bf16_hardware
+    fp = train_rate(fp32)
+    line = f"training SmolLM2 (batch 1 x 256, causal objective, fused AdamW): fp32 {fp:.0f} tok/s"
+    hardware = bf16_hardware()
+    if hardware is None:
+        return line + "; bf16: this CPU has no bf16 hardware (train.precision: bf16 is refused here)"
+    bf = train_rate(fp32, amp=torch.bfloat16)
+    return line + (f"; bf16 ({hardware}) {bf:.0f} tok/s = {bf / fp:.2f}x fp32 "
+                   f"(target >= 1.6x: {'met' if bf / fp >= 1.6 else 'MISSED'})")
 
 
 def report(rows: dict, cpp: dict, bw: float, q41_bytes: int) -> None:
@@ -216,8 +230,7 @@ def run(args, threads: int, workdir: Path) -> None:
               "by the Makefile; docs/quantization.md says how to build it)")
     report(rows, cpp, bw, q41_bytes)
     if not args.skip_train:
-        print(f"training SmolLM2 fp32 (batch 1 x 256, causal objective, fused AdamW): "
-              f"{train_rate(fp32):.0f} tok/s; bf16: not measured (no train.precision bf16 in this tree)")
+        print(train_line(fp32))
 
 
 if __name__ == "__main__":
