@@ -75,13 +75,11 @@ def step_bytes(model) -> int:
 
 
 def cpu_flags() -> str:
-    """What the CPU offers for the kernels (from /proc/cpuinfo): AVX2, AVX-512 (F, VNNI, BF16), AMX; "none of
-    avx2/avx512/amx" elsewhere (benchmarks print it beside cpu_name: issue 26 asks every figure to say)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            have = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        have = []
+    """What the CPU offers for the kernels (the flags genmodels.training.precision reads): AVX2, AVX-512 (F,
+    VNNI, BF16), AMX; "none of avx2/avx512/amx" elsewhere (benchmarks print it beside cpu_name: issue 26 asks
+    every figure to say)."""
+    from genmodels.training.precision import cpu_flags as flags
+    have = flags()
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
     found = [f for f in wanted if f in have]
     return " ".join(found) if found else "none of avx2/avx512/amx"
