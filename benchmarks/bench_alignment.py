@@ -122,7 +122,8 @@ def _peft(folder, prompt, chosen, rejected):
 
 def run_side(side: str, steps: int, pairs: int, prompt: int, reply: int, threads: int | None) -> dict:
     import torch
-    from bench_finetune import _reset_peak, _status_mb, model_folder  # (this script's folder)
+    from bench_finetune import model_folder
+    from rss import reset_peak, status_mb  # (this script's folder)
     if threads:
         torch.set_num_threads(threads)
     if side == "peft":
@@ -132,15 +133,15 @@ def run_side(side: str, steps: int, pairs: int, prompt: int, reply: int, threads
         import genmodels  # noqa: F401
     folder = model_folder()
     data = _tokens(pairs, prompt, reply)
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     model, step = _peft(folder, *data) if side == "peft" else _ours(folder, *data)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _reset_peak()
+    reset_peak()
     first = step()  # (the first warm-up step: the starting policy's log-probabilities)
     from common import step_times  # what the benchmarks share (this script's folder)
     times = step_times(step, steps, warmup=1)
     return {"side": side, "trainable": trainable, "s_per_step": min(times), "median_s": statistics.median(times),
-            "peak_mb": _status_mb("VmHWM"), "base_mb": base, "logps_chosen": first}
+            "peak_mb": status_mb("VmHWM"), "base_mb": base, "logps_chosen": first}
 
 
 def main() -> None:

@@ -36,24 +36,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+from rss import reset_peak, status_mb  # this script's folder; imports nothing heavy
+
 SIDES = ("lora", "peft", "full")
 R, ALPHA = 8, 8
-
-
-def _status_mb(key: str) -> float:
-    with open("/proc/self/status") as fh:
-        return int(re.search(rf"{key}:\s+(\d+)", fh.read()).group(1)) / 1024
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as fh:
-        fh.write("5")  # resets VmHWM to the current RSS (Linux ≥ 4.0)
 
 
 def model_folder() -> Path:
@@ -124,15 +115,15 @@ def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads:
     torch.manual_seed(0)
     x = torch.randint(0, 49152, (batch, seq + 1))
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
-    base = _status_mb("VmRSS")
+    base = status_mb("VmRSS")
     amp = torch.bfloat16 if precision == "bf16" else None
     model, step = _peft(folder, inputs, amp) if side == "peft" else _ours(side, folder, inputs, targets, amp, ac)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _reset_peak()
+    reset_peak()
     from common import step_times  # what the benchmarks share (this script's folder)
     times = step_times(step, steps, warmup=2)
     return {"side": side, "precision": precision, "trainable": trainable, "s_per_step": min(times), "median_s": statistics.median(times),
-            "peak_mb": _status_mb("VmHWM"), "base_mb": base}
+            "peak_mb": status_mb("VmHWM"), "base_mb": base}
 
 
 def main() -> None:
