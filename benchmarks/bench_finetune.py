@@ -1,7 +1,7 @@
 """Fine-tuning SmolLM2-135M on the CPU: our LoRA step vs PEFT + transformers, and vs our full fine-tuning.
 
     .venv/bin/python benchmarks/bench_finetune.py [--batch 4] [--seq 256] [--steps 4] [--rounds 1] [--threads N]
-        [--precision fp32|bf16|both] [--ac none|selective|full]
+        [--precision fp32|bf16|both] [--ac none|selective|ffn|full] [--full-ac none|selective|ffn|full]
 
 Issue #22 d6. One run prints the step time and peak memory of three sides and their ratios, with the CPU:
 
@@ -27,8 +27,10 @@ before the model loads (imports only) is printed too.
 ``--precision bf16`` runs every side's forward under ``torch.autocast("cpu", torch.bfloat16)`` (as
 ``train.precision: bf16`` does; weights and AdamW state stay fp32), ``both`` runs each side in fp32 and bf16
 and prints bf16 / fp32 per side (issue #26: ≥ 1.6× where the CPU has bf16 hardware) and our LoRA in bf16
-against PEFT in fp32 (its default) as well as in bf16. ``--ac`` checkpoints our sides' blocks
-(``train.activation_checkpointing``). The CPU's name and its AVX-512 / bf16 / AMX flags are printed.
+against PEFT in fp32 (its default) as well as in bf16. ``--ac`` checkpoints our LoRA side's blocks
+(``train.activation_checkpointing``; ``ffn``: the feed-forward branches only), ``--full-ac`` our full side's
+(default ``none``: the LoRA-vs-full memory target is against full fine-tuning at its default). The CPU's
+name and its AVX-512 / bf16 / AMX flags are printed.
 
 Targets (issue #22): lora ≥ 1.3× peft's step speed at ≤ 0.8× its peak memory; lora's peak ≤ 0.5× full's.
 """
@@ -44,6 +46,8 @@ from pathlib import Path
 from rss import reset_peak, status_mb  # this script's folder; imports nothing heavy
 
 SIDES = ("lora", "peft", "full")
+CHECKPOINTING = ("none", "selective", "ffn", "full")  # genmodels.training.memory.MODES (not imported: the parent
+#                                                       process stays light)
 R, ALPHA = 8, 8
 
 
@@ -136,8 +140,10 @@ def main() -> None:
     ap.add_argument("--sides", default=",".join(SIDES), help="a comma-separated subset of " + ",".join(SIDES))
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="fp32",
                     help="forward under bf16 autocast (train.precision: bf16); both: each side in fp32 and bf16")
-    ap.add_argument("--ac", choices=["none", "selective", "full"], default="none",
-                    help="our sides' activation checkpointing (train.activation_checkpointing)")
+    ap.add_argument("--ac", choices=CHECKPOINTING, default="none",
+                    help="our LoRA side's activation checkpointing (train.activation_checkpointing)")
+    ap.add_argument("--full-ac", choices=CHECKPOINTING, default="none",
+                    help="our full fine-tuning side's (default none: the reference of the LoRA-vs-full target)")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
@@ -155,7 +161,7 @@ def main() -> None:
     for r in range(a.rounds):
         for side, prec in runs:
             cmd = [sys.executable, __file__, "--side", side, "--steps", str(a.steps), "--batch", str(a.batch),
-                   "--seq", str(a.seq), "--precision", prec, "--ac", a.ac] + (
+                   "--seq", str(a.seq), "--precision", prec, "--ac", a.full_ac if side == "full" else a.ac] + (
                        ["--threads", str(a.threads)] if a.threads else [])
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
             print(f"round {r + 1} {side:4s} {prec}: {1000 * res['s_per_step']:7.0f} ms best step "
@@ -166,8 +172,8 @@ def main() -> None:
                                 else res["s_per_step"], "peak_mb": min(res["peak_mb"], old["peak_mb"]) if old
                                 else res["peak_mb"]}
     print()
-    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, AdamW, {torch.get_num_threads()} threads, our activation "
-          f"checkpointing: {a.ac}; {cpu_name()} ({cpu_flags()})")
+    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, AdamW, {torch.get_num_threads()} threads, activation "
+          f"checkpointing: lora {a.ac}, full {a.full_ac}; {cpu_name()} ({cpu_flags()})")
     for (side, prec), res in best.items():
         print(f"{side:5s} {prec} {1000 * res['s_per_step']:7.0f} ms/step {a.batch * a.seq / res['s_per_step']:7.0f} "
               f"tok/s peak {res['peak_mb']:6.0f} MB")

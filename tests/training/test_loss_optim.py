@@ -70,7 +70,7 @@ def test_warmup_then_cosine():
 
 @pytest.mark.parametrize("moe", [{}, {"n_experts": 4, "router_jitter": 0.1, "capacity_factor": 1.0}],
                          ids=["dense", "moe"])  # MoE: the routing, jitter and router losses recomputed alike
-@pytest.mark.parametrize("mode", ["selective", "full"])
+@pytest.mark.parametrize("mode", ["selective", "ffn", "full"])
 def test_activation_checkpointing_gives_identical_gradients(mode, moe):
     from genmodels.objectives import build_objective
     from genmodels.training.memory import apply_activation_checkpointing

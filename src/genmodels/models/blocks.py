@@ -41,7 +41,12 @@ class PreNormBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), ctx, cache))  # (B, T, D)
-        return x + self.drop(self.mlp(self.norm2(x)))
+        return x + self.feed_forward(x)
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward branch, what the block adds to the residual stream ``x`` after attention (pre-norm:
+        its norm and MLP): one unit that activation checkpointing's ``ffn`` mode recomputes."""
+        return self.drop(self.mlp(self.norm2(x)))
 
     @property
     def mixer(self) -> nn.Module:
@@ -62,7 +67,11 @@ class PreNormBlock(nn.Module):
 class PostNormBlock(PreNormBlock):
     def forward(self, x: torch.Tensor, ctx: AttentionInputs, cache: LayerKVCache | None = None) -> torch.Tensor:
         x = self.norm1(x + self.drop(self.attn(x, ctx, cache)))
-        return self.norm2(x + self.drop(self.mlp(x)))
+        return self.norm2(x + self.feed_forward(x))
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward branch (post-norm: the MLP alone; the norm follows the residual add)."""
+        return self.drop(self.mlp(x))
 
 
 class PreNormCrossBlock(nn.Module):
@@ -79,9 +88,9 @@ class PreNormCrossBlock(nn.Module):
                 memory_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), ctx, cache))  # (B, T, D)
         x = x + self.drop(self.cross(self.norm_cross(x), memory_kv, memory_mask))
-        return x + self.drop(self.mlp(self.norm2(x)))
+        return x + self.feed_forward(x)
 
-    mixer, ffn = PreNormBlock.mixer, PreNormBlock.ffn
+    mixer, ffn, feed_forward = PreNormBlock.mixer, PreNormBlock.ffn, PreNormBlock.feed_forward
 
     def residual_projections(self) -> list[nn.Module]:
         return [p for p in map(output_projection, (self.attn, self.cross, self.mlp)) if p is not None]
@@ -92,7 +101,9 @@ class PostNormCrossBlock(PreNormCrossBlock):
                 memory_mask: torch.Tensor | None = None, cache: LayerKVCache | None = None) -> torch.Tensor:
         x = self.norm1(x + self.drop(self.attn(x, ctx, cache)))
         x = self.norm_cross(x + self.drop(self.cross(x, memory_kv, memory_mask)))
-        return self.norm2(x + self.drop(self.mlp(x)))
+        return self.norm2(x + self.feed_forward(x))
+
+    feed_forward = PostNormBlock.feed_forward
 
 
 def output_projection(part: nn.Module) -> nn.Module | nn.Parameter | None:

@@ -75,7 +75,7 @@ class TrainConfig:
     distributed: str = "none"  # none | ddp | fsdp (run under torchrun for ddp/fsdp)
     mfu_peak_tflops: float | None = None  # None: measure a short fp32 matmul at start
     loss_chunk: int = 256  # rows per chunk of the fused head + cross-entropy (token objectives)
-    activation_checkpointing: str = "none"  # none | selective (recompute element-wise ops) | full
+    activation_checkpointing: str = "none"  # none | selective (element-wise ops) | ffn (feed-forward branch) | full
     threads: int | None = None  # torch.set_num_threads; None leaves torch's default
     # auto = the model family's default objective; or {name: NAME, <its options>}
     objective: Any = "auto"

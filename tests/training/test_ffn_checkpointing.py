@@ -1,0 +1,82 @@
+"""``train.activation_checkpointing: ffn`` — recompute each block's feed-forward branch: the same loss and
+gradients as ``none`` bit for bit (LoRA adapters and full training, dropout in the branch), the gated MLP's
+``gate_up`` no longer kept, and a block without a feed-forward branch refused in one line."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import genmodels
+import genmodels.lora as lora
+from genmodels.objectives import CausalLM
+from genmodels.training.memory import apply_activation_checkpointing, transformer_blocks
+from tests.nn.test_lean import saved_bytes
+
+CFG = dict(vocab_size=97, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48, max_seq_len=32)
+
+
+def pair(adapters: bool, dropout: float = 0.0):
+    """Two equal tiny Llamas (LoRA q,v adapters with non-zero B, or every parameter trained); the second
+    checkpoints its feed-forward branches."""
+    torch.manual_seed(0)
+    models = [genmodels.build_model(genmodels.preset("llama-tiny", dropout=dropout, **CFG)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    if adapters:
+        for m in models:
+            torch.manual_seed(1)
+            lora.apply(m, targets="q,v", r=4, alpha=8)
+            for _, p in lora.trainable_parameters(m):
+                torch.nn.init.normal_(p, std=0.1)
+    apply_activation_checkpointing(transformer_blocks(models[1]), "ffn")
+    return models
+
+
+@pytest.mark.parametrize("adapters,dropout", [(True, 0.0), (False, 0.0), (False, 0.2)], ids=["lora", "full", "dropout"])
+def test_ffn_checkpointing_gives_identical_loss_and_gradients(adapters, dropout):
+    x = torch.randint(0, 97, (2, 17))
+    feed = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+    out = []
+    for m in pair(adapters, dropout):
+        params = [p for p in m.parameters() if p.requires_grad]
+        torch.manual_seed(2)
+        loss = CausalLM(m, chunk=8).train()(feed)[0]
+        out.append((loss, torch.autograd.grad(loss, params)))
+    (a, ga), (b, gb) = out
+    assert torch.equal(a, b) and len(ga) == len(gb) and all(torch.equal(p, q) for p, q in zip(ga, gb))
+
+
+def test_ffn_checkpointing_drops_the_gate_up_output():
+    """What autograd keeps drops by at least the gated MLP's gate_up output (2·d_ff floats per token and layer).
+    (The hook sees tensors saved outside the checkpoints; the branch's input that a checkpoint keeps is the
+    residual stream, which ``none``'s norm keeps too.)"""
+    plain, ckpt = pair(adapters=True)
+    x = torch.randint(0, 97, (2, 16))
+    feed = {"input_ids": x, "labels": x}
+    kept = [saved_bytes(lambda m=m: CausalLM(m, chunk=8).train()(feed)[0], m) for m in (plain, ckpt)]
+    gate_up = 2 * 16 * 2 * CFG["d_ff"] * CFG["n_layers"] * 4  # batch × tokens × 2F floats × layers × 4 bytes
+    assert kept[1] <= kept[0] - gate_up
+
+
+def test_ffn_checkpointing_refuses_a_block_without_a_feed_forward_branch():
+    with pytest.raises(ValueError, match=r"^train\.activation_checkpointing=ffn: a Linear block has no feed-forward"):
+        apply_activation_checkpointing([torch.nn.Linear(2, 2)], "ffn")
+
+
+def test_ffn_is_a_mode_the_config_accepts():
+    from genmodels.training import TrainConfig
+    from genmodels.training.config import CHECKPOINTING
+    assert "ffn" in CHECKPOINTING and TrainConfig(activation_checkpointing="ffn").activation_checkpointing == "ffn"
+
+
+def test_bench_finetune_offers_every_mode(monkeypatch):
+    """benchmarks/bench_finetune.py keeps a light copy of the modes (its sides import nothing before measuring)."""
+    import importlib.util
+    from pathlib import Path
+
+    from genmodels.training.memory import MODES
+    folder = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+    spec = importlib.util.spec_from_file_location("bench_finetune_under_test", folder / "bench_finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.CHECKPOINTING == MODES
