@@ -73,6 +73,35 @@ def test_hand_computed_sigmoid_value():
     assert m["rewards/margins"].item() == pytest.approx(0.5) and m["rewards/accuracies"].item() == 1.0
 
 
+@pytest.mark.parametrize("loss", ["sigmoid", "hinge", "ipo"])
+def test_rpo_adds_the_chosen_replys_per_token_nll(loss):
+    """RPO (Pang et al. 2024): each pair's loss + α · (−log π(y_w) / |y_w|); α = 0 is plain DPO, no extra metric."""
+    g = torch.Generator().manual_seed(2)
+    c, r, rc, rr = (-20 * torch.rand(5, generator=g, dtype=torch.float64) for _ in range(4))
+    n_c, n_r = torch.randint(1, 9, (5,), generator=g).double(), torch.randint(1, 9, (5,), generator=g).double()
+    plain, m0 = dpo_losses(c, r, rc, rr, n_c, n_r, 0.3, loss)
+    rpo, m1 = dpo_losses(c, r, rc, rr, n_c, n_r, 0.3, loss, rpo_alpha=0.7)
+    assert torch.allclose(rpo, plain + 0.7 * (-c / n_c), rtol=1e-12, atol=0)
+    assert "nll_loss" not in m0 and m1["nll_loss"].item() == pytest.approx((-c / n_c).mean().item(), rel=1e-12)
+
+
+def test_rpo_step0_value_and_it_raises_the_chosen_likelihood(batch):
+    """Identical policies: ln 2 + α · NLL; an SGD step on RPO raises logps/chosen where plain DPO's step
+    moves it less."""
+    dpo = build_objective("dpo", tiny(), DPOOptions(rpo_alpha=1.0), loss_chunk=64)
+    value, metrics = dpo(batch)
+    assert value.item() == pytest.approx(math.log(2) + metrics["nll_loss"].item(), rel=1e-6)
+    assert DPOOptions.from_dict({"name": "dpo", "rpo_alpha": 0.5}, "train.objective").rpo_alpha == 0.5
+    gains = []
+    for alpha in (0.0, 1.0):
+        obj = build_objective("dpo", tiny(), DPOOptions(rpo_alpha=alpha), loss_chunk=64)
+        before = obj(batch)[1]["logps/chosen"].item()
+        opt, _ = _step(obj, batch)
+        opt.step()
+        gains.append(obj(batch)[1]["logps/chosen"].item() - before)
+    assert gains[1] > max(gains[0], 0.0)
+
+
 @pytest.mark.parametrize("loss, beta, want", [("sigmoid", 0.1, math.log(2)), ("hinge", 0.1, 1.0),
                                               ("ipo", 0.1, 25.0), ("ipo", 0.5, 1.0)])
 def test_with_the_reference_equal_to_the_policy_each_loss_takes_its_step0_value(batch, loss, beta, want):
@@ -129,6 +158,7 @@ def test_the_adapters_off_reference_is_the_base_and_only_adapters_learn(batch):
     ({"label_smoothing": 0.5}, "train.objective.label_smoothing"),
     ({"loss": "ipo", "label_smoothing": 0.1}, "means nothing with train.objective.loss=ipo"),
     ({"reference": "copy"}, "train.objective.reference='copy' is not allowed"),
+    ({"rpo_alpha": -0.1}, "train.objective.rpo_alpha"),
 ])
 def test_bad_options_are_refused_by_name(opts, says):
     with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(".", r"\.")):

@@ -16,6 +16,16 @@ the per-pair losses (β = ``beta``, ε = ``label_smoothing``) are
 and the loss is their mean over the global batch's pairs (the phase weighs micro-batches by their pairs).
 With π_θ = π_ref, Δ = 0 and each loss takes its step-0 value: ln 2, 1, (1/(2β))².
 
+**RPO** (``rpo_alpha`` = α > 0; Pang et al. 2024, "Iterative Reasoning Preference Optimization", eq. 1; TRL's
+``rpo_alpha``): each pair's loss adds the chosen reply's negative log-likelihood per token,
+
+    loss_pair + α · (−log π_θ(y_w|x) / |y_w|)
+
+so the chosen reply's likelihood is pushed up, not only its margin over the rejected one (plain DPO may lower
+both). The step-0 value becomes the loss's plus α times the chosen replies' mean per-token NLL. (TRL averages
+the NLL over all chosen tokens of the batch; here per pair, then over pairs, as the DPO term is.) With α = 0
+(the default) nothing changes. With α > 0 the metric ``nll_loss`` (TRL's name) is that NLL's mean over pairs.
+
 Metrics, TRL's names and formulas (``DPOTrainer``): ``rewards/chosen`` = mean β(log π_θ(y_w) − log π_ref(y_w)),
 ``rewards/rejected`` likewise, ``rewards/margins`` = their mean difference, ``rewards/accuracies`` = the share of
 pairs whose chosen reward exceeds the rejected one, ``logps/chosen`` / ``logps/rejected`` = the policy's
@@ -27,7 +37,8 @@ the starting weights — ``model.init_from`` — so training/ loads them on a re
 or ``adapters_off``, the same model with its LoRA adapters disabled (``train.lora``; no second copy in
 memory). Its forward runs under ``no_grad``: gradients reach only the policy.
 
-Options: ``train.objective: {name: dpo, beta: 0.1, loss: sigmoid, label_smoothing: 0.0, reference: frozen}``.
+Options: ``train.objective: {name: dpo, beta: 0.1, loss: sigmoid, label_smoothing: 0.0, reference: frozen,
+rpo_alpha: 0.0}``.
 Data: the ``pairs`` kind (one forward per pair: :mod:`.pairwise`).
 """
 from __future__ import annotations
@@ -55,9 +66,11 @@ class DPOOptions(ObjectiveOptions):
     loss: str = "sigmoid"
     label_smoothing: float = 0.0  # sigmoid only: the share of pairs taken to be mislabelled (cDPO)
     reference: str = "frozen"  # frozen | adapters_off (needs train.lora)
+    rpo_alpha: float = 0.0  # RPO: weight of the chosen reply's per-token NLL added to each pair's loss
 
     def validate(self) -> None:
         check_number(self, "beta", lo=0.0, lo_open=True)
+        check_number(self, "rpo_alpha", lo=0.0)
         self.check_choice("loss", LOSSES)
         check_number(self, "label_smoothing", lo=0.0, hi=0.5, hi_open=True)
         self.check_choice("reference", REFERENCES)
@@ -68,9 +81,9 @@ class DPOOptions(ObjectiveOptions):
 
 def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
                n_chosen: torch.Tensor, n_rejected: torch.Tensor, beta: float = 0.1, loss: str = "sigmoid",
-               label_smoothing: float = 0.0) -> tuple[torch.Tensor, Metrics]:
+               label_smoothing: float = 0.0, rpo_alpha: float = 0.0) -> tuple[torch.Tensor, Metrics]:
     """``(per-pair losses (P,), metrics)`` from summed log-probabilities ``(P,)`` of the policy and the reference
-    and the replies' token counts (module docstring)."""
+    and the replies' token counts (module docstring; ``rpo_alpha``: RPO's NLL term on the chosen reply)."""
     chosen_ratio, rejected_ratio = chosen - ref_chosen, rejected - ref_rejected  # (P,)
     if loss == "ipo":
         delta = chosen_ratio / n_chosen.clamp(min=1) - rejected_ratio / n_rejected.clamp(min=1)
@@ -88,6 +101,10 @@ def dpo_losses(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.T
     metrics = {"rewards/chosen": rc.mean(), "rewards/rejected": rr.mean(), "rewards/margins": (rc - rr).mean(),
                "rewards/accuracies": (rc > rr).float().mean(), "logps/chosen": chosen.detach().mean(),
                "logps/rejected": rejected.detach().mean()}
+    if rpo_alpha:
+        nll = -chosen / n_chosen.clamp(min=1)  # (P,) the chosen reply's per-token NLL
+        losses = losses + rpo_alpha * nll
+        metrics["nll_loss"] = nll.detach().mean()
     return losses, metrics
 
 
@@ -102,9 +119,10 @@ class DPO(Objective):
     initial_weights = True  # the frozen reference is the starting policy: a resume loads model.init_from again
 
     def __init__(self, model, beta: float = 0.1, loss: str = "sigmoid", label_smoothing: float = 0.0,
-                 reference: str = "frozen", chunk: int = 1024):
+                 reference: str = "frozen", chunk: int = 1024, rpo_alpha: float = 0.0):
         super().__init__(model)
         self.beta, self.loss, self.label_smoothing, self.chunk = beta, loss, label_smoothing, chunk
+        self.rpo_alpha = rpo_alpha
         self.reference_kind = reference
         if reference == "adapters_off" and not adapted(model):
             raise ConfigError("train.objective.reference=adapters_off needs LoRA adapters on the model (train.lora); "
@@ -115,7 +133,8 @@ class DPO(Objective):
     @classmethod
     def build(cls, model, options: DPOOptions, *, n_tokens: int = 0, eos_id: int | None = None,
               loss_chunk: int = 256) -> "DPO":
-        return cls(model, options.beta, options.loss, options.label_smoothing, options.reference, loss_chunk)
+        return cls(model, options.beta, options.loss, options.label_smoothing, options.reference, loss_chunk,
+                   options.rpo_alpha)
 
     @classmethod
     def check(cls, options: DPOOptions, model_config, recipe) -> None:
@@ -141,7 +160,7 @@ class DPO(Objective):
         chosen, rejected, n_c, n_r = reply_logps(h, self.model.head, batch, self.chunk)  # (P,) each
         ref_c, ref_r = self.reference_logps(batch)
         losses, metrics = dpo_losses(chosen, rejected, ref_c, ref_r, n_c, n_r, self.beta, self.loss,
-                                     self.label_smoothing)
+                                     self.label_smoothing, self.rpo_alpha)
         return losses.mean(), metrics
 
     def units(self, batch: Batch) -> int:
