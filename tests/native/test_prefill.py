@@ -38,13 +38,14 @@ def _id(v):
 
 
 # ---- the packed product ------------------------------------------------------------------------
-def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None, lib=None) -> torch.Tensor:
-    """gm_prefill_gemm: x (M, K) · W (N, K)ᵀ + bias, W fp32 or the (N, row bytes) blocks of ``qtype``."""
+def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None, lib=None, bf16=False) -> torch.Tensor:
+    """gm_prefill_gemm: x (M, K) · W (N, K)ᵀ + bias, W fp32 or the (N, row bytes) blocks of ``qtype``; ``bf16``:
+    the products in bf16 (csrc/gemm_bf16.c)."""
     n = w.shape[0]
     y = torch.empty(x.shape[0], n)
     rc = (lib or library()).gm_prefill_gemm(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), GGML_TYPES[qtype] if qtype
                                    else 0, bias.data_ptr() if bias is not None else None, y.data_ptr(), n,
-                                   torch.get_num_threads())
+                                   torch.get_num_threads(), int(bf16))
     assert rc == 0
     return y
 

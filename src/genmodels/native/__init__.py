@@ -41,7 +41,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ decoder.h, moe.c), encoder.c,
-# retnet.c, attention.c, quant.c (+ quant.h), prefill.c (+ gemm.c, prefill.h)
+# retnet.c, attention.c, quant.c (+ quant.h), prefill.c (+ gemm.c, gemm_bf16.c, prefill.h)
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -279,12 +279,14 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_qlinear.restype = c_int
     lib.gm_dequantize.argtypes = [vp, i64, i64, i64, vp]
     lib.gm_dequantize.restype = c_int
-    lib.gm_prefill_gemm.argtypes = [vp, i64, i64, vp, i64, vp, vp, i64, c_int]  # gemm.c + prefill.c (native/prefill.py)
+    lib.gm_prefill_gemm.argtypes = [vp, i64, i64, vp, i64, vp, vp, i64, c_int, c_int]  # gemm.c + prefill.c (native/prefill.py)
     lib.gm_prefill_gemm.restype = c_int
     lib.gm_prefill_scratch_floats.argtypes = [vp, i64, i64]
     lib.gm_prefill_scratch_floats.restype = i64
-    lib.gm_decoder_prefill.argtypes = [vp, vp, vp, vp, i64, i64, vp, vp]
+    lib.gm_decoder_prefill.argtypes = [vp, vp, vp, vp, i64, i64, vp, vp, c_int]
     lib.gm_decoder_prefill.restype = c_int
+    lib.gm_prefill_bf16.argtypes = []  # gemm_bf16.c
+    lib.gm_prefill_bf16.restype = c_int
     return lib
 
 

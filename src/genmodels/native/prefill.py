@@ -18,10 +18,18 @@ Rows of different lengths (left padding, ``attention_mask``) are handled: positi
 (``cache.advance``, as the PyTorch forward takes them), padded keys are masked, and a padding query attends
 uniformly over the call's keys as PyTorch's ``finfo.min`` mask makes it (its slot is never read).
 ``GENMODELS_NATIVE_PREFILL=0`` turns it off (the decode step stays native), for A/B measurements.
+
+**bf16** (opt-in: ``GENMODELS_NATIVE_PREFILL=bf16``, or ``prefill(..., bf16=True)``): the matrix products
+round their two factors to bf16 and sum the products in fp32 (csrc/gemm_bf16.c, VDPBF16PS), on CPUs with
+AVX512-BF16 only (AMD Zen 4, Intel Sapphire Rapids and later; :func:`bf16_unavailable` says why not
+elsewhere). Attention, norms, activations and the head stay fp32; the weights stay as they are (only the
+packed panels are bf16). The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers
+(tests/native/test_prefill_bf16.py holds them within the bound docs/native.md states).
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 
 import torch
@@ -31,12 +39,55 @@ from ..nn import KVCache, RelativePositionBias, SparseMoE
 from . import library, never_raises
 from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
+log = logging.getLogger(__name__)
 ROWS = 512  # new tokens (B·T) per native call: a chunk's activations stay a few MB, its GEMMs near peak
+
+
+def _setting() -> str:
+    return os.environ.get("GENMODELS_NATIVE_PREFILL", "1").strip().lower()
 
 
 def enabled() -> bool:
     """False when ``GENMODELS_NATIVE_PREFILL`` is 0/false/off/no (read at every prefill)."""
-    return os.environ.get("GENMODELS_NATIVE_PREFILL", "1").strip().lower() not in ("0", "false", "off", "no")
+    return _setting() not in ("0", "false", "off", "no")
+
+
+def bf16_requested() -> bool:
+    """True when ``GENMODELS_NATIVE_PREFILL=bf16`` (read at every prefill)."""
+    return _setting() == "bf16"
+
+
+def bf16_unavailable(lib=None) -> str | None:
+    """Why the prefill's products cannot run in bf16 here (``None``: they can): the kernels' build must
+    target AVX512-BF16, which ``-march=native`` does on a CPU whose /proc/cpuinfo flags list ``avx512_bf16``."""
+    lib = lib or library()
+    if lib is None:
+        return "the native kernels are not built"
+    if lib.gm_prefill_bf16():
+        return None
+    from ..training.precision import cpu_flags
+    have = "has avx512_bf16 but the kernels were built without it" if "avx512_bf16" in cpu_flags() else \
+        "has no avx512_bf16 (AMD Zen 4, Intel Sapphire Rapids and later have it)"
+    return f"GENMODELS_NATIVE_PREFILL=bf16 needs VDPBF16PS: this CPU {have}; allowed here: 1 (fp32) or 0"
+
+
+_warned: set[str] = set()
+
+
+def _use_bf16(bf16: bool | None, lib) -> bool:
+    """bf16 asked for by argument (refused with the reason where unavailable) or by the environment (fp32,
+    with the reason logged once, where unavailable)."""
+    if bf16 is False or (bf16 is None and not bf16_requested()):
+        return False
+    reason = bf16_unavailable(lib)
+    if reason is None:
+        return True
+    if bf16:
+        raise ValueError(reason)
+    if reason not in _warned:
+        _warned.add(reason)
+        log.warning("genmodels: %s; prefilling in fp32", reason)
+    return False
 
 
 def unsupported(model: nn.Module, cache=None) -> str | None:
@@ -88,13 +139,14 @@ def _inputs(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
 
 
 def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            rows: int = ROWS, lib=None) -> torch.Tensor:
+            rows: int = ROWS, lib=None, bf16: bool | None = None) -> torch.Tensor:
     """``input_ids (B, T)`` after what ``cache`` holds -> next-token logits ``(B, V)``; writes the keys and
     values at slots ``[cache.pos, cache.pos + T)`` and advances ``cache.pos`` and ``cache.row_pos`` as
     ``model.hidden_states(..., cache=cache)`` does. ``attention_mask (B, cache.pos + T)``: 1 = token, 0 =
     padding. ``rows``: new tokens per native call (B·T is cut into chunks of whole columns). The caller
     checks :func:`unsupported` first; a cache with too few slots is refused (``cache.reserve(T)`` first).
-    ``lib``: another build of the kernels (tests of the AVX2 and scalar builds), else the loaded one."""
+    ``lib``: another build of the kernels (tests of the AVX2 and scalar builds), else the loaded one. ``bf16``:
+    the products in bf16 (None: as ``GENMODELS_NATIVE_PREFILL=bf16`` says; True where unavailable: ValueError)."""
     from ..models.blocks import check_length
     b, t = input_ids.shape
     step = FusedDecodeStep(model, cache, b)  # the model struct, bound to the cache's buffers
@@ -102,6 +154,7 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
     start = cache.pos
     check_length(model.config, cache.offset + start + t)
     m, lib = step.model_struct, lib or step.lib
+    use_bf16 = _use_bf16(bf16, lib)
     if m.pos_kind == 1 and int(cache.row_pos.max()) + t > step.pos_len:
         raise ValueError(f"position ids must be in [0, {step.pos_len}) (the position table)")
     positions = cache.advance(t, attention_mask, None).to("cpu", torch.long)  # (B, T); row_pos moves on
@@ -115,8 +168,9 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
                               dtype=torch.float32)
         rc = lib.gm_decoder_prefill(ctypes.byref(m), cid.data_ptr(), cpos.data_ptr(),
                                     mask.data_ptr() if mask is not None else None, start + c0, tc,
-                                    scratch.data_ptr(), step.logits.data_ptr())
+                                    scratch.data_ptr(), step.logits.data_ptr(), int(use_bf16))
         if rc != 0:  # unsupported() refuses these models first; the C code checks again
-            raise ValueError("gm_decoder_prefill refused the model (MoE, cross-attention or relative bias)")
+            raise ValueError("gm_decoder_prefill refused the model (MoE, cross-attention or relative bias)"
+                             if rc == -1 else "gm_decoder_prefill: this build has no bf16 products")
         cache.pos = start + c0 + tc
     return step.logits

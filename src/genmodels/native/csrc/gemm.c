@@ -19,8 +19,6 @@
 #include "quant.h"
 
 #if defined(__AVX512F__)
-#define PF_MR 12
-#define PF_VW 16
 typedef __m512 pf_v;
 #define pf_load _mm512_loadu_ps
 #define pf_store _mm512_storeu_ps
@@ -29,8 +27,6 @@ typedef __m512 pf_v;
 #define pf_add _mm512_add_ps
 #define pf_zero _mm512_setzero_ps
 #elif defined(GM_AVX2)
-#define PF_MR 6
-#define PF_VW 8
 typedef __m256 pf_v;
 #define pf_load _mm256_loadu_ps
 #define pf_store _mm256_storeu_ps
@@ -38,30 +34,26 @@ typedef __m256 pf_v;
 #define pf_fma _mm256_fmadd_ps
 #define pf_add _mm256_add_ps
 #define pf_zero _mm256_setzero_ps
-#else
-#define PF_MR 4
-#define PF_VW 8
 #endif
-#define PF_NR (2 * PF_VW)
-#define PF_KC 384      /* most values of a K-block (a product's blocks are split evenly, whole GGUF blocks) */
 #define PF_MIN_ROWS 24 /* below: any_linear_team */
 
-/* floats of one thread's packing buffers for M rows (A slivers, the B panel, the panel's dequantised rows) */
+/* floats of one thread's packing buffers for M rows (A slivers, the B panel, the panel's dequantised rows, the
+ * panel in bf16: gemm_bf16.c) */
 int64_t gemm_pack_floats(int64_t M) {
     const int64_t slivers = (M + PF_MR - 1) / PF_MR;
-    return (slivers * PF_MR * PF_KC + 2 * PF_KC * PF_NR + 63) / 16 * 16;
+    return (slivers * PF_MR * PF_KC + 2 * PF_KC * PF_NR + PF_KC * PF_NR / 2 + 63) / 16 * 16; /* + bf16 panel */
 }
 
 /* Values per K-block: K split evenly into blocks of at most PF_KC, each a multiple of 16 (fp32) or of the
  * format's block (32 values, 256 for the K formats). */
-static int64_t k_block(int64_t K, int64_t type) {
+int64_t gemm_k_block(int64_t K, int64_t type) {
     const int64_t g = type == GM_F32 ? 16 : quant_block_values(type), nb = (K + PF_KC - 1) / PF_KC;
     const int64_t kc = ((K + nb - 1) / nb + g - 1) / g * g;
     return kc <= PF_KC ? kc : PF_KC / g * g;
 }
 
 /* y[0:rows, 0:cols] (ld ldy) = (add ? y : 0) + t + bias, t an MR × NR tile */
-static void store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_t cols, const float *bias,
+void gemm_store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_t cols, const float *bias,
                        int add) {
     for (int64_t i = 0; i < rows; i++)
         for (int64_t j = 0; j < cols; j++) {
@@ -120,7 +112,7 @@ static void micro(const float *restrict a, const float *restrict b, int64_t ldb,
         for (int i = 0; i < PF_MR; i++)
             for (int j = 0; j < PF_NR; j++) t[i * PF_NR + j] += a[i] * b[j];
 #endif
-    store_tile(t, y, ldy, rows, cols, bias, add);
+    gemm_store_tile(t, y, ldy, rows, cols, bias, add);
 }
 
 /* Slivers of rows [0, M), columns [k0, k0 + kc) of x, rows past M zero: ap[s][k][MR]. */
@@ -158,7 +150,7 @@ static inline void transpose8(const float *const *src, int64_t k, float *out, in
 
 /* The panel of W rows [n0, n0 + nv) (columns past nv zero), values [k0, k0 + kc), as bp[k][NR]; a quantised
  * W's rows are dequantised into `rows` (NR × kc) first. */
-static void pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
+void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
                    float *bp, float *rows) {
     const int64_t row_bytes = type == GM_F32 ? K * 4 : K / quant_block_values(type) * quant_block_bytes(type);
     const float *src[PF_NR];
@@ -185,14 +177,14 @@ static void pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t n
  * (type 0, rows K apart) or blocks of `type`; mine: gemm_pack_floats(M) floats. */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
                  float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine) {
-    const int64_t KB = k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
+    const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
     float *ap = mine, *bp = ap + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
     for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB;
         pack_a(x, ldx, M, k0, kc, ap);
         for (int64_t p = p0; p < p1; p++) {
             const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-            pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
+            gemm_pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
             for (int64_t s = 0; s < slivers; s++) {
                 const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
                 micro(ap + s * PF_MR * kc, bp, PF_NR, kc, y + m0 * ldy + n0, ldy, rows_s, nv,
@@ -225,27 +217,28 @@ int64_t gemm_nn_width(void) { return PF_NR; }
  * panels split over the team); pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the
  * team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack) {
-    if (M < PF_MIN_ROWS && ldx == K && ldy == N) {
+                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16) {
+    if (M < PF_MIN_ROWS && ldx == K && ldy == N && !bf16) {
         any_linear_team(x, M, K, W, type, bias, y, N, accumulate);
         return;
     }
     const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
-    gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt,
-                pack + me * gemm_pack_floats(M));
+    (bf16 ? gemm_panels_bf16 : gemm_panels)(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt,
+                                            P * (me + 1) / nt, pack + me * gemm_pack_floats(M));
 #pragma omp barrier
 }
 
-/* y (M, N) = x (M, K) · Wᵀ + bias on n_threads threads (for tests and benchmarks); -1 for an unknown
- * type or K not a multiple of its block, else 0. */
+/* y (M, N) = x (M, K) · Wᵀ + bias on n_threads threads (for tests and benchmarks), in bf16 when bf16 != 0;
+ * -1 for an unknown type or K not a multiple of its block, -3 for bf16 in a build without it, else 0. */
 GM_API int gm_prefill_gemm(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                           float *y, int64_t N, int n_threads) {
+                           float *y, int64_t N, int n_threads, int bf16) {
     if ((type != GM_F32 && !quant_block_bytes(type)) || (type != GM_F32 && K % quant_block_values(type))) return -1;
+    if (bf16 && !gemm_bf16_built()) return -3;
     const int nt = n_threads > 0 ? n_threads : 1;
     float *pack = aligned_alloc(64, (size_t)(nt * gemm_pack_floats(M) * 4));
     if (!pack) return -2;
 #pragma omp parallel num_threads(nt)
-    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack);
+    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack, bf16);
     free(pack);
     return 0;
 }

@@ -10,7 +10,8 @@
  * A query that sees no key (a left pad) attends uniformly over every key of the call, as PyTorch's
  * finfo.min mask makes it (its slot is padding: nothing ever reads what it writes).
  * Not computed here (the caller refuses them: native/prefill.py): sparse MoE feed-forwards,
- * cross-attention, T5's relative bias.
+ * cross-attention, T5's relative bias. With bf16 != 0 (a build with AVX512-BF16 only: gemm_bf16.c) the
+ * block linears' products round both factors to bf16 and sum in fp32; attention, norms and the head stay fp32.
  */
 #include "decoder.h"
 #include "prefill.h"
@@ -111,12 +112,15 @@ static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *pos
 
 /* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
  * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
- * floats; logits (B, V) of each row's last token. Returns 0, or -1 for a part it does not compute. */
+ * floats; logits (B, V) of each row's last token; bf16: the linears in bf16. Returns 0, -1 for a part it does
+ * not compute, -3 for bf16 in a build without it. */
 GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
-                              const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits) {
+                              const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits,
+                              int bf16) {
     const int64_t B = m->batch, N = B * T, D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
     const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, nb = (T + PF_QB - 1) / PF_QB;
     if (m->dist_bias || T < 1 || start + T > m->max_len) return -1;
+    if (bf16 && !gemm_bf16_built()) return -3;
     for (int64_t l = 0; l < m->n_layers; l++)
         if (m->layers[l].moe.router_w || m->layers[l].cross_q_w) return -1;
     float *x = scratch, *xn = x + N * D, *qkv = xn + N * D, *att = qkv + N * QKV, *ff = att + N * H * DH;
@@ -133,7 +137,7 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16);
             rope_and_cache(m, ly, qkv, positions, start, T);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
@@ -141,13 +145,13 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
                 attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
                                pack + thread_id() * gemm_pack_floats(N));
             }
-            prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack);
+            prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16);
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < N; r++) activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
-            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack);
+            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
         }
 #pragma omp for schedule(static)
