@@ -7,7 +7,8 @@ between turns, ``genmodels.chat.Conversation``), and turn 5 re-prefilled without
 
     .venv/bin/python benchmarks/bench_chat.py [--new-tokens 128] [--repeats 3] [--threads N]
         [--skip-transformers]
-    .venv/bin/python benchmarks/bench_chat.py --prefill 512 [--quantized] [--threads 1 --cpu-clock]   (issue 26)
+    .venv/bin/python benchmarks/bench_chat.py --prefill 512 [--quantized] [--threads 1 --cpu-clock]   (issue 26;
+        a bf16 row where the CPU has AVX512-BF16; Llama configs A and B: benchmarks/bench_prefill.py)
 
 Decode rate = (n − 1) / (time of the n-th token − time of the first), from per-token timestamps (so
 prefill is not in it), median of the repeats, greedy, no early stop; the first 32 greedy tokens of
@@ -139,21 +140,34 @@ def prefill_flops(model, t: int) -> float:
     return 2 * linear * t + attention + 2 * c.d_model * model.output_head().get_weight().shape[0]
 
 
+def median_time(fn, repeats: int, clock) -> float:
+    """Median of ``repeats`` timings of ``fn()`` by ``clock``, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        s = clock()
+        fn()
+        times.append(clock() - s)
+    return statistics.median(times)
+
+
+def native_prefill_rows() -> list[tuple[str, str]]:
+    """(row name, GENMODELS_NATIVE_PREFILL) of the native prefill: fp32, and bf16 where this build has it
+    (else the reason, printed)."""
+    from genmodels.native.prefill import bf16_unavailable
+    rows = [("genmodels native", "1")]
+    if (why := bf16_unavailable()) is None:
+        return rows + [("genmodels native bf16", "bf16")]
+    print(f"  (no bf16 row: {why})")
+    return rows
+
+
 def prefill_mode(model, hf, t: int, repeats: int, clock) -> None:
-    """Prefill tokens/s of a t-token prompt: genmodels native, genmodels PyTorch path (GENMODELS_NATIVE_PREFILL=0),
-    transformers (its forward with the cache, logits of the last token only, as its generate prefills); each
-    against the fp32 matmul peak measured by the same clock."""
+    """Prefill tokens/s of a t-token prompt: genmodels native (fp32, and bf16 where the CPU has it), genmodels
+    PyTorch path (GENMODELS_NATIVE_PREFILL=0), transformers (its forward with the cache, logits of the last token
+    only, as its generate prefills); each against the fp32 (bf16 rows: bf16) matmul peak measured by the same clock."""
     from genmodels.generation.session import DecodeSession
     ids = torch.randint(100, 40000, (1, t), generator=torch.Generator().manual_seed(0))
-
-    def timed(fn) -> float:
-        fn()  # warm-up
-        times = []
-        for _ in range(repeats):
-            s = clock()
-            fn()
-            times.append(clock() - s)
-        return statistics.median(times)
 
     def ours_prefill():
         with torch.inference_mode():
@@ -164,28 +178,32 @@ def prefill_mode(model, hf, t: int, repeats: int, clock) -> None:
             return hf(ids, use_cache=True, logits_to_keep=1).logits[:, -1]
 
     peak, flops = matmul_peak(clock), prefill_flops(model, t)
-    rows = [("genmodels native", ours_prefill, None), ("genmodels PyTorch", ours_prefill, "0")]
-    rows += [("transformers", hf_prefill, None)] if hf is not None else []
     print(f"prefill of a {t}-token prompt (batch 1), median of {repeats}; {flops / 1e9:.1f} GFLOP; fp32 matmul "
           f"peak {peak / 1e9:.1f} GFLOP/s (torch.mm 1024²/2048², same clock)")
+    rows = [(name, ours_prefill, env) for name, env in native_prefill_rows()] + [("genmodels PyTorch", ours_prefill, "0")]
+    rows += [("transformers", hf_prefill, None)] if hf is not None else []
+    has_bf16 = any(name.endswith("bf16") for name, _, _ in rows)
+    peaks = {"fp32": peak, "bf16": matmul_peak(clock, dtype=torch.bfloat16) if has_bf16 else None}
     rates, logits = {}, {}
     for name, fn, env in rows:
         os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
         try:
-            sec = timed(fn)
+            sec = median_time(fn, repeats, clock)
             logits[name] = fn()
         finally:
             del os.environ["GENMODELS_NATIVE_PREFILL"]
-        rates[name] = t / sec
-        print(f"  {name:18} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peak:4.0%} of peak")
+        rates[name], kind = t / sec, "bf16" if name.endswith("bf16") else "fp32"
+        print(f"  {name:21} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peaks[kind]:4.0%} "
+              f"of the {kind} peak" + (f" ({peaks[kind] / 1e9:.1f} GFLOP/s)" if kind == "bf16" else ""))
     base = logits["genmodels PyTorch"]
-    for name in ("genmodels native", "transformers"):
+    for name in ("genmodels native", "genmodels native bf16", "transformers"):
         if name in logits:
             err = float((logits[name] - base).abs().max() / base.abs().max())
             print(f"  {name} / genmodels PyTorch: {rates[name] / rates['genmodels PyTorch']:.2f}x; last logits "
                   f"differ by {err:.1e} of their largest")
-    if hf is not None:
-        print(f"  genmodels native / transformers: {rates['genmodels native'] / rates['transformers']:.2f}x")
+    for name in ("genmodels native", "genmodels native bf16"):
+        if hf is not None and name in rates:
+            print(f"  {name} / transformers: {rates[name] / rates['transformers']:.2f}x")
 
 
 def main() -> None:

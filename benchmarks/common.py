@@ -85,12 +85,14 @@ def cpu_flags() -> str:
     return " ".join(found) if found else "none of avx2/avx512/amx"
 
 
-def matmul_peak(clock=time.perf_counter, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 7) -> float:
-    """fp32 matmul FLOP/s: the best of ``repeats`` square products of each size, timed by ``clock`` (a CPU-time
-    clock such as ``time.process_time`` gives a figure that other processes on a loaded machine do not cut)."""
+def matmul_peak(clock=time.perf_counter, sizes: tuple[int, ...] = (1024, 2048), repeats: int = 7,
+                dtype: torch.dtype = torch.float32) -> float:
+    """fp32 (or ``dtype``: bf16, oneDNN's AVX512-BF16 / AMX kernels) matmul FLOP/s: the best of ``repeats`` square
+    products of each size, timed by ``clock`` (a CPU-time clock such as ``time.process_time`` gives a figure that
+    other processes on a loaded machine do not cut)."""
     best = 0.0
     for n in sizes:
-        a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+        a, b, c = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), torch.empty(n, n, dtype=dtype)
         torch.mm(a, b, out=c)
         for _ in range(repeats):
             t = clock()
