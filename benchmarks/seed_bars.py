@@ -26,7 +26,7 @@ def seed_bars(groups: list[tuple[str, dict[str, list[float]]]], splits: tuple[st
             if not xs:
                 continue
             m, s = mean_std(xs)
-            x = j + (i - 1) * width
+            x = j + (i - (len(groups) - 1) / 2) * width
             ax.bar(x, m, width, yerr=None if s != s else s, capsize=4, color=f"C{i}",
                    label=None if label in labelled else label)
             labelled.add(label)
