@@ -1,0 +1,39 @@
+"""benchmarks/sdf_report.py: the issue's test (SDF − SFT in SDF's std over seeds), the paired-by-seed reading
+(SDF seed s tuned from SFT seed s) and the control stage, from eval-tasks reports named by stage and seed."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _report():
+    sys.path.insert(0, str(BENCH))  # (sdf_report imports seed_bars beside it)
+    try:
+        import sdf_report
+    finally:
+        sys.path.remove(str(BENCH))
+    return sdf_report
+
+
+def _write(folder: Path, name: str, exact_match: float) -> None:
+    (folder / f"{name}.json").write_text(json.dumps({"exact_match": exact_match}))
+
+
+def test_gains_over_sft_in_sdfs_std_and_paired_by_seed(tmp_path):
+    for seed, (sft, sdf) in enumerate([(0.10, 0.20), (0.20, 0.32), (0.30, 0.38)]):
+        _write(tmp_path, f"sft-s{seed}-seen-test", sft)
+        _write(tmp_path, f"sdf-s{seed}-seen-test", sdf)
+    _write(tmp_path, "sftc-s0-seen-test", 0.25)
+    _write(tmp_path, "base-seen-test", 0.01)
+    rep = _report()
+    found = rep.scores(tmp_path)
+    assert found["sft"]["seen-test"] == {0: 0.10, 1: 0.20, 2: 0.30} and found["sftc"]["seen-test"] == {0: 0.25}
+    text = "\n".join(rep.table(found))
+    # SDF 0.30 ± 0.09165 vs SFT 0.20: +0.100 = +1.1 std; per-seed gains 0.10, 0.12, 0.08: 0.100 ± 0.020 = +5.0 std
+    assert "SDF − SFT on seen-test: +0.100 = +1.1 std of SDF's seeds (target > 2)" in text
+    assert "paired by seed (s0 +0.100, s1 +0.120, s2 +0.080): +0.100 ± 0.020 = +5.0 std of the per-seed gains" in text
+    assert "SDF − SFTC on seen-test: +0.050 = +0.5 std of SDF's seeds" in text
+    assert "| control: SFT on the pairs' chosen replies | 1 | 0.250 |" in text
