@@ -57,6 +57,22 @@ def test_ffn_checkpointing_drops_the_gate_up_output():
     assert kept[1] <= kept[0] - gate_up
 
 
+@pytest.mark.parametrize("adapters", [True, False], ids=["lora", "full"])
+def test_ffn_recomputation_runs_gate_up_not_the_down_projection(adapters):
+    """The backward recomputes each block's ``gate_up`` product once and never its ``down`` product (whose saved
+    tensors, its weight, are kept as they are: nothing to recompute for)."""
+    _, model = pair(adapters)
+    calls = {"gate_up": 0, "down": 0}
+    for block in transformer_blocks(model):
+        for name in calls:
+            getattr(block.mlp, name).register_forward_pre_hook(lambda *_, n=name: calls.__setitem__(n, calls[n] + 1))
+    x = torch.randint(0, 97, (2, 17))
+    loss = CausalLM(model, chunk=8).train()({"input_ids": x[:, :-1], "labels": x[:, 1:]})[0]
+    assert calls == {"gate_up": CFG["n_layers"], "down": CFG["n_layers"]}
+    loss.backward()
+    assert calls == {"gate_up": 2 * CFG["n_layers"], "down": CFG["n_layers"]}
+
+
 def test_ffn_checkpointing_refuses_a_block_without_a_feed_forward_branch():
     with pytest.raises(ValueError, match=r"^train\.activation_checkpointing=ffn: a Linear block has no feed-forward"):
         apply_activation_checkpointing([torch.nn.Linear(2, 2)], "ffn")

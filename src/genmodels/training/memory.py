@@ -76,7 +76,39 @@ def apply_activation_checkpointing(blocks, mode: str) -> None:
             raise ValueError(f"train.activation_checkpointing=ffn: a {type(block).__name__} block has no feed-forward "
                              "branch (feed_forward()) to recompute; use selective or full")
     for block in blocks:
+        if mode == "ffn":
+            _keep_saved_directly(_ffn_output_projection(block))
         _checkpoint_method(block, part, {"context_fn": _context} if mode == "selective" else {})
+
+
+def _ffn_output_projection(block: nn.Module) -> nn.Module | None:
+    """The module through which the block's feed-forward writes its output (a gated MLP's ``down``)."""
+    from ..models.blocks import output_projection
+    ffn = getattr(block, "ffn", None)
+    proj = output_projection(ffn) if isinstance(ffn, nn.Module) else None
+    return proj if isinstance(proj, nn.Module) else None
+
+
+def _keep_saved_directly(module: nn.Module | None) -> None:
+    """What ``module`` saves for its backward is kept as is, not through an enclosing checkpoint.
+
+    Non-reentrant checkpointing recomputes the forward until the last tensor it saved is back (early stop);
+    the output projection saves its weight (a frozen one too: for the input's gradient), so without this
+    the ``ffn`` recomputation runs the ``down`` product as well — for nothing (its saved tensors are its
+    weight and, when trained, its input). With it the recomputation ends at the gated product's ``gate_up``."""
+    if module is None:
+        return
+    inner = module.forward
+
+    def call(*args, **kwargs):
+        with torch.autograd.graph.saved_tensors_hooks(_same, _same):
+            return inner(*args, **kwargs)
+
+    module.forward = functools.wraps(inner)(call)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def _checkpoint_method(module: nn.Module, name: str, kw: dict) -> None:
