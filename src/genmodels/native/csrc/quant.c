@@ -8,8 +8,8 @@
  * Q6_K / Q4_K (super-blocks of 256 values, dequant_kblock: AVX2 or scalar unpacking): batch 1 dequantises
  * one super-block at a time into a stack buffer and dots it with x (kgemv_rows); batches > 1 take the
  * 8-row buffered path below.
- * A team of threads splits the output rows in blocks of 8. Batch 1 (AVX2/AVX-512 builds): each row's
- * blocks are dotted with x straight away (d · Σ q·x per block). Batches > 1: each thread dequantises
+ * A team of threads splits the output rows in blocks of 8. Batch 1 (AVX2/AVX-512 builds): qgemv.c dots each
+ * row's blocks with x straight away (d · Σ q·x per block). Batches > 1: each thread dequantises
  * its 8 rows into an L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, every
  * input row reusing them. Either way the result is the fp32 product with the dequantised matrix up
  * to summation order (~1e-7 relative).
@@ -20,8 +20,8 @@
 #include "common.h"
 #include "quant.h"
 #include <stdlib.h>
-#if defined(__F16C__) || defined(__AVX512F__)
-#include <immintrin.h> /* _cvtsh_ss (F16C, present on CPUs without AVX2 too) */
+#if defined(__AVX512F__)
+#include <immintrin.h>
 #endif
 
 #if defined(__AVX512F__)
@@ -44,27 +44,6 @@ int64_t quant_block_bytes(int64_t type) {
 }
 
 int64_t quant_block_values(int64_t type) { return type == GM_Q4_K || type == GM_Q6_K ? GM_QK_K : GM_QK; }
-
-/* IEEE half -> float (exact; subnormals, infinities and NaN included) */
-static inline float half_to_float(const uint8_t *p) {
-    uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
-#if defined(__F16C__)
-    return _cvtsh_ss(h);
-#else
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) bits = sign | 0x7f800000u | (man << 13);
-    else if (exp) bits = sign | ((exp + 112) << 23) | (man << 13);
-    else if (!man) bits = sign;
-    else { /* subnormal: normalise */
-        exp = 113;
-        while (!(man & 0x400)) man <<= 1, exp--;
-        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-#endif
-}
 
 /* One block of 32 values -> out[0:32]. */
 static inline void dequant_block(const uint8_t *b, int64_t type, float *out) {
@@ -227,71 +206,6 @@ static float *thread_buffer(int64_t floats) {
     return buf;
 }
 
-#ifdef GM_AVX2
-/* 8 nibbles (bytes 0..7 of v, values 0..15) or int8s as floats */
-static inline __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
-
-/* One row of blocks · x (K,) straight from the blocks (batch 1: no buffer): per block d · Σ q·x
- * (+ m · Σ x for Q4_1, xsum[j] = Σ of block j of x). Measured ~3.5× the buffered path's speed on one
- * core (a 3072 × 576 Q8_0 product: 173 µs against 601 µs, AVX2 code on an AMD EPYC Zen 4). */
-static float dot_row(const uint8_t *row, int64_t type, const float *x, const float *xsum, int64_t K) {
-    const int64_t bb = quant_block_bytes(type), nb = K / GM_QK;
-    const __m128i mask = _mm_set1_epi8(0x0f), eight = _mm_set1_epi8(8);
-    __m256 acc = _mm256_setzero_ps();
-    float msum = 0.0f;
-    for (int64_t j = 0; j < nb; j++) {
-        const uint8_t *b = row + j * bb;
-        const float *xb = x + j * GM_QK;
-        __m256 s;
-        if (type == GM_Q8_0) {
-            s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)))),
-                              _mm256_loadu_ps(xb));
-            for (int i = 1; i < 4; i++)
-                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i)))),
-                                    _mm256_loadu_ps(xb + 8 * i), s);
-        } else {
-            __m128i raw = _mm_loadu_si128((const __m128i *)(b + (type == GM_Q4_1 ? 4 : 2)));
-            __m128i lo = _mm_and_si128(raw, mask), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-            if (type == GM_Q4_0) { /* q − 8 as signed bytes */
-                lo = _mm_sub_epi8(lo, eight), hi = _mm_sub_epi8(hi, eight);
-                s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)), _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8))), _mm256_loadu_ps(xb + 8), s);
-                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)), _mm256_loadu_ps(xb + 16), s);
-                s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8))), _mm256_loadu_ps(xb + 24), s);
-            } else {
-                s = _mm256_mul_ps(u8_to_ps(lo), _mm256_loadu_ps(xb));
-                s = _mm256_fmadd_ps(u8_to_ps(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(xb + 8), s);
-                s = _mm256_fmadd_ps(u8_to_ps(hi), _mm256_loadu_ps(xb + 16), s);
-                s = _mm256_fmadd_ps(u8_to_ps(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(xb + 24), s);
-                msum += half_to_float(b + 2) * xsum[j];
-            }
-        }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(b)), s, acc);
-    }
-    return hsum8(acc) + msum;
-}
-
-/* Batch 1: rows [n0, n1) of y (N,) (+)= W x + bias, each row read from its blocks once. */
-static void qgemv_rows(const float *x, int64_t K, const uint8_t *Wq, int64_t type, const float *bias, float *y,
-                       int64_t n0, int64_t n1, int accumulate) {
-    const int64_t row_bytes = K / GM_QK * quant_block_bytes(type);
-    float *xsum = 0;
-    if (type == GM_Q4_1) {
-        xsum = thread_buffer(K / GM_QK);
-        if (!xsum) abort();
-        for (int64_t j = 0; j < K / GM_QK; j++) {
-            float t = 0.0f;
-            for (int i = 0; i < GM_QK; i++) t += x[j * GM_QK + i];
-            xsum[j] = t;
-        }
-    }
-    for (int64_t n = n0; n < n1; n++) {
-        float v = dot_row(Wq + n * row_bytes, type, x, xsum, K) + (bias ? bias[n] : 0.0f);
-        y[n] = accumulate ? y[n] + v : v;
-    }
-}
-#endif
-
 /* Rows [n0, n1) (at most 8) of y (M, N) (+)= x · Wᵀ + bias, W in blocks of `type`. */
 static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
                          float *y, int64_t N, int64_t n0, int64_t n1, int accumulate) {
@@ -299,12 +213,6 @@ static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq
         kgemv_rows(x, K, Wq, type, bias, y, n0, n1, accumulate);
         return;
     }
-#ifdef GM_AVX2
-    if (M == 1) {
-        qgemv_rows(x, K, Wq, type, bias, y, n0, n1, accumulate);
-        return;
-    }
-#endif
     const int64_t row_bytes = K / quant_block_values(type) * quant_block_bytes(type);
     float *w = thread_buffer((n1 - n0) * K);
     if (!w) abort(); /* out of memory for a few rows */
@@ -319,6 +227,19 @@ void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_
         return;
     }
     const int64_t nb = (N + 7) / 8;
+#ifdef GM_AVX2
+    if (M == 1 && quant_block_values(type) == GM_QK) { /* batch 1: qgemv.c, each row read from its blocks once */
+        float *xsum = 0;
+        if (type == GM_Q4_1) { /* each thread sums x's blocks once per product (no barrier) */
+            if (!(xsum = thread_buffer(K / GM_QK))) abort();
+            qgemv_block_sums(x, K, xsum);
+        }
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < nb; b++)
+            qgemv_rows(x, xsum, K, (const uint8_t *)W, type, bias, y, b * 8, b * 8 + 8 < N ? b * 8 + 8 : N, accumulate);
+        return;
+    }
+#endif
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
         int64_t n0 = b * 8, n1 = n0 + 8 < N ? n0 + 8 : N;
