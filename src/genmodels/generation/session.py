@@ -36,7 +36,7 @@ from ..native.step import fused_step, unsupported
 from ..nn import kv_cache
 from . import rows as reuse
 from .checks import check_generation_args, check_token_id, check_token_ids, vocab_size
-from .sampling import choose_next
+from .sampling import argmax, choose_next
 from .stop import StopStream, check_stop
 
 
@@ -106,16 +106,29 @@ class Request:
     def texts(self) -> list[str] | None:
         return None if self.streams is None else [st.text for st in self.streams]
 
+    @property
+    def greedy(self) -> bool:
+        """Its tokens are the plain argmax of its logits (no temperature, allowed set or repetition penalty):
+        the session chooses them together with every such request's (:meth:`DecodeSession.choose_tokens`)."""
+        s = self.s
+        return s.temperature == 0.0 and s.allowed is None and s.repetition_penalty in (None, 1.0)
+
     def choose(self, logits: torch.Tensor, choose: Callable = choose_next) -> torch.Tensor:
         """The next token of each row ``(B_r,)`` from its logits ``(B_r, V)`` (``choose``: the token choice,
-        :func:`.sampling.choose_next`); records it and what ended."""
+        :func:`.sampling.choose_next`); records it and what ended (:meth:`record`)."""
         s, t, step = self.s, self.t, self.n
         if s.allowed is not None:
             logits = logits.masked_fill(~s.allowed.to(logits.device), float("-inf"))
         seen = self.tokens[:, :t + step] if s.repetition_penalty else None
-        nxt = choose(logits, seen, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                     rep_penalty=s.repetition_penalty, generator=s.generator)
-        nxt = torch.where(self.done, torch.full_like(nxt, s.pad), nxt)
+        return self.record(choose(logits, seen, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                                  rep_penalty=s.repetition_penalty, generator=s.generator))
+
+    def record(self, nxt: torch.Tensor) -> torch.Tensor:
+        """Take ``nxt (B_r,)`` as the rows' next tokens (finished rows get ``pad``): ``output``, the streamer,
+        ``done`` (an end token, a stop string), ``finished``."""
+        s, t, step = self.s, self.t, self.n
+        if self.can_end:  # (else no row is done before max_new_tokens)
+            nxt = torch.where(self.done, torch.full_like(nxt, s.pad), nxt)
         if t + step == self.tokens.shape[1]:
             grow = min(self.tokens.shape[1], s.max_new_tokens - step)
             self.tokens = torch.cat([self.tokens, self.tokens.new_empty(self.batch, grow)], dim=1)
@@ -269,13 +282,19 @@ class DecodeSession:
         if len(self.requests) == 1 and not self.free:  # (its rows are all the rows, in order)
             self._chosen = [self.requests[0].choose(self.logits, self.choose)]
             return
-        self._chosen = [req.choose(self._logits_of(req), self.choose) for req in self.requests]
+        best = None  # (R,): every row's argmax, one pass for all the greedy requests (the server's batch)
+        if self.choose is choose_next and sum(req.greedy for req in self.requests) > 1:
+            best = argmax(self.logits)
+        self._chosen = [req.record(self.rows_of(best, req)) if best is not None and req.greedy
+                        else req.choose(self.rows_of(self.logits, req), self.choose) for req in self.requests]
 
-    def _logits_of(self, req: Request) -> torch.Tensor:
+    def rows_of(self, x: torch.Tensor, req: Request) -> torch.Tensor:
+        """``req``'s rows of a per-row tensor ``x (R, …)`` (the logits, ``(B_r, V)``): a view where they are
+        consecutive."""
         r = req.rows
-        if r[-1] - r[0] == len(r) - 1:  # consecutive rows: a view
-            return self.logits[r[0]:r[-1] + 1]
-        return self.logits[r]
+        if r[-1] - r[0] == len(r) - 1:
+            return x[r[0]:r[-1] + 1]
+        return x[r]
 
     def feed_tokens(self) -> list[Request]:
         """The second half: finished requests leave (their rows free for a request that joins before the next

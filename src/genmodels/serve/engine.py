@@ -31,7 +31,6 @@ from typing import Any, Callable
 
 import torch
 
-from ..generation.sampling import choose_next
 from ..generation.session import DecodeSession, Request, Sampling
 from ..generation.stop import StopStream
 from .errors import APIError
@@ -71,14 +70,13 @@ class Engine:
         self.max_batch, self.max_queue, self.prefill_chunk = max_batch, max_queue, prefill_chunk
         self.tokenizer = model.tokenizer
         self.device = next(model.parameters()).device
-        self.session = DecodeSession(model, choose=self._choose)
+        self.session = DecodeSession(model)
         self.waiting: collections.deque[Job] = collections.deque()
         self.prefilling: Job | None = None
         self.running: dict[int, Job] = {}  # id(request) -> job
         self.cond = threading.Condition()
         self.closed = False
         self.steps = 0  # decode steps run (tests read it)
-        self._logits: torch.Tensor | None = None  # the logits the last choice was made from (B_r, V)
         self.thread = threading.Thread(target=self._loop, name="genmodels-serve-engine", daemon=True)
         self.thread.start()
 
@@ -128,7 +126,7 @@ class Engine:
             except Exception:  # a bug: the requests in the batch are answered 500; the queue and the server go on
                 traceback.print_exc(file=sys.stderr)
                 failed = ([self.prefilling] if self.prefilling else []) + list(self.running.values())
-                self.session = DecodeSession(self.model, choose=self._choose)
+                self.session = DecodeSession(self.model)
                 self.prefilling, self.running = None, {}
                 for job in failed:  # (after the reset: a client answered may send its next request at once)
                     _emit(job, ("error", APIError(500, "internal error while decoding (see the server's log)",
@@ -220,16 +218,15 @@ class Engine:
         job.request, job.cache, job.fed = request, None, len(job.params.ids)
         self.running[id(request)] = job
 
-    def _choose(self, logits: torch.Tensor, seen, **kw) -> torch.Tensor:
-        self._logits = logits  # for the logprobs of what is chosen (the streamer runs right after)
-        return choose_next(logits, seen, **kw)
-
     def _tokens(self, job: Job, tokens: torch.Tensor) -> None:
         """A request's new tokens ``(n,)``: text pieces, logprobs and finished rows to its client."""
         if job.cancelled:
             return
         p = job.params
-        logprobs = None if p.logprobs is None else torch.log_softmax(self._logits.float(), dim=-1)  # (n, V)
+        logprobs = None
+        if p.logprobs is not None:  # the logits the tokens were chosen from: the session's rows of the job
+            logits = self.session.rows_of(self.session.logits, job.request)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)  # (n, V)
         for row in range(p.n):
             if job.done[row]:
                 continue
