@@ -1,6 +1,6 @@
 """The native prefill in bf16 (csrc/gemm_bf16.c; ``GENMODELS_NATIVE_PREFILL=bf16``): its products equal fp32
 products of the bf16-rounded factors (a layout or rounding slip shows as a large error, not a small one), the
-whole prefill equals the PyTorch forward with every block linear's factors rounded the same way, it stays
+whole prefill equals the PyTorch forward with every block linear's factors and attention's q, k rounded the same way, it stays
 within the stated bound of the fp32 prefill (docs/native.md), and a build without AVX512-BF16 refuses
 (argument) or falls back to fp32 with the reason (environment)."""
 from __future__ import annotations
@@ -18,6 +18,7 @@ import genmodels
 from genmodels import native
 from genmodels.native import library
 from genmodels.native import prefill as native_prefill
+from genmodels.nn import attention
 from genmodels.nn.quantized import dequantize_rows, quantize_rows
 
 from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
@@ -66,8 +67,11 @@ def test_bf16_gemm_of_blocks_equals_rounded_dequantised(qtype):
 
 
 @contextlib.contextmanager
-def bf16_linears(model):
-    """Every block linear computes F.linear(bf16(x), bf16(W), b) in fp32 (what gemm_bf16.c computes)."""
+def bf16_linears(model, monkeypatch):
+    """Every block linear computes F.linear(bf16(x), bf16(W), b) in fp32, and attention's scores Q Kᵀ take q and k
+    rounded to bf16 (P V stays fp32): what the native bf16 prefill computes."""
+    sdpa = attention.KERNELS["sdpa"]
+    monkeypatch.setitem(attention.KERNELS, "sdpa", lambda q, k, *a: sdpa(rounded(q), rounded(k), *a))
     blocks, saved, hooks = model.decoder_view()[0], [], []
     for blk in blocks:
         for mod in blk.modules():
@@ -85,12 +89,12 @@ def bf16_linears(model):
             w.data.copy_(old)
 
 
-def prefills(model, ids, mask):
-    """(PyTorch with bf16 linears, native bf16, native fp32) logits of each row's last token."""
+def prefills(model, ids, mask, monkeypatch):
+    """(PyTorch with bf16 linears and scores, native bf16, native fp32) logits of each row's last token."""
     b, t = ids.shape
     out = []
     with torch.inference_mode():
-        with bf16_linears(model):
+        with monkeypatch.context() as mp, bf16_linears(model, mp):
             out.append(model.head(model.hidden_states(ids, attention_mask=mask, cache=model.new_cache(b, t))[:, -1]))
         for bf16 in (True, False):
             out.append(native_prefill.prefill(model, model.new_cache(b, t), ids, mask, bf16=bf16).clone())
@@ -101,26 +105,27 @@ def prefills(model, ids, mask):
 @pytest.mark.parametrize("kind,kw", [("llama", {}), ("gpt2", {}), ("llama", dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)),
                                      ("gpt2", dict(norm_placement="post", final_norm=False))])
 @pytest.mark.usefixtures("threads")
-def test_bf16_prefill_equals_torch_with_rounded_linears_and_stays_near_fp32(kind, kw):
+def test_bf16_prefill_equals_torch_with_rounded_factors_and_stays_near_fp32(kind, kw, monkeypatch):
     model = tiny_model(kind, **kw)
+    assert model.decoder_view()[0][0].attn.kernel == "sdpa"
     ids, mask = random_ids(2, 60), left_pad_mask([60, 33], 60)
-    want, got, fp32 = prefills(model, ids, mask)
+    want, got, fp32 = prefills(model, ids, mask, monkeypatch)
     assert float((got - want).abs().max() / want.abs().max()) < NEAR  # 1e-7 .. 3e-4 seen; a layout slip: ~1
     err = float((got - fp32).abs().max() / fp32.abs().max())  # 0.008 .. 0.019 seen
     assert 0 < err < BOUND, err
 
 
 @needs_bf16
-def test_bf16_prefill_of_a_quantised_model_stays_near_fp32():
+def test_bf16_prefill_of_a_quantised_model_stays_near_fp32(monkeypatch):
     model = genmodels.quantize(tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96), "q4_1").eval()
-    _, got, fp32 = prefills(model, random_ids(2, 40), None)
+    _, got, fp32 = prefills(model, random_ids(2, 40), None, monkeypatch)
     assert 0 < float((got - fp32).abs().max() / fp32.abs().max()) < BOUND
 
 
 @needs_bf16
 def test_environment_chooses_bf16(monkeypatch):
     model, ids = tiny_model("llama"), random_ids(1, 30)
-    _, got, fp32 = prefills(model, ids, None)
+    _, got, fp32 = prefills(model, ids, None, monkeypatch)
     monkeypatch.setenv("GENMODELS_NATIVE_PREFILL", "bf16")
     assert native_prefill.unsupported(model) is None
     with torch.inference_mode():

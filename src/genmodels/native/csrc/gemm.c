@@ -115,38 +115,15 @@ static void micro(const float *restrict a, const float *restrict b, int64_t ldb,
     gemm_store_tile(t, y, ldy, rows, cols, bias, add);
 }
 
-/* Slivers of rows [0, M), columns [k0, k0 + kc) of x, rows past M zero: ap[s][k][MR]. */
-static void pack_a(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, float *ap) {
-    for (int64_t s = 0; s * PF_MR < M; s++) {
-        const float *src[PF_MR];
-        float *dst = ap + s * PF_MR * kc;
-        const int64_t rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
-        for (int i = 0; i < PF_MR; i++) src[i] = x + (s * PF_MR + (i < rows ? i : 0)) * ldx + k0;
-        for (int64_t k = 0; k < kc; k++, dst += PF_MR)
-            for (int i = 0; i < PF_MR; i++) dst[i] = i < rows ? src[i][k] : 0.0f;
-    }
+/* Sliver s of rows [0, M), columns [k0, k0 + kc) of x, rows past M zero: ap[s][k][MR]. */
+static void pack_a(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {
+    const float *src[PF_MR];
+    float *dst = ap + s * PF_MR * kc;
+    const int64_t rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
+    for (int i = 0; i < PF_MR; i++) src[i] = x + (s * PF_MR + (i < rows ? i : 0)) * ldx + k0;
+    for (int64_t k = 0; k < kc; k++, dst += PF_MR)
+        for (int i = 0; i < PF_MR; i++) dst[i] = i < rows ? src[i][k] : 0.0f;
 }
-
-#ifdef GM_AVX2
-/* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
-static inline void transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
-    __m256 r[8], t[8];
-    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src[j] + k);
-    for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
-    for (int j = 0; j < 8; j += 4)
-        for (int h = 0; h < 2; h++) {
-            r[j + h] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
-            r[j + h + 2] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        }
-    /* r[0] = rows 0-3 of k+0 | k+4, r[2] = k+1 | k+5, r[1] = k+2 | k+6, r[3] = k+3 | k+7 (and r[4..7] rows 4-7) */
-    const int order[4] = {0, 2, 1, 3};
-    for (int i = 0; i < 4; i++) {
-        const __m256 lo = r[order[i]], hi = r[order[i] + 4];
-        _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(lo, hi, 0x20));
-        _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(lo, hi, 0x31));
-    }
-}
-#endif
 
 /* The panel of W rows [n0, n0 + nv) (columns past nv zero), values [k0, k0 + kc), as bp[k][NR]; a quantised
  * W's rows are dequantised into `rows` (NR × kc) first. */
@@ -167,28 +144,34 @@ void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv,
 #ifdef GM_AVX2
     if (nv == PF_NR) /* 8 × 8 blocks transposed in registers */
         for (; k + 8 <= kc; k += 8)
-            for (int64_t j = 0; j < PF_NR; j += 8) transpose8(src + j, k, bp + k * PF_NR + j, PF_NR);
+            for (int64_t j = 0; j < PF_NR; j += 8) gemm_transpose8(src + j, k, bp + k * PF_NR + j, PF_NR);
 #endif
     for (bp += k * PF_NR; k < kc; k++, bp += PF_NR)
         for (int64_t j = 0; j < PF_NR; j++) bp[j] = j < nv ? src[j][k] : 0.0f;
 }
 
-/* One thread: columns of panels [p0, p1) of y (M, N) (+)= x (M, K) · Wᵀ + bias, rows ldx / ldy apart, W fp32
- * (type 0, rows K apart) or blocks of `type`; mine: gemm_pack_floats(M) floats. */
+/* Columns of panels [p0, p1) of y (M, N) (+)= x (M, K) · Wᵀ + bias, rows ldx / ldy apart, W fp32 (type 0, rows K
+ * apart) or blocks of `type`, products in fp32 (bf16: gemm_bf16.c's); mine: gemm_pack_floats(M) floats. One thread
+ * (each thread of a team packs all of x's slivers itself: sharing them costs a barrier per K-block, which on a
+ * loaded machine — a thread descheduled — made a 2-thread SmolLM2 prefill 1.7x slower). */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine) {
+                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16) {
     const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
-    float *ap = mine, *bp = ap + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
+    float *ap = mine, *bp = mine + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
     for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB;
-        pack_a(x, ldx, M, k0, kc, ap);
-        for (int64_t p = p0; p < p1; p++) {
-            const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-            gemm_pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
-            for (int64_t s = 0; s < slivers; s++) {
-                const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
-                micro(ap + s * PF_MR * kc, bp, PF_NR, kc, y + m0 * ldy + n0, ldy, rows_s, nv,
-                      k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
+        for (int64_t s = 0; s < slivers; s++) (bf16 ? gemm_pack_a_bf16 : pack_a)(x, ldx, M, k0, kc, s, ap);
+        if (bf16) {
+            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp);
+        } else {
+            for (int64_t p = p0; p < p1; p++) {
+                const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
+                gemm_pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
+                for (int64_t s = 0; s < slivers; s++) {
+                    const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+                    micro(ap + s * PF_MR * kc, bp, PF_NR, kc, y + m0 * ldy + n0, ldy, rows_s, nv,
+                          k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
+                }
             }
         }
     }
@@ -201,7 +184,7 @@ void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, 
     const int64_t slivers = (M + PF_MR - 1) / PF_MR;
     for (int64_t k0 = 0; k0 < K; k0 += PF_KC) {
         const int64_t kc = K - k0 < PF_KC ? K - k0 : PF_KC;
-        pack_a(x, ldx, M, k0, kc, mine);
+        for (int64_t s = 0; s < slivers; s++) pack_a(x, ldx, M, k0, kc, s, mine);
         for (int64_t n0 = 0; n0 < N; n0 += PF_NR)
             for (int64_t s = 0; s < slivers; s++) {
                 const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
@@ -223,8 +206,8 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
         return;
     }
     const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
-    (bf16 ? gemm_panels_bf16 : gemm_panels)(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt,
-                                            P * (me + 1) / nt, pack + me * gemm_pack_floats(M));
+    gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt,
+                pack + me * gemm_pack_floats(M), bf16);
 #pragma omp barrier
 }
 

@@ -3,8 +3,9 @@
  * Intel Cooper Lake / Sapphire Rapids and later); elsewhere gemm_bf16_built() is 0 and the caller refuses.
  *
  * The same blocking as gemm.c (Goto & van de Geijn 2008): per K-block, each thread packs x's rows and one
- * NR-wide panel of W (fp32 or GGUF blocks, dequantised as for fp32), then rounds both to bf16 (round to
- * nearest even, as torch's .bfloat16()) in the layout VDPBF16PS reads — pairs of consecutive k:
+ * NR-wide panel of W (fp32, or GGUF blocks dequantised one row span at a time), rounding both to bf16 (round to
+ * nearest even, as torch's .bfloat16(): VCVTNE2PS2BF16) in the layout VDPBF16PS reads — pairs of consecutive k,
+ * each pair one 32-bit lane, so a row's pairs are transposed into place by 8 × 8 (4 × 4) register transposes:
  *
  *     Ap[s][k/2][MR][2]     Bp[k/2][NR][2]        (an odd K-block's last pair padded with 0)
  *
@@ -16,44 +17,76 @@
  */
 #include "common.h"
 #include "prefill.h"
+#include "quant.h"
 
 #if defined(__AVX512BF16__) && defined(__AVX512BW__) && PF_MR == 12 && PF_NR == 32
 #include <immintrin.h>
 
 int gemm_bf16_built(void) { return 1; }
 
-/* x rows [m0, m0 + rows) (rows past `rows` zero), values [k0, k0 + kc): ap[k/2][MR] pairs of bf16 (as uint32) */
-static void pack_a_bf16(const float *x, int64_t ldx, int64_t m0, int64_t rows, int64_t k0, int64_t kc, uint32_t *ap) {
-    const int64_t kc2 = (kc + 1) / 2;
-    uint32_t line[PF_KC / 2 + 16] __attribute__((aligned(64)));
-    for (int i = 0; i < PF_MR; i++) {
-        if (i >= rows) {
-            for (int64_t p = 0; p < kc2; p++) ap[p * PF_MR + i] = 0;
-            continue;
-        }
-        const float *src = x + (m0 + i) * ldx + k0;
-        for (int64_t k = 0; k < kc; k += 32) { /* 32 floats -> 16 pairs, in k order */
-            const int64_t n = kc - k < 32 ? kc - k : 32;
-            const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-            const __mmask16 hi = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
-            const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
-            _mm512_store_si512((__m512i *)(line + k / 2), (__m512i)v);
-        }
-        for (int64_t p = 0; p < kc2; p++) ap[p * PF_MR + i] = line[p];
+#define BF_LD (PF_KC / 2 + 16) /* uint32 of one row's pairs (to_pairs writes 16 at a time) */
+
+/* src[0:kc] -> dst[0:(kc + 1) / 2]: pairs (src[2p], src[2p + 1]) rounded to bf16 (nearest even), 0 past kc */
+static void to_pairs(const float *src, int64_t kc, uint32_t *dst) {
+    for (int64_t k = 0; k < kc; k += 32) {
+        const int64_t n = kc - k < 32 ? kc - k : 32;
+        const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+        const __mmask16 hi = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
+        const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
+        _mm512_storeu_si512((__m512i *)(dst + k / 2), (__m512i)v);
     }
 }
 
-/* bp (fp32, bp[k][NR] from gemm_pack_b) -> out[k/2][NR][2] bf16 */
-static void panel_to_bf16(const float *bp, int64_t kc, uint16_t *out) {
-    const __m512i lo_half = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
-                                             6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    for (int64_t k = 0; k < kc; k += 2, out += 2 * PF_NR)
-        for (int h = 0; h < 2; h++) { /* columns 16h .. 16h + 15 */
-            const __m512 a = _mm512_loadu_ps(bp + k * PF_NR + 16 * h);
-            const __m512 b = k + 1 < kc ? _mm512_loadu_ps(bp + (k + 1) * PF_NR + 16 * h) : _mm512_setzero_ps();
-            const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* a0..a15 | b0..b15 */
-            _mm512_storeu_si512((__m512i *)(out + 32 * h), _mm512_permutexvar_epi16(lo_half, v));
+/* out[p · ldo + j] = line[j][p] for j < w (8 or 4) lines of kc2 pairs: 8 × 8 / 4 × 4 register transposes, then the tail */
+static void transpose_pairs(uint32_t (*line)[BF_LD], int w, int64_t kc2, uint32_t *out, int64_t ldo) {
+    const float *src[8];
+    for (int j = 0; j < w; j++) src[j] = (const float *)line[j];
+    int64_t p = 0;
+    if (w == 8)
+        for (; p + 8 <= kc2; p += 8) gemm_transpose8(src, p, (float *)(out + p * ldo), ldo);
+    else
+        for (; p + 4 <= kc2; p += 4) {
+            __m128 r0 = _mm_loadu_ps(src[0] + p), r1 = _mm_loadu_ps(src[1] + p), r2 = _mm_loadu_ps(src[2] + p),
+                   r3 = _mm_loadu_ps(src[3] + p);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_storeu_ps((float *)(out + p * ldo), r0), _mm_storeu_ps((float *)(out + (p + 1) * ldo), r1);
+            _mm_storeu_ps((float *)(out + (p + 2) * ldo), r2), _mm_storeu_ps((float *)(out + (p + 3) * ldo), r3);
         }
+    for (; p < kc2; p++)
+        for (int j = 0; j < w; j++) out[p * ldo + j] = line[j][p];
+}
+
+/* Sliver s of x's rows [0, M) (rows past M zero), values [k0, k0 + kc): ap[s][k/2][MR] pairs of bf16 (as uint32) */
+void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap_) {
+    const int64_t kc2 = (kc + 1) / 2, rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
+    uint32_t line[PF_MR][BF_LD] __attribute__((aligned(64))), *ap = (uint32_t *)ap_ + s * PF_MR * kc2;
+    for (int i = 0; i < PF_MR; i++) {
+        if (i < rows) to_pairs(x + (s * PF_MR + i) * ldx + k0, kc, line[i]);
+        else memset(line[i], 0, kc2 * sizeof(uint32_t));
+    }
+    transpose_pairs(line, 8, kc2, ap, PF_MR);
+    transpose_pairs(line + 8, 4, kc2, ap + 8, PF_MR);
+}
+
+/* The panel of W rows [n0, n0 + nv) (rows past nv zero), values [k0, k0 + kc), as bp[k/2][NR] pairs of bf16; a
+ * quantised W's rows are dequantised into `rows` (NR × kc floats) first. */
+static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
+                        uint32_t *bp, float *rows, uint32_t (*line)[BF_LD]) {
+    const int64_t row_bytes = type == GM_F32 ? K * 4 : K / quant_block_values(type) * quant_block_bytes(type);
+    const int64_t kc2 = (kc + 1) / 2;
+    for (int64_t j = 0; j < PF_NR; j++) {
+        if (j >= nv) {
+            memset(line[j], 0, kc2 * sizeof(uint32_t));
+            continue;
+        }
+        const float *src = (const float *)W + (n0 + j) * K + k0;
+        if (type != GM_F32) {
+            src = rows + j * kc;
+            quant_dequant_span((const uint8_t *)W + (n0 + j) * row_bytes, type, k0, k0 + kc, rows + j * kc);
+        }
+        to_pairs(src, kc, line[j]);
+    }
+    for (int j = 0; j < PF_NR; j += 8) transpose_pairs(line + j, 8, kc2, bp + j, PF_NR);
 }
 
 /* y[0:rows, 0:cols] (+)= Σ_pairs (+ bias): the tile of ap (kc2 pairs × MR) and bp (kc2 pairs × NR) */
@@ -96,38 +129,31 @@ static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, i
 #undef BF_Y
 }
 
-/* One thread, as gemm_panels (gemm.c) with the products in bf16; mine: gemm_pack_floats(M) floats. */
-void gemm_panels_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                      float *mine) {
-    const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
-    uint32_t *ap = (uint32_t *)mine; /* slivers · MR · KC/2 pairs: half of the fp32 slivers' room */
-    float *bp = mine + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
-    uint16_t *b16 = (uint16_t *)(rows + PF_KC * PF_NR); /* KC/2 · NR pairs */
-    for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
-        const int64_t kc = K - k0 < KB ? K - k0 : KB, kc2 = (kc + 1) / 2;
-        for (int64_t s = 0; s < slivers; s++)
-            pack_a_bf16(x, ldx, s * PF_MR, M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR, k0, kc, ap + s * PF_MR * kc2);
-        for (int64_t p = p0; p < p1; p++) {
-            const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-            gemm_pack_b(W, type, K, n0, nv, k0, kc, bp, rows);
-            panel_to_bf16(bp, kc, b16);
-            for (int64_t s = 0; s < slivers; s++) {
-                const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
-                micro_bf16(ap + s * PF_MR * kc2, b16, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
-                           k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
-            }
+/* One K-block [k0, k0 + kc) of gemm_panels (gemm.c) in bf16: ap the packed slivers (gemm_pack_a_bf16), panels
+ * [p0, p1) packed in `mine` (the thread's room after its A slivers). */
+void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
+                     const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
+                     float *mine) {
+    const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2;
+    const uint32_t *ap = (const uint32_t *)ap_;
+    float *lines = mine, *rows = lines + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
+    uint32_t *b16 = (uint32_t *)(rows + PF_KC * PF_NR); /* KC/2 · NR pairs */
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
+        pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lines);
+        for (int64_t s = 0; s < slivers; s++) {
+            const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+            micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)b16, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
+                       k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
         }
     }
 }
 #else
 int gemm_bf16_built(void) { return 0; }
-
-void gemm_panels_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                      float *mine) { /* never called: callers check gemm_bf16_built() first */
-    gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, p0, p1, mine);
-}
+void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {}
+void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
+                     const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
+                     float *mine) {} /* never called: callers check gemm_bf16_built() first */
 #endif
 
 /* 1 when this build computes products in bf16 (AVX512-BF16), else 0 (native/prefill.py asks before choosing it) */

@@ -11,7 +11,8 @@
  * finfo.min mask makes it (its slot is padding: nothing ever reads what it writes).
  * Not computed here (the caller refuses them: native/prefill.py): sparse MoE feed-forwards,
  * cross-attention, T5's relative bias. With bf16 != 0 (a build with AVX512-BF16 only: gemm_bf16.c) the
- * block linears' products round both factors to bf16 and sum in fp32; attention, norms and the head stay fp32.
+ * block linears' products and attention's scores Q Kᵀ round both factors to bf16 and sum in fp32; P V, softmax,
+ * norms and the head stay fp32.
  */
 #include "decoder.h"
 #include "prefill.h"
@@ -30,7 +31,7 @@ GM_API int64_t gm_prefill_scratch_floats(const gm_model *m, int64_t rows, int64_
  * qkv (ld QKV), K/V from the layer's cache (slots [0, start + T) filled), out rows of att (ld H·dh). */
 static void attend_queries(const gm_model *m, const gm_layer *ly, const float *qkv, const int64_t *key_mask,
                            int64_t b, int64_t h, int64_t start, int64_t T, int64_t t0, int64_t t1, float *S,
-                           float *att, float *mine) {
+                           float *att, float *mine, int bf16) {
     const int64_t H = m->n_heads, HKV = m->n_kv, DH = m->dh, L = m->max_len, QKV = (H + 2 * HKV) * DH;
     const int64_t W = m->window, hi = start + t1, lo = W > 0 && start + t0 + 1 > W ? start + t0 + 1 - W : 0;
     const int64_t nk = hi - lo, nq = t1 - t0, ldo = H * DH;
@@ -41,7 +42,7 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     float *O = att + (b * T + t0) * ldo + h * DH, inv[PF_QB];
     int uniform[PF_QB];
     const int64_t nr = gemm_nn_width();
-    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine); /* S = Q Kᵀ */
+    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16); /* S = Q Kᵀ */
     for (int64_t i = 0; i < nq; i++) {
         const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
         float *s = S + i * nk, mx = -INFINITY;
@@ -112,7 +113,7 @@ static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *pos
 
 /* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
  * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
- * floats; logits (B, V) of each row's last token; bf16: the linears in bf16. Returns 0, -1 for a part it does
+ * floats; logits (B, V) of each row's last token; bf16: the linears and Q Kᵀ in bf16. Returns 0, -1 for a part it does
  * not compute, -3 for bf16 in a build without it. */
 GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
                               const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits,
@@ -143,7 +144,7 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
             for (int64_t task = 0; task < B * H * nb; task++) {
                 const int64_t b = task / (H * nb), h = task / nb % H, t0 = task % nb * PF_QB;
                 attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
-                               pack + thread_id() * gemm_pack_floats(N));
+                               pack + thread_id() * gemm_pack_floats(N), bf16);
             }
             prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);

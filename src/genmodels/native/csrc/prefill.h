@@ -3,6 +3,8 @@
 #define GM_PREFILL_H
 #include <stdint.h>
 
+#include "common.h"
+
 /* Tile widths follow the build's vector unit (-march=native): AVX-512 MR 12 × NR 32, AVX2 6 × 16, else 4 × 16 */
 #if defined(__AVX512F__)
 #define PF_MR 12
@@ -24,9 +26,10 @@ int64_t gemm_pack_floats(int64_t M);
  * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()). Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16);
-/* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats */
+/* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats;
+ * bf16: products in bf16 (gemm_bf16.c, where built) */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine);
+                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16);
 /* One thread: y (M, N) = x (M, K) · V (K, N), V's rows ldv apart, N a multiple of gemm_nn_width() */
 void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y, int64_t ldy,
              int64_t N, float *mine);
@@ -37,9 +40,32 @@ int64_t gemm_k_block(int64_t K, int64_t type);
 void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc, float *bp,
                  float *rows);
 void gemm_store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_t cols, const float *bias, int add);
-/* gemm_bf16.c: 1 when built with AVX512-BF16; gemm_panels with bf16 products (gemm_panels where not built) */
+/* gemm_bf16.c: 1 when built with AVX512-BF16 (else 0, and the two below are never called); sliver s of x's
+ * rows [0, M) × values [k0, k0 + kc) as bf16 pairs; panels [p0, p1) of one K-block in bf16 (mine: the thread's
+ * room after the A slivers) */
 int gemm_bf16_built(void);
-void gemm_panels_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                      float *mine);
+void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap);
+void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
+                     const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
+                     float *mine);
+#ifdef GM_AVX2
+/* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
+static inline void gemm_transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
+    __m256 r[8], t[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src[j] + k);
+    for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
+    for (int j = 0; j < 8; j += 4)
+        for (int h = 0; h < 2; h++) {
+            r[j + h] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+            r[j + h + 2] = _mm256_shuffle_ps(t[j + h], t[j + h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+    /* r[0] = rows 0-3 of k+0 | k+4, r[2] = k+1 | k+5, r[1] = k+2 | k+6, r[3] = k+3 | k+7 (and r[4..7] rows 4-7) */
+    const int order[4] = {0, 2, 1, 3};
+    for (int i = 0; i < 4; i++) {
+        const __m256 lo = r[order[i]], hi = r[order[i] + 4];
+        _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(lo, hi, 0x20));
+        _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(lo, hi, 0x31));
+    }
+}
+#endif
 #endif
