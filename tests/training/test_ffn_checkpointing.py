@@ -96,3 +96,21 @@ def test_bench_finetune_offers_every_mode(monkeypatch):
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.CHECKPOINTING == MODES
+
+
+def test_fused_head_loss_gradient_at_unit_scale_is_the_saved_one_bit_for_bit():
+    """``loss.backward()`` (incoming gradient 1) returns the gradients the forward computed without a multiply pass;
+    twice through a retained graph (the tied weight's gradients summed) they add up as before."""
+    from genmodels.objectives.losses import fused_linear_cross_entropy
+    torch.manual_seed(0)
+    h = torch.randn(2, 7, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    y = torch.randint(0, 50, (2, 7))
+    ref = torch.autograd.grad(fused_linear_cross_entropy(h, w, None, y, chunk=5) * torch.tensor(1.0).clone(), [h, w])
+    tied = w * 1.0  # a second use of w, as a tied embedding: the engine sums both gradients
+    loss = fused_linear_cross_entropy(h, w, None, y, chunk=5) + tied.sum() * 0
+    loss.backward(retain_graph=True)
+    first = [h.grad.clone(), w.grad.clone()]
+    loss.backward()
+    assert all(torch.equal(a, b) for a, b in zip(first, ref))
+    assert torch.equal(h.grad, 2 * ref[0]) and torch.equal(w.grad, 2 * ref[1])

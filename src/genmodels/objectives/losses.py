@@ -74,10 +74,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         grad_h, grad_w, grad_b = ctx.saved_tensors
-        out_h = grad_h * g if grad_h is not None else None
-        out_w = (grad_w * g).to(ctx.weight_dtype) if grad_w is not None else None
-        out_b = (grad_b * g).to(ctx.weight_dtype) if grad_b is not None else None
-        return out_h, out_w, out_b, None, None, None
+        if g.numel() == 1 and bool(g == 1):  # the loss itself is differentiated: x · 1 = x, bit for bit — skip the
+            g = None  # pass over the (V, D) weight gradient (28 M floats for SmolLM2's tied head)
+        out_h = _scaled(grad_h, g, grad_h.dtype if grad_h is not None else None)
+        return out_h, _scaled(grad_w, g, ctx.weight_dtype), _scaled(grad_b, g, ctx.weight_dtype), None, None, None
+
+
+def _scaled(grad: torch.Tensor | None, g: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """``grad · g`` in ``dtype`` (``g`` None: one, no multiply)."""
+    if grad is None:
+        return None
+    return (grad if g is None else grad * g).to(dtype)
 
 
 def _amp_grads(p: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
