@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -88,7 +87,8 @@ def recipe(out: Path, mask: str, k: int, seed: int, steps: int, args) -> dict:
                      "seq_len": args.seq_len, "val_fraction": 0.02},
             "train": {"objective": {"name": "gist", "k": k, "mask": mask}, "batch_size": args.batch,
                       "lora": {"targets": args.lora, "r": 8, "alpha": 16} if args.lora else None,
-                      "lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": 5, "max_steps": steps,
+                      "lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": args.warmup, "max_steps": steps,
+                      "precision": args.precision,
                       "max_minutes": None, "weight_decay": 0.0, "seed": seed, "threads": args.threads,
                       "eval_every": steps, "eval_batches": 1, "ckpt_every": steps, "keep_last": 1,
                       "mfu_peak_tflops": 0.1},
@@ -102,6 +102,39 @@ def prompt_parts(instruction: str, input: str, k: int) -> tuple[str, str]:
     return head, tail
 
 
+def pad(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ids, attention_mask)`` ``(B, W)`` of id lists, left-padded (decoders) or right-padded (encoder–decoders)."""
+    width = max(len(r) for r in rows)
+    x = torch.zeros(len(rows), width, dtype=torch.long)
+    am = torch.zeros_like(x)
+    for i, r in enumerate(rows):
+        at = slice(width - len(r), width) if left else slice(0, len(r))
+        x[i, at], am[i, at] = torch.tensor(r), 1
+    return x, am
+
+
+def replies(model, chunk: list[dict], mask: str, k: int, new_tokens: int, eos: list[int]) -> list[list[int]]:
+    """The greedy reply ids of each row, decoded after its ``compress(mode=mask)`` cache. An encoder–decoder's
+    pos_control has no cache (its instruction's encoder states read the input): the whole prompt is its source,
+    nothing hidden — what pos_control trained on."""
+    from genmodels.registry import SEQ2SEQ, capabilities
+    tok = model.tokenizer
+    parts = [prompt_parts(r["instruction"], r["input"], k) for r in chunk]
+    if SEQ2SEQ not in capabilities(model):  # decoder: the input after the gist, left-padded; out = input + new
+        gist = genmodels.compress(model, [h for h, _ in parts], k=k, mode=mask)
+        x, am = pad([tok.encode(t).ids for _, t in parts], left=True)
+        out = genmodels.generate(model, x, new_tokens, cache=gist, attention_mask=am, stop_tokens=eos)
+        return out[:, x.shape[1]:].tolist()
+    if mask == "pos_control":
+        x, am = pad([tok.encode(h + GIST_TOKEN * k + t).ids for h, t in parts], left=False)
+        out = genmodels.generate(model, x, new_tokens, attention_mask=am, stop_tokens=eos)
+    else:  # out = the start token + new
+        gist = genmodels.compress(model, [h for h, _ in parts], k=k, mode=mask)
+        x, am = pad([tok.encode(t).ids for _, t in parts], left=False)
+        out = genmodels.generate(model, x, new_tokens, cache=gist, attention_mask=am, stop_tokens=eos)
+    return out[:, 1:].tolist()
+
+
 @torch.inference_mode()
 def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_tokens: int = 24) -> dict:
     """Exact match of greedy replies decoded after each row's ``compress(mode=mask)`` cache, batched (rows of
@@ -112,16 +145,7 @@ def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_token
     right, per_task, samples = 0, {}, []
     for lo in range(0, len(rows), batch):
         chunk = rows[lo:lo + batch]
-        parts = [prompt_parts(r["instruction"], r["input"], k) for r in chunk]
-        gist = genmodels.compress(model, [h for h, _ in parts], k=k, mode=mask)
-        ids = [tok.encode(t).ids for _, t in parts]
-        width = max(len(x) for x in ids)
-        x = torch.zeros(len(ids), width, dtype=torch.long)
-        am = torch.zeros_like(x)
-        for i, r in enumerate(ids):
-            x[i, width - len(r):], am[i, width - len(r):] = torch.tensor(r), 1
-        out = genmodels.generate(model, x, new_tokens, cache=gist, attention_mask=am, stop_tokens=eos)
-        for r, o in zip(chunk, out[:, width:].tolist()):
+        for r, o in zip(chunk, replies(model, chunk, mask, k, new_tokens, eos)):
             o = o[:next((j for j, i in enumerate(o) if i in eos), len(o))]  # up to the first end token
             reply = tok.decode(o).split("\n")[0]
             ok = exact_match(reply, r["answer"])
@@ -151,58 +175,13 @@ def run(args) -> None:
     evals = json.loads((out / "eval.json").read_text())["splits"]
     result = {"mask": args.mask, "k": args.k, "seed": args.seed, "steps": args.steps, "train_s": round(trained, 1),
               "stride": args.stride, "limit": args.limit,
-              "batch": args.batch, "lora": args.lora, "lr": args.lr}
+              "batch": args.batch, "lora": args.lora, "lr": args.lr, "precision": args.precision}
     for split in SPLITS:
         rows = evals[split][::args.stride][:args.limit or None]
         result[split] = score(model, rows, args.mask, args.k)
         print(f"{name} {split}: exact match {result[split]['exact_match']:.3f} (n={result[split]['n']})", flush=True)
     (out / "results").mkdir(exist_ok=True)
     (out / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
-
-
-def report(args) -> None:
-    """The table (mean ± spread over seeds, per condition and split) and the PNG."""
-    out = Path(args.out)
-    results = [json.loads(p.read_text()) for p in sorted((out / "results").glob("*.json"))]
-    rows = []
-    for mask, k in CONDITIONS:
-        got = [r for r in results if r["mask"] == mask and r["k"] == k]
-        if not got:
-            continue
-        row = {"condition": mask if mask != "gist" else f"gist k={k}", "seeds": sorted(r["seed"] for r in got),
-               "steps": sorted({r["steps"] for r in got})}
-        for split in SPLITS:
-            xs = [r[split]["exact_match"] for r in got]
-            row[split] = (statistics.mean(xs), min(xs), max(xs))
-        rows.append(row)
-    print("| condition | seeds | steps | seen-test EM (mean [min, max]) | unseen EM (mean [min, max]) |")
-    print("|---|---|---|---|---|")
-    for row in rows:
-        cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (row[s] for s in SPLITS)]
-        print(f"| {row['condition']} | {row['seeds']} | {row['steps']} | {cells[0]} | {cells[1]} |")
-    if args.png and rows:
-        plot(rows, results, Path(args.png), args.title)
-
-
-def plot(rows: list[dict], results: list[dict], png: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 3.6))
-    for j, split in enumerate(SPLITS):
-        xs = [i + (j - 0.5) * 0.36 for i in range(len(rows))]
-        ax.bar(xs, [r[split][0] for r in rows], width=0.34, label=split, alpha=0.8)
-        for x, r in zip(xs, rows):  # every seed's point: the spread
-            cond = [q for q in results if (q["mask"] if q["mask"] != "gist" else f"gist k={q['k']}") == r["condition"]]
-            ax.scatter([x] * len(cond), [q[split]["exact_match"] for q in cond], color="k", s=8, zorder=3)
-    ax.set_xticks(range(len(rows)), [r["condition"] for r in rows])
-    ax.set_ylabel("held-out exact match")
-    ax.set_title(title, fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    print(f"wrote {png}")
 
 
 def main() -> None:
@@ -225,6 +204,9 @@ def main() -> None:
     r.add_argument("--lr", type=float, default=1e-3)
     r.add_argument("--lora", default="all-linear", help="LoRA targets ('' for full tuning)")
     r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="train.precision (bf16: autocast, on a CPU with AVX512-BF16 or AMX); scoring runs in fp32")
+    r.add_argument("--warmup", type=int, default=5, help="train.warmup_steps")
     r.add_argument("--limit", type=int, default=0, help="score only the first N rows of each split (0: all)")
     r.add_argument("--stride", type=int, default=1, help="score every Nth row of each split (1: all)")
     c = sub.add_parser("cost")
@@ -234,15 +216,19 @@ def main() -> None:
     c.add_argument("--new-tokens", type=int, default=8)
     c.add_argument("--repeats", type=int, default=3)
     q = sub.add_parser("report")
-    q.add_argument("--out", required=True)
+    q.add_argument("--out", required=True, nargs="+", help="one folder per start model (its results/)")
+    q.add_argument("--labels", nargs="+", default=None, help="a name per --out folder (default: the folder names)")
     q.add_argument("--png", default=None)
     q.add_argument("--title", default="gist on the task set")
     args = p.parse_args()
     if args.cmd == "cost":
         from bench_gist_cost import cost
         cost(args)
+    elif args.cmd == "report":
+        from bench_gist_report import report
+        report(args)
     else:
-        {"prepare": prepare, "run": run, "report": report}[args.cmd](args)
+        {"prepare": prepare, "run": run}[args.cmd](args)
 
 
 if __name__ == "__main__":
