@@ -1,6 +1,6 @@
 """The native prefill in bf16 (csrc/gemm_bf16.c; ``GENMODELS_NATIVE_PREFILL=bf16``): its products equal fp32
 products of the bf16-rounded factors (a layout or rounding slip shows as a large error, not a small one), the
-whole prefill equals the PyTorch forward with every block linear's factors and attention's q, k rounded the same way, it stays
+whole prefill equals the PyTorch forward with every block linear's factors and attention's q, k, P rounded the same way, it stays
 within the stated bound of the fp32 prefill (docs/native.md), and a build without AVX512-BF16 refuses
 (argument) or falls back to fp32 with the reason (environment)."""
 from __future__ import annotations
@@ -66,12 +66,25 @@ def test_bf16_gemm_of_blocks_equals_rounded_dequantised(qtype):
     torch.testing.assert_close(gemm(x, blocks, qtype, bf16=True), want, atol=1e-4, rtol=1e-5)
 
 
+def bf16_attention(q, k, v, mask=None, scale=None, is_causal=False):
+    """softmax(bf16(q) bf16(k)ᵀ · scale + mask) v as csrc/prefill.c computes it in bf16: E = exp(S − max) and V
+    rounded to bf16 (heads whose width is a multiple of the tile's; others fp32), E V divided by the fp32 sum of E.
+    q (B, H, T, D), k/v (B, H_kv, S, D), mask additive or boolean."""
+    k, v = (t.repeat_interleave(q.shape[1] // k.shape[1], dim=1) for t in (k, v))
+    s = rounded(q) @ rounded(k).transpose(-1, -2) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    if is_causal:
+        s = s.masked_fill(torch.ones(s.shape[-2:], dtype=torch.bool).triu(1), float("-inf"))
+    s = s if mask is None else s.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else s + mask
+    e = torch.exp(s - s.amax(-1, keepdim=True))
+    pv_bf16 = q.shape[-1] % 32 == 0  # P V in bf16 for heads of whole tiles (AVX-512's NR = 32: every bf16 build)
+    return ((rounded(e) @ rounded(v)) if pv_bf16 else e @ v) / e.sum(-1, keepdim=True)
+
+
 @contextlib.contextmanager
 def bf16_linears(model, monkeypatch):
-    """Every block linear computes F.linear(bf16(x), bf16(W), b) in fp32, and attention's scores Q Kᵀ take q and k
-    rounded to bf16 (P V stays fp32): what the native bf16 prefill computes."""
-    sdpa = attention.KERNELS["sdpa"]
-    monkeypatch.setitem(attention.KERNELS, "sdpa", lambda q, k, *a: sdpa(rounded(q), rounded(k), *a))
+    """Every block linear computes F.linear(bf16(x), bf16(W), b) in fp32, and attention (:func:`bf16_attention`) takes
+    q, k and the unnormalised probabilities rounded to bf16: what the native bf16 prefill computes."""
+    monkeypatch.setitem(attention.KERNELS, "sdpa", bf16_attention)
     blocks, saved, hooks = model.decoder_view()[0], [], []
     for blk in blocks:
         for mod in blk.modules():
@@ -103,7 +116,8 @@ def prefills(model, ids, mask, monkeypatch):
 
 @needs_bf16
 @pytest.mark.parametrize("kind,kw", [("llama", {}), ("gpt2", {}), ("llama", dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)),
-                                     ("gpt2", dict(norm_placement="post", final_norm=False))])
+                                     ("gpt2", dict(norm_placement="post", final_norm=False)),
+                                     ("llama", dict(n_heads=2, n_kv_heads=1)), ("gpt2", dict(n_heads=1))])  # heads 16, 32, 64
 @pytest.mark.usefixtures("threads")
 def test_bf16_prefill_equals_torch_with_rounded_factors_and_stays_near_fp32(kind, kw, monkeypatch):
     model = tiny_model(kind, **kw)

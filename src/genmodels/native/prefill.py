@@ -22,8 +22,8 @@ uniformly over the call's keys as PyTorch's ``finfo.min`` mask makes it (its slo
 **bf16** (opt-in: ``GENMODELS_NATIVE_PREFILL=bf16``, or ``prefill(..., bf16=True)``): the matrix products
 round their two factors to bf16 and sum the products in fp32 (csrc/gemm_bf16.c, VDPBF16PS), on CPUs with
 AVX512-BF16 only (AMD Zen 4, Intel Sapphire Rapids and later; :func:`bf16_unavailable` says why not
-elsewhere); attention's scores Q Kᵀ too. P V, softmax, norms, activations and the head stay fp32; the weights
-stay as they are (only the packed panels are bf16). The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers
+elsewhere); attention's Q Kᵀ and P V too. The softmax's sums, norms, activations and the head stay fp32; the
+weights stay as they are (only the packed panels are bf16). The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers
 (tests/native/test_prefill_bf16.py holds them within the bound docs/native.md states).
 """
 from __future__ import annotations

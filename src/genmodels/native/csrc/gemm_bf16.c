@@ -148,12 +148,42 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
         }
     }
 }
+/* One thread: y (M, N) = x (M, K) · V (K, N) in bf16, V's rows ldv apart read in place (N a multiple of NR), as
+ * gemm_nn (gemm.c): V's rows k, k + 1 of each NR-wide panel rounded and interleaved into pairs. (Attention's P V.) */
+void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
+                  int64_t ldy, int64_t N, float *mine) {
+    const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7,
+                                                22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const int64_t slivers = (M + PF_MR - 1) / PF_MR;
+    uint16_t *b16 = (uint16_t *)(mine + slivers * PF_MR * PF_KC); /* KC/2 · NR pairs */
+    for (int64_t k0 = 0; k0 < K; k0 += PF_KC) {
+        const int64_t kc = K - k0 < PF_KC ? K - k0 : PF_KC, kc2 = (kc + 1) / 2;
+        for (int64_t s = 0; s < slivers; s++) gemm_pack_a_bf16(x, ldx, M, k0, kc, s, mine);
+        for (int64_t n0 = 0; n0 < N; n0 += PF_NR) {
+            const float *v = V + k0 * ldv + n0;
+            for (int64_t k = 0; k < kc; k += 2)
+                for (int h = 0; h < 2; h++) { /* columns 16h .. 16h + 15 of rows k, k + 1 */
+                    const __m512 a = _mm512_loadu_ps(v + k * ldv + 16 * h);
+                    const __m512 b = k + 1 < kc ? _mm512_loadu_ps(v + (k + 1) * ldv + 16 * h) : _mm512_setzero_ps();
+                    const __m512i ab = (__m512i)_mm512_cvtne2ps_pbh(b, a); /* a0..a15 | b0..b15 */
+                    _mm512_storeu_si512((__m512i *)(b16 + k * PF_NR + 32 * h), _mm512_permutexvar_epi16(interleave, ab));
+                }
+            for (int64_t s = 0; s < slivers; s++) {
+                const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+                micro_bf16((const uint32_t *)mine + s * PF_MR * kc2, b16, kc2, y + m0 * ldy + n0, ldy, rows_s, PF_NR, 0,
+                           k0 > 0);
+            }
+        }
+    }
+}
 #else
 int gemm_bf16_built(void) { return 0; }
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {}
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
                      float *mine) {} /* never called: callers check gemm_bf16_built() first */
+void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
+                  int64_t ldy, int64_t N, float *mine) {}
 #endif
 
 /* 1 when this build computes products in bf16 (AVX512-BF16), else 0 (native/prefill.py asks before choosing it) */

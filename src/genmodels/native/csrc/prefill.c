@@ -11,8 +11,8 @@
  * finfo.min mask makes it (its slot is padding: nothing ever reads what it writes).
  * Not computed here (the caller refuses them: native/prefill.py): sparse MoE feed-forwards,
  * cross-attention, T5's relative bias. With bf16 != 0 (a build with AVX512-BF16 only: gemm_bf16.c) the
- * block linears' products and attention's scores Q Kᵀ round both factors to bf16 and sum in fp32; P V, softmax,
- * norms and the head stay fp32.
+ * block linears' products and attention's Q Kᵀ and P V (heads of whole NR-wide tiles: P unnormalised, exp(S − max))
+ * round both factors to bf16 and sum in fp32; the softmax's sums, norms and the head stay fp32.
  */
 #include "decoder.h"
 #include "prefill.h"
@@ -56,7 +56,7 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
         inv[i] = uniform[i] ? 0.0f : 1.0f / exp_row(s, nk, mx);
     }
     if (DH % nr == 0) { /* O = P V, V read in place */
-        gemm_nn(S, nk, nq, nk, Vc + lo * DH, DH, O, ldo, DH, mine);
+        (bf16 ? gemm_nn_bf16 : gemm_nn)(S, nk, nq, nk, Vc + lo * DH, DH, O, ldo, DH, mine);
     } else if (DH % 16 == 0) { /* by 16-wide panels of V */
         for (int64_t p = 0; p < DH; p += 16) panel_rows(S, nk, nq, nk, Vc + lo * DH + p, DH, O + p, ldo, 16, 0, 0);
     } else {
@@ -113,7 +113,7 @@ static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *pos
 
 /* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
  * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
- * floats; logits (B, V) of each row's last token; bf16: the linears and Q Kᵀ in bf16. Returns 0, -1 for a part it does
+ * floats; logits (B, V) of each row's last token; bf16: the linears, Q Kᵀ and P V in bf16. Returns 0, -1 for a part it does
  * not compute, -3 for bf16 in a build without it. */
 GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
                               const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits,

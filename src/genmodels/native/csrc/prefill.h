@@ -45,6 +45,8 @@ void gemm_store_tile(const float *t, float *y, int64_t ldy, int64_t rows, int64_
  * room after the A slivers) */
 int gemm_bf16_built(void);
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap);
+void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
+                  int64_t ldy, int64_t N, float *mine); /* gemm_nn in bf16 */
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
                      float *mine);
