@@ -10,6 +10,9 @@ vendored in llama-cpp-python 0.3.36) with parallel slots = streams, continuous b
 
 Both servers run as their own processes (``genmodels serve`` on the GGUF file, fp32 weights unless
 ``--quantized``; ``llama-server -m`` the same GGUF file, its Q4_1 blocks) and this process is only the client.
+Each row also gives the CPU time per generated token of the server process (all its threads, from ``/proc``)
+and of this client, and the cores they kept busy ((server + client CPU) / wall): near the core count, only
+less work per token makes a server faster; well under it, time is lost waiting.
 Targets (issue 25): 8 streams >= 4x one stream's aggregate tokens/s; TTFT beside 8 decoding streams <= 2x idle;
 aggregate tokens/s at 32 streams >= 1.5x llama-server's on the same model and threads.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -103,6 +107,19 @@ async def ttft_beside(url: str, tokenizer, n_prompt: int, new: int, busy: int) -
     return r["times"][0] - r["t0"]
 
 
+PIDS: dict[str, int] = {}  # url -> the pid of the server process answering there
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far, all its threads (Linux ``/proc``; NaN elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -112,7 +129,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(cmd: list[str], port: int, log: Path):
     """``cmd`` (a server listening on ``port``) as a process of its own, until its ``/health`` answers 200
-    (bounded: 600 polls of 0.5 s); stopped (SIGTERM, then SIGKILL) on exit. Its output goes to ``log``."""
+    (bounded: 600 polls of 0.5 s); stopped (SIGTERM, then SIGKILL) on exit. Its output goes to ``log``; its pid
+    is ``PIDS[url]`` meanwhile (for :func:`cpu_seconds`)."""
     url = f"http://127.0.0.1:{port}"
     with open(log, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
@@ -127,8 +145,10 @@ def server(cmd: list[str], port: int, log: Path):
             time.sleep(0.5)
         else:
             raise RuntimeError(f"{cmd[0]} did not answer /health on port {port}; see {log}")
+        PIDS[url] = proc.pid
         yield url
     finally:
+        PIDS.pop(url, None)
         proc.terminate()
         try:
             proc.wait(timeout=30)
@@ -157,14 +177,22 @@ def table_row(label: str, n_requests: int, s: dict) -> str:
 def sweep(url: str, tok, counts: list[int], args, who: str, restart=None) -> dict[int, dict]:
     """Each stream count's figures (a table row printed as it comes); ``restart(n)``: a server per count."""
     out = {}
-    print(f"\n{who}\n| streams | requests | aggregate tok/s | TTFT p50 / p95 s | per-token p50 / p95 ms |")
-    print("|---|---|---|---|---|")
+    print(f"\n{who}\n| streams | requests | aggregate tok/s | TTFT p50 / p95 s | per-token p50 / p95 ms | "
+          "CPU ms/token server / client | cores busy |")
+    print("|---|---|---|---|---|---|---|")
     for n in counts:
         prompts = [prompt_of(tok, args.prompt_tokens, i) for i in range(n * args.requests_per_stream)]
         with (restart(n) if restart else contextlib.nullcontext(url)) as u:
             asyncio.run(concurrent(u, [prompt_of(tok, args.prompt_tokens, -1)], 4, 1))  # warm-up
+            pid = PIDS.get(u)
+            c0, s0, w0 = time.process_time(), cpu_seconds(pid) if pid else float("nan"), time.perf_counter()
             out[n] = asyncio.run(concurrent(u, prompts, args.new_tokens, n))
-        print(table_row("1 (one at a time)" if n == 1 else str(n), len(prompts), out[n]), flush=True)
+            server_cpu = (cpu_seconds(pid) if pid else float("nan")) - s0
+            client_cpu, wall = time.process_time() - c0, time.perf_counter() - w0
+        tokens = out[n]["tok_s"] * wall
+        print(table_row("1 (one at a time)" if n == 1 else str(n), len(prompts), out[n])
+              + f" {1000 * server_cpu / tokens:.2f} / {1000 * client_cpu / tokens:.2f} |"
+              f" {(server_cpu + client_cpu) / wall:.2f} |", flush=True)
     return out
 
 
