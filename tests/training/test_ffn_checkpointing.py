@@ -114,3 +114,18 @@ def test_fused_head_loss_gradient_at_unit_scale_is_the_saved_one_bit_for_bit():
     loss.backward()
     assert all(torch.equal(a, b) for a, b in zip(first, ref))
     assert torch.equal(h.grad, 2 * ref[0]) and torch.equal(w.grad, 2 * ref[1])
+
+
+def test_head_gradient_products_cast_the_softmax_block_once_same_bits():
+    """Under bf16 autocast the head's gradient products take the (c, V) block already in bf16: the same bits as
+    letting autocast cast it for each product (p, then pᵀ)."""
+    from genmodels.objectives.losses import _amp_grads
+    torch.manual_seed(0)
+    p, h, w = torch.randn(6, 40), torch.randn(6, 16), torch.randn(40, 16)
+    out = []
+    for block in (p, p.to(torch.bfloat16)):
+        gh, gw = torch.empty(6, 16), torch.zeros(40, 16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            _amp_grads(block, h, w, gh, gw)
+        out.append((gh, gw))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])

@@ -59,7 +59,7 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
                 p.mul_(valid[s:s + chunk, None])
             pc = p.to(h.dtype)
             if amp is not None:  # under autocast (train.precision: bf16) the gradient products in its dtype too
-                _amp_grads(pc, hc, weight, grad_h[s:s + chunk] if grad_h is not None else None, grad_w)
+                _amp_grads(pc.to(amp), hc, weight, grad_h[s:s + chunk] if grad_h is not None else None, grad_w)
             else:
                 if grad_h is not None:
                     torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
@@ -90,7 +90,8 @@ def _scaled(grad: torch.Tensor | None, g: torch.Tensor | None, dtype: torch.dtyp
 def _amp_grads(p: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
                grad_w: torch.Tensor | None) -> None:
     """A chunk's ``∂L/∂h = p W`` (into ``grad_h``) and ``∂L/∂W += pᵀ h`` (fp32 ``grad_w``) as autocast runs
-    products: in its dtype (``torch.mm`` with ``out=`` or ``addmm_`` would bypass autocast and run in fp32)."""
+    products: in its dtype (``torch.mm`` with ``out=`` or ``addmm_`` would bypass autocast and run in fp32).
+    ``p`` arrives in that dtype already: autocast would otherwise cast the ``(c, V)`` block twice (p, pᵀ)."""
     if grad_h is not None:
         grad_h.copy_(torch.mm(p, weight))  # (c, V) @ (V, D)
     if grad_w is not None:
