@@ -108,8 +108,7 @@ class Request:
 
     @property
     def greedy(self) -> bool:
-        """Its tokens are the plain argmax of its logits (no temperature, allowed set or repetition penalty):
-        the session chooses them together with every such request's (:meth:`DecodeSession.choose_tokens`)."""
+        """Plain argmax tokens (no temperature, allowed set, penalty): chosen with all such rows in one pass."""
         s = self.s
         return s.temperature == 0.0 and s.allowed is None and s.repetition_penalty in (None, 1.0)
 
@@ -289,12 +288,9 @@ class DecodeSession:
                         else req.choose(self.rows_of(self.logits, req), self.choose) for req in self.requests]
 
     def rows_of(self, x: torch.Tensor, req: Request) -> torch.Tensor:
-        """``req``'s rows of a per-row tensor ``x (R, …)`` (the logits, ``(B_r, V)``): a view where they are
-        consecutive."""
+        """``req``'s rows of a per-row ``x (R, …)`` (the logits: ``(B_r, V)``); a view where they are consecutive."""
         r = req.rows
-        if r[-1] - r[0] == len(r) - 1:
-            return x[r[0]:r[-1] + 1]
-        return x[r]
+        return x[r[0]:r[-1] + 1] if r[-1] - r[0] == len(r) - 1 else x[r]
 
     def feed_tokens(self) -> list[Request]:
         """The second half: finished requests leave (their rows free for a request that joins before the next
