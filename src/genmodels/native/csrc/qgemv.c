@@ -11,7 +11,8 @@
  *
  * AVX-512 builds unpack a whole block into two 16-lane vectors (vpmovzxbd / vpmovsxbd; a nibble becomes its float
  * by a 16-entry table lookup, vpermps, which reads only the index's low 4 bits, so no mask and no conversion);
- * AVX2 builds into four 8-lane vectors. Four rows are dotted at once (four independent accumulator chains).
+ * AVX2 builds into four 8-lane vectors. Four rows are dotted at once (four independent accumulator chains), the
+ * next four prefetched meanwhile.
  * One core of a loaded AMD EPYC Zen 4, a 3072 × 576 Q4_1 matrix in cache: 2.0 ns a block (1 × 576 · 576 ×
  * 1536 Q4_0: 1.6 ns, Q8_0 1.8 ns); the previous kernel (per-8-row sums of x, one row at a time) 3.7 ns.
  * Neither int8 activations (llama.cpp's ggml_vec_dot_q4_1_q8_1) nor bf16 products are used: both round x,
@@ -82,15 +83,19 @@ INLINE __m256 block_dot(const uint8_t *b, int64_t type, const float *xb) {
 INLINE int64_t bytes32(int64_t type) { return type == GM_Q8_0 ? 34 : type == GM_Q4_1 ? 20 : 18; }
 
 /* R rows (1..4) at row pointers r[·]: out[·] = Σ_j d_j · block_dot + m_j · xsum[j]; R independent accumulator
- * chains, x's block read once for all of them */
+ * chains, x's block read once for all of them. Every other block, the same place `ahead` bytes on in each row is
+ * prefetched (the next group of rows: one line in flight per row beyond what the hardware streams ask for) —
+ * SmolLM2's Q4_1 step on one loaded core: 15.9 -> 11.7 ms CPU; 8 or 16 rows ahead, or NTA, the same. */
 INLINE void dot_rows(const uint8_t *const *r, const int R, int64_t type, const float *x, const float *xsum, int64_t nb,
-                     float *out) {
+                     float *out, int64_t ahead) {
     const int64_t bb = bytes32(type);
     vec a[4] = {VZERO(), VZERO(), VZERO(), VZERO()};
     __m128 mm = _mm_setzero_ps();
     for (int64_t j = 0; j < nb; j++) {
         const float *xb = x + j * GM_QK;
         float ms[4];
+        if ((j & 1) == 0) /* a hint: never faults, past the end of W too */
+            for (int i = 0; i < 4; i++) _mm_prefetch((const char *)(r[i] + ahead + j * bb), _MM_HINT_T0);
         for (int i = 0; i < R; i++) {
             const uint8_t *b = r[i] + j * bb;
             a[i] = VFMA(VSET1(half_to_float(b)), block_dot(b, type, xb), a[i]);
@@ -114,10 +119,10 @@ INLINE void rows_of(const int64_t type, const float *x, const float *xsum, int64
         const uint8_t *r[4] = {Wq + n * row_bytes, Wq + (n + 1) * row_bytes, Wq + (n + 2) * row_bytes, Wq + (n + 3) * row_bytes};
         float v[4];
         const int R = n1 - n < 4 ? (int)(n1 - n) : 4;
-        if (R == 4) dot_rows(r, 4, type, x, xsum, nb, v);
-        else if (R == 3) dot_rows(r, 3, type, x, xsum, nb, v);
-        else if (R == 2) dot_rows(r, 2, type, x, xsum, nb, v);
-        else dot_rows(r, 1, type, x, xsum, nb, v);
+        if (R == 4) dot_rows(r, 4, type, x, xsum, nb, v, 4 * row_bytes);
+        else if (R == 3) dot_rows(r, 3, type, x, xsum, nb, v, 4 * row_bytes);
+        else if (R == 2) dot_rows(r, 2, type, x, xsum, nb, v, 4 * row_bytes);
+        else dot_rows(r, 1, type, x, xsum, nb, v, 4 * row_bytes);
         for (int i = 0; i < R; i++) {
             const float t = v[i] + (bias ? bias[n + i] : 0.0f);
             y[n + i] = accumulate ? y[n + i] + t : t;
