@@ -45,13 +45,31 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16); /* S = Q Kᵀ */
     for (int64_t i = 0; i < nq; i++) {
         const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
-        float *s = S + i * nk, mx = -INFINITY;
-        for (int64_t j = lo; j < hi; j++) {
-            float v = -INFINITY;
-            if (j >= a && j <= q && (!km || km[j])) v = s[j - lo] * scale + slope * (float)(j - q);
-            s[j - lo] = v;
+        const int64_t a0 = a > lo ? a : lo, q1 = q < hi - 1 ? q : hi - 1; /* the visible keys: [a0, q1] of [lo, hi) */
+        float *s = S + i * nk - lo, mx = -INFINITY;                        /* s[j]: key j */
+        for (int64_t j = lo; j < hi; j++)
+            if (j < a0 || j > q1) s[j] = -INFINITY;
+        int64_t j = a0;
+#ifdef __AVX512F__
+        if (!km) { /* 16 keys at a time: v = s · scale + slope · (j − q), the running max in a vector */
+            const __m512 vs = _mm512_set1_ps(scale), vsl = _mm512_set1_ps(slope);
+            const __m512 step = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            __m512 vmx = _mm512_set1_ps(-INFINITY);
+            for (; j + 16 <= q1 + 1; j += 16) {
+                const __m512 d = _mm512_add_ps(_mm512_set1_ps((float)(j - q)), step);
+                const __m512 v = _mm512_fmadd_ps(vsl, d, _mm512_mul_ps(_mm512_loadu_ps(s + j), vs));
+                _mm512_storeu_ps(s + j, v);
+                vmx = _mm512_max_ps(vmx, v);
+            }
+            mx = _mm512_reduce_max_ps(vmx);
+        }
+#endif
+        for (; j <= q1; j++) {
+            const float v = !km || km[j] ? s[j] * scale + slope * (float)(j - q) : -INFINITY;
+            s[j] = v;
             mx = v > mx ? v : mx;
         }
+        s += lo;
         uniform[i] = mx == -INFINITY;
         inv[i] = uniform[i] ? 0.0f : 1.0f / exp_row(s, nk, mx);
     }
