@@ -126,27 +126,32 @@ def transformers_row(fp32, prompt, long, n, repeats, workdir: Path) -> dict:
                    prompt, long, n, repeats)
 
 
-def train_rate(fp32, steps: int = 3, seq: int = 256, amp: torch.dtype | None = None) -> float:
-    """Training tokens/s of SmolLM2 (batch 1 × ``seq``, the causal objective + fused AdamW, as
+def train_rate(fp32, steps: int = 3, seq: int = 256, amp: torch.dtype | None = None, batch: int = 1) -> float:
+    """Training tokens/s of SmolLM2 (``batch`` × ``seq``, the causal objective + fused AdamW, as
     ``genmodels train``; under bf16 autocast where ``amp``, as ``train.precision: bf16``), the fastest of
     ``steps`` steps after 1 warm-up; trains ``fp32`` itself (its last uses)."""
     model = fp32.train()
-    x = torch.randint(0, model.config.vocab_size, (1, seq + 1), generator=torch.Generator().manual_seed(0))
+    x = torch.randint(0, model.config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
     step = causal_train_step(model, x[:, :-1].contiguous(), x[:, 1:].contiguous(), weight_decay=0.0, amp=amp)
-    return seq / min(step_times(step, steps, warmup=1))
+    return batch * seq / min(step_times(step, steps, warmup=1))
 
 
-def train_line(fp32) -> str:
-    """fp32 training tokens/s, and bf16's beside it where the CPU has bf16 hardware (training/precision.py)."""
+def train_line(fp32, batches: tuple[int, ...] = (1, 4)) -> str:
+    """fp32 training tokens/s, and bf16's beside it where the CPU has bf16 hardware (training/precision.py), at
+    each batch of ``batches`` (1: a step's fixed costs — weight casts, AdamW — weigh most; 4: bench_finetune's)."""
     from genmodels.training.precision import bf16_hardware
-    fp = train_rate(fp32)
-    line = f"training SmolLM2 (batch 1 x 256, causal objective, fused AdamW): fp32 {fp:.0f} tok/s"
     hardware = bf16_hardware()
-    if hardware is None:
-        return line + "; bf16: this CPU has no bf16 hardware (train.precision: bf16 is refused here)"
-    bf = train_rate(fp32, amp=torch.bfloat16)
-    return line + (f"; bf16 ({hardware}) {bf:.0f} tok/s = {bf / fp:.2f}x fp32 "
-                   f"(target >= 1.6x: {'met' if bf / fp >= 1.6 else 'MISSED'})")
+    parts = []
+    for batch in batches:
+        fp = train_rate(fp32, batch=batch)
+        part = f"batch {batch} x 256: fp32 {fp:.0f} tok/s"
+        if hardware is not None:
+            bf = train_rate(fp32, amp=torch.bfloat16, batch=batch)
+            part += (f", bf16 ({hardware}) {bf:.0f} tok/s = {bf / fp:.2f}x fp32 "
+                     f"(target >= 1.6x: {'met' if bf / fp >= 1.6 else 'MISSED'})")
+        parts.append(part)
+    line = "training SmolLM2 (full fine-tuning, causal objective, fused AdamW): " + "; ".join(parts)
+    return line + ("" if hardware else "; bf16: this CPU has no bf16 hardware (train.precision: bf16 is refused here)")
 
 
 def report(rows: dict, cpp: dict, bw: float, q41_bytes: int) -> None:
