@@ -45,6 +45,21 @@ def test_ffn_checkpointing_gives_identical_loss_and_gradients(adapters, dropout)
     assert torch.equal(a, b) and len(ga) == len(gb) and all(torch.equal(p, q) for p, q in zip(ga, gb))
 
 
+def test_ffn_checkpointing_of_retnet_blocks_gives_identical_gradients():
+    torch.manual_seed(0)
+    cfg = genmodels.preset("retnet-tiny", vocab_size=97, d_model=32, n_layers=2, n_heads=2, d_ff=48)
+    models = [genmodels.build_model(cfg) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    apply_activation_checkpointing(transformer_blocks(models[1]), "ffn")
+    x = torch.randint(0, 97, (2, 17))
+    feed = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
+    out = []
+    for m in models:
+        loss = CausalLM(m, chunk=8).train()(feed)[0]
+        out.append((loss, torch.autograd.grad(loss, list(m.parameters()))))
+    assert torch.equal(out[0][0], out[1][0]) and all(torch.equal(a, b) for a, b in zip(out[0][1], out[1][1]))
+
+
 def test_ffn_checkpointing_drops_the_gate_up_output():
     """What autograd keeps drops by at least the gated MLP's gate_up output (2·d_ff floats per token and layer).
     (The hook sees tensors saved outside the checkpoints; the branch's input that a checkpoint keeps is the

@@ -67,7 +67,11 @@ class RetNetBlock(nn.Module):
                 offset: int = 0) -> tuple[torch.Tensor, State]:
         y, state = self.retention(self.norm1(x), mode=mode, state=state, offset=offset)
         x = x + y
-        return x + self.ffn(self.norm2(x)), state
+        return x + self.feed_forward(x), state
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The feed-forward branch (norm + GLU): the unit ``train.activation_checkpointing: ffn`` recomputes."""
+        return self.ffn(self.norm2(x))
 
 
 class RetentionCache:
