@@ -118,10 +118,43 @@ async def chat_completions(request: Request) -> Any:
     return await _generate(request, params)
 
 
+class Mailbox:
+    """The engine thread's events to the request queues of one event loop, in order. The first event of a burst
+    schedules one callback on the loop (``call_soon_threadsafe``: a wake-up); the rest of the burst rides with it,
+    so a decode step's tokens for every stream of the batch cost the loop one wake-up, not one a stream."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.pending: list[tuple[asyncio.Queue, tuple]] = []
+
+    def post(self, queue: asyncio.Queue, event: tuple) -> None:
+        """(Any thread.) RuntimeError once the loop is closed: the engine then cancels the request."""
+        if self.loop.is_closed():
+            raise RuntimeError("the event loop is closed")
+        with self.lock:
+            self.pending.append((queue, event))
+            first = len(self.pending) == 1
+        if first:
+            self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            batch, self.pending = self.pending, []
+        for queue, event in batch:
+            queue.put_nowait(event)
+
+
+def _mailbox(state, loop: asyncio.AbstractEventLoop) -> Mailbox:
+    box = getattr(state, "mailbox", None)
+    if box is None or box.loop is not loop:  # (one per loop: a new loop, e.g. the app served again, a new box)
+        box = state.mailbox = Mailbox(loop)
+    return box
+
+
 async def _generate(request: Request, params: protocol.GenParams) -> Any:
     service: Service = request.app.state.service
-    loop, events = asyncio.get_running_loop(), asyncio.Queue()
-    job = service.engine.submit(params, lambda ev: loop.call_soon_threadsafe(events.put_nowait, ev))
+    box, events = _mailbox(request.app.state, asyncio.get_running_loop()), asyncio.Queue()
+    job = service.engine.submit(params, lambda ev: box.post(events, ev))
     rid = responses.new_id(params.chat)
     if params.stream:
         return StreamingResponse(_stream(service, job, events, rid), media_type="text/event-stream",
