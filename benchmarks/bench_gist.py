@@ -157,8 +157,18 @@ def score(model, rows: list[dict], mask: str, k: int, batch: int = 16, new_token
     return {"exact_match": right / len(rows), "n": len(rows), "per_task": per_task, "samples": samples}
 
 
+def swapped(rows: list[dict]) -> list[dict]:
+    """Each row with the instruction of another task's row (row ``i`` takes the first row from ``i + n/2`` on,
+    cyclically, whose task differs): the probe of whether a condition's replies read the instruction at all."""
+    n = len(rows)
+    def other(i: int) -> dict:
+        return next(rows[j % n] for j in range(i + n // 2, i + n // 2 + n) if rows[j % n]["task"] != rows[i]["task"])
+    return [{**r, "instruction": other(i)["instruction"]} for i, r in enumerate(rows)]
+
+
 def run(args) -> None:
-    """Train one condition (skipped when its final/ exists) and score it: OUT/results/<name>.json."""
+    """Train one condition (skipped when its final/ exists) and score it: OUT/results/<name>.json; with
+    ``--swap``, score it on every row with another task's instruction instead: OUT/probes/<name>.json."""
     from genmodels.training import RunConfig, train
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -178,10 +188,12 @@ def run(args) -> None:
               "batch": args.batch, "lora": args.lora, "lr": args.lr, "precision": args.precision}
     for split in SPLITS:
         rows = evals[split][::args.stride][:args.limit or None]
-        result[split] = score(model, rows, args.mask, args.k)
-        print(f"{name} {split}: exact match {result[split]['exact_match']:.3f} (n={result[split]['n']})", flush=True)
-    (out / "results").mkdir(exist_ok=True)
-    (out / "results" / f"{name}.json").write_text(json.dumps(result, indent=1))
+        result[split] = score(model, swapped(rows) if args.swap else rows, args.mask, args.k)
+        print(f"{name} {split}{' (instructions swapped)' if args.swap else ''}: exact match "
+              f"{result[split]['exact_match']:.3f} (n={result[split]['n']})", flush=True)
+    where = out / ("probes" if args.swap else "results")
+    where.mkdir(exist_ok=True)
+    (where / f"{name}.json").write_text(json.dumps({**result, "swap": args.swap}, indent=1))
 
 
 def main() -> None:
@@ -209,6 +221,8 @@ def main() -> None:
     r.add_argument("--warmup", type=int, default=5, help="train.warmup_steps")
     r.add_argument("--limit", type=int, default=0, help="score only the first N rows of each split (0: all)")
     r.add_argument("--stride", type=int, default=1, help="score every Nth row of each split (1: all)")
+    r.add_argument("--swap", action="store_true",
+                   help="score with each row's instruction taken from another task's row (OUT/probes/, not results/)")
     c = sub.add_parser("cost")
     c.add_argument("--out", required=True)
     c.add_argument("--threads", type=int, default=1)
