@@ -41,7 +41,7 @@ import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ decoder.h, moe.c), encoder.c,
-# retnet.c, attention.c, quant.c (+ quant.h), prefill.c (+ gemm.c, gemm_bf16.c, prefill.h)
+# retnet.c, attention.c, quant.c (+ quant.h), prefill.c (+ gemm.c, gemm_bf16.c, prefill.h), rows_gemm.c
 _FLAG_SETS = (["-O3", "-march=native", "-fopenmp"], ["-O3", "-fopenmp"], ["-O3"])
 _COMMON_FLAGS = ["-fvisibility=hidden", "-shared", "-fPIC"]
 BUILD_TIMEOUT_S = 120.0  # default of GENMODELS_NATIVE_BUILD_TIMEOUT
@@ -287,6 +287,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_decoder_prefill.restype = c_int
     lib.gm_prefill_bf16.argtypes = []  # gemm_bf16.c
     lib.gm_prefill_bf16.restype = c_int
+    lib.gm_rows_gemm_min.argtypes = []  # rows_gemm.c: the batched products' threshold in rows (0: not in this build)
+    lib.gm_rows_gemm_min.restype = i64
     return lib
 
 

@@ -83,13 +83,18 @@ INLINE void tile_dot(const float *x, int64_t ldx, const float *w, int64_t ldw, i
     const __m256 acc[4][4] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}, {a30, a31, a32, a33}};
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) out[i][j] = hsum8(acc[i][j]);
+    /* the tail: one fused multiply-add a k, spelled out (left to the compiler, x · w + out was contracted to an FMA
+     * for some k and not others, differently in each tile shape; rows_gemm.c repeats these sums bit for bit) */
+    for (; k < K; k++)
+        for (int i = 0; i < MR; i++)
+            for (int j = 0; j < NR; j++) out[i][j] = fmaf(x[i * ldx + k], w[j * ldw + k], out[i][j]);
 #else
     for (int i = 0; i < MR; i++)
         for (int j = 0; j < NR; j++) out[i][j] = 0.0f;
-#endif
     for (; k < K; k++)
         for (int i = 0; i < MR; i++)
             for (int j = 0; j < NR; j++) out[i][j] += x[i * ldx + k] * w[j * ldw + k];
+#endif
 }
 
 /* Write a finished tile: y = (accumulate ? y : 0) + dot + bias. */
@@ -213,6 +218,12 @@ void linear_team(const float *x, int64_t M, int64_t K, const float *W, const flo
 void panel_rows(const float *x, int64_t ldx, int64_t M, int64_t K, const float *wp, int64_t ldw, float *y,
                 int64_t ldy, int64_t nv, const float *b, int accumulate);
 void gemm_team(const float *x, int64_t M, int64_t K, const float *Wp, const float *bias, float *y, int64_t N,
+               int accumulate);
+/* rows_gemm.c: the batched fp32 products of many rows on AVX-512 builds (rows_gemm_takes(M) says whether) */
+int rows_gemm_takes(int64_t M);
+void rows_gemm_team(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
+                    int accumulate);
+void rows_gemm(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
                int accumulate);
 /* ops.c */
 void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b);

@@ -66,6 +66,10 @@ static void linear_rows(const float *x, int64_t M, int64_t K, const float *W, co
  * thread streams one contiguous slab of W). Ends with the team's barrier. */
 void linear_team(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y,
                         int64_t N, int accumulate) {
+    if (rows_gemm_takes(M)) { /* many rows: outer-product tiles, the same sums (rows_gemm.c) */
+        rows_gemm_team(x, M, K, W, bias, y, N, accumulate);
+        return;
+    }
     const int64_t nb = (N + 7) / 8;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++) {
@@ -78,7 +82,8 @@ void linear_team(const float *x, int64_t M, int64_t K, const float *W, const flo
 GM_API void gm_linear(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
                int n_threads) {
     if (n_threads <= 1 || (int64_t)N * K < 32768) {
-        linear_rows(x, M, K, W, bias, y, N, 0, N, 0);
+        if (rows_gemm_takes(M)) rows_gemm(x, M, K, W, bias, y, N, 0);
+        else linear_rows(x, M, K, W, bias, y, N, 0, N, 0);
         return;
     }
 #pragma omp parallel num_threads(n_threads)
