@@ -61,11 +61,15 @@ def test_large_product_threaded_equals_torch():
     torch.testing.assert_close(native.linear(x, w), F.linear(x, w), **TOL)
 
 
+@pytest.mark.parametrize("widths", [dict(d_model=36, n_heads=2, n_kv_heads=1, d_ff=68),  # K tails, short blocks
+                                    dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=128)],  # full tiles, no K tail
+                         ids=["odd", "whole"])
 @pytest.mark.parametrize("batch", [9, 12, 17])  # below, above, above with an odd 6-row tile tail
 @pytest.mark.usefixtures("threads")
-def test_fused_step_of_many_rows_equals_torch(batch):
-    """qkv, out (accumulating into x), gated fc1 / fc2 and the head over odd widths (36, 72, 68, 131) at batch rows"""
-    model = tiny_model("llama", d_model=36, n_heads=2, n_kv_heads=1, d_ff=68, vocab_size=131)
+def test_fused_step_of_many_rows_equals_torch(batch, widths):
+    """qkv, out and fc2 (accumulating into x), gated fc1 and the head (vocabulary 131: a short last block) at batch
+    rows; odd widths take the scalar ends of rg_tile, whole ones the vector store of two rows at a time"""
+    model = tiny_model("llama", vocab_size=131, **widths)
     t, steps = 7, 3
     ids = random_ids(batch, t) % 131
     mask = left_pad_mask([t - i % 4 for i in range(batch)], t)  # (B, T)
