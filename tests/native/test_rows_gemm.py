@@ -94,3 +94,20 @@ def test_narrower_builds_keep_the_dot_tiles(narrower_build):
     g = torch.Generator().manual_seed(5)
     w, b, x = torch.randn(67, 101, generator=g), torch.randn(67, generator=g), torch.randn(17, 101, generator=g)
     torch.testing.assert_close(linear(x, w, b, 2, narrower_build), F.linear(x, w, b), **TOL)
+
+
+def test_twelve_greedy_requests_batched_get_what_they_get_alone():
+    """a session's step over 12 rows (the batched products) gives each request its tokens alone (1 row: the dot
+    tiles), token for token — what the server's greedy requests rely on"""
+    from genmodels.generation import DecodeSession, Sampling
+    model = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=128, eos_token_id=None)
+    prompts = [random_ids(1, 3 + i % 5, seed=10 + i) for i in range(12)]
+
+    def decode(requests):
+        session = DecodeSession(model)
+        got = [session.add(ids, Sampling(max_new_tokens=8)) for ids in requests]
+        session.run()
+        return [r.output for r in got]
+    batched = decode(prompts)
+    for ids, out in zip(prompts, batched):
+        assert torch.equal(out, decode([ids])[0])
