@@ -11,7 +11,8 @@
  * Summation order: BIT FOR BIT tile_dot's, so an output does not depend on the rows beside it or on which
  * kernel ran it (a greedy request gives the same text alone or batched): lane p of a half sums k ≡ p (mod 8)
  * in order; then hsum8's tree ((p0 + p4) + (p2 + p6)) + ((p1 + p5) + (p3 + p7)), done in-register for both
- * halves at once; then the k tail one fmaf a k; then the bias. AVX2 builds (16 registers) keep tile_dot.
+ * halves at once; then the k tail one fmaf a k; then the bias. AVX2 builds (16 registers) and AVX-512 without
+ * DQ (Xeon Phi) keep tile_dot.
  */
 #include <stdlib.h>
 
@@ -22,8 +23,11 @@
 #endif
 #define RG_MR 6        /* input rows a tile */
 #define RG_NB 8        /* weight rows a tile (4 pairs); also a thread's unit of work */
+#if defined(__AVX512F__) && defined(__AVX512DQ__) /* the 256-bit halves' broadcast / insert / extract are DQ's */
+#define RG_BUILT 1
+#endif
 
-#ifdef __AVX512F__
+#ifdef RG_BUILT
 /* hsum8's tree in each 256-bit half of v; the sums land in lanes 0 and 8 */
 INLINE __m512 rg_hsum_halves(__m512 v) {
     v = _mm512_add_ps(v, _mm512_shuffle_f32x4(v, v, _MM_SHUFFLE(2, 3, 0, 1))); /* a[j] + a[j + 4] */
@@ -140,7 +144,7 @@ static void rg_block(const float *x0, int64_t M, int64_t K, const float *W, cons
 
 /* 1 when this build has the kernel and M rows take it (every thread of a team gets the same answer). */
 int rows_gemm_takes(int64_t M) {
-#ifdef __AVX512F__
+#ifdef RG_BUILT
     return M >= RG_MIN_ROWS;
 #else
     (void)M;
@@ -152,7 +156,7 @@ int rows_gemm_takes(int64_t M) {
  * in blocks of 8 statically over the team (each thread streams one contiguous slab of W). Ends with the team's barrier. */
 void rows_gemm_team(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
                     int accumulate) {
-#ifdef __AVX512F__
+#ifdef RG_BUILT
     const int64_t nb = (N + RG_NB - 1) / RG_NB;
 #pragma omp for schedule(static)
     for (int64_t b = 0; b < nb; b++)
@@ -166,7 +170,7 @@ void rows_gemm_team(const float *x, int64_t M, int64_t K, const float *W, const 
 /* One thread, outside a team: the same product over every group. */
 void rows_gemm(const float *x, int64_t M, int64_t K, const float *W, const float *bias, float *y, int64_t N,
                int accumulate) {
-#ifdef __AVX512F__
+#ifdef RG_BUILT
     for (int64_t n0 = 0; n0 < N; n0 += RG_NB) rg_block(x, M, K, W, bias, y, N, n0, n0 + RG_NB < N ? n0 + RG_NB : N, accumulate);
 #else
     (void)x, (void)M, (void)K, (void)W, (void)bias, (void)y, (void)N, (void)accumulate;
