@@ -206,26 +206,6 @@ static float *thread_buffer(int64_t floats) {
     return buf;
 }
 
-#ifdef GM_AVX2
-/* One Q8_0 row of blocks · x (K,), one row at a time: Σ_j d_j · Σ_i q_ji x_ji (8 lanes a step). Kept beside
- * qgemv.c's 4-row kernel for Q8_0 because it streams faster at 2 threads: SmolLM2's Q8_0 decode on the idle
- * 2-core Zen 4 measured 143.6 tok/s with this loop against 102.4 with qgemv_rows (same sitting, 64 tokens). */
-static float q8_dot_row(const uint8_t *row, const float *x, int64_t K) {
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t j = 0; j < K / GM_QK; j++) {
-        const uint8_t *b = row + j * 34;
-        const float *xb = x + j * GM_QK;
-        __m256 s = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2)))),
-                                 _mm256_loadu_ps(xb));
-        for (int i = 1; i < 4; i++)
-            s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(b + 2 + 8 * i)))),
-                                _mm256_loadu_ps(xb + 8 * i), s);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(half_to_float(b)), s, acc);
-    }
-    return hsum8(acc);
-}
-#endif
-
 /* Rows [n0, n1) (at most 8) of y (M, N) (+)= x · Wᵀ + bias, W in blocks of `type`. */
 static void qlinear_rows(const float *x, int64_t M, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
                          float *y, int64_t N, int64_t n0, int64_t n1, int accumulate) {
@@ -248,15 +228,6 @@ void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_
     }
     const int64_t nb = (N + 7) / 8;
 #ifdef GM_AVX2
-    if (M == 1 && type == GM_Q8_0) { /* batch 1, Q8_0: one row at a time (q8_dot_row) */
-#pragma omp for schedule(static)
-        for (int64_t b = 0; b < nb; b++)
-            for (int64_t n = b * 8; n < (b * 8 + 8 < N ? b * 8 + 8 : N); n++) {
-                float v = q8_dot_row((const uint8_t *)W + n * (K / GM_QK) * 34, x, K) + (bias ? bias[n] : 0.0f);
-                y[n] = accumulate ? y[n] + v : v;
-            }
-        return;
-    }
     if (M == 1 && quant_block_values(type) == GM_QK) { /* batch 1: qgemv.c, each row read from its blocks once */
         float *xsum = 0;
         if (type == GM_Q4_1) { /* each thread sums x's blocks once per product (no barrier) */
