@@ -162,6 +162,25 @@ def native_prefill_rows() -> list[tuple[str, str]]:
     return rows
 
 
+def time_prefill_rows(rows, t: int, flops: float, peaks: dict, repeats: int, clock, *, width: int,
+                      show_bf16_peak: bool = False) -> tuple[dict, dict]:
+    """Time each ``(name, fn, GENMODELS_NATIVE_PREFILL or None)`` row (median of ``repeats`` by ``clock``), print
+    its tok/s and % of its precision's peak (``peaks``: {"fp32", "bf16"}; a row named "… bf16" is bf16);
+    returns ({name: tok/s}, {name: fn()'s logits})."""
+    rates, logits = {}, {}
+    for name, fn, env in rows:
+        os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
+        try:
+            sec = median_time(fn, repeats, clock)
+            logits[name] = fn()
+        finally:
+            del os.environ["GENMODELS_NATIVE_PREFILL"]
+        rates[name], kind = t / sec, "bf16" if name.endswith("bf16") else "fp32"
+        print(f"  {name:{width}} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peaks[kind]:4.0%} "
+              f"of the {kind} peak" + (f" ({peaks[kind] / 1e9:.1f} GFLOP/s)" if show_bf16_peak and kind == "bf16" else ""))
+    return rates, logits
+
+
 def prefill_mode(model, hf, t: int, repeats: int, clock) -> None:
     """Prefill tokens/s of a t-token prompt: genmodels native (fp32, and bf16 where the CPU has it), genmodels
     PyTorch path (GENMODELS_NATIVE_PREFILL=0), transformers (its forward with the cache, logits of the last token
@@ -184,17 +203,7 @@ def prefill_mode(model, hf, t: int, repeats: int, clock) -> None:
     rows += [("transformers", hf_prefill, None)] if hf is not None else []
     has_bf16 = any(name.endswith("bf16") for name, _, _ in rows)
     peaks = {"fp32": peak, "bf16": matmul_peak(clock, dtype=torch.bfloat16) if has_bf16 else None}
-    rates, logits = {}, {}
-    for name, fn, env in rows:
-        os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
-        try:
-            sec = median_time(fn, repeats, clock)
-            logits[name] = fn()
-        finally:
-            del os.environ["GENMODELS_NATIVE_PREFILL"]
-        rates[name], kind = t / sec, "bf16" if name.endswith("bf16") else "fp32"
-        print(f"  {name:21} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peaks[kind]:4.0%} "
-              f"of the {kind} peak" + (f" ({peaks[kind] / 1e9:.1f} GFLOP/s)" if kind == "bf16" else ""))
+    rates, logits = time_prefill_rows(rows, t, flops, peaks, repeats, clock, width=21, show_bf16_peak=True)
     base = logits["genmodels PyTorch"]
     for name in ("genmodels native", "genmodels native bf16", "transformers"):
         if name in logits:

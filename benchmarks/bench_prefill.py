@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_chat import median_time, native_prefill_rows, prefill_flops  # noqa: E402
+from bench_chat import native_prefill_rows, prefill_flops, time_prefill_rows  # noqa: E402
 from bench_generate import CONFIGS  # noqa: E402
 from common import cpu_flags, cpu_name, matmul_peak  # noqa: E402
 
@@ -59,17 +59,7 @@ def one_config(name: str, t: int, repeats: int, clock, peaks: dict) -> None:
     rows += [("transformers", run_hf(hf), None), ("transformers bf16", run_hf(hf16), None)]
     print(f"Llama config {name} ({sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M params): {t}-token prefill, "
           f"{flops / 1e9:.2f} GFLOP, median of {repeats}")
-    rates, logits = {}, {}
-    for row, fn, env in rows:
-        os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
-        try:
-            sec = median_time(fn, repeats, clock)
-            logits[row] = fn()
-        finally:
-            del os.environ["GENMODELS_NATIVE_PREFILL"]
-        rates[row], kind = t / sec, "bf16" if row.endswith("bf16") else "fp32"
-        print(f"  {row:22} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peaks[kind]:4.0%} "
-              f"of the {kind} peak")
+    rates, logits = time_prefill_rows(rows, t, flops, peaks, repeats, clock, width=22)
     fp32, best_hf = logits["genmodels native"], max(rates["transformers"], rates["transformers bf16"])
     for row in ("genmodels native bf16", "transformers", "transformers bf16"):
         if row in logits:
