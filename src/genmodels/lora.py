@@ -2,6 +2,8 @@
 
     model = genmodels.load("SmolLM2-135M")
     genmodels.lora.apply(model, "q,v", r=8, alpha=16)    # base frozen, adapters trainable
+    genmodels.lora.apply(model, "all-linear", trainable_tokens=[49152])   # + those embedding rows (PEFT's
+                                                          # trainable_token_indices; nn/trainable_tokens.py)
     ... train lora.trainable_parameters(model) ...
     genmodels.lora.save(model, "adapter/")                # PEFT's adapter_config.json + adapter_model.safetensors
     genmodels.lora.load(genmodels.load("SmolLM2-135M"), "adapter/")   # ours or PEFT's
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Sequence
 
 from torch import nn
 
@@ -30,11 +32,12 @@ from .config import ConfigError, StrictConfig
 from .interop import peft as _peft
 from .models.projections import projections
 from .nn.linear import LinearFactory, Slices, plain_linear
+from .nn import trainable_tokens as _tokens
 from .nn.lora import (ALL_LINEAR, ROLES, LoRALinear, LoRASpec, adapt, adapted, adapter_state_dict, disabled,  # noqa: F401
                       freeze, load_adapter_state_dict, lora_factory, merge, reset, trainable_parameters, unmerge)
 
 __all__ = ["ALL_LINEAR", "ROLES", "LoRAConfig", "LoRALinear", "LoRASpec", "adapted", "adapter_state_dict", "apply", "build",
-           "disabled", "factory", "freeze", "load", "load_adapter_state_dict", "load_folder", "merge", "reset", "save",
+           "disabled", "factory", "freeze", "add_tokens", "load", "load_adapter_state_dict", "load_folder", "merge", "reset", "save",
            "trainable_parameters", "unload", "unmerge"]
 
 
@@ -50,20 +53,30 @@ class LoRAConfig(StrictConfig):
     dropout: float = 0.0
     rslora: bool = False
     init: str = "peft"
+    # embedding rows that train too (PEFT's trainable_token_indices): "auto" (the tokens the objective adds, e.g.
+    # gist's <GIST>; none for the others), "new" (the ids model.init_from's vocabulary growth added), [ids], or []
+    trainable_tokens: Any = "auto"
 
     def validate(self) -> None:
         try:
             self.spec()
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        t = self.trainable_tokens
+        ok = t in ("auto", "new") or (isinstance(t, list) and all(isinstance(i, int) and not isinstance(i, bool)
+                                                                   and i >= 0 for i in t) and len(set(t)) == len(t))
+        if not ok:
+            raise ConfigError(f"{self.where('trainable_tokens')}={t!r}: have auto, new, or a list of distinct token "
+                              "ids (>= 0), e.g. [49152]; [] for none")
 
     def spec(self) -> LoRASpec:
         return LoRASpec.make(self.targets, self.r, self.alpha, self.dropout, self.rslora, self.init, where=self.where)
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        """:func:`apply` with these settings."""
+    def apply(self, model: nn.Module, trainable_tokens: Sequence[int] = ()) -> nn.Module:
+        """:func:`apply` with these settings; ``trainable_tokens``: the ids ``self.trainable_tokens`` resolved to
+        (the run decides "auto" and "new": genmodels.training.adapters.token_rows)."""
         return apply(model, self.targets, r=self.r, alpha=self.alpha, dropout=self.dropout, rslora=self.rslora,
-                     init=self.init)
+                     init=self.init, trainable_tokens=trainable_tokens)
 
 
 def factory(targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0, rslora: bool = False,
@@ -114,19 +127,38 @@ def _attach(model: nn.Module, where: dict[str, Slices], spec: LoRASpec) -> list[
 
 
 def apply(model: nn.Module, targets="q,v", *, r: int = 8, alpha: float = 8, dropout: float = 0.0,
-          rslora: bool = False, init: str = "peft") -> nn.Module:
+          rslora: bool = False, init: str = "peft", trainable_tokens: Sequence[int] = ()) -> nn.Module:
     """Adapt ``model`` in place: LoRA on the ``targets`` roles ("q,v", ["q", "v"], "all-linear"),
-    PEFT's init (the same draws PEFT makes, module by module), the base frozen. Returns ``model``."""
+    PEFT's init (the same draws PEFT makes, module by module), the base frozen. ``trainable_tokens``: ids
+    whose embedding rows train too (PEFT's ``trainable_token_indices``; :func:`add_tokens`). Returns ``model``."""
     spec = LoRASpec.make(targets, r, alpha, dropout, rslora, init)
     for m in _attach(model, plan(model, spec), spec):
         m.reset_adapters()
+    if trainable_tokens:
+        add_tokens(model, trainable_tokens)
     return model
+
+
+def add_tokens(model: nn.Module, ids: Sequence[int]) -> nn.Module:
+    """Rows ``ids`` of the input embedding train with the adapters (PEFT's ``trainable_token_indices``: only those
+    rows, starting as the table's own, with an optimizer state of their own size; a tied head reads them too).
+    Saved with the adapters; merged, unmerged and disabled with them. Returns ``model``."""
+    _adapted_or_refuse_tokens(model)
+    _tokens.add(model, ids)
+    return model
+
+
+def _adapted_or_refuse_tokens(model: nn.Module) -> None:
+    if not adapted(model):
+        raise ValueError(f"lora.add_tokens: {type(model).__name__} has no LoRA adapters (genmodels.lora.apply adds them "
+                         "first; trainable token rows travel with an adapter)")
 
 
 def unload(model: nn.Module) -> nn.Module:
     """Merge the adapters and put plain ``nn.Linear`` layers back (the same parameters; PEFT's
     ``merge_and_unload``): a model ``genmodels.save`` / ``export_hf`` write as the base family."""
     merge(model)
+    _tokens.remove(model)  # the trained rows stay in the table
     mods = dict(model.named_modules())
     for path, m in adapted(model):
         lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
@@ -152,13 +184,15 @@ def load(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a PEFT adapter folder (ours or PEFT's) into ``model``: adapters are added where the file
     has them (or the model's own, which must be the same set) and filled. A file saved for another
     base is refused. Returns ``model``."""
-    spec, where, tensors = _peft.read(model, path)
+    spec, where, tensors, ids = _peft.read(model, path)
     have = {p: dict(m.rows) for p, m in adapted(model)}
     if not have:
         _attach(model, where, spec)
-    elif have != where or any((m.spec.r, m.spec.alpha, m.spec.rslora) != (spec.r, spec.alpha, spec.rslora)
-                              for _, m in adapted(model)):
-        raise ValueError(f"lora.load: {path} adapts other projections or r/alpha than the model's adapters; "
-                         "load it on the plain model")
+        if ids:
+            _tokens.add(model, ids)
+    elif (have != where or _tokens.token_ids(model) != ids
+          or any((m.spec.r, m.spec.alpha, m.spec.rslora) != (spec.r, spec.alpha, spec.rslora) for _, m in adapted(model))):
+        raise ValueError(f"lora.load: {path} adapts other projections, r/alpha or trainable tokens than the model's "
+                         "adapters; load it on the plain model")
     load_adapter_state_dict(model, tensors)
     return model

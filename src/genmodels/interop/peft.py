@@ -6,6 +6,13 @@ and saves, per adapted module, ``<prefix><module>.lora_A.weight`` (r, in) and ``
 
     base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight   ↔  blocks.0.attn.qkv.lora_A.q
 
+Trainable token rows (PEFT's ``trainable_token_indices``, :mod:`genmodels.nn.trainable_tokens`) are the
+config's ``trainable_token_indices: [ids]`` and one tensor (the rows' values, PEFT's name says delta):
+
+    base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta (n, D)  ↔  embed.trainable_tokens.weight
+
+(PEFT, on a model with tied embeddings, ties the lm_head to the same rows, as our tied head reads them.)
+
 The transformers module of each of our slices comes from the model's Hugging Face converter
 (interop/decoder_hf.py's ``FUSED`` and ``LAYER`` tables: slice j of a fused ``qkv`` is the j-th of
 q_proj, k_proj, v_proj), so one table says where each weight lives. A layout whose transformers
@@ -31,6 +38,7 @@ from torch import nn
 from ..files import atomic_write_bytes, read_json
 from ..models.projections import projections
 from ..nn.linear import Slices
+from ..nn import trainable_tokens as _tokens
 from ..nn.lora import ALL_LINEAR, LoRASpec, adapted, is_adapter_param
 from .base import ConversionError
 
@@ -39,7 +47,7 @@ PREFIX = "base_model.model."  # PeftModel -> LoraModel -> the transformers model
 FINGERPRINT = "genmodels.base_fingerprint"
 # Config keys whose non-empty value changes what the adapter computes: refused when set.
 UNSUPPORTED = ("use_dora", "lora_bias", "modules_to_save", "rank_pattern", "alpha_pattern", "fan_in_fan_out",
-               "target_parameters", "trainable_token_indices", "layer_replication", "use_qalora",
+               "target_parameters", "layer_replication", "use_qalora",
                "alora_invocation_tokens", "arrow_config", "kasa_config", "monteclora_config", "velora_config",
                "use_bdlora")
 
@@ -75,12 +83,27 @@ def hf_names(model: nn.Module) -> dict[tuple[str, str], str | None]:
             for path, roles in by_path.items() for j, role in enumerate(roles)}
 
 
+TOKEN_ROWS = "token_adapter.trainable_tokens_delta"  # PEFT's key of the rows, after the embedding's module name
+
+
+def _embedding_hf(model: nn.Module) -> str:
+    """The transformers module of the input embedding (Llama: ``model.embed_tokens``)."""
+    from .hf import converter_for_config
+    name = getattr(converter_for_config(model.config), "TOP", {}).get("embed.weight")
+    if name is None:
+        raise ValueError(f"PEFT adapter files: {type(model).__name__} names no Hugging Face input embedding")
+    return name.removesuffix(".weight")
+
+
 def base_fingerprint(model: nn.Module, adapted_paths: set[str]) -> str:
     """SHA-256 over the base tensors no adapter changes (all but ``<path>.weight`` of the adapted
-    linears, and the adapters), by name, shape and float32 value."""
+    linears, and the adapters; an embedding with trainable rows as its frozen table, merged or not),
+    by name, shape and float32 value."""
     skip = {f"{p}.weight" for p in adapted_paths}
+    tables = {f"{p}.weight": e.trainable_tokens.base_table(e.weight) for p, e in _tokens.token_tables(model)}
     h = hashlib.sha256()
     for name, t in model.state_dict().items():
+        t = tables.get(name, t)
         if name in skip or is_adapter_param(name):
             continue
         h.update(f"{name}{tuple(t.shape)}".encode())
@@ -162,13 +185,18 @@ def save(model: nn.Module, path: str | Path, base: str | Path | None = None) -> 
             for ab, t in (("lora_A", m.lora_A[s]), ("lora_B", m.lora_B[s])):
                 tensors[f"{PREFIX}{hf}.{ab}.weight"] = t.detach().to("cpu").contiguous()
     targets = sorted({k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors})
+    ids = _tokens.token_ids(model)
+    if ids:
+        emb = _tokens.token_tables(model)[0][1]
+        tensors[f"{PREFIX}{_embedding_hf(model)}.{TOKEN_ROWS}"] = emb.trainable_tokens.weight.detach().to("cpu").contiguous()
     meta = {"format": "pt", FINGERPRINT: base_fingerprint(model, {p for p, _ in mods})}
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     _check_replaceable(folder)
     atomic_write_bytes(folder / WEIGHTS, to_bytes(tensors, metadata=meta))
     causal = callable(getattr(model, "new_cache", None))
-    config = {**_peft_config(spec, targets, causal), "base_model_name_or_path": str(Path(base).resolve()) if base else None}
+    config = {**_peft_config(spec, targets, causal), "base_model_name_or_path": str(Path(base).resolve()) if base else None,
+              "trainable_token_indices": ids or None}
     atomic_write_bytes(folder / CONFIG, (json.dumps(config, indent=2) + "\n").encode())
     return folder
 
@@ -191,13 +219,49 @@ def read_spec(cfg: dict[str, Any], where: Path) -> LoRASpec:
         raise ValueError(f"{where}: {e}") from None
 
 
-def read(model: nn.Module, path: str | Path) -> tuple[LoRASpec, dict[str, Slices], dict[str, torch.Tensor]]:
-    """A PEFT adapter folder for ``model``: its spec, the plan ``{our path: {slice: rows}}`` it adapts
-    and the tensors by our keys (``blocks.0.attn.qkv.lora_A.q``). Names, shapes and the base
-    fingerprint are checked; nothing is changed."""
+def read_token_ids(cfg: dict[str, Any], where: Path, model: nn.Module) -> list[int]:
+    """``trainable_token_indices`` of a PEFT config: a list (the input embedding's rows), or a mapping naming
+    the input embedding alone (``{"embed_tokens": [...]}``); [] when absent."""
+    ids = cfg.get("trainable_token_indices")
+    if not ids:
+        return []
+    if isinstance(ids, dict):
+        emb = _embedding_hf(model)
+        other = [k for k in ids if not (emb == k or emb.endswith("." + k))]
+        if other or len(ids) != 1:
+            raise ValueError(f"{where}: trainable_token_indices names {other[0] if other else list(ids)!r}; genmodels "
+                             f"trains rows of the input embedding ({emb}) only (a tied head follows it)")
+        ids = next(iter(ids.values()))
+    if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{where}: trainable_token_indices={ids!r} must be a list of token ids")
+    return ids
+
+
+def _token_rows(model: nn.Module, ids: list[int], theirs: dict[str, torch.Tensor], file: Path) -> dict[str, torch.Tensor]:
+    """The trainable rows' tensor by our key (``embed.trainable_tokens.weight``), checked against ``ids``."""
+    key = f"{PREFIX}{_embedding_hf(model)}.{TOKEN_ROWS}"
+    t = theirs.pop(key, None)
+    if not ids:
+        if t is not None:
+            raise ValueError(f"{file}: holds {key} but {CONFIG} has no trainable_token_indices")
+        return {}
+    emb = model.embedding()
+    if t is None or tuple(t.shape) != (len(ids), emb.weight.shape[1]):
+        got = "missing" if t is None else f"shape {tuple(t.shape)}"
+        raise ValueError(f"{file}: {key} is {got}; trainable_token_indices {ids} want ({len(ids)}, {emb.weight.shape[1]})")
+    path = next(n for n, m in model.named_modules() if m is emb)
+    return {f"{path}.trainable_tokens.weight": t}
+
+
+def read(model: nn.Module, path: str | Path) -> tuple[LoRASpec, dict[str, Slices], dict[str, torch.Tensor], list[int]]:
+    """A PEFT adapter folder for ``model``: its spec, the plan ``{our path: {slice: rows}}`` it adapts,
+    the tensors by our keys (``blocks.0.attn.qkv.lora_A.q``, ``embed.trainable_tokens.weight``) and the
+    trainable token ids. Names, shapes and the base fingerprint are checked; nothing is changed."""
     from safetensors import safe_open
     folder = Path(path)
-    spec = read_spec(read_json(folder / CONFIG), folder / CONFIG)
+    cfg = read_json(folder / CONFIG)
+    spec = read_spec(cfg, folder / CONFIG)
+    ids = read_token_ids(cfg, folder / CONFIG, model)
     file = folder / WEIGHTS
     try:
         with safe_open(str(file), "pt") as f:
@@ -206,10 +270,10 @@ def read(model: nn.Module, path: str | Path) -> tuple[LoRASpec, dict[str, Slices
         raise FileNotFoundError(f"{file}: no such file (a PEFT adapter folder holds {CONFIG} and {WEIGHTS})") from None
     except Exception as e:
         raise ValueError(f"{file}: not a safetensors file ({type(e).__name__})") from None
+    tensors = _token_rows(model, ids, theirs, file)
     ours = {hf: key for key, hf in hf_names(model).items() if hf is not None}
     rows = {(p.path, p.role): p.rows for p in projections(model) if not p.stacked}
     plan: dict[str, Slices] = {}
-    tensors = {}
     for key, t in theirs.items():
         m = re.fullmatch(re.escape(PREFIX) + r"(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight", key)
         if m is None or m.group(1) not in ours:
@@ -229,4 +293,4 @@ def read(model: nn.Module, path: str | Path) -> tuple[LoRASpec, dict[str, Slices
     if held is not None and held != (mine := base_fingerprint(model, set(plan))):
         raise ValueError(f"{file} was saved for another base model (fingerprint {held[:12]}…, this model's "
                          f"{mine[:12]}…); load it on the model it was trained on")
-    return spec, plan, tensors
+    return spec, plan, tensors, ids

@@ -50,7 +50,10 @@ class LMHead(nn.Module):
         if self.proj is not None:
             raise ValueError(f"the LM head is a {type(self.proj).__name__}, not a plain weight: "
                              "compute logits with head(h)")
-        return self.__dict__["_tied"].weight if self.tied else self.weight
+        if not self.tied:
+            return self.weight
+        tied = self.__dict__["_tied"]  # a TokenEmbedding's table holds its trainable rows (nn/trainable_tokens.py)
+        return tied.table() if callable(getattr(tied, "table", None)) else tied.weight
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.proj is not None:

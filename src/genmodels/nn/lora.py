@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import trainable_tokens as _tokens
 from .linear import LinearFactory, Slices, plain_linear
 
 # The projections an adapter may target, by HF role name; "all-linear": every one but the head (PEFT's
@@ -229,8 +230,9 @@ def reset(model: nn.Module) -> None:
 
 
 def is_adapter_param(name: str) -> bool:
-    """A parameter name (a state-dict key) that belongs to an adapter: ``….lora_A.q`` / ``….lora_B.q``."""
-    return ".lora_A." in f".{name}" or ".lora_B." in f".{name}"
+    """A parameter name (a state-dict key) that belongs to an adapter: ``….lora_A.q`` / ``….lora_B.q``, or the
+    trainable token rows ``embed.trainable_tokens.weight`` (:mod:`genmodels.nn.trainable_tokens`)."""
+    return any(f".{part}." in f".{name}" for part in ("lora_A", "lora_B", "trainable_tokens"))
 
 
 def freeze(model: nn.Module) -> None:
@@ -262,13 +264,17 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
             raise ValueError(f"adapter state: {k} has shape {tuple(t.shape)}, the model's is {tuple(own[k].shape)}")
     with torch.no_grad():
         merged = [m for _, m in adapted(model) if m.merged]
+        rows_merged = any(e.trainable_tokens.merged for _, e in _tokens.token_tables(model))
         for m in merged:
             m.unmerge()
+        _tokens.unmerge(model)
         params = dict(model.named_parameters())
         for k, t in state.items():
             params[k].copy_(t)
         for m in merged:
             m.merge()
+        if rows_merged:
+            _tokens.merge(model)
 
 
 def merge(model: nn.Module) -> nn.Module:
@@ -279,13 +285,16 @@ def merge(model: nn.Module) -> nn.Module:
         raise ValueError("lora.merge: the adapters are disabled here (inside lora.disabled(model)); merge outside it")
     for m in mods:
         m.merge()
+    _tokens.merge(model)  # the trainable token rows written into their table
     return model
 
 
 def unmerge(model: nn.Module) -> nn.Module:
-    """Subtract every merged adapter's s·BA from its weight again (the base, to rounding)."""
+    """Subtract every merged adapter's s·BA from its weight again (the base, to rounding); the trainable token
+    rows' old values back in their table (exactly)."""
     for m in _adapted_or_refuse(model, "lora.unmerge"):
         m.unmerge()
+    _tokens.unmerge(model)
     return model
 
 
@@ -296,6 +305,7 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
     mods = _adapted_or_refuse(model, "lora.disabled")
     if any(m.merged for m in mods):
         raise ValueError("lora.disabled: the adapters are merged into the weights; lora.unmerge(model) first")
+    mods = mods + [e.trainable_tokens for _, e in _tokens.token_tables(model)]  # the rows off too: the base table
     before = [m.enabled for m in mods]
     for m in mods:
         m.enabled = False

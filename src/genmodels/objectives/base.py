@@ -123,6 +123,12 @@ class Objective(nn.Module):
     def check_data(self, data) -> None:
         """ConfigError when the prepared data (a RunData) does not fit the model."""
 
+    def trainable_tokens(self) -> list[int]:
+        """Token ids whose embedding rows must learn even when the base is frozen (a LoRA run trains them:
+        ``train.lora.trainable_tokens: auto``): the tokens this objective adds (gist's ``<GIST>``). Known after
+        :meth:`check_data`; none by default."""
+        return []
+
     def forward(self, batch: Batch) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 

@@ -80,6 +80,11 @@ class Gist(SFT):
             for j in getattr(split, "examples", ()):
                 self._check_example(split.data, int(j), getattr(data, "path", None) or "the examples file")
 
+    def trainable_tokens(self) -> list[int]:
+        """``<GIST>``: its row is new (grown as the vocabulary mean) and must learn, under LoRA too (every mask
+        trains it: the conditions differ in the mask alone)."""
+        return [] if self.gist_id is None else [self.gist_id]
+
     def _check_example(self, examples, i: int, path: str) -> None:
         tokens, loss = examples.example(i)
         at = np.flatnonzero(tokens == self.gist_id)

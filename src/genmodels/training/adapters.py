@@ -15,6 +15,11 @@ What a LoRA run does differently, all of it here:
 * run checkpoints hold the adapters, their optimizer state, the RNG and the counters — not the base
   (:func:`frozen_keys` are left out); the base's fingerprint is kept in ``state.json``, and a resume on
   a base whose tensors changed is refused in one line;
+* ``train.lora.trainable_tokens`` (PEFT's ``trainable_token_indices``): embedding rows that train with the adapters
+  (:mod:`genmodels.nn.trainable_tokens`) — "auto" (default): the tokens the objective adds (gist: ``<GIST>``, whose
+  row would otherwise stay the vocabulary mean it was grown as; none for the other objectives), "new": the ids
+  ``model.init_from``'s vocabulary growth added, or a list. Resolved once the objective has read the data
+  (:func:`attach_tokens`); kept in ``state.json`` (a resume with other rows is refused) and in ``final/``'s files;
 * ``final/`` is the adapter in PEFT's files (``adapter_config.json`` + ``adapter_model.safetensors``,
   the base fingerprint in its metadata, ``base_model_name_or_path`` = the base folder) plus the run's
   ``tokenizer.json`` (and ``chat_template.jinja``): ``genmodels.load(final)`` loads the base it names and
@@ -31,7 +36,7 @@ from torch import nn
 from ..config import ConfigError
 from ..files import atomic_write_bytes
 from ..interop.peft import CONFIG, WEIGHTS, base_fingerprint, hf_names
-from ..lora import LoRAConfig, adapted, save as save_adapters
+from ..lora import LoRAConfig, add_tokens, adapted, save as save_adapters
 from ..nn.lora import is_adapter_param
 from .rundir import RunDirError
 
@@ -74,6 +79,38 @@ def attach(lora: LoRAConfig, model: nn.Module, say) -> str:
     say(f"lora: {n:,} trainable parameters ({100 * n / total:.2f}%) in {len(mods)} adapted linears "
         f"(targets {lora.targets}, r={lora.r}, alpha={lora.alpha}{', rsLoRA' if lora.rslora else ''}); base frozen")
     return base_fingerprint(model, {p for p, _ in mods})
+
+
+def token_rows(lora: LoRAConfig, objective, init_from: str | None, vocab_size: int) -> list[int]:
+    """The ids ``train.lora.trainable_tokens`` means for this run (module docstring)."""
+    t = lora.trainable_tokens
+    if t == "auto":
+        return list(objective.trainable_tokens())
+    if t == "new":
+        from .init_from import open_source
+        old = open_source(init_from, weights=False).vocab_size if init_from else vocab_size
+        return list(range(old, vocab_size))
+    bad = [i for i in t if i >= vocab_size]
+    if bad:
+        raise ConfigError(f"train.lora.trainable_tokens: id {bad[0]} is not below the model's vocab_size {vocab_size}")
+    return list(t)
+
+
+def attach_tokens(lora: LoRAConfig, model: nn.Module, objective, init_from: str | None, saved: dict | None,
+                  say) -> list[int]:
+    """Make the run's trainable token rows (:func:`token_rows`) train with the adapters, after the objective read the
+    data; ``saved``: the resumed checkpoint's state (its rows must be these). Returns the ids (said in one line)."""
+    ids = token_rows(lora, objective, init_from, model.embedding().weight.shape[0])
+    held = None if saved is None else saved.get("lora_tokens", [])
+    if held is not None and list(held) != ids:
+        raise RunDirError(f"--resume: the checkpoint trained token rows {list(held)}, train.lora.trainable_tokens="
+                          f"{lora.trainable_tokens!r} gives {ids} now; set train.lora.trainable_tokens: {list(held)} "
+                          "to resume it, or start a new run_dir")
+    if ids:
+        add_tokens(model, ids)
+        say(f"lora: embedding rows {ids} train too ({len(ids) * model.embedding().weight.shape[1]:,} parameters; "
+            f"train.lora.trainable_tokens={lora.trainable_tokens!r})")
+    return ids
 
 
 def frozen_keys(model: nn.Module) -> frozenset[str]:

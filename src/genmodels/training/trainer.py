@@ -125,6 +125,9 @@ def _run(cfg: RunConfig, resume: bool, info: DistInfo, say, progress: bool, t_st
     run.objective = objectives.build_objective(cfg.objective(), model, tc.objective, n_tokens=run.n_tokens,
                                     eos_id=run.data.eos_id, loss_chunk=tc.loss_chunk).train()
     run.objective.check_data(run.data)
+    if tc.lora is not None:  # embedding rows that train with the adapters (the objective's new tokens: adapters.py)
+        run.extra_state["lora_tokens"] = adapters.attach_tokens(tc.lora, model, run.objective, cfg.init_from,
+                                                                None if ckpt is None else loaded[3], say)
     run.n_params = sum(p.numel() for p in model.parameters())
     seq_len = getattr(cfg.data, "seq_len", None)
     run.fpt = flops_per_token(model, seq_len) if run.objective.flops_apply and seq_len else 0.0
@@ -283,7 +286,7 @@ def _finish(run: RunState) -> TrainResult:
         tok = run.data.tokenizer
         final = build_model(run.mcfg)
         if tc.lora is not None:
-            tc.lora.apply(final)
+            tc.lora.apply(final, run.extra_state["lora_tokens"])
         final.load_state_dict(run.objective.final_state(msd))  # (diffusion: the EMA weights)
         attach_tokenizer(final, tok)
         final.chat_template = getattr(run.data, "chat_template", None)  # (examples rendered with one)
