@@ -38,14 +38,15 @@ def _id(v):
 
 
 # ---- the packed product ------------------------------------------------------------------------
-def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None, lib=None, bf16=False) -> torch.Tensor:
+def gemm(x: torch.Tensor, w: torch.Tensor, qtype: str | None = None, bias=None, lib=None, bf16=False,
+         packed: torch.Tensor | None = None) -> torch.Tensor:
     """gm_prefill_gemm: x (M, K) · W (N, K)ᵀ + bias, W fp32 or the (N, row bytes) blocks of ``qtype``; ``bf16``:
-    the products in bf16 (csrc/gemm_bf16.c)."""
+    the products in bf16 (csrc/gemm_bf16.c), W's panels read from ``packed`` (native_prefill.pack_bf16(W)) if given."""
     n = w.shape[0]
     y = torch.empty(x.shape[0], n)
     rc = (lib or library()).gm_prefill_gemm(x.data_ptr(), x.shape[0], x.shape[1], w.data_ptr(), GGML_TYPES[qtype] if qtype
                                    else 0, bias.data_ptr() if bias is not None else None, y.data_ptr(), n,
-                                   torch.get_num_threads(), int(bf16))
+                                   torch.get_num_threads(), int(bf16), packed.data_ptr() if packed is not None else None)
     assert rc == 0
     return y
 

@@ -169,5 +169,5 @@ def test_a_build_without_bf16_refuses_or_falls_back(no_bf16_build, monkeypatch, 
             got = native_prefill.prefill(model, model.new_cache(1, 30), ids, lib=no_bf16_build)
     assert torch.equal(got, fp32) and "prefilling in fp32" in caplog.text
     x = torch.randn(30, 64)
-    rc = no_bf16_build.gm_prefill_gemm(x.data_ptr(), 30, 64, x.data_ptr(), 0, None, torch.empty(30, 30).data_ptr(), 30, 1, 1)
+    rc = no_bf16_build.gm_prefill_gemm(x.data_ptr(), 30, 64, x.data_ptr(), 0, None, torch.empty(30, 30).data_ptr(), 30, 1, 1, None)
     assert rc == -3  # the C entry refuses too

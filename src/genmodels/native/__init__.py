@@ -279,14 +279,18 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_qlinear.restype = c_int
     lib.gm_dequantize.argtypes = [vp, i64, i64, i64, vp]
     lib.gm_dequantize.restype = c_int
-    lib.gm_prefill_gemm.argtypes = [vp, i64, i64, vp, i64, vp, vp, i64, c_int, c_int]  # gemm.c + prefill.c (native/prefill.py)
+    lib.gm_prefill_gemm.argtypes = [vp, i64, i64, vp, i64, vp, vp, i64, c_int, c_int, vp]  # gemm.c + prefill.c (native/prefill.py)
     lib.gm_prefill_gemm.restype = c_int
     lib.gm_prefill_scratch_floats.argtypes = [vp, i64, i64]
     lib.gm_prefill_scratch_floats.restype = i64
-    lib.gm_decoder_prefill.argtypes = [vp, vp, vp, vp, i64, i64, vp, vp, c_int]
+    lib.gm_decoder_prefill.argtypes = [vp, vp, vp, vp, i64, i64, vp, vp, c_int, vp]
     lib.gm_decoder_prefill.restype = c_int
     lib.gm_prefill_bf16.argtypes = []  # gemm_bf16.c
     lib.gm_prefill_bf16.restype = c_int
+    lib.gm_bf16_packed_size.argtypes = [i64, i64]  # gemm_bf16.c: weights packed once in bf16
+    lib.gm_bf16_packed_size.restype = i64
+    lib.gm_pack_bf16.argtypes = [vp, i64, i64, vp, c_int]
+    lib.gm_pack_bf16.restype = c_int
     lib.gm_rows_gemm_min.argtypes = []  # rows_gemm.c: the batched products' threshold in rows (0: not in this build)
     lib.gm_rows_gemm_min.restype = i64
     return lib

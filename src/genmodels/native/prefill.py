@@ -22,15 +22,19 @@ uniformly over the call's keys as PyTorch's ``finfo.min`` mask makes it (its slo
 **bf16** (opt-in: ``GENMODELS_NATIVE_PREFILL=bf16``, or ``prefill(..., bf16=True)``): the matrix products
 round their two factors to bf16 and sum the products in fp32 (csrc/gemm_bf16.c, VDPBF16PS), on CPUs with
 AVX512-BF16 only (AMD Zen 4, Intel Sapphire Rapids and later; :func:`bf16_unavailable` says why not
-elsewhere); attention's Q Kᵀ and P V too. The softmax's sums, norms, activations and the head stay fp32; the
-weights stay as they are (only the packed panels are bf16). The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers
-(tests/native/test_prefill_bf16.py holds them within the bound docs/native.md states).
+elsewhere); attention's Q Kᵀ and P V too. The softmax's sums, norms, activations and the head stay fp32. The
+fp32 block linears' weights are packed once in bf16 in the kernel's panel layout (:func:`packed_weights`: half
+their fp32 size, kept while the weight lives and is unchanged — same storage, same ``_version``), so a prefill
+reads W in bf16 instead of converting it at every call; quantised weights are converted per call as in fp32.
+The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers (tests/native/test_prefill_bf16.py
+holds them within the bound docs/native.md states).
 """
 from __future__ import annotations
 
 import ctypes
 import logging
 import os
+import weakref
 
 import torch
 from torch import nn
@@ -41,6 +45,7 @@ from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
 log = logging.getLogger(__name__)
 ROWS = 512  # new tokens (B·T) per native call: a chunk's activations stay a few MB, its GEMMs near peak
+PACK_BF16 = True  # bf16: read the fp32 weights packed once (packed_weights); False: convert W at every call (A/B)
 
 
 def _setting() -> str:
@@ -160,6 +165,7 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
     positions = cache.advance(t, attention_mask, None).to("cpu", torch.long)  # (B, T); row_pos moves on
     positions = positions.expand(b, t).contiguous()
     m.mask_stride = mask.shape[1] if mask is not None else 0
+    packed = packed_weights(model, step, lib) if use_bf16 and PACK_BF16 else None
     chunk = max(1, rows // b)
     for c0 in range(0, t, chunk):
         tc = min(chunk, t - c0)
@@ -168,9 +174,55 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
                               dtype=torch.float32)
         rc = lib.gm_decoder_prefill(ctypes.byref(m), cid.data_ptr(), cpos.data_ptr(),
                                     mask.data_ptr() if mask is not None else None, start + c0, tc,
-                                    scratch.data_ptr(), step.logits.data_ptr(), int(use_bf16))
+                                    scratch.data_ptr(), step.logits.data_ptr(), int(use_bf16), packed)
         if rc != 0:  # unsupported() refuses these models first; the C code checks again
             raise ValueError("gm_decoder_prefill refused the model (MoE, cross-attention or relative bias)"
                              if rc == -1 else "gm_decoder_prefill: this build has no bf16 products")
         cache.pos = start + c0 + tc
     return step.logits
+
+
+_FIELDS = ("qkv", "out", "fc1", "fc2")  # the layer struct's block linears, in gm_decoder_prefill's order
+_packed: dict[int, tuple] = {}  # id(weight) -> (weakref, (data_ptr, _version, shape), packed u32 tensor)
+
+
+def pack_bf16(w: torch.Tensor, lib=None) -> torch.Tensor:
+    """``w (N, K)`` fp32 rounded to bf16 in the prefill kernel's panel layout (``gm_pack_bf16``: pairs of k per
+    32-bit lane, NR-wide panels per K-block), as an int32 tensor of ``gm_bf16_packed_size(N, K)`` lanes."""
+    lib = lib or library()
+    n, k = w.shape
+    out = torch.empty(lib.gm_bf16_packed_size(n, k), dtype=torch.int32)
+    if lib.gm_pack_bf16(w.data_ptr(), n, k, out.data_ptr(), torch.get_num_threads()) != 0:
+        raise ValueError(bf16_unavailable(lib) or "gm_pack_bf16 refused")
+    return out
+
+
+def _packed_weight(w: torch.Tensor, lib) -> torch.Tensor:
+    """:func:`pack_bf16` of ``w``, made once and reused while ``w`` lives with the same storage and version (an
+    in-place change — an optimizer step, ``load_state_dict``, ``copy_`` — bumps ``w._version``: packed again)."""
+    key, state = id(w), (w.data_ptr(), w._version, tuple(w.shape))
+    hit = _packed.get(key)
+    if hit is not None and hit[0]() is w and hit[1] == state:
+        return hit[2]
+    if hit is None or hit[0]() is not w:
+        weakref.finalize(w, _packed.pop, key, None)  # the packed copy goes with its weight
+    out = pack_bf16(w, lib)
+    _packed[key] = (weakref.ref(w), state, out)
+    return out
+
+
+def release_packed() -> None:
+    """Forget every bf16 packed weight (they are otherwise kept as long as their weights live)."""
+    _packed.clear()
+
+
+def packed_weights(model: nn.Module, step: FusedDecodeStep, lib):
+    """For ``gm_decoder_prefill``: 4 pointers per layer (qkv, out, fc1, fc2) to the bf16 panels of each fp32
+    block linear the step's struct points at (:func:`_packed_weight`), NULL for quantised ones."""
+    weights = {p.data_ptr(): p for p in model.parameters() if p.dim() == 2 and p.dtype == torch.float32}
+    ptrs = []
+    for layer in step.layers:
+        for f in _FIELDS:
+            w = weights.get(getattr(layer, f + "_w")) if getattr(layer, f + "_t") == 0 else None
+            ptrs.append(_packed_weight(w, lib).data_ptr() if w is not None and w.is_contiguous() else None)
+    return (ctypes.c_void_p * len(ptrs))(*ptrs)

@@ -155,14 +155,15 @@ void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv,
  * (each thread of a team packs all of x's slivers itself: sharing them costs a barrier per K-block, which on a
  * loaded machine — a thread descheduled — made a 2-thread SmolLM2 prefill 1.7x slower). */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16) {
+                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
+                 const uint32_t *packed) {
     const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
     float *ap = mine, *bp = mine + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
     for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB;
         for (int64_t s = 0; s < slivers; s++) (bf16 ? gemm_pack_a_bf16 : pack_a)(x, ldx, M, k0, kc, s, ap);
         if (bf16) {
-            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp);
+            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp, packed);
         } else {
             for (int64_t p = p0; p < p1; p++) {
                 const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
@@ -197,31 +198,42 @@ void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, 
 int64_t gemm_nn_width(void) { return PF_NR; }
 
 /* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias (gemm_panels, the
- * panels split over the team); pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the
- * team's barrier. */
+ * panels split over the team; with W packed once in bf16 (`packed`, gm_pack_bf16) and at least 2 MR-row slivers a
+ * thread, x's slivers split instead: each thread converts only its own rows of x and reads every packed panel);
+ * pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16) {
+                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
+                       const uint32_t *packed) {
     if (M < PF_MIN_ROWS && ldx == K && ldy == N && !bf16) {
         any_linear_team(x, M, K, W, type, bias, y, N, accumulate);
         return;
     }
-    const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
-    gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt,
-                pack + me * gemm_pack_floats(M), bf16);
+    const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR, S = (M + PF_MR - 1) / PF_MR;
+    float *mine = pack + me * gemm_pack_floats(M);
+    packed = bf16 && type == GM_F32 ? packed : 0;
+    if (packed && S >= 2 * nt) {
+        const int64_t m0 = S * me / nt * PF_MR, m1 = S * (me + 1) / nt * PF_MR < M ? S * (me + 1) / nt * PF_MR : M;
+        gemm_panels(x + m0 * ldx, ldx, m1 - m0, K, W, type, bias, y + m0 * ldy, ldy, N, accumulate, 0, P, mine, 1,
+                    packed);
+    } else {
+        gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt, mine, bf16,
+                    packed);
+    }
 #pragma omp barrier
 }
 
-/* y (M, N) = x (M, K) · Wᵀ + bias on n_threads threads (for tests and benchmarks), in bf16 when bf16 != 0;
- * -1 for an unknown type or K not a multiple of its block, -3 for bf16 in a build without it, else 0. */
+/* y (M, N) = x (M, K) · Wᵀ + bias on n_threads threads (for tests and benchmarks), in bf16 when bf16 != 0, W's
+ * panels read from `packed` (gm_pack_bf16 of W; bf16 and fp32 W only) when not NULL; -1 for an unknown type or K
+ * not a multiple of its block, -3 for bf16 in a build without it, else 0. */
 GM_API int gm_prefill_gemm(const float *x, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                           float *y, int64_t N, int n_threads, int bf16) {
+                           float *y, int64_t N, int n_threads, int bf16, const void *packed) {
     if ((type != GM_F32 && !quant_block_bytes(type)) || (type != GM_F32 && K % quant_block_values(type))) return -1;
     if (bf16 && !gemm_bf16_built()) return -3;
     const int nt = n_threads > 0 ? n_threads : 1;
     float *pack = aligned_alloc(64, (size_t)(nt * gemm_pack_floats(M) * 4));
     if (!pack) return -2;
 #pragma omp parallel num_threads(nt)
-    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack, bf16);
+    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack, bf16, (const uint32_t *)packed);
     free(pack);
     return 0;
 }

@@ -130,21 +130,42 @@ static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, i
 }
 
 /* One K-block [k0, k0 + kc) of gemm_panels (gemm.c) in bf16: ap the packed slivers (gemm_pack_a_bf16), panels
- * [p0, p1) packed in `mine` (the thread's room after its A slivers). */
+ * [p0, p1) packed in `mine` (the thread's room after its A slivers), or read from `packed` (gm_pack_bf16's layout:
+ * W packed once, fp32 only) when not NULL. */
 void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine) {
-    const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2;
+                     float *mine, const uint32_t *packed) {
+    const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2, P = (N + PF_NR - 1) / PF_NR;
     const uint32_t *ap = (const uint32_t *)ap_;
     float *lines = mine, *rows = lines + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
     uint32_t *b16 = (uint32_t *)(rows + PF_KC * PF_NR); /* KC/2 · NR pairs */
     for (int64_t p = p0; p < p1; p++) {
         const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-        pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lines);
+        const uint32_t *bp = b16;
+        if (packed) bp = packed + (k0 / 2 * P + p * kc2) * PF_NR; /* the K-blocks before k0 hold k0 / 2 pairs */
+        else pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lines);
         for (int64_t s = 0; s < slivers; s++) {
             const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
-            micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)b16, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
+            micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)bp, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
                        k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
+        }
+    }
+}
+
+/* u32 pairs of W (N, K) fp32 packed by gemm_bf16_pack: every K-block (gemm_k_block: even lengths but the last) of
+ * every NR-wide panel, bp[k/2][NR] pairs, block-major: (K-block b, panel p) at (k0 / 2 · P + p · kc2) · NR. */
+int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return (K + 1) / 2 * ((N + PF_NR - 1) / PF_NR) * PF_NR; }
+
+/* One thread: panels [p0, p1) of every K-block of W (N, K) fp32 into out (gemm_bf16_packed_pairs(N, K) u32):
+ * the same pairs pack_b_bf16 makes per call, so a product from them is bit for bit the per-call one. */
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1) {
+    uint32_t line[PF_NR][BF_LD] __attribute__((aligned(64))); /* 26 KB of the thread's stack */
+    const int64_t KB = gemm_k_block(K, GM_F32), P = (N + PF_NR - 1) / PF_NR;
+    for (int64_t k0 = 0; k0 < K; k0 += KB) {
+        const int64_t kc = K - k0 < KB ? K - k0 : KB, kc2 = (kc + 1) / 2;
+        for (int64_t p = p0; p < p1; p++) {
+            const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
+            pack_b_bf16(W, GM_F32, K, n0, nv, k0, kc, out + (k0 / 2 * P + p * kc2) * PF_NR, 0, line);
         }
     }
 }
@@ -181,10 +202,25 @@ int gemm_bf16_built(void) { return 0; }
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {}
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine) {} /* never called: callers check gemm_bf16_built() first */
+                     float *mine, const uint32_t *packed) {} /* never called: callers check gemm_bf16_built() first */
+int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return 0; }
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1) {}
 void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
                   int64_t ldy, int64_t N, float *mine) {}
 #endif
 
 /* 1 when this build computes products in bf16 (AVX512-BF16), else 0 (native/prefill.py asks before choosing it) */
 GM_API int gm_prefill_bf16(void) { return gemm_bf16_built(); }
+
+/* u32 (pairs of bf16) of W (N, K) packed by gm_pack_bf16; 0 in a build without bf16 */
+GM_API int64_t gm_bf16_packed_size(int64_t N, int64_t K) { return gemm_bf16_packed_pairs(N, K); }
+
+/* out = W (N, K) fp32 rounded to bf16 in the micro-kernel's panel layout (gemm_bf16_pack), once, so that the
+ * prefill's products read it instead of converting W's panels at every call; -3 in a build without bf16. */
+GM_API int gm_pack_bf16(const float *W, int64_t N, int64_t K, void *out, int n_threads) {
+    if (!gemm_bf16_built()) return -3;
+    const int64_t P = (N + PF_NR - 1) / PF_NR;
+#pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1)
+    gemm_bf16_pack(W, N, K, (uint32_t *)out, P * thread_id() / omp_threads(), P * (thread_id() + 1) / omp_threads());
+    return 0;
+}

@@ -42,7 +42,7 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     float *O = att + (b * T + t0) * ldo + h * DH, inv[PF_QB];
     int uniform[PF_QB];
     const int64_t nr = gemm_nn_width();
-    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16); /* S = Q Kᵀ */
+    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16, 0); /* S = Q Kᵀ */
     for (int64_t i = 0; i < nq; i++) {
         const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
         const int64_t a0 = a > lo ? a : lo, q1 = q < hi - 1 ? q : hi - 1; /* the visible keys: [a0, q1] of [lo, hi) */
@@ -131,11 +131,12 @@ static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *pos
 
 /* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
  * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
- * floats; logits (B, V) of each row's last token; bf16: the linears, Q Kᵀ and P V in bf16. Returns 0, -1 for a part it does
- * not compute, -3 for bf16 in a build without it. */
+ * floats; logits (B, V) of each row's last token; bf16: the linears, Q Kᵀ and P V in bf16; packed: NULL, or 4 per
+ * layer (qkv, out, fc1, fc2: NULL or gm_pack_bf16 of that fp32 weight, read with bf16 instead of converting W at
+ * every call). Returns 0, -1 for a part it does not compute, -3 for bf16 in a build without it. */
 GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
                               const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits,
-                              int bf16) {
+                              int bf16, const uint32_t *const *packed) {
     const int64_t B = m->batch, N = B * T, D = m->d, H = m->n_heads, HKV = m->n_kv, DH = m->dh, F = m->d_ff;
     const int64_t QKV = (H + 2 * HKV) * DH, FF = (m->gated ? 2 : 1) * F, nb = (T + PF_QB - 1) / PF_QB;
     if (m->dist_bias || T < 1 || start + T > m->max_len) return -1;
@@ -155,8 +156,10 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
         embed_rows(m, ids, positions, N, x);
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
+            const uint32_t *const *pw = packed ? packed + 4 * l : 0; /* qkv, out, fc1, fc2 packed in bf16 */
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16,
+                              pw ? pw[0] : 0);
             rope_and_cache(m, ly, qkv, positions, start, T);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
@@ -164,13 +167,16 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
                 attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
                                pack + thread_id() * gemm_pack_floats(N), bf16);
             }
-            prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16);
+            prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16,
+                              pw ? pw[1] : 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16);
+            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16,
+                              pw ? pw[2] : 0);
 #pragma omp for schedule(static)
             for (int64_t r = 0; r < N; r++) activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
-            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16);
+            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16,
+                              pw ? pw[3] : 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
         }
 #pragma omp for schedule(static)

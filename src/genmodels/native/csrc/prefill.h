@@ -23,13 +23,16 @@
 int64_t gemm_pack_floats(int64_t M);
 /* Inside a parallel region, every thread: y (M, N) (+)= x (M, K) · W (N, K)ᵀ + bias, x / y rows ldx / ldy
  * apart, W fp32 (type 0) or GGUF blocks of `type`; pack: gemm_pack_floats(M) floats per thread; bf16: the
- * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()). Ends with the team's barrier. */
+ * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()), W's panels read from `packed` (gm_pack_bf16's
+ * layout; fp32 W) when not NULL. Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16);
+                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
+                       const uint32_t *packed);
 /* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats;
- * bf16: products in bf16 (gemm_bf16.c, where built) */
+ * bf16: products in bf16 (gemm_bf16.c, where built), from `packed` panels when not NULL */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
-                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16);
+                 float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
+                 const uint32_t *packed);
 /* One thread: y (M, N) = x (M, K) · V (K, N), V's rows ldv apart, N a multiple of gemm_nn_width() */
 void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y, int64_t ldy,
              int64_t N, float *mine);
@@ -49,7 +52,10 @@ void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float
                   int64_t ldy, int64_t N, float *mine); /* gemm_nn in bf16 */
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine);
+                     float *mine, const uint32_t *packed);
+/* W (N, K) fp32 packed once in bf16 panels (gm_pack_bf16): its size in u32 pairs, one thread's panels [p0, p1) */
+int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K);
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1);
 #ifdef GM_AVX2
 /* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
 static inline void gemm_transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
