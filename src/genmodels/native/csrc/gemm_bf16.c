@@ -11,7 +11,9 @@
  *
  * and the micro-kernel adds, per pair of k, c[i][j] += a[i][k]·b[k][j] + a[i][k+1]·b[k+1][j] for an MR × NR
  * tile in 24 zmm accumulators (VDPBF16PS: 32 bf16 products per instruction, twice fp32's FMA). The weights
- * stay in the model as they are (fp32 or blocks): only the packed panels are bf16, so nothing is copied.
+ * stay in the model as they are (fp32 or blocks); an fp32 W may also be packed ONCE in this Bp layout
+ * (gm_pack_bf16: every K-block's panels, half W's fp32 bytes; native/prefill.py keeps it per weight), which the
+ * products then read instead of converting W's panels at every call — the same pairs, so the same bits.
  * Error: each factor's relative rounding is at most 2⁻⁹; products and sums are fp32 — docs/native.md
  * states the bound the tests hold (tests/native/test_prefill_bf16.py).
  */
@@ -26,46 +28,58 @@ int gemm_bf16_built(void) { return 1; }
 
 #define BF_LD (PF_KC / 2 + 16) /* uint32 of one row's pairs (to_pairs writes 16 at a time) */
 
-/* src[0:kc] -> dst[0:(kc + 1) / 2]: pairs (src[2p], src[2p + 1]) rounded to bf16 (nearest even), 0 past kc */
+/* src[0:kc] -> dst[0:(kc + 1) / 2]: pairs (src[2p], src[2p + 1]) rounded to bf16 (nearest even), 0 past kc; writes
+ * nothing past dst[(kc + 1) / 2 - 1] */
 static void to_pairs(const float *src, int64_t kc, uint32_t *dst) {
     for (int64_t k = 0; k < kc; k += 32) {
         const int64_t n = kc - k < 32 ? kc - k : 32;
         const __mmask16 lo = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
         const __mmask16 hi = n >= 32 ? 0xffff : n > 16 ? (__mmask16)((1u << (n - 16)) - 1) : 0;
         const __m512bh v = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(hi, src + k + 16), _mm512_maskz_loadu_ps(lo, src + k));
-        _mm512_storeu_si512((__m512i *)(dst + k / 2), (__m512i)v);
+        _mm512_mask_storeu_epi32(dst + k / 2, n >= 32 ? 0xffff : (__mmask16)((1u << (n + 1) / 2) - 1), (__m512i)v);
     }
 }
 
-/* out[p · ldo + j] = line[j][p] for j < w (8 or 4) lines of kc2 pairs: 8 × 8 / 4 × 4 register transposes, then the tail */
-static void transpose_pairs(uint32_t (*line)[BF_LD], int w, int64_t kc2, uint32_t *out, int64_t ldo) {
+/* out[p · ldo + j] = line[j][p] for 8 lines of kc2 pairs: 8 × 8 register transposes, then the tail */
+static void transpose_pairs(uint32_t (*line)[BF_LD], int64_t kc2, uint32_t *out, int64_t ldo) {
     const float *src[8];
-    for (int j = 0; j < w; j++) src[j] = (const float *)line[j];
+    for (int j = 0; j < 8; j++) src[j] = (const float *)line[j];
     int64_t p = 0;
-    if (w == 8)
-        for (; p + 8 <= kc2; p += 8) gemm_transpose8(src, p, (float *)(out + p * ldo), ldo);
-    else
-        for (; p + 4 <= kc2; p += 4) {
-            __m128 r0 = _mm_loadu_ps(src[0] + p), r1 = _mm_loadu_ps(src[1] + p), r2 = _mm_loadu_ps(src[2] + p),
-                   r3 = _mm_loadu_ps(src[3] + p);
-            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
-            _mm_storeu_ps((float *)(out + p * ldo), r0), _mm_storeu_ps((float *)(out + (p + 1) * ldo), r1);
-            _mm_storeu_ps((float *)(out + (p + 2) * ldo), r2), _mm_storeu_ps((float *)(out + (p + 3) * ldo), r3);
-        }
+    for (; p + 8 <= kc2; p += 8) gemm_transpose8(src, p, (float *)(out + p * ldo), ldo);
     for (; p < kc2; p++)
-        for (int j = 0; j < w; j++) out[p * ldo + j] = line[j][p];
+        for (int j = 0; j < 8; j++) out[p * ldo + j] = line[j][p];
 }
 
-/* Sliver s of x's rows [0, M) (rows past M zero), values [k0, k0 + kc): ap[s][k/2][MR] pairs of bf16 (as uint32) */
+/* 8 pairs (16 values from src[k], fewer at the end: 0 past n) of one row of x, as 8 u32 lanes of bf16 pairs */
+static inline __m256 row_pairs8(const float *src, int64_t n) {
+    const __mmask8 lo = n >= 8 ? 0xff : (__mmask8)((1u << n) - 1), hi = n >= 16 ? 0xff : n > 8 ? (__mmask8)((1u << (n - 8)) - 1) : 0;
+    return (__m256)_mm256_cvtne2ps_pbh(_mm256_maskz_loadu_ps(hi, src + 8), _mm256_maskz_loadu_ps(lo, src));
+}
+
+/* Sliver s of x's rows [0, M) (rows past M zero), values [k0, k0 + kc): ap[s][k/2][MR] pairs of bf16 (as uint32).
+ * Per 8 pairs of k: each of the MR rows converted into one ymm (row_pairs8), rows 0-7 transposed 8 × 8 and rows 8-11
+ * 4 × 8 in registers, each pair's MR lanes stored in place (no line buffer: a store then reload of another width
+ * stalls store forwarding). */
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap_) {
     const int64_t kc2 = (kc + 1) / 2, rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
-    uint32_t line[PF_MR][BF_LD] __attribute__((aligned(64))), *ap = (uint32_t *)ap_ + s * PF_MR * kc2;
-    for (int i = 0; i < PF_MR; i++) {
-        if (i < rows) to_pairs(x + (s * PF_MR + i) * ldx + k0, kc, line[i]);
-        else memset(line[i], 0, kc2 * sizeof(uint32_t));
+    uint32_t *ap = (uint32_t *)ap_ + s * PF_MR * kc2;
+    const float *src = x + s * PF_MR * ldx + k0;
+    for (int64_t k = 0; k < kc; k += 16, ap += 8 * PF_MR) {
+        const int64_t n = kc - k < 16 ? kc - k : 16, np = (n + 1) / 2; /* values, pairs of this group */
+        __m256 r[PF_MR], t[8];
+        for (int i = 0; i < PF_MR; i++) r[i] = i < rows ? row_pairs8(src + i * ldx + k, n) : _mm256_setzero_ps();
+        gemm_transpose8_regs(r, t); /* t[p]: rows 0-7 of pair p */
+        for (int p = 0; p < np && p < 8; p++) _mm256_storeu_ps((float *)(ap + p * PF_MR), t[p]);
+        /* rows 8-11: 4 × 4 transposes within each 128-bit half: u[p] = pair p | pair p + 4 of the four rows */
+        const __m256 a = _mm256_unpacklo_ps(r[8], r[9]), b = _mm256_unpackhi_ps(r[8], r[9]);
+        const __m256 c = _mm256_unpacklo_ps(r[10], r[11]), d = _mm256_unpackhi_ps(r[10], r[11]);
+        const __m256 u[4] = {_mm256_shuffle_ps(a, c, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 2, 3, 2)),
+                             _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2))};
+        for (int p = 0; p < 4; p++) {
+            if (p < np) _mm_storeu_ps((float *)(ap + p * PF_MR + 8), _mm256_castps256_ps128(u[p]));
+            if (p + 4 < np) _mm_storeu_ps((float *)(ap + (p + 4) * PF_MR + 8), _mm256_extractf128_ps(u[p], 1));
+        }
     }
-    transpose_pairs(line, 8, kc2, ap, PF_MR);
-    transpose_pairs(line + 8, 4, kc2, ap + 8, PF_MR);
 }
 
 /* The panel of W rows [n0, n0 + nv) (rows past nv zero), values [k0, k0 + kc), as bp[k/2][NR] pairs of bf16; a
@@ -86,7 +100,7 @@ static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int6
         }
         to_pairs(src, kc, line[j]);
     }
-    for (int j = 0; j < PF_NR; j += 8) transpose_pairs(line + j, 8, kc2, bp + j, PF_NR);
+    for (int j = 0; j < PF_NR; j += 8) transpose_pairs(line + j, kc2, bp + j, PF_NR);
 }
 
 /* y[0:rows, 0:cols] (+)= Σ_pairs (+ bias): the tile of ap (kc2 pairs × MR) and bp (kc2 pairs × NR) */
@@ -137,15 +151,23 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
                      float *mine, const uint32_t *packed) {
     const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2, P = (N + PF_NR - 1) / PF_NR;
     const uint32_t *ap = (const uint32_t *)ap_;
-    float *lines = mine, *rows = lines + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
+    float *lns = mine, *rows = lns + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
     uint32_t *b16 = (uint32_t *)(rows + PF_KC * PF_NR); /* KC/2 · NR pairs */
     for (int64_t p = p0; p < p1; p++) {
         const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
         const uint32_t *bp = b16;
-        if (packed) bp = packed + (k0 / 2 * P + p * kc2) * PF_NR; /* the K-blocks before k0 hold k0 / 2 pairs */
-        else pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lines);
+        const char *next = 0; /* the next packed panel, fetched into L2 a share per sliver while this one runs */
+        const int64_t lines = kc2 * PF_NR * 4 / 64, share = (lines + slivers - 1) / slivers;
+        if (packed) {
+            bp = packed + (k0 / 2 * P + p * kc2) * PF_NR; /* the K-blocks before k0 hold k0 / 2 pairs */
+            next = p + 1 < p1 ? (const char *)(bp + kc2 * PF_NR) : 0;
+        } else {
+            pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lns);
+        }
         for (int64_t s = 0; s < slivers; s++) {
             const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
+            for (int64_t l = s * share; next && l < (s + 1) * share && l < lines; l++)
+                _mm_prefetch(next + 64 * l, _MM_HINT_T1);
             micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)bp, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
                        k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
         }

@@ -57,10 +57,9 @@ void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K);
 void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1);
 #ifdef GM_AVX2
-/* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
-static inline void gemm_transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
-    __m256 r[8], t[8];
-    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src[j] + k);
+/* c[i] = lane i of r[0..7] (an 8 × 8 transpose in registers; r is overwritten) */
+static inline void gemm_transpose8_regs(__m256 r[8], __m256 c[8]) {
+    __m256 t[8];
     for (int j = 0; j < 8; j += 2) t[j] = _mm256_unpacklo_ps(r[j], r[j + 1]), t[j + 1] = _mm256_unpackhi_ps(r[j], r[j + 1]);
     for (int j = 0; j < 8; j += 4)
         for (int h = 0; h < 2; h++) {
@@ -71,9 +70,16 @@ static inline void gemm_transpose8(const float *const *src, int64_t k, float *ou
     const int order[4] = {0, 2, 1, 3};
     for (int i = 0; i < 4; i++) {
         const __m256 lo = r[order[i]], hi = r[order[i] + 4];
-        _mm256_storeu_ps(out + i * ldo, _mm256_permute2f128_ps(lo, hi, 0x20));
-        _mm256_storeu_ps(out + (i + 4) * ldo, _mm256_permute2f128_ps(lo, hi, 0x31));
+        c[i] = _mm256_permute2f128_ps(lo, hi, 0x20), c[i + 4] = _mm256_permute2f128_ps(lo, hi, 0x31);
     }
+}
+
+/* out[i · ldo + j] = src[j][k + i] for i, j < 8 */
+static inline void gemm_transpose8(const float *const *src, int64_t k, float *out, int64_t ldo) {
+    __m256 r[8], c[8];
+    for (int j = 0; j < 8; j++) r[j] = _mm256_loadu_ps(src[j] + k);
+    gemm_transpose8_regs(r, c);
+    for (int i = 0; i < 8; i++) _mm256_storeu_ps(out + i * ldo, c[i]);
 }
 #endif
 #endif
