@@ -86,7 +86,9 @@ def recipe(out: Path, mask: str, k: int, seed: int, steps: int, args) -> dict:
             "data": {"kind": "examples", "path": str(out / "data" / f"k{k}.jsonl"), "tokenizer": str(out / "tok"),
                      "seq_len": args.seq_len, "val_fraction": 0.02},
             "train": {"objective": {"name": "gist", "k": k, "mask": mask}, "batch_size": args.batch,
-                      "lora": {"targets": args.lora, "r": 8, "alpha": 16} if args.lora else None,
+                      "lora": {"targets": args.lora, "r": 8, "alpha": 16,  # (auto: the <GIST> row trains too)
+                               "trainable_tokens": "auto" if getattr(args, "gist_row", "train") == "train" else []}
+                      if args.lora else None,
                       "lr": args.lr, "min_lr": args.lr / 10, "warmup_steps": args.warmup, "max_steps": steps,
                       "precision": args.precision,
                       "max_minutes": None, "weight_decay": 0.0, "seed": seed, "threads": args.threads,
@@ -185,7 +187,8 @@ def run(args) -> None:
     evals = json.loads((out / "eval.json").read_text())["splits"]
     result = {"mask": args.mask, "k": args.k, "seed": args.seed, "steps": args.steps, "train_s": round(trained, 1),
               "stride": args.stride, "limit": args.limit,
-              "batch": args.batch, "lora": args.lora, "lr": args.lr, "precision": args.precision}
+              "batch": args.batch, "lora": args.lora, "lr": args.lr, "precision": args.precision,
+              "gist_row": args.gist_row if args.lora else "train"}
     for split in SPLITS:
         rows = evals[split][::args.stride][:args.limit or None]
         result[split] = score(model, swapped(rows) if args.swap else rows, args.mask, args.k)
@@ -221,6 +224,9 @@ def main() -> None:
     r.add_argument("--warmup", type=int, default=5, help="train.warmup_steps")
     r.add_argument("--limit", type=int, default=0, help="score only the first N rows of each split (0: all)")
     r.add_argument("--stride", type=int, default=1, help="score every Nth row of each split (1: all)")
+    r.add_argument("--gist-row", choices=["train", "frozen"], default="train",
+                   help="LoRA: train the <GIST> embedding row (train.lora.trainable_tokens: auto) or keep it frozen "
+                        "as the vocabulary mean it was grown as ([]: the runs before the trainable rows)")
     r.add_argument("--swap", action="store_true",
                    help="score with each row's instruction taken from another task's row (OUT/probes/, not results/)")
     c = sub.add_parser("cost")
