@@ -143,6 +143,16 @@ static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, i
 #undef BF_Y
 }
 
+/* The MR × NR tile of y at t (rows ldy apart, `rows` of them left) fetched into L1 while the tile before it runs:
+ * a wide product's y (Llama B's up projection: 512 × 2752 floats) does not stay in L2 across K-blocks, and the
+ * micro-kernel's adds to it would otherwise wait for memory at the end of every tile. */
+static inline void prefetch_tile(const float *t, int64_t ldy, int64_t rows) {
+    for (int64_t i = 0; i < PF_MR && i < rows; i++) {
+        _mm_prefetch((const char *)(t + i * ldy), _MM_HINT_T0);
+        _mm_prefetch((const char *)(t + i * ldy + 16), _MM_HINT_T0);
+    }
+}
+
 /* One K-block [k0, k0 + kc) of gemm_panels (gemm.c) in bf16: ap the packed slivers (gemm_pack_a_bf16), panels
  * [p0, p1) packed in `mine` (the thread's room after its A slivers), or read from `packed` (gm_pack_bf16's layout:
  * W packed once, fp32 only) when not NULL. */
@@ -168,6 +178,8 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
             const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
             for (int64_t l = s * share; next && l < (s + 1) * share && l < lines; l++)
                 _mm_prefetch(next + 64 * l, _MM_HINT_T1);
+            if (s + 1 < slivers) prefetch_tile(y + (m0 + PF_MR) * ldy + n0, ldy, M - m0 - PF_MR);
+            else if (p + 1 < p1) prefetch_tile(y + n0 + PF_NR, ldy, M);
             micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)bp, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
                        k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
         }
