@@ -6,7 +6,10 @@ same clock), the ratios issue 26 sets targets on (fp32 prefill ≥ 85% of the fp
 prefill run in bf16, ≥ 1.5× transformers' best), the bf16 logits' distance from fp32, the CPU and its flags.
 
     .venv/bin/python benchmarks/bench_prefill.py [--configs A B] [--tokens 512] [--repeats 5]
-        [--threads 1 --cpu-clock]
+        [--threads 1 --cpu-clock] [--per-call]
+
+``--per-call`` adds a row of the native bf16 prefill with W's panels converted to bf16 at every call (as before
+the weights were packed once: ``native_prefill.PACK_BF16 = False``), for an A/B in the same run.
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ def models(name: str):
         return hf, genmodels.load(d)
 
 
-def one_config(name: str, t: int, repeats: int, clock, peaks: dict) -> None:
+def one_config(name: str, t: int, repeats: int, clock, peaks: dict, per_call: bool = False) -> None:
     from genmodels.generation.session import DecodeSession
     hf, ours = models(name)
     hf16 = models(name)[0].to(torch.bfloat16)
@@ -54,14 +57,24 @@ def one_config(name: str, t: int, repeats: int, clock, peaks: dict) -> None:
                 return model(ids, use_cache=True, logits_to_keep=1).logits[:, -1].float()
         return run
 
+    def run_per_call():
+        from genmodels.native import prefill as native_prefill
+        native_prefill.PACK_BF16 = False
+        try:
+            return run_ours()
+        finally:
+            native_prefill.PACK_BF16 = True
+
     flops = prefill_flops(ours, t)
     rows = [(f"genmodels native{' bf16' * (env == 'bf16')}", run_ours, env) for _, env in native_prefill_rows()]
+    if per_call and rows[-1][2] == "bf16":
+        rows.append(("native W per call bf16", run_per_call, "bf16"))
     rows += [("transformers", run_hf(hf), None), ("transformers bf16", run_hf(hf16), None)]
     print(f"Llama config {name} ({sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M params): {t}-token prefill, "
           f"{flops / 1e9:.2f} GFLOP, median of {repeats}")
     rates, logits = time_prefill_rows(rows, t, flops, peaks, repeats, clock, width=22)
     fp32, best_hf = logits["genmodels native"], max(rates["transformers"], rates["transformers bf16"])
-    for row in ("genmodels native bf16", "transformers", "transformers bf16"):
+    for row in ("genmodels native bf16", "native W per call bf16", "transformers", "transformers bf16"):
         if row in logits:
             err = float((logits[row] - fp32).abs().max() / fp32.abs().max())
             print(f"  {row} logits vs genmodels native fp32: max |Δ| = {err:.1e} of the largest")
@@ -70,6 +83,9 @@ def one_config(name: str, t: int, repeats: int, clock, peaks: dict) -> None:
         print(f"  genmodels native bf16 / transformers' best ({'bf16' if rates['transformers bf16'] > rates['transformers'] else 'fp32'}): "
               f"{rates['genmodels native bf16'] / best_hf:.2f}x  (target ≥ 1.5x); bf16 / fp32 native: "
               f"{rates['genmodels native bf16'] / rates['genmodels native']:.2f}x")
+    if "native W per call bf16" in rates:
+        print(f"  bf16 weights packed once / converted per call: "
+              f"{rates['genmodels native bf16'] / rates['native W per call bf16']:.2f}x")
 
 
 def main() -> None:
@@ -79,6 +95,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads; default torch's")
     ap.add_argument("--cpu-clock", action="store_true", help="time by process CPU time (with --threads 1)")
+    ap.add_argument("--per-call", action="store_true", help="add the bf16 row with W converted at every call (A/B)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,7 +107,7 @@ def main() -> None:
           f"{'process CPU time' if args.cpu_clock else 'wall'}\nCPU flags: {cpu_flags()}\nmatmul peak (torch.mm "
           f"1024²/2048², same clock): fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.1f} GFLOP/s")
     for name in args.configs:
-        one_config(name, args.tokens, args.repeats, clock, peaks)
+        one_config(name, args.tokens, args.repeats, clock, peaks, args.per_call)
 
 
 if __name__ == "__main__":
