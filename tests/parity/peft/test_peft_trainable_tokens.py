@@ -101,3 +101,20 @@ def test_the_rows_start_as_the_table_s_and_only_they_train(tmp_path):
     moved = (ours.embed.table() - table).abs().amax(1) > 0
     assert moved.nonzero().flatten().tolist() == IDS
     assert opt.state[ours.embed.trainable_tokens.weight]["exp_avg"].shape == (len(IDS), 64)
+
+
+def test_unload_leaves_the_trained_rows_in_a_plain_embedding_and_a_mismatched_file_is_refused(tmp_path):
+    hf = hf_model("llama", seed=5, num_key_value_heads=2, tie_word_embeddings=True)
+    ours = to_ours(hf, tmp_path / "base")
+    lora.apply(ours, "q,v", r=4, alpha=8, trainable_tokens=IDS)
+    _randomise(ours, seed=6)
+    lora.save(ours, tmp_path / "adapter")
+    ids = _ids_hitting_rows()
+    with torch.no_grad():
+        want = ours(ids)
+        lora.unload(ours)
+        assert ours.embed.trainable_tokens is None and not any("trainable" in k for k in ours.state_dict())
+        torch.testing.assert_close(ours(ids), want, **TOL)
+    other = lora.apply(to_ours(hf, tmp_path / "base2"), "q,v", r=4, alpha=8, trainable_tokens=[3])
+    with pytest.raises(ValueError, match="trainable tokens than the model's adapters"):
+        lora.load(other, tmp_path / "adapter")
