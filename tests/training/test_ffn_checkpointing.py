@@ -131,16 +131,26 @@ def test_fused_head_loss_gradient_at_unit_scale_is_the_saved_one_bit_for_bit():
     assert torch.equal(h.grad, 2 * ref[0]) and torch.equal(w.grad, 2 * ref[1])
 
 
-def test_head_gradient_products_cast_the_softmax_block_once_same_bits():
-    """Under bf16 autocast the head's gradient products take the (c, V) block already in bf16: the same bits as
-    letting autocast cast it for each product (p, then pᵀ)."""
-    from genmodels.objectives.losses import _amp_grads
+def test_head_gradient_products_cast_the_softmax_block_once_per_chunk():
+    """Under bf16 autocast the head's gradient products take the (c, V) block cast to bf16 once (autocast would
+    cast it for p and again for pᵀ)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from genmodels.objectives.losses import fused_linear_cross_entropy
+
+    class Casts(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.blocks = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func.overloadpacket is torch.ops.aten._to_copy and out.dtype == torch.bfloat16 and out.shape[-1] == 40:
+                self.blocks += out.dim() == 2 and out.shape[0] <= 6  # a (c, V) block (the (V, D) head is 40 x 16)
+            return out
+
     torch.manual_seed(0)
-    p, h, w = torch.randn(6, 40), torch.randn(6, 16), torch.randn(40, 16)
-    out = []
-    for block in (p, p.to(torch.bfloat16)):
-        gh, gw = torch.empty(6, 16), torch.zeros(40, 16)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            _amp_grads(block, h, w, gh, gw)
-        out.append((gh, gw))
-    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    h, w, y = torch.randn(12, 16, requires_grad=True), torch.randn(40, 16, requires_grad=True), torch.randint(0, 40, (12,))
+    with torch.autocast("cpu", dtype=torch.bfloat16), Casts() as mode:
+        fused_linear_cross_entropy(h, w, None, y, chunk=6)  # 2 chunks
+    assert mode.blocks == 2

@@ -25,6 +25,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .head_bf16 import amp_head_chunks
+
 IGNORE_INDEX = -100
 
 
@@ -38,12 +40,17 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             targets = targets.masked_fill(ignored, 0)  # any id: the row's loss and gradient are zeroed
         n = h.shape[0] if valid is None else int(valid.sum())  # h (N, D), weight (V, D), targets (N,)
         need = ctx.needs_input_grad
+        inv_n = 1.0 / n if n else math.nan  # all ignored: nan, as F.cross_entropy
+        amp = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
+        if amp is not None:  # train.precision: bf16 — bf16 products, fp32 softmax and accumulation (head_bf16.py)
+            total, grad_h, grad_w, grad_b = amp_head_chunks(h, weight, bias, targets, valid, chunk, inv_n, need, amp)
+            ctx.save_for_backward(grad_h, grad_w, grad_b)
+            ctx.weight_dtype = weight.dtype
+            return total * inv_n
         grad_h = torch.empty_like(h) if need[0] else None
         grad_w = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
         grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
         total = torch.zeros((), dtype=torch.float32, device=h.device)
-        amp = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
-        inv_n = 1.0 / n if n else math.nan  # all ignored: nan, as F.cross_entropy
         for s in range(0, h.shape[0], chunk):
             hc, yc = h[s:s + chunk], targets[s:s + chunk]
             z = F.linear(hc, weight, bias).float()  # (c, V)
@@ -58,13 +65,10 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             if valid is not None:
                 p.mul_(valid[s:s + chunk, None])
             pc = p.to(h.dtype)
-            if amp is not None:  # under autocast (train.precision: bf16) the gradient products in its dtype too
-                _amp_grads(pc.to(amp), hc, weight, grad_h[s:s + chunk] if grad_h is not None else None, grad_w)
-            else:
-                if grad_h is not None:
-                    torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
-                if grad_w is not None:
-                    grad_w.addmm_(pc.t().float(), hc.float())
+            if grad_h is not None:
+                torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
+            if grad_w is not None:
+                grad_w.addmm_(pc.t().float(), hc.float())
             if grad_b is not None:
                 grad_b += p.sum(0)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
@@ -85,17 +89,6 @@ def _scaled(grad: torch.Tensor | None, g: torch.Tensor | None, dtype: torch.dtyp
     if grad is None:
         return None
     return (grad if g is None else grad * g).to(dtype)
-
-
-def _amp_grads(p: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, grad_h: torch.Tensor | None,
-               grad_w: torch.Tensor | None) -> None:
-    """A chunk's ``∂L/∂h = p W`` (into ``grad_h``) and ``∂L/∂W += pᵀ h`` (fp32 ``grad_w``) as autocast runs
-    products: in its dtype (``torch.mm`` with ``out=`` or ``addmm_`` would bypass autocast and run in fp32).
-    ``p`` arrives in that dtype already: autocast would otherwise cast the ``(c, V)`` block twice (p, pᵀ)."""
-    if grad_h is not None:
-        grad_h.copy_(torch.mm(p, weight))  # (c, V) @ (V, D)
-    if grad_w is not None:
-        grad_w += torch.mm(p.t(), h)  # (V, c) @ (c, D)
 
 
 def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
