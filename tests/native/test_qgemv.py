@@ -1,6 +1,7 @@
-"""The batch-1 quantised products of the decode step (csrc/qgemv.c): rows in groups of 4 (every tail of a
-group, of an 8-row block and of a thread's share), Q4_1's per-product block sums of x (an x far from zero
-mean, where Σ m·x dominates), each equal to dequantise-then-fp32 to 1e-5; the 8-lane (AVX2) build too."""
+"""The batch-1 quantised products with fp32 activations (csrc/qgemv.c, GENMODELS_NATIVE_QDOT=fp32; the default
+int8 ones: test_qdot8.py): rows in groups of 4 (every tail of a group, of an 8-row block and of a thread's share),
+Q4_1's per-product block sums of x (an x far from zero mean, where Σ m·x dominates), each equal to
+dequantise-then-fp32 to 1e-5; the 8-lane (AVX2) build too."""
 from __future__ import annotations
 
 import pytest
@@ -14,6 +15,12 @@ from tests.native.test_quant import narrower_build, random_blocks, relative_erro
 from tests.helpers.native import native_built, skip_if_disabled  # noqa: F401  (autouse fixture)
 
 skip_if_disabled()
+
+
+@pytest.fixture(autouse=True)
+def fp32_activations():
+    with quant.qdot_forced("fp32"):
+        yield
 
 
 @pytest.mark.parametrize("qtype", QTYPES)
@@ -45,5 +52,6 @@ def test_narrower_build_row_tails_equal_dequantised_fp32(qtype, narrower_build):
     w = dequantize_rows(blocks, qtype, 96)
     x = 1.0 + torch.randn(1, 96, generator=torch.Generator().manual_seed(2))
     for n in (1, 2, 3, 5, 6, 11):
-        got = quant.qlinear(x, blocks[:n].contiguous(), qtype, threads=2, lib=narrower_build)
+        with quant.qdot_forced("fp32", lib=narrower_build):
+            got = quant.qlinear(x, blocks[:n].contiguous(), qtype, threads=2, lib=narrower_build)
         assert relative_error(got, F.linear(x, w[:n])) < 1e-5, n

@@ -1,7 +1,15 @@
 """The native quantised matrix products (csrc/quant.c) for tests and benchmarks: ``qlinear`` and
 ``dequantize`` over a :class:`~genmodels.nn.quantized.QuantizedLinear`'s blocks. The decode step
-calls the same C code on the blocks in place (native/decoder.py passes a pointer and the GGML type)."""
+calls the same C code on the blocks in place (native/decoder.py passes a pointer and the GGML type).
+
+Batch-1 products (one input row) of Q8_0 / Q4_0 / Q4_1 take int8 activations by default (csrc/qdot8.c:
+x quantised to blocks of 32 with a scale each, integer block dots): ``qdot_mode`` / ``qdot_forced`` /
+``GENMODELS_NATIVE_QDOT`` choose that or the fp32-activation reference (csrc/qgemv.c); docs/native.md."""
 from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
 
 import torch
 
@@ -53,3 +61,53 @@ def dequantize(blocks: torch.Tensor, qtype: str, in_features: int, lib=None) -> 
     if lib.gm_dequantize(blocks.data_ptr(), code, blocks.shape[0], in_features, out.data_ptr()) != 0:
         raise ValueError(f"gm_dequantize refused {qtype}")
     return out
+
+
+QDOT_MODES = {"fp32": 0, "avx2": 1, "vnni": 2}  # csrc/qdot8.c: the batch-1 products' activations and dot
+QDOT_ENV = ("int8", "avx2", "fp32")  # GENMODELS_NATIVE_QDOT's values (unset: int8, the best dot the build has)
+
+
+def _bind_qdot(lib):
+    if not getattr(lib, "_qdot_bound", False):
+        lib.gm_qdot_mode.argtypes = [ctypes.c_int]
+        lib.gm_qdot_mode.restype = ctypes.c_int
+        lib.gm_qdot_quantise.argtypes = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p]
+        lib.gm_qdot_quantise.restype = ctypes.c_int
+        lib._qdot_bound = True
+    return lib
+
+
+def qdot_mode(mode: str | None = None, lib=None) -> str:
+    """The batch-1 quantised products' path: ``"vnni"`` (int8 activations, VPDPBUSD), ``"avx2"`` (int8
+    activations, VPMADDUBSW), ``"fp32"`` (fp32 activations, csrc/qgemv.c). ``mode`` sets it (capped at what
+    the build has: the mode in force is returned); None only reads it (first read: GENMODELS_NATIVE_QDOT)."""
+    lib = _bind_qdot(_lib(lib))
+    env = os.environ.get("GENMODELS_NATIVE_QDOT", "").strip()
+    if env and env not in QDOT_ENV:
+        raise ValueError(f"GENMODELS_NATIVE_QDOT={env!r}: allowed are {', '.join(QDOT_ENV)} (unset: int8)")
+    if mode is not None and mode not in QDOT_MODES:
+        raise ValueError(f"qdot mode must be one of {', '.join(QDOT_MODES)}, got {mode!r}")
+    got = lib.gm_qdot_mode(-1 if mode is None else QDOT_MODES[mode])
+    return {v: k for k, v in QDOT_MODES.items()}[got]
+
+
+@contextlib.contextmanager
+def qdot_forced(mode: str, lib=None):
+    """``qdot_mode(mode)`` inside the block (yields the mode in force), the previous mode restored after."""
+    before = qdot_mode(lib=lib)
+    try:
+        yield qdot_mode(mode, lib=lib)
+    finally:
+        qdot_mode(before, lib=lib)
+
+
+def quantize_activations(x: torch.Tensor, lib=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (K,) fp32 as the int8 products quantise it: (q (K,) int8, d (K / 32,) fp32), x̂ = d · q per block."""
+    lib = _bind_qdot(_lib(lib))
+    x = x.contiguous()
+    if x.dtype != torch.float32 or x.dim() != 1 or x.shape[0] % 32:
+        raise ValueError("quantize_activations takes fp32 (K,) with K a multiple of 32")
+    q, d = torch.empty(x.shape[0], dtype=torch.int8), torch.empty(x.shape[0] // 32)
+    if lib.gm_qdot_quantise(x.data_ptr(), x.shape[0], q.data_ptr(), d.data_ptr()) != 0:
+        raise ValueError("this build has no int8 dot (no AVX2)")
+    return q, d

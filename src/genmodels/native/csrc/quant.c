@@ -228,7 +228,8 @@ void any_linear_team(const float *x, int64_t M, int64_t K, const void *W, int64_
     }
     const int64_t nb = (N + 7) / 8;
 #ifdef GM_AVX2
-    if (M == 1 && quant_block_values(type) == GM_QK) { /* batch 1: qgemv.c, each row read from its blocks once */
+    if (M == 1 && quant_block_values(type) == GM_QK) { /* batch 1: qdot8.c (int8 x) or qgemv.c (fp32 x) */
+        if (qdot8_team(x, K, (const uint8_t *)W, type, bias, y, N, accumulate)) return;
         float *xsum = 0;
         if (type == GM_Q4_1) { /* each thread sums x's blocks once per product (no barrier) */
             if (!(xsum = thread_buffer(K / GM_QK))) abort();

@@ -44,4 +44,7 @@ static inline float half_to_float(const uint8_t *p) {
 void qgemv_block_sums(const float *x, int64_t K, float *xsum);
 void qgemv_rows(const float *x, const float *xsum, int64_t K, const uint8_t *Wq, int64_t type, const float *bias,
                 float *y, int64_t n0, int64_t n1, int accumulate);
+/* batch 1 with int8 activations (qdot8.c), inside a parallel region: 0 when the mode is fp32 (then qgemv_rows) */
+int qdot8_team(const float *x, int64_t K, const uint8_t *W, int64_t type, const float *bias, float *y, int64_t N,
+               int accumulate);
 #endif
