@@ -1,7 +1,8 @@
 """bf16 weights packed once (csrc/gemm_bf16.c gm_pack_bf16, native/prefill.py packed_weights): the packed panels
 are exactly the layout the per-call packing makes (checked against a Python model of it), products and whole
 prefills read from them equal the per-call ones bit for bit (edge sizes, 1 and 2 threads, the threads' row split),
-and the packed copy is made once per weight, again after an in-place change, and dropped with its weight."""
+and the packed copy is made once per weight, again after an in-place change, and dropped with its weight; the scratch
+kept between calls (fp32 too) holds nothing a call reads before writing."""
 from __future__ import annotations
 
 import gc
@@ -114,3 +115,21 @@ def test_packed_once_repacked_after_an_in_place_change_and_dropped_with_the_weig
     del model, qkv
     gc.collect()
     assert not mine & set(native_prefill._packed)
+
+
+@pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=needs_bf16)])
+@pytest.mark.usefixtures("threads")
+def test_the_kept_scratch_full_of_nan_changes_nothing(bf16):
+    """native/prefill.py keeps the scratch between calls: nothing may read a value it did not write in this call
+    (a fresh allocation's zeroed pages hid such a read)."""
+    model = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96, sliding_window=16)
+    ids, mask = random_ids(2, 60), left_pad_mask([60, 33], 60)
+    outs = []
+    for fill in (0.0, float("nan")):
+        native_prefill.release()
+        native_prefill._kept.scratch = torch.full((1 << 20,), fill)
+        with torch.inference_mode():
+            cache = model.new_cache(2, 60)
+            outs.append((native_prefill.prefill(model, cache, ids, mask, bf16=bf16).clone(), cache.layers[0].k.clone()))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    native_prefill.release()
