@@ -171,3 +171,5 @@ def test_a_build_without_bf16_refuses_or_falls_back(no_bf16_build, monkeypatch, 
     x = torch.randn(30, 64)
     rc = no_bf16_build.gm_prefill_gemm(x.data_ptr(), 30, 64, x.data_ptr(), 0, None, torch.empty(30, 30).data_ptr(), 30, 1, 1, None)
     assert rc == -3  # the C entry refuses too
+    with pytest.raises(ValueError, match="needs VDPBF16PS"):  # and so does packing weights in bf16
+        native_prefill.pack_bf16(x, no_bf16_build)
