@@ -100,3 +100,39 @@ def test_blockwise_accumulation_is_fp32_add_of_the_converted_block_bit_for_bit()
     assert torch.equal(dst, want)
     _accumulate(dst, src, first=True)
     assert torch.equal(dst, src.float())
+
+
+# ---- the train step: one bf16 copy of each weight per optimizer step -------------------------------------------
+def _micro_step(cast_once: bool):
+    """A 3-micro-batch bf16 step on a 2-layer MLP: (the weights' bf16 casts counted, the gradients the
+    optimizer saw). ``cast_once`` False: the reference — autocast around each micro-batch's forward alone."""
+    from torch import nn
+
+    from genmodels.training.steps import Phase, TrainStep
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(8, 16), nn.GELU(), nn.Linear(16, 4))
+
+    def loss_fn(batch):
+        return net(batch["x"]).float().pow(2).mean(), {}
+    batches = [{"x": torch.randn(5, 8)} for _ in range(3)]
+    opt = torch.optim.SGD(net.parameters(), lr=0.0)
+    grads = []
+    opt.step = lambda: grads.append([p.grad.clone() for p in net.parameters()])
+    with Ops() as ops:
+        if cast_once:
+            TrainStep([Phase("model", loss_fn, net, opt)], amp_dtype=BF16)(batches, 0)
+        else:
+            for b in batches:
+                with torch.autocast("cpu", dtype=BF16):
+                    loss = loss_fn(b)[0] / 3
+                loss.backward()
+            grads.append([p.grad.clone() for p in net.parameters()])
+    casts = sum(1 for s in ops.seen if s[0] == "_to_copy" and s[1] == (torch.float32,) and s[2] == (16, 8))
+    return casts, grads[0]
+
+
+def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches_same_gradients():
+    casts, grads = _micro_step(cast_once=True)
+    ref_casts, ref_grads = _micro_step(cast_once=False)
+    assert ref_casts == 3 and casts == 1
+    assert all(torch.equal(a, b) for a, b in zip(grads, ref_grads))  # the same bf16 weights: the same bits
