@@ -122,3 +122,23 @@ def test_the_fused_head_loss_runs_its_gradient_products_in_bf16_under_autocast()
     for got, want in zip(torch.autograd.grad(loss, [h, w]), torch.autograd.grad(ref, [h, w])):
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2 * float(want.abs().max()))
+
+
+def test_a_bf16_run_with_micro_batches_resumes_bit_for_bit(has_bf16, corpus_dir, tmp_path):
+    """bf16 with grad_accum 2 (one bf16 cast of the weights per step, training/steps.py): resumed from step 2 of
+    4, the losses and final weights equal the uninterrupted run's."""
+    import shutil
+
+    from safetensors.torch import load_file
+    run = tmp_path / "run"
+    cfg = tiny_config(corpus_dir, run, train={"precision": "bf16", "max_steps": 4, "eval_every": 4, "ckpt_every": 2,
+                                              "grad_accum": 2, "keep_last": 5},
+                      sample={"prompts": [], "max_new_tokens": 0})
+    train(RunConfig.from_dict(cfg), progress=False, log=lambda s: None)
+    again = tmp_path / "again"
+    shutil.copytree(run, again, ignore=shutil.ignore_patterns("final", "step-000004"))
+    cfg["run_dir"] = str(again)
+    train(RunConfig.from_dict(cfg), resume=True, progress=False, log=lambda s: None)
+    assert losses(again) == losses(run) and len(losses(run)) == 4
+    a, b = load_file(run / "final" / "model.safetensors"), load_file(again / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
