@@ -15,8 +15,9 @@
  * next four prefetched meanwhile.
  * One core of a loaded AMD EPYC Zen 4, matrices in cache, ns a block (the previous kernel → this one): Q4_1
  * 3072 × 576 3.55 → 1.93, Q4_0 576 × 1536 2.41 → 1.62, Q8_0 4096 × 576 2.00 → 1.65 (docs/quantization.md).
- * Neither int8 activations (llama.cpp's ggml_vec_dot_q4_1_q8_1) nor bf16 products are used: both round x,
- * ~1e-3 relative, which the correctness target (1e-5) rules out.
+ * This is the fp32-activation path: the reference, and the batch-1 path where GENMODELS_NATIVE_QDOT=fp32 or the
+ * build has no int8 dot. By default batch-1 products take int8 activations (qdot8.c, llama.cpp's scheme), which
+ * round x (|x̂ − x| ≤ d/2 a block) and stream the rows one at a time: ~1.4x faster decode steps.
  */
 #include "common.h"
 #include "quant.h"

@@ -13,8 +13,9 @@
  * its 8 rows into an L1/L2-resident buffer and runs the fp32 dot tiles of linear.c over them, every
  * input row reusing them. Either way the result is the fp32 product with the dequantised matrix up
  * to summation order (~1e-7 relative).
- * Activations stay fp32 (llama.cpp's int8 activations with per-block scales would add an activation
- * rounding error of ~1e-3 relative; here a quantised product equals dequantise-then-fp32 to ~1e-6).
+ * Batch 1 of Q8_0 / Q4_0 / Q4_1 takes int8 activations by default (qdot8.c: llama.cpp's per-block scales; the
+ * product is dequantise(W) · dequantise(quantise_q8(x))); GENMODELS_NATIVE_QDOT=fp32 keeps x in fp32 (qgemv.c),
+ * as every other path here does (there a quantised product equals dequantise-then-fp32 to ~1e-6).
  * Dequantisation has AVX-512, AVX2 and scalar paths, chosen at build time (-march=native).
  */
 #include "common.h"
