@@ -130,3 +130,13 @@ def test_an_unknown_mode_or_variable_value_is_refused_in_one_line(monkeypatch):
     monkeypatch.setenv("GENMODELS_NATIVE_QDOT", "fast")
     with pytest.raises(ValueError, match=r"^GENMODELS_NATIVE_QDOT='fast': allowed are int8, avx2, fp32 \(unset: int8\)$"):
         quant.qdot_mode()
+
+
+@pytest.mark.skipif(not int8_modes(), reason="this build has no int8 dot (no AVX2)")
+def test_the_variable_chooses_the_path(monkeypatch):
+    """GENMODELS_NATIVE_QDOT as the library reads it (at its first batch-1 product; ``qdot_mode("env")`` again)."""
+    best = max(int8_modes(), key=quant.QDOT_MODES.get)
+    with quant.qdot_forced("fp32"):  # restores the mode in force after
+        for value, want in (("fp32", "fp32"), ("avx2", "avx2"), ("int8", best), ("", best)):
+            monkeypatch.setenv("GENMODELS_NATIVE_QDOT", value)
+            assert quant.qdot_mode("env") == want, value

@@ -80,14 +80,15 @@ def _bind_qdot(lib):
 def qdot_mode(mode: str | None = None, lib=None) -> str:
     """The batch-1 quantised products' path: ``"vnni"`` (int8 activations, VPDPBUSD), ``"avx2"`` (int8
     activations, VPMADDUBSW), ``"fp32"`` (fp32 activations, csrc/qgemv.c). ``mode`` sets it (capped at what
-    the build has: the mode in force is returned); None only reads it (first read: GENMODELS_NATIVE_QDOT)."""
+    the build has: the mode in force is returned); None only reads it (first read: GENMODELS_NATIVE_QDOT);
+    ``"env"`` takes GENMODELS_NATIVE_QDOT again."""
     lib = _bind_qdot(_lib(lib))
     env = os.environ.get("GENMODELS_NATIVE_QDOT", "").strip()
     if env and env not in QDOT_ENV:
         raise ValueError(f"GENMODELS_NATIVE_QDOT={env!r}: allowed are {', '.join(QDOT_ENV)} (unset: int8)")
-    if mode is not None and mode not in QDOT_MODES:
+    if mode is not None and mode not in QDOT_MODES and mode != "env":
         raise ValueError(f"qdot mode must be one of {', '.join(QDOT_MODES)}, got {mode!r}")
-    got = lib.gm_qdot_mode(-1 if mode is None else QDOT_MODES[mode])
+    got = lib.gm_qdot_mode(-1 if mode is None else -2 if mode == "env" else QDOT_MODES[mode])
     return {v: k for k, v in QDOT_MODES.items()}[got]
 
 

@@ -57,10 +57,11 @@ static int env_mode(void) {
     return QDOT_FP32;
 }
 
-/* mode < 0: only read it; else set it (capped at what the build has). Returns the mode in force. */
+/* mode ≥ 0: set it (capped at what the build has); −1: only read it; −2: take GENMODELS_NATIVE_QDOT again.
+ * Returns the mode in force. */
 GM_API int gm_qdot_mode(int mode) {
     if (mode >= 0) qdot_mode = clamp_mode(mode);
-    else if (qdot_mode < 0) qdot_mode = env_mode();
+    else if (qdot_mode < 0 || mode == -2) qdot_mode = env_mode();
     return qdot_mode;
 }
 
