@@ -1,14 +1,16 @@
-"""Self-distillation with feedback's results (issue #23 d5/d7): exact match base → SFT → SDF, a table and a chart.
+"""Self-distillation with feedback's results (issue #23 d5/d7): exact match base → SFT → … → SDF, a table and a chart.
 
     .venv/bin/python benchmarks/sdf_report.py EVAL [--png docs/img/sdf-exact-match.png]
 
 ``EVAL`` holds ``genmodels eval-tasks --out`` reports named ``<stage>[-s<seed>]-<split>.json``: stage ``base``,
-``sft``, ``sftc`` (a control: SFT continued on the DPO pairs' chosen replies alone, same steps) or ``sdf``, split ``seen-test`` or ``unseen`` (e.g. ``sdf-s1-seen-test.json``). Prints a Markdown table:
-per stage the seeds, exact match per seed and mean ± standard deviation (sample, n − 1) per split, and the
-issue's test — SDF's mean gain over SFT on seen-test in units of SDF's standard deviation over seeds (target: more
-than 2) — and, where SFT and SDF share seeds (SDF seed s tuned from SFT seed s), the paired reading: the mean of the
-per-seed gains in units of their standard deviation; with a control, SDF − control the same ways. A stage without
-reports is left out of the chart. The chart: a bar per stage and split (mean, the std as an error bar, each seed a dot).
+``sft``, ``sftc`` (a control: SFT continued on the DPO pairs' chosen replies alone, same steps), ``dpo`` (plain DPO,
+β 0.1, on the pairs), ``dpob5`` (plain DPO, β 0.5) or ``sdf`` (DPO + RPO), split ``seen-test`` or ``unseen`` (e.g.
+``sdf-s1-seen-test.json``). Prints a Markdown table: per stage the seeds, exact match per seed and mean ± standard
+deviation (sample, n − 1) per split; then for each tuned stage (``dpo``, ``dpob5``, ``sdf``) the issue's test — its
+mean gain over SFT on seen-test in units of its own standard deviation over seeds (target: more than 2) — and, where
+SFT and the stage share seeds (seed s tuned from SFT seed s), the paired reading: the mean of the per-seed gains in
+units of their standard deviation; with a control, stage − control the same ways. A stage without reports is left
+out of the table and the chart. The chart: a bar per stage and split (mean, the std as an error bar, each seed a dot).
 """
 from __future__ import annotations
 
@@ -21,9 +23,11 @@ from pathlib import Path
 from seed_bars import seed_bars
 
 STAGES = {"base": "base (untuned)", "sft": "SFT (LoRA, task data)",
-          "sftc": "control: SFT on the pairs' chosen replies", "sdf": "SDF: DPO (+RPO) on the pairs"}
+          "sftc": "control: SFT on the pairs' chosen replies", "dpo": "DPO (β 0.1) on the pairs",
+          "dpob5": "DPO (β 0.5) on the pairs", "sdf": "SDF: DPO + RPO (α 1) on the pairs"}
+TUNED = {"dpo": "DPO", "dpob5": "DPO β0.5", "sdf": "SDF"}  # the stages read against SFT and the control
 SPLITS = ("seen-test", "unseen")
-NAME = re.compile(r"(base|sft|sftc|sdf)(?:-s(\d+))?-(seen-test|unseen)")
+NAME = re.compile(rf"({'|'.join(STAGES)})(?:-s(\d+))?-(seen-test|unseen)")
 
 
 def scores(folder: Path) -> dict[str, dict[str, dict[int, float]]]:
@@ -47,6 +51,8 @@ def table(found: dict) -> list[str]:
             "|---|---|" + "---|---|" * len(SPLITS)]
     for stage, label in STAGES.items():
         per = found.get(stage, {})
+        if not per:
+            continue
         seeds = sorted({k for split in per.values() for k in split})
         cells = []
         for split in SPLITS:
@@ -55,26 +61,32 @@ def table(found: dict) -> list[str]:
             cells += [", ".join(f"{x:.3f}" for x in xs) or "—", f"{m:.3f} ± {s:.3f}" if xs else "—"]
         rows.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
     for split in SPLITS:
-        rows += gain_lines(found, split, "sft") + gain_lines(found, split, "sftc")
+        for stage in TUNED:
+            rows += gain_lines(found, split, "sft", stage) + gain_lines(found, split, "sftc", stage)
     return rows
 
 
-def gain_lines(found: dict, split: str, against: str) -> list[str]:
-    """SDF − ``against`` (sft or sftc) on ``split``: in SDF's std over seeds, and paired by seed where both stages
-    have the seed."""
-    sft, sdf = (found.get(k, {}).get(split, {}) for k in (against, "sdf"))
-    if not (sft and sdf):
+def gain_lines(found: dict, split: str, against: str, stage: str = "sdf") -> list[str]:
+    """``stage`` (a tuned stage: dpo, dpob5, sdf) − ``against`` (sft or sftc) on ``split``: in the stage's std over
+    seeds, and paired by seed where both stages have the seed."""
+    base, tuned = (found.get(k, {}).get(split, {}) for k in (against, stage))
+    if not (base and tuned):
         return []
-    gain, s = spread(list(sdf.values()))[0] - spread(list(sft.values()))[0], spread(list(sdf.values()))[1]
-    out = ["", f"SDF − {against.upper()} on {split}: {gain:+.3f} = "
-           + (f"{gain / s:+.1f} std of SDF's seeds" if s > 0 else "(no spread over seeds)")
+    name = TUNED[stage]
+    (m_tuned, s), m_base = spread(list(tuned.values())), spread(list(base.values()))[0]
+    gain = m_tuned - m_base
+    out = ["", f"{name} − {against.upper()} on {split}: {gain:+.3f} = "
+           + (f"{gain / s:+.1f} std of {name}'s seeds" if s > 0 else "(no spread over seeds)")
            + (" (target > 2)" if split == "seen-test" and against == "sft" else "")]
-    both = sorted(set(sft) & set(sdf))
+    both = sorted(set(base) & set(tuned))
+    diffs = [tuned[k] - base[k] for k in both]
+    per_seed = ", ".join(f"s{k} {x:+.3f}" for k, x in zip(both, diffs))
     if len(both) > 1:
-        diffs = [sdf[k] - sft[k] for k in both]
         m, d = spread(diffs)
-        out.append(f"paired by seed ({', '.join(f's{k} {x:+.3f}' for k, x in zip(both, diffs))}): "
+        out.append(f"paired by seed ({per_seed}): "
                    f"{m:+.3f} ± {d:.3f} = " + (f"{m / d:+.1f} std of the per-seed gains" if d > 0 else "no spread"))
+    elif both:
+        out.append(f"paired by seed ({per_seed}): one seed, no spread")
     return out
 
 
@@ -82,7 +94,7 @@ def plot(found: dict, png: Path) -> None:
     groups = [(label, {split: list(found.get(stage, {}).get(split, {}).values()) for split in SPLITS})
               for stage, label in STAGES.items() if stage in found]
     splits = tuple(s for s in SPLITS if any(by_split.get(s) for _, by_split in groups))  # (the measured ones)
-    seed_bars(groups, splits, "SmolLM2-135M-Instruct: base → SFT → SDF (mean ± std over seeds; dots: seeds)", png,
+    seed_bars(groups, splits, "SmolLM2-135M-Instruct: base → SFT → DPO / SDF (mean ± std over seeds; dots: seeds)", png,
               width=0.8 / max(len(groups), 1))
 
 

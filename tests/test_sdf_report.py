@@ -37,3 +37,21 @@ def test_gains_over_sft_in_sdfs_std_and_paired_by_seed(tmp_path):
     assert "paired by seed (s0 +0.100, s1 +0.120, s2 +0.080): +0.100 ± 0.020 = +5.0 std of the per-seed gains" in text
     assert "SDF − SFTC on seen-test: +0.050 = +0.5 std of SDF's seeds" in text
     assert "| control: SFT on the pairs' chosen replies | 1 | 0.250 |" in text
+
+
+def test_each_tuned_stage_is_read_against_sft_and_the_control(tmp_path):
+    for seed, (sft, dpo) in enumerate([(0.10, 0.0), (0.20, 0.05), (0.30, 0.10)]):
+        _write(tmp_path, f"sft-s{seed}-seen-test", sft)
+        _write(tmp_path, f"dpo-s{seed}-seen-test", dpo)
+        _write(tmp_path, f"sftc-s{seed}-seen-test", 0.3)
+    rep = _report()
+    text = "\n".join(rep.table(rep.scores(tmp_path)))
+    # DPO 0.05 ± 0.05 vs SFT 0.20: −0.150 = −3.0 std; per-seed −0.10, −0.15, −0.20: −0.150 ± 0.050 = −3.0 std
+    assert "DPO − SFT on seen-test: -0.150 = -3.0 std of DPO's seeds (target > 2)" in text
+    assert "paired by seed (s0 -0.100, s1 -0.150, s2 -0.200): -0.150 ± 0.050 = -3.0 std of the per-seed gains" in text
+    assert "DPO − SFTC on seen-test: -0.250 = -5.0 std of DPO's seeds" in text
+    assert "| DPO (β 0.1) on the pairs | 3 | 0.000, 0.050, 0.100 | 0.050 ± 0.050 |" in text
+    assert "β 0.5" not in text and "SDF" not in text  # stages without reports are left out
+    _write(tmp_path, "dpob5-s0-seen-test", 0.04)
+    text = "\n".join(rep.table(rep.scores(tmp_path)))
+    assert "DPO β0.5 − SFT on seen-test: -0.160 = (no spread over seeds) (target > 2)\npaired by seed (s0 -0.060): one seed" in text
