@@ -86,6 +86,8 @@ def test_prefill_from_packed_weights_equals_per_call_packing(kind, kw, monkeypat
     model = tiny_model(kind, **kw)
     ids, mask = random_ids(2, 60), left_pad_mask([60, 33], 60)
     assert torch.equal(prefill(model, ids, mask, True, monkeypatch), prefill(model, ids, mask, False, monkeypatch))
+    packed = {id(p) for p in model.parameters()} & set(native_prefill._packed)
+    assert len(packed) == 4 * len(model.decoder_view()[0])  # every block linear read from its packed copy
 
 
 @needs_bf16

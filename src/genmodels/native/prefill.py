@@ -230,10 +230,14 @@ def release() -> None:
 def packed_weights(model: nn.Module, step: FusedDecodeStep, lib):
     """For ``gm_decoder_prefill``: 4 pointers per layer (qkv, out, fc1, fc2) to the bf16 panels of each fp32
     block linear the step's struct points at (:func:`_packed_weight`), NULL for quantised ones."""
+    m = step.model_struct
+    qkv, att, ff = (m.n_heads + 2 * m.n_kv) * m.dh, m.n_heads * m.dh, (2 if m.gated else 1) * m.d_ff
+    shapes = dict(zip(_FIELDS, ((qkv, m.d), (m.d, att), (ff, m.d), (m.d, m.d_ff))))  # (N, K) the kernel reads
     weights = {p.data_ptr(): p for p in model.parameters() if p.dim() == 2 and p.dtype == torch.float32}
     ptrs = []
     for layer in step.layers:
         for f in _FIELDS:
             w = weights.get(getattr(layer, f + "_w")) if getattr(layer, f + "_t") == 0 else None
-            ptrs.append(_packed_weight(w, lib).data_ptr() if w is not None and w.is_contiguous() else None)
+            ok = w is not None and w.is_contiguous() and tuple(w.shape) == shapes[f]
+            ptrs.append(_packed_weight(w, lib).data_ptr() if ok else None)  # None: converted per call
     return (ctypes.c_void_p * len(ptrs))(*ptrs)
