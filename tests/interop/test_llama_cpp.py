@@ -11,13 +11,15 @@ llama.cpp is a benchmark-only dependency: the Makefile does not build it, so in 
 
 Greedy decoding is compared for ``N`` tokens as text (llama-completion prints text, not ids): the first of our
 tokens whose text leaves llama.cpp's is the divergence. llama.cpp multiplies quantised weights with
-int8-rounded activations (Q8_0/Q8_1 blocks) where genmodels keeps fp32 activations, so a near-tie may break
+int8-rounded activations (Q8_0/Q8_1 blocks) where genmodels here keeps fp32 activations (its batch-1 default is
+int8 too, with its own rounding: forced to fp32 here, the path the margins are of), so a near-tie may break
 differently: a divergence is accepted only after the first ``AGREE`` tokens and where our own top-2 logit
 margin at that step is below ``TIE``; the result is in docs/quantization.md.
 """
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -61,11 +63,19 @@ def llama_greedy(path: Path, prompt: str, n: int = N) -> str:
                 "-t", "1", "-c", "512")
 
 
+def fp32_activations():
+    """Our batch-1 quantised products on fp32 activations (GENMODELS_NATIVE_QDOT=fp32), as the docstring says."""
+    from genmodels import native
+    from genmodels.native import quant
+    return quant.qdot_forced("fp32") if native.library() is not None else contextlib.nullcontext()
+
+
 def ours(path: Path, outtype: str, prompt: list[int]) -> tuple[object, list[int], torch.Tensor]:
     """(model, our ``N`` greedy tokens on the file — no stop —, the logits before each (PyTorch forward))."""
     model = genmodels.load(path, quantized=outtype not in ("f32", "f16"))
     x = torch.tensor([prompt])
-    out = genmodels.generate(model, x, max_new_tokens=N, eos_token_id=[])
+    with fp32_activations():  # the tokens of the logits below (the int8 default moves them: docs/quantization.md)
+        out = genmodels.generate(model, x, max_new_tokens=N, eos_token_id=[])
     with torch.no_grad():
         logits = model(out[:, :-1])[0, len(prompt) - 1:]  # (N, V): the step that chose each new token
     return model, out[0, len(prompt):].tolist(), logits
