@@ -104,19 +104,36 @@ def test_packed_once_repacked_after_an_in_place_change_and_dropped_with_the_weig
     model, ids = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96), random_ids(1, 40)
     qkv = model.decoder_view()[0][0].attn.qkv.weight
     first = prefill(model, ids, None, True, monkeypatch)
-    kept = native_prefill._packed[id(qkv)][2]
+    kept = native_prefill._packed[id(qkv)][-1]
     prefill(model, ids, None, True, monkeypatch)
-    assert native_prefill._packed[id(qkv)][2] is kept  # not packed again
+    assert native_prefill._packed[id(qkv)][-1] is kept  # not packed again
     with torch.no_grad():
         qkv.mul_(1.5)  # bumps qkv._version
     changed = prefill(model, ids, None, True, monkeypatch)
-    assert native_prefill._packed[id(qkv)][2] is not kept
+    assert native_prefill._packed[id(qkv)][-1] is not kept
     assert torch.equal(changed, prefill(model, ids, None, False, monkeypatch)) and not torch.equal(changed, first)
     mine = {id(p) for p in model.parameters()} & set(native_prefill._packed)
     assert len(mine) == 4 * 2  # tiny llama: 2 layers × (qkv, out, gate_up, down)
     del model, qkv
     gc.collect()
     assert not mine & set(native_prefill._packed)
+
+
+@needs_bf16
+@pytest.mark.parametrize("edit", ["ema", "prune"])
+def test_an_edit_through_data_that_skips_the_version_counter_is_seen(edit, monkeypatch):
+    """``w.data.mul_`` (an EMA) and ``w.data[mask] = 0`` (magnitude pruning) leave ``_version`` alone: the
+    sampled values see them (native/watch.py), so the prefill never reads the stale bf16 copy."""
+    model, ids = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96), random_ids(1, 40)
+    down = model.decoder_view()[0][0].mlp.down.weight
+    prefill(model, ids, None, True, monkeypatch)
+    version = down._version
+    if edit == "ema":
+        down.data.mul_(0.5)
+    else:
+        down.data[down.data.abs() < down.data.abs().median()] = 0
+    assert down._version == version  # the counter did not move
+    assert torch.equal(prefill(model, ids, None, True, monkeypatch), prefill(model, ids, None, False, monkeypatch))
 
 
 @pytest.mark.parametrize("bf16", [False, pytest.param(True, marks=needs_bf16)])

@@ -8,16 +8,10 @@ weights repacked once into 16-column panels (:func:`packed`), which on small bat
 sentence is ~20–40 rows — runs well above PyTorch's BLAS here (benchmarks/bench_encoder.py).
 
 The packed copies cost the size of the encoder's linear weights once more; they are rebuilt when a
-parameter changes, so training or editing the weights between calls is safe (:meth:`NativeEncoder.stale`):
-
-* an optimizer step, ``copy_`` / in-place ops under ``no_grad``: the parameter's version counter;
-* ``p.data = new``, a reload, ``.to()``: the parameter's data pointer;
-* in-place updates through ``p.data`` (EMA ``p.data.mul_(d).add_(...)``, weight averaging,
-  quantisation, ``p.data.copy_``), which bypass the version counter: a sample of every packed weight,
-  compared bit for bit — one element of every row (so row and head edits are seen too)
-  and the 16 elements of smallest nonzero magnitude, which magnitude pruning (``p.data[mask] = 0``)
-  zeroes first. Norms, biases and embeddings are read in place by the kernels, so their in-place
-  edits need no repack.
+parameter changes, so training or editing the weights between calls is safe (:meth:`NativeEncoder.stale`:
+the version counter, the data pointer and a sample of every packed weight's values (:mod:`.watch` says
+what each catches). Norms, biases and embeddings are read in place by the kernels, so their in-place
+edits need no repack.
 
 An arbitrary edit of single elements through ``.data`` away from the sample is not seen: call
 :func:`forget` after one. For MiniLM-L6 at batch 1 the check adds ~0.4 ms to a call of 3.5–6.5 ms
@@ -26,7 +20,6 @@ An arbitrary edit of single elements through ``.data`` away from the sample is n
 from __future__ import annotations
 
 import ctypes
-import math
 import weakref
 
 import torch
@@ -36,6 +29,7 @@ from ..nn import GatedMLP, LearnedPositionalEmbedding, MLP, SelfAttention
 from ..nn.masks import refusal
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
+from .watch import Sample
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_wp", "qkv_b", "out_wp", "out_b", "norm2_w", "norm2_b", "fc1_wp",
@@ -103,24 +97,6 @@ def packed(weight: torch.Tensor) -> torch.Tensor:
     return w.view(-1, 16, k).transpose(1, 2).contiguous()
 
 
-_SMALLEST = 16  # elements of smallest nonzero magnitude watched per weight
-_ROW_STRIDE = 1  # watch one element in every _ROW_STRIDE-th row
-
-
-def _watch(w: torch.Tensor, salt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What :meth:`NativeEncoder.stale` compares for ``w (N, K)``: ``(bits, index, expected)`` with
-    ``bits`` a flat int32 view of ``w``, ``index`` one element per row (in a column that differs
-    between weights: a prime stride) and the ``_SMALLEST`` smallest nonzero magnitudes (first to go
-    under pruning), ``expected`` their bits now."""
-    n, k = w.shape
-    bits = w.detach().view(torch.int32).view(-1)  # (N·K,)
-    flat = w.detach().flatten()
-    smallest = flat.abs().masked_fill(flat == 0, math.inf).topk(min(_SMALLEST, flat.numel()), largest=False).indices
-    rows = torch.arange(0, n, _ROW_STRIDE, device="cpu")
-    index = torch.cat([rows * k + (salt * 7919 + 13) % k, smallest])
-    return bits, index, bits[index].clone()
-
-
 class NativeEncoder:
     """``encoder(input_ids (B, T), attention_mask (B, T) | None, token_type_ids | None) -> (B, T, D)``,
     equal to ``model.encode(..., skip_padding=True)`` (zeros at padded positions)."""
@@ -144,7 +120,7 @@ class NativeEncoder:
         """Whether the packed weights may differ from the model's (see the module docstring)."""
         if self._versions() != self.versions:
             return True
-        return not all(torch.equal(bits[index], expected) for bits, index, expected in self.watched)
+        return not all(sample.holds() for sample in self.watched)
 
     def _build(self) -> None:
         model, c = self.model, self.model.config
@@ -163,7 +139,7 @@ class NativeEncoder:
                 for name, t in zip(_LAYER_FIELDS, vals):
                     setattr(layers[i], name, ptr(t))
                 for j, w in enumerate((b.attn.qkv.weight, b.attn.out.weight, fc1.weight, fc2.weight)):
-                    watched.append(_watch(w, 4 * i + j))
+                    watched.append(Sample(w, 4 * i + j))
         from ..models.blocks import PostNormBlock
         m = _Encoder()
         m.n_layers, m.d, m.n_heads, m.n_kv, m.dh = len(blocks), c.d_model, a0.n_heads, a0.n_kv_heads, a0.head_dim

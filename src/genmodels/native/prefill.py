@@ -24,7 +24,7 @@ round their two factors to bf16 and sum the products in fp32 (csrc/gemm_bf16.c, 
 AVX512-BF16 only (AMD Zen 4, Intel Sapphire Rapids and later; :func:`bf16_unavailable` says why not
 elsewhere); attention's Q Kᵀ and P V too. The softmax's sums, norms, activations and the head stay fp32. The
 fp32 block linears' weights are packed once in bf16 in the kernel's panel layout (:func:`packed_weights`: half
-their fp32 size, kept while the weight lives and is unchanged — same storage, same ``_version``), so a prefill
+their fp32 size, kept while the weight lives and is unchanged: same storage, version and sampled values, :mod:`.watch`), so a prefill
 reads W in bf16 instead of converting it at every call; quantised weights are converted per call as in fp32.
 The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers (tests/native/test_prefill_bf16.py
 holds them within the bound docs/native.md states).
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..nn import KVCache, RelativePositionBias, SparseMoE
-from . import library, never_raises
+from . import library, never_raises, watch
 from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
 
 
 _FIELDS = ("qkv", "out", "fc1", "fc2")  # the layer struct's block linears, in gm_decoder_prefill's order
-_packed: dict[int, tuple] = {}  # id(weight) -> (weakref, (data_ptr, _version, shape), packed u32 tensor)
+_packed: dict[int, tuple] = {}  # id(weight) -> (weakref, watch.state, watch.Sample, packed u32 tensor)
 _kept = threading.local()  # .scratch: this thread's largest scratch so far
 
 
@@ -208,16 +208,17 @@ def pack_bf16(w: torch.Tensor, lib=None) -> torch.Tensor:
 
 
 def _packed_weight(w: torch.Tensor, lib) -> torch.Tensor:
-    """:func:`pack_bf16` of ``w``, made once and reused while ``w`` lives with the same storage and version (an
-    in-place change — an optimizer step, ``load_state_dict``, ``copy_`` — bumps ``w._version``: packed again)."""
-    key, state = id(w), (w.data_ptr(), w._version, tuple(w.shape))
+    """:func:`pack_bf16` of ``w``, made once and reused while ``w`` lives unchanged (:mod:`.watch`: same storage
+    and version — an optimizer step, ``load_state_dict``, ``copy_`` bump it — and the same sampled values, which
+    in-place edits through ``w.data`` change without a bump): otherwise packed again."""
+    key, now = id(w), watch.state(w)
     hit = _packed.get(key)
-    if hit is not None and hit[0]() is w and hit[1] == state:
-        return hit[2]
+    if hit is not None and hit[0]() is w and hit[1] == now and hit[2].holds():
+        return hit[3]
     if hit is None or hit[0]() is not w:
         weakref.finalize(w, _packed.pop, key, None)  # the packed copy goes with its weight
     out = pack_bf16(w, lib)
-    _packed[key] = (weakref.ref(w), state, out)
+    _packed[key] = (weakref.ref(w), now, watch.Sample(w, len(_packed), rows_every=8), out)  # every 8th row: ~1 ms a prefill
     return out
 
 
