@@ -101,3 +101,14 @@ def test_new_means_the_rows_model_init_from_grew(tok_dir, tmp_path):
 def test_a_bad_trainable_tokens_is_refused_naming_the_field(bad, base, tok_dir, tmp_path):
     with pytest.raises(genmodels.config.ConfigError, match=r"^train\.lora\.trainable_tokens="):
         RunConfig.from_dict(recipe(base, tok_dir, tmp_path / "run", tokens=bad))
+
+
+def test_the_gist_row_trains_under_bf16_autocast_too(base, tok_dir, tmp_path):
+    """train.precision: bf16 (autocast; the head loss on its own path, objectives/head_bf16.py, which keeps the
+    tied table's gradient since it is a non-leaf that requires grad): the row still trains."""
+    gist = load_tokenizer(tok_dir).token_to_id(GIST_TOKEN)
+    run = tmp_path / "run"
+    train(RunConfig.from_dict(recipe(base, tok_dir, run, max_steps=2, precision="bf16")), progress=False,
+          log=lambda s: None)
+    held = load_file(run / "checkpoints" / "step-000002" / "model.safetensors")
+    assert not torch.equal(held[ROWS][0], genmodels.load(base).embed.weight[gist].detach())
