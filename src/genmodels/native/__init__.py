@@ -38,6 +38,8 @@ from .hangs import GaveUp, remember_hang, remembered_hang
 
 import torch  # noqa: F401  (loads torch's libgomp first: the kernels then share its OpenMP thread pool)
 
+from .switches import OFF, SWITCHES, switch  # noqa: E402,F401  (the environment switches)
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc")  # common.h; linear.c, ops.c, decoder.c (+ decoder.h, moe.c), encoder.c,
@@ -56,8 +58,10 @@ _state: dict = {}
 
 
 def enabled() -> bool:
-    """False when ``GENMODELS_NATIVE`` is 0/false/off."""
-    return os.environ.get("GENMODELS_NATIVE", "1").strip().lower() not in ("0", "false", "off", "no")
+    """False when ``GENMODELS_NATIVE`` is 0/false/off/no; every switch's value checked (:func:`switch`)."""
+    for name in SWITCHES:
+        switch(name)
+    return switch("GENMODELS_NATIVE") not in OFF
 
 
 def cache_dir() -> Path:

@@ -11,6 +11,7 @@ import torch
 from ..nn.linear import is_plain
 from ..nn.quantized import QuantizedLinear
 from ..nn.norm import LayerNorm, RMSNorm
+from .switches import SwitchError
 
 ACTIVATIONS = {"gelu": 0, "gelu_tanh": 1, "relu": 2, "silu": 3}  # the ACT_* codes of csrc/common.h
 
@@ -64,6 +65,8 @@ def never_raises(check):
     def wrapped(model):
         try:
             return check(model)
+        except SwitchError:  # a mistyped environment switch is the user's to fix, not a fallback
+            raise
         except Exception as e:  # an unknown model class or part: not ours to read
             return f"model layout not recognised ({type(e).__name__}: {e})"
     return wrapped

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..nn import KVCache, RelativePositionBias, SparseMoE
-from . import library, never_raises, watch
+from . import library, never_raises, switch, watch
 from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
 log = logging.getLogger(__name__)
@@ -49,18 +49,14 @@ ROWS = 512  # new tokens (B·T) per native call: a chunk's activations stay a fe
 PACK_BF16 = True  # bf16: read the fp32 weights packed once (packed_weights); False: convert W at every call (A/B)
 
 
-def _setting() -> str:
-    return os.environ.get("GENMODELS_NATIVE_PREFILL", "1").strip().lower()
-
-
 def enabled() -> bool:
     """False when ``GENMODELS_NATIVE_PREFILL`` is 0/false/off/no (read at every prefill)."""
-    return _setting() not in ("0", "false", "off", "no")
+    return switch("GENMODELS_NATIVE_PREFILL") not in ("0", "false", "off", "no")
 
 
 def bf16_requested() -> bool:
     """True when ``GENMODELS_NATIVE_PREFILL=bf16`` (read at every prefill)."""
-    return _setting() == "bf16"
+    return switch("GENMODELS_NATIVE_PREFILL") == "bf16"
 
 
 def bf16_unavailable(lib=None) -> str | None:

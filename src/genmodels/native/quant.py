@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 
 import torch
 
 from ..nn.quantized import GGML_TYPES, check_qtype, row_bytes
-from . import library, unavailable_reason
+from . import library, switch, unavailable_reason
 
 
 def _lib(lib=None):
@@ -64,7 +63,6 @@ def dequantize(blocks: torch.Tensor, qtype: str, in_features: int, lib=None) -> 
 
 
 QDOT_MODES = {"fp32": 0, "avx2": 1, "vnni": 2}  # csrc/qdot8.c: the batch-1 products' activations and dot
-QDOT_ENV = ("int8", "avx2", "fp32")  # GENMODELS_NATIVE_QDOT's values (unset: int8, the best dot the build has)
 
 
 def _bind_qdot(lib):
@@ -81,11 +79,10 @@ def qdot_mode(mode: str | None = None, lib=None) -> str:
     """The batch-1 quantised products' path: ``"vnni"`` (int8 activations, VPDPBUSD), ``"avx2"`` (int8
     activations, VPMADDUBSW), ``"fp32"`` (fp32 activations, csrc/qgemv.c). ``mode`` sets it (capped at what
     the build has: the mode in force is returned); None only reads it (first read: GENMODELS_NATIVE_QDOT);
-    ``"env"`` takes GENMODELS_NATIVE_QDOT again."""
+    ``"env"`` takes GENMODELS_NATIVE_QDOT again. A mistyped value is refused (:func:`.switches.switch`, which
+    every :func:`.library` call runs), so the C side's parse (the same: case and spaces ignored) never meets one."""
     lib = _bind_qdot(_lib(lib))
-    env = os.environ.get("GENMODELS_NATIVE_QDOT", "").strip()
-    if env and env not in QDOT_ENV:
-        raise ValueError(f"GENMODELS_NATIVE_QDOT={env!r}: allowed are {', '.join(QDOT_ENV)} (unset: int8)")
+    switch("GENMODELS_NATIVE_QDOT")  # refused if mistyped (also when ``lib`` is passed: library() not called)
     if mode is not None and mode not in QDOT_MODES and mode != "env":
         raise ValueError(f"qdot mode must be one of {', '.join(QDOT_MODES)}, got {mode!r}")
     got = lib.gm_qdot_mode(-1 if mode is None else -2 if mode == "env" else QDOT_MODES[mode])

@@ -31,6 +31,8 @@
 #include "common.h"
 #include "quant.h"
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
 
 enum { QDOT_FP32 = 0, QDOT_AVX2 = 1, QDOT_VNNI = 2 };
 
@@ -48,12 +50,20 @@ static int qdot_mode = -1; /* -1: not read yet */
 
 static int clamp_mode(int m) { return m < 0 ? QDOT_BEST : m > QDOT_BEST ? QDOT_BEST : m; }
 
-/* GENMODELS_NATIVE_QDOT: int8 (the best int8 dot; unset: the same) | avx2 | fp32; any other value: fp32, the
- * reference (native/quant.py refuses it, naming the variable, where Python reads it first) */
+/* GENMODELS_NATIVE_QDOT: int8 (the best int8 dot; unset: the same) | avx2 | fp32, case and surrounding spaces
+ * ignored; any other value: fp32, the reference (native/switches.py refuses one first: every library() call checks) */
+static int env_is(const char *e, const char *word) {
+    while (*e && strchr(" \t\n\r", *e)) e++;
+    size_t n = strlen(word);
+    if (strncasecmp(e, word, n)) return 0;
+    for (e += n; *e && strchr(" \t\n\r", *e); e++) {}
+    return *e == 0;
+}
+
 static int env_mode(void) {
     const char *e = getenv("GENMODELS_NATIVE_QDOT");
-    if (!e || !*e || !strcmp(e, "int8")) return QDOT_BEST;
-    if (!strcmp(e, "avx2")) return clamp_mode(QDOT_AVX2);
+    if (!e || env_is(e, "") || env_is(e, "int8")) return QDOT_BEST;
+    if (env_is(e, "avx2")) return clamp_mode(QDOT_AVX2);
     return QDOT_FP32;
 }
 
