@@ -91,8 +91,9 @@ def test_forget_repacks_after_a_single_element_edit():
     ids = torch.randint(0, model.config.vocab_size, (1, 9), generator=torch.Generator().manual_seed(4))
     native_encoder(model)(ids)
     w = linear_weights(model)[0]
-    bits, index, _ = native_encoder(model).watched[0]
-    assert bits.data_ptr() == w.data_ptr()
+    sample = native_encoder(model).watched[0]
+    assert sample.bits.data_ptr() == w.data_ptr()
+    index = sample.index
     watched = set(index.tolist())
     flat = next(i for i in range(w.numel()) if i not in watched)
     w.data.view(-1)[flat] += 5.0
