@@ -98,7 +98,10 @@ def unsupported(model: nn.Module, cache=None) -> str | None:
         return "native prefill turned off (GENMODELS_NATIVE_PREFILL=0)"
     if cache is not None and type(cache) is not KVCache:
         return f"the cache is a {type(cache).__name__}, not a KVCache"
-    return _model_unsupported(model)
+    memo = _memo(model)
+    if "reason" not in memo:
+        memo["reason"] = _model_unsupported(model)
+    return memo["reason"]
 
 
 @never_raises
@@ -117,6 +120,68 @@ def _model_unsupported(model: nn.Module) -> str | None:
     if type(score_bias) is RelativePositionBias:
         return "T5 relative position bias (the native prefill computes ALiBi only)"
     return None
+
+
+_memos: dict[int, tuple] = {}  # id(model) -> (weakref, _fingerprint, {"reason": …, (batch, thread): struct})
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _fingerprint(model: nn.Module) -> list:
+    """What the support check and the model struct read, cheaply (~0.1 ms for a 4-layer Llama): the thread
+    count (the struct's ``n_threads``), the config's fields, and for every module its identity, its attributes
+    (plain values by value — an eps, an activation's name, a flag —, the rest by identity: a replaced config,
+    a wrapper set on the instance) and the identity and data pointer of each parameter and buffer (a replaced
+    module, ``p.data = …``, ``.to()``, quantisation all change one). Values edited in place are read by the
+    kernels where they lie, so they need no entry."""
+    out = [torch.get_num_threads()]
+    add = out.append
+    cfg = getattr(model, "config", None)
+    for v in vars(cfg).values() if hasattr(cfg, "__dict__") else ():
+        add(v if type(v) in _PLAIN else id(v))
+    for mod in model.modules():
+        d = mod.__dict__
+        add(id(mod)), add(len(d))
+        for v in d.values():
+            add(v if type(v) in _PLAIN else id(v))
+        for group in (mod._parameters, mod._buffers):
+            for t in group.values():
+                add(id(t)), add(t.data_ptr() if t is not None else 0)
+    return out
+
+
+def _memo(model: nn.Module) -> dict:
+    """What this module keeps for ``model`` — its support reason, its model structs — while :func:`_fingerprint`
+    says it is the same model; a changed model starts an empty memo, a model's memo goes with it."""
+    key = id(model)
+    try:
+        now = _fingerprint(model)
+    except Exception:  # a model whose parts cannot be read cheaply: nothing is kept (the checks say why)
+        return {}
+    hit = _memos.get(key)
+    if hit is not None and hit[0]() is model and hit[1] == now:
+        return hit[2]
+    if hit is None or hit[0]() is not model:
+        weakref.finalize(model, _memos.pop, key, None)
+    _memos[key] = (weakref.ref(model), now, {})
+    return _memos[key][2]
+
+
+def _struct(model: nn.Module, cache, b: int) -> FusedDecodeStep:
+    """The decode step's model struct for ``b`` rows (built once per model as it is, batch and thread: its
+    build and its checks cost ~1 ms of a 15 ms prefill), pointed at ``cache``'s k/v buffers."""
+    memo, key = _memo(model), (b, threading.get_ident())
+    step = memo.get(key)
+    if step is None:
+        step = FusedDecodeStep(model, cache, b)
+        step.blocks = list(model.decoder_view()[0])
+        step.weights = _block_weights(model, step)
+        step.cache = step.keep_cache = step._check = None  # (the memo holds neither the cache nor the model)
+        memo[key] = step
+    FusedDecodeStep._check_cache(model, step.blocks, b, False, cache)  # the C code trusts these shapes
+    for layer, lc in zip(step.layers, cache.layers):
+        layer.k_cache, layer.v_cache = lc.k.data_ptr(), lc.v.data_ptr()
+    step.model_struct.max_len = cache.max_len
+    return step
 
 
 def _inputs(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, n_embed: int):
@@ -151,7 +216,7 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
     the products in bf16 (None: as ``GENMODELS_NATIVE_PREFILL=bf16`` says; True where unavailable: ValueError)."""
     from ..models.blocks import check_length
     b, t = input_ids.shape
-    step = FusedDecodeStep(model, cache, b)  # the model struct, bound to the cache's buffers
+    step = _struct(model, cache, b)  # the model struct, bound to the cache's buffers
     ids, mask = _inputs(cache, input_ids, attention_mask, step.n_embed)
     start = cache.pos
     check_length(model.config, cache.offset + start + t)
@@ -163,19 +228,19 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
     positions = positions.expand(b, t).contiguous()
     m.mask_stride = mask.shape[1] if mask is not None else 0
     packed = packed_weights(model, step, lib) if use_bf16 and PACK_BF16 else None
-    chunk = max(1, rows // b)
+    chunk, logits = max(1, rows // b), torch.empty(b, m.vocab, dtype=torch.float32)  # (B, V): the caller's own
     for c0 in range(0, t, chunk):
         tc = min(chunk, t - c0)
         cid, cpos = ids[:, c0:c0 + tc].contiguous(), positions[:, c0:c0 + tc].contiguous()
         scratch = _scratch(lib.gm_prefill_scratch_floats(ctypes.byref(m), b * tc, start + c0 + tc))
         rc = lib.gm_decoder_prefill(ctypes.byref(m), cid.data_ptr(), cpos.data_ptr(),
                                     mask.data_ptr() if mask is not None else None, start + c0, tc,
-                                    scratch.data_ptr(), step.logits.data_ptr(), int(use_bf16), packed)
+                                    scratch.data_ptr(), logits.data_ptr(), int(use_bf16), packed)
         if rc != 0:  # unsupported() refuses these models first; the C code checks again
             raise ValueError("gm_decoder_prefill refused the model (MoE, cross-attention or relative bias)"
                              if rc == -1 else "gm_decoder_prefill: this build has no bf16 products")
         cache.pos = start + c0 + tc
-    return step.logits
+    return logits
 
 
 _FIELDS = ("qkv", "out", "fc1", "fc2")  # the layer struct's block linears, in gm_decoder_prefill's order
@@ -219,22 +284,31 @@ def _packed_weight(w: torch.Tensor, lib) -> torch.Tensor:
 
 
 def release() -> None:
-    """Forget every bf16 packed weight (otherwise kept as long as its weight lives) and this thread's scratch."""
+    """Forget every bf16 packed weight (otherwise kept as long as its weight lives), every kept model struct and
+    support reason, and this thread's scratch."""
     _packed.clear()
+    _memos.clear()
     _kept.scratch = None
+
+
+def _block_weights(model: nn.Module, step: FusedDecodeStep) -> list:
+    """The fp32 weight of each block linear the step's struct points at (4 per layer: qkv, out, fc1, fc2), or
+    None where it is quantised or not in the kernel's (N, K) contiguous layout."""
+    m = step.model_struct
+    qkv, att, ff = (m.n_heads + 2 * m.n_kv) * m.dh, m.n_heads * m.dh, (2 if m.gated else 1) * m.d_ff
+    shapes = dict(zip(_FIELDS, ((qkv, m.d), (m.d, att), (ff, m.d), (m.d, m.d_ff))))  # (N, K) the kernel reads
+    weights = {p.data_ptr(): p for p in model.parameters() if p.dim() == 2 and p.dtype == torch.float32}
+    out = []
+    for layer in step.layers:
+        for f in _FIELDS:
+            w = weights.get(getattr(layer, f + "_w")) if getattr(layer, f + "_t") == 0 else None
+            out.append(w if w is not None and w.is_contiguous() and tuple(w.shape) == shapes[f] else None)
+    return out
 
 
 def packed_weights(model: nn.Module, step: FusedDecodeStep, lib):
     """For ``gm_decoder_prefill``: 4 pointers per layer (qkv, out, fc1, fc2) to the bf16 panels of each fp32
     block linear the step's struct points at (:func:`_packed_weight`), NULL for quantised ones."""
-    m = step.model_struct
-    qkv, att, ff = (m.n_heads + 2 * m.n_kv) * m.dh, m.n_heads * m.dh, (2 if m.gated else 1) * m.d_ff
-    shapes = dict(zip(_FIELDS, ((qkv, m.d), (m.d, att), (ff, m.d), (m.d, m.d_ff))))  # (N, K) the kernel reads
-    weights = {p.data_ptr(): p for p in model.parameters() if p.dim() == 2 and p.dtype == torch.float32}
-    ptrs = []
-    for layer in step.layers:
-        for f in _FIELDS:
-            w = weights.get(getattr(layer, f + "_w")) if getattr(layer, f + "_t") == 0 else None
-            ok = w is not None and w.is_contiguous() and tuple(w.shape) == shapes[f]
-            ptrs.append(_packed_weight(w, lib).data_ptr() if ok else None)  # None: converted per call
+    weights = getattr(step, "weights", None) or _block_weights(model, step)  # (kept with a memoised struct)
+    ptrs = [_packed_weight(w, lib).data_ptr() if w is not None else None for w in weights]  # None: per call
     return (ctypes.c_void_p * len(ptrs))(*ptrs)
