@@ -98,3 +98,13 @@ def test_thread_count_rebuilds_the_struct(monkeypatch):
         torch.set_num_threads(n)
     assert Counted.built == 2
     torch.testing.assert_close(got, want, **TOL)
+
+
+def test_switching_the_kernels_off_is_seen(monkeypatch):
+    model = tiny_model("llama")
+    assert native_prefill.unsupported(model) is None
+    assert native_prefill.remembered(model, "step", lambda m: "checked") == "checked"
+    assert native_prefill.remembered(model, "step", lambda m: "again") == "checked"  # kept
+    monkeypatch.setenv("GENMODELS_NATIVE", "0")
+    assert "GENMODELS_NATIVE=0" in native_prefill.unsupported(model)
+    assert native_prefill.remembered(model, "step", lambda m: "again") == "again"

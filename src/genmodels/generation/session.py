@@ -49,7 +49,8 @@ class DecodeSession:
                  choose: Callable = choose_next):
         self.model, self.native_step, self.choose = model, native_step, choose
         if native is None:
-            native = next(model.parameters()).device.type == "cpu" and unsupported(model) is None
+            native = next(model.parameters()).device.type == "cpu" and \
+                native_prefill.remembered(model, "step", unsupported) is None  # (once while the model is unchanged)
         self.native = native
         self.requests: list[Request] = []  # live (each knows its rows of the cache: request.rows)
         self.free: list[int] = []  # rows no request owns (one that left), kept one step for a request that joins

@@ -98,10 +98,16 @@ def unsupported(model: nn.Module, cache=None) -> str | None:
         return "native prefill turned off (GENMODELS_NATIVE_PREFILL=0)"
     if cache is not None and type(cache) is not KVCache:
         return f"the cache is a {type(cache).__name__}, not a KVCache"
+    return remembered(model, "prefill", _model_unsupported)
+
+
+def remembered(model: nn.Module, what: str, check):
+    """``check(model)`` (a support check that never raises: :func:`_model_unsupported`, the decode step's
+    ``native.step.unsupported``), computed once while the model is unchanged (:func:`_memo`)."""
     memo = _memo(model)
-    if "reason" not in memo:
-        memo["reason"] = _model_unsupported(model)
-    return memo["reason"]
+    if what not in memo:
+        memo[what] = check(model)
+    return memo[what]
 
 
 @never_raises
@@ -122,18 +128,18 @@ def _model_unsupported(model: nn.Module) -> str | None:
     return None
 
 
-_memos: dict[int, tuple] = {}  # id(model) -> (weakref, _fingerprint, {"reason": …, (batch, thread): struct})
+_memos: dict[int, tuple] = {}  # id(model) -> (weakref, _fingerprint, {"prefill"/"step": reason, (batch, thread): struct})
 _PLAIN = (int, float, str, bool, type(None))
 
 
 def _fingerprint(model: nn.Module) -> list:
-    """What the support check and the model struct read, cheaply (~0.1 ms for a 4-layer Llama): the thread
-    count (the struct's ``n_threads``), the config's fields, and for every module its identity, its attributes
+    """What the support checks and the model struct read, cheaply (~0.1 ms for a 4-layer Llama): the thread
+    count (the struct's ``n_threads``), whether the kernels are on (``GENMODELS_NATIVE``), the config's fields, and for every module its identity, its attributes
     (plain values by value — an eps, an activation's name, a flag —, the rest by identity: a replaced config,
     a wrapper set on the instance) and the identity and data pointer of each parameter and buffer (a replaced
     module, ``p.data = …``, ``.to()``, quantisation all change one). Values edited in place are read by the
     kernels where they lie, so they need no entry."""
-    out = [torch.get_num_threads()]
+    out = [torch.get_num_threads(), id(library())]  # (library(): None under GENMODELS_NATIVE=0)
     add = out.append
     cfg = getattr(model, "config", None)
     for v in vars(cfg).values() if hasattr(cfg, "__dict__") else ():
