@@ -145,9 +145,9 @@ class DecodeSession:
                 held = cache.key_mask[:, :cache.pos] if cache.key_mask is not None else input_ids.new_ones(b, cache.pos)
                 new = attention_mask[:, -t:] if attention_mask is not None else input_ids.new_ones(b, t)
                 attention_mask = torch.cat([held.to(new), new], dim=1)  # (B, pos + T): what is held, then the new
-        if self.native and native_prefill.unsupported(self.model, cache) is None:  # packed GEMMs (native/prefill.py)
-            logits = native_prefill.prefill(self.model, cache, input_ids, attention_mask)
-        else:  # the PyTorch path (the reference the native prefill is held equal to)
+        logits = native_prefill.prefill_if_supported(self.model, cache, input_ids, attention_mask) \
+            if self.native else None  # packed GEMMs (native/prefill.py), None where it does not apply
+        if logits is None:  # the PyTorch path (the reference the native prefill is held equal to)
             h = self.model.hidden_states(input_ids, attention_mask=attention_mask, cache=cache)  # (B, T, D)
             logits = self.model.head(h[:, -1])  # only the last position's logits are needed
         if attention_mask is not None and (cache.key_mask is None or not bool(attention_mask.all())):

@@ -101,10 +101,23 @@ def unsupported(model: nn.Module, cache=None) -> str | None:
     return remembered(model, "prefill", _model_unsupported)
 
 
-def remembered(model: nn.Module, what: str, check):
-    """``check(model)`` (a support check that never raises: :func:`_model_unsupported`, the decode step's
-    ``native.step.unsupported``), computed once while the model is unchanged (:func:`_memo`)."""
+def prefill_if_supported(model: nn.Module, cache, input_ids: torch.Tensor,
+                         attention_mask: torch.Tensor | None = None) -> torch.Tensor | None:
+    """:func:`prefill`'s logits, or ``None`` (nothing done) where :func:`unsupported` gives a reason: one look at
+    the model (:func:`_fingerprint`) for both (what the decode session calls)."""
+    if not enabled() or type(cache) is not KVCache:
+        return None
     memo = _memo(model)
+    if remembered(model, "prefill", _model_unsupported, memo) is not None:
+        return None
+    return prefill(model, cache, input_ids, attention_mask, memo=memo)
+
+
+def remembered(model: nn.Module, what: str, check, memo: dict | None = None):
+    """``check(model)`` (a support check that never raises: :func:`_model_unsupported`, the decode step's
+    ``native.step.unsupported``), computed once while the model is unchanged (:func:`_memo`; ``memo``: the one
+    just looked up)."""
+    memo = _memo(model) if memo is None else memo
     if what not in memo:
         memo[what] = check(model)
     return memo[what]
@@ -130,13 +143,15 @@ def _model_unsupported(model: nn.Module) -> str | None:
 
 _memos: dict[int, tuple] = {}  # id(model) -> (weakref, _fingerprint, {"prefill"/"step": reason, (batch, thread): struct})
 _PLAIN = (int, float, str, bool, type(None))
+_TORCH_OWN = frozenset(vars(nn.Module())) - {"training"}  # nn.Module's own bookkeeping (hooks; the dicts walked below)
 
 
 def _fingerprint(model: nn.Module) -> list:
     """What the support checks and the model struct read, cheaply (~0.1 ms for a 4-layer Llama): the thread
     count (the struct's ``n_threads``), whether the kernels are on (``GENMODELS_NATIVE``), the config's fields, and for every module its identity, its attributes
     (plain values by value — an eps, an activation's name, a flag —, the rest by identity: a replaced config,
-    a wrapper set on the instance) and the identity and data pointer of each parameter and buffer (a replaced
+    a wrapper set on the instance; not nn.Module's own hook dicts, which no native path runs) and the identity and
+    data pointer of each parameter and buffer (a replaced
     module, ``p.data = …``, ``.to()``, quantisation all change one). Values edited in place are read by the
     kernels where they lie, so they need no entry."""
     out = [torch.get_num_threads(), id(library())]  # (library(): None under GENMODELS_NATIVE=0)
@@ -147,8 +162,7 @@ def _fingerprint(model: nn.Module) -> list:
     for mod in model.modules():
         d = mod.__dict__
         add(id(mod)), add(len(d))
-        for v in d.values():
-            add(v if type(v) in _PLAIN else id(v))
+        out += [v if type(v) in _PLAIN else id(v) for k, v in d.items() if k not in _TORCH_OWN]
         for group in (mod._parameters, mod._buffers):
             for t in group.values():
                 add(id(t)), add(t.data_ptr() if t is not None else 0)
@@ -172,10 +186,10 @@ def _memo(model: nn.Module) -> dict:
     return _memos[key][2]
 
 
-def _struct(model: nn.Module, cache, b: int) -> FusedDecodeStep:
+def _struct(model: nn.Module, cache, b: int, memo: dict | None = None) -> FusedDecodeStep:
     """The decode step's model struct for ``b`` rows (built once per model as it is, batch and thread: its
     build and its checks cost ~1 ms of a 15 ms prefill), pointed at ``cache``'s k/v buffers."""
-    memo, key = _memo(model), (b, threading.get_ident())
+    memo, key = _memo(model) if memo is None else memo, (b, threading.get_ident())
     step = memo.get(key)
     if step is None:
         step = FusedDecodeStep(model, cache, b)
@@ -212,17 +226,18 @@ def _inputs(cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
 
 
 def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-            rows: int = ROWS, lib=None, bf16: bool | None = None) -> torch.Tensor:
+            rows: int = ROWS, lib=None, bf16: bool | None = None, *, memo: dict | None = None) -> torch.Tensor:
     """``input_ids (B, T)`` after what ``cache`` holds -> next-token logits ``(B, V)``; writes the keys and
     values at slots ``[cache.pos, cache.pos + T)`` and advances ``cache.pos`` and ``cache.row_pos`` as
     ``model.hidden_states(..., cache=cache)`` does. ``attention_mask (B, cache.pos + T)``: 1 = token, 0 =
     padding. ``rows``: new tokens per native call (B·T is cut into chunks of whole columns). The caller
     checks :func:`unsupported` first; a cache with too few slots is refused (``cache.reserve(T)`` first).
     ``lib``: another build of the kernels (tests of the AVX2 and scalar builds), else the loaded one. ``bf16``:
-    the products in bf16 (None: as ``GENMODELS_NATIVE_PREFILL=bf16`` says; True where unavailable: ValueError)."""
+    the products in bf16 (None: as ``GENMODELS_NATIVE_PREFILL=bf16`` says; True where unavailable: ValueError).
+    ``memo``: the model's memo just looked up (:func:`prefill_if_supported`), else looked up here."""
     from ..models.blocks import check_length
     b, t = input_ids.shape
-    step = _struct(model, cache, b)  # the model struct, bound to the cache's buffers
+    step = _struct(model, cache, b, memo)  # the model struct, bound to the cache's buffers
     ids, mask = _inputs(cache, input_ids, attention_mask, step.n_embed)
     start = cache.pos
     check_length(model.config, cache.offset + start + t)
