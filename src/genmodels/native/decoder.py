@@ -28,6 +28,7 @@ from ..nn.masks import refusal
 from ..nn.quantized import QuantizedLinear
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
+from .layout import hooked
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 _LAYER_FIELDS = ("norm1_w", "norm1_b", "qkv_w", "qkv_b", "out_w", "out_b", "norm2_w", "norm2_b", "fc1_w",
@@ -109,6 +110,8 @@ def unsupported(model: nn.Module) -> str | None:
         return f"{type(model).__name__} names no decoder parts (decoder_view())"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
+    if (reason := hooked(model)) is not None:
+        return reason
     blocks_q = {id(m.blocks) for m in model.modules() if type(m) is QuantizedLinear}  # read as blocks (quant.c)
     params = [t for t in list(model.parameters()) + list(model.buffers()) if id(t) not in blocks_q]
     if (reason := unsupported_tensors(params)) is not None:

@@ -29,6 +29,7 @@ from ..nn import GatedMLP, LearnedPositionalEmbedding, MLP, SelfAttention
 from ..nn.masks import refusal
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
+from .layout import hooked
 from .watch import Sample
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -67,6 +68,8 @@ def unsupported(model: nn.Module) -> str | None:
         return "not an encoder model"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
+    if (reason := hooked(model)) is not None:
+        return reason
     if (reason := unsupported_tensors(model.parameters())) is not None:
         return reason
     if not callable(getattr(type(model), "transformer_blocks", None)):

@@ -21,6 +21,26 @@ def norm_kind(m: torch.nn.Module) -> int | None:
     return 0 if type(m) is LayerNorm else 1 if type(m) is RMSNorm else None
 
 
+def hooked(model: torch.nn.Module) -> str | None:
+    """Why a native path would skip part of ``model``'s forward: a forward (pre-)hook on one of its modules or a
+    global one (an activation probe, a steering edit). The kernels compute the blocks without calling any
+    module, so such a model runs the PyTorch path, which calls its hooks (``None``: no hooks)."""
+    from torch.nn.modules import module as torch_module
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return "a global forward hook is registered (the native kernels would not call it)"
+    for name, m in model.named_modules():
+        if m._forward_hooks or m._forward_pre_hooks:
+            return f"module {name or type(model).__name__} has a forward hook (the native kernels would not call it)"
+    return None
+
+
+def hook_count(model: torch.nn.Module) -> int:
+    """How many forward hooks ``model``'s modules and the global registry hold (a memo's fingerprint entry)."""
+    from torch.nn.modules import module as torch_module
+    return (len(torch_module._global_forward_hooks) + len(torch_module._global_forward_pre_hooks)
+            + sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules()))
+
+
 def unsupported_tensors(tensors) -> str | None:
     """Why the kernels cannot read these parameters/buffers in place (None: they can)."""
     tensors = list(tensors)

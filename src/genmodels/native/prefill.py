@@ -42,6 +42,7 @@ from torch import nn
 
 from ..nn import KVCache, RelativePositionBias, SparseMoE
 from . import library, never_raises, switch, watch
+from .layout import hook_count
 from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
 log = logging.getLogger(__name__)
@@ -148,13 +149,14 @@ _TORCH_OWN = frozenset(vars(nn.Module())) - {"training"}  # nn.Module's own book
 
 def _fingerprint(model: nn.Module) -> list:
     """What the support checks and the model struct read, cheaply (~0.1 ms for a 4-layer Llama): the thread
-    count (the struct's ``n_threads``), whether the kernels are on (``GENMODELS_NATIVE``), the config's fields, and for every module its identity, its attributes
-    (plain values by value — an eps, an activation's name, a flag —, the rest by identity: a replaced config,
-    a wrapper set on the instance; not nn.Module's own hook dicts, which no native path runs) and the identity and
+    count (the struct's ``n_threads``), whether the kernels are on (``GENMODELS_NATIVE``), how many forward hooks
+    there are (a hooked model runs the PyTorch path: :func:`.layout.hooked`), the config's fields, and for every
+    module its identity, its attributes (plain values by value — an eps, an activation's name, a flag —, the rest
+    by identity: a replaced config, a wrapper set on the instance; not nn.Module's own hook dicts) and the identity and
     data pointer of each parameter and buffer (a replaced
     module, ``p.data = …``, ``.to()``, quantisation all change one). Values edited in place are read by the
     kernels where they lie, so they need no entry."""
-    out = [torch.get_num_threads(), id(library())]  # (library(): None under GENMODELS_NATIVE=0)
+    out = [torch.get_num_threads(), id(library()), hook_count(model)]  # (library(): None under GENMODELS_NATIVE=0)
     add = out.append
     cfg = getattr(model, "config", None)
     for v in vars(cfg).values() if hasattr(cfg, "__dict__") else ():

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from . import Pinned, library, never_raises, unavailable_reason, unsupported_tensors
+from .layout import hooked
 from ..nn.linear import is_plain
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -61,6 +62,8 @@ def unsupported(model: nn.Module) -> str | None:
         return f"{type(model).__name__} is not a RetNetLM"
     if library() is None:
         return f"native kernels unavailable ({unavailable_reason()})"
+    if (reason := hooked(model)) is not None:
+        return reason
     if (reason := unsupported_tensors(list(model.parameters()) + list(model.buffers()))) is not None:
         return reason
     norms = [model.norm]
