@@ -30,6 +30,7 @@ from ..nn.masks import refusal
 from . import ACTIVATIONS as _ACT
 from . import Pinned, library, never_raises, norm_kind, unavailable_reason, unplain_projection, unsupported_tensors
 from .layout import hooked
+from . import watch
 from .watch import Sample
 
 _P, _I, _D = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
@@ -115,9 +116,8 @@ class NativeEncoder:
     def model(self) -> nn.Module:
         return self.model_ref()
 
-    def _versions(self) -> list[tuple[int, int]]:
-        # inference tensors (made under torch.inference_mode) have no version counter and cannot change
-        return [(p.data_ptr(), 0 if p.is_inference() else p._version) for p in self.model.parameters()]
+    def _versions(self) -> list[tuple]:
+        return [watch.state(p) for p in self.model.parameters()]  # (pointer, version, shape) each
 
     def stale(self) -> bool:
         """Whether the packed weights may differ from the model's (see the module docstring)."""

@@ -24,8 +24,8 @@ round their two factors to bf16 and sum the products in fp32 (csrc/gemm_bf16.c, 
 AVX512-BF16 only (AMD Zen 4, Intel Sapphire Rapids and later; :func:`bf16_unavailable` says why not
 elsewhere); attention's Q Kᵀ and P V too. The softmax's sums, norms, activations and the head stay fp32. The
 fp32 block linears' weights are packed once in bf16 in the kernel's panel layout (:func:`packed_weights`: half
-their fp32 size, kept while the weight lives and is unchanged: same storage, version and sampled values, :mod:`.watch`), so a prefill
-reads W in bf16 instead of converting it at every call; quantised weights are converted per call as in fp32.
+their fp32 size, kept while the weight lives and is unchanged: same storage, version and sampled values,
+:mod:`.watch`), so a prefill reads W in bf16 instead of converting it at every call; quantised weights are converted per call as in fp32.
 The default stays fp32, as ``train.precision: auto`` does: bf16 changes the numbers (tests/native/test_prefill_bf16.py
 holds them within the bound docs/native.md states).
 """
@@ -142,7 +142,8 @@ def _model_unsupported(model: nn.Module) -> str | None:
     return None
 
 
-_memos: dict[int, tuple] = {}  # id(model) -> (weakref, _fingerprint, {"prefill"/"step": reason, (batch, thread): struct})
+_memos: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (_fingerprint, {"prefill"/"step": reason,
+#   (batch, thread): struct}), gone with the model (as the native encoder's _CACHE)
 _PLAIN = (int, float, str, bool, type(None))
 _TORCH_OWN = frozenset(vars(nn.Module())) - {"training"}  # nn.Module's own bookkeeping (hooks; the dicts walked below)
 
@@ -174,18 +175,15 @@ def _fingerprint(model: nn.Module) -> list:
 def _memo(model: nn.Module) -> dict:
     """What this module keeps for ``model`` — its support reason, its model structs — while :func:`_fingerprint`
     says it is the same model; a changed model starts an empty memo, a model's memo goes with it."""
-    key = id(model)
     try:
         now = _fingerprint(model)
     except Exception:  # a model whose parts cannot be read cheaply: nothing is kept (the checks say why)
         return {}
-    hit = _memos.get(key)
-    if hit is not None and hit[0]() is model and hit[1] == now:
-        return hit[2]
-    if hit is None or hit[0]() is not model:
-        weakref.finalize(model, _memos.pop, key, None)
-    _memos[key] = (weakref.ref(model), now, {})
-    return _memos[key][2]
+    hit = _memos.get(model)
+    if hit is not None and hit[0] == now:
+        return hit[1]
+    _memos[model] = (now, {})
+    return _memos[model][1]
 
 
 def _struct(model: nn.Module, cache, b: int, memo: dict | None = None) -> FusedDecodeStep:
@@ -302,7 +300,8 @@ def _packed_weight(w: torch.Tensor, lib) -> torch.Tensor:
     if hit is None or hit[0]() is not w:
         weakref.finalize(w, _packed.pop, key, None)  # the packed copy goes with its weight
     out = pack_bf16(w, lib)
-    _packed[key] = (weakref.ref(w), now, watch.Sample(w, len(_packed), rows_every=8), out)  # every 8th row: ~1 ms a prefill
+    sample = watch.Sample(w, len(_packed), rows_every=8)  # every 8th row: ~1 ms a SmolLM2 prefill
+    _packed[key] = (weakref.ref(w), now, sample, out)
     return out
 
 
