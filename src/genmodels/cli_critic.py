@@ -1,8 +1,9 @@
 """The Shepherd-style critic's commands (:mod:`genmodels.critic`; docs/alignment.md "Critic (Shepherd)").
 
     genmodels critique-data --tasks DIR --out FILE.jsonl [--split seen-train] [--limit N] [--seed 0]
-    genmodels critique PATH --question Q --answer A [--max-new-tokens 48]
+    genmodels critique PATH --question Q --answer A [--max-new-tokens 80]
     genmodels critic-agreement PATH --tasks DIR [--split seen-test] [--limit N] [--batch 16] [--seed 0]
+        [--max-new-tokens 80]
     genmodels sample-pairs PATH --tasks DIR --out FILE.jsonl [--split seen-train] [--limit N] [--n 4]
         [--temperature 1.0] [--top-p P] [--seed 0] [--batch 16] [--max-new-tokens 48] [--form messages|prompt]
         [--no-gold] [--best] [--critic PATH] [--threads N]
@@ -10,7 +11,8 @@
 ``critique-data`` writes the (question, answer, critique) triples of a split of a written task set as messages
 JSONL (never replacing a file it did not write); ``critique`` prints a model's greedy critique;
 ``critic-agreement`` prints how often a model's verdicts agree with the checker on a split's right and wrong
-answers, and how many could not be read; ``sample-pairs`` samples ``--n`` replies per question of a split from a
+answers, how many could not be read, how often it separates a question's right answer from its wrong one, states
+the right answer, or copies a wrong one as the right one; ``sample-pairs`` samples ``--n`` replies per question of a split from a
 (tuned) chat model, ranks them with the task checker or ``--critic``, and writes DPO pairs best against worst (or,
 ``--best``, the best reply per question as SFT examples: Baize's self-distillation with feedback), never
 replacing a file it did not write (:mod:`genmodels.sampled_pairs`).
@@ -21,6 +23,8 @@ import argparse
 import sys
 
 from .cli_tasks import _non_negative
+
+CRITIQUE_TOKENS = 80  # critic.DEFAULT_MAX_NEW_TOKENS (tests/test_critic.py holds them equal; critic.py loads torch)
 
 
 def add_critic_parsers(sub) -> None:
@@ -37,7 +41,7 @@ def add_critic_parsers(sub) -> None:
     c.add_argument("path", help="a .gguf file, a Hugging Face or genmodels folder, or a training run")
     c.add_argument("--question", required=True)
     c.add_argument("--answer", required=True)
-    c.add_argument("--max-new-tokens", type=_non_negative, default=48)
+    c.add_argument("--max-new-tokens", type=_non_negative, default=CRITIQUE_TOKENS)
     c.set_defaults(func=cmd_critique)
 
     a = sub.add_parser("critic-agreement", help="how often a critic's verdicts agree with the task checker")
@@ -46,7 +50,7 @@ def add_critic_parsers(sub) -> None:
     a.add_argument("--split", choices=SPLITS, default="seen-test")
     a.add_argument("--limit", type=_non_negative, help="at most this many records per task")
     a.add_argument("--batch", type=_non_negative, default=16)
-    a.add_argument("--max-new-tokens", type=_non_negative, default=48)
+    a.add_argument("--max-new-tokens", type=_non_negative, default=CRITIQUE_TOKENS)
     a.add_argument("--seed", type=_non_negative, default=0)
     a.set_defaults(func=cmd_critic_agreement)
     _add_sample_pairs(sub, SPLITS)
@@ -121,6 +125,10 @@ def cmd_critic_agreement(args: argparse.Namespace) -> int:
                        max_new_tokens=args.max_new_tokens, say=lambda line: print(line, file=sys.stderr))
     print(f"agreement {report['agree']}/{report['pairs']} = {report['agreement']:.3f} "
           f"({report['right_answers']} right answers; {report['unparsable']} verdicts unreadable)")
+    wrong = report["pairs"] - report["right_answers"]
+    print(f"separates right from wrong in {report['separated']}/{report['questions']} questions "
+          f"(same verdict for both in {report['same']}); right answer stated {report['solved']}/{report['pairs']}; "
+          f"wrong answers copied as the right one {report['copied']}/{wrong}")
     return 0
 
 
