@@ -61,7 +61,8 @@ def test_packed_layout_is_the_documented_one(k, n):
 
 
 @needs_bf16
-@pytest.mark.parametrize("m", [1, 13, 24, 37, 130])  # MR tails; 130 rows = 11 slivers: 2 threads split the rows
+@pytest.mark.parametrize("m", [1, 13, 20, 24, 37, 52, 130])  # MR tails (the 4-, 8- and 12-row kernels); 52 and 130 rows:
+# 2 threads split the rows in fours (24 | 28: a 4-row sliver; 64 | 68: 4 and 8 rows)
 @pytest.mark.parametrize("k,n", [(37, 5), (100, 67), (300, 333), (576, 96), (800, 40)])
 @pytest.mark.usefixtures("threads")
 def test_gemm_from_packed_weights_equals_per_call_packing(m, k, n):
@@ -69,6 +70,23 @@ def test_gemm_from_packed_weights_equals_per_call_packing(m, k, n):
     x, w, b = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g), torch.randn(n, generator=g)
     want = gemm(x, w, bias=b, bf16=True)
     assert torch.equal(gemm(x, w, bias=b, bf16=True, packed=native_prefill.pack_bf16(w)), want)
+
+
+def gated_rows(f: int) -> torch.Tensor:
+    """gm_pack_bf16_gated's row order of a gated fc1 (2F, K): per NR-wide panel, NR/2 gate rows then the same up rows."""
+    half = torch.arange(f).view(-1, NR // 2)
+    return torch.cat([half, half + f], 1).reshape(-1)
+
+
+@needs_bf16
+@pytest.mark.parametrize("k,f", [(37, 16), (300, 48), (800, 96)])
+def test_gated_layout_is_the_documented_one_with_gate_and_up_rows_paired(k, f):
+    """A gated fc1's panels pair gate row i with up row F + i (16 of each a panel): its product's tile ends with
+    both halves of 16 hidden units, which it turns into SiLU(gate) · up itself (csrc/prefill.c fused_silu)."""
+    w = torch.randn(2 * f, k, generator=torch.Generator().manual_seed(k + f))
+    assert torch.equal(native_prefill.pack_bf16(w, gated=True), packed_model(w[gated_rows(f)]))
+    with pytest.raises(ValueError, match="gm_pack_bf16_gated refused"):
+        native_prefill.pack_bf16(torch.randn(2 * 24, k), gated=True)  # 24 hidden units: not whole half panels
 
 
 def prefill(model, ids, mask, pack: bool, monkeypatch) -> torch.Tensor:
@@ -79,14 +97,15 @@ def prefill(model, ids, mask, pack: bool, monkeypatch) -> torch.Tensor:
 
 
 @needs_bf16
-@pytest.mark.parametrize("kind,kw", [("llama", dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)),
+@pytest.mark.parametrize("kind,kw", [("llama", dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=96)),  # fused SiLU
+                                     ("llama", dict(d_model=64, n_heads=4, n_kv_heads=2, d_ff=40)),  # not: 40 % 16
                                      ("gpt2", dict(norm_placement="post", final_norm=False))])
 @pytest.mark.usefixtures("threads")
 def test_prefill_from_packed_weights_equals_per_call_packing(kind, kw, monkeypatch):
     model = tiny_model(kind, **kw)
     ids, mask = random_ids(2, 60), left_pad_mask([60, 33], 60)
     assert torch.equal(prefill(model, ids, mask, True, monkeypatch), prefill(model, ids, mask, False, monkeypatch))
-    packed = {id(p) for p in model.parameters()} & set(native_prefill._packed)
+    packed = {id(p) for p in model.parameters()} & {key[0] for key in native_prefill._packed}  # (id, gated layout)
     assert len(packed) == 4 * len(model.decoder_view()[0])  # every block linear read from its packed copy
 
 
@@ -104,19 +123,19 @@ def test_packed_once_repacked_after_an_in_place_change_and_dropped_with_the_weig
     model, ids = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96), random_ids(1, 40)
     qkv = model.decoder_view()[0][0].attn.qkv.weight
     first = prefill(model, ids, None, True, monkeypatch)
-    kept = native_prefill._packed[id(qkv)][-1]
+    kept = native_prefill._packed[id(qkv), False][-1]
     prefill(model, ids, None, True, monkeypatch)
-    assert native_prefill._packed[id(qkv)][-1] is kept  # not packed again
+    assert native_prefill._packed[id(qkv), False][-1] is kept  # not packed again
     with torch.no_grad():
         qkv.mul_(1.5)  # bumps qkv._version
     changed = prefill(model, ids, None, True, monkeypatch)
-    assert native_prefill._packed[id(qkv)][-1] is not kept
+    assert native_prefill._packed[id(qkv), False][-1] is not kept
     assert torch.equal(changed, prefill(model, ids, None, False, monkeypatch)) and not torch.equal(changed, first)
-    mine = {id(p) for p in model.parameters()} & set(native_prefill._packed)
+    mine = {id(p) for p in model.parameters()} & {key[0] for key in native_prefill._packed}
     assert len(mine) == 4 * 2  # tiny llama: 2 layers × (qkv, out, gate_up, down)
     del model, qkv
     gc.collect()
-    assert not mine & set(native_prefill._packed)
+    assert not mine & {key[0] for key in native_prefill._packed}
 
 
 @needs_bf16

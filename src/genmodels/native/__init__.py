@@ -295,6 +295,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.gm_bf16_packed_size.restype = i64
     lib.gm_pack_bf16.argtypes = [vp, i64, i64, vp, c_int]
     lib.gm_pack_bf16.restype = c_int
+    lib.gm_pack_bf16_gated.argtypes = [vp, i64, i64, vp, c_int]  # a gated MLP's fc1 (native/prefill.py)
+    lib.gm_pack_bf16_gated.restype = c_int
     lib.gm_rows_gemm_min.argtypes = []  # rows_gemm.c: the batched products' threshold in rows (0: not in this build)
     lib.gm_rows_gemm_min.restype = i64
     return lib

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from ..nn import KVCache, RelativePositionBias, SparseMoE
-from . import library, never_raises, switch, watch
+from . import ACTIVATIONS, library, never_raises, switch, watch
 from .layout import hook_count
 from .decoder import FusedDecodeStep, unsupported as step_unsupported
 
@@ -265,7 +265,7 @@ def prefill(model: nn.Module, cache, input_ids: torch.Tensor, attention_mask: to
 
 
 _FIELDS = ("qkv", "out", "fc1", "fc2")  # the layer struct's block linears, in gm_decoder_prefill's order
-_packed: dict[int, tuple] = {}  # id(weight) -> (weakref, watch.state, watch.Sample, packed u32 tensor)
+_packed: dict[tuple, tuple] = {}  # (id(weight), gated) -> (weakref, watch.state, watch.Sample, packed u32 tensor)
 _kept = threading.local()  # .scratch: this thread's largest scratch so far
 
 
@@ -278,28 +278,31 @@ def _scratch(floats: int) -> torch.Tensor:
     return buf
 
 
-def pack_bf16(w: torch.Tensor, lib=None) -> torch.Tensor:
+def pack_bf16(w: torch.Tensor, lib=None, gated: bool = False) -> torch.Tensor:
     """``w (N, K)`` fp32 rounded to bf16 in the prefill kernel's panel layout (``gm_pack_bf16``: pairs of k per
-    32-bit lane, NR-wide panels per K-block), as an int32 tensor of ``gm_bf16_packed_size(N, K)`` lanes."""
+    32-bit lane, NR-wide panels per K-block), as an int32 tensor of ``gm_bf16_packed_size(N, K)`` lanes.
+    ``gated``: ``w`` is a gated MLP's fc1 (gate rows, then up rows; ``gm_pack_bf16_gated``): each panel holds
+    NR/2 gate rows and the same NR/2 up rows, so the product's tiles can write SiLU(gate) · up themselves."""
     lib = lib or library()
     n, k = w.shape
     out = torch.empty(lib.gm_bf16_packed_size(n, k), dtype=torch.int32)
-    if lib.gm_pack_bf16(w.data_ptr(), n, k, out.data_ptr(), torch.get_num_threads()) != 0:
-        raise ValueError(bf16_unavailable(lib) or "gm_pack_bf16 refused")
+    pack = lib.gm_pack_bf16_gated if gated else lib.gm_pack_bf16
+    if pack(w.data_ptr(), n // 2 if gated else n, k, out.data_ptr(), torch.get_num_threads()) != 0:
+        raise ValueError(bf16_unavailable(lib) or f"{pack.__name__} refused")
     return out
 
 
-def _packed_weight(w: torch.Tensor, lib) -> torch.Tensor:
-    """:func:`pack_bf16` of ``w``, made once and reused while ``w`` lives unchanged (:mod:`.watch`: same storage
-    and version — an optimizer step, ``load_state_dict``, ``copy_`` bump it — and the same sampled values, which
-    in-place edits through ``w.data`` change without a bump): otherwise packed again."""
-    key, now = id(w), watch.state(w)
+def _packed_weight(w: torch.Tensor, lib, gated: bool = False) -> torch.Tensor:
+    """:func:`pack_bf16` of ``w`` (``gated``: its gated layout), made once and reused while ``w`` lives unchanged
+    (:mod:`.watch`: same storage and version — an optimizer step, ``load_state_dict``, ``copy_`` bump it — and the
+    same sampled values, which in-place edits through ``w.data`` change without a bump): otherwise packed again."""
+    key, now = (id(w), gated), watch.state(w)
     hit = _packed.get(key)
     if hit is not None and hit[0]() is w and hit[1] == now and hit[2].holds():
         return hit[3]
     if hit is None or hit[0]() is not w:
         weakref.finalize(w, _packed.pop, key, None)  # the packed copy goes with its weight
-    out = pack_bf16(w, lib)
+    out = pack_bf16(w, lib, gated)
     sample = watch.Sample(w, len(_packed), rows_every=8)  # every 8th row: ~1 ms a SmolLM2 prefill
     _packed[key] = (weakref.ref(w), now, sample, out)
     return out
@@ -329,8 +332,22 @@ def _block_weights(model: nn.Module, step: FusedDecodeStep) -> list:
 
 
 def packed_weights(model: nn.Module, step: FusedDecodeStep, lib):
-    """For ``gm_decoder_prefill``: 4 pointers per layer (qkv, out, fc1, fc2) to the bf16 panels of each fp32
-    block linear the step's struct points at (:func:`_packed_weight`), NULL for quantised ones."""
+    """For ``gm_decoder_prefill``: 5 pointers per layer (qkv, out, fc1, fc2, fc1 gated) to the bf16 panels of each
+    fp32 block linear the step's struct points at (:func:`_packed_weight`), NULL for quantised ones. A SiLU-gated
+    MLP's fc1 without bias (``gated_fc1``) is packed in the gated layout only (5th pointer; the 3rd NULL): its
+    product then writes SiLU(gate) · up from its tiles (csrc/prefill.c fused_silu, the same conditions)."""
     weights = getattr(step, "weights", None) or _block_weights(model, step)  # (kept with a memoised struct)
-    ptrs = [_packed_weight(w, lib).data_ptr() if w is not None else None for w in weights]  # None: per call
+    ptrs = []
+    for i, layer in enumerate(step.layers):
+        four = [_packed_weight(w, lib).data_ptr() if w is not None and (f != "fc1" or not gated_fc1(step, layer))
+                else None for f, w in zip(_FIELDS, weights[4 * i:4 * i + 4])]  # None: per call
+        fc1 = weights[4 * i + 2]
+        ptrs += four + [_packed_weight(fc1, lib, True).data_ptr() if fc1 is not None and gated_fc1(step, layer) else None]
     return (ctypes.c_void_p * len(ptrs))(*ptrs)
+
+
+def gated_fc1(step: FusedDecodeStep, layer) -> bool:
+    """Whether ``layer``'s fc1 takes the fused SiLU (csrc/prefill.c fused_silu): a gated MLP with SiLU, no fc1
+    bias, and hidden units in whole half panels (16)."""
+    m = step.model_struct
+    return bool(m.gated) and m.act == ACTIVATIONS["silu"] and not layer.fc1_b and m.d_ff % 16 == 0

@@ -118,24 +118,28 @@ INLINE void tile_store(float *y, int64_t ldy, const float *bias, int accumulate,
  * Vector math (AVX2): exp as Cephes' expf (range reduction by ln 2, degree-6 polynomial, ≈1 ulp);
  * erf as Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), the formula PyTorch's vectorised erf uses.
  */
+/* e^x in vectors of any width P (_mm256 / _mm512): the same operations in the same order, lane for lane, so
+ * exp8 and exp16 give the same bits (W: the width in the cast intrinsics' names; ROUND: to nearest integer). */
+#define GM_DEFINE_EXP(NAME, V, VI, P, W, ROUND)                                                               \
+    INLINE V NAME(V x) {                                                                                      \
+        /* clamp; operand order lets a NaN through (max/min return their second operand on NaN) */           \
+        x = P##_min_ps(P##_set1_ps(88.3762626647949f), P##_max_ps(P##_set1_ps(-87.0f), x));                  \
+        V n = ROUND(P##_mul_ps(x, P##_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
+        V r = P##_fnmadd_ps(n, P##_set1_ps(0.693359375f), x);                                                 \
+        r = P##_fnmadd_ps(n, P##_set1_ps(-2.12194440e-4f), r);                                                \
+        V y = P##_set1_ps(1.9875691500e-4f);                                                                  \
+        y = P##_fmadd_ps(y, r, P##_set1_ps(1.3981999507e-3f));                                                \
+        y = P##_fmadd_ps(y, r, P##_set1_ps(8.3334519073e-3f));                                                \
+        y = P##_fmadd_ps(y, r, P##_set1_ps(4.1665795894e-2f));                                                \
+        y = P##_fmadd_ps(y, r, P##_set1_ps(1.6666665459e-1f));                                                \
+        y = P##_fmadd_ps(y, r, P##_set1_ps(5.0000001201e-1f));                                                \
+        y = P##_add_ps(P##_fmadd_ps(y, P##_mul_ps(r, r), r), P##_set1_ps(1.0f));                              \
+        VI e = P##_slli_epi32(P##_add_epi32(P##_cvtps_epi32(n), P##_set1_epi32(127)), 23);                    \
+        return P##_mul_ps(y, P##_castsi##W##_ps(e));                                                          \
+    }
+
 #ifdef GM_AVX2
-INLINE __m256 exp8(__m256 x) {
-    /* clamp; operand order lets a NaN through (max/min return their second operand on NaN) */
-    x = _mm256_min_ps(_mm256_set1_ps(88.3762626647949f), _mm256_max_ps(_mm256_set1_ps(-87.0f), x));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-}
+GM_DEFINE_EXP(exp8, __m256, __m256i, _mm256, 256, _mm256_round_ps)
 
 INLINE __m256 erf8(__m256 x) {
     const __m256 sign = _mm256_and_ps(x, _mm256_set1_ps(-0.0f)), ax = _mm256_andnot_ps(_mm256_set1_ps(-0.0f), x);
@@ -165,6 +169,15 @@ INLINE __m256 activation8(__m256 v, int act) {
     default: /* SiLU: x / (1 + e^{−x}) */
         return _mm256_div_ps(v, _mm256_add_ps(one, exp8(_mm256_sub_ps(_mm256_setzero_ps(), v))));
     }
+}
+#endif
+
+#ifdef __AVX512F__
+/* exp8 and SiLU in 512-bit vectors: the same operations in the same order, lane for lane, so the same bits. */
+GM_DEFINE_EXP(exp16, __m512, __m512i, _mm512, 512, _mm512_roundscale_ps)
+
+INLINE __m512 silu16(__m512 v) { /* x / (1 + e^{−x}), as activation8's SiLU */
+    return _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), v))));
 }
 #endif
 

@@ -156,14 +156,14 @@ void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv,
  * loaded machine — a thread descheduled — made a 2-thread SmolLM2 prefill 1.7x slower). */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
                  float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
-                 const uint32_t *packed) {
+                 const uint32_t *packed, float *hid) {
     const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
     float *ap = mine, *bp = mine + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
     for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB;
         for (int64_t s = 0; s < slivers; s++) (bf16 ? gemm_pack_a_bf16 : pack_a)(x, ldx, M, k0, kc, s, ap);
         if (bf16) {
-            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp, packed);
+            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp, packed, hid);
         } else {
             for (int64_t p = p0; p < p1; p++) {
                 const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
@@ -199,11 +199,11 @@ int64_t gemm_nn_width(void) { return PF_NR; }
 
 /* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias (gemm_panels, the
  * panels split over the team; with W packed once in bf16 (`packed`, gm_pack_bf16) and at least 2 MR-row slivers a
- * thread, x's slivers split instead: each thread converts only its own rows of x and reads every packed panel);
+ * thread, x's rows split instead, in fours: each thread converts only its own rows of x and reads every packed panel);
  * pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed) {
+                       const uint32_t *packed, float *hid) {
     if (M < PF_MIN_ROWS && ldx == K && ldy == N && !bf16) {
         any_linear_team(x, M, K, W, type, bias, y, N, accumulate);
         return;
@@ -211,13 +211,13 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
     const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR, S = (M + PF_MR - 1) / PF_MR;
     float *mine = pack + me * gemm_pack_floats(M);
     packed = bf16 && type == GM_F32 ? packed : 0;
-    if (packed && S >= 2 * nt) {
-        const int64_t m0 = S * me / nt * PF_MR, m1 = S * (me + 1) / nt * PF_MR < M ? S * (me + 1) / nt * PF_MR : M;
+    if (packed && S >= 2 * nt) { /* rows split in fours (the bf16 kernels' narrowest tile: gemm_bf16.c micro_bf16) */
+        const int64_t q = (M + 3) / 4, m0 = q * me / nt * 4, m1 = q * (me + 1) / nt * 4 < M ? q * (me + 1) / nt * 4 : M;
         gemm_panels(x + m0 * ldx, ldx, m1 - m0, K, W, type, bias, y + m0 * ldy, ldy, N, accumulate, 0, P, mine, 1,
-                    packed);
+                    packed, hid ? hid + m0 * (N / 2) : 0);
     } else {
         gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt, mine, bf16,
-                    packed);
+                    packed, hid);
     }
 #pragma omp barrier
 }
@@ -233,7 +233,7 @@ GM_API int gm_prefill_gemm(const float *x, int64_t M, int64_t K, const void *W, 
     float *pack = aligned_alloc(64, (size_t)(nt * gemm_pack_floats(M) * 4));
     if (!pack) return -2;
 #pragma omp parallel num_threads(nt)
-    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack, bf16, (const uint32_t *)packed);
+    prefill_gemm_team(x, K, M, K, W, type, bias, y, N, N, 0, pack, bf16, (const uint32_t *)packed, 0);
     free(pack);
     return 0;
 }

@@ -83,9 +83,11 @@ void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_
 }
 
 /* The panel of W rows [n0, n0 + nv) (rows past nv zero), values [k0, k0 + kc), as bp[k/2][NR] pairs of bf16; a
- * quantised W's rows are dequantised into `rows` (NR × kc floats) first. */
+ * quantised W's rows are dequantised into `rows` (NR × kc floats) first. half > 0 (fp32 W (2·half, K) of a gated
+ * MLP, gate rows then up rows): panel n0 / NR holds gate rows n0/2 + [0, NR/2) then the same up rows half + n0/2 + …,
+ * so one tile ends with the gate and up values of the same NR/2 hidden units (micro_rows' hid epilogue). */
 static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv, int64_t k0, int64_t kc,
-                        uint32_t *bp, float *rows, uint32_t (*line)[BF_LD]) {
+                        uint32_t *bp, float *rows, uint32_t (*line)[BF_LD], int64_t half) {
     const int64_t row_bytes = type == GM_F32 ? K * 4 : K / quant_block_values(type) * quant_block_bytes(type);
     const int64_t kc2 = (kc + 1) / 2;
     for (int64_t j = 0; j < PF_NR; j++) {
@@ -93,7 +95,8 @@ static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int6
             memset(line[j], 0, kc2 * sizeof(uint32_t));
             continue;
         }
-        const float *src = (const float *)W + (n0 + j) * K + k0;
+        const int64_t n = half ? (j < PF_NR / 2 ? n0 / 2 + j : half + n0 / 2 + j - PF_NR / 2) : n0 + j; /* gated: below */
+        const float *src = (const float *)W + n * K + k0;
         if (type != GM_F32) {
             src = rows + j * kc;
             quant_dequant_span((const uint8_t *)W + (n0 + j) * row_bytes, type, k0, k0 + kc, rows + j * kc);
@@ -103,20 +106,29 @@ static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int6
     for (int j = 0; j < PF_NR; j += 8) transpose_pairs(line + j, kc2, bp + j, PF_NR);
 }
 
-/* y[0:rows, 0:cols] (+)= Σ_pairs (+ bias): the tile of ap (kc2 pairs × MR) and bp (kc2 pairs × NR) */
-static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
-                       int64_t rows, int64_t cols, const float *bias, int add) {
+/* y[0:rows, 0:cols] (+)= Σ_pairs (+ bias): rows < MR ≤ PF_MR of the tile of ap (kc2 pairs × PF_MR lanes, only the
+ * first MR read) and bp (kc2 pairs × NR). MR is a constant at each call site (micro_bf16 picks 12, 8 or 4 rows), so a
+ * sliver of 4 or 8 rows costs 4 or 8 rows of products, not 12; every output's pairs are summed in the same order
+ * whatever MR, so the bits do not depend on it. */
+INLINE void micro_rows(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
+                       int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, const int MR) {
 #define BF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define BF_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define BF_DOT(i)                                                                                         \
-    {                                                                                                     \
+    if (MR > i) {                                                                                         \
         const __m512bh ai = (__m512bh)_mm512_set1_epi32((int)a[i]);                                       \
         c##i##0 = _mm512_dpbf16_ps(c##i##0, ai, b0);                                                      \
         c##i##1 = _mm512_dpbf16_ps(c##i##1, ai, b1);                                                      \
     }
-#define BF_OUT(i) _mm512_store_ps(t + (i) * PF_NR, c##i##0), _mm512_store_ps(t + (i) * PF_NR + 16, c##i##1);
+#define BF_H(i)                                                                                           \
+    if (MR > i && i < rows) {                                                                             \
+        __m512 g = c##i##0, u = c##i##1;                                                                  \
+        if (add) g = _mm512_add_ps(g, _mm512_loadu_ps(y + (i) * ldy)), u = _mm512_add_ps(u, _mm512_loadu_ps(y + (i) * ldy + 16)); \
+        _mm512_storeu_ps(hid + (i) * ldh, _mm512_mul_ps(silu16(g), u));                                  \
+    }
+#define BF_OUT(i) if (MR > i) _mm512_store_ps(t + (i) * PF_NR, c##i##0), _mm512_store_ps(t + (i) * PF_NR + 16, c##i##1);
 #define BF_Y(i)                                                                                           \
-    {                                                                                                     \
+    if (MR > i) {                                                                                         \
         float *yr = y + (i) * ldy;                                                                        \
         __m512 v0 = c##i##0, v1 = c##i##1;                                                                \
         if (bias) v0 = _mm512_add_ps(v0, _mm512_loadu_ps(bias)), v1 = _mm512_add_ps(v1, _mm512_loadu_ps(bias + 16)); \
@@ -129,7 +141,11 @@ static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, i
         const __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + 32));
         BF_ROWS(BF_DOT)
     }
-    if (rows == PF_MR && cols == PF_NR) {
+    if (hid) { /* a gated product's last K-block: hid = SiLU(gate: columns 0-15) · (up: columns 16-31), y not written */
+        BF_ROWS(BF_H)
+        return;
+    }
+    if (rows == MR && cols == PF_NR) {
         BF_ROWS(BF_Y)
         return;
     }
@@ -141,6 +157,27 @@ static void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, i
 #undef BF_DOT
 #undef BF_OUT
 #undef BF_Y
+#undef BF_H
+}
+
+static void micro_bf16_12(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
+                          int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 12);
+}
+static void micro_bf16_8(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
+                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 8);
+}
+static void micro_bf16_4(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
+                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 4);
+}
+
+/* The tile of a sliver of `rows` ≤ PF_MR rows: the narrowest of the 12-, 8- and 4-row kernels that covers them. */
+static inline void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y,
+                              int64_t ldy, int64_t rows, int64_t cols, const float *bias, int add, float *hid,
+                              int64_t ldh) {
+    (rows > 8 ? micro_bf16_12 : rows > 4 ? micro_bf16_8 : micro_bf16_4)(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh);
 }
 
 /* The MR × NR tile of y at t (rows ldy apart, `rows` of them left) fetched into L1 while the tile before it runs:
@@ -158,7 +195,8 @@ static inline void prefetch_tile(const float *t, int64_t ldy, int64_t rows) {
  * W packed once, fp32 only) when not NULL. */
 void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed) {
+                     float *mine, const uint32_t *packed, float *hid) {
+    float *const h = k0 + kc == K ? hid : 0; /* the gated epilogue on the last K-block only */
     const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2, P = (N + PF_NR - 1) / PF_NR;
     const uint32_t *ap = (const uint32_t *)ap_;
     float *lns = mine, *rows = lns + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
@@ -172,7 +210,7 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
             bp = packed + (k0 / 2 * P + p * kc2) * PF_NR; /* the K-blocks before k0 hold k0 / 2 pairs */
             next = p + 1 < p1 ? (const char *)(bp + kc2 * PF_NR) : 0;
         } else {
-            pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lns);
+            pack_b_bf16(W, type, K, n0, nv, k0, kc, b16, rows, (uint32_t (*)[BF_LD])lns, 0);
         }
         for (int64_t s = 0; s < slivers; s++) {
             const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
@@ -181,7 +219,7 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
             if (s + 1 < slivers) prefetch_tile(y + (m0 + PF_MR) * ldy + n0, ldy, M - m0 - PF_MR);
             else if (p + 1 < p1) prefetch_tile(y + n0 + PF_NR, ldy, M);
             micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)bp, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
-                       k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0);
+                       k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0, h ? h + m0 * (N / 2) + n0 / 2 : 0, N / 2);
         }
     }
 }
@@ -192,14 +230,14 @@ int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return (K + 1) / 2 * ((N 
 
 /* One thread: panels [p0, p1) of every K-block of W (N, K) fp32 into out (gemm_bf16_packed_pairs(N, K) u32):
  * the same pairs pack_b_bf16 makes per call, so a product from them is bit for bit the per-call one. */
-void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1) {
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half) {
     uint32_t line[PF_NR][BF_LD] __attribute__((aligned(64))); /* 26 KB of the thread's stack */
     const int64_t KB = gemm_k_block(K, GM_F32), P = (N + PF_NR - 1) / PF_NR;
     for (int64_t k0 = 0; k0 < K; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB, kc2 = (kc + 1) / 2;
         for (int64_t p = p0; p < p1; p++) {
             const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
-            pack_b_bf16(W, GM_F32, K, n0, nv, k0, kc, out + (k0 / 2 * P + p * kc2) * PF_NR, 0, line);
+            pack_b_bf16(W, GM_F32, K, n0, nv, k0, kc, out + (k0 / 2 * P + p * kc2) * PF_NR, 0, line, half);
         }
     }
 }
@@ -226,7 +264,7 @@ void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float
             for (int64_t s = 0; s < slivers; s++) {
                 const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
                 micro_bf16((const uint32_t *)mine + s * PF_MR * kc2, b16, kc2, y + m0 * ldy + n0, ldy, rows_s, PF_NR, 0,
-                           k0 > 0);
+                           k0 > 0, 0, 0);
             }
         }
     }
@@ -236,9 +274,9 @@ int gemm_bf16_built(void) { return 0; }
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {}
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed) {} /* never called: callers check gemm_bf16_built() first */
+                     float *mine, const uint32_t *packed, float *hid) {} /* never called: callers check gemm_bf16_built() first */
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return 0; }
-void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1) {}
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half) {}
 void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
                   int64_t ldy, int64_t N, float *mine) {}
 #endif
@@ -251,10 +289,22 @@ GM_API int64_t gm_bf16_packed_size(int64_t N, int64_t K) { return gemm_bf16_pack
 
 /* out = W (N, K) fp32 rounded to bf16 in the micro-kernel's panel layout (gemm_bf16_pack), once, so that the
  * prefill's products read it instead of converting W's panels at every call; -3 in a build without bf16. */
-GM_API int gm_pack_bf16(const float *W, int64_t N, int64_t K, void *out, int n_threads) {
+static int pack_team(const float *W, int64_t N, int64_t K, void *out, int n_threads, int64_t half) {
     if (!gemm_bf16_built()) return -3;
     const int64_t P = (N + PF_NR - 1) / PF_NR;
 #pragma omp parallel num_threads(n_threads > 0 ? n_threads : 1)
-    gemm_bf16_pack(W, N, K, (uint32_t *)out, P * thread_id() / omp_threads(), P * (thread_id() + 1) / omp_threads());
+    gemm_bf16_pack(W, N, K, (uint32_t *)out, P * thread_id() / omp_threads(), P * (thread_id() + 1) / omp_threads(), half);
     return 0;
+}
+
+GM_API int gm_pack_bf16(const float *W, int64_t N, int64_t K, void *out, int n_threads) {
+    return pack_team(W, N, K, out, n_threads, 0);
+}
+
+/* As gm_pack_bf16, for a gated MLP's fc1 W (2F, K) (gate rows, then up rows; F a multiple of NR/2): each panel holds
+ * NR/2 gate rows and the same NR/2 up rows (pack_b_bf16's half), the layout gm_decoder_prefill's fused SiLU reads
+ * (its 5th pointer per layer); gm_bf16_packed_size(2F, K) u32. -3 in a build without bf16, -1 for F not whole panels. */
+GM_API int gm_pack_bf16_gated(const float *W, int64_t F, int64_t K, void *out, int n_threads) {
+    if (F % (PF_NR / 2)) return -1;
+    return pack_team(W, 2 * F, K, out, n_threads, F);
 }

@@ -42,7 +42,7 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     float *O = att + (b * T + t0) * ldo + h * DH, inv[PF_QB];
     int uniform[PF_QB];
     const int64_t nr = gemm_nn_width();
-    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16, 0); /* S = Q Kᵀ */
+    gemm_panels(Q, QKV, nq, DH, Kc + lo * DH, GM_F32, 0, S, nk, nk, 0, 0, (nk + nr - 1) / nr, mine, bf16, 0, 0); /* S = Q Kᵀ */
     for (int64_t i = 0; i < nq; i++) {
         const int64_t q = start + t0 + i, a = W > 0 && q + 1 > W ? q + 1 - W : 0; /* keys [a, q] */
         const int64_t a0 = a > lo ? a : lo, q1 = q < hi - 1 ? q : hi - 1; /* the visible keys: [a0, q1] of [lo, hi) */
@@ -101,6 +101,13 @@ static void attend_queries(const gm_model *m, const gm_layer *ly, const float *q
     }
 }
 
+/* Whether layer ly's gated MLP takes the fused SiLU: bf16, its fc1 packed by gm_pack_bf16_gated (the 5th pointer),
+ * SiLU, no fc1 bias, whole panels of hidden units; the products and SiLU are then those of the unfused path. */
+static int fused_silu(const gm_model *m, const gm_layer *ly, int bf16, const uint32_t *const *pw) {
+    return bf16 && pw && pw[4] && m->gated && m->act == ACT_SILU && !ly->fc1_b && ly->fc1_t == GM_F32 &&
+           m->d_ff % (PF_NR / 2) == 0;
+}
+
 /* Rotate q and k heads (RoPE) and write k, v of rows [0, N) into the cache at slots start + t. */
 static void rope_and_cache(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions,
                            int64_t start, int64_t T) {
@@ -131,9 +138,10 @@ static void embed_rows(const gm_model *m, const int64_t *ids, const int64_t *pos
 
 /* The prefill (see the top): ids, positions (B, T) int64; key_mask (B, mask_stride) over the cache's
  * slots, 1 = real token (NULL: none padded); scratch: gm_prefill_scratch_floats(m, B·T, start + T)
- * floats; logits (B, V) of each row's last token; bf16: the linears, Q Kᵀ and P V in bf16; packed: NULL, or 4 per
- * layer (qkv, out, fc1, fc2: NULL or gm_pack_bf16 of that fp32 weight, read with bf16 instead of converting W at
- * every call). Returns 0, -1 for a part it does not compute, -3 for bf16 in a build without it. */
+ * floats; logits (B, V) of each row's last token; bf16: the linears, Q Kᵀ and P V in bf16; packed: NULL, or
+ * PF_PACKED per layer (qkv, out, fc1, fc2: NULL or gm_pack_bf16 of that fp32 weight, read with bf16 instead of
+ * converting W at every call; then fc1 gated: NULL or gm_pack_bf16_gated of a SiLU-gated MLP's fc1, whose product
+ * then writes SiLU(gate) · up itself — fused_silu). Returns 0, -1 for a part it does not compute, -3 for bf16 in a build without it. */
 GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64_t *positions,
                               const int64_t *key_mask, int64_t start, int64_t T, float *scratch, float *logits,
                               int bf16, const uint32_t *const *packed) {
@@ -156,27 +164,33 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
         embed_rows(m, ids, positions, N, x);
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
-            const uint32_t *const *pw = packed ? packed + 4 * l : 0; /* qkv, out, fc1, fc2 packed in bf16 */
+            const uint32_t *const *pw = packed ? packed + PF_PACKED * l : 0; /* qkv, out, fc1, fc2, fc1 gated */
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
             prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16,
-                              pw ? pw[0] : 0);
+                              pw ? pw[0] : 0, 0);
             rope_and_cache(m, ly, qkv, positions, start, T);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
-                const int64_t b = task / (H * nb), h = task / nb % H, t0 = task % nb * PF_QB;
+                /* each head's blocks of queries latest first (the most keys): the team's last tasks are small ones */
+                const int64_t b = task / (H * nb), h = task / nb % H, t0 = (nb - 1 - task % nb) * PF_QB;
                 attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
                                pack + thread_id() * gemm_pack_floats(N), bf16);
             }
             prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16,
-                              pw ? pw[1] : 0);
+                              pw ? pw[1] : 0, 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16,
-                              pw ? pw[2] : 0);
+            if (fused_silu(m, ly, bf16, pw)) { /* hid = SiLU(gate) · up straight from the product's tiles */
+                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, pw[4], hid);
+            } else {
+                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16,
+                                  pw ? pw[2] : 0, 0);
 #pragma omp for schedule(static)
-            for (int64_t r = 0; r < N; r++) activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
+                for (int64_t r = 0; r < N; r++)
+                    activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
+            }
             prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16,
-                              pw ? pw[3] : 0);
+                              pw ? pw[3] : 0, 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
         }
 #pragma omp for schedule(static)

@@ -17,6 +17,7 @@
 #define PF_VW 8
 #endif
 #define PF_NR (2 * PF_VW)
+#define PF_PACKED 5 /* gm_decoder_prefill's packed pointers per layer: qkv, out, fc1, fc2, fc1 gated (prefill.c) */
 #define PF_KC 384 /* most values of a K-block (a product's blocks are split evenly, whole GGUF blocks) */
 
 /* floats of one thread's packing buffers for a product over M rows */
@@ -24,15 +25,17 @@ int64_t gemm_pack_floats(int64_t M);
 /* Inside a parallel region, every thread: y (M, N) (+)= x (M, K) · W (N, K)ᵀ + bias, x / y rows ldx / ldy
  * apart, W fp32 (type 0) or GGUF blocks of `type`; pack: gemm_pack_floats(M) floats per thread; bf16: the
  * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()), W's panels read from `packed` (gm_pack_bf16's
- * layout; fp32 W) when not NULL. Ends with the team's barrier. */
+ * layout; fp32 W) when not NULL. hid: NULL, or (packed by gm_pack_bf16_gated, no bias) the gated MLP's hidden
+ * (M, N/2) = SiLU(gate) · up written instead of y on the last K-block (y then holds partial sums only). Ends with
+ * the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed);
+                       const uint32_t *packed, float *hid);
 /* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats;
  * bf16: products in bf16 (gemm_bf16.c, where built), from `packed` panels when not NULL */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
                  float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
-                 const uint32_t *packed);
+                 const uint32_t *packed, float *hid);
 /* One thread: y (M, N) = x (M, K) · V (K, N), V's rows ldv apart, N a multiple of gemm_nn_width() */
 void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y, int64_t ldy,
              int64_t N, float *mine);
@@ -52,10 +55,10 @@ void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float
                   int64_t ldy, int64_t N, float *mine); /* gemm_nn in bf16 */
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed);
+                     float *mine, const uint32_t *packed, float *hid);
 /* W (N, K) fp32 packed once in bf16 panels (gm_pack_bf16): its size in u32 pairs, one thread's panels [p0, p1) */
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K);
-void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1);
+void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half);
 #ifdef GM_AVX2
 /* c[i] = lane i of r[0..7] (an 8 × 8 transpose in registers; r is overwritten) */
 static inline void gemm_transpose8_regs(__m256 r[8], __m256 c[8]) {
