@@ -156,14 +156,19 @@ void gemm_pack_b(const void *W, int64_t type, int64_t K, int64_t n0, int64_t nv,
  * loaded machine — a thread descheduled — made a 2-thread SmolLM2 prefill 1.7x slower). */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
                  float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
-                 const uint32_t *packed, float *hid) {
+                 const uint32_t *packed, const gm_fuse *fuse) {
     const int64_t KB = gemm_k_block(K, type), slivers = (M + PF_MR - 1) / PF_MR;
     float *ap = mine, *bp = mine + slivers * PF_MR * PF_KC, *rows = bp + PF_KC * PF_NR;
     for (int64_t k0 = 0; k0 < K && p0 < p1; k0 += KB) {
         const int64_t kc = K - k0 < KB ? K - k0 : KB;
+        if (bf16 && fuse && fuse->x_slivers) { /* x's slivers made by the product before (gm_fuse) */
+            gemm_bf16_block((const float *)(fuse->x_slivers + slivers * PF_MR * (k0 / 2)), M, K, W, type, k0, kc, bias, y,
+                            ldy, N, accumulate, p0, p1, bp, packed, fuse);
+            continue;
+        }
         for (int64_t s = 0; s < slivers; s++) (bf16 ? gemm_pack_a_bf16 : pack_a)(x, ldx, M, k0, kc, s, ap);
         if (bf16) {
-            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp, packed, hid);
+            gemm_bf16_block(ap, M, K, W, type, k0, kc, bias, y, ldy, N, accumulate, p0, p1, bp, packed, fuse);
         } else {
             for (int64_t p = p0; p < p1; p++) {
                 const int64_t n0 = p * PF_NR, nv = N - n0 < PF_NR ? N - n0 : PF_NR;
@@ -197,27 +202,35 @@ void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, 
 
 int64_t gemm_nn_width(void) { return PF_NR; }
 
+int prefill_rows_split(int64_t M, int64_t nt, int bf16, int64_t type, const uint32_t *packed) {
+    return bf16 && type == GM_F32 && packed && (M + PF_MR - 1) / PF_MR >= 2 * nt;
+}
+
 /* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias (gemm_panels, the
  * panels split over the team; with W packed once in bf16 (`packed`, gm_pack_bf16) and at least 2 MR-row slivers a
  * thread, x's rows split instead, in fours: each thread converts only its own rows of x and reads every packed panel);
  * pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed, float *hid) {
+                       const uint32_t *packed, const gm_fuse *fuse) {
     if (M < PF_MIN_ROWS && ldx == K && ldy == N && !bf16) {
         any_linear_team(x, M, K, W, type, bias, y, N, accumulate);
         return;
     }
-    const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR, S = (M + PF_MR - 1) / PF_MR;
+    const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
     float *mine = pack + me * gemm_pack_floats(M);
     packed = bf16 && type == GM_F32 ? packed : 0;
-    if (packed && S >= 2 * nt) { /* rows split in fours (the bf16 kernels' narrowest tile: gemm_bf16.c micro_bf16) */
+    if (prefill_rows_split(M, nt, bf16, type, packed)) { /* rows split in fours (the bf16 kernels' narrowest tile) */
         const int64_t q = (M + 3) / 4, m0 = q * me / nt * 4, m1 = q * (me + 1) / nt * 4 < M ? q * (me + 1) / nt * 4 : M;
+        const int64_t at = (m0 + PF_MR * me) * (fuse && fuse->hid_slivers ? N / 2 : K) / 2; /* this thread's slivers */
+        const gm_fuse mine_fuse = {fuse && fuse->hid ? fuse->hid + m0 * (N / 2) : 0,
+                                   fuse && fuse->hid_slivers ? fuse->hid_slivers + at : 0,
+                                   fuse && fuse->x_slivers ? fuse->x_slivers + at : 0};
         gemm_panels(x + m0 * ldx, ldx, m1 - m0, K, W, type, bias, y + m0 * ldy, ldy, N, accumulate, 0, P, mine, 1,
-                    packed, hid ? hid + m0 * (N / 2) : 0);
+                    packed, fuse ? &mine_fuse : 0);
     } else {
         gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt, mine, bf16,
-                    packed, hid);
+                    packed, fuse); /* (never slivers here: prefill.c asks prefill_rows_split first) */
     }
 #pragma omp barrier
 }

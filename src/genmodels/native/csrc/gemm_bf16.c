@@ -56,29 +56,35 @@ static inline __m256 row_pairs8(const float *src, int64_t n) {
     return (__m256)_mm256_cvtne2ps_pbh(_mm256_maskz_loadu_ps(hi, src + 8), _mm256_maskz_loadu_ps(lo, src));
 }
 
-/* Sliver s of x's rows [0, M) (rows past M zero), values [k0, k0 + kc): ap[s][k/2][MR] pairs of bf16 (as uint32).
- * Per 8 pairs of k: each of the MR rows converted into one ymm (row_pairs8), rows 0-7 transposed 8 × 8 and rows 8-11
- * 4 × 8 in registers, each pair's MR lanes stored in place (no line buffer: a store then reload of another width
+/* ap[p][0:MR] = pair p of rows r[0:MR] (8 pairs each, as u32 lanes) for p < np: rows 0-7 transposed 8 × 8 and rows
+ * 8-11 4 × 8 in registers, each pair's MR lanes stored in place (no line buffer: a store then reload of another width
  * stalls store forwarding). */
+static inline void store_sliver_pairs(__m256 r[PF_MR], int64_t np, uint32_t *ap) {
+    __m256 t[8];
+    gemm_transpose8_regs(r, t); /* t[p]: rows 0-7 of pair p */
+    for (int p = 0; p < np && p < 8; p++) _mm256_storeu_ps((float *)(ap + p * PF_MR), t[p]);
+    /* rows 8-11: 4 × 4 transposes within each 128-bit half: u[p] = pair p | pair p + 4 of the four rows */
+    const __m256 a = _mm256_unpacklo_ps(r[8], r[9]), b = _mm256_unpackhi_ps(r[8], r[9]);
+    const __m256 c = _mm256_unpacklo_ps(r[10], r[11]), d = _mm256_unpackhi_ps(r[10], r[11]);
+    const __m256 u[4] = {_mm256_shuffle_ps(a, c, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 2, 3, 2)),
+                         _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2))};
+    for (int p = 0; p < 4; p++) {
+        if (p < np) _mm_storeu_ps((float *)(ap + p * PF_MR + 8), _mm256_castps256_ps128(u[p]));
+        if (p + 4 < np) _mm_storeu_ps((float *)(ap + (p + 4) * PF_MR + 8), _mm256_extractf128_ps(u[p], 1));
+    }
+}
+
+/* Sliver s of x's rows [0, M) (rows past M zero), values [k0, k0 + kc): ap[s][k/2][MR] pairs of bf16 (as uint32).
+ * Per 8 pairs of k: each of the MR rows converted into one ymm (row_pairs8), then store_sliver_pairs. */
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap_) {
     const int64_t kc2 = (kc + 1) / 2, rows = M - s * PF_MR < PF_MR ? M - s * PF_MR : PF_MR;
     uint32_t *ap = (uint32_t *)ap_ + s * PF_MR * kc2;
     const float *src = x + s * PF_MR * ldx + k0;
     for (int64_t k = 0; k < kc; k += 16, ap += 8 * PF_MR) {
-        const int64_t n = kc - k < 16 ? kc - k : 16, np = (n + 1) / 2; /* values, pairs of this group */
-        __m256 r[PF_MR], t[8];
+        const int64_t n = kc - k < 16 ? kc - k : 16; /* values of this group */
+        __m256 r[PF_MR];
         for (int i = 0; i < PF_MR; i++) r[i] = i < rows ? row_pairs8(src + i * ldx + k, n) : _mm256_setzero_ps();
-        gemm_transpose8_regs(r, t); /* t[p]: rows 0-7 of pair p */
-        for (int p = 0; p < np && p < 8; p++) _mm256_storeu_ps((float *)(ap + p * PF_MR), t[p]);
-        /* rows 8-11: 4 × 4 transposes within each 128-bit half: u[p] = pair p | pair p + 4 of the four rows */
-        const __m256 a = _mm256_unpacklo_ps(r[8], r[9]), b = _mm256_unpackhi_ps(r[8], r[9]);
-        const __m256 c = _mm256_unpacklo_ps(r[10], r[11]), d = _mm256_unpackhi_ps(r[10], r[11]);
-        const __m256 u[4] = {_mm256_shuffle_ps(a, c, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(a, c, _MM_SHUFFLE(3, 2, 3, 2)),
-                             _mm256_shuffle_ps(b, d, _MM_SHUFFLE(1, 0, 1, 0)), _mm256_shuffle_ps(b, d, _MM_SHUFFLE(3, 2, 3, 2))};
-        for (int p = 0; p < 4; p++) {
-            if (p < np) _mm_storeu_ps((float *)(ap + p * PF_MR + 8), _mm256_castps256_ps128(u[p]));
-            if (p + 4 < np) _mm_storeu_ps((float *)(ap + (p + 4) * PF_MR + 8), _mm256_extractf128_ps(u[p], 1));
-        }
+        store_sliver_pairs(r, (n + 1) / 2, ap);
     }
 }
 
@@ -111,7 +117,8 @@ static void pack_b_bf16(const void *W, int64_t type, int64_t K, int64_t n0, int6
  * sliver of 4 or 8 rows costs 4 or 8 rows of products, not 12; every output's pairs are summed in the same order
  * whatever MR, so the bits do not depend on it. */
 INLINE void micro_rows(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
-                       int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, const int MR) {
+                       int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, uint32_t *hsl,
+                       const int MR) {
 #define BF_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #define BF_DECL(i) __m512 c##i##0 = _mm512_setzero_ps(), c##i##1 = _mm512_setzero_ps();
 #define BF_DOT(i)                                                                                         \
@@ -124,7 +131,8 @@ INLINE void micro_rows(const uint32_t *restrict a, const uint16_t *restrict b, i
     if (MR > i && i < rows) {                                                                             \
         __m512 g = c##i##0, u = c##i##1;                                                                  \
         if (add) g = _mm512_add_ps(g, _mm512_loadu_ps(y + (i) * ldy)), u = _mm512_add_ps(u, _mm512_loadu_ps(y + (i) * ldy + 16)); \
-        _mm512_storeu_ps(hid + (i) * ldh, _mm512_mul_ps(silu16(g), u));                                  \
+        if (hsl) h8[i] = (__m256)_mm512_cvtneps_pbh(_mm512_mul_ps(silu16(g), u)); /* as row_pairs8 rounds */ \
+        else _mm512_storeu_ps(hid + (i) * ldh, _mm512_mul_ps(silu16(g), u));                              \
     }
 #define BF_OUT(i) if (MR > i) _mm512_store_ps(t + (i) * PF_NR, c##i##0), _mm512_store_ps(t + (i) * PF_NR + 16, c##i##1);
 #define BF_Y(i)                                                                                           \
@@ -141,8 +149,11 @@ INLINE void micro_rows(const uint32_t *restrict a, const uint16_t *restrict b, i
         const __m512bh b1 = (__m512bh)_mm512_loadu_si512((const void *)(b + 32));
         BF_ROWS(BF_DOT)
     }
-    if (hid) { /* a gated product's last K-block: hid = SiLU(gate: columns 0-15) · (up: columns 16-31), y not written */
+    if (hid || hsl) { /* a gated product's last K-block: SiLU(gate: columns 0-15) · (up: columns 16-31), y not written */
+        __m256 h8[PF_MR];
+        for (int i = 0; i < PF_MR; i++) h8[i] = _mm256_setzero_ps(); /* rows past `rows`: zero, as gemm_pack_a_bf16's */
         BF_ROWS(BF_H)
+        if (hsl) store_sliver_pairs(h8, 8, hsl); /* the 8 pairs of these 16 hidden units, as the next product's x */
         return;
     }
     if (rows == MR && cols == PF_NR) {
@@ -161,23 +172,24 @@ INLINE void micro_rows(const uint32_t *restrict a, const uint16_t *restrict b, i
 }
 
 static void micro_bf16_12(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
-                          int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
-    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 12);
+                          int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, uint32_t *hsl) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, hsl, 12);
 }
 static void micro_bf16_8(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
-                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
-    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 8);
+                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, uint32_t *hsl) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, hsl, 8);
 }
 static void micro_bf16_4(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y, int64_t ldy,
-                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh) {
-    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, 4);
+                         int64_t rows, int64_t cols, const float *bias, int add, float *hid, int64_t ldh, uint32_t *hsl) {
+    micro_rows(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh, hsl, 4);
 }
 
 /* The tile of a sliver of `rows` ≤ PF_MR rows: the narrowest of the 12-, 8- and 4-row kernels that covers them. */
 static inline void micro_bf16(const uint32_t *restrict a, const uint16_t *restrict b, int64_t kc2, float *y,
                               int64_t ldy, int64_t rows, int64_t cols, const float *bias, int add, float *hid,
-                              int64_t ldh) {
-    (rows > 8 ? micro_bf16_12 : rows > 4 ? micro_bf16_8 : micro_bf16_4)(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh);
+                              int64_t ldh, uint32_t *hsl) {
+    (rows > 8 ? micro_bf16_12 : rows > 4 ? micro_bf16_8 : micro_bf16_4)(a, b, kc2, y, ldy, rows, cols, bias, add, hid, ldh,
+                                                                        hsl);
 }
 
 /* The MR × NR tile of y at t (rows ldy apart, `rows` of them left) fetched into L1 while the tile before it runs:
@@ -195,8 +207,10 @@ static inline void prefetch_tile(const float *t, int64_t ldy, int64_t rows) {
  * W packed once, fp32 only) when not NULL. */
 void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed, float *hid) {
-    float *const h = k0 + kc == K ? hid : 0; /* the gated epilogue on the last K-block only */
+                     float *mine, const uint32_t *packed, const gm_fuse *fuse) {
+    /* the gated epilogue (gm_fuse), on the last K-block only */
+    const gm_fuse *const f = k0 + kc == K && fuse && (fuse->hid || fuse->hid_slivers) ? fuse : 0;
+    const int64_t F = N / 2, FB = f ? gemm_k_block(F, GM_F32) : 1; /* the next product's K and K-blocks (slivers) */
     const int64_t slivers = (M + PF_MR - 1) / PF_MR, kc2 = (kc + 1) / 2, P = (N + PF_NR - 1) / PF_NR;
     const uint32_t *ap = (const uint32_t *)ap_;
     float *lns = mine, *rows = lns + PF_KC * PF_NR; /* NR · BF_LD pairs; NR · KC floats */
@@ -218,8 +232,14 @@ void gemm_bf16_block(const float *ap_, int64_t M, int64_t K, const void *W, int6
                 _mm_prefetch(next + 64 * l, _MM_HINT_T1);
             if (s + 1 < slivers) prefetch_tile(y + (m0 + PF_MR) * ldy + n0, ldy, M - m0 - PF_MR);
             else if (p + 1 < p1) prefetch_tile(y + n0 + PF_NR, ldy, M);
+            uint32_t *hsl = 0; /* hidden units [n0/2, n0/2 + 16) of sliver s in the next product's K-block b */
+            if (f && f->hid_slivers) {
+                const int64_t u0 = n0 / 2, b0 = u0 / FB * FB, bc2 = ((F - b0 < FB ? F - b0 : FB) + 1) / 2;
+                hsl = f->hid_slivers + slivers * PF_MR * (b0 / 2) + s * PF_MR * bc2 + (u0 - b0) / 2 * PF_MR;
+            }
             micro_bf16(ap + s * PF_MR * kc2, (const uint16_t *)bp, kc2, y + m0 * ldy + n0, ldy, rows_s, nv,
-                       k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0, h ? h + m0 * (N / 2) + n0 / 2 : 0, N / 2);
+                       k0 == 0 && bias ? bias + n0 : 0, accumulate || k0 > 0, f && f->hid ? f->hid + m0 * F + n0 / 2 : 0,
+                       F, hsl);
         }
     }
 }
@@ -264,7 +284,7 @@ void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float
             for (int64_t s = 0; s < slivers; s++) {
                 const int64_t m0 = s * PF_MR, rows_s = M - m0 < PF_MR ? M - m0 : PF_MR;
                 micro_bf16((const uint32_t *)mine + s * PF_MR * kc2, b16, kc2, y + m0 * ldy + n0, ldy, rows_s, PF_NR, 0,
-                           k0 > 0, 0, 0);
+                           k0 > 0, 0, 0, 0);
             }
         }
     }
@@ -274,7 +294,7 @@ int gemm_bf16_built(void) { return 0; }
 void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_t kc, int64_t s, float *ap) {}
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed, float *hid) {} /* never called: callers check gemm_bf16_built() first */
+                     float *mine, const uint32_t *packed, const gm_fuse *fuse) {} /* never called: callers check gemm_bf16_built() first */
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return 0; }
 void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half) {}
 void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,

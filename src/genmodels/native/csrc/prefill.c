@@ -180,8 +180,13 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
                               pw ? pw[1] : 0, 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
             if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            if (fused_silu(m, ly, bf16, pw)) { /* hid = SiLU(gate) · up straight from the product's tiles */
-                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, pw[4], hid);
+            /* hid = SiLU(gate) · up straight from the product's tiles; as fc2's bf16 slivers where both split rows */
+            const int slivers = pw && pw[3] && ly->fc2_t == GM_F32 && prefill_rows_split(N, omp_threads(), bf16, GM_F32, pw[4]);
+            const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, 0};
+            const gm_fuse from_hid = {0, 0, (const uint32_t *)hid};
+            const int fused = fused_silu(m, ly, bf16, pw);
+            if (fused) {
+                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, pw[4], &to_hid);
             } else {
                 prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16,
                                   pw ? pw[2] : 0, 0);
@@ -190,7 +195,7 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
                     activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
             }
             prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16,
-                              pw ? pw[3] : 0, 0);
+                              pw ? pw[3] : 0, fused && slivers ? &from_hid : 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
         }
 #pragma omp for schedule(static)

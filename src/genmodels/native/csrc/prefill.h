@@ -20,22 +20,38 @@
 #define PF_PACKED 5 /* gm_decoder_prefill's packed pointers per layer: qkv, out, fc1, fc2, fc1 gated (prefill.c) */
 #define PF_KC 384 /* most values of a K-block (a product's blocks are split evenly, whole GGUF blocks) */
 
+/* What a bf16 product with W packed once may do besides y (prefill_gemm_team's `fuse`, NULL: nothing):
+ *   hid:         a gated MLP's fc1 (packed by gm_pack_bf16_gated, no bias): SiLU(gate) · up (M, N/2) written on the last
+ *                K-block instead of y;
+ *   hid_slivers: or the same values as the bf16 slivers the next product (K = N/2) reads as x (x_slivers);
+ *   x_slivers:   x already as those slivers: not read or converted again.
+ * Slivers: per thread (the row split of prefill_rows_split, rows [m0, m1)), from u32 (m0 + MR · thread) · K/2 on, every
+ * K-block of gemm_k_block(K) in turn (block b at slivers · MR · k0_b/2), each Ap[s][kc/2][MR] as gemm_pack_a_bf16 makes
+ * it (rows past m1 zero). */
+typedef struct {
+    float *hid;
+    uint32_t *hid_slivers;
+    const uint32_t *x_slivers;
+} gm_fuse;
+
 /* floats of one thread's packing buffers for a product over M rows */
 int64_t gemm_pack_floats(int64_t M);
 /* Inside a parallel region, every thread: y (M, N) (+)= x (M, K) · W (N, K)ᵀ + bias, x / y rows ldx / ldy
  * apart, W fp32 (type 0) or GGUF blocks of `type`; pack: gemm_pack_floats(M) floats per thread; bf16: the
  * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()), W's panels read from `packed` (gm_pack_bf16's
- * layout; fp32 W) when not NULL. hid: NULL, or (packed by gm_pack_bf16_gated, no bias) the gated MLP's hidden
- * (M, N/2) = SiLU(gate) · up written instead of y on the last K-block (y then holds partial sums only). Ends with
- * the team's barrier. */
+ * layout; fp32 W) when not NULL; fuse: NULL, or what gm_fuse says (its slivers only where prefill_rows_split).
+ * Ends with the team's barrier. */
 void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
                        const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed, float *hid);
+                       const uint32_t *packed, const gm_fuse *fuse);
+/* Whether prefill_gemm_team splits x's rows (in fours) over a team of nt threads rather than W's panels: W packed
+ * once (fp32 W, bf16) and at least two MR-row slivers a thread. */
+int prefill_rows_split(int64_t M, int64_t nt, int bf16, int64_t type, const uint32_t *packed);
 /* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats;
  * bf16: products in bf16 (gemm_bf16.c, where built), from `packed` panels when not NULL */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
                  float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1, float *mine, int bf16,
-                 const uint32_t *packed, float *hid);
+                 const uint32_t *packed, const gm_fuse *fuse);
 /* One thread: y (M, N) = x (M, K) · V (K, N), V's rows ldv apart, N a multiple of gemm_nn_width() */
 void gemm_nn(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y, int64_t ldy,
              int64_t N, float *mine);
@@ -55,7 +71,7 @@ void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float
                   int64_t ldy, int64_t N, float *mine); /* gemm_nn in bf16 */
 void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64_t type, int64_t k0, int64_t kc,
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
-                     float *mine, const uint32_t *packed, float *hid);
+                     float *mine, const uint32_t *packed, const gm_fuse *fuse);
 /* W (N, K) fp32 packed once in bf16 panels (gm_pack_bf16): its size in u32 pairs, one thread's panels [p0, p1) */
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K);
 void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half);
