@@ -240,6 +240,7 @@ void rows_gemm(const float *x, int64_t M, int64_t K, const float *W, const float
                int accumulate);
 /* ops.c */
 void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b);
+float norm_scale(const float *x, int64_t d, int kind, float eps, float *mu); /* norm_row's 1/√(σ² + ε) and μ */
 void norm_rows(const float *x, float *y, int64_t B, int64_t d, int kind, float eps, const float *w,
                const float *bias);
 void activate(float *h, const float *g, const float *up, int64_t n, int act);

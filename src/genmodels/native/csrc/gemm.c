@@ -206,6 +206,12 @@ int prefill_rows_split(int64_t M, int64_t nt, int bf16, int64_t type, const uint
     return bf16 && type == GM_F32 && packed && (M + PF_MR - 1) / PF_MR >= 2 * nt;
 }
 
+void prefill_thread_rows(int64_t M, int64_t *m0, int64_t *m1) {
+    const int64_t nt = omp_threads(), me = thread_id(), q = (M + 3) / 4;
+    *m0 = q * me / nt * 4;
+    *m1 = q * (me + 1) / nt * 4 < M ? q * (me + 1) / nt * 4 : M;
+}
+
 /* Inside a parallel region (every thread calls it): y (M, N) (+)= x (M, K) · Wᵀ + bias (gemm_panels, the
  * panels split over the team; with W packed once in bf16 (`packed`, gm_pack_bf16) and at least 2 MR-row slivers a
  * thread, x's rows split instead, in fours: each thread converts only its own rows of x and reads every packed panel);
@@ -221,11 +227,12 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
     float *mine = pack + me * gemm_pack_floats(M);
     packed = bf16 && type == GM_F32 ? packed : 0;
     if (prefill_rows_split(M, nt, bf16, type, packed)) { /* rows split in fours (the bf16 kernels' narrowest tile) */
-        const int64_t q = (M + 3) / 4, m0 = q * me / nt * 4, m1 = q * (me + 1) / nt * 4 < M ? q * (me + 1) / nt * 4 : M;
-        const int64_t at = (m0 + PF_MR * me) * (fuse && fuse->hid_slivers ? N / 2 : K) / 2; /* this thread's slivers */
+        int64_t m0, m1;
+        prefill_thread_rows(M, &m0, &m1);
+        const int64_t at = m0 + PF_MR * me; /* this thread's slivers start at row `at` of K/2 pairs (gm_fuse) */
         const gm_fuse mine_fuse = {fuse && fuse->hid ? fuse->hid + m0 * (N / 2) : 0,
-                                   fuse && fuse->hid_slivers ? fuse->hid_slivers + at : 0,
-                                   fuse && fuse->x_slivers ? fuse->x_slivers + at : 0};
+                                   fuse && fuse->hid_slivers ? fuse->hid_slivers + at * (N / 2 / 2) : 0,
+                                   fuse && fuse->x_slivers ? fuse->x_slivers + at * (K / 2) : 0};
         gemm_panels(x + m0 * ldx, ldx, m1 - m0, K, W, type, bias, y + m0 * ldy, ldy, N, accumulate, 0, P, mine, 1,
                     packed, fuse ? &mine_fuse : 0);
     } else {

@@ -88,6 +88,40 @@ void gemm_pack_a_bf16(const float *x, int64_t ldx, int64_t M, int64_t k0, int64_
     }
 }
 
+void prefill_norm_slivers(const float *x, int64_t M, int64_t K, int kind, float eps, const float *w, uint32_t *xs) {
+    int64_t m0, m1;
+    prefill_thread_rows(M, &m0, &m1);
+    const int64_t KB = gemm_k_block(K, GM_F32), S = (m1 - m0 + PF_MR - 1) / PF_MR;
+    xs += (m0 + PF_MR * thread_id()) * K / 2; /* this thread's slivers (gm_fuse) */
+    for (int64_t s = 0; s < S; s++) {
+        const float *src = x + (m0 + s * PF_MR) * K;
+        const int64_t rows = m1 - m0 - s * PF_MR < PF_MR ? m1 - m0 - s * PF_MR : PF_MR;
+        float r[PF_MR], mu[PF_MR];
+        for (int64_t i = 0; i < rows; i++) r[i] = norm_scale(src + i * K, K, kind, eps, &mu[i]);
+        for (int64_t k0 = 0; k0 < K; k0 += KB) {
+            const int64_t kc = K - k0 < KB ? K - k0 : KB;
+            uint32_t *ap = xs + S * PF_MR * (k0 / 2) + s * PF_MR * ((kc + 1) / 2);
+            for (int64_t k = k0; k < k0 + kc; k += 16, ap += 8 * PF_MR) {
+                const int64_t n = k0 + kc - k < 16 ? k0 + kc - k : 16;
+                const __mmask8 lo = n >= 8 ? 0xff : (__mmask8)((1u << n) - 1), hi = n >= 16 ? 0xff : n > 8 ? (__mmask8)((1u << (n - 8)) - 1) : 0;
+                const __m256 w0 = _mm256_maskz_loadu_ps(lo, w + k), w1 = _mm256_maskz_loadu_ps(hi, w + k + 8);
+                __m256 v[PF_MR];
+                for (int i = 0; i < PF_MR; i++) { /* (x − μ) · r · γ, as norm_row (x − 0 = x for RMSNorm) */
+                    if (i >= rows) {
+                        v[i] = _mm256_setzero_ps();
+                        continue;
+                    }
+                    const __m256 vm = _mm256_set1_ps(mu[i]), vr = _mm256_set1_ps(r[i]);
+                    const __m256 a = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_maskz_loadu_ps(lo, src + i * K + k), vm), vr), w0);
+                    const __m256 b = _mm256_mul_ps(_mm256_mul_ps(_mm256_sub_ps(_mm256_maskz_loadu_ps(hi, src + i * K + k + 8), vm), vr), w1);
+                    v[i] = (__m256)_mm256_cvtne2ps_pbh(b, a);
+                }
+                store_sliver_pairs(v, (n + 1) / 2, ap);
+            }
+        }
+    }
+}
+
 /* The panel of W rows [n0, n0 + nv) (rows past nv zero), values [k0, k0 + kc), as bp[k/2][NR] pairs of bf16; a
  * quantised W's rows are dequantised into `rows` (NR × kc floats) first. half > 0 (fp32 W (2·half, K) of a gated
  * MLP, gate rows then up rows): panel n0 / NR holds gate rows n0/2 + [0, NR/2) then the same up rows half + n0/2 + …,
@@ -296,6 +330,7 @@ void gemm_bf16_block(const float *ap, int64_t M, int64_t K, const void *W, int64
                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, int64_t p0, int64_t p1,
                      float *mine, const uint32_t *packed, const gm_fuse *fuse) {} /* never called: callers check gemm_bf16_built() first */
 int64_t gemm_bf16_packed_pairs(int64_t N, int64_t K) { return 0; }
+void prefill_norm_slivers(const float *x, int64_t M, int64_t K, int kind, float eps, const float *w, uint32_t *xs) {}
 void gemm_bf16_pack(const float *W, int64_t N, int64_t K, uint32_t *out, int64_t p0, int64_t p1, int64_t half) {}
 void gemm_nn_bf16(const float *x, int64_t ldx, int64_t M, int64_t K, const float *V, int64_t ldv, float *y,
                   int64_t ldy, int64_t N, float *mine) {}

@@ -18,15 +18,20 @@ static float centred_sum(const float *x, int64_t d, float c, int p) {
     return total;
 }
 
+/* norm_row's scale r = 1 / √(mean((x − μ)²) + ε) and *mu = μ: x's mean for LayerNorm, 0 for RMSNorm */
+float norm_scale(const float *x, int64_t d, int kind, float eps, float *mu) {
+    *mu = kind == NORM_RMS ? 0.0f : centred_sum(x, d, 0.0f, 1) / (float)d;
+    return 1.0f / sqrtf(centred_sum(x, d, *mu, 2) / (float)d + eps);
+}
+
 void norm_row(const float *x, float *y, int64_t d, int kind, float eps, const float *w, const float *b) {
+    float mu;
+    const float r = norm_scale(x, d, kind, eps, &mu);
     if (kind == NORM_RMS) { /* y = x · rsqrt(mean(x²) + ε) · γ */
-        const float r = 1.0f / sqrtf(centred_sum(x, d, 0.0f, 2) / (float)d + eps);
         for (int64_t i = 0; i < d; i++) y[i] = x[i] * r * w[i];
         return;
     }
     /* y = (x − μ) / √(σ² + ε) · γ + β */
-    const float mu = centred_sum(x, d, 0.0f, 1) / (float)d;
-    const float r = 1.0f / sqrtf(centred_sum(x, d, mu, 2) / (float)d + eps);
     if (b)
         for (int64_t i = 0; i < d; i++) y[i] = (x[i] - mu) * r * w[i] + b[i];
     else

@@ -108,6 +108,45 @@ static int fused_silu(const gm_model *m, const gm_layer *ly, int bf16, const uin
            m->d_ff % (PF_NR / 2) == 0;
 }
 
+/* Pre-norm x (N, d) into the input of the product that reads it (W in `type`, packed once as `pw` or NULL): that
+ * product's bf16 slivers (prefill_norm_slivers; f then says so: returned) where it splits rows, the norm has no
+ * bias and d is even, else xn in fp32 (norm_rows; NULL returned). Inside the team. The slivers fit in xn: (N + MR · threads)
+ * rows of d/2 pairs, N ≥ MR · threads where rows split. */
+static const gm_fuse *pre_norm(const gm_model *m, const float *x, float *xn, int64_t N, const float *w, const float *b,
+                               int bf16, int64_t type, const uint32_t *pw, gm_fuse *f) {
+    if (!b && m->d % 2 == 0 && prefill_rows_split(N, omp_threads(), bf16, type, pw)) { /* (whole pairs: gm_fuse) */
+        prefill_norm_slivers(x, N, m->d, (int)m->norm, (float)m->norm_eps, w, (uint32_t *)xn);
+        *f = (gm_fuse){0, 0, (const uint32_t *)xn};
+        return f;
+    }
+    norm_rows(x, xn, N, m->d, (int)m->norm, (float)m->norm_eps, w, b);
+    return 0;
+}
+
+/* x += FFN(Norm x) of layer ly (post-norm: x = Norm(x + FFN(x))) over N rows; ff, hid: scratch (N, FF), (N, F). With a
+ * fused SiLU (fused_silu) fc1's tiles write hid themselves — as fc2's bf16 slivers where both products split rows. */
+static void mlp(const gm_model *m, const gm_layer *ly, const uint32_t *const *pw, int bf16, float *x, float *xn,
+                float *ff, float *hid, int64_t N, float *pack) {
+    const int64_t D = m->d, F = m->d_ff, FF = (m->gated ? 2 : 1) * F;
+    const int post = (int)m->post_norm, fused = fused_silu(m, ly, bf16, pw);
+    const uint32_t *fc1p = pw ? pw[fused ? 4 : 2] : 0;
+    gm_fuse f2;
+    const gm_fuse *n2 = post ? 0 : pre_norm(m, x, xn, N, ly->norm2_w, ly->norm2_b, bf16, ly->fc1_t, fc1p, &f2);
+    const int slivers = fused && pw[3] && ly->fc2_t == GM_F32 && prefill_rows_split(N, omp_threads(), bf16, GM_F32, fc1p);
+    const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, n2 ? n2->x_slivers : 0};
+    const gm_fuse from_hid = {0, 0, (const uint32_t *)hid};
+    if (fused) {
+        prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, fc1p, &to_hid);
+    } else {
+        prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16, fc1p, n2);
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < N; r++) activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
+    }
+    prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16, pw ? pw[3] : 0,
+                      slivers ? &from_hid : 0);
+    if (post) norm_rows(x, x, N, D, (int)m->norm, (float)m->norm_eps, ly->norm2_w, ly->norm2_b);
+}
+
 /* Rotate q and k heads (RoPE) and write k, v of rows [0, N) into the cache at slots start + t. */
 static void rope_and_cache(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions,
                            int64_t start, int64_t T) {
@@ -165,9 +204,11 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
             const uint32_t *const *pw = packed ? packed + PF_PACKED * l : 0; /* qkv, out, fc1, fc2, fc1 gated */
-            if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
+            gm_fuse f1;
+            const gm_fuse *n1 = post ? 0 : pre_norm(m, x, xn, N, ly->norm1_w, ly->norm1_b, bf16, ly->qkv_t,
+                                                    pw ? pw[0] : 0, &f1);
             prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16,
-                              pw ? pw[0] : 0, 0);
+                              pw ? pw[0] : 0, n1);
             rope_and_cache(m, ly, qkv, positions, start, T);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
@@ -179,24 +220,7 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
             prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16,
                               pw ? pw[1] : 0, 0);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
-            if (!post) norm_rows(x, xn, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
-            /* hid = SiLU(gate) · up straight from the product's tiles; as fc2's bf16 slivers where both split rows */
-            const int slivers = pw && pw[3] && ly->fc2_t == GM_F32 && prefill_rows_split(N, omp_threads(), bf16, GM_F32, pw[4]);
-            const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, 0};
-            const gm_fuse from_hid = {0, 0, (const uint32_t *)hid};
-            const int fused = fused_silu(m, ly, bf16, pw);
-            if (fused) {
-                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, pw[4], &to_hid);
-            } else {
-                prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, ly->fc1_b, ff, FF, FF, 0, pack, bf16,
-                                  pw ? pw[2] : 0, 0);
-#pragma omp for schedule(static)
-                for (int64_t r = 0; r < N; r++)
-                    activate(hid + r * F, ff + r * FF, m->gated ? ff + r * FF + F : 0, F, (int)m->act);
-            }
-            prefill_gemm_team(hid, F, N, F, ly->fc2_w, ly->fc2_t, ly->fc2_b, x, D, D, 1, pack, bf16,
-                              pw ? pw[3] : 0, fused && slivers ? &from_hid : 0);
-            if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm2_w, ly->norm2_b);
+            mlp(m, ly, pw, bf16, x, xn, ff, hid, N, pack);
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) { /* each row's last token -> final norm (× output scale) */

@@ -47,6 +47,10 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
 /* Whether prefill_gemm_team splits x's rows (in fours) over a team of nt threads rather than W's panels: W packed
  * once (fp32 W, bf16) and at least two MR-row slivers a thread. */
 int prefill_rows_split(int64_t M, int64_t nt, int bf16, int64_t type, const uint32_t *packed);
+void prefill_thread_rows(int64_t M, int64_t *m0, int64_t *m1); /* this thread's rows [m0, m1) of that split */
+/* This thread's rows of Norm(x) (M, K) without bias — norm_row's values (x − μ) · r · γ — written as gm_fuse's
+ * x_slivers for a product over K (a bf16 build only; prefill_rows_split must hold for that product) */
+void prefill_norm_slivers(const float *x, int64_t M, int64_t K, int kind, float eps, const float *w, uint32_t *xs);
 /* One thread: panels [p0, p1) (of gemm_nn_width() columns) of the same product; mine: gemm_pack_floats(M) floats;
  * bf16: products in bf16 (gemm_bf16.c, where built), from `packed` panels when not NULL */
 void gemm_panels(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type, const float *bias,
