@@ -4,12 +4,14 @@
 
 ``EVAL`` holds ``genmodels eval-tasks --out`` reports named ``<stage>[-s<seed>]-<split>.json``: stage ``base``,
 ``sft``, ``sftc`` (a control: SFT continued on the DPO pairs' chosen replies alone, same steps), ``dpo`` (plain DPO,
-β 0.1, on the pairs), ``dpob5`` (plain DPO, β 0.5) or ``sdf`` (DPO + RPO), split ``seen-test`` or ``unseen`` (e.g.
-``sdf-s1-seen-test.json``). Prints a Markdown table: per stage the seeds, exact match per seed and mean ± standard
-deviation (sample, n − 1) per split; then for each tuned stage (``dpo``, ``dpob5``, ``sdf``) the issue's test — its
-mean gain over SFT on seen-test in units of its own standard deviation over seeds (target: more than 2) — and, where
-SFT and the stage share seeds (seed s tuned from SFT seed s), the paired reading: the mean of the per-seed gains in
-units of their standard deviation; with a control, stage − control the same ways. A stage without reports is left
+β 0.1, on the pairs), ``dpob5`` (plain DPO, β 0.5) or ``sdf`` (DPO + RPO); on on-policy pairs (sampled from each SFT
+seed itself, docs/alignment.md's fourth measurement) ``opdpo`` / ``opdpo5`` (plain DPO, LoRA lr 2e-4 / 5e-4),
+``oprpo`` (DPO + RPO, lr 2e-4) and their control ``opsftc`` (SFT, lr 2e-4); split ``seen-test`` or ``unseen`` (e.g. ``sdf-s1-seen-test.json``). Prints a Markdown
+table: per stage the seeds, exact match per seed and mean ± standard deviation (sample, n − 1) per split; then for
+each tuned stage (``TUNED``) the issue's test — its mean gain over SFT on seen-test in units of its own standard
+deviation over seeds (target: more than 2) — and, where SFT and the stage share seeds (seed s tuned from SFT seed s),
+the paired reading: the mean of the per-seed gains in units of their standard deviation; with the stage's control
+(SFT on the same pairs' chosen replies), stage − control the same ways. A stage without reports is left
 out of the table and the chart. The chart: a bar per stage and split (mean, the std as an error bar, each seed a dot).
 """
 from __future__ import annotations
@@ -24,8 +26,14 @@ from seed_bars import seed_bars
 
 STAGES = {"base": "base (untuned)", "sft": "SFT (LoRA, task data)",
           "sftc": "control: SFT on the pairs' chosen replies", "dpo": "DPO (β 0.1) on the pairs",
-          "dpob5": "DPO (β 0.5) on the pairs", "sdf": "SDF: DPO + RPO (α 1) on the pairs"}
-TUNED = {"dpo": "DPO", "dpob5": "DPO β0.5", "sdf": "SDF"}  # the stages read against SFT and the control
+          "dpob5": "DPO (β 0.5) on the pairs", "sdf": "SDF: DPO + RPO (α 1) on the pairs",
+          "opsftc": "control: SFT (lr 2e-4) on the on-policy pairs' chosen replies",
+          "opdpo": "DPO (β 0.1, lr 2e-4) on on-policy pairs", "opdpo5": "DPO (β 0.1, lr 5e-4) on on-policy pairs",
+          "oprpo": "DPO + RPO (α 1, lr 2e-4) on on-policy pairs"}
+# the stages read against SFT and against their control: stage -> (its name in the lines, its control's stage)
+TUNED = {"dpo": ("DPO", "sftc"), "dpob5": ("DPO β0.5", "sftc"), "sdf": ("SDF", "sftc"),
+         "opdpo": ("on-policy DPO", "opsftc"), "opdpo5": ("on-policy DPO lr 5e-4", "opsftc"),
+         "oprpo": ("on-policy DPO+RPO", "opsftc")}
 SPLITS = ("seen-test", "unseen")
 NAME = re.compile(rf"({'|'.join(STAGES)})(?:-s(\d+))?-(seen-test|unseen)")
 
@@ -61,18 +69,18 @@ def table(found: dict) -> list[str]:
             cells += [", ".join(f"{x:.3f}" for x in xs) or "—", f"{m:.3f} ± {s:.3f}" if xs else "—"]
         rows.append(f"| {label} | {len(seeds)} | " + " | ".join(cells) + " |")
     for split in SPLITS:
-        for stage in TUNED:
-            rows += gain_lines(found, split, "sft", stage) + gain_lines(found, split, "sftc", stage)
+        for stage, (_, control) in TUNED.items():
+            rows += gain_lines(found, split, "sft", stage) + gain_lines(found, split, control, stage)
     return rows
 
 
 def gain_lines(found: dict, split: str, against: str, stage: str = "sdf") -> list[str]:
-    """``stage`` (a tuned stage: dpo, dpob5, sdf) − ``against`` (sft or sftc) on ``split``: in the stage's std over
-    seeds, and paired by seed where both stages have the seed."""
+    """``stage`` (a tuned stage, ``TUNED``) − ``against`` (sft or the stage's control) on ``split``: in the stage's
+    std over seeds, and paired by seed where both stages have the seed."""
     base, tuned = (found.get(k, {}).get(split, {}) for k in (against, stage))
     if not (base and tuned):
         return []
-    name = TUNED[stage]
+    name = TUNED[stage][0]
     (m_tuned, s), m_base = spread(list(tuned.values())), spread(list(base.values()))[0]
     gain = m_tuned - m_base
     out = ["", f"{name} − {against.upper()} on {split}: {gain:+.3f} = "

@@ -55,3 +55,18 @@ def test_each_tuned_stage_is_read_against_sft_and_the_control(tmp_path):
     _write(tmp_path, "dpob5-s0-seen-test", 0.04)
     text = "\n".join(rep.table(rep.scores(tmp_path)))
     assert "DPO β0.5 − SFT on seen-test: -0.160 = (no spread over seeds) (target > 2)\npaired by seed (s0 -0.060): one seed" in text
+
+
+def test_on_policy_stages_are_read_against_their_own_control(tmp_path):
+    for seed, (sft, opdpo, opsftc) in enumerate([(0.10, 0.20, 0.15), (0.20, 0.25, 0.20), (0.30, 0.30, 0.25)]):
+        _write(tmp_path, f"sft-s{seed}-seen-test", sft)
+        _write(tmp_path, f"opdpo-s{seed}-seen-test", opdpo)
+        _write(tmp_path, f"opsftc-s{seed}-seen-test", opsftc)
+        _write(tmp_path, f"sftc-s{seed}-seen-test", 0.9)  # the offline pairs' control: not opdpo's
+    rep = _report()
+    text = "\n".join(rep.table(rep.scores(tmp_path)))
+    # on-policy DPO 0.25 ± 0.05 vs SFT 0.20: +0.050 = +1.0 std; vs its control 0.20: +0.050, paired 0.05 ± 0 (no spread)
+    assert "on-policy DPO − SFT on seen-test: +0.050 = +1.0 std of on-policy DPO's seeds (target > 2)" in text
+    assert "on-policy DPO − OPSFTC on seen-test: +0.050 = +1.0 std of on-policy DPO's seeds" in text
+    assert "on-policy DPO − SFTC" not in text
+    assert "| DPO (β 0.1, lr 2e-4) on on-policy pairs | 3 | 0.200, 0.250, 0.300 | 0.250 ± 0.050 |" in text
