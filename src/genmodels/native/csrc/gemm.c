@@ -216,12 +216,12 @@ void prefill_thread_rows(int64_t M, int64_t *m0, int64_t *m1) {
  * panels split over the team; with W packed once in bf16 (`packed`, gm_pack_bf16) and at least 2 MR-row slivers a
  * thread, x's rows split instead, in fours: each thread converts only its own rows of x and reads every packed panel);
  * pack: gemm_pack_floats(M) floats per thread, thread-major. Ends with the team's barrier. */
-void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed, const gm_fuse *fuse) {
+int prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
+                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
+                      const uint32_t *packed, const gm_fuse *fuse) {
     if (M < PF_MIN_ROWS && ldx == K && ldy == N && !bf16) {
         any_linear_team(x, M, K, W, type, bias, y, N, accumulate);
-        return;
+        return 0;
     }
     const int64_t nt = omp_threads(), me = thread_id(), P = (N + PF_NR - 1) / PF_NR;
     float *mine = pack + me * gemm_pack_floats(M);
@@ -235,11 +235,15 @@ void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const 
                                    fuse && fuse->x_slivers ? fuse->x_slivers + at * (K / 2) : 0};
         gemm_panels(x + m0 * ldx, ldx, m1 - m0, K, W, type, bias, y + m0 * ldy, ldy, N, accumulate, 0, P, mine, 1,
                     packed, fuse ? &mine_fuse : 0);
+        if (fuse && fuse->no_barrier) return 1;
+#pragma omp barrier
+        return 1;
     } else {
         gemm_panels(x, ldx, M, K, W, type, bias, y, ldy, N, accumulate, P * me / nt, P * (me + 1) / nt, mine, bf16,
                     packed, fuse); /* (never slivers here: prefill.c asks prefill_rows_split first) */
     }
 #pragma omp barrier
+    return 0;
 }
 
 /* y (M, N) = x (M, K) · Wᵀ + bias on n_threads threads (for tests and benchmarks), in bf16 when bf16 != 0, W's

@@ -133,7 +133,7 @@ static void mlp(const gm_model *m, const gm_layer *ly, const uint32_t *const *pw
     gm_fuse f2;
     const gm_fuse *n2 = post ? 0 : pre_norm(m, x, xn, N, ly->norm2_w, ly->norm2_b, bf16, ly->fc1_t, fc1p, &f2);
     const int slivers = fused && pw[3] && ly->fc2_t == GM_F32 && prefill_rows_split(N, omp_threads(), bf16, GM_F32, fc1p);
-    const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, n2 ? n2->x_slivers : 0};
+    const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, n2 ? n2->x_slivers : 0, slivers};
     const gm_fuse from_hid = {0, 0, (const uint32_t *)hid};
     if (fused) {
         prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, fc1p, &to_hid);
@@ -147,22 +147,34 @@ static void mlp(const gm_model *m, const gm_layer *ly, const uint32_t *const *pw
     if (post) norm_rows(x, x, N, D, (int)m->norm, (float)m->norm_eps, ly->norm2_w, ly->norm2_b);
 }
 
-/* Rotate q and k heads (RoPE) and write k, v of rows [0, N) into the cache at slots start + t. */
-static void rope_and_cache(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions,
-                           int64_t start, int64_t T) {
+/* Row r of qkv: its q and k heads rotated (RoPE), its k, v written into the cache at slot start + r % T. */
+static void rope_row(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions, int64_t start,
+                     int64_t T, int64_t r) {
     const int64_t H = m->n_heads, HKV = m->n_kv, DH = m->dh, L = m->max_len, QKV = (H + 2 * HKV) * DH;
-#pragma omp for schedule(static)
-    for (int64_t r = 0; r < m->batch * T; r++) {
-        const int64_t b = r / T, slot = start + r % T;
-        float *row = qkv + r * QKV;
-        if (m->pos_kind == POS_ROPE)
-            for (int64_t h = 0; h < H + HKV; h++) rope_head(row + h * DH, m, positions[r]);
-        for (int64_t h = 0; h < HKV; h++) {
-            const int64_t at = ((b * HKV + h) * L + slot) * DH;
-            memcpy(ly->k_cache + at, row + (H + h) * DH, DH * sizeof(float));
-            memcpy(ly->v_cache + at, row + (H + HKV + h) * DH, DH * sizeof(float));
-        }
+    const int64_t b = r / T, slot = start + r % T;
+    float *row = qkv + r * QKV;
+    if (m->pos_kind == POS_ROPE)
+        for (int64_t h = 0; h < H + HKV; h++) rope_head(row + h * DH, m, positions[r]);
+    for (int64_t h = 0; h < HKV; h++) {
+        const int64_t at = ((b * HKV + h) * L + slot) * DH;
+        memcpy(ly->k_cache + at, row + (H + h) * DH, DH * sizeof(float));
+        memcpy(ly->v_cache + at, row + (H + HKV + h) * DH, DH * sizeof(float));
     }
+}
+
+/* rope_row of rows [0, N), then the team's barrier; own: only this thread's rows of qkv are written yet (a row-split
+ * product without its barrier, gm_fuse's no_barrier): each thread takes those (prefill_thread_rows). */
+static void rope_and_cache(const gm_model *m, const gm_layer *ly, float *qkv, const int64_t *positions,
+                           int64_t start, int64_t T, int own) {
+    if (own) {
+        int64_t r0, r1;
+        prefill_thread_rows(m->batch * T, &r0, &r1);
+        for (int64_t r = r0; r < r1; r++) rope_row(m, ly, qkv, positions, start, T, r);
+#pragma omp barrier
+        return;
+    }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < m->batch * T; r++) rope_row(m, ly, qkv, positions, start, T, r);
 }
 
 /* x (N, D) = embed[ids] · emb_scale (+ pos_table[positions]) */
@@ -204,12 +216,12 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
         for (int64_t l = 0; l < m->n_layers; l++) {
             const gm_layer *ly = &m->layers[l];
             const uint32_t *const *pw = packed ? packed + PF_PACKED * l : 0; /* qkv, out, fc1, fc2, fc1 gated */
-            gm_fuse f1;
-            const gm_fuse *n1 = post ? 0 : pre_norm(m, x, xn, N, ly->norm1_w, ly->norm1_b, bf16, ly->qkv_t,
-                                                    pw ? pw[0] : 0, &f1);
-            prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV, 0, pack, bf16,
-                              pw ? pw[0] : 0, n1);
-            rope_and_cache(m, ly, qkv, positions, start, T);
+            gm_fuse f1 = {0};
+            if (!post) pre_norm(m, x, xn, N, ly->norm1_w, ly->norm1_b, bf16, ly->qkv_t, pw ? pw[0] : 0, &f1);
+            f1.no_barrier = 1; /* rope_and_cache takes each thread's own rows where the product splits them */
+            const int own = prefill_gemm_team(post ? x : xn, D, N, D, ly->qkv_w, ly->qkv_t, ly->qkv_b, qkv, QKV, QKV,
+                                              0, pack, bf16, pw ? pw[0] : 0, &f1);
+            rope_and_cache(m, ly, qkv, positions, start, T, own);
 #pragma omp for schedule(dynamic, 1)
             for (int64_t task = 0; task < B * H * nb; task++) {
                 /* each head's blocks of queries latest first (the most keys): the team's last tasks are small ones */

@@ -24,7 +24,9 @@
  *   hid:         a gated MLP's fc1 (packed by gm_pack_bf16_gated, no bias): SiLU(gate) · up (M, N/2) written on the last
  *                K-block instead of y;
  *   hid_slivers: or the same values as the bf16 slivers the next product (K = N/2) reads as x (x_slivers);
- *   x_slivers:   x already as those slivers: not read or converted again.
+ *   x_slivers:   x already as those slivers: not read or converted again;
+ *   no_barrier:  where rows are split, end without the team's barrier: the caller reads only this thread's rows
+ *                (prefill_thread_rows) of y / hid until it synchronises.
  * Slivers: per thread (the row split of prefill_rows_split, rows [m0, m1)), from u32 (m0 + MR · thread) · K/2 on, every
  * K-block of gemm_k_block(K) in turn (block b at slivers · MR · k0_b/2), each Ap[s][kc/2][MR] as gemm_pack_a_bf16 makes
  * it (rows past m1 zero). */
@@ -32,6 +34,7 @@ typedef struct {
     float *hid;
     uint32_t *hid_slivers;
     const uint32_t *x_slivers;
+    int no_barrier;
 } gm_fuse;
 
 /* floats of one thread's packing buffers for a product over M rows */
@@ -40,10 +43,10 @@ int64_t gemm_pack_floats(int64_t M);
  * apart, W fp32 (type 0) or GGUF blocks of `type`; pack: gemm_pack_floats(M) floats per thread; bf16: the
  * products in bf16 (gemm_bf16.c; only where gemm_bf16_built()), W's panels read from `packed` (gm_pack_bf16's
  * layout; fp32 W) when not NULL; fuse: NULL, or what gm_fuse says (its slivers only where prefill_rows_split).
- * Ends with the team's barrier. */
-void prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
-                       const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
-                       const uint32_t *packed, const gm_fuse *fuse);
+ * Ends with the team's barrier (but see gm_fuse's no_barrier). Returns 1 when it split the rows, else 0. */
+int prefill_gemm_team(const float *x, int64_t ldx, int64_t M, int64_t K, const void *W, int64_t type,
+                      const float *bias, float *y, int64_t ldy, int64_t N, int accumulate, float *pack, int bf16,
+                      const uint32_t *packed, const gm_fuse *fuse);
 /* Whether prefill_gemm_team splits x's rows (in fours) over a team of nt threads rather than W's panels: W packed
  * once (fp32 W, bf16) and at least two MR-row slivers a thread. */
 int prefill_rows_split(int64_t M, int64_t nt, int bf16, int64_t type, const uint32_t *packed);
