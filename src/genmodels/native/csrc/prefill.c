@@ -109,12 +109,17 @@ static int fused_silu(const gm_model *m, const gm_layer *ly, int bf16, const uin
 }
 
 /* Pre-norm x (N, d) into the input of the product that reads it (W in `type`, packed once as `pw` or NULL): that
- * product's bf16 slivers (prefill_norm_slivers; f then says so: returned) where it splits rows, the norm has no
- * bias and d is even, else xn in fp32 (norm_rows; NULL returned). Inside the team. The slivers fit in xn: (N + MR · threads)
- * rows of d/2 pairs, N ≥ MR · threads where rows split. */
+ * product's bf16 slivers (prefill_norm_slivers; f then says so: returned) where norm_slivers — it splits rows, the
+ * norm has no bias, d is even —, else xn in fp32 (norm_rows; NULL returned). Inside the team. The slivers fit in xn:
+ * (N + MR · threads) rows of d/2 pairs, N ≥ MR · threads where rows split. In slivers mode each thread reads only
+ * its own rows of x (prefill_thread_rows), so the row-split product before it may skip its barrier. */
+static int norm_slivers(const gm_model *m, int64_t N, const float *b, int bf16, int64_t type, const uint32_t *pw) {
+    return !m->post_norm && !b && m->d % 2 == 0 && prefill_rows_split(N, omp_threads(), bf16, type, pw); /* whole pairs */
+}
+
 static const gm_fuse *pre_norm(const gm_model *m, const float *x, float *xn, int64_t N, const float *w, const float *b,
                                int bf16, int64_t type, const uint32_t *pw, gm_fuse *f) {
-    if (!b && m->d % 2 == 0 && prefill_rows_split(N, omp_threads(), bf16, type, pw)) { /* (whole pairs: gm_fuse) */
+    if (norm_slivers(m, N, b, bf16, type, pw)) {
         prefill_norm_slivers(x, N, m->d, (int)m->norm, (float)m->norm_eps, w, (uint32_t *)xn);
         *f = (gm_fuse){0, 0, (const uint32_t *)xn};
         return f;
@@ -124,17 +129,24 @@ static const gm_fuse *pre_norm(const gm_model *m, const float *x, float *xn, int
 }
 
 /* x += FFN(Norm x) of layer ly (post-norm: x = Norm(x + FFN(x))) over N rows; ff, hid: scratch (N, FF), (N, F). With a
- * fused SiLU (fused_silu) fc1's tiles write hid themselves — as fc2's bf16 slivers where both products split rows. */
+ * fused SiLU (fused_silu) fc1's tiles write hid themselves — as fc2's bf16 slivers where both products split rows.
+ * next_own: the next layer's pre-norm takes its rows' slivers (norm_slivers), so fc2 may skip its barrier. */
+static const uint32_t *fc1_packed(const gm_model *m, const gm_layer *ly, int bf16, const uint32_t *const *pw) {
+    return pw ? pw[fused_silu(m, ly, bf16, pw) ? 4 : 2] : 0;
+}
+
 static void mlp(const gm_model *m, const gm_layer *ly, const uint32_t *const *pw, int bf16, float *x, float *xn,
-                float *ff, float *hid, int64_t N, float *pack) {
+                float *ff, float *hid, int64_t N, float *pack, int next_own) {
     const int64_t D = m->d, F = m->d_ff, FF = (m->gated ? 2 : 1) * F;
     const int post = (int)m->post_norm, fused = fused_silu(m, ly, bf16, pw);
-    const uint32_t *fc1p = pw ? pw[fused ? 4 : 2] : 0;
+    const uint32_t *fc1p = fc1_packed(m, ly, bf16, pw);
     gm_fuse f2;
     const gm_fuse *n2 = post ? 0 : pre_norm(m, x, xn, N, ly->norm2_w, ly->norm2_b, bf16, ly->fc1_t, fc1p, &f2);
     const int slivers = fused && pw[3] && ly->fc2_t == GM_F32 && prefill_rows_split(N, omp_threads(), bf16, GM_F32, fc1p);
     const gm_fuse to_hid = {slivers ? 0 : hid, slivers ? (uint32_t *)hid : 0, n2 ? n2->x_slivers : 0, slivers};
-    const gm_fuse from_hid = {0, 0, (const uint32_t *)hid};
+    /* fc2 without its barrier where the next layer's pre-norm reads only each thread's rows and this layer's xn was
+     * slivers too (a thread's slivers may overlap another's fp32 rows of xn) */
+    const gm_fuse from_hid = {0, 0, (const uint32_t *)hid, next_own && n2};
     if (fused) {
         prefill_gemm_team(post ? x : xn, D, N, D, ly->fc1_w, ly->fc1_t, 0, ff, FF, FF, 0, pack, bf16, fc1p, &to_hid);
     } else {
@@ -229,10 +241,15 @@ GM_API int gm_decoder_prefill(const gm_model *m, const int64_t *ids, const int64
                 attend_queries(m, ly, qkv, key_mask, b, h, start, T, t0, t0 + PF_QB < T ? t0 + PF_QB : T, S, att,
                                pack + thread_id() * gemm_pack_floats(N), bf16);
             }
+            /* the out product without its barrier where the MLP's pre-norm reads only each thread's rows */
+            const gm_fuse fo = {0, 0, 0, norm_slivers(m, N, ly->norm2_b, bf16, ly->fc1_t, fc1_packed(m, ly, bf16, pw))};
             prefill_gemm_team(att, H * DH, N, H * DH, ly->out_w, ly->out_t, ly->out_b, x, D, D, 1, pack, bf16,
-                              pw ? pw[1] : 0, 0);
+                              pw ? pw[1] : 0, &fo);
             if (post) norm_rows(x, x, N, D, (int)m->norm, eps, ly->norm1_w, ly->norm1_b);
-            mlp(m, ly, pw, bf16, x, xn, ff, hid, N, pack);
+            const gm_layer *next = l + 1 < m->n_layers ? ly + 1 : 0;
+            const uint32_t *const *npw = next && packed ? pw + PF_PACKED : 0;
+            mlp(m, ly, pw, bf16, x, xn, ff, hid, N, pack,
+                next && norm_slivers(m, N, next->norm1_b, bf16, next->qkv_t, npw ? npw[0] : 0));
         }
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < B; b++) { /* each row's last token -> final norm (× output scale) */
