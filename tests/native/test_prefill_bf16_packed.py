@@ -171,3 +171,28 @@ def test_the_kept_scratch_full_of_nan_changes_nothing(bf16):
             outs.append((native_prefill.prefill(model, cache, ids, mask, bf16=bf16).clone(), cache.layers[0].k.clone()))
     assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
     native_prefill.release()
+
+
+@needs_bf16
+def test_two_threads_give_one_threads_bits_every_time(monkeypatch):
+    """Where the products split rows, the bf16 prefill drops barriers between steps that read only each thread's own
+    rows (csrc/prefill.c: gm_fuse.no_barrier); every output is summed in the same order whatever the thread count, so
+    2 threads must give 1 thread's logits and cache bit for bit, call after call (a missing barrier shows as a
+    mismatch: a thread reading rows another has not written yet)."""
+    monkeypatch.setattr(native_prefill, "PACK_BF16", True)
+    model = tiny_model("llama", d_model=64, n_heads=4, n_kv_heads=2, d_ff=96, n_layers=4)
+    ids, mask = random_ids(2, 120), left_pad_mask([120, 77], 120)
+
+    def run():
+        with torch.inference_mode():
+            cache = model.new_cache(2, 120)
+            return native_prefill.prefill(model, cache, ids, mask, bf16=True).clone(), cache.layers[-1].v.clone()
+
+    want = run()
+    torch.set_num_threads(2)
+    try:
+        for _ in range(20):
+            got = run()
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    finally:
+        torch.set_num_threads(1)
