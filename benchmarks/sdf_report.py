@@ -6,13 +6,15 @@
 ``sft``, ``sftc`` (a control: SFT continued on the DPO pairs' chosen replies alone, same steps), ``dpo`` (plain DPO,
 β 0.1, on the pairs), ``dpob5`` (plain DPO, β 0.5) or ``sdf`` (DPO + RPO); on on-policy pairs (sampled from each SFT
 seed itself, docs/alignment.md's fourth measurement) ``opdpo`` / ``opdpo5`` (plain DPO, LoRA lr 2e-4 / 5e-4),
-``oprpo`` (DPO + RPO, lr 2e-4) and their control ``opsftc`` (SFT, lr 2e-4); split ``seen-test`` or ``unseen`` (e.g. ``sdf-s1-seen-test.json``). Prints a Markdown
+``oprpo`` (DPO + RPO, lr 2e-4) and their control ``opsftc`` (SFT, lr 2e-4); ``oprpo3`` and its control
+``opsftc3`` (the same at the recipe's lr 2e-3); split ``seen-test`` or ``unseen`` (e.g. ``sdf-s1-seen-test.json``). Prints a Markdown
 table: per stage the seeds, exact match per seed and mean ± standard deviation (sample, n − 1) per split; then for
 each tuned stage (``TUNED``) the issue's test — its mean gain over SFT on seen-test in units of its own standard
 deviation over seeds (target: more than 2) — and, where SFT and the stage share seeds (seed s tuned from SFT seed s),
 the paired reading: the mean of the per-seed gains in units of their standard deviation; with the stage's control
 (SFT on the same pairs' chosen replies), stage − control the same ways. A stage without reports is left
-out of the table and the chart. The chart: a bar per stage and split (mean, the std as an error bar, each seed a dot).
+out of the table and the chart. The chart: a horizontal bar per stage on seen-test (mean, the std as an error bar,
+each seed a dot).
 """
 from __future__ import annotations
 
@@ -22,18 +24,20 @@ import re
 import statistics
 from pathlib import Path
 
-from seed_bars import seed_bars
+from seed_bars import mean_std
 
 STAGES = {"base": "base (untuned)", "sft": "SFT (LoRA, task data)",
           "sftc": "control: SFT on the pairs' chosen replies", "dpo": "DPO (β 0.1) on the pairs",
           "dpob5": "DPO (β 0.5) on the pairs", "sdf": "SDF: DPO + RPO (α 1) on the pairs",
           "opsftc": "control: SFT (lr 2e-4) on the on-policy pairs' chosen replies",
           "opdpo": "DPO (β 0.1, lr 2e-4) on on-policy pairs", "opdpo5": "DPO (β 0.1, lr 5e-4) on on-policy pairs",
-          "oprpo": "DPO + RPO (α 1, lr 2e-4) on on-policy pairs"}
+          "oprpo": "DPO + RPO (α 1, lr 2e-4) on on-policy pairs",
+          "opsftc3": "control: SFT (lr 2e-3) on the on-policy pairs' chosen replies",
+          "oprpo3": "DPO + RPO (α 1, lr 2e-3) on on-policy pairs"}
 # the stages read against SFT and against their control: stage -> (its name in the lines, its control's stage)
 TUNED = {"dpo": ("DPO", "sftc"), "dpob5": ("DPO β0.5", "sftc"), "sdf": ("SDF", "sftc"),
          "opdpo": ("on-policy DPO", "opsftc"), "opdpo5": ("on-policy DPO lr 5e-4", "opsftc"),
-         "oprpo": ("on-policy DPO+RPO", "opsftc")}
+         "oprpo": ("on-policy DPO+RPO", "opsftc"), "oprpo3": ("on-policy DPO+RPO lr 2e-3", "opsftc3")}
 SPLITS = ("seen-test", "unseen")
 NAME = re.compile(rf"({'|'.join(STAGES)})(?:-s(\d+))?-(seen-test|unseen)")
 
@@ -98,12 +102,29 @@ def gain_lines(found: dict, split: str, against: str, stage: str = "sdf") -> lis
     return out
 
 
-def plot(found: dict, png: Path) -> None:
-    groups = [(label, {split: list(found.get(stage, {}).get(split, {}).values()) for split in SPLITS})
-              for stage, label in STAGES.items() if stage in found]
-    splits = tuple(s for s in SPLITS if any(by_split.get(s) for _, by_split in groups))  # (the measured ones)
-    seed_bars(groups, splits, "SmolLM2-135M-Instruct: base → SFT → DPO / SDF (mean ± std over seeds; dots: seeds)", png,
-              width=0.8 / max(len(groups), 1))
+def plot(found: dict, png: Path, split: str = "seen-test") -> None:
+    """One horizontal bar per stage on ``split`` (mean, the std as an error bar, each seed a dot; a dashed line at
+    SFT's mean): a dozen stages stay legible, their names on the axis."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [(label, list(found[stage][split].values())) for stage, label in STAGES.items()
+            if found.get(stage, {}).get(split)]
+    fig, ax = plt.subplots(figsize=(7.2, 0.9 + 0.32 * len(rows)), dpi=120)
+    for y, (label, xs) in enumerate(rows):
+        m, s = mean_std(xs)
+        ax.barh(y, m, 0.7, xerr=None if s != s else s, capsize=3, color=f"C{y % 10}")
+        ax.scatter(xs, [y] * len(xs), color="k", s=8, zorder=3)
+    if found.get("sft", {}).get(split):
+        ax.axvline(mean_std(list(found["sft"][split].values()))[0], color="grey", ls="--", lw=0.8)
+    ax.set_yticks(range(len(rows)), [label for label, _ in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"exact match on {split} (mean ± std over seeds; dots: seeds; dashed: SFT)", fontsize=8)
+    ax.set_title("SmolLM2-135M-Instruct: base → SFT → DPO / SDF", fontsize=9)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png)
+    plt.close(fig)
 
 
 def main() -> None:
