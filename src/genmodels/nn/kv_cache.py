@@ -104,22 +104,11 @@ class CachingModel(Protocol):
                       cache: DecodingCache | None = None) -> torch.Tensor: ...
 
 
-def unwritten(shape: tuple, dtype: torch.dtype, device) -> torch.Tensor:
-    """A new cache buffer, not zero-filled: only for slots that are written before they are read (LayerKVCache)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 class LayerKVCache:
-    """Keys and values ``(B, H_kv, L, D)`` of one layer. New buffers are not zero-filled (a prefill's 1–2%):
-    every reader reads slots ``[0, pos)`` only, and a forward writes its slots ``[start, start + T)`` before it
-    reads ``[0, start + T)`` (:meth:`update`; the native step and prefill write a layer's new keys first too),
-    so a slot is always written before it is read. Slots that are read without being written — the front
-    padding :meth:`stack` adds — are zero-filled (a masked key still multiplies its value by 0, and 0 · NaN is NaN)."""
-
     def __init__(self, batch: int, n_kv_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
-        self.k = unwritten((batch, n_kv_heads, max_len, head_dim), dtype, device)
-        self.v = unwritten(self.k.shape, dtype, device)
+        self.k = torch.zeros(batch, n_kv_heads, max_len, head_dim, dtype=dtype, device=device)
+        self.v = torch.zeros_like(self.k)
 
     @property
     def max_len(self) -> int:
@@ -137,8 +126,8 @@ class LayerKVCache:
 
     def resize(self, capacity: int, filled: int) -> None:
         """New buffers of ``capacity`` slots holding the first ``filled`` slots of the old ones."""
-        k = unwritten((*self.k.shape[:2], capacity, self.k.shape[3]), self.k.dtype, self.k.device)  # [filled:): see above
-        v = unwritten(k.shape, k.dtype, k.device)
+        k = self.k.new_zeros(*self.k.shape[:2], capacity, self.k.shape[3])
+        v = torch.zeros_like(k)
         k[:, :, :filled] = self.k[:, :, :filled]
         v[:, :, :filled] = self.v[:, :, :filled]
         self.k, self.v = k, v
