@@ -166,15 +166,30 @@ def time_prefill_rows(rows, t: int, flops: float, peaks: dict, repeats: int, clo
                       show_bf16_peak: bool = False) -> tuple[dict, dict]:
     """Time each ``(name, fn, GENMODELS_NATIVE_PREFILL or None)`` row (median of ``repeats`` by ``clock``), print
     its tok/s and % of its precision's peak (``peaks``: {"fp32", "bf16"}; a row named "… bf16" is bf16);
-    returns ({name: tok/s}, {name: fn()'s logits})."""
-    rates, logits = {}, {}
-    for name, fn, env in rows:
+    returns ({name: tok/s}, {name: fn()'s logits}). The rows are interleaved: each of ``repeats`` rounds times
+    every row once, right after an untimed call under the row's own setting, so a host that slows down for a
+    while (a shared machine's neighbours) slows every row alike and the ratios between rows stay put."""
+    times: dict[str, list] = {name: [] for name, _, _ in rows}
+    logits = {}
+
+    def call(fn, env):  # -> (fn()'s logits, seconds)
         os.environ["GENMODELS_NATIVE_PREFILL"] = env or "1"
         try:
-            sec = median_time(fn, repeats, clock)
-            logits[name] = fn()
+            s = clock()
+            out = fn()
+            return out, clock() - s
         finally:
             del os.environ["GENMODELS_NATIVE_PREFILL"]
+
+    for name, fn, env in rows:
+        logits[name] = call(fn, env)[0]
+    for _ in range(repeats):
+        for name, fn, env in rows:
+            call(fn, env)
+            times[name].append(call(fn, env)[1])
+    rates = {}
+    for name, _, _ in rows:
+        sec = statistics.median(times[name])
         rates[name], kind = t / sec, "bf16" if name.endswith("bf16") else "fp32"
         print(f"  {name:{width}} {t / sec:8.0f} tok/s  {flops / sec / 1e9:6.1f} GFLOP/s = {flops / sec / peaks[kind]:4.0%} "
               f"of the {kind} peak" + (f" ({peaks[kind] / 1e9:.1f} GFLOP/s)" if show_bf16_peak and kind == "bf16" else ""))
