@@ -7,8 +7,9 @@
 β 0.1, on the pairs), ``dpob5`` (plain DPO, β 0.5) or ``sdf`` (DPO + RPO); on on-policy pairs (sampled from each SFT
 seed itself, docs/alignment.md's fourth measurement) ``opdpo`` / ``opdpo5`` (plain DPO, LoRA lr 2e-4 / 5e-4),
 ``oprpo`` (DPO + RPO, lr 2e-4) and their control ``opsftc`` (SFT, lr 2e-4); ``oprpo3`` and its control
-``opsftc3`` (the same at the recipe's lr 2e-3); split ``seen-test`` or ``unseen`` (e.g. ``sdf-s1-seen-test.json``). Prints a Markdown
-table: per stage the seeds, exact match per seed and mean ± standard deviation (sample, n − 1) per split; then for
+``opsftc3`` (the same at the recipe's lr 2e-3); split ``seen-test`` or ``unseen`` (e.g.
+``sdf-s1-seen-test.json``). Prints a Markdown table: per stage the seeds, exact match per seed and mean ±
+standard deviation (sample, n − 1) per split; then for
 each tuned stage (``TUNED``) the issue's test — its mean gain over SFT on seen-test in units of its own standard
 deviation over seeds (target: more than 2) — and, where SFT and the stage share seeds (seed s tuned from SFT seed s),
 the paired reading: the mean of the per-seed gains in units of their standard deviation; with the stage's control

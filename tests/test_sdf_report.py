@@ -65,7 +65,8 @@ def test_on_policy_stages_are_read_against_their_own_control(tmp_path):
         _write(tmp_path, f"sftc-s{seed}-seen-test", 0.9)  # the offline pairs' control: not opdpo's
     rep = _report()
     text = "\n".join(rep.table(rep.scores(tmp_path)))
-    # on-policy DPO 0.25 ± 0.05 vs SFT 0.20: +0.050 = +1.0 std; vs its control 0.20: +0.050, paired 0.05 ± 0 (no spread)
+    # on-policy DPO 0.25 ± 0.05 vs SFT 0.20: +0.050 = +1.0 std;
+    # vs its control 0.20: +0.050, paired 0.05 ± 0 (no spread)
     assert "on-policy DPO − SFT on seen-test: +0.050 = +1.0 std of on-policy DPO's seeds (target > 2)" in text
     assert "on-policy DPO − OPSFTC on seen-test: +0.050 = +1.0 std of on-policy DPO's seeds" in text
     assert "on-policy DPO − SFTC" not in text

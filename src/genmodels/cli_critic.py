@@ -12,9 +12,9 @@
 JSONL (never replacing a file it did not write); ``critique`` prints a model's greedy critique;
 ``critic-agreement`` prints how often a model's verdicts agree with the checker on a split's right and wrong
 answers, how many could not be read, how often it separates a question's right answer from its wrong one, states
-the right answer, or copies a wrong one as the right one; ``sample-pairs`` samples ``--n`` replies per question of a split from a
-(tuned) chat model, ranks them with the task checker or ``--critic``, and writes DPO pairs best against worst (or,
-``--best``, the best reply per question as SFT examples: Baize's self-distillation with feedback), never
+the right answer, or copies a wrong one as the right one; ``sample-pairs`` samples ``--n`` replies per question of a
+split from a (tuned) chat model, ranks them with the task checker or ``--critic``, and writes DPO pairs best against
+worst (or, ``--best``, the best reply per question as SFT examples: Baize's self-distillation with feedback), never
 replacing a file it did not write (:mod:`genmodels.sampled_pairs`).
 """
 from __future__ import annotations

@@ -61,7 +61,8 @@ def test_packed_layout_is_the_documented_one(k, n):
 
 
 @needs_bf16
-@pytest.mark.parametrize("m", [1, 13, 20, 24, 37, 52, 130])  # MR tails (the 4-, 8- and 12-row kernels); 52 and 130 rows:
+# MR tails (the 4-, 8- and 12-row kernels); 52 and 130 rows:
+@pytest.mark.parametrize("m", [1, 13, 20, 24, 37, 52, 130])
 # 2 threads split the rows in fours (24 | 28: a 4-row sliver; 64 | 68: 4 and 8 rows)
 @pytest.mark.parametrize("k,n", [(37, 5), (100, 67), (300, 333), (576, 96), (800, 40)])
 @pytest.mark.usefixtures("threads")
@@ -73,7 +74,8 @@ def test_gemm_from_packed_weights_equals_per_call_packing(m, k, n):
 
 
 def gated_rows(f: int) -> torch.Tensor:
-    """gm_pack_bf16_gated's row order of a gated fc1 (2F, K): per NR-wide panel, NR/2 gate rows then the same up rows."""
+    """gm_pack_bf16_gated's row order of a gated fc1 (2F, K): per NR-wide panel, NR/2 gate rows, then the same
+    up rows."""
     half = torch.arange(f).view(-1, NR // 2)
     return torch.cat([half, half + f], 1).reshape(-1)
 

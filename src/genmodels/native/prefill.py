@@ -342,7 +342,8 @@ def packed_weights(model: nn.Module, step: FusedDecodeStep, lib):
         four = [_packed_weight(w, lib).data_ptr() if w is not None and (f != "fc1" or not gated_fc1(step, layer))
                 else None for f, w in zip(_FIELDS, weights[4 * i:4 * i + 4])]  # None: per call
         fc1 = weights[4 * i + 2]
-        ptrs += four + [_packed_weight(fc1, lib, True).data_ptr() if fc1 is not None and gated_fc1(step, layer) else None]
+        gated = fc1 is not None and gated_fc1(step, layer)
+        ptrs += four + [_packed_weight(fc1, lib, True).data_ptr() if gated else None]
     return (ctypes.c_void_p * len(ptrs))(*ptrs)
 
 
