@@ -128,13 +128,14 @@ static const gm_fuse *pre_norm(const gm_model *m, const float *x, float *xn, int
     return 0;
 }
 
-/* x += FFN(Norm x) of layer ly (post-norm: x = Norm(x + FFN(x))) over N rows; ff, hid: scratch (N, FF), (N, F). With a
- * fused SiLU (fused_silu) fc1's tiles write hid themselves — as fc2's bf16 slivers where both products split rows.
- * next_own: the next layer's pre-norm takes its rows' slivers (norm_slivers), so fc2 may skip its barrier. */
+/* fc1's packed panels: the gated layout (5th pointer) where the SiLU is fused, else the plain one (3rd) */
 static const uint32_t *fc1_packed(const gm_model *m, const gm_layer *ly, int bf16, const uint32_t *const *pw) {
     return pw ? pw[fused_silu(m, ly, bf16, pw) ? 4 : 2] : 0;
 }
 
+/* x += FFN(Norm x) of layer ly (post-norm: x = Norm(x + FFN(x))) over N rows; ff, hid: scratch (N, FF), (N, F). With a
+ * fused SiLU (fused_silu) fc1's tiles write hid themselves — as fc2's bf16 slivers where both products split rows.
+ * next_own: the next layer's pre-norm takes its rows' slivers (norm_slivers), so fc2 may skip its barrier. */
 static void mlp(const gm_model *m, const gm_layer *ly, const uint32_t *const *pw, int bf16, float *x, float *xn,
                 float *ff, float *hid, int64_t N, float *pack, int next_own) {
     const int64_t D = m->d, F = m->d_ff, FF = (m->gated ? 2 : 1) * F;
