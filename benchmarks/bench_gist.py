@@ -52,12 +52,35 @@ def read_split(tasks: Path, split: str) -> list[dict]:
     return [json.loads(line) for line in (tasks / f"{split}.meta.jsonl").read_text().splitlines() if line.strip()]
 
 
+def more_train(tasks: Path, seeds: list[int], per_task: int) -> list[dict]:
+    """Seen-task instances drawn by the set's own generator at other seeds (``build_taskset(seed, per_task)``,
+    every split of it), less any whose ``(task, values)`` is in the frozen set at ``tasks`` or drawn already:
+    more distinct training instances of the same tasks and phrasings, never a held-out one."""
+    from genmodels.data.tasks import SEEN_TASKS, build_taskset
+
+    def key(task: str, values: dict) -> str:
+        return task + json.dumps(values, sort_keys=True)
+    taken = {key(m["task"], m["values"])
+             for split in ("seen-train", "seen-val", "seen-test") for m in read_split(tasks, split)}
+    out = []
+    for seed in seeds:
+        for r in build_taskset(seed=seed, per_task=per_task):
+            if r.task in SEEN_TASKS and key(r.task, r.values) not in taken:
+                taken.add(key(r.task, r.values))
+                out.append({**r.meta(), "split": "seen-train"})
+    if seeds:
+        print(f"--more-seed {' '.join(map(str, seeds))}: {len(out)} more training instances (up to {per_task} a "
+              "task and seed; the frozen set's and repeats left out)")
+    return out
+
+
 def prepare(args) -> None:
     """OUT/data/k{k}.jsonl (seen-train as gist records), OUT/tok (the start's tokenizer + <GIST>), OUT/eval.json."""
     from genmodels.data import load_tokenizer, save_tokenizer
     out = Path(args.out)
     (out / "data").mkdir(parents=True, exist_ok=True)
     train = read_split(Path(args.tasks), "seen-train")
+    train += more_train(Path(args.tasks), args.more_seed, args.more_per_task)
     for k in sorted({k for _, k in CONDITIONS}):
         rows = [gist_record(*split_instance(m), m["answer"], k) for m in train]
         (out / "data" / f"k{k}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -208,6 +231,10 @@ def main() -> None:
     a.add_argument("--start", default=None, help="model.init_from (default: the SmolLM2 GGUF)")
     a.add_argument("--no-grow", dest="grow", action="store_false",
                    help="train from --start itself (each run grows <GIST>; not for LoRA: its adapters need the grown base)")
+    a.add_argument("--more-seed", type=int, nargs="*", default=[],
+                   help="add the seen tasks' instances the set's generator draws at these seeds (not the frozen "
+                        "set's own; held-out instances left out) to the training data")
+    a.add_argument("--more-per-task", type=int, default=200, help="--more-seed: instances per seen task")
     r = sub.add_parser("run")
     r.add_argument("--out", required=True)
     r.add_argument("--mask", choices=["gist", "pos_control", "neg_control"], required=True)

@@ -76,3 +76,17 @@ def test_the_report_keeps_step_counts_apart_and_states_both_targets():
     [line] = report.targets(results)  # 80 steps has no controls: no verdict for it
     assert line.startswith("30 steps, seeds [0]") and "+0.260 (target ≥ 0.2: met)" in line
     assert "+0.040 (target ≤ 0.05: met)" in line
+
+
+def test_more_training_instances_are_new_distinct_and_never_held_out(tmp_path):
+    from genmodels.data.task_files import write_taskset
+    from genmodels.data.tasks import SEEN_TASKS
+    bench = _load("bench_gist")
+    write_taskset(tmp_path, seed=0, per_task=20)
+    more = bench.more_train(tmp_path, [1, 2], 20)
+    key = lambda m: (m["task"], tuple(sorted(m["values"].items())))  # noqa: E731
+    frozen = {key(m) for s in ("seen-train", "seen-val", "seen-test") for m in bench.read_split(tmp_path, s)}
+    keys = [key(m) for m in more]
+    assert len(more) > 20 * len(SEEN_TASKS) and len(set(keys)) == len(keys) and not set(keys) & frozen
+    assert {m["task"] for m in more} == set(SEEN_TASKS) and {m["split"] for m in more} == {"seen-train"}
+    assert bench.more_train(tmp_path, [], 20) == []
