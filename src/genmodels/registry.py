@@ -1,6 +1,6 @@
 """The family registry: what a model family brings, and the one place that dispatches on it.
 
-A family (decoder, encoder, seq2seq today; RetNet, MoE, diffusion, GANs next) registers one
+A family (decoder — MoE is a decoder option —, encoder, seq2seq, RetNet, diffusion, GAN, SPAE) registers one
 :class:`Family` record naming its config class, model class, presets, default objective, the
 converters it exports through and what its models can do. ``build_model``, ``preset``,
 ``config_from_dict``, ``genmodels.load`` / ``save``, the training recipe, ``genmodels info`` and

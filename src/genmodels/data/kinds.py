@@ -1,7 +1,7 @@
 """Data kinds: what a training recipe's ``data:`` section describes, and how it becomes batches.
 
-An objective names its data kind (``Objective.data_kind``: ``tokens``, ``examples``, ``images``; later
-``pairs``); the trainer asks the kind and never branches on it. A kind is registered by the module that
+An objective names its data kind (``Objective.data_kind``: ``tokens``, ``examples``, ``pairs``, ``images``,
+``spae_images``); the trainer asks the kind and never branches on it. A kind is registered by the module that
 defines it (``register_data_kind(DataKind(...))``):
 
     kind = get_data_kind(objective.data_kind)
