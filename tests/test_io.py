@@ -113,5 +113,8 @@ def test_bad_genmodels_config_names_field(saved):
 def test_not_a_model_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         genmodels.load(tmp_path)
-    with pytest.raises(FileNotFoundError, match="not a directory"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         genmodels.load(tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("notes")
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        genmodels.load(tmp_path / "notes.txt")

@@ -89,6 +89,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     from genmodels.registry import get_family, presets
     if not Path(args.path).exists() and args.path in presets():  # a preset: described without building it
         model, c = None, genmodels.preset(args.path)
+    elif not Path(args.path).exists():
+        raise FileNotFoundError(f"{args.path}: no such file or folder, nor a preset name (presets: "
+                                f"{', '.join(sorted(presets()))})")
     else:
         model = genmodels.load(model_dir(args.path))
         c = model.config

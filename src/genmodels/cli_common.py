@@ -78,8 +78,10 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
 
 # ---- failures: one line for what a user can fix, a traceback for a bug ---------------------------
 ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "out of memory")
-# command-line arguments that name files or folders, as the usage line spells them
-PATH_ARGUMENTS = {"path": "PATH", "src": "SRC", "dst": "DST", "config": "CONFIG", "out": "--out"}
+# command-line arguments that name files or folders, as the usage line spells them (by argparse dest)
+PATH_ARGUMENTS = {"path": "PATH", "src": "SRC", "dst": "DST", "config": "CONFIG", "spec": "SPEC", "image": "IMAGE",
+                  "out": "--out", "tasks": "--tasks", "seeds": "--seeds", "gist": "--gist", "critic": "--critic",
+                  "lm": "--lm", "text_file": "--text-file", "save_text": "--save-text", "recon": "--recon"}
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -93,6 +95,7 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
     genmodels and keeps its traceback. Both entry points (``genmodels``, ``genmodels.cli_train``) use it."""
     warnings.formatwarning = _one_line_warning
     try:
+        check_path_arguments(args)
         status = func(args) or 0
         sys.stdout.flush()  # a closed pipe must fail here, inside the handler, not at interpreter exit
         return status
@@ -109,6 +112,14 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
+
+
+def check_path_arguments(args: argparse.Namespace) -> None:
+    """Refuse an empty file or folder argument (``--out ""``, an unset shell variable): it names nothing, and
+    read as a path it would be the current folder (``convert SRC ""`` wrote a model there)."""
+    for dest, name in PATH_ARGUMENTS.items():
+        if getattr(args, dest, None) == "":
+            raise ValueError(f"{name} '' names no file or folder: give a path")
 
 
 def _stdout_to_devnull() -> None:

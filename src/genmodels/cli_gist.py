@@ -21,8 +21,10 @@ def add_compress_parser(sub) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     import genmodels
     from .cli_common import model_dir
+    from .gist import check_gist_target
     if args.k < 1:
         raise ValueError(f"--k {args.k}: expected an integer >= 1 (gist tokens)")
+    check_gist_target(args.out, "--out")  # a folder or a file genmodels did not write: refused before any work
     model = genmodels.load(model_dir(args.path))
     gist = genmodels.compress(model, args.prompt, k=args.k)
     out = gist.save(args.out)

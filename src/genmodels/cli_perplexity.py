@@ -40,11 +40,25 @@ def _text(args: argparse.Namespace) -> str:
         path = Path(args.text_file)
         if not path.is_file():
             raise ValueError(f"--text-file {path}: no such file")
-        try:
-            return path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ValueError(f"--text-file {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        from .files import read_utf8
+        return read_utf8(path, f"--text-file {path}")
     return humaneval_text(args.humaneval or None)
+
+
+def _save_text(out: str, text: str) -> None:
+    """``--save-text OUT``: the text scored, as UTF-8, written atomically to a new file. An existing file is
+    never replaced (genmodels cannot tell a text it wrote from the user's): one that already holds exactly
+    this text is left as it is, any other is refused naming ``--save-text``, as is a folder."""
+    from .files import atomic_write_bytes, write_target
+    data, target = text.encode("utf-8"), write_target(out)
+    if target.is_dir():
+        raise ValueError(f"--save-text {out} is a folder; give a file name for the text")
+    if target.exists() or target.is_symlink():
+        if target.is_file() and target.read_bytes() == data:
+            return
+        raise FileExistsError(f"--save-text {out} exists and holds other content; it is never replaced: choose "
+                              "another name")
+    atomic_write_bytes(target, data)
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
@@ -60,7 +74,7 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name} {value}: give at least 1")
     text = _text(args)  # a missing or bad text is refused before the model loads
     if args.save_text is not None:
-        Path(args.save_text).write_text(text, encoding="utf-8")
+        _save_text(args.save_text, text)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = genmodels.load(model_dir(args.path))

@@ -25,7 +25,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import genmodels
     from genmodels.arena.plan import format_plan, plan
     cfg = genmodels.preset(args.preset)
-    pl = plan(cfg, gpus=args.gpus, seq=args.seq or cfg.max_seq_len, batch=args.batch, zero=args.zero,
+    pl = plan(cfg, gpus=args.gpus, seq=args.seq, batch=args.batch, zero=args.zero,
               checkpointing=args.checkpointing, tokens=args.tokens, mfu=args.mfu, gpu=args.gpu,
               precision=args.precision, name=args.preset)
     print(json.dumps(pl.to_dict(), indent=2) if args.json else format_plan(pl))

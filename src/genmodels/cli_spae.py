@@ -38,6 +38,9 @@ def cmd_tokenize_image(args: argparse.Namespace) -> int:
     from genmodels.spae import _check_model, image_to_words, read_image, save_reconstructions
 
     from .cli_common import model_dir
+    from .generation.image_file import check_image_target
+    if args.recon:  # refused before any work, naming --recon (the command has no --overwrite)
+        check_image_target(args.recon, flag="--recon", overwrite_flag=None)
     model = genmodels.load(model_dir(args.path))
     _check_model(model)
     x = read_image(model, args.image)
@@ -54,7 +57,7 @@ def cmd_neurons(args: argparse.Namespace) -> int:
     import genmodels
     from genmodels.data.images import load_images
     from genmodels.interop.lm_vocab import resolve
-    from genmodels.neurons import probe, write_report
+    from genmodels.neurons import check_report_targets, probe, write_report
     from genmodels.semantics import DIGIT_WORDS
     from genmodels.spae import _check_model
 
@@ -62,6 +65,7 @@ def cmd_neurons(args: argparse.Namespace) -> int:
     for flag in ("top", "words", "images"):
         if getattr(args, flag) < 1:
             raise ValueError(f"--{flag} {getattr(args, flag)} must be >= 1")
+    check_report_targets(args.out)  # neither file is refused after the work (nor after the other is written)
     spae = genmodels.load(model_dir(args.path))
     _check_model(spae)
     lm = genmodels.load(resolve(args.lm))

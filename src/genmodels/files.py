@@ -156,6 +156,15 @@ def one_line(e: BaseException, limit: int = 200) -> str:
     return msg if len(msg) <= limit else msg[:limit - 1] + "…"
 
 
+def read_utf8(file: str | Path, what: str | None = None) -> str:
+    """The text of ``file``; one that is not UTF-8 is a ValueError naming ``what`` (default: the file) and the
+    first bad byte (Python's own error names no file)."""
+    try:
+        return Path(file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{what or file}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
 def read_json(file: Path, expect: type = dict) -> Any:
     """A JSON object (or another ``expect`` type) from ``file``; a broken file is a ValueError naming
     it and what is wrong."""

@@ -172,6 +172,7 @@ class GistCache:
         meta = {"format": FORMAT, "fingerprint": self.fingerprint, "layers": len(self.keys), "texts": self.texts,
                 "k": self.k, "mode": self.mode}
         path = Path(path)
+        check_gist_target(path)  # a folder, or a file that is not a gist cache, is never replaced
         atomic_write_bytes(path, save(tensors, metadata={_META: json.dumps(meta)}))  # never half a file
         return path
 
@@ -179,17 +180,11 @@ class GistCache:
     def load(cls, path: str | Path, model: torch.nn.Module | None = None) -> GistCache:
         """Read a file :meth:`save` wrote (refused, naming it, when it is not one); with ``model``, also
         refused for any model but the one that made it."""
-        from safetensors import safe_open
         from .files import read_safetensors
         path = Path(path)
         tensors = read_safetensors(path)
-        with safe_open(str(path), "pt") as f:
-            raw = (f.metadata() or {}).get(_META)
-        try:
-            meta = json.loads(raw) if raw is not None else None
-        except json.JSONDecodeError:
-            meta = None
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = _gist_meta(path)
+        if meta is None:
             raise ValueError(f"{path}: not a gist cache (no {_META} metadata of format {FORMAT}); make one with "
                              "`genmodels compress`")
         n = int(meta["layers"])
@@ -199,6 +194,32 @@ class GistCache:
         if model is not None:
             gist.check_model(model, where=str(path))
         return gist
+
+
+def _gist_meta(path: Path) -> dict | None:
+    """The ``genmodels.gist`` metadata of a gist cache file (format :data:`FORMAT`); None for any other file."""
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META) or "null")
+    except Exception:  # noqa: BLE001 - safetensors' and json's errors for a file that is not ours
+        return None
+    return meta if isinstance(meta, dict) and meta.get("format") == FORMAT else None
+
+
+def check_gist_target(path: str | Path, flag: str = "") -> Path:
+    """Where :meth:`GistCache.save` may write ``path`` (through a symbolic link): a new file, or a gist cache
+    (genmodels wrote it: its header holds ``genmodels.gist`` metadata). A folder, or any other file, is
+    refused naming it (after ``flag``, e.g. ``--out``): genmodels never replaces a file it did not write."""
+    from .files import write_target
+    shown = f"{flag} {path}" if flag else str(path)
+    target = write_target(path)
+    if target.is_dir():
+        raise FileExistsError(f"{shown} is a folder; give a gist cache file name (e.g. gist.safetensors)")
+    if (target.exists() or target.is_symlink()) and _gist_meta(target) is None:
+        raise FileExistsError(f"{shown} exists and is not a gist cache genmodels wrote; it is never replaced: "
+                              "choose another name")
+    return target
 
 
 def _rows(model, instruction, gist_id: int | None) -> tuple[list[list[int]], int, list[str] | None]:

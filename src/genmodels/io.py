@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from .data.chat_template import write_chat_template
-from .files import one_line, read_json, read_safetensors, write_safetensors
+from .files import read_json, read_safetensors, write_safetensors
 from .folders import atomic_dir_write
 from .config import ConfigError
 from .models.config import ModelConfig
@@ -39,11 +39,8 @@ def load_tokenizer(path: str | Path):
     f = f / "tokenizer.json" if f.is_dir() else f
     if not f.is_file():
         return None
-    from tokenizers import Tokenizer
-    try:
-        return Tokenizer.from_file(str(f))
-    except Exception as e:  # tokenizers raises a bare Exception with serde's message
-        raise ValueError(f"{f}: not a readable tokenizer file ({one_line(e)})") from None
+    from .data.tokenizer import read_tokenizer_file
+    return read_tokenizer_file(f)
 
 
 def attach_tokenizer(model: torch.nn.Module, tokenizer) -> torch.nn.Module:
@@ -97,8 +94,8 @@ def load(path: str | Path, device: str | torch.device = "cpu", quantized: bool =
         raise ValueError(f"{path}: quantized=True keeps a GGUF file's blocks; this is not a GGUF file — "
                          "quantise a loaded model with genmodels.quantize(model, 'q8_0' | 'q4_0' | 'q4_1')")
     if not path.is_dir():
-        raise FileNotFoundError(f"{path}: not a directory (expected a genmodels or Hugging Face model folder, "
-                                "or a .gguf file)")
+        what = "not a directory" if path.exists() else "no such file or folder"
+        raise FileNotFoundError(f"{path}: {what} (expected a genmodels or Hugging Face model folder, or a .gguf file)")
     config_file = path / "config.json"
     from .interop.diffusers_unet import is_pipeline_folder, load_pipeline
     from .interop.stored import build_budget, meta_state, restart_budget, safetensors_shapes, stored_tensor_count

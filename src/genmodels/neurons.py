@@ -105,14 +105,26 @@ def probe(lm, spae, images: torch.Tensor, labels: torch.Tensor, class_words: lis
                    "neurons": layers * width, "images": n}
 
 
+def check_report_targets(out: str | Path) -> tuple[Path, Path]:
+    """``(out/neurons.tsv, out/neurons.png)``, each new or one genmodels wrote; ``out`` a folder or new. Anything
+    else is refused naming it and ``--out`` (checked before any work and before either file is written)."""
+    from .generation.image_file import check_image_target
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} is a file; give a folder for neurons.tsv and neurons.png")
+    tsv, png = out / "neurons.tsv", out / "neurons.png"
+    if tsv.exists() and not (tsv.is_file() and tsv.read_text(errors="replace").startswith(HEADER)):
+        raise FileExistsError(f"{tsv} exists and genmodels did not write it; choose another --out folder")
+    check_image_target(png, flag="--out", overwrite_flag=None)
+    return tsv, png
+
+
 def write_report(neurons: list[Neuron], images: torch.Tensor, class_words: list[str], out: Path) -> tuple[Path, Path]:
     """``out/neurons.tsv`` (rank, layer, neuron, class, selectivity, names_class, promoted words) and
     ``out/neurons.png`` (a row per neuron, its top images left to right)."""
     from .files import atomic_write_bytes
     from .generation.images import save_grid
-    tsv = out / "neurons.tsv"
-    if tsv.exists() and not (tsv.is_file() and tsv.read_text(errors="replace").startswith(HEADER)):
-        raise FileExistsError(f"{tsv} exists and genmodels did not write it; choose another --out folder")
+    tsv, _ = check_report_targets(out)  # both refused before either is written
     out.mkdir(parents=True, exist_ok=True)
     rows = [HEADER]
     for r, x in enumerate(neurons, 1):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .data.examples import read_records
-from .files import atomic_write_bytes, check_out_name, file_sha256
+from .files import atomic_write_bytes, check_out_name, file_sha256, read_utf8
 
 __all__ = ["FORMAT", "check_out", "included", "read_seeds", "record_path", "write_dialogues", "write_owned"]
 
@@ -54,7 +54,7 @@ def read_seeds(path: str | Path) -> list[str]:
             else:
                 seeds.append(f.get("prompt", f.get("text")))
     else:
-        seeds = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        seeds = [line.strip() for line in read_utf8(path, f"--seeds {path}").splitlines() if line.strip()]
     if not seeds:
         raise ValueError(f"--seeds {path}: no seed questions (one a line, or examples JSONL)")
     return seeds

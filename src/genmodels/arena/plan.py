@@ -321,14 +321,15 @@ def _buffers(cfg: ModelConfig, zero: str, gpus: int, p: Precision) -> tuple[int,
             "FSDP gathered root + 2 blocks and their unsharded gradients (estimate)")
 
 
-def plan(cfg: ModelConfig, *, gpus: int, seq: int, batch: int, zero: str = "fsdp", checkpointing: bool = False,
-         tokens: float = 1e9, mfu: float = DEFAULT_MFU, gpu: str = "a100", precision: str = "bf16",
-         name: str = "config") -> Plan:
+def plan(cfg: ModelConfig, *, gpus: int, seq: int | None, batch: int, zero: str = "fsdp",
+         checkpointing: bool = False, tokens: float = 1e9, mfu: float = DEFAULT_MFU, gpu: str = "a100",
+         precision: str = "bf16", name: str = "config") -> Plan:
     """The :class:`Plan` for training ``cfg`` on ``gpus`` devices, ``batch`` sequences of ``seq`` tokens
     per device per step, ZeRO-3/FSDP sharding (``zero="fsdp"``: weights, gradients and optimizer state
     divided by ``gpus``) or DDP (replicated), full activation checkpointing or none, ``tokens`` to
-    train at ``mfu`` of ``gpu``'s peak in ``precision``."""
+    train at ``mfu`` of ``gpu``'s peak in ``precision``; ``seq=None``: the model's context."""
     _refuse_unplanned(cfg)
+    seq = cfg.max_seq_len if seq is None else seq  # (None only: --seq 0 is refused below, never the default)
     p = _choice(PRECISIONS, precision, "--precision")
     _choice(GPUS, gpu, "--gpu")
     _choice({z: z for z in ZERO}, zero, "--zero")

@@ -237,10 +237,12 @@ def entry_id(name: str, seed: int) -> str:
 
 def read_mapping(path: Path, what: str, kind: str) -> dict:
     """The YAML mapping in ``path``; a missing file, bad YAML or another shape is refused naming ``what``."""
+    from ..files import read_utf8
     if not path.is_file():
-        raise ConfigError(f"{what}: no such file ({path})" + (" (a folder)" if path.is_dir() else ""))
+        raise ConfigError(f"{what}: {path} is a folder; give a YAML file" if path.is_dir() else
+                          f"{what}: no such file ({path})")
     try:
-        d = yaml.safe_load(path.read_text()) or {}
+        d = yaml.safe_load(read_utf8(path, what)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{what}: not valid YAML ({' '.join(str(e).split())})") from None
     if not isinstance(d, dict):

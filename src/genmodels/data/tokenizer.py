@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, one_line
 
 __all__ = [
     "EOS_TOKEN",
@@ -94,7 +94,16 @@ def load_tokenizer(path: Path | str) -> Tokenizer:
         if tok is None:
             raise ValueError(f"{file}: holds no tokenizer (no tokenizer.ggml.tokens in its metadata)")
         return tok
-    return Tokenizer.from_file(str(file))
+    return read_tokenizer_file(file)
+
+
+def read_tokenizer_file(file: Path | str) -> Tokenizer:
+    """The ``tokenizers`` tokenizer of a ``tokenizer.json`` file; one the library cannot read (a text file, a
+    truncated one) is a ValueError naming it (the library's own error names no file)."""
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception with serde's message
+        raise ValueError(f"{file}: not a readable tokenizer file ({one_line(e)})") from None
 
 
 def source_tokenizer(source: Path | str) -> str | None:

@@ -38,30 +38,33 @@ def written_by_genmodels(file: Path) -> bool:
         return False
 
 
-def check_image_target(path: str | Path, overwrite: bool = False) -> Path:
+def check_image_target(path: str | Path, overwrite: bool = False, flag: str = "--out",
+                       overwrite_flag: str | None = "--overwrite") -> Path:
     """The file a write of an image to ``path`` would replace or create (through a symbolic link);
-    ValueError / FileExistsError naming ``--out`` for a name, place or existing file it may not use
-    (module docstring)."""
+    ValueError / FileExistsError naming ``flag`` for a name, place or existing file it may not use
+    (module docstring). ``overwrite_flag``: the command's flag that lifts the refusal of another file
+    (None for a command without one: the refusal then offers only another name)."""
     text = str(path)
     if not text:
-        raise ValueError(f"--out '' names no file: give an image file name ending in {_ALLOWED}")
+        raise ValueError(f"{flag} '' names no file: give an image file name ending in {_ALLOWED}")
     if Path(text).suffix.lower() not in SUFFIXES or text.endswith(("/", "\\")):
-        raise ValueError(f"--out {text}: the image format follows the suffix; give a name ending in {_ALLOWED}")
+        raise ValueError(f"{flag} {text}: the image format follows the suffix; give a name ending in {_ALLOWED}")
     target = write_target(text)
     if target.is_dir():
-        raise FileExistsError(f"--out {text} is a folder; give an image file name ending in {_ALLOWED}")
+        raise FileExistsError(f"{flag} {text} is a folder; give an image file name ending in {_ALLOWED}")
     for parent in target.parents:  # the nearest existing ancestor must be a folder we may write in
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
-                raise FileExistsError(f"--out {text}: {parent} is a file, not a folder")
+                raise FileExistsError(f"{flag} {text}: {parent} is a file, not a folder")
             if not os.access(parent, os.W_OK):  # permissions, or a read-only file system (EROFS)
-                raise PermissionError(f"--out {text}: {parent} is not writable")
+                raise PermissionError(f"{flag} {text}: {parent} is not writable")
             break
     if (target.exists() or target.is_symlink()) and not overwrite:
         if not target.is_file() or not written_by_genmodels(target):
             shown = text if target == Path(text) else f"{text} (a link to {target})"
-            raise FileExistsError(f"--out {shown} already exists and genmodels did not write it; pass --overwrite "
-                                  "(overwrite=True) to replace it, or choose another name")
+            lift = f"pass {overwrite_flag} (overwrite=True) to replace it, or " if overwrite_flag else ""
+            raise FileExistsError(f"{flag} {shown} already exists and genmodels did not write it; {lift}choose "
+                                  "another name")
     return target
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from ..config import ConfigError
 from ..files import atomic_write_bytes
+from ..values import allowed
 from .config import RunConfig
 
 
@@ -76,9 +77,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} not found")
         try:
-            d = yaml.safe_load(p.read_text()) or {}
+            d = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if d is None:  # an empty file (or only comments) is not a request for the defaults' whole run
+            raise ConfigError(f"{p}: holds no recipe (it is empty or only comments); a training config is a mapping "
+                              f"with keys {allowed(RunConfig)} (e.g. configs/llama-tiny.yaml)")
         if not isinstance(d, dict):
             raise ConfigError(f"{p}: a training config must be a mapping")
     d = _fix_floats(d)
