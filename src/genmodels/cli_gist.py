@@ -46,6 +46,7 @@ def gist_for(args: argparse.Namespace, model):
 
     from genmodels.gist import GistCache
     if not Path(args.gist).is_file():
-        raise ValueError(f"--gist {args.gist}: no such file (make one with `genmodels compress PATH --prompt TEXT "
+        what = "a folder, not a gist cache file" if Path(args.gist).is_dir() else "no such file"
+        raise ValueError(f"--gist {args.gist}: {what} (make one with `genmodels compress PATH --prompt TEXT "
                          "--out FILE`)")
     return GistCache.load(args.gist, model)

@@ -39,9 +39,13 @@ def _text(args: argparse.Namespace) -> str:
     if args.text_file is not None:
         path = Path(args.text_file)
         if not path.is_file():
-            raise ValueError(f"--text-file {path}: no such file")
+            what = "a folder; give a text file" if path.is_dir() else "no such file"
+            raise ValueError(f"--text-file {path}: {what}")
         from .files import read_utf8
-        return read_utf8(path, f"--text-file {path}")
+        text = read_utf8(path, f"--text-file {path}")
+        if not text:
+            raise ValueError(f"--text-file {path}: the file is empty; give a text to score")
+        return text
     return humaneval_text(args.humaneval or None)
 
 

@@ -163,3 +163,22 @@ def test_a_missing_model_path_says_it_does_not_exist(tmp_path, capsys):
     that presets are accepted."""
     refused(capsys, cli.main(["generate", str(tmp_path / "nope")]), "no such file or folder")
     refused(capsys, cli.main(["info", "llama-tinyy"]), "llama-tinyy", "preset", "llama-tiny,")
+
+
+def test_a_folder_or_an_empty_file_given_as_a_file_is_called_so(tmp_path, capsys):
+    """`--text-file DIR` and `--gist DIR` were refused as `no such file`; an empty `--text-file` as `the text is
+    empty`, naming no flag."""
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "empty.txt").write_text("")
+    for name, words in (("adir", "a folder"), ("empty.txt", "empty")):
+        refused(capsys, cli.main(["perplexity", str(tmp_path / "no-model"), "--text-file", str(tmp_path / name)]),
+                f"--text-file {tmp_path / name}: ", words)
+    refused(capsys, cli.main(["generate", str(_gist_model(tmp_path)), "--gist", str(tmp_path / "adir")]),
+            f"--gist {tmp_path / 'adir'}: a folder")
+
+
+def test_convert_to_gguf_creates_missing_folders_as_a_folder_export_does(tmp_path, capsys):
+    """`convert SRC new/dir/x.gguf --to gguf` failed `No such file or directory`; `--to hf` creates them."""
+    out = tmp_path / "new" / "dir" / "x.gguf"
+    assert cli.main(["convert", str(_gist_model(tmp_path)), str(out), "--to", "gguf"]) == 0, capsys.readouterr().err
+    assert genmodels.load(out).config.vocab_size > 0

@@ -210,6 +210,7 @@ def write_gguf(model: torch.nn.Module, path: str | Path, outtype: str = "f32", o
     cfg = check_writable(model)
     check_destination(path)
     target = write_target(path)
+    target.parent.mkdir(parents=True, exist_ok=True)  # missing folders are created, as for a folder export
     fd, tmp = _create_beside(target)
     os.close(fd)
     try:
