@@ -76,6 +76,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if args.outtype is not None and args.to != "gguf":
         raise ValueError(f"--outtype applies to --to gguf only (got --to {args.to})")
     model = genmodels.load(model_dir(args.src))
+    if args.to == "gguf":  # a model GGUF cannot hold is refused naming SRC (the writer knows no path)
+        from genmodels.interop.base import ConversionError
+        from genmodels.interop.gguf_write import check_writable
+        try:
+            check_writable(model)
+        except ConversionError as e:
+            raise ConversionError(f"SRC {args.src}: {e}") from None
     write = {"hf": genmodels.export_hf, "diffusers": genmodels.export_diffusers, "genmodels": genmodels.save,
              "gguf": lambda m, p, overwrite: write_gguf(m, p, args.outtype or "f32", overwrite)}[args.to]
     out = write(model, args.dst, overwrite=args.overwrite)

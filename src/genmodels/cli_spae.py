@@ -42,7 +42,7 @@ def cmd_tokenize_image(args: argparse.Namespace) -> int:
     if args.recon:  # refused before any work, naming --recon (the command has no --overwrite)
         check_image_target(args.recon, flag="--recon", overwrite_flag=None)
     model = genmodels.load(model_dir(args.path))
-    _check_model(model)
+    _check_model(model, args.path)
     x = read_image(model, args.image)
     for level, (g, words) in enumerate(zip(model.config.levels, image_to_words(model, x)[0]), 1):
         print(f"{level} ({g}×{g}): {' '.join(words)}")
@@ -67,7 +67,7 @@ def cmd_neurons(args: argparse.Namespace) -> int:
             raise ValueError(f"--{flag} {getattr(args, flag)} must be >= 1")
     check_report_targets(args.out)  # neither file is refused after the work (nor after the other is written)
     spae = genmodels.load(model_dir(args.path))
-    _check_model(spae)
+    _check_model(spae, args.path)
     lm = genmodels.load(resolve(args.lm))
     lm_ids = spae.codebook.lm_ids
     if int(lm_ids.max()) >= lm.config.vocab_size:

@@ -18,10 +18,11 @@ import torch
 from .data.words import UNK, words_of
 
 
-def _check_model(model) -> None:
+def _check_model(model, where: str | None = None) -> None:
+    """Refuse (naming ``where``, the path it was loaded from, when given) a model that is not an SPAE with words."""
     if getattr(model, "family", None) != "spae":
-        raise ValueError(f"an SPAE model is needed (genmodels.load of an spae run's final/); got a model of family "
-                         f"{getattr(model, 'family', None)!r}")
+        raise ValueError(f"an SPAE model is needed (genmodels.load of an spae run's final/); got "
+                         f"{where + ': ' if where else ''}a model of family {getattr(model, 'family', None)!r}")
     if getattr(model, "tokenizer", None) is None:
         raise ValueError("the SPAE model has no word list (its folder lacks tokenizer.json); train it with "
                          "train.objective spae, which attaches the lexicon")

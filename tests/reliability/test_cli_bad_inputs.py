@@ -182,3 +182,13 @@ def test_convert_to_gguf_creates_missing_folders_as_a_folder_export_does(tmp_pat
     out = tmp_path / "new" / "dir" / "x.gguf"
     assert cli.main(["convert", str(_gist_model(tmp_path)), str(out), "--to", "gguf"]) == 0, capsys.readouterr().err
     assert genmodels.load(out).config.vocab_size > 0
+
+
+def test_a_model_of_the_wrong_kind_is_refused_naming_its_path(tmp_path, capsys):
+    """`convert GAN x.gguf --to gguf` and `tokenize-image GAN …` said `this model is family='gan'` / `got a model of
+    family 'gan'`, naming no path."""
+    gan = tmp_path / "gan"
+    genmodels.save(genmodels.build_model(genmodels.preset("dcgan-digits", g_width=8, d_width=8, z_dim=4)), gan)
+    refused(capsys, cli.main(["convert", str(gan), str(tmp_path / "x.gguf"), "--to", "gguf"]), f"SRC {gan}", "gan")
+    refused(capsys, cli.main(["tokenize-image", str(gan), str(tmp_path / "x.png")]), str(gan), "gan")
+    assert not (tmp_path / "x.gguf").exists()
