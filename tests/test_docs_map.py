@@ -88,7 +88,8 @@ def test_every_command_and_flag_the_readme_shows_exists():
 def test_the_readme_lists_every_preset_and_recipe():
     from genmodels.registry import presets
     listed = set(re.findall(r"`([\w.-]+)`", README.split("\nPresets (", 1)[1].split("\n\n", 1)[0]))
-    assert listed == set(presets()), f"README presets: missing {set(presets()) - listed}, extra {listed - set(presets())}"
+    known = set(presets())
+    assert listed == known, f"README presets: missing {known - listed}, extra {listed - known}"
     recipes = set(re.findall(r"`([\w.-]+)`", README.split("Recipes in `configs/`", 1)[1].split("\n\n", 1)[0]))
     missing = {p.stem for p in (ROOT / "configs").glob("*.yaml")} - recipes
     assert not missing, f"README's recipe list lacks {sorted(missing)}"
