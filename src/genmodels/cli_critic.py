@@ -113,6 +113,8 @@ def _load(path: str):
 def cmd_critique(args: argparse.Namespace) -> int:
     from .critic import critique
     _positive(args, "max_new_tokens")
+    if not args.question.strip():  # (an empty --answer is a reply to judge: the critic says it is wrong)
+        raise ValueError("--question is empty: give the question the answer replies to")
     print(critique(_load(args.path), args.question, args.answer, max_new_tokens=args.max_new_tokens))
     return 0
 

@@ -192,3 +192,8 @@ def test_a_model_of_the_wrong_kind_is_refused_naming_its_path(tmp_path, capsys):
     refused(capsys, cli.main(["convert", str(gan), str(tmp_path / "x.gguf"), "--to", "gguf"]), f"SRC {gan}", "gan")
     refused(capsys, cli.main(["tokenize-image", str(gan), str(tmp_path / "x.png")]), str(gan), "gan")
     assert not (tmp_path / "x.gguf").exists()
+
+
+def test_critique_refuses_an_empty_question_before_reading_the_model(tmp_path, capsys):
+    status = cli.main(["critique", str(tmp_path / "nope"), "--question", "  ", "--answer", "a"])
+    refused(capsys, status, "--question")
