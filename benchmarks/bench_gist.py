@@ -8,6 +8,7 @@ full masked forward). Every condition is one bounded-work command (fixed steps, 
 widened a seed at a time:
 
     python benchmarks/bench_gist.py prepare --tasks TASKS --out OUT            # data, tokenizers (once)
+        [--more-seed 1 2 3 4]   # more training instances of the same tasks (never a held-out one)
     nice -n 10 python benchmarks/bench_gist.py run --out OUT --mask gist --k 1 --seed 0 --steps 150
     python benchmarks/bench_gist.py cost --out OUT                             # KV bytes, FLOPs, wall-clock
     python benchmarks/bench_gist.py report --out OUT --png docs/img/gist-smollm2.png
