@@ -65,10 +65,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.threads is not None:
         import torch
         torch.set_num_threads(args.threads)
-    model = genmodels.load(model_dir(args.path), quantized=args.quantized)
     name = args.name or Path(args.path.rstrip("/")).name
-    service = Service(model, name, max_batch=args.max_batch, max_queue=args.max_queue,
-                      prefill_chunk=args.prefill_chunk)
+    try:
+        model = genmodels.load(model_dir(args.path), quantized=args.quantized)
+        service = Service(model, name, max_batch=args.max_batch, max_queue=args.max_queue,
+                          prefill_chunk=args.prefill_chunk)
+    except ValueError as e:  # a model that cannot be served is refused naming PATH (Service knows no path)
+        sock.close()
+        raise ValueError(f"{args.path}: {e}" if args.path not in str(e) else str(e)) from None
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} at http://{shown}:{port} (OpenAI API under /v1, playground at /); Ctrl-C stops",

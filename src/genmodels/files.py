@@ -95,6 +95,19 @@ def write_target(path: str | Path) -> Path:
     return Path(os.path.realpath(path)) if path.is_symlink() else path
 
 
+def check_parents(target: Path, label: str) -> None:
+    """The nearest existing folder above ``target`` must be a folder genmodels may write in (missing ones are
+    created by the writer): FileExistsError / PermissionError saying ``label: <ancestor> is a file, not a
+    folder`` / ``is not writable`` (rather than the OS's bare ``File exists``)."""
+    for parent in target.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise FileExistsError(f"{label}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):  # permissions, or a read-only file system (EROFS)
+                raise PermissionError(f"{label}: {parent} is not writable")
+            return
+
+
 def _create_beside(path: Path) -> tuple[int, Path]:
     """A new, exclusively created temporary file beside ``path``, mode 0o666 & ~umask."""
     while True:

@@ -184,6 +184,14 @@ def test_convert_to_gguf_creates_missing_folders_as_a_folder_export_does(tmp_pat
     assert genmodels.load(out).config.vocab_size > 0
 
 
+def test_a_file_in_the_way_of_a_gguf_output_is_called_a_file(tmp_path, capsys):
+    """`convert run notes.txt/x.gguf --to gguf` said `notes.txt: File exists`."""
+    notes = _user_file(tmp_path / "notes.txt")
+    refused(capsys, cli.main(["convert", str(_gist_model(tmp_path)), str(notes / "x.gguf"), "--to", "gguf"]),
+            f"{notes} is a file, not a folder")
+    assert notes.read_bytes() == USER
+
+
 def test_a_model_of_the_wrong_kind_is_refused_naming_its_path(tmp_path, capsys):
     """`convert GAN x.gguf --to gguf` and `tokenize-image GAN …` said `this model is family='gan'` / `got a model of
     family 'gan'`, naming no path."""
@@ -191,6 +199,7 @@ def test_a_model_of_the_wrong_kind_is_refused_naming_its_path(tmp_path, capsys):
     genmodels.save(genmodels.build_model(genmodels.preset("dcgan-digits", g_width=8, d_width=8, z_dim=4)), gan)
     refused(capsys, cli.main(["convert", str(gan), str(tmp_path / "x.gguf"), "--to", "gguf"]), f"SRC {gan}", "gan")
     refused(capsys, cli.main(["tokenize-image", str(gan), str(tmp_path / "x.png")]), str(gan), "gan")
+    refused(capsys, cli.main(["serve", str(gan), "--port", "0"]), str(gan), "gan")
     assert not (tmp_path / "x.gguf").exists()
 
 

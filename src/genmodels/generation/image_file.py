@@ -16,10 +16,9 @@ run's ``samples.png``), and refusing a target before any image is made.
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
-from ..files import atomic_write_bytes, write_target
+from ..files import atomic_write_bytes, check_parents, write_target
 
 SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 MARK = "genmodels"
@@ -52,13 +51,7 @@ def check_image_target(path: str | Path, overwrite: bool = False, flag: str = "-
     target = write_target(text)
     if target.is_dir():
         raise FileExistsError(f"{flag} {text} is a folder; give an image file name ending in {_ALLOWED}")
-    for parent in target.parents:  # the nearest existing ancestor must be a folder we may write in
-        if parent.exists() or parent.is_symlink():
-            if not parent.is_dir():
-                raise FileExistsError(f"{flag} {text}: {parent} is a file, not a folder")
-            if not os.access(parent, os.W_OK):  # permissions, or a read-only file system (EROFS)
-                raise PermissionError(f"{flag} {text}: {parent} is not writable")
-            break
+    check_parents(target, f"{flag} {text}")
     if (target.exists() or target.is_symlink()) and not overwrite:
         if not target.is_file() or not written_by_genmodels(target):
             shown = text if target == Path(text) else f"{text} (a link to {target})"

@@ -202,7 +202,7 @@ def write_gguf(model: torch.nn.Module, path: str | Path, outtype: str = "f32", o
     file genmodels wrote is replaced either way, any other file never."""
     import gguf
 
-    from ..files import _create_beside, fsync_dir, write_target
+    from ..files import _create_beside, check_parents, fsync_dir, write_target
     del overwrite
     if outtype not in OUTTYPES:
         raise ConversionError(f"--outtype {outtype!r} is not supported; have: {', '.join(OUTTYPES)}")
@@ -210,6 +210,7 @@ def write_gguf(model: torch.nn.Module, path: str | Path, outtype: str = "f32", o
     cfg = check_writable(model)
     check_destination(path)
     target = write_target(path)
+    check_parents(target, str(path))
     target.parent.mkdir(parents=True, exist_ok=True)  # missing folders are created, as for a folder export
     fd, tmp = _create_beside(target)
     os.close(fd)
