@@ -149,8 +149,14 @@ def side_data(folder: Path, data: str, batch: int, seq: int):
         return x[:, :-1].contiguous(), x[:, 1:].contiguous(), x[:, :-1].contiguous()
     import numpy as np
     where = task_rows(folder, batch, seq)
-    x = torch.from_numpy(np.load(where / "ids.npy", allow_pickle=False))
-    loss = torch.from_numpy(np.load(where / "loss.npy", allow_pickle=False))
+    return shifted(torch.from_numpy(np.load(where / "ids.npy", allow_pickle=False)),
+                   torch.from_numpy(np.load(where / "loss.npy", allow_pickle=False)))
+
+
+def shifted(x, loss):
+    """``(inputs, targets, hf_labels)`` of token ids ``x (B, T + 1)`` whose ``loss (B, T + 1)`` marks the targets:
+    ours predict ``targets[:, t]`` at ``t``; transformers predicts ``hf_labels[:, t + 1]`` at ``t`` (it shifts),
+    the same targets but the last position's."""
     labels = x.masked_fill(~loss, -100)
     return x[:, :-1].contiguous(), labels[:, 1:].contiguous(), labels[:, :-1].contiguous()
 
