@@ -60,6 +60,19 @@ def test_fused_cross_entropy_with_ignored_targets(amp, monkeypatch):
     assert bool((grads[0][2] == 0).all()) and bool((grads[0][1, 2:] == 0).all())  # no target: no gradient
 
 
+@pytest.mark.parametrize("amp", [False, True])
+def test_no_target_at_all_gives_nan_and_zero_gradients(amp):
+    """Every target −100: the loss is nan (as F.cross_entropy's mean), the gradients zero — never uninitialised
+    memory (the bf16 head's weight gradient is filled by its first chunk, and no rows means no chunk)."""
+    h = torch.randn(2, 3, 8, requires_grad=True)
+    w = torch.randn(20, 8, requires_grad=True)
+    with torch.autocast("cpu", torch.bfloat16, enabled=amp):
+        loss = fused_linear_cross_entropy(h, w, None, torch.full((2, 3), -100), chunk=4)
+    loss.backward()
+    assert math.isnan(loss.item())
+    assert bool((h.grad == 0).all()) and bool((w.grad == 0).all())
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
 def test_causal_lm_loss_matches_logits_path(name):
     """Tied (GPT-2) and untied (Llama) heads: same loss and parameter gradients as model(x) + CE."""

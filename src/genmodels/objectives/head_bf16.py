@@ -31,7 +31,8 @@ def amp_head_chunks(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     ``inv_n`` (``1/N`` over the valid rows; ``valid (N,)`` bool or None: all)."""
     grads = need[0] or need[1] or (bias is not None and need[2])
     grad_h = torch.empty_like(h) if need[0] else None
-    grad_w = torch.empty_like(weight, dtype=torch.float32) if need[1] else None
+    grad_w = None if not need[1] else (torch.empty_like(weight, dtype=torch.float32) if h.shape[0]  # (first chunk
+               else torch.zeros_like(weight, dtype=torch.float32))  # copies into it; no rows: no chunk, zero)
     grad_b = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     wb = weight.to(amp)  # (V, D), once
