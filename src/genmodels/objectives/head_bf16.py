@@ -25,10 +25,10 @@ ROWS = 4096  # rows of ∂L/∂W converted and added per block (SmolLM2: 4096 ×
 
 
 def amp_head_chunks(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
-                    valid: torch.Tensor | None, chunk: int, inv_n: float, need: tuple, amp: torch.dtype):
+                    chunk: int, inv_n: float, need: tuple, amp: torch.dtype):
     """Summed row losses and the gradients ``(total, grad_h, grad_w, grad_b)`` (each gradient ``None`` where
     ``need`` says it is not wanted) of ``h (N, D)`` through ``weight (V, D)``, the gradients already scaled by
-    ``inv_n`` (``1/N`` over the valid rows; ``valid (N,)`` bool or None: all)."""
+    ``inv_n`` (``1/N``; every row has a target: :func:`.losses.fused_linear_cross_entropy` keeps only those)."""
     grads = need[0] or need[1] or (bias is not None and need[2])
     grad_h = torch.empty_like(h) if need[0] else None
     grad_w = None if not need[1] else (torch.empty_like(weight, dtype=torch.float32) if h.shape[0]  # (first chunk
@@ -45,12 +45,11 @@ def amp_head_chunks(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
         e = z.sub_(m).exp_()  # (c, V), in place of the logits
         se = e.sum(dim=1)  # (c,)
         row = m.squeeze(1) + se.log() - zy  # (c,)
-        vc = None if valid is None else valid[s:s + chunk]
-        total += (row if vc is None else row * vc).sum()
+        total += row.sum()
         if not grads:
             continue
         e[torch.arange(e.shape[0], device=e.device), yc] -= se  # e − s·onehot(y)
-        scale = inv_n / se if vc is None else vc * (inv_n / se)  # (c,)
+        scale = inv_n / se  # (c,)
         p = e.mul_(scale[:, None])  # (c, V) fp32
         pb = p.to(amp)
         if grad_h is not None:

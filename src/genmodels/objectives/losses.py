@@ -34,16 +34,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 chunk: int, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-        ignored = targets == ignore_index  # (N,)
-        valid = None if not bool(ignored.any()) else ~ignored
-        if valid is not None:
-            targets = targets.masked_fill(ignored, 0)  # any id: the row's loss and gradient are zeroed
-        n = h.shape[0] if valid is None else int(valid.sum())  # h (N, D), weight (V, D), targets (N,)
+        n = h.shape[0]  # h (N, D), weight (V, D), targets (N,): every row has a target (the caller keeps those)
         need = ctx.needs_input_grad
         inv_n = 1.0 / n if n else math.nan  # all ignored: nan, as F.cross_entropy
         amp = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else None
         if amp is not None:  # train.precision: bf16 — bf16 products, fp32 softmax and accumulation (head_bf16.py)
-            total, grad_h, grad_w, grad_b = amp_head_chunks(h, weight, bias, targets, valid, chunk, inv_n, need, amp)
+            total, grad_h, grad_w, grad_b = amp_head_chunks(h, weight, bias, targets, chunk, inv_n, need, amp)
             ctx.save_for_backward(grad_h, grad_w, grad_b)
             ctx.weight_dtype = weight.dtype
             return total * inv_n
@@ -56,14 +52,12 @@ class FusedLinearCrossEntropy(torch.autograd.Function):
             z = F.linear(hc, weight, bias).float()  # (c, V)
             lse = torch.logsumexp(z, dim=-1)  # (c,)
             row = lse - z.gather(1, yc[:, None]).squeeze(1)  # (c,)
-            total += (row if valid is None else row * valid[s:s + chunk]).sum()
+            total += row.sum()
             if grad_h is None and grad_w is None and grad_b is None:
                 continue
             p = z.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
             p[torch.arange(p.shape[0], device=p.device), yc] -= 1.0
             p.mul_(inv_n)
-            if valid is not None:
-                p.mul_(valid[s:s + chunk, None])
             pc = p.to(h.dtype)
             if grad_h is not None:
                 torch.mm(pc, weight.to(h.dtype), out=grad_h[s:s + chunk])
